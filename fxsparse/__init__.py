@@ -1,0 +1,20 @@
+"""fxsparse: channel-level sparse training whose pruned channels are really gone.
+
+    graph = fxsparse.analyze(model, example_inputs)   # channel groups (torch.fx)
+    keep = fxsparse.random_keep(graph, 0.5)           # or topk_keep(graph, scores, 0.5)
+    small = fxsparse.export(model, graph, keep)       # physically smaller nn.Module
+"""
+from . import rules  # noqa: F401  (registers the built-in channel rules)
+from .analyze import analyze
+from .errors import ExportError, FxsparseError, KeepMaskError, TraceError
+from .export import export
+from .graph import ChannelGraph, ChannelGroup, Member, count_flops
+from .masks import normalize_keep, random_keep, topk_keep
+from .rules.registry import Rule, register_rule
+
+__all__ = [
+    "analyze", "export", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
+    "ChannelGraph", "ChannelGroup", "Member", "count_flops",
+    "FxsparseError", "TraceError", "KeepMaskError", "ExportError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,236 @@
+"""The channel dependency graph that ``fxsparse.analyze`` returns.
+
+A :class:`ChannelGroup` is a set of channels that are kept or pruned together: channel j
+of the group is index ``member.index[j]`` of every member (a parameter and one of its
+dims; a block of indices when a channel feeds a flatten). Groups whose channels touch
+the same members are one group; a group that must never be pruned says why.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.fx as fx
+from tabulate import tabulate
+
+from .elements import ElementTable
+
+
+@dataclasses.dataclass
+class Member:
+    param: str  # qualified parameter / buffer name, e.g. "layer1.0.conv1.weight"
+    dim: int
+    index: list  # index[j]: the indices of channel j along `dim` (np.ndarray of ints)
+
+    @property
+    def layer(self) -> str:
+        return self.param.rsplit(".", 1)[0] if "." in self.param else self.param
+
+    def pattern(self) -> str:
+        """'offset+stride*j (block b)' when regular, else 'irregular'."""
+        starts = np.array([ix[0] for ix in self.index])
+        blocks = {len(ix) for ix in self.index}
+        block = blocks.pop() if len(blocks) == 1 else None
+        if len(starts) > 1:
+            steps = np.diff(starts)
+            stride = int(steps[0]) if (steps == steps[0]).all() else None
+        else:
+            stride = 1
+        if stride is None or block is None or any(not np.array_equal(ix, np.arange(ix[0], ix[0] + block)) for ix in self.index):
+            return "irregular"
+        text = f"{int(starts[0])}+{stride}j"
+        return text + (f" (block {block})" if block != 1 else "")
+
+    def to_dict(self):
+        return {"param": self.param, "dim": self.dim, "pattern": self.pattern(), "index": [ix.tolist() for ix in self.index]}
+
+
+@dataclasses.dataclass
+class ChannelGroup:
+    id: int
+    size: int
+    members: list
+    prunable: bool
+    reason: str = ""
+    flops_share: float = 0.0
+    classes: np.ndarray = dataclasses.field(default=None, repr=False)  # element class of channel j
+
+    @property
+    def layers(self) -> list[str]:
+        seen = []
+        for m in self.members:
+            if m.layer not in seen:
+                seen.append(m.layer)
+        return seen
+
+    def to_dict(self):
+        return {"id": self.id, "size": self.size, "prunable": self.prunable, "reason": self.reason,
+                "flops_share": self.flops_share, "members": [m.to_dict() for m in self.members]}
+
+
+class ChannelGraph:
+    """Groups, the annotated FX graph they came from, and views of both."""
+
+    def __init__(self, gm: fx.GraphModule, elements: ElementTable, members: dict, groups: list,
+                 mixing: list, auto_leaves: list, flops: dict | None = None, example_inputs=None):
+        self.gm = gm
+        self.elements = elements
+        self.raw_members = members
+        self.groups = groups
+        self.mixing = mixing  # nodes where zeroing a channel differs from removing it
+        self.auto_leaves = auto_leaves
+        self.flops = flops or {}
+        self.example_inputs = example_inputs
+
+    # ----- queries ------------------------------------------------------------------
+    def __iter__(self):
+        return iter(self.groups)
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __getitem__(self, gid) -> ChannelGroup:
+        return self.groups[gid]
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    @property
+    def num_prunable_channels(self) -> int:
+        return sum(g.size for g in self.prunable_groups)
+
+    @property
+    def zero_preserving(self) -> bool:
+        """True when zeroing a channel everywhere equals removing it (no op mixes channels)."""
+        return not self.mixing
+
+    def networkx(self) -> nx.Graph:
+        """Layers (modules owning pruned parameters) as nodes, coupling groups as edges."""
+        g = nx.MultiGraph()
+        for grp in self.groups:
+            layers = grp.layers
+            for layer in layers:
+                g.add_node(layer)
+            for i in range(len(layers)):
+                for j in range(i + 1, len(layers)):
+                    g.add_edge(layers[i], layers[j], group=grp.id, size=grp.size, prunable=grp.prunable)
+            if len(layers) == 1:
+                g.nodes[layers[0]].setdefault("groups", []).append(grp.id)
+        return g
+
+    # ----- views -------------------------------------------------------------------
+    def summary(self, max_layers: int = 4) -> str:
+        rows = []
+        for grp in self.groups:
+            layers = grp.layers
+            shown = ", ".join(layers[:max_layers]) + (f", ... (+{len(layers) - max_layers})" if len(layers) > max_layers else "")
+            rows.append([grp.id, grp.size, shown, "yes" if grp.prunable else f"no: {grp.reason}", f"{100 * grp.flops_share:.1f}%"])
+        table = tabulate(rows, headers=["group", "size", "member layers", "prunable", "FLOPs share"], tablefmt="simple",
+                         maxcolwidths=[None, None, 60, 60, None])
+        head = (f"{len(self.groups)} channel groups, {len(self.prunable_groups)} prunable "
+                f"({self.num_prunable_channels} prunable channels)")
+        if self.auto_leaves:
+            head += f"; untraceable submodules kept whole: {', '.join(self.auto_leaves)}"
+        return head + "\n" + table
+
+    def to_dict(self) -> dict:
+        return {"groups": [g.to_dict() for g in self.groups], "auto_leaves": self.auto_leaves,
+                "zero_preserving": self.zero_preserving, "mixing_nodes": [n for n, _ in self.mixing]}
+
+    def to_json(self, path=None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def to_dot(self, path=None) -> str:
+        """Graphviz DOT: layers as boxes, one coloured edge set per group (grey: unprunable)."""
+        lines = ["graph channels {", '  node [shape=box, fontsize=10];']
+        g = self.networkx()
+        for n in g.nodes:
+            lines.append(f'  "{n}";')
+        palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
+        for a, b, data in g.edges(data=True):
+            color = palette[data["group"] % len(palette)] if data["prunable"] else "#999999"
+            lines.append(f'  "{a}" -- "{b}" [label="g{data["group"]}:{data["size"]}", color="{color}", fontsize=8];')
+        lines.append("}")
+        text = "\n".join(lines)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def __repr__(self):
+        return f"ChannelGraph({len(self.groups)} groups, {len(self.prunable_groups)} prunable)"
+
+
+def _positions(ids: np.ndarray) -> dict[int, np.ndarray]:
+    """class -> the positions where it occurs in a member's ids."""
+    order = np.argsort(ids, kind="stable")
+    values, starts = np.unique(ids[order], return_index=True)
+    bounds = list(starts[1:]) + [len(ids)]
+    return {int(v): order[a:b] for v, a, b in zip(values, starts, bounds) if v >= 0}
+
+
+def build_groups(elements: ElementTable, members: dict) -> list[ChannelGroup]:
+    """Classes that touch the same members (and share prunability) form one group."""
+    keys_in_order = list(members)
+    positions = {key: _positions(elements.canonical(ids)) for key, ids in members.items()}
+    touches: dict[int, list] = {}
+    for key in keys_in_order:
+        for cls in positions[key]:
+            touches.setdefault(cls, []).append(key)
+    buckets: dict[tuple, list[int]] = {}
+    for cls, keys in touches.items():  # insertion order follows the graph
+        buckets.setdefault((tuple(keys), elements.reason(cls) or ""), []).append(cls)
+    groups = []
+    for (keys, reason), classes in buckets.items():
+        first = positions[keys[0]]
+        classes = sorted(classes, key=lambda c: int(first[c][0]))  # channel order = layout order
+        mems = [Member(param=k[0], dim=k[1], index=[positions[k][c] for c in classes]) for k in keys]
+        groups.append(ChannelGroup(id=len(groups), size=len(classes), members=mems, prunable=not reason,
+                                   reason=reason, classes=np.array(classes, dtype=np.int64)))
+    return groups
+
+
+def assign_flops(groups, param_flops: dict, total: float, shapes: dict):
+    """A group's share: for each member weight, the layer's FLOPs times the fraction of
+    that weight's dim the group holds (FLOPs from torch.utils.flop_counter)."""
+    if not total:
+        return
+    for grp in groups:
+        share = 0.0
+        for m in grp.members:
+            if m.layer in param_flops and m.param.endswith("weight"):
+                held = sum(len(ix) for ix in m.index)
+                share += param_flops[m.layer] * held / shapes[m.param][m.dim]
+        grp.flops_share = share / total
+
+
+def count_flops(module: torch.nn.Module, example_inputs) -> tuple[float, dict]:
+    """Total forward FLOPs and per-module FLOPs (keys: module paths) via FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rng = torch.get_rng_state()
+    buffers = {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items() if not isinstance(v, torch.nn.Parameter)}
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            module(*example_inputs)
+    finally:
+        torch.set_rng_state(rng)
+        state = module.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for k, v in buffers.items():
+                state[k].copy_(v)
+    per = {}
+    root = type(module).__name__
+    for name, counts in counter.get_flop_counts().items():
+        path = name[len(root) + 1:] if name.startswith(root + ".") else ("" if name == root else name)
+        per[path] = float(sum(counts.values()))
+    return float(counter.get_total_flops()), per

@@ -1,0 +1,130 @@
+"""Matrix products and attention.
+
+``a @ b`` contracts a's last dim with b's second-to-last: channels there are coupled
+(q and k share head_dim). Batch dims meet like in an add (heads of q, k and v). The
+remaining dims carry their channels into the output. Attention heads become the unit
+through the reshape rule ([E] -> [heads, head_dim] keeps heads as the unit).
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from ..elements import NO_ELEMENT, varying_dims
+from .layers import _arg, linear_channels, param_dim
+from .registry import register_rule
+
+
+def _aligned(ctx, arg, nd):
+    ids = ctx.ids(arg)
+    if ids is None:
+        return None
+    return ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+
+
+def product_ids(ctx, node, a, b, a_shape, b_shape, a_ids, b_ids, what):
+    """Channels of ``a @ b`` for tensors of >= 2 dims (ids already aligned to their shapes)."""
+    loc = f"{what} at {ctx.where(node)}"
+    nd = max(len(a_shape), len(b_shape))
+    a_shape = (1,) * (nd - len(a_shape)) + tuple(a_shape)
+    b_shape = (1,) * (nd - len(b_shape)) + tuple(b_shape)
+    A = None if a_ids is None else a_ids.reshape((1,) * (nd - a_ids.ndim) + a_ids.shape)
+    B = None if b_ids is None else b_ids.reshape((1,) * (nd - b_ids.ndim) + b_ids.shape)
+    va = [] if A is None else varying_dims(A)
+    vb = [] if B is None else varying_dims(B)
+    k_a, k_b = nd - 1, nd - 2
+    # contracted dim
+    if k_a in va or k_b in vb:
+        if k_a in va and k_b in vb:
+            la = np.moveaxis(A, k_a, 0).reshape(A.shape[k_a], -1)[:, 0]
+            lb = np.moveaxis(B, k_b, 0).reshape(B.shape[k_b], -1)[:, 0]
+            fixed = (la < 0) | (lb < 0)
+            ctx.couple(la[~fixed], lb[~fixed])
+            ctx.unprunable(la[fixed], f"{loc}: contracted with fixed values")
+            ctx.unprunable(lb[fixed], f"{loc}: contracted with fixed values")
+        else:
+            ctx.unprunable(A if k_a in va else B, f"{loc}: contracted with a tensor whose channels cannot be removed")
+    out = np.full((1,) * nd, NO_ELEMENT, dtype=np.int64)
+    # batch dims meet position by position
+    for d in range(nd - 2):
+        sides = [(X, s) for X, s, v in ((A, a_shape, va), (B, b_shape, vb)) if X is not None and d in v]
+        if not sides:
+            continue
+        for X, s in sides:
+            other_shape = b_shape if s is a_shape else a_shape
+            other = B if X is A else A
+            if other_shape[d] > 1 and (other is None or d not in varying_dims(other)):
+                ctx.unprunable(X, f"{loc}: batch dim {d} meets a tensor whose channels there cannot be removed")
+        if len(sides) == 2:
+            la = np.moveaxis(A, d, 0).reshape(A.shape[d], -1)[:, 0]
+            lb = np.moveaxis(B, d, 0).reshape(B.shape[d], -1)[:, 0]
+            ctx.couple(la, lb)
+        line = np.moveaxis(sides[0][0], d, 0).reshape(sides[0][0].shape[d], -1)[:, 0]
+        shape = [1] * nd
+        shape[d] = -1
+        out = np.maximum(out, line.reshape(shape))
+    if nd - 2 in va:  # rows of a
+        line = np.moveaxis(A, nd - 2, 0).reshape(A.shape[nd - 2], -1)[:, 0]
+        out = np.maximum(out, line.reshape([1] * (nd - 2) + [-1, 1]))
+    if nd - 1 in vb:  # columns of b
+        line = np.moveaxis(B, nd - 1, 0).reshape(B.shape[nd - 1], -1)[:, 0]
+        o, l = np.broadcast_arrays(out, line.reshape([1] * (nd - 1) + [-1]))
+        if ((o >= 0) & (l >= 0)).any():
+            ctx.unprunable(np.concatenate([o.ravel(), l.ravel()]), f"{loc}: both factors carry channels into the output")
+            return None
+        out = np.maximum(o, l)
+    return out
+
+
+@register_rule(operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm", "__matmul__")
+def matmul_rule(ctx, node):
+    a, b = node.args[:2]
+    a_shape, b_shape = ctx.shape(a), ctx.shape(b)
+    if a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2:
+        ctx.opaque(node, f"matmul of a vector at {ctx.where(node)}")
+        return None
+    # x @ W with W a parameter [in, out]: a linear layer written by hand
+    if ctx.ids(b) is None and len(b_shape) == 2 and param_dim(ctx, b, 0) and param_dim(ctx, b, 1):
+        return linear_channels(ctx, node, a, param_dim(ctx, b, 1), param_dim(ctx, b, 0), None)
+    return product_ids(ctx, node, a, b, a_shape, b_shape, ctx.ids(a), ctx.ids(b), "matmul")
+
+
+def sdpa_rule(ctx, node):
+    q, k, v = node.args[:3]
+    qs, ks, vs = ctx.shape(q), ctx.shape(k), ctx.shape(v)
+    nd = len(qs)
+    kt_ids = ctx.ids(k)
+    if kt_ids is not None:
+        kt_ids = kt_ids.reshape((1,) * (nd - kt_ids.ndim) + kt_ids.shape)
+        kt_ids = np.swapaxes(kt_ids, -1, -2)
+    kt_shape = tuple(ks[:-2]) + (ks[-1], ks[-2])
+    scores = product_ids(ctx, node, q, k, qs, kt_shape, ctx.ids(q), kt_ids, "attention scores")
+    mask = _arg(node, 3, "attn_mask")
+    if isinstance(mask, fx.Node) and scores is not None:
+        from .pointwise import combine
+
+        class _S:  # the scores as an operand of the mask add
+            pass
+
+        ms = ctx.shape(mask)
+        for d in varying_dims(scores):
+            if len(ms) >= nd - d and ms[d - nd] > 1:
+                ctx.unprunable(scores, f"attention at {ctx.where(node)}: the mask is per head")
+    score_shape = tuple(qs[:-1]) + (ks[-2],)
+    return product_ids(ctx, node, None, v, score_shape, vs, scores, ctx.ids(v), "attention output")
+
+
+def sdpa_export(ectx, node):
+    """Removing head_dim channels must not change the softmax temperature."""
+    q = node.args[0]
+    if _arg(node, 6, "scale") is None:
+        node.kwargs = {**node.kwargs, "scale": 1.0 / math.sqrt(ectx.shape(q)[-1])}
+
+
+register_rule(F.scaled_dot_product_attention, export=sdpa_export)(sdpa_rule)
+del torch

@@ -1,0 +1,188 @@
+"""Layers that create channels: convolutions (incl. grouped, depthwise, transposed),
+linear layers and embeddings. Their output channels are new elements; their input
+channels are tied to the channels of the tensor they consume."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_rule
+
+CONV_META = "fxsparse_conv"  # node.meta: "dense" | "depthwise" | "grouped"
+
+
+def param_dim(ctx, arg, d):
+    """(qualname, param dim) when tensor dim ``d`` of graph value ``arg`` is one dim of one parameter."""
+    if not isinstance(arg, fx.Node) or ctx.ids(arg) is not None:
+        return None
+    refs = ctx.free(arg)
+    if not refs or len(refs) != 1:
+        return None
+    ref = refs[0]
+    d = d % len(ref.dims)
+    return None if ref.dims[d] is None else (ref.qualname, ref.dims[d])
+
+
+def conv_channels(ctx, node, x, w_out, w_in, bias, groups):
+    """Shared by nn.ConvNd, nn.ConvTransposeNd and F.convNd: ``w_out``/``w_in``/``bias``
+    are (parameter, dim) pairs (None when the weight is not a plain parameter)."""
+    loc = f"conv at {ctx.where(node)}"
+    x_shape, out_shape = ctx.shape(x), ctx.shape(node)
+    if w_out is None or w_in is None:
+        ctx.unprunable(ctx.ids(x), f"{loc}: its weight is computed in the graph, not a parameter")
+        return None
+    cin, cout = x_shape[1], out_shape[1]
+    xin = ctx.axis(x, 1, f"{loc}: input channels also vary along spatial dims")
+    if groups == 1:
+        node.meta[CONV_META] = "dense"
+        out = ctx.new_elements(cout)
+        if xin is not None:
+            ctx.member(*w_in, xin)
+    elif cin == groups:
+        # depthwise with multiplier m: output channel c*m+k reads input channel c only,
+        # so it lives and dies with it
+        node.meta[CONV_META] = "depthwise"
+        m = cout // groups
+        if xin is None:
+            xin = np.full(cin, -1, dtype=np.int64)
+        fixed = xin < 0
+        own = ctx.new_elements(cin)
+        ctx.unprunable(own[fixed], f"{loc}: depthwise conv over an input channel that cannot be pruned")
+        out = np.repeat(np.where(fixed, own, xin), m)
+    else:
+        # grouped: prune the same positions in every group, so it stays a `groups`-group conv
+        node.meta[CONV_META] = "grouped"
+        per_in, per_out = cin // groups, cout // groups
+        if xin is not None:
+            grid = xin.reshape(groups, per_in)
+            for j in range(per_in):
+                ctx.elements.union_all(grid[:, j])
+                if (grid[:, j] < 0).any():
+                    ctx.unprunable(grid[:, j], f"{loc}: grouped conv column mixes fixed and prunable channels")
+            ctx.member(*w_in, ctx.elements.canonical(grid[0]))
+        out = np.tile(ctx.new_elements(per_out), groups)
+    ctx.member(*w_out, out)
+    if bias is not None:
+        ctx.member(*bias, out)
+    return ctx.along(len(out_shape), 1, out)
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def conv_module(ctx, node):
+    mod, t = ctx.modules[node.target], node.target
+    transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+    w_out, w_in = (f"{t}.weight", 1 if transposed else 0), (f"{t}.weight", 0 if transposed else 1)
+    bias = (f"{t}.bias", 0) if mod.bias is not None else None
+    return conv_channels(ctx, node, node.args[0], w_out, w_in, bias, mod.groups)
+
+
+def conv_module_export(ectx, node):
+    mod = ectx.module(node.target)
+    transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+    if node.meta.get(CONV_META) == "depthwise":
+        mod.groups = ectx.pruned_size(node.args[0], 1)
+    w = mod.weight
+    per_group_out = w.shape[1] if transposed else w.shape[0] // mod.groups
+    per_group_in = w.shape[0] // mod.groups if transposed else w.shape[1]
+    mod.in_channels = per_group_in * mod.groups
+    mod.out_channels = per_group_out * mod.groups
+
+
+register_rule(*_CONVS, export=conv_module_export)(conv_module)
+
+_F_CONVS = {F.conv1d: False, F.conv2d: False, F.conv3d: False,
+            F.conv_transpose1d: True, F.conv_transpose2d: True, F.conv_transpose3d: True}
+
+
+def _arg(node, i, name, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def conv_function(ctx, node):
+    transposed = _F_CONVS[node.target]
+    w = _arg(node, 1, "weight")
+    b = _arg(node, 2, "bias")
+    groups = _arg(node, 7 if transposed else 6, "groups", 1)
+    w_out, w_in = param_dim(ctx, w, 1 if transposed else 0), param_dim(ctx, w, 0 if transposed else 1)
+    bias = param_dim(ctx, b, 0) if isinstance(b, fx.Node) else None
+    if isinstance(b, fx.Node) and bias is None:
+        w_out = None  # a computed bias cannot be sliced
+    return conv_channels(ctx, node, node.args[0], w_out, w_in, bias, groups)
+
+
+def conv_function_export(ectx, node):
+    if node.meta.get(CONV_META) != "depthwise":
+        return
+    transposed = _F_CONVS[node.target]
+    i = 7 if transposed else 6
+    groups = ectx.pruned_size(node.args[0], 1)
+    if len(node.args) > i:
+        node.args = node.args[:i] + (groups,) + node.args[i + 1 :]
+    else:
+        node.kwargs = {**node.kwargs, "groups": groups}
+
+
+register_rule(*_F_CONVS, export=conv_function_export)(conv_function)
+
+
+def linear_channels(ctx, node, x, w_out, w_in, bias):
+    loc = f"linear at {ctx.where(node)}"
+    if w_out is None or w_in is None:
+        ctx.unprunable(ctx.ids(x), f"{loc}: its weight is computed in the graph, not a parameter")
+        return None
+    out_shape = ctx.shape(node)
+    xin = ctx.axis(x, -1, f"{loc}: input channels also vary along a non-feature dim")
+    if xin is not None:
+        ctx.member(*w_in, xin)
+    out = ctx.new_elements(out_shape[-1])
+    ctx.member(*w_out, out)
+    if bias is not None:
+        ctx.member(*bias, out)
+    return ctx.along(len(out_shape), -1, out)
+
+
+def linear_module(ctx, node):
+    mod, t = ctx.modules[node.target], node.target
+    bias = (f"{t}.bias", 0) if mod.bias is not None else None
+    return linear_channels(ctx, node, node.args[0], (f"{t}.weight", 0), (f"{t}.weight", 1), bias)
+
+
+def linear_module_export(ectx, node):
+    mod = ectx.module(node.target)
+    mod.out_features, mod.in_features = mod.weight.shape
+
+
+register_rule(nn.Linear, export=linear_module_export)(linear_module)
+
+
+@register_rule(F.linear)
+def linear_function(ctx, node):
+    w, b = _arg(node, 1, "weight"), _arg(node, 2, "bias")
+    bias = param_dim(ctx, b, 0) if isinstance(b, fx.Node) else None
+    w_out = param_dim(ctx, w, 0)
+    if isinstance(b, fx.Node) and bias is None:
+        w_out = None
+    return linear_channels(ctx, node, node.args[0], w_out, param_dim(ctx, w, 1), bias)
+
+
+def embedding(ctx, node):
+    out_shape = ctx.shape(node)
+    out = ctx.new_elements(out_shape[-1])
+    ctx.member(f"{node.target}.weight", 1, out)
+    return ctx.along(len(out_shape), -1, out)
+
+
+def embedding_export(ectx, node):
+    mod = ectx.module(node.target)
+    mod.embedding_dim = mod.weight.shape[1]
+
+
+register_rule(nn.Embedding, export=embedding_export)(embedding)
+del torch

@@ -1,0 +1,145 @@
+"""Normalisation layers.
+
+BatchNorm and InstanceNorm are per channel. GroupNorm normalises within groups of
+channels, so a whole group is the unit (GroupNorm with one group: nothing can go).
+LayerNorm over the channel dim mixes channels through its statistics: removing a
+channel is then a different model from zeroing it (the exported model is the reference).
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..elements import varying_dims
+from .layers import _arg, param_dim
+from .registry import register_rule
+
+_PER_CHANNEL = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def per_channel_norm(ctx, node):
+    mod, t = ctx.modules[node.target], node.target
+    line = ctx.axis(node.args[0], 1, f"{type(mod).__name__} at {ctx.where(node)}: channels must run along dim 1")
+    if line is not None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(mod, name, None) is not None:
+                ctx.member(f"{t}.{name}", 0, line)
+    return ctx.ids(node.args[0])
+
+
+def per_channel_norm_export(ectx, node):
+    mod = ectx.module(node.target)
+    mod.num_features = ectx.pruned_size(node.args[0], 1)
+
+
+register_rule(*_PER_CHANNEL, export=per_channel_norm_export)(per_channel_norm)
+
+
+@register_rule(F.batch_norm, F.instance_norm)
+def per_channel_norm_function(ctx, node):
+    line = ctx.axis(node.args[0], 1, f"batch/instance norm at {ctx.where(node)}: channels must run along dim 1")
+    if line is not None:
+        for i, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
+            arg = _arg(node, i, name)
+            if isinstance(arg, fx.Node):
+                pd = param_dim(ctx, arg, 0)
+                if pd is None:
+                    ctx.unprunable(line, f"norm at {ctx.where(node)}: its '{name}' is not a plain parameter")
+                else:
+                    ctx.member(*pd, line)
+    return ctx.ids(node.args[0])
+
+
+def group_norm(ctx, node):
+    mod, t = ctx.modules[node.target], node.target
+    loc = f"GroupNorm at {ctx.where(node)}"
+    line = ctx.axis(node.args[0], 1, f"{loc}: channels must run along dim 1")
+    if line is None:
+        return None
+    if mod.num_groups == 1:
+        ctx.unprunable(line, f"{loc}: GroupNorm with one group normalises over all channels together")
+    for row in line.reshape(mod.num_groups, -1):
+        ctx.elements.union_all(row)  # a group is the unit
+        if (row < 0).any():
+            ctx.unprunable(row, f"{loc}: a group mixes fixed and prunable channels")
+    if mod.affine:
+        ctx.member(f"{t}.weight", 0, line)
+        ctx.member(f"{t}.bias", 0, line)
+    return ctx.ids(node.args[0])
+
+
+def group_norm_export(ectx, node):
+    mod = ectx.module(node.target)
+    per_group = mod.num_channels // mod.num_groups
+    mod.num_channels = ectx.pruned_size(node.args[0], 1)
+    mod.num_groups = mod.num_channels // per_group
+
+
+register_rule(nn.GroupNorm, export=group_norm_export)(group_norm)
+
+
+def _layer_norm(ctx, node, x, ndims_normed, params):
+    """params: list of (graph value or (qualname, None)) to tie along the channel dim."""
+    ids, shape = ctx.ids(x), ctx.shape(x)
+    if ids is None:
+        return None
+    nd = len(shape)
+    normed = set(range(nd - ndims_normed, nd))
+    vd = varying_dims(ids)
+    inside = [d for d in vd if d in normed]
+    if not inside:
+        return ids
+    d = inside[0]
+    ctx.mark_mixing(node, "LayerNorm over a prunable dim")
+    line = ctx.axis(x, d, f"layer norm at {ctx.where(node)}")
+    if line is None:
+        return ctx.ids(x)
+    pdim = d - (nd - ndims_normed)
+    for qual in params:
+        ctx.member(qual, pdim, line)
+    return ctx.ids(x)
+
+
+def layer_norm_module(ctx, node):
+    mod, t = ctx.modules[node.target], node.target
+    params = [f"{t}.{n}" for n in ("weight", "bias") if getattr(mod, n, None) is not None]
+    return _layer_norm(ctx, node, node.args[0], len(mod.normalized_shape), params)
+
+
+def layer_norm_export(ectx, node):
+    mod = ectx.module(node.target)
+    k = len(mod.normalized_shape)
+    mod.normalized_shape = tuple(ectx.pruned_shape(node.args[0])[-k:])
+
+
+register_rule(nn.LayerNorm, export=layer_norm_export)(layer_norm_module)
+
+
+def layer_norm_function(ctx, node):
+    shape_arg = _arg(node, 1, "normalized_shape")
+    k = len(shape_arg) if isinstance(shape_arg, (list, tuple)) else 1
+    params = []
+    for i, name in ((2, "weight"), (3, "bias")):
+        arg = _arg(node, i, name)
+        if isinstance(arg, fx.Node):
+            refs = ctx.free(arg)
+            if not refs or len(refs) != 1:
+                ctx.unprunable(ctx.ids(node.args[0]), f"layer norm at {ctx.where(node)}: '{name}' is not a plain parameter")
+                return ctx.ids(node.args[0])
+            params.append(refs[0].qualname)
+    return _layer_norm(ctx, node, node.args[0], k, params)
+
+
+def layer_norm_function_export(ectx, node):
+    shape_arg = _arg(node, 1, "normalized_shape")
+    k = len(shape_arg) if isinstance(shape_arg, (list, tuple)) else 1
+    new = list(ectx.pruned_shape(node.args[0])[-k:])
+    if len(node.args) > 1:
+        node.args = (node.args[0], new) + tuple(node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "normalized_shape": new}
+
+
+register_rule(F.layer_norm, export=layer_norm_function_export)(layer_norm_function)

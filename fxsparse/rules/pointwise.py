@@ -1,0 +1,189 @@
+"""Element-wise ops.
+
+Unary ops (activations, dropout, casts) pass channels through. N-ary ops (add, mul,
+where...) align their operands position by position, with broadcasting:
+- two channels that meet at the same position are coupled (a residual add, an SE gate);
+- a channel broadcast over several channels (a [B,1,H,W] spatial gate) couples nothing
+  and is itself unprunable (removing it would remove the gate from all of them);
+- a channel that meets a tensor whose values along that dim are fixed (an input, a
+  constant, an untracked op's output) is unprunable: removing it would change the other
+  operand's shape.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..elements import NO_ELEMENT, has_elements, varying_dims
+from .context import IDS, FreeRef
+from .registry import register_rule
+
+UNARY_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Softsign,
+    nn.Tanhshrink, nn.LogSigmoid, nn.Threshold, nn.Hardshrink, nn.Softshrink,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
+)
+UNARY_FUNCTIONS = (
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.sigmoid, F.tanh, F.softplus, F.hardtanh, F.softsign, F.logsigmoid, F.threshold,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+    torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.abs,
+    torch.neg, torch.erf, torch.clamp, torch.clip, torch.square, torch.sign, torch.nan_to_num,
+    operator.neg, operator.pos, torch.clone, torch.detach,
+)
+UNARY_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "abs", "neg", "clamp", "clamp_",
+    "clip", "sqrt", "rsqrt", "square", "sign", "contiguous", "float", "half", "double", "bfloat16", "to",
+    "type", "type_as", "detach", "clone", "requires_grad_", "exp_", "nan_to_num", "pow", "__pow__", "erf",
+)
+BINARY_FUNCTIONS = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
+    operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+    torch.where, torch.lerp, torch.pow, torch.addcmul, torch.addcdiv, torch.true_divide, torch.rsub,
+)
+BINARY_METHODS = (
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum", "masked_fill",
+    "masked_fill_", "where", "lerp", "addcmul", "addcdiv", "__add__", "__radd__", "__mul__", "__rmul__",
+    "__sub__", "__rsub__", "__truediv__",
+)
+
+
+def passthrough(ctx, node):
+    """Output carries the first tensor argument's channels (and its free parameters)."""
+    src = node.args[0] if node.args else next(iter(node.kwargs.values()))
+    ids, refs = ctx.ids(src), ctx.free(src)
+    if ids is None and refs is not None:
+        node.meta["fxsparse_free"] = refs
+    return ids
+
+
+for _t in UNARY_MODULES + UNARY_FUNCTIONS + UNARY_METHODS:
+    register_rule(_t)(passthrough)
+
+
+def _aligned(ids, ndim):
+    return ids.reshape((1,) * (ndim - ids.ndim) + ids.shape)
+
+
+def _right_aligned(refs, nd):
+    return [FreeRef(r.qualname, (None,) * (nd - len(r.dims)) + tuple(r.dims)) for r in refs]
+
+
+def combine(ctx, node, operands, out_shape, what="element-wise op"):
+    """Couple the channels of ``operands`` (fx.Nodes or constants) position by position."""
+    nd = len(out_shape)
+    loc = f"{what} at {ctx.where(node)}"
+    entries = []  # (name, shape aligned to nd, ids aligned or None, free refs or None)
+    for op in operands:
+        if isinstance(op, fx.Node):
+            shape = ctx.shape(op)
+        elif isinstance(op, torch.Tensor):
+            shape = tuple(op.shape)
+        else:
+            continue  # python number
+        if shape is None or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
+            continue
+        shape = (1,) * (nd - len(shape)) + tuple(shape)
+        ids = ctx.ids(op)
+        entries.append((getattr(op, "name", "a constant"), shape, None if ids is None else _aligned(ids, nd), ctx.free(op)))
+    tracked = [e for e in entries if e[2] is not None]
+
+    # Free parameters (layer scale, positional embeddings) take the channels they meet.
+    for _, shape, ids, refs in entries:
+        if refs is None or ids is not None:
+            continue
+        for _, _, other, _ in tracked:
+            for d in varying_dims(other):
+                if shape[d] == 1:
+                    continue  # broadcast: the parameter is shared by all channels
+                line = np.moveaxis(other, d, 0).reshape(other.shape[d], -1)[:, 0]
+                if not ctx.bind_free(_right_aligned(refs, nd), d, line):
+                    ctx.unprunable(other, f"{loc}: meets a parameter view that cannot be sliced along dim {d}")
+
+    # Channels that meet fixed (untracked) values along their own dim are unprunable.
+    for name, shape, ids, refs in entries:
+        if refs is not None and ids is None:
+            continue
+        for _, _, other, _ in tracked:
+            if other is ids:
+                continue
+            for d in varying_dims(other):
+                if shape[d] == 1:
+                    continue  # this operand is broadcast along d: nothing fixed there
+                reason = f"{loc}: combined with '{name}', whose values along dim {d} cannot be removed"
+                if ids is None or d not in varying_dims(ids):
+                    ctx.unprunable(other, reason)
+                    break
+                a, b = np.broadcast_arrays(ids, other)
+                ctx.unprunable(b[(a < 0) & (b >= 0)], reason)
+
+    # Channels at the same position are coupled, unless one side is broadcast (a gate).
+    spread = np.zeros(0, dtype=np.int64)
+    for i in range(len(tracked)):
+        for j in range(i + 1, len(tracked)):
+            a, b = np.broadcast_arrays(tracked[i][2], tracked[j][2])
+            keep = (a >= 0) & (b >= 0)
+            if not keep.any():
+                continue
+            pairs = np.unique(np.stack([a[keep], b[keep]], 1), axis=0)
+            gates = np.concatenate([_fan_out(pairs[:, 0]), _fan_out(pairs[:, 1])])
+            ctx.unprunable(gates, f"{loc}: channel is broadcast over several channels (a gate)")
+            spread = np.concatenate([spread, gates])
+            ok = ~np.isin(pairs[:, 0], gates) & ~np.isin(pairs[:, 1], gates)
+            ctx.couple(pairs[ok, 0], pairs[ok, 1])
+
+    out = np.full((1,) * nd, NO_ELEMENT, dtype=np.int64)
+    for _, _, ids, _ in tracked:
+        ids = np.where(np.isin(ids, spread), NO_ELEMENT, ids)
+        o, s = np.broadcast_arrays(out, ids)
+        out = np.where(o >= 0, o, s)
+    return out
+
+
+def _fan_out(x):
+    """Values that occur more than once in x (x lists unique pairs, so: paired with several)."""
+    vals, counts = np.unique(x, return_counts=True)
+    return vals[counts > 1]
+
+
+def nary(ctx, node):
+    operands = list(node.args) + [v for k, v in node.kwargs.items() if k in ("other", "input", "weight", "value", "tensor1", "tensor2")]
+    out_shape = ctx.shape(node)
+    if out_shape is None:
+        return None
+    nodes = [a for a in operands if isinstance(a, fx.Node) and ctx.shape(a) is not None]
+    if nodes and all(ctx.ids(a) is None and ctx.free(a) is not None for a in nodes):
+        # parameter (op) parameter: still a parameter view, bound where it meets channels
+        node.meta["fxsparse_free"] = [r for a in nodes for r in _right_aligned(ctx.free(a), len(out_shape))]
+        return None
+    return combine(ctx, node, operands, out_shape)
+
+
+for _t in BINARY_FUNCTIONS + BINARY_METHODS:
+    register_rule(_t)(nary)
+
+
+@register_rule(nn.PReLU)
+def prelu(ctx, node):
+    mod = ctx.modules[node.target]
+    ids = ctx.ids(node.args[0])
+    if mod.num_parameters > 1:
+        line = ctx.axis(node.args[0], 1, f"PReLU '{node.target}' needs channels on dim 1")
+        if line is not None:
+            ctx.member(f"{node.target}.weight", 0, line)
+        return ctx.ids(node.args[0])
+    return ids
+
+
+def _prelu_export(ectx, node):
+    mod = ectx.module(node.target)
+    mod.num_parameters = mod.weight.shape[0]
+
+
+register_rule(nn.PReLU, export=_prelu_export, override=True)(prelu)

@@ -1,0 +1,600 @@
+"""Ops that move channels around without computing on them: view/reshape/flatten,
+permute/transpose, (un)squeeze, expand/repeat, cat/stack, split/chunk/unbind,
+indexing, narrow, the fused channel shuffle, and reading a size off a tensor.
+
+After pruning, any size argument that names a channel count is stale; each rule's
+export hook rewrites those arguments from the pruned shapes.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from fxsparse.passes.fuse_channel_shuffle import channel_permute
+
+from ..elements import NO_ELEMENT, varying_dims
+from .context import FREE, FreeRef
+from .pointwise import combine
+from .registry import register_rule
+
+VALUE = "fxsparse_value"
+
+
+def _full(ids, shape):
+    return np.broadcast_to(ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape), shape)
+
+
+def _value(arg):
+    """Concrete value of a shape argument (recorded by shape_prop for size nodes)."""
+    if isinstance(arg, fx.Node):
+        return arg.meta.get(VALUE)
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_value(a) for a in arg)
+    return arg
+
+
+def _dim_map(in_shape, out_shape):
+    """For a reshape: out dim -> in dim where that dim passes through unchanged, else None."""
+    mapping = [None] * len(out_shape)
+    i = j = 0
+    while i < len(in_shape) and j < len(out_shape):
+        if in_shape[i] == out_shape[j]:
+            mapping[j] = i
+            i += 1
+            j += 1
+            continue
+        pi, pj, i0, j0 = in_shape[i], out_shape[j], i, j
+        i += 1
+        j += 1
+        while pi != pj:
+            if pi < pj and i < len(in_shape):
+                pi *= in_shape[i]
+                i += 1
+            elif j < len(out_shape):
+                pj *= out_shape[j]
+                j += 1
+            else:
+                break
+    return mapping
+
+
+def _refs_through(refs, mapping):
+    return [FreeRef(r.qualname, tuple(None if m is None or m >= len(r.dims) else r.dims[m] for m in mapping)) for r in refs]
+
+
+def _pass_free(ctx, node, src, mapping):
+    refs = ctx.free(src)
+    if refs is not None and ctx.ids(src) is None:
+        node.meta[FREE] = _refs_through(refs, mapping)
+
+
+# ----- view / reshape / flatten / unflatten ---------------------------------------------
+def reshape_rule(ctx, node):
+    src = node.args[0]
+    in_shape, out_shape = ctx.shape(src), ctx.shape(node)
+    _pass_free(ctx, node, src, _dim_map(in_shape, out_shape))
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    return np.ascontiguousarray(_full(ids, in_shape)).reshape(out_shape)
+
+
+def reshape_export(ectx, node):
+    """Rewrite the target shape: channel dims get their pruned size, other dims keep the
+    original argument (so a dynamic batch size stays dynamic)."""
+    pruned = ectx.pruned_shape(node)
+    if node.op == "call_function" and node.target is torch.reshape:
+        orig = list(node.args[1])
+    elif len(node.args) == 2 and isinstance(node.args[1], (list, tuple)):
+        orig = list(node.args[1])
+    else:
+        orig = list(node.args[1:])
+    if len(orig) != len(pruned):
+        return
+    new = [p if p is not None else o for p, o in zip(pruned, orig)]
+    if node.op == "call_function":
+        node.args = (node.args[0], new)
+    else:
+        node.args = (node.args[0], *new)
+
+
+register_rule("view", "reshape", torch.reshape, export=reshape_export)(reshape_rule)
+register_rule(torch.flatten, "flatten", nn.Flatten, nn.Unflatten)(reshape_rule)
+
+
+def unflatten_export(ectx, node):
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
+    sizes = list(node.args[2] if len(node.args) > 2 else node.kwargs["sizes"])
+    pruned = ectx.pruned_shape(node)
+    dim = dim % len(ectx.shape(node.args[0]))
+    new = [p if p is not None else s for p, s in zip(pruned[dim : dim + len(sizes)], sizes)]
+    node.args = (node.args[0], dim, new)
+    node.kwargs = {}
+
+
+register_rule("unflatten", torch.unflatten, export=unflatten_export)(reshape_rule)
+
+
+def _unflatten_module_export(ectx, node):
+    mod = ectx.module(node.target)
+    pruned = ectx.pruned_shape(node)
+    dim = mod.dim % len(pruned)
+    mod.unflattened_size = tuple(p if p is not None else s for p, s in zip(pruned[dim : dim + len(mod.unflattened_size)], mod.unflattened_size))
+
+
+register_rule(nn.Unflatten, export=_unflatten_module_export, override=True)(reshape_rule)
+
+
+# ----- permute / transpose / squeeze / unsqueeze ------------------------------------------
+def _permutation(node, ndim):
+    if node.target in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
+        a, b = (x % ndim for x in node.args[1:3])
+        perm = list(range(ndim))
+        perm[a], perm[b] = perm[b], perm[a]
+        return perm
+    if node.target in ("t",) or node.target is torch.t:
+        return list(reversed(range(ndim)))
+    if node.target in ("movedim", torch.movedim):
+        src, dst = node.args[1] % ndim, node.args[2] % ndim
+        order = [d for d in range(ndim) if d != src]
+        order.insert(dst, src)
+        return order
+    args = node.args[1:]
+    if len(args) == 1 and isinstance(args[0], (list, tuple)):
+        args = args[0]
+    if not args:
+        args = node.kwargs.get("dims")
+    return [a % ndim for a in args]
+
+
+def permute_rule(ctx, node):
+    src = node.args[0]
+    ndim = len(ctx.shape(src))
+    perm = _permutation(node, ndim)
+    _pass_free(ctx, node, src, perm)
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    ids = ids.reshape((1,) * (ndim - ids.ndim) + ids.shape)
+    return np.transpose(ids, perm)
+
+
+register_rule("permute", torch.permute, "transpose", torch.transpose, "swapaxes", torch.swapaxes, "t", torch.t,
+              "movedim", torch.movedim)(permute_rule)
+
+
+def _permute_attr(ctx, node):
+    src = node.args[0]
+    ndim = len(ctx.shape(src))
+    perm = list(reversed(range(ndim))) if node.args[1] in ("T",) else list(range(ndim - 2)) + [ndim - 1, ndim - 2]
+    _pass_free(ctx, node, src, perm)
+    ids = ctx.ids(src)
+    return None if ids is None else np.transpose(ids.reshape((1,) * (ndim - ids.ndim) + ids.shape), perm)
+
+
+def squeeze_like(ctx, node):
+    """squeeze / unsqueeze / expand / expand_as / broadcast_to: sizes change only where size is 1."""
+    src = node.args[0]
+    in_shape, out_shape = ctx.shape(src), ctx.shape(node)
+    if node.target in ("expand", "expand_as", "broadcast_to", torch.broadcast_to):
+        lead = len(out_shape) - len(in_shape)
+        mapping = [None] * lead + list(range(len(in_shape)))
+    else:
+        mapping = _dim_map(in_shape, out_shape)
+    _pass_free(ctx, node, src, mapping)
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    ids = ids.reshape((1,) * (len(in_shape) - ids.ndim) + ids.shape)
+    out = np.full([1] * len(out_shape), NO_ELEMENT, dtype=np.int64)
+    shape = [1] * len(out_shape)
+    for j, i in enumerate(mapping):
+        if i is not None:
+            shape[j] = ids.shape[i]
+    kept = [i for i in mapping if i is not None]
+    out = ids.reshape([ids.shape[i] for i in range(len(in_shape)) if i in kept] or [1])
+    return out.reshape(shape) if out.size == math.prod(shape) else None
+
+
+def expand_export(ectx, node):
+    if node.target == "expand_as":
+        return
+    pruned = ectx.pruned_shape(node)
+    args = list(node.args[1:])
+    if len(args) == 1 and isinstance(args[0], (list, tuple)):
+        args = list(args[0])
+    new = [o if p is None or o == -1 else p for p, o in zip(pruned, args)]
+    node.args = (node.args[0], *new)
+
+
+register_rule("squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, "expand_as")(squeeze_like)
+register_rule("expand", export=expand_export)(squeeze_like)
+
+
+def repeat_rule(ctx, node):
+    src = node.args[0]
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    reps = node.args[1:] if not isinstance(node.args[1], (list, tuple)) else node.args[1]
+    reps = [int(_value(r)) for r in reps]
+    in_shape = ctx.shape(src)
+    full = _full(ids, in_shape)
+    full = full.reshape((1,) * (len(reps) - full.ndim) + full.shape)
+    return np.tile(full, reps)
+
+
+register_rule("repeat")(repeat_rule)
+
+
+# ----- cat / stack ----------------------------------------------------------------------------
+def cat_rule(ctx, node):
+    tensors = node.args[0] if node.args else node.kwargs["tensors"]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    out_shape = ctx.shape(node)
+    nd = len(out_shape)
+    dim %= nd
+    # along the other dims the pieces meet position by position, like an add
+    parts = []
+    for t in tensors:
+        shape = list(ctx.shape(t))
+        ids = ctx.ids(t)
+        parts.append((t, shape, ids))
+    # couple along non-cat dims: compare each piece with a cat-dim-collapsed view
+    for t, shape, ids in parts:
+        if ids is not None and dim in varying_dims(ids) and any(d != dim for d in varying_dims(ids)):
+            ctx.unprunable(ids, f"cat at {ctx.where(node)}: channels vary along several dims")
+    collapsed = []
+    for t, shape, ids in parts:
+        refs = ctx.free(t)
+        collapsed.append((t, ids, refs))
+    _couple_across_pieces(ctx, node, collapsed, out_shape, dim)
+    pieces = []
+    for t, shape, ids in parts:
+        ids = ctx.ids(t)
+        if ids is None:
+            piece = np.full([1] * dim + [shape[dim]] + [1] * (nd - dim - 1), NO_ELEMENT, dtype=np.int64)
+        else:
+            full_shape = [1] * nd
+            full_shape[dim] = shape[dim]
+            for d in varying_dims(ids):
+                full_shape[d] = shape[d]
+            piece = np.broadcast_to(ids, full_shape)
+        pieces.append(piece)
+    target = [max(p.shape[d] for p in pieces) if d != dim else None for d in range(nd)]
+    pieces = [np.broadcast_to(p, [p.shape[d] if d == dim else target[d] for d in range(nd)]) for p in pieces]
+    return np.concatenate(pieces, axis=dim)
+
+
+def _couple_across_pieces(ctx, node, pieces, out_shape, dim):
+    """Pieces of a cat share every dim except ``dim``: channels there meet like in an add."""
+    nd = len(out_shape)
+    proxies = []
+    for t, ids, refs in pieces:
+        if ids is None and refs is None:
+            proxies.append(_Proxy(t, None, ctx.shape(t), None, dim))
+        else:
+            proxies.append(_Proxy(t, ids, ctx.shape(t), refs, dim))
+    if sum(p.ids is not None for p in proxies) == 0:
+        return
+    combine(_CollapsedCtx(ctx, proxies), node, proxies, tuple(1 if d == dim else s for d, s in enumerate(out_shape)),
+            what="cat")
+
+
+class _Proxy:
+    """A cat piece seen with its cat dim collapsed to size 1 (only other dims matter)."""
+
+    def __init__(self, node, ids, shape, refs, dim):
+        self.name = getattr(node, "name", "a constant")
+        if ids is not None:
+            ids = ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape)
+            ids = np.take(ids, [0], axis=dim) if dim not in varying_dims(ids) else None
+        self.ids = ids
+        self.shape = tuple(1 if d == dim else s for d, s in enumerate(shape))
+        self.refs = None if refs is None else [FreeRef(r.qualname, tuple(None if d == dim else r.dims[d] if d < len(r.dims) else None for d in range(len(shape)))) for r in refs]
+
+
+class _CollapsedCtx:
+    def __init__(self, ctx, proxies):
+        self._ctx = ctx
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def shape(self, op):
+        return op.shape if isinstance(op, _Proxy) else self._ctx.shape(op)
+
+    def ids(self, op):
+        return op.ids if isinstance(op, _Proxy) else self._ctx.ids(op)
+
+    def free(self, op):
+        return op.refs if isinstance(op, _Proxy) else self._ctx.free(op)
+
+
+register_rule(torch.cat, torch.concat, torch.concatenate)(cat_rule)
+
+
+@register_rule(torch.stack)
+def stack_rule(ctx, node):
+    tensors = node.args[0]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    in_shape = ctx.shape(tensors[0])
+    out = combine(ctx, node, list(tensors), tuple(in_shape), what="stack")
+    dim %= len(in_shape) + 1
+    return np.expand_dims(out, dim)
+
+
+# ----- split / chunk / unbind / narrow / indexing --------------------------------------------
+def _pieces(node, size):
+    """Original [start, stop) ranges of split/chunk/tensor_split outputs along the dim."""
+    if node.target in ("chunk", torch.chunk):
+        n = node.args[1] if len(node.args) > 1 else node.kwargs["chunks"]
+        step = math.ceil(size / n)
+        bounds = list(range(0, size, step)) + [size]
+    else:
+        arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections", node.kwargs.get("split_size"))
+        arg = _value(arg)
+        if isinstance(arg, int):
+            bounds = list(range(0, size, arg)) + [size]
+        else:
+            bounds = [0] + list(np.cumsum(arg))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _split_dim(node):
+    if len(node.args) > 2:
+        return node.args[2]
+    return node.kwargs.get("dim", 0)
+
+
+def split_rule(ctx, node):
+    src = node.args[0]
+    shape = ctx.shape(src)
+    dim = _split_dim(node) % len(shape)
+    ids = ctx.ids(src)
+    ranges = _pieces(node, shape[dim])
+    refs = ctx.free(src)
+    if refs is not None and ids is None:
+        node.meta[FREE] = refs
+    if ids is None:
+        return tuple(None for _ in ranges)
+    if dim not in varying_dims(ids):
+        return tuple(ids for _ in ranges)
+    return tuple(np.take(ids, range(a, b), axis=dim) for a, b in ranges)
+
+
+def split_export(ectx, node):
+    src = node.args[0]
+    dim = _split_dim(node) % len(ectx.shape(src))
+    if ectx.pruned_shape(src)[dim] is None:
+        return
+    kept = ectx.kept_along(src, dim)
+    sizes = [int(kept[a:b].sum()) for a, b in _pieces(node, len(kept))]
+    if 0 in sizes:
+        raise ectx.error(node, "a split piece would lose every channel")
+    node.target = "split" if node.op == "call_method" else torch.split
+    node.args = (src, sizes, dim)
+    node.kwargs = {}
+
+
+register_rule("split", torch.split, "chunk", torch.chunk, export=split_export)(split_rule)
+
+
+@register_rule("unbind", torch.unbind)
+def unbind_rule(ctx, node):
+    src = node.args[0]
+    shape = ctx.shape(src)
+    dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(shape)
+    ids = ctx.ids(src)
+    mapping = [d for d in range(len(shape)) if d != dim]
+    refs = ctx.free(src)
+    if refs is not None and ids is None:
+        node.meta[FREE] = _refs_through(refs, mapping)
+    if ids is None:
+        return tuple(None for _ in range(shape[dim]))
+    ids = ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape)
+    if dim in varying_dims(ids):
+        ctx.unprunable(ids, f"unbind at {ctx.where(node)} turns each channel into its own output")
+        return tuple(None for _ in range(shape[dim]))
+    return tuple(np.take(ids, 0, axis=dim) for _ in range(shape[dim]))
+
+
+def _index_items(index, ndim):
+    items = list(index) if isinstance(index, tuple) else [index]
+    n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
+    out = []
+    for it in items:
+        if it is Ellipsis:
+            out += [slice(None)] * (ndim - n_real)
+        else:
+            out.append(it)
+    return out
+
+
+def getitem_rule(ctx, node):
+    src, index = node.args
+    meta = src.meta.get("fxsparse_ids") if isinstance(src, fx.Node) else None
+    if isinstance(meta, (tuple, list)):  # picking an output of a split / a tuple-returning op
+        if src.meta.get(FREE) is not None:
+            node.meta[FREE] = src.meta[FREE]
+        item = meta[index] if isinstance(index, int) and index < len(meta) else None
+        return None if item is None else ctx.elements.canonical(item)
+    shape = ctx.shape(src)
+    if shape is None or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
+        if isinstance(src, fx.Node) and src.meta.get(FREE) is not None:
+            node.meta[FREE] = src.meta[FREE]
+        return None
+    ids = ctx.ids(src)
+    refs = ctx.free(src)
+    items = _index_items(index, len(shape))
+    full = None if ids is None else _full(ids, shape)
+    vd = [] if ids is None else varying_dims(ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape))
+    np_index, mapping, d = [], [], 0
+    for it in items:
+        if it is None:
+            np_index.append(None)
+            mapping.append(None)
+            continue
+        if isinstance(it, slice):
+            np_index.append(slice(_value(it.start), _value(it.stop), _value(it.step)))
+            mapping.append(d)
+        elif isinstance(it, int) or (isinstance(it, fx.Node) and isinstance(_value(it), int)):
+            np_index.append(int(_value(it)))
+            if d in vd:  # the picked channel must stay
+                ctx.unprunable(np.take(full, [int(_value(it))], axis=d), f"indexing at {ctx.where(node)} picks one channel")
+        else:  # a tensor / list index
+            if d in vd:
+                ctx.unprunable(ids, f"tensor indexing at {ctx.where(node)} along a channel dim")
+                return None
+            np_index.append(slice(None))
+            ishape = ctx.shape(it) if isinstance(it, fx.Node) else np.shape(it)
+            mapping += [None] * (len(ishape) - 1) if ishape else []
+            mapping.append(None)
+            d += 1
+            continue
+        d += 1
+    mapping += list(range(d, len(shape)))
+    if refs is not None and ids is None:
+        node.meta[FREE] = _refs_through(refs, mapping)
+    if ids is None:
+        return None
+    if any(not isinstance(i, (slice, int)) and i is not None for i in np_index):
+        return None
+    out = full[tuple(np_index)]
+    out_shape = ctx.shape(node)
+    return out.reshape(out_shape) if out.size == math.prod(out_shape) else None
+
+
+def getitem_export(ectx, node):
+    src, index = node.args
+    if not isinstance(src, fx.Node) or isinstance(src.meta.get("fxsparse_ids"), (tuple, list)):
+        return
+    shape = ectx.shape(src)
+    if shape is None or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
+        return
+    pruned = ectx.pruned_shape(src)
+    items = _index_items(index, len(shape))
+    new, d, changed = [], 0, False
+    for it in items:
+        if it is None:
+            new.append(it)
+            continue
+        if d < len(shape) and pruned[d] is not None and (isinstance(it, (slice, int)) or isinstance(_value(it), int)):
+            kept = ectx.kept_along(src, d)
+            pos = np.cumsum(kept) - 1  # original index -> index in the pruned tensor
+            if isinstance(it, slice):
+                sel = np.arange(shape[d])[slice(_value(it.start), _value(it.stop), _value(it.step))]
+                sel = pos[sel[kept[sel]]]
+                if len(sel) and np.array_equal(sel, np.arange(sel[0], sel[0] + len(sel))):
+                    it = slice(int(sel[0]), int(sel[0]) + len(sel))
+                else:
+                    it = [int(s) for s in sel]
+            else:
+                it = int(pos[int(_value(it))])
+            changed = True
+        new.append(it)
+        d += 1
+    if changed:
+        node.args = (src, tuple(new) if isinstance(index, tuple) or len(new) > 1 else new[0])
+
+
+register_rule(operator.getitem, export=getitem_export)(getitem_rule)
+
+
+def narrow_rule(ctx, node):
+    src, dim, start, length = node.args[:4]
+    shape = ctx.shape(src)
+    dim %= len(shape)
+    index = [slice(None)] * dim + [slice(_value(start), _value(start) + _value(length))]
+    fake = fx.Node.__new__(fx.Node)
+    fake.args = (src, tuple(index))
+    fake.name = node.name
+    fake.meta = node.meta
+    return getitem_rule(ctx, fake)
+
+
+register_rule("narrow", torch.narrow)(narrow_rule)
+
+
+@register_rule(channel_permute)
+def channel_permute_rule(ctx, node):
+    src, dim, index_node = node.args
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    perm = ctx.param(index_node.target).numpy()
+    shape = ctx.shape(src)
+    return np.take(_full(ids, shape), perm, axis=dim % len(shape))
+
+
+def channel_permute_export(ectx, node):
+    src, dim, index_node = node.args
+    if ectx.pruned_shape(src)[dim] is None:
+        return
+    kept_in = ectx.kept_along(src, dim)
+    pos = np.cumsum(kept_in) - 1
+    perm = ectx.buffer(index_node.target).numpy()
+    new = pos[perm[kept_in[perm]]]
+    ectx.set_buffer(index_node.target, torch.as_tensor(new, dtype=torch.long))
+
+
+register_rule(channel_permute, export=channel_permute_export, override=True)(channel_permute_rule)
+
+
+@register_rule("flip", torch.flip)
+def flip_rule(ctx, node):
+    src = node.args[0]
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs["dims"]
+    dims = [dims] if isinstance(dims, int) else dims
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    full = _full(ids, ctx.shape(src))
+    return np.flip(full, [d % full.ndim for d in dims])
+
+
+@register_rule("roll", torch.roll)
+def roll_rule(ctx, node):
+    src = node.args[0]
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims")
+    nd = len(ctx.shape(src))
+    dims = list(range(nd)) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    if any(d % nd in varying_dims(ids) for d in dims):
+        ctx.unprunable(ids, f"roll at {ctx.where(node)} shifts along a channel dim")
+        return None
+    return ids
+
+
+# ----- sizes read off tensors -----------------------------------------------------------------
+def size_rule(ctx, node):
+    src = node.args[0]
+    shape = ctx.shape(src)
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = list(range(len(shape))) if dim is None else [dim % len(shape)]
+    ctx.size_reads.append((node, src, dims))
+    return None
+
+
+register_rule("size")(size_rule)
+
+
+@register_rule(getattr)
+def getattr_rule(ctx, node):
+    src, attr = node.args[:2]
+    if attr == "shape":
+        ctx.size_reads.append((node, src, list(range(len(ctx.shape(src))))))
+        return None
+    if attr in ("T", "mT"):
+        return _permute_attr(ctx, node)
+    if attr in ("real", "data"):
+        return ctx.ids(src)
+    return None

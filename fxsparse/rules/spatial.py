@@ -1,0 +1,150 @@
+"""Ops that work within each channel (pooling, resizing, padding) and reductions/softmax.
+
+A spatial op is channel-transparent only when no channel runs along the dims it mixes.
+A reduction or softmax over a channel dim is allowed, but it mixes channels: removing a
+channel then differs from zeroing it (recorded for the masked reference).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..elements import varying_dims
+from .registry import register_rule
+
+_POOL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Upsample,
+    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d,
+    nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+)
+_POOL_FUNCTIONS = (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.upsample, F.lp_pool2d,
+)
+
+
+def spatial_rule(ctx, node):
+    """Channels on dims 0-1 pass; channels on the mixed (spatial) dims cannot be pruned."""
+    src = node.args[0]
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    nd = len(ctx.shape(src))
+    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    if any(d >= 2 for d in varying_dims(ids)):
+        ctx.unprunable(ids, f"spatial op at {ctx.where(node)} mixes a dim that carries channels")
+        return None
+    out_shape = ctx.shape(node)
+    if isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple):
+        return tuple(ids[:, :, *([slice(0, 1)] * (len(s) - 2))] if len(s) == nd else None for s in out_shape)
+    return ids
+
+
+register_rule(*_POOL_MODULES, *_POOL_FUNCTIONS)(spatial_rule)
+
+
+@register_rule(F.pad)
+def pad_rule(ctx, node):
+    src = node.args[0]
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    nd = len(ctx.shape(src))
+    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    padded = {nd - 1 - i // 2 for i, p in enumerate(pad) if p}
+    if padded & set(varying_dims(ids)):
+        ctx.unprunable(ids, f"pad at {ctx.where(node)} pads a dim that carries channels")
+        return None
+    return ids
+
+
+def _dims_arg(node, ndim):
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dim is None:
+        return list(range(ndim))
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    return sorted(d % ndim for d in dims)
+
+
+_ZERO_PRESERVING_REDUCTIONS = {"sum", torch.sum}
+
+
+def reduction_rule(ctx, node):
+    if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node) and ctx.shape(node.args[1]) is not None:
+        from .pointwise import nary  # torch.max(a, b) is element-wise
+
+        return nary(ctx, node)
+    src = node.args[0]
+    shape = ctx.shape(src)
+    ids = ctx.ids(src)
+    if ids is None or shape is None:
+        return None
+    nd = len(shape)
+    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    dims = _dims_arg(node, nd)
+    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool) else False)
+    vd = varying_dims(ids)
+    if set(dims) & set(vd):
+        if node.target not in _ZERO_PRESERVING_REDUCTIONS:
+            ctx.mark_mixing(node, f"{node.target} over a channel dim")
+        out = None
+    else:
+        out = ids
+        if not keepdim:
+            out = np.squeeze(ids, axis=tuple(dims)) if dims else ids
+    out_shape = ctx.shape(node)
+    if isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple):  # (values, indices)
+        return (out, out)
+    if out is not None and out.ndim != len(out_shape or ()):
+        return None
+    return out
+
+
+register_rule("mean", torch.mean, "sum", torch.sum, "amax", torch.amax, "amin", torch.amin, "max", torch.max,
+              "min", torch.min, "std", torch.std, "var", torch.var, "logsumexp", torch.logsumexp,
+              "prod", torch.prod)(reduction_rule)
+
+
+def softmax_rule(ctx, node):
+    src = node.args[0]
+    ids = ctx.ids(src)
+    if ids is None:
+        return None
+    nd = len(ctx.shape(src))
+    if node.op == "call_module":
+        dim = ctx.modules[node.target].dim
+    else:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    if dim is None or dim % nd in varying_dims(ids):
+        ctx.mark_mixing(node, "softmax over a channel dim")
+    return ids
+
+
+register_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax", "log_softmax",
+              nn.Softmax, nn.LogSoftmax)(softmax_rule)
+
+
+def pixel_shuffle_rule(ctx, node):
+    """PixelShuffle(r): output channel c is built from input channels c*r*r .. c*r*r+r*r-1."""
+    src = node.args[0]
+    line = ctx.axis(src, 1, f"pixel shuffle at {ctx.where(node)}")
+    if line is None:
+        return None
+    r = ctx.modules[node.target].upscale_factor if node.op == "call_module" else node.args[1]
+    blocks = line.reshape(-1, r * r)
+    for row in blocks:
+        ctx.elements.union_all(row)
+        if (row < 0).any():
+            ctx.unprunable(row, f"pixel shuffle at {ctx.where(node)}: block mixes fixed and prunable channels")
+    return ctx.along(len(ctx.shape(node)), 1, ctx.elements.canonical(blocks[:, 0]))
+
+
+register_rule(nn.PixelShuffle, F.pixel_shuffle)(pixel_shuffle_rule)

@@ -1,0 +1,94 @@
+"""Tracing with torch.fx, falling back to opaque leaves for submodules that cannot be traced.
+
+A submodule whose forward has data-dependent control flow (or anything else torch.fx
+cannot trace) is retried as a leaf: one warning names its path, and the analysis then
+treats it as an op without a rule (its channels are not pruned). If the top-level
+forward itself cannot be traced, :class:`TraceError` says where and what to do.
+"""
+from __future__ import annotations
+
+import traceback
+import warnings
+
+import torch.fx as fx
+import torch.nn as nn
+
+from .errors import TraceError
+
+_MAX_RETRIES = 64
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaves: set[str]):
+        super().__init__()
+        self.record_stack_traces = True  # so reasons can name file:line
+        self.leaves = leaves
+        self.path_stack: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        qualname = self.path_of_module(m)
+        self.path_stack.append(qualname)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:  # annotate with the innermost failing module once
+            if not hasattr(exc, "_fxsparse_module"):
+                exc._fxsparse_module = qualname
+            raise
+        finally:
+            self.path_stack.pop()
+
+
+def _user_location(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    for fr in reversed(frames):
+        f = fr.filename.replace("\\", "/")
+        if "/torch/" not in f and "/fxsparse/" not in f and "/passes/" not in f:
+            return f"{fr.filename}:{fr.lineno}: {fr.line}"
+    return ""
+
+
+def trace(model: nn.Module, leaf_modules=()) -> tuple[fx.GraphModule, list[str]]:
+    """Trace ``model``; returns the GraphModule and the paths that had to become leaves."""
+    leaves = set()
+    for item in leaf_modules:
+        if isinstance(item, str):
+            leaves.add(item)
+        elif isinstance(item, type):
+            leaves.update(name for name, m in model.named_modules() if isinstance(m, item))
+        else:
+            raise TypeError(f"leaf_modules takes module paths (str) or module classes, got {item!r}")
+    auto = []
+    for _ in range(_MAX_RETRIES):
+        tracer = _Tracer(leaves)
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:
+            path = getattr(exc, "_fxsparse_module", "")
+            where = _user_location(exc)
+            if not path or path in leaves:
+                name = type(model).__name__ if not path else f"'{path}' ({type(model.get_submodule(path)).__name__})"
+                raise TraceError(
+                    f"torch.fx cannot trace the forward of {name if path else 'the top-level module ' + name}"
+                    f"{' at ' + where if where else ''}: {type(exc).__name__}: {exc}. "
+                    "Fix: move the untraceable code into a submodule and pass its path in "
+                    "leaf_modules=[...] (its channels are then left unpruned), or remove the "
+                    "data-dependent control flow.",
+                    module_path=path,
+                    location=where,
+                ) from exc
+            leaves.add(path)
+            auto.append(path)
+            warnings.warn(
+                f"fxsparse: submodule '{path}' ({type(model.get_submodule(path)).__name__}) cannot be traced"
+                f"{' (' + where + ')' if where else ''}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                "it is treated as an opaque leaf and its channels are not pruned.",
+                stacklevel=3,
+            )
+            continue
+        name = type(model).__name__
+        gm = fx.GraphModule(tracer.root, graph, name)
+        return gm, auto
+    raise TraceError(f"gave up after making {_MAX_RETRIES} submodules leaves: {auto[:5]}...")

@@ -1,0 +1,49 @@
+"""Pass: run the traced graph once on example inputs and record every output's shape.
+
+Writes ``node.meta['fxsparse_shape']`` (a tuple, a nested tuple for tuple outputs, or
+None for non-tensors) and ``node.meta['fxsparse_value']`` for small non-tensor values
+(sizes read off tensors). Unlike torch.fx's ShapeProp it leaves the model exactly as it
+found it: buffers (BatchNorm running statistics) and the RNG state are restored.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from fxsparse.rules.context import SHAPE
+
+VALUE = "fxsparse_value"
+
+
+def _shape_of(value):
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
+        return tuple(_shape_of(v) for v in value)
+    return None
+
+
+class _Recorder(fx.Interpreter):
+    def run_node(self, n):
+        result = super().run_node(n)
+        n.meta[SHAPE] = _shape_of(result)
+        if isinstance(result, (int, float, bool, torch.Size)) or (
+            isinstance(result, (tuple, list)) and all(isinstance(v, (int, float, bool)) for v in result)
+        ):
+            n.meta[VALUE] = result
+        return result
+
+
+def shape_prop(gm: fx.GraphModule, example_inputs) -> fx.GraphModule:
+    buffers = {k: v.detach().clone() for k, v in gm.state_dict(keep_vars=True).items() if not isinstance(v, torch.nn.Parameter)}
+    rng = torch.get_rng_state()
+    try:
+        with torch.no_grad():
+            _Recorder(gm).run(*example_inputs)
+    finally:
+        torch.set_rng_state(rng)
+        with torch.no_grad():
+            state = gm.state_dict(keep_vars=True)
+            for k, v in buffers.items():
+                state[k].copy_(v)
+    return gm
