@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .graph import ChannelGraph, assign_flops, build_groups, count_flops
+from .graph import ChannelGraph, assign_flops, build_groups
+from .passes.shape_prop import FLOPS
 from .passes.channel_propagation import channel_propagation
 from .passes.fuse_channel_shuffle import fuse_channel_shuffle
 from .passes.shape_prop import shape_prop
@@ -25,11 +26,15 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     gm, auto_leaves = trace(model, leaf_modules)
-    shape_prop(gm, example_inputs)
+    shape_prop(gm, example_inputs, count_flops=flops)  # one forward gives shapes and FLOPs
     fuse_channel_shuffle(gm)
     ctx = channel_propagation(gm, rules)
     groups = build_groups(ctx.elements, ctx.members)
-    total, per_module = (0.0, {}) if not flops else count_flops(gm, example_inputs)
+    per_module = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            per_module[node.target] = per_module.get(node.target, 0.0) + node.meta.get(FLOPS, 0.0)
+    total = sum(node.meta.get(FLOPS, 0.0) for node in gm.graph.nodes)
     shapes = {name: tuple(ctx.param(name).shape) for name, _ in ctx.members}
     assign_flops(groups, per_module, total, shapes)
     return ChannelGraph(gm, ctx.elements, ctx.members, groups, ctx.non_zero_preserving, auto_leaves,

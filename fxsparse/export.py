@@ -79,7 +79,8 @@ class ExportContext:
         return out
 
     def pruned_size(self, node: fx.Node, dim: int) -> int:
-        p = self.pruned_shape(node)[dim % len(self.shape(node))]
+        dim %= len(self.shape(node))
+        p = self.pruned_shape(node)[dim]
         return self.shape(node)[dim] if p is None else p
 
     def module(self, name: str) -> nn.Module:

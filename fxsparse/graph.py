@@ -229,8 +229,9 @@ def count_flops(module: torch.nn.Module, example_inputs) -> tuple[float, dict]:
             for k, v in buffers.items():
                 state[k].copy_(v)
     per = {}
-    root = type(module).__name__
     for name, counts in counter.get_flop_counts().items():
-        path = name[len(root) + 1:] if name.startswith(root + ".") else ("" if name == root else name)
+        if name == "Global":
+            continue
+        path = name.split(".", 1)[1] if "." in name else ""  # keys are 'RootClass.path.to.module'
         per[path] = float(sum(counts.values()))
     return float(counter.get_total_flops()), per

@@ -85,13 +85,15 @@ def _check_size_reads(ctx: AnalysisContext):
         if len(dims) > 1:  # x.shape / x.size(): follow which entries are picked
             reads = []
             for user in size_node.users:
-                if user.target is operator.getitem and isinstance(user.args[1], int):
-                    reads.append((user, [user.args[1] % nd]))
+                if user.target is operator.getitem and isinstance(user.args[1], (int, slice)):
+                    picked = [user.args[1] % nd] if isinstance(user.args[1], int) else list(range(nd))[user.args[1]]
+                    reads.append((user, picked))
                 else:
                     reads.append((_Single(user), dims))
         for value, picked in reads:
             if not set(picked) & channel_dims:
                 continue
+            _tag_channel_count(value.user if isinstance(value, _Single) else value)
             bad = value.user if isinstance(value, _Single) else _non_shape_use(value)
             if isinstance(value, _Single) and (value.user.target in _SHAPE_CONSUMERS):
                 bad = None
@@ -99,6 +101,21 @@ def _check_size_reads(ctx: AnalysisContext):
                 ctx.unprunable(ids, f"the channel count of '{src.name}' is read at {where(size_node)} and used by "
                                     f"'{bad.name}' ({where(bad)}), so removing channels would change that value")
                 break
+
+
+CHANNEL_COUNT = "fxsparse_channel_count"  # node.meta: this int was computed from a channel count
+
+
+def _tag_channel_count(node, seen=None):
+    """Mark a size value and the int arithmetic on it: export must not reuse it as is."""
+    seen = seen if seen is not None else set()
+    if node in seen:
+        return
+    seen.add(node)
+    node.meta[CHANNEL_COUNT] = True
+    for user in node.users:
+        if user.op == "call_function" and user.target in _INT_ARITHMETIC:
+            _tag_channel_count(user, seen)
 
 
 class _Single:

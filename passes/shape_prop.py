@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
+from torch.utils.flop_counter import FlopCounterMode
 
 from fxsparse.rules.context import SHAPE
 
@@ -23,9 +24,20 @@ def _shape_of(value):
     return None
 
 
+FLOPS = "fxsparse_flops"  # node.meta: forward FLOPs of this node (torch.utils.flop_counter)
+
+
 class _Recorder(fx.Interpreter):
+    count_flops = False
+
     def run_node(self, n):
-        result = super().run_node(n)
+        if self.count_flops and n.op in ("call_module", "call_function", "call_method"):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                result = super().run_node(n)
+            n.meta[FLOPS] = float(counter.get_total_flops())
+        else:
+            result = super().run_node(n)
         n.meta[SHAPE] = _shape_of(result)
         if isinstance(result, (int, float, bool, torch.Size)) or (
             isinstance(result, (tuple, list)) and all(isinstance(v, (int, float, bool)) for v in result)
@@ -34,12 +46,15 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def shape_prop(gm: fx.GraphModule, example_inputs) -> fx.GraphModule:
+def shape_prop(gm: fx.GraphModule, example_inputs, count_flops: bool = False) -> fx.GraphModule:
+    """``count_flops``: also record each node's FLOPs in ``node.meta['fxsparse_flops']``."""
     buffers = {k: v.detach().clone() for k, v in gm.state_dict(keep_vars=True).items() if not isinstance(v, torch.nn.Parameter)}
     rng = torch.get_rng_state()
     try:
         with torch.no_grad():
-            _Recorder(gm).run(*example_inputs)
+            recorder = _Recorder(gm)
+            recorder.count_flops = count_flops
+            recorder.run(*example_inputs)
     finally:
         torch.set_rng_state(rng)
         with torch.no_grad():

@@ -6,9 +6,12 @@ Table 1 and Fig. 2(b): 7x7/2 conv (64), 3x3/2 max pool, 1x1 conv (64), 3x3 conv 
 3x3/2 max pool, inception 3a-3b, max pool, 4a-4e, max pool, 5a-5b, global average pooling,
 dropout 0.4 and a linear classifier. Each inception module concatenates four parallel
 branches: 1x1 conv; 1x1 reduce -> 3x3 conv; 1x1 reduce -> 5x5 conv (a true 5x5, as in the
-paper); 3x3/1 max pool -> 1x1 projection. At 224 / 1000 classes this has 6,998,552
-parameters; the per-layer parameter column of the paper's Table 1 sums to 6.8M (those
-figures count weights only and round each row).
+paper); 3x3/1 max pool -> 1x1 projection. At 224 / 1000 classes this has 7,005,832
+parameters, 6,991,272 without the BN affine parameters, which is exactly what the layer
+shapes of the paper's Table 1 give. The paper's per-layer parameter column sums to 6.8M but
+is not consistent with its own shapes (it lists 2.7K for the 7x7x3x64 conv, i.e. 9.4K), so
+that total is only matched to ~3%. (torchvision's GoogLeNet, 6.62M, uses a 3x3 conv in the
+"5x5" branch; this one does not.)
 
 Deviations: every conv is followed by BatchNorm (as in the BN-Inception follow-up, Ioffe &
 Szegedy, ICML 2015, arXiv:1502.03167, and the common reference implementations) instead

@@ -6,8 +6,10 @@ filters, 17 inverted-residual bottlenecks (1x1 expansion by t, 3x3 depthwise, li
 projection; residual when stride 1 and in == out), a 1x1 conv to 1280, global average
 pooling and a linear classifier; ReLU6 non-linearities. ``width_mult`` scales all widths
 (rounded to multiples of 8, as in the paper's code); the last conv stays at 1280 for
-``width_mult <= 1``. At 1.0 / 224 / 1000 classes this has 3,504,872 parameters (the paper
-quotes 3.4M; the TF-slim reference release 3.47M).
+``width_mult <= 1``. At 1.0 / 224 / 1000 classes this has 3,504,872 parameters, the same as
+the torchvision reference implementation. The paper prints a truncated 3.4M; the authors'
+TF-slim release lists 3.47M, which is the conv/linear weight count without the BN
+parameters (3,472,041 here for its 1001 classes).
 
 The ImageNet strides are kept, so a 32x32 input ends on a 1x1 map and 28x28 on 1x1
 (all strided convs are padded 3x3, i.e. ceil-mode, so odd sizes are fine).

@@ -31,6 +31,7 @@ def where(node: fx.Node) -> str:
     """'file:line' of the user code that created the node, when FX recorded it."""
     trace = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
+    lines = [ln for ln in lines if "/torch/" not in ln.replace("\\", "/")] or lines
     if lines:
         last = lines[-1]
         try:
@@ -186,10 +187,10 @@ def finish(elements: ElementTable, ids):
 
 def rectangularize(elements: ElementTable, ids: np.ndarray, vd: list[int]) -> np.ndarray:
     """Channels spread over several dims (a [heads, head_dim] grid) can only be removed as
-    whole slices of one dim. Keep the largest dim other than the innermost as the unit
-    (heads, not head_dim; groups of a maxout) and tie everything within each slice."""
-    candidates = vd[:-1]
-    unit = max(candidates, key=lambda d: ids.shape[d])
+    whole slices of one dim. The unit is the dim just outside the innermost one (heads
+    outside head_dim, q/k/v outside heads, groups of a maxout): everything within a
+    slice of it is tied together."""
+    unit = vd[-2]
     moved = np.moveaxis(ids, unit, 0)
     for row in moved.reshape(moved.shape[0], -1):
         elements.union_all(row)

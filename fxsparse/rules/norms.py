@@ -111,7 +111,7 @@ def layer_norm_module(ctx, node):
 def layer_norm_export(ectx, node):
     mod = ectx.module(node.target)
     k = len(mod.normalized_shape)
-    mod.normalized_shape = tuple(ectx.pruned_shape(node.args[0])[-k:])
+    mod.normalized_shape = tuple(ectx.pruned_size(node.args[0], d) for d in range(-k, 0))
 
 
 register_rule(nn.LayerNorm, export=layer_norm_export)(layer_norm_module)
@@ -135,7 +135,7 @@ def layer_norm_function(ctx, node):
 def layer_norm_function_export(ectx, node):
     shape_arg = _arg(node, 1, "normalized_shape")
     k = len(shape_arg) if isinstance(shape_arg, (list, tuple)) else 1
-    new = list(ectx.pruned_shape(node.args[0])[-k:])
+    new = [ectx.pruned_size(node.args[0], d) for d in range(-k, 0)]
     if len(node.args) > 1:
         node.args = (node.args[0], new) + tuple(node.args[2:])
     else:

@@ -81,12 +81,9 @@ def combine(ctx, node, operands, out_shape, what="element-wise op"):
     loc = f"{what} at {ctx.where(node)}"
     entries = []  # (name, shape aligned to nd, ids aligned or None, free refs or None)
     for op in operands:
-        if isinstance(op, fx.Node):
-            shape = ctx.shape(op)
-        elif isinstance(op, torch.Tensor):
-            shape = tuple(op.shape)
-        else:
+        if op is None or isinstance(op, (bool, int, float, complex, str)):
             continue  # python number
+        shape = ctx.shape(op)
         if shape is None or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
             continue
         shape = (1,) * (nd - len(shape)) + tuple(shape)

@@ -84,6 +84,10 @@ def reshape_rule(ctx, node):
     return np.ascontiguousarray(_full(ids, in_shape)).reshape(out_shape)
 
 
+def _reads_channels(arg):
+    return isinstance(arg, fx.Node) and arg.meta.get("fxsparse_channel_count", False)
+
+
 def reshape_export(ectx, node):
     """Rewrite the target shape: channel dims get their pruned size, other dims keep the
     original argument (so a dynamic batch size stays dynamic)."""
@@ -96,7 +100,10 @@ def reshape_export(ectx, node):
         orig = list(node.args[1:])
     if len(orig) != len(pruned):
         return
-    new = [p if p is not None else o for p, o in zip(pruned, orig)]
+    static = ectx.shape(node)
+    # a size computed from a channel count (C // heads) is stale after pruning: use the
+    # recorded size there; other sizes (the batch) stay symbolic
+    new = [p if p is not None else (static[d] if _reads_channels(o) else o) for d, (p, o) in enumerate(zip(pruned, orig))]
     if node.op == "call_function":
         node.args = (node.args[0], new)
     else:
@@ -208,7 +215,8 @@ def expand_export(ectx, node):
     args = list(node.args[1:])
     if len(args) == 1 and isinstance(args[0], (list, tuple)):
         args = list(args[0])
-    new = [o if p is None or o == -1 else p for p, o in zip(pruned, args)]
+    static = ectx.shape(node)
+    new = [(static[d] if _reads_channels(o) else o) if p is None or o == -1 else p for d, (p, o) in enumerate(zip(pruned, args))]
     node.args = (node.args[0], *new)
 
 
@@ -253,12 +261,15 @@ def cat_rule(ctx, node):
     for t, shape, ids in parts:
         refs = ctx.free(t)
         collapsed.append((t, ids, refs))
-    _couple_across_pieces(ctx, node, collapsed, out_shape, dim)
+    template = _couple_across_pieces(ctx, node, collapsed, out_shape, dim)
     pieces = []
     for t, shape, ids in parts:
         ids = ctx.ids(t)
         if ids is None:
-            piece = np.full([1] * dim + [shape[dim]] + [1] * (nd - dim - 1), NO_ELEMENT, dtype=np.int64)
+            # a parameter (class token) takes the channels it was bound to; a fixed tensor
+            # made them unprunable above, so the same ids keep the layout rectangular
+            piece = template if template is not None else np.full([1] * nd, NO_ELEMENT, dtype=np.int64)
+            piece = np.broadcast_to(ctx.elements.canonical(piece), [shape[dim] if d == dim else piece.shape[d] for d in range(nd)])
         else:
             full_shape = [1] * nd
             full_shape[dim] = shape[dim]
@@ -281,8 +292,8 @@ def _couple_across_pieces(ctx, node, pieces, out_shape, dim):
         else:
             proxies.append(_Proxy(t, ids, ctx.shape(t), refs, dim))
     if sum(p.ids is not None for p in proxies) == 0:
-        return
-    combine(_CollapsedCtx(ctx, proxies), node, proxies, tuple(1 if d == dim else s for d, s in enumerate(out_shape)),
+        return None
+    return combine(_CollapsedCtx(ctx, proxies), node, proxies, tuple(1 if d == dim else s for d, s in enumerate(out_shape)),
             what="cat")
 
 

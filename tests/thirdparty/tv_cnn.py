@@ -13,7 +13,7 @@ import copy
 import math
 from collections import OrderedDict
 from functools import partial
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -571,7 +571,7 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     x = x.view(batchsize, groups, channels_per_group, height, width)
     x = torch.transpose(x, 1, 2).contiguous()
     # flatten
-    x = x.view(batchsize, num_channels, height, width)
+    x = x.view(batchsize, -1, height, width)
     return x
 
 
@@ -583,6 +583,8 @@ class ShuffleInvertedResidual(nn.Module):
             raise ValueError("illegal stride value")
         self.stride = stride
         branch_features = oup // 2
+        if (self.stride == 1) and (inp != branch_features << 1):
+            raise ValueError(f"Invalid combination of stride {stride}, inp {inp} and oup {oup} values.")
         if self.stride > 1:
             self.branch1 = nn.Sequential(
                 self.depthwise_conv(inp, inp, kernel_size=3, stride=self.stride, padding=1),
