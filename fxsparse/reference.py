@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .export import ExportContext
 from .graph import ChannelGraph
 from .masks import normalize_keep
+from .passes.shape_prop import mutable
 from .rules.context import IDS
 
 
@@ -28,6 +29,9 @@ class MaskedInterpreter(fx.Interpreter):
                 class_kept[cls] = bool(k)
         self.ectx = ExportContext(graph.gm, graph, class_kept)
         self.mixing = {name for name, _ in graph.mixing}
+
+    def call_function(self, target, args, kwargs):
+        return target(*mutable(args), **mutable(kwargs))
 
     def _mask(self, node, dtype, device):
         m = self.ectx.kept_mask(node)
@@ -78,6 +82,10 @@ class MaskedInterpreter(fx.Interpreter):
             keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
             dims = tuple(range(x.dim())) if dim is None else dim
             return (x * m).sum(dims, keepdim=keepdim) / m.sum(dims, keepdim=keepdim)
+        if n.target in ("amax", torch.amax, "max", torch.max, "amin", torch.amin, "min", torch.min):
+            fill = float("-inf") if n.target in ("amax", torch.amax, "max", torch.max) else float("inf")
+            return n.target(x.masked_fill(m == 0, fill), *args[1:], **kwargs) if callable(n.target) else \
+                getattr(x.masked_fill(m == 0, fill), n.target)(*args[1:], **kwargs)
         if n.target in (F.softmax, torch.softmax, "softmax"):
             dim = args[1] if len(args) > 1 else kwargs["dim"]
             return torch.softmax(x.masked_fill(m == 0, float("-inf")), dim)

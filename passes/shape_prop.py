@@ -27,8 +27,21 @@ def _shape_of(value):
 FLOPS = "fxsparse_flops"  # node.meta: forward FLOPs of this node (torch.utils.flop_counter)
 
 
+def mutable(value):
+    """fx.Interpreter hands immutable lists to calls; generated code passes fresh literals,
+    and some library functions (torchvision's window attention) mutate their list args."""
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(mutable(v) for v in value) if isinstance(value, tuple) else [mutable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: mutable(v) for k, v in value.items()}
+    return value
+
+
 class _Recorder(fx.Interpreter):
     count_flops = False
+
+    def call_function(self, target, args, kwargs):
+        return target(*mutable(args), **mutable(kwargs))
 
     def run_node(self, n):
         if self.count_flops and n.op in ("call_module", "call_function", "call_method"):

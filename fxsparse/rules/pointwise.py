@@ -120,33 +120,27 @@ def combine(ctx, node, operands, out_shape, what="element-wise op"):
                 a, b = np.broadcast_arrays(ids, other)
                 ctx.unprunable(b[(a < 0) & (b >= 0)], reason)
 
-    # Channels at the same position are coupled, unless one side is broadcast (a gate).
-    spread = np.zeros(0, dtype=np.int64)
-    for i in range(len(tracked)):
-        for j in range(i + 1, len(tracked)):
-            a, b = np.broadcast_arrays(tracked[i][2], tracked[j][2])
-            keep = (a >= 0) & (b >= 0)
-            if not keep.any():
-                continue
-            pairs = np.unique(np.stack([a[keep], b[keep]], 1), axis=0)
-            gates = np.concatenate([_fan_out(pairs[:, 0]), _fan_out(pairs[:, 1])])
-            ctx.unprunable(gates, f"{loc}: channel is broadcast over several channels (a gate)")
-            spread = np.concatenate([spread, gates])
-            ok = ~np.isin(pairs[:, 0], gates) & ~np.isin(pairs[:, 1], gates)
-            ctx.couple(pairs[ok, 0], pairs[ok, 1])
+    # An operand of size 1 along a dim where another carries channels is broadcast over
+    # them (a [B,1,H,W] spatial gate): its own channels cannot go, and it couples nothing.
+    gates = []
+    for idx, (name, shape, ids, _) in enumerate(tracked):
+        spread_dims = [d for d in range(nd) if shape[d] == 1 and out_shape[d] > 1
+                       and any(d in varying_dims(o[2]) for o in tracked if o[2] is not ids)]
+        if spread_dims:
+            ctx.unprunable(ids, f"{loc}: '{name}' is broadcast over the channels of dim {spread_dims[0]} (a gate)")
+            gates.append(idx)
+    live = [e for i, e in enumerate(tracked) if i not in gates]
+    # Channels at the same position are coupled (repeated ids tie channels together, as
+    # after a grouped conv: a gate must then be uniform across the groups too).
+    for i in range(len(live)):
+        for j in range(i + 1, len(live)):
+            ctx.couple(*np.broadcast_arrays(live[i][2], live[j][2]))
 
     out = np.full((1,) * nd, NO_ELEMENT, dtype=np.int64)
-    for _, _, ids, _ in tracked:
-        ids = np.where(np.isin(ids, spread), NO_ELEMENT, ids)
+    for _, _, ids, _ in live:
         o, s = np.broadcast_arrays(out, ids)
         out = np.where(o >= 0, o, s)
     return out
-
-
-def _fan_out(x):
-    """Values that occur more than once in x (x lists unique pairs, so: paired with several)."""
-    vals, counts = np.unique(x, return_counts=True)
-    return vals[counts > 1]
 
 
 def nary(ctx, node):
