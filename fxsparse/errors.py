@@ -20,3 +20,7 @@ class KeepMaskError(FxsparseError, ValueError):
 
 class ExportError(FxsparseError):
     """A keep pattern cannot be realised as a physically smaller model."""
+
+
+class InputError(FxsparseError, ValueError):
+    """The model does not run on the example inputs it was given."""

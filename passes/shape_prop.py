@@ -11,7 +11,8 @@ import torch
 import torch.fx as fx
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxsparse.rules.context import SHAPE
+from fxsparse.errors import InputError
+from fxsparse.rules.context import SHAPE, where
 
 VALUE = "fxsparse_value"
 
@@ -43,7 +44,10 @@ class _Recorder(fx.Interpreter):
     def call_function(self, target, args, kwargs):
         return target(*mutable(args), **mutable(kwargs))
 
+    current = None
+
     def run_node(self, n):
+        self.current = n
         if self.count_flops and n.op in ("call_module", "call_function", "call_method"):
             counter = FlopCounterMode(display=False)
             with counter:
@@ -67,7 +71,16 @@ def shape_prop(gm: fx.GraphModule, example_inputs, count_flops: bool = False) ->
         with torch.no_grad():
             recorder = _Recorder(gm)
             recorder.count_flops = count_flops
-            recorder.run(*example_inputs)
+            try:
+                recorder.run(*example_inputs)
+            except Exception as exc:
+                node = recorder.current
+                shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
+                raise InputError(
+                    f"the model fails on the example inputs {shapes} at node '{node.name}' ({where(node)}): "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0]}. Pass inputs the model accepts "
+                    "(e.g. [batch, channels, height, width] for a CNN)."
+                ) from exc
     finally:
         torch.set_rng_state(rng)
         with torch.no_grad():

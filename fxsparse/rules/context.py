@@ -27,11 +27,17 @@ class FreeRef:
     dims: tuple
 
 
+import os
+
+_INTERNAL = ("/torch/", os.path.dirname(os.path.dirname(os.path.abspath(__file__))).replace("\\", "/") + "/",
+             os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "passes").replace("\\", "/"))
+
+
 def where(node: fx.Node) -> str:
     """'file:line' of the user code that created the node, when FX recorded it."""
     trace = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
-    lines = [ln for ln in lines if "/torch/" not in ln.replace("\\", "/")] or lines
+    lines = [ln for ln in lines if not any(part in ln.replace("\\", "/") for part in _INTERNAL)] or lines
     if lines:
         last = lines[-1]
         try:

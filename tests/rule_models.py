@@ -1,0 +1,868 @@
+"""Tiny hand-made models, one per channel rule, with hand-derived expectations.
+
+Every :class:`RuleCase` names a model builder, its example inputs and what
+``fxsparse.analyze`` must find, derived by hand from the rule semantics (not by running
+the library):
+
+* ``prunable``: the sorted sizes of the prunable groups;
+* ``unprunable``: how many groups are unprunable;
+* ``same``: tuples of ``"param:dim"`` members that must lie in one group together;
+* ``apart``: pairs of ``"param:dim"`` members that must never share a group;
+* ``index``: ``(anchor, member, expected)``: in the group that has ``anchor`` as a
+  member, ``member.index`` must equal ``expected`` (a list of index lists);
+* ``blocked``: ``(member, fragment)``: every group holding ``member`` is unprunable and
+  its reason contains ``fragment``;
+* ``zero_preserving``: the expected ``ChannelGraph.zero_preserving``.
+
+Models use 4-16 channels and inputs like [2, 3, 8, 8]. Weights are seeded and norm
+statistics randomised (``build``) so that removing a channel changes eval outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------
+# a custom function for the user-registered-rule case (must be wrapped at module level)
+# ----------------------------------------------------------------------------------------
+def channel_scale(x):
+    """A user op torch.fx must not trace into (it is a leaf function)."""
+    return x * 1.5
+
+
+torch.fx.wrap("channel_scale")
+
+
+# ----------------------------------------------------------------------------------------
+# conv / linear chains
+# ----------------------------------------------------------------------------------------
+class Conv1dChain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv1d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm1d(8)
+        self.conv2 = nn.Conv1d(8, 6, 3)
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.pool(torch.tanh(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+class Conv2dChain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.conv3 = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.conv3(x)
+
+
+class Conv3dChain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv3d(3, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm3d(6)
+        self.conv2 = nn.Conv3d(6, 5, 1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.bn1(self.conv1(x))))
+
+
+class ConvTransposeChain(nn.Module):
+    """ConvTranspose2d weight is [in, out, k, k]: its output channels are dim 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.bn = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.bn(self.up(x)))
+        return self.conv2(x)
+
+
+class LinearChain(nn.Module):
+    """On tokens [B, N, F]: the feature (last) dim carries the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(10, 12)
+        self.drop = nn.Dropout(0.1)
+        self.fc2 = nn.Linear(12, 8, bias=False)
+        self.fc3 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.drop(F.gelu(self.fc1(x)))
+        x = F.silu(self.fc2(x))
+        return self.fc3(x)
+
+
+# ----------------------------------------------------------------------------------------
+# normalisation
+# ----------------------------------------------------------------------------------------
+class GroupNormNet(nn.Module):
+    """GroupNorm(4 groups, 8 channels): a group of 2 conv channels is one unit (4 units).
+    GroupNorm(1 group) normalises over all channels: nothing behind it can go."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn1 = nn.GroupNorm(4, 8)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.gn2 = nn.GroupNorm(1, 6)
+        self.conv3 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.gn1(self.conv1(x)))
+        x = F.relu(self.gn2(self.conv2(x)))
+        return self.conv3(x)
+
+
+class InstanceNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.in1 = nn.InstanceNorm2d(8, affine=True)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.in2 = nn.InstanceNorm2d(6)  # no affine parameters
+        self.conv3 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.in1(self.conv1(x)))
+        x = F.relu(self.in2(self.conv2(x)))
+        return self.conv3(x)
+
+
+class ConvNeXtBlockNet(nn.Module):
+    """stem -> [dwconv -> permute -> LayerNorm(C) -> Linear -> GELU -> Linear -> gamma ->
+    permute] + residual -> head conv. LayerNorm over channels: mixing (not zero-preserving).
+    Parameterised so the test can build the pruned model by hand."""
+
+    def __init__(self, c=8, hidden=16, out=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.pw1 = nn.Linear(c, hidden)
+        self.pw2 = nn.Linear(hidden, c)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+        self.head = nn.Conv2d(c, out, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.pw2(F.gelu(self.pw1(self.norm(y))))
+        y = (self.gamma * y).permute(0, 3, 1, 2)
+        return self.head(x + y)
+
+
+# ----------------------------------------------------------------------------------------
+# element-wise ops, pooling
+# ----------------------------------------------------------------------------------------
+class PointwiseZoo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act1 = nn.ReLU6()
+        self.drop = nn.Dropout2d(0.2)
+        self.pool1 = nn.MaxPool2d(2)
+        self.ident = nn.Identity()
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.act2 = nn.Hardswish()
+        self.pool2 = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.ident(self.pool1(self.drop(self.act1(self.conv1(x)))))
+        x = F.leaky_relu(x, 0.1).sigmoid() * 2.0 - 0.5
+        x = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest")
+        x = self.pool2(self.act2(self.conv2(F.dropout(x, 0.1, self.training))))
+        return self.fc(x.flatten(1))
+
+
+class ResidualOps(nn.Module):
+    """x1 + y2 couples conv1/conv2; (a - b) couples conv3/conv4; a layer-scale [C,1,1]
+    parameter joins the group it multiplies; division by a python number is fine."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 6, 1)
+        self.conv4 = nn.Conv2d(8, 6, 1)
+        self.scale = nn.Parameter(torch.rand(6, 1, 1) + 0.5)
+        self.conv5 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x1 = F.relu(self.bn1(self.conv1(x)))
+        x2 = self.bn2(self.conv2(x1))
+        x = F.relu(x1 + x2)
+        d = self.conv3(x) - self.conv4(x)
+        d = d * self.scale / 2.0
+        return self.conv5(d)
+
+
+class SEGate(nn.Module):
+    """Squeeze-excitation: the gate [B, C, 1, 1] couples with the channels it multiplies."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Conv2d(8, 4, 1)
+        self.fc2 = nn.Conv2d(4, 8, 1)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        s = x.mean((2, 3), keepdim=True)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return self.conv2(x * s)
+
+
+class SpatialGate(nn.Module):
+    """A [B, 1, H, W] gate multiplies all channels: it couples nothing and is unprunable;
+    the channels it multiplies stay prunable. Also divides by (1 + gate)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.att = nn.Conv2d(8, 1, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        a = torch.sigmoid(self.att(x))
+        y = x * a
+        y = y / (1.0 + a)
+        return self.conv2(y)
+
+
+class PReLUNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act1 = nn.PReLU(8, init=0.1)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.act2 = nn.PReLU(init=0.2)  # one shared parameter: not a member
+        self.conv3 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
+
+
+# ----------------------------------------------------------------------------------------
+# concat, split, slicing
+# ----------------------------------------------------------------------------------------
+class ConcatNet(nn.Module):
+    """cat([a(4), b(6)]) -> BN(10) -> conv: a and b stay separate groups (offsets 0 and 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv_b = nn.Conv2d(3, 6, 1)
+        self.bn = nn.BatchNorm2d(10)
+        self.conv_c = nn.Conv2d(10, 5, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.conv_a(x), self.conv_b(x)], dim=1)
+        return self.conv_c(F.relu(self.bn(y)))
+
+
+class NestedConcatNet(nn.Module):
+    """cat(cat(a, b), d) then a residual add with e(13): e's first 4 channels join a, the
+    next 6 join b, the last 3 join d."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 4, 1)
+        self.conv_b = nn.Conv2d(3, 6, 1)
+        self.conv_d = nn.Conv2d(3, 3, 1)
+        self.conv_e = nn.Conv2d(3, 13, 3, padding=1)
+        self.conv_out = nn.Conv2d(13, 4, 1)
+
+    def forward(self, x):
+        ab = torch.cat([self.conv_a(x), self.conv_b(x)], 1)
+        abd = torch.cat((ab, self.conv_d(x)), dim=1)
+        return self.conv_out(F.relu(abd + self.conv_e(x)))
+
+
+class ConcatSelfNet(nn.Module):
+    """cat([a, a]): channel j of a reaches conv_out's inputs j and j + 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv_out = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        a = F.relu(self.conv_a(x))
+        return self.conv_out(torch.cat([a, a], 1))
+
+
+class SplitNet(nn.Module):
+    """split([3, 5]) slices conv1's channels into two groups; the two branches are summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_a = nn.Conv2d(3, 6, 1)
+        self.conv_b = nn.Conv2d(5, 6, 3, padding=1)
+        self.conv_out = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        a, b = torch.split(x, [3, 5], dim=1)
+        return self.conv_out(self.conv_a(a) + self.conv_b(b))
+
+
+class ChunkGLUNet(nn.Module):
+    """a, b = x.chunk(2); a * sigmoid(b): conv channel j couples with j + 4 (GLU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        a, b = self.conv1(x).chunk(2, dim=1)
+        return self.conv2(a * torch.sigmoid(b))
+
+
+class UnbindNet(nn.Module):
+    """Unbind along H (no channel) passes channels; unbind along channels pins them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+        self.conv3 = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        rows = self.conv1(x).unbind(2)
+        y = torch.stack(rows[::-1], dim=2)
+        parts = self.conv3(x).unbind(1)
+        w = parts[0] + parts[1] * parts[3]
+        return self.conv2(F.relu(y)) + w.unsqueeze(1)
+
+
+class SliceNet(nn.Module):
+    """x[:, :4] reads conv1's first 4 channels; the other 4 feed nothing (their own group).
+    x[:, 1:7:2] reads conv2's odd channels 1, 3, 5; the rest feed nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(3, 8, 1)
+        self.conv3 = nn.Conv2d(4, 5, 1)
+        self.conv4 = nn.Conv2d(3, 5, 1)
+
+    def forward(self, x):
+        a = F.relu(self.conv1(x))[:, :4]
+        b = self.conv2(x)[:, 1:7:2]
+        return self.conv3(a) + self.conv4(b)
+
+
+class FlattenLinearNet(nn.Module):
+    """[B, 4, 4, 4] -> flatten -> Linear(64, 10): conv channel c is block 16c..16c+15."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc1 = nn.Linear(64, 10)
+        self.fc2 = nn.Linear(10, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        x = x.view(x.size(0), -1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class PermuteNet(nn.Module):
+    """Channels-last linear between two convs via permute and transpose."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 6)
+        self.conv2 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = self.conv1(x).permute(0, 2, 3, 1)  # B H W C
+        x = F.relu(self.fc(x))  # B H W 6
+        x = x.transpose(1, 3).contiguous()  # B 6 W H
+        return self.conv2(x)
+
+
+# ----------------------------------------------------------------------------------------
+# depthwise / grouped / shuffle
+# ----------------------------------------------------------------------------------------
+class DepthwiseNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn = nn.BatchNorm2d(8)
+        self.pw = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.pw(F.relu(self.bn(self.dw(self.conv1(x)))))
+
+
+class DepthwiseMultiplierNet(nn.Module):
+    """Depthwise with multiplier 2: output channels 2c, 2c+1 live and die with input c."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 1)
+        self.dw = nn.Conv2d(6, 12, 3, padding=1, groups=6)
+        self.bn = nn.BatchNorm2d(12)
+        self.pw = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        return self.pw(F.relu(self.bn(self.dw(self.conv1(x)))))
+
+
+class GroupedConvNet(nn.Module):
+    """Conv2d(8, 12, groups=2): input channel j of each group is pruned together (j, j+4),
+    output channel j of each group together (j, j+6)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 1)
+        self.gconv = nn.Conv2d(8, 12, 3, padding=1, groups=2)
+        self.bn = nn.BatchNorm2d(12)
+        self.conv2 = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.bn(self.gconv(F.relu(self.conv1(x))))))
+
+
+class ShuffleUnitNet(nn.Module):
+    """A ShuffleNetV2 unit: chunk -> branch -> cat -> channel shuffle (view-transpose-view)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.b_conv1 = nn.Conv2d(4, 4, 1, bias=False)
+        self.b_bn1 = nn.BatchNorm2d(4)
+        self.b_dw = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+        self.b_bn2 = nn.BatchNorm2d(4)
+        self.b_conv2 = nn.Conv2d(4, 4, 1, bias=False)
+        self.b_bn3 = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.stem(x)))
+        x1, x2 = x.chunk(2, dim=1)
+        b = F.relu(self.b_bn1(self.b_conv1(x2)))
+        b = self.b_bn2(self.b_dw(b))
+        b = F.relu(self.b_bn3(self.b_conv2(b)))
+        y = torch.cat((x1, b), dim=1)
+        n, c, h, w = y.size()
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+        return self.head(y)
+
+
+# ----------------------------------------------------------------------------------------
+# attention
+# ----------------------------------------------------------------------------------------
+class MHANet(nn.Module):
+    """nn.MultiheadAttention has no channel rule: it is opaque (what enters it stays),
+    the layers after it are still pruned."""
+
+    def __init__(self, embed=8, heads=2, hidden=12, out=3):
+        super().__init__()
+        self.inp = nn.Linear(6, embed)
+        self.attn = nn.MultiheadAttention(embed, heads, batch_first=True)
+        self.fc1 = nn.Linear(embed, hidden)
+        self.fc2 = nn.Linear(hidden, out)
+
+    def forward(self, x):
+        x = F.relu(self.inp(x))
+        x, _ = self.attn(x, x, x, need_weights=False)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class QKVAttentionNet(nn.Module):
+    """Hand-written attention on tokens [B, N, in]: embed -> (separate q/k/v linears,
+    ``reshape(B, N, heads, hd)``) -> attention -> out proj -> residual -> head.
+
+    ``sdpa``: use F.scaled_dot_product_attention instead of the explicit softmax.
+    ``size_from_input``: read C off ``x.shape`` and use ``C // heads`` as head_dim (timm
+    style); otherwise explicit ``self.heads, self.hd`` (what a hand-built pruned copy uses).
+    """
+
+    def __init__(self, inp=6, embed=8, heads=2, hd=4, out=3, sdpa=False, size_from_input=False):
+        super().__init__()
+        self.heads, self.hd, self.sdpa, self.size_from_input = heads, hd, sdpa, size_from_input
+        self.embed = nn.Linear(inp, embed)
+        self.q = nn.Linear(embed, heads * hd)
+        self.k = nn.Linear(embed, heads * hd)
+        self.v = nn.Linear(embed, heads * hd)
+        self.proj = nn.Linear(heads * hd, embed)
+        self.head = nn.Linear(embed, out)
+
+    def forward(self, x):
+        x = self.embed(x)
+        B, N, C = x.shape
+        if self.size_from_input:
+            shape = (B, N, self.heads, C // self.heads)
+        else:
+            shape = (B, N, self.heads, self.hd)
+        q = self.q(x).reshape(*shape).transpose(1, 2)
+        k = self.k(x).reshape(*shape).transpose(1, 2)
+        v = self.v(x).reshape(*shape).transpose(1, 2)
+        if self.sdpa:
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * (self.hd ** -0.5)
+            o = attn.softmax(dim=-1) @ v
+        o = o.transpose(1, 2).reshape(B, N, self.heads * self.hd)
+        x = x + self.proj(o)
+        return self.head(x.mean(1))
+
+
+class FusedQKVAttentionNet(nn.Module):
+    """timm-style fused qkv: Linear(E, 3E).reshape(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4),
+    then unbind(0): q, k and v of one head are one unit."""
+
+    def __init__(self, embed=8, heads=2, out=3):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(embed, 3 * embed)
+        self.proj = nn.Linear(embed, embed)
+        self.head = nn.Linear(embed, out)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = (q @ k.transpose(-2, -1)) * (C // self.heads) ** -0.5
+        o = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, C)
+        return self.head(self.proj(o))
+
+
+# ----------------------------------------------------------------------------------------
+# parameters used directly
+# ----------------------------------------------------------------------------------------
+class TokenNet(nn.Module):
+    """Patch embed (conv) -> tokens; cls token [1,1,C] concatenated; pos embed [1,N+1,C]
+    added; an MLP with residual and layer scale gamma [C]; head on the cls token."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, 8))
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 8)
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)  # B 4 8
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat((cls, x), dim=1) + self.pos_embed
+        x = x + self.gamma * self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+# ----------------------------------------------------------------------------------------
+# what cannot be pruned, tracing problems, user rules
+# ----------------------------------------------------------------------------------------
+class DataDependentGate(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace this
+            return x * 2.0
+        return x
+
+
+class UntraceableChildNet(nn.Module):
+    """body.gate cannot be traced: analyze warns once and keeps it whole (opaque leaf)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential()
+        self.body.add_module("gate", DataDependentGate())
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.conv3 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = self.body(F.relu(self.conv1(x)))
+        return self.conv3(F.relu(self.conv2(x)))
+
+
+class UntraceableTopNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.mean() > 0:  # UNTRACEABLE-TOP-LINE
+            x = x * 2
+        return x
+
+
+class CustomOpNet(nn.Module):
+    """channel_scale is an fx leaf function with no rule unless the user registers one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 6, 1)
+        self.conv3 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = channel_scale(F.relu(self.conv1(x)))
+        return self.conv3(F.relu(self.conv2(x)))
+
+
+class NoRuleNet(nn.Module):
+    """torch.cumsum has no channel rule: conv1's channels entering it stay."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 6, 1)
+        self.conv3 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = torch.cumsum(self.conv1(x), dim=2)
+        return self.conv3(F.relu(self.conv2(x)))
+
+
+class SizeArithmeticNet(nn.Module):
+    """x * x.size(1): removing a channel of conv1 would change the value: unprunable.
+    conv2's channel count is only used as a view size: fine."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6 * 64, 3)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = x * (1.0 / x.size(1))
+        y = F.relu(self.conv2(x))
+        y = y.reshape(y.shape[0], y.shape[1] * y.shape[2] * y.shape[3])
+        return self.fc(y)
+
+
+class GroupedConvTransposeNet(nn.Module):
+    """A grouped transposed conv: whatever the library does, its output must be right."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 1)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2)
+        self.conv2 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.up(F.relu(self.conv1(x)))))
+
+
+# ----------------------------------------------------------------------------------------
+# the cases
+# ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RuleCase:
+    name: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple
+    prunable: list
+    unprunable: int
+    same: list = dataclasses.field(default_factory=list)
+    apart: list = dataclasses.field(default_factory=list)
+    index: list = dataclasses.field(default_factory=list)
+    blocked: list = dataclasses.field(default_factory=list)
+    zero_preserving: bool = True
+    warns: str | None = None  # fragment of the one warning analyze must give
+
+    def inputs(self, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randn(*self.input_shape, generator=g),)
+
+
+def blocks(n, width, offset=0, stride=None):
+    """[[offset + stride*j + 0 .. + width-1] for j in range(n)] (stride defaults to width)."""
+    stride = width if stride is None else stride
+    return [list(range(offset + stride * j, offset + stride * j + width)) for j in range(n)]
+
+
+def spread(n, copies, step, offset=0):
+    """[[offset + j + step*r for r in range(copies)] for j in range(n)] (a grouped layout)."""
+    return [[offset + j + step * r for r in range(copies)] for j in range(n)]
+
+
+IMG = (2, 3, 8, 8)
+TOK = (2, 5, 6)
+
+CASES = [
+    RuleCase("conv1d", Conv1dChain, (2, 3, 16), prunable=[6, 8], unprunable=1,
+             same=[("conv1.weight:0", "conv1.bias:0", "bn1.weight:0", "bn1.running_var:0", "conv2.weight:1"),
+                   ("conv2.weight:0", "conv2.bias:0", "fc.weight:1")],
+             blocked=[("fc.weight:0", "output")]),
+    RuleCase("conv2d", Conv2dChain, IMG, prunable=[8, 16], unprunable=1,
+             same=[("conv1.weight:0", "bn1.bias:0", "conv2.weight:1"), ("conv2.weight:0", "bn2.weight:0", "conv3.weight:1")],
+             apart=[("conv1.weight:0", "conv2.weight:0")],
+             blocked=[("conv3.weight:0", "output"), ("conv3.bias:0", "output")]),
+    RuleCase("conv3d", Conv3dChain, (2, 3, 4, 6, 6), prunable=[6], unprunable=1,
+             same=[("conv1.weight:0", "bn1.running_mean:0", "conv2.weight:1")]),
+    RuleCase("conv_transpose2d", ConvTransposeChain, IMG, prunable=[6, 8], unprunable=1,
+             same=[("conv1.weight:0", "up.weight:0"), ("up.weight:1", "up.bias:0", "bn.weight:0", "conv2.weight:1")]),
+    RuleCase("linear_chain", LinearChain, (2, 5, 10), prunable=[8, 12], unprunable=1,
+             same=[("fc1.weight:0", "fc1.bias:0", "fc2.weight:1"), ("fc2.weight:0", "fc3.weight:1")]),
+    RuleCase("group_norm", GroupNormNet, IMG, prunable=[4], unprunable=2,
+             same=[("conv1.weight:0", "gn1.weight:0", "gn1.bias:0", "conv2.weight:1")],
+             index=[("gn1.weight:0", "conv1.weight:0", blocks(4, 2)), ("gn1.weight:0", "conv2.weight:1", blocks(4, 2))],
+             blocked=[("gn2.weight:0", "one group")]),
+    RuleCase("instance_norm", InstanceNormNet, IMG, prunable=[6, 8], unprunable=1,
+             same=[("conv1.weight:0", "in1.weight:0", "in1.bias:0", "conv2.weight:1"), ("conv2.weight:0", "conv3.weight:1")]),
+    RuleCase("layer_norm_channels_last", ConvNeXtBlockNet, IMG, prunable=[8, 16], unprunable=1, zero_preserving=False,
+             same=[("stem.weight:0", "dw.weight:0", "dw.bias:0", "norm.weight:0", "norm.bias:0", "pw1.weight:1",
+                    "pw2.weight:0", "pw2.bias:0", "gamma:0", "head.weight:1"),
+                   ("pw1.weight:0", "pw1.bias:0", "pw2.weight:1")]),
+    RuleCase("pointwise_pool", PointwiseZoo, IMG, prunable=[6, 8], unprunable=1,
+             same=[("conv1.weight:0", "conv2.weight:1"), ("conv2.weight:0", "fc.weight:1")],
+             index=[("conv2.weight:0", "fc.weight:1", blocks(6, 1))]),
+    RuleCase("residual_sub_mul_div", ResidualOps, IMG, prunable=[6, 8], unprunable=1,
+             same=[("conv1.weight:0", "bn1.weight:0", "conv2.weight:0", "conv2.weight:1", "bn2.weight:0",
+                    "conv3.weight:1", "conv4.weight:1"),
+                   ("conv3.weight:0", "conv4.weight:0", "conv4.bias:0", "scale:0", "conv5.weight:1")]),
+    RuleCase("se_gate", SEGate, IMG, prunable=[4, 8], unprunable=1,
+             same=[("conv1.weight:0", "fc1.weight:1", "fc2.weight:0", "fc2.bias:0", "conv2.weight:1"),
+                   ("fc1.weight:0", "fc2.weight:1")]),
+    RuleCase("spatial_gate", SpatialGate, IMG, prunable=[8], unprunable=2,
+             same=[("conv1.weight:0", "att.weight:1", "conv2.weight:1")],
+             apart=[("att.weight:0", "conv1.weight:0")],
+             blocked=[("att.weight:0", "gate")]),
+    RuleCase("prelu", PReLUNet, IMG, prunable=[6, 8], unprunable=1,
+             same=[("conv1.weight:0", "act1.weight:0", "conv2.weight:1"), ("conv2.weight:0", "conv3.weight:1")]),
+    RuleCase("concat", ConcatNet, IMG, prunable=[4, 6], unprunable=1,
+             same=[("conv_a.weight:0", "bn.weight:0", "conv_c.weight:1"), ("conv_b.weight:0", "bn.weight:0", "conv_c.weight:1")],
+             apart=[("conv_a.weight:0", "conv_b.weight:0")],
+             index=[("conv_a.weight:0", "bn.weight:0", blocks(4, 1)), ("conv_b.weight:0", "bn.weight:0", blocks(6, 1, 4)),
+                    ("conv_b.weight:0", "conv_c.weight:1", blocks(6, 1, 4))]),
+    RuleCase("nested_concat", NestedConcatNet, IMG, prunable=[3, 4, 6], unprunable=1,
+             same=[("conv_a.weight:0", "conv_e.weight:0"), ("conv_b.weight:0", "conv_e.weight:0"),
+                   ("conv_d.weight:0", "conv_e.weight:0")],
+             apart=[("conv_a.weight:0", "conv_b.weight:0"), ("conv_b.weight:0", "conv_d.weight:0")],
+             index=[("conv_a.weight:0", "conv_e.weight:0", blocks(4, 1)), ("conv_b.weight:0", "conv_e.weight:0", blocks(6, 1, 4)),
+                    ("conv_d.weight:0", "conv_e.weight:0", blocks(3, 1, 10)), ("conv_d.weight:0", "conv_out.weight:1", blocks(3, 1, 10))]),
+    RuleCase("concat_self", ConcatSelfNet, IMG, prunable=[4], unprunable=1,
+             index=[("conv_a.weight:0", "conv_out.weight:1", spread(4, 2, 4))]),
+    RuleCase("split_sizes", SplitNet, IMG, prunable=[3, 5, 6], unprunable=1,
+             same=[("conv1.weight:0", "conv_a.weight:1"), ("conv1.weight:0", "conv_b.weight:1"),
+                   ("conv_a.weight:0", "conv_b.weight:0", "conv_out.weight:1")],
+             apart=[("conv_a.weight:1", "conv_b.weight:1")],
+             index=[("conv_a.weight:1", "conv1.weight:0", blocks(3, 1)), ("conv_b.weight:1", "conv1.weight:0", blocks(5, 1, 3))]),
+    RuleCase("chunk_glu", ChunkGLUNet, IMG, prunable=[4], unprunable=1,
+             index=[("conv2.weight:1", "conv1.weight:0", spread(4, 2, 4)), ("conv2.weight:1", "conv2.weight:1", blocks(4, 1))]),
+    RuleCase("unbind", UnbindNet, IMG, prunable=[8], unprunable=2,
+             same=[("conv1.weight:0", "conv2.weight:1")],
+             blocked=[("conv3.weight:0", "unbind")]),
+    RuleCase("slice", SliceNet, IMG, prunable=[3, 4, 4, 5], unprunable=1,
+             same=[("conv1.weight:0", "conv3.weight:1"), ("conv2.weight:0", "conv4.weight:1"),
+                   ("conv3.weight:0", "conv4.weight:0")],
+             index=[("conv3.weight:1", "conv1.weight:0", blocks(4, 1)), ("conv4.weight:1", "conv2.weight:0", [[1], [3], [5]])]),
+    RuleCase("flatten_linear", FlattenLinearNet, IMG, prunable=[4, 10], unprunable=1,
+             same=[("conv.weight:0", "bn.weight:0", "fc1.weight:1"), ("fc1.weight:0", "fc2.weight:1")],
+             index=[("conv.weight:0", "fc1.weight:1", blocks(4, 16))]),
+    RuleCase("permute_transpose", PermuteNet, IMG, prunable=[6, 8], unprunable=1,
+             same=[("conv1.weight:0", "fc.weight:1"), ("fc.weight:0", "fc.bias:0", "conv2.weight:1")]),
+    RuleCase("depthwise", DepthwiseNet, IMG, prunable=[8], unprunable=1,
+             same=[("conv1.weight:0", "dw.weight:0", "dw.bias:0", "bn.weight:0", "pw.weight:1")]),
+    RuleCase("depthwise_multiplier", DepthwiseMultiplierNet, IMG, prunable=[6], unprunable=1,
+             same=[("conv1.weight:0", "dw.weight:0", "bn.weight:0", "pw.weight:1")],
+             index=[("conv1.weight:0", "conv1.weight:0", blocks(6, 1)), ("conv1.weight:0", "dw.weight:0", blocks(6, 2)),
+                    ("conv1.weight:0", "pw.weight:1", blocks(6, 2))]),
+    RuleCase("grouped_conv", GroupedConvNet, IMG, prunable=[4, 6], unprunable=1,
+             same=[("conv1.weight:0", "gconv.weight:1"), ("gconv.weight:0", "gconv.bias:0", "bn.weight:0", "conv2.weight:1")],
+             index=[("gconv.weight:1", "conv1.weight:0", spread(4, 2, 4)), ("gconv.weight:1", "gconv.weight:1", blocks(4, 1)),
+                    ("bn.weight:0", "gconv.weight:0", spread(6, 2, 6))]),
+    RuleCase("channel_shuffle", ShuffleUnitNet, IMG, prunable=[4, 4, 4, 4], unprunable=1,
+             same=[("stem.weight:0", "bn0.weight:0", "head.weight:1"), ("stem.weight:0", "b_conv1.weight:1"),
+                   ("b_conv1.weight:0", "b_bn1.weight:0", "b_dw.weight:0", "b_bn2.weight:0", "b_conv2.weight:1"),
+                   ("b_conv2.weight:0", "b_bn3.weight:0", "head.weight:1")],
+             apart=[("b_conv1.weight:1", "head.weight:1")],
+             index=[("b_conv1.weight:1", "stem.weight:0", blocks(4, 1, 4)),
+                    ("b_bn3.weight:0", "head.weight:1", [[1], [3], [5], [7]])]),
+    RuleCase("multihead_attention", MHANet, TOK, prunable=[12], unprunable=2,
+             same=[("fc1.weight:0", "fc1.bias:0", "fc2.weight:1")],
+             blocked=[("inp.weight:0", "MultiheadAttention")]),
+    RuleCase("qkv_attention", QKVAttentionNet, TOK, prunable=[2, 8], unprunable=1,
+             same=[("q.weight:0", "q.bias:0", "k.weight:0", "v.weight:0", "proj.weight:1"),
+                   ("embed.weight:0", "q.weight:1", "k.weight:1", "v.weight:1", "proj.weight:0", "head.weight:1")],
+             index=[("q.weight:0", "q.weight:0", blocks(2, 4)), ("q.weight:0", "proj.weight:1", blocks(2, 4))]),
+    RuleCase("qkv_attention_sdpa", lambda: QKVAttentionNet(sdpa=True, size_from_input=True), TOK, prunable=[2, 8],
+             unprunable=1,
+             same=[("q.weight:0", "k.weight:0", "v.bias:0", "proj.weight:1"),
+                   ("embed.weight:0", "q.weight:1", "proj.weight:0", "head.weight:1")],
+             index=[("v.weight:0", "k.weight:0", blocks(2, 4))]),
+    RuleCase("fused_qkv_attention", FusedQKVAttentionNet, (2, 5, 8), prunable=[2, 8], unprunable=1,
+             same=[("qkv.weight:0", "qkv.bias:0", "proj.weight:1"), ("proj.weight:0", "head.weight:1")],
+             index=[("qkv.weight:0", "qkv.weight:0", [[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19],
+                                                        [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23]])],
+             ),
+    RuleCase("token_params", TokenNet, IMG, prunable=[8, 12], unprunable=1,
+             same=[("patch.weight:0", "patch.bias:0", "cls_token:2", "pos_embed:2", "fc1.weight:1", "fc2.weight:0",
+                    "gamma:0", "head.weight:1"), ("fc1.weight:0", "fc2.weight:1")]),
+    RuleCase("untraceable_child", UntraceableChildNet, IMG, prunable=[6], unprunable=2,
+             same=[("conv2.weight:0", "conv3.weight:1")],
+             blocked=[("conv1.weight:0", "body.gate")], warns="body.gate"),
+    RuleCase("no_rule_op", NoRuleNet, IMG, prunable=[6], unprunable=2,
+             same=[("conv2.weight:0", "conv3.weight:1")],
+             blocked=[("conv1.weight:0", "cumsum")]),
+    RuleCase("size_arithmetic", SizeArithmeticNet, IMG, prunable=[6], unprunable=2,
+             same=[("conv2.weight:0", "fc.weight:1")],
+             index=[("conv2.weight:0", "fc.weight:1", blocks(6, 64))],
+             blocked=[("conv1.weight:0", "channel count"), ("conv2.weight:1", "channel count")]),
+]
+
+CASES_BY_NAME = {c.name: c for c in CASES}
+
+
+@torch.no_grad()
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial norm statistics / affine parameters so that eval outputs depend on them."""
+    g = torch.Generator().manual_seed(seed + 777)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.normal_(0.0, 0.2, generator=g)
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+        if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+            if getattr(m, "weight", None) is not None:
+                m.weight.uniform_(0.5, 1.5, generator=g)
+            if getattr(m, "bias", None) is not None:
+                m.bias.normal_(0.0, 0.2, generator=g)
+    return model
+
+
+def build(case: RuleCase, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize(case.build(), seed).eval()

@@ -1,0 +1,485 @@
+"""One tiny model per channel rule (tests/rule_models.py): hand-derived groups, export ==
+masked reference for 20 random masks, hand-built pruned models for the models where
+zeroing a channel is not removing it, keep-mask validation, graph views, tracing errors
+and user-registered rules."""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import warnings
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import fxsparse
+from fxsparse.reference import masked_reference
+from fxsparse.rules.pointwise import passthrough
+from fxsparse.rules.registry import _RULES
+
+from harness import check_export, expected_param_count
+import rule_models as R
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+def _parse(spec: str):
+    param, dim = spec.rsplit(":", 1)
+    return param, int(dim)
+
+
+def groups_with(graph, spec):
+    """Groups that have the member ``param:dim``."""
+    param, dim = _parse(spec)
+    return [g for g in graph.groups if any(m.param == param and m.dim == dim for m in g.members)]
+
+
+def member_of(group, spec):
+    param, dim = _parse(spec)
+    (m,) = [m for m in group.members if m.param == param and m.dim == dim]
+    return m
+
+
+def analyze_case(case, model=None):
+    model = model if model is not None else R.build(case)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = fxsparse.analyze(model, case.inputs())
+    return model, graph, [w for w in caught if "fxsparse" in str(w.message)]
+
+
+def kept_indices(graph, keep, param, dim, size):
+    """Indices of ``param``'s ``dim`` that survive ``keep`` (from the groups' member indices)."""
+    masks = fxsparse.normalize_keep(graph, keep)
+    dropped = set()
+    for g in graph.groups:
+        for m in g.members:
+            if m.param == param and m.dim == dim:
+                for j in (~masks[g.id]).nonzero().flatten().tolist():
+                    dropped.update(int(i) for i in m.index[j])
+    return torch.tensor([i for i in range(size) if i not in dropped], dtype=torch.long)
+
+
+def assert_close(a, b, atol=1e-5):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    err = float((a - b).abs().max())
+    assert err <= atol * max(1.0, float(b.abs().max())), f"max abs difference {err}"
+
+
+# ----------------------------------------------------------------------------------------
+# every rule model: hand-derived groups, then export == masked reference
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", R.CASES, ids=lambda c: c.name)
+def test_rule_groups(case):
+    model, graph, warned = analyze_case(case)
+    assert sorted(g.size for g in graph.prunable_groups) == sorted(case.prunable), graph.summary()
+    assert sum(not g.prunable for g in graph.groups) == case.unprunable, graph.summary()
+    assert graph.zero_preserving == case.zero_preserving
+    assert all(g.reason for g in graph.groups if not g.prunable)
+    assert all(not g.reason for g in graph.prunable_groups)
+    # every group's members index every channel with the same number of entries per member
+    for g in graph.groups:
+        assert g.size >= 1 and len(g.classes) == g.size
+        for m in g.members:
+            assert len(m.index) == g.size
+            flat = np.concatenate(m.index)
+            assert len(np.unique(flat)) == len(flat), (g.id, m.param)
+    for specs in case.same:
+        common = set.intersection(*(set(g.id for g in groups_with(graph, s)) for s in specs))
+        assert common, f"{specs} share no group:\n{graph.summary()}"
+    for a, b in case.apart:
+        assert not {g.id for g in groups_with(graph, a)} & {g.id for g in groups_with(graph, b)}, (a, b)
+    for anchor, spec, expected in case.index:
+        (g,) = groups_with(graph, anchor)
+        got = [sorted(int(i) for i in ix) for ix in member_of(g, spec).index]
+        assert got == expected, (anchor, spec, got)
+    for spec, fragment in case.blocked:
+        gs = groups_with(graph, spec)
+        assert gs and all(not g.prunable for g in gs), spec
+        assert all(fragment in g.reason for g in gs), [g.reason for g in gs]
+    if case.warns is None:
+        assert not warned, [str(w.message) for w in warned]
+    else:
+        assert len(warned) == 1 and case.warns in str(warned[0].message), [str(w.message) for w in warned]
+
+
+@pytest.mark.parametrize("case", R.CASES, ids=lambda c: c.name)
+def test_rule_export_matches_masked_reference(case):
+    model, graph, _ = analyze_case(case)
+    # 20 random masks, keep ratios drawn uniformly from [0.2, 0.9]
+    check_export(model, case.inputs(), n_masks=20, ratios=None, seed=1, graph=graph)
+
+
+# ----------------------------------------------------------------------------------------
+# hand-built pruned models (LayerNorm over channels, attention)
+# ----------------------------------------------------------------------------------------
+def _random_keeps(graph, n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        yield fxsparse.random_keep(graph, [0.3, 0.5, 0.75][i % 3], gen)
+
+
+def _slice(t: torch.Tensor, *index):
+    """t[index[0]][:, index[1]] ... with None meaning 'keep all' along that dim."""
+    for d, ix in enumerate(index):
+        if ix is not None:
+            t = t.index_select(d, ix)
+    return t.detach().clone()
+
+
+def _load(model: nn.Module, tensors: dict):
+    with torch.no_grad():
+        for name, value in tensors.items():
+            owner, _, attr = name.rpartition(".")
+            mod = model.get_submodule(owner) if owner else model
+            cur = getattr(mod, attr)
+            assert cur.shape == value.shape, (name, cur.shape, value.shape)
+            cur.copy_(value)
+    return model
+
+
+def _compare_hand_built(model, graph, keep, small, inputs):
+    exported = fxsparse.export(model, graph, keep).eval()
+    with torch.no_grad():
+        out = exported(*inputs)
+        ref = small.eval()(*inputs)
+        masked = masked_reference(graph, keep, *inputs)
+    assert_close(out, ref)
+    assert_close(masked, ref)  # the masked reference agrees with the hand-built model too
+    n = sum(p.numel() for p in exported.parameters())
+    assert n == sum(p.numel() for p in small.parameters()) == expected_param_count(model, graph, keep)
+
+
+def test_layer_norm_channels_last_hand_built():
+    case = R.CASES_BY_NAME["layer_norm_channels_last"]
+    model, graph, _ = analyze_case(case)
+    assert not graph.zero_preserving
+    inputs = case.inputs()
+    P = dict(model.named_parameters())
+    changed = 0
+    for keep in _random_keeps(graph, 6):
+        c = kept_indices(graph, keep, "stem.weight", 0, 8)
+        h = kept_indices(graph, keep, "pw1.weight", 0, 16)
+        assert len(c) < 8 and len(h) < 16
+        small = R.ConvNeXtBlockNet(c=len(c), hidden=len(h), out=4)
+        _load(small, {
+            "stem.weight": _slice(P["stem.weight"], c), "stem.bias": _slice(P["stem.bias"], c),
+            "dw.weight": _slice(P["dw.weight"], c), "dw.bias": _slice(P["dw.bias"], c),
+            "norm.weight": _slice(P["norm.weight"], c), "norm.bias": _slice(P["norm.bias"], c),
+            "pw1.weight": _slice(P["pw1.weight"], h, c), "pw1.bias": _slice(P["pw1.bias"], h),
+            "pw2.weight": _slice(P["pw2.weight"], c, h), "pw2.bias": _slice(P["pw2.bias"], c),
+            "gamma": _slice(P["gamma"], c), "head.weight": _slice(P["head.weight"], None, c),
+            "head.bias": _slice(P["head.bias"]),
+        })
+        _compare_hand_built(model, graph, keep, small, inputs)
+        # removing channels under a LayerNorm is not zeroing them: the plain zero-masked
+        # dense model (LayerNorm statistics over all channels) must differ
+        with torch.no_grad():
+            changed += int(not torch.allclose(fxsparse.export(model, graph, keep)(*inputs), model(*inputs)))
+    assert changed
+
+
+def test_multihead_attention_hand_built():
+    case = R.CASES_BY_NAME["multihead_attention"]
+    model, graph, _ = analyze_case(case)
+    (g,) = graph.prunable_groups
+    assert {m.layer for m in g.members} == {"fc1", "fc2"}  # nothing inside the attention moves
+    P = dict(model.named_parameters())
+    for keep in _random_keeps(graph, 4):
+        h = kept_indices(graph, keep, "fc1.weight", 0, 12)
+        small = R.MHANet(hidden=len(h))
+        tensors = {name: _slice(p) for name, p in P.items() if name.startswith(("inp.", "attn."))}
+        tensors.update({"fc1.weight": _slice(P["fc1.weight"], h), "fc1.bias": _slice(P["fc1.bias"], h),
+                        "fc2.weight": _slice(P["fc2.weight"], None, h), "fc2.bias": _slice(P["fc2.bias"])})
+        _compare_hand_built(model, graph, keep, _load(small, tensors), case.inputs())
+
+
+@pytest.mark.parametrize("name", ["qkv_attention", "qkv_attention_sdpa"])
+def test_qkv_attention_hand_built(name):
+    case = R.CASES_BY_NAME[name]
+    model, graph, _ = analyze_case(case)
+    P = dict(model.named_parameters())
+    seen_heads = set()
+    for keep in _random_keeps(graph, 6, seed=3):
+        e = kept_indices(graph, keep, "embed.weight", 0, 8)
+        inner = kept_indices(graph, keep, "q.weight", 0, 8)  # whole heads: blocks of 4
+        assert len(inner) % 4 == 0
+        heads = len(inner) // 4
+        seen_heads.add(heads)
+        small = R.QKVAttentionNet(embed=len(e), heads=heads, hd=4, sdpa=model.sdpa)
+        tensors = {"embed.weight": _slice(P["embed.weight"], e), "embed.bias": _slice(P["embed.bias"], e),
+                   "proj.weight": _slice(P["proj.weight"], e, inner), "proj.bias": _slice(P["proj.bias"], e),
+                   "head.weight": _slice(P["head.weight"], None, e), "head.bias": _slice(P["head.bias"])}
+        for n in "qkv":
+            tensors[f"{n}.weight"] = _slice(P[f"{n}.weight"], inner, e)
+            tensors[f"{n}.bias"] = _slice(P[f"{n}.bias"], inner)
+        _compare_hand_built(model, graph, keep, _load(small, tensors), case.inputs())
+    assert seen_heads == {1, 2} or seen_heads == {1}
+
+
+def _fused_attention(x, Wqkv, bqkv, Wp, bp, Wh, bh, heads, hd):
+    B, N, _ = x.shape
+    qkv = torch.nn.functional.linear(x, Wqkv, bqkv).reshape(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = torch.softmax((q @ k.transpose(-2, -1)) * hd ** -0.5, dim=-1)
+    o = (attn @ v).transpose(1, 2).reshape(B, N, heads * hd)
+    return torch.nn.functional.linear(torch.nn.functional.linear(o, Wp, bp), Wh, bh)
+
+
+def test_fused_qkv_attention_hand_built():
+    case = R.CASES_BY_NAME["fused_qkv_attention"]
+    model, graph, _ = analyze_case(case)
+    P = {k: v.detach() for k, v in model.named_parameters()}
+    (x,) = case.inputs()
+    with torch.no_grad():
+        dense = _fused_attention(x, P["qkv.weight"], P["qkv.bias"], P["proj.weight"], P["proj.bias"],
+                                 P["head.weight"], P["head.bias"], 2, 4)
+        assert_close(model(x), dense)
+    for keep in _random_keeps(graph, 4, seed=5):
+        rows = kept_indices(graph, keep, "qkv.weight", 0, 24)
+        heads = len(rows) // 12
+        cols = kept_indices(graph, keep, "proj.weight", 1, 8)
+        p = kept_indices(graph, keep, "proj.weight", 0, 8)
+        assert len(cols) == 4 * heads
+        exported = fxsparse.export(model, graph, keep)
+        with torch.no_grad():
+            ref = _fused_attention(x, P["qkv.weight"][rows], P["qkv.bias"][rows], P["proj.weight"][p][:, cols],
+                                   P["proj.bias"][p], P["head.weight"][:, p], P["head.bias"], heads, 4)
+            assert_close(exported(x), ref)
+
+
+# ----------------------------------------------------------------------------------------
+# bad keep masks and ratios
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def concat_graph():
+    case = R.CASES_BY_NAME["concat"]
+    model = R.build(case)
+    return model, fxsparse.analyze(model, case.inputs()), case.inputs()
+
+
+def _raises(fragments, fn, *args):
+    with pytest.raises(fxsparse.KeepMaskError) as exc:
+        fn(*args)
+    for f in fragments:
+        assert f in str(exc.value), (f, str(exc.value))
+    assert isinstance(exc.value, ValueError) and isinstance(exc.value, fxsparse.FxsparseError)
+
+
+def test_keep_mask_errors(concat_graph):
+    model, graph, inputs = concat_graph
+    g = graph.prunable_groups[0]
+    fixed = [x for x in graph.groups if not x.prunable][0]
+    n = len(graph.groups)
+    bad = [
+        ({g.id: torch.ones(g.size + 1, dtype=torch.bool)}, [f"group {g.id}", f"{g.size + 1} entries", f"{g.size} channels"]),
+        ({g.id: torch.ones(g.size - 1, dtype=torch.bool)}, [f"{g.size - 1} entries"]),
+        ({n + 5: torch.ones(3, dtype=torch.bool)}, [f"group {n + 5}", f"0..{n - 1}"]),
+        ({-1: torch.ones(3, dtype=torch.bool)}, ["group -1"]),
+        ({"0": torch.ones(g.size, dtype=torch.bool)}, ["group '0'"]),
+        ({fixed.id: torch.tensor([False] + [True] * (fixed.size - 1))}, [f"group {fixed.id}", "not prunable", "keep all"]),
+        ({fixed.id: torch.tensor([0])} if fixed.size > 1 else {fixed.id: torch.zeros(1, dtype=torch.bool)}, [f"group {fixed.id}"]),
+        ({g.id: torch.zeros(g.size, dtype=torch.bool)}, [f"group {g.id}", "keeps no channel"]),
+        ({g.id: torch.tensor([], dtype=torch.long)}, ["keeps no channel"]),
+        ({g.id: torch.tensor([0, g.size])}, [f"group {g.id}", f"[0, {g.size})"]),
+        ({g.id: torch.tensor([-1])}, [f"[0, {g.size})"]),
+        ([torch.ones(g.size, dtype=torch.bool)], ["keep must map group id"]),
+    ]
+    for keep, fragments in bad:
+        _raises(fragments, fxsparse.normalize_keep, graph, keep)
+        _raises(fragments, fxsparse.export, model, graph, keep)
+        _raises(fragments, masked_reference, graph, keep, *inputs)
+    # the right forms are accepted: bool masks, index tensors, lists, all-kept unprunable groups
+    ok = {g.id: torch.tensor([0]), fixed.id: torch.ones(fixed.size, dtype=torch.bool)}
+    masks = fxsparse.normalize_keep(graph, ok)
+    assert masks[g.id].tolist() == [True] + [False] * (g.size - 1) and masks[fixed.id].all()
+    assert set(masks) == {x.id for x in graph.groups}
+    assert fxsparse.normalize_keep(graph, {g.id: [True] * g.size})[g.id].all()
+    small = fxsparse.export(model, graph, ok)
+    assert sum(p.numel() for p in small.parameters()) == expected_param_count(model, graph, ok)
+
+
+@pytest.mark.parametrize("ratio", [0, 0.0, 1.5, -0.3, float("nan"), float("inf"), "0.5", None])
+def test_bad_ratio(concat_graph, ratio):
+    _, graph, _ = concat_graph
+    _raises(["keep ratio", "(0, 1]", repr(ratio)], fxsparse.random_keep, graph, ratio)
+    scores = {g.id: torch.rand(g.size) for g in graph.prunable_groups}
+    _raises(["keep ratio", "(0, 1]"], fxsparse.topk_keep, graph, scores, ratio)
+
+
+def test_topk_keep_and_score_errors(concat_graph):
+    model, graph, inputs = concat_graph
+    scores = {g.id: torch.arange(g.size, dtype=torch.float) for g in graph.prunable_groups}
+    keep = fxsparse.topk_keep(graph, scores, 0.5)
+    for g in graph.prunable_groups:
+        k = max(1, round(0.5 * g.size))
+        assert keep[g.id].nonzero().flatten().tolist() == list(range(g.size - k, g.size))
+    check_export(model, inputs, n_masks=1, graph=graph)
+    g = graph.prunable_groups[0]
+    _raises([f"group {g.id}", f"{g.size} channels"], fxsparse.topk_keep, graph, {**scores, g.id: torch.rand(g.size + 2)}, 0.5)
+    missing = dict(scores)
+    del missing[g.id]
+    _raises([f"no scores for prunable group {g.id}"], fxsparse.topk_keep, graph, missing, 0.5)
+
+
+def test_random_keep_ratio_one_keeps_everything(concat_graph):
+    model, graph, inputs = concat_graph
+    keep = fxsparse.random_keep(graph, 1.0, torch.Generator().manual_seed(0))
+    assert all(m.all() for m in keep.values())
+    small = fxsparse.export(model, graph, keep)
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        assert_close(small(*inputs), model(*inputs))
+    tiny = fxsparse.random_keep(graph, 0.01, torch.Generator().manual_seed(0))
+    assert all(int(m.sum()) == 1 for m in tiny.values())  # at least one channel per group
+
+
+# ----------------------------------------------------------------------------------------
+# graph views
+# ----------------------------------------------------------------------------------------
+def test_graph_views(tmp_path):
+    case = R.CASES_BY_NAME["concat"]
+    model, graph, _ = analyze_case(case)
+    text = graph.summary()
+    for name in ("conv_a", "conv_b", "bn", "conv_c", "reaches the model output", "FLOPs share"):
+        assert name in text, name
+    assert text.startswith(f"{len(graph.groups)} channel groups, {len(graph.prunable_groups)} prunable (10 prunable channels)")
+    assert repr(graph) == f"ChannelGraph({len(graph.groups)} groups, 2 prunable)"
+    assert len(graph) == len(graph.groups) and list(graph) == graph.groups and graph[0] is graph.groups[0]
+
+    data = json.loads(graph.to_json())
+    assert data["zero_preserving"] is True and data["auto_leaves"] == []
+    assert [g["size"] for g in data["groups"]] == [g.size for g in graph.groups]
+    params = {m["param"] for g in data["groups"] for m in g["members"]}
+    assert {"conv_a.weight", "conv_b.weight", "bn.weight", "conv_c.weight"} <= params
+    b = [g for g in data["groups"] if any(m["param"] == "conv_b.weight" for m in g["members"])][0]
+    assert [m for m in b["members"] if m["param"] == "bn.weight"][0]["pattern"] == "4+1j"
+    path = tmp_path / "g.json"
+    graph.to_json(path)
+    assert json.loads(path.read_text()) == data
+
+    dot = graph.to_dot()
+    assert dot.startswith("graph channels {") and dot.rstrip().endswith("}")
+    for name in ("conv_a", "conv_b", "bn", "conv_c"):
+        assert f'"{name}"' in dot
+    graph.to_dot(tmp_path / "g.dot")
+    assert (tmp_path / "g.dot").read_text() == dot
+
+    nxg = graph.networkx()
+    assert isinstance(nxg, nx.MultiGraph)
+    assert {"conv_a", "conv_b", "bn", "conv_c"} <= set(nxg.nodes)
+    assert nxg.has_edge("conv_a", "conv_c") and nxg.has_edge("conv_b", "bn")
+    assert not nxg.has_edge("conv_a", "conv_b")
+    prunable_edges = [d for _, _, d in nxg.edges(data=True) if d["prunable"]]
+    assert {d["size"] for d in prunable_edges} == {4, 6}
+
+
+def test_graph_views_untraceable_and_mixing():
+    _, graph, _ = analyze_case(R.CASES_BY_NAME["untraceable_child"])
+    assert graph.auto_leaves == ["body.gate"]
+    assert "untraceable submodules kept whole: body.gate" in graph.summary()
+    assert json.loads(graph.to_json())["auto_leaves"] == ["body.gate"]
+    _, graph, _ = analyze_case(R.CASES_BY_NAME["layer_norm_channels_last"])
+    data = json.loads(graph.to_json())
+    assert data["zero_preserving"] is False and data["mixing_nodes"]
+    assert "norm" in graph.summary()
+
+
+# ----------------------------------------------------------------------------------------
+# tracing
+# ----------------------------------------------------------------------------------------
+def test_untraceable_child_leaf_modules():
+    case = R.CASES_BY_NAME["untraceable_child"]
+    model = R.build(case)
+    for leaves in (["body.gate"], [R.DataDependentGate]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning when the user names the leaf
+            graph = fxsparse.analyze(model, case.inputs(), leaf_modules=leaves)
+        assert graph.auto_leaves == []
+        assert sorted(g.size for g in graph.prunable_groups) == [6]
+    with pytest.raises(TypeError):
+        fxsparse.analyze(model, case.inputs(), leaf_modules=[3])
+
+
+def test_untraceable_top_level_raises():
+    model = R.UntraceableTopNet()
+    src, start = inspect.getsourcelines(R.UntraceableTopNet.forward)
+    line = start + next(i for i, s in enumerate(src) if "UNTRACEABLE-TOP-LINE" in s)
+    with pytest.raises(fxsparse.TraceError) as exc:
+        fxsparse.analyze(model, torch.randn(2, 3, 8, 8))
+    msg = str(exc.value)
+    assert f"rule_models.py:{line}" in msg, msg
+    assert "leaf_modules" in msg and "UntraceableTopNet" in msg
+    assert exc.value.location.startswith(inspect.getsourcefile(R.UntraceableTopNet))
+    assert isinstance(exc.value, fxsparse.FxsparseError)
+
+
+def test_analyze_rejects_non_module():
+    with pytest.raises(TypeError):
+        fxsparse.analyze(lambda x: x, torch.randn(1))
+
+
+def test_analyze_leaves_model_untouched():
+    case = R.CASES_BY_NAME["conv2d"]
+    model = R.build(case).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    fxsparse.analyze(model, case.inputs())
+    assert model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# ----------------------------------------------------------------------------------------
+# user-registered rules
+# ----------------------------------------------------------------------------------------
+def _custom_case():
+    model = R.build(R.RuleCase("custom", R.CustomOpNet, R.IMG, [], 0))
+    return model, (torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)),)
+
+
+def test_user_registered_rule():
+    model, inputs = _custom_case()
+    assert R.channel_scale not in _RULES
+    graph = fxsparse.analyze(model, inputs)
+    assert sorted(g.size for g in graph.prunable_groups) == [6]
+    (blocked,) = [g for g in graph.groups if any(m.param == "conv1.weight" for m in g.members)]
+    assert not blocked.prunable and "channel_scale" in blocked.reason and "register_rule" in blocked.reason
+    try:
+        fxsparse.register_rule(R.channel_scale)(passthrough)
+        with pytest.raises(ValueError, match="already registered"):
+            fxsparse.register_rule(R.channel_scale)(passthrough)
+        graph = fxsparse.analyze(model, inputs)
+        assert sorted(g.size for g in graph.prunable_groups) == [6, 8]
+        (g8,) = [g for g in graph.prunable_groups if g.size == 8]
+        assert {m.layer for m in g8.members} == {"conv1", "conv2"}
+        check_export(model, inputs, n_masks=5, ratios=None, graph=graph)
+    finally:
+        _RULES.pop(R.channel_scale, None)
+    # the registry is restored
+    graph = fxsparse.analyze(model, inputs)
+    assert sorted(g.size for g in graph.prunable_groups) == [6]
+
+
+def test_per_call_rules():
+    model, inputs = _custom_case()
+    graph = fxsparse.analyze(model, inputs, rules={R.channel_scale: passthrough})
+    assert sorted(g.size for g in graph.prunable_groups) == [6, 8]
+    graph = fxsparse.analyze(model, inputs, rules={R.channel_scale: fxsparse.Rule(analyze=passthrough)})
+    assert sorted(g.size for g in graph.prunable_groups) == [6, 8]
+    check_export(model, inputs, n_masks=3, ratios=None, graph=graph)
+    assert R.channel_scale not in _RULES
+    assert sorted(g.size for g in fxsparse.analyze(model, inputs).prunable_groups) == [6]
