@@ -10,10 +10,12 @@ from .errors import ExportError, FxsparseError, InputError, KeepMaskError, Trace
 from .export import export
 from .graph import ChannelGraph, ChannelGroup, Member, count_flops
 from .masks import normalize_keep, random_keep, topk_keep
+from .optim import MaskedOptimizer
+from .sparse import SparseModel, compile
 from .rules.registry import Rule, register_rule
 
 __all__ = [
-    "analyze", "export", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
+    "analyze", "export", "compile", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
     "ChannelGraph", "ChannelGroup", "Member", "count_flops",
     "FxsparseError", "TraceError", "InputError", "KeepMaskError", "ExportError",
 ]

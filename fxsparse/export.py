@@ -149,24 +149,36 @@ def _sync_parameters(model, gm):
     return None
 
 
-def _slice_members(gm: fx.GraphModule, graph: ChannelGraph, masks):
-    by_param: dict[str, list] = {}
+def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]]:
+    """{parameter or buffer name: {dim: kept indices}} for a keep pattern: what export keeps."""
+    masks = normalize_keep(graph, keep or {})
+    drops: dict[str, dict[int, list]] = {}
     for g in graph.groups:
-        keep = masks[g.id].numpy()
-        if keep.all():
+        keep_g = masks[g.id].numpy()
+        if keep_g.all():
             continue
         for m in g.members:
-            drop = np.concatenate([m.index[j] for j in np.nonzero(~keep)[0]]) if (~keep).any() else np.zeros(0, int)
-            by_param.setdefault(m.param, []).append((m.dim, drop))
-    for name, cuts in by_param.items():
+            drop = np.concatenate([m.index[j] for j in np.nonzero(~keep_g)[0]])
+            drops.setdefault(m.param, {}).setdefault(m.dim, []).append(drop)
+    sizes = dict(graph.gm.named_parameters())
+    sizes.update(dict(graph.gm.named_buffers()))
+    out = {}
+    for name, per_dim in drops.items():
+        out[name] = {}
+        for dim, parts in per_dim.items():
+            removed = np.unique(np.concatenate(parts))
+            out[name][dim] = torch.as_tensor(np.setdiff1d(np.arange(sizes[name].shape[dim]), removed), dtype=torch.long)
+    return out
+
+
+def _slice_members(gm: fx.GraphModule, graph: ChannelGraph, masks):
+    for name, per_dim in kept_indices(graph, masks).items():
         owner, _, attr = name.rpartition(".")
         mod = gm.get_submodule(owner) if owner else gm
         old = getattr(mod, attr)
         new = old.detach()
-        for dim in sorted({d for d, _ in cuts}):
-            drop = np.unique(np.concatenate([dr for d, dr in cuts if d == dim]))
-            keep_idx = np.setdiff1d(np.arange(new.shape[dim]), drop)
-            new = torch.index_select(new, dim, torch.as_tensor(keep_idx, dtype=torch.long))
+        for dim in sorted(per_dim):
+            new = torch.index_select(new, dim, per_dim[dim])
         if isinstance(old, nn.Parameter):
             mod._parameters[attr] = nn.Parameter(new.clone(), requires_grad=old.requires_grad)
         else:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import warnings
 
 import networkx as nx
@@ -78,10 +77,18 @@ def assert_close(a, b, atol=1e-5):
     assert err <= atol * max(1.0, float(b.abs().max())), f"max abs difference {err}"
 
 
+def _cases(kind):
+    out = []
+    for c in R.CASES:
+        reason = getattr(c, f"xfail_{kind}")
+        out.append(pytest.param(c, id=c.name, marks=pytest.mark.xfail(strict=True, reason=reason) if reason else ()))
+    return out
+
+
 # ----------------------------------------------------------------------------------------
 # every rule model: hand-derived groups, then export == masked reference
 # ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", R.CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", _cases("groups"))
 def test_rule_groups(case):
     model, graph, warned = analyze_case(case)
     assert sorted(g.size for g in graph.prunable_groups) == sorted(case.prunable), graph.summary()
@@ -115,11 +122,12 @@ def test_rule_groups(case):
         assert len(warned) == 1 and case.warns in str(warned[0].message), [str(w.message) for w in warned]
 
 
-@pytest.mark.parametrize("case", R.CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", _cases("export"))
 def test_rule_export_matches_masked_reference(case):
     model, graph, _ = analyze_case(case)
     # 20 random masks, keep ratios drawn uniformly from [0.2, 0.9]
-    check_export(model, case.inputs(), n_masks=20, ratios=None, seed=1, graph=graph)
+    ratios = R.draw_ratios(graph, 20, seed=1)
+    check_export(model, case.inputs(), n_masks=20, ratios=ratios, seed=1, graph=graph)
 
 
 # ----------------------------------------------------------------------------------------
@@ -150,14 +158,16 @@ def _load(model: nn.Module, tensors: dict):
     return model
 
 
-def _compare_hand_built(model, graph, keep, small, inputs):
+def _compare_hand_built(model, graph, keep, small, inputs, check_masked=True):
     exported = fxsparse.export(model, graph, keep).eval()
     with torch.no_grad():
         out = exported(*inputs)
         ref = small.eval()(*inputs)
-        masked = masked_reference(graph, keep, *inputs)
+    assert torch.isfinite(out).all()
     assert_close(out, ref)
-    assert_close(masked, ref)  # the masked reference agrees with the hand-built model too
+    if check_masked:  # the masked reference agrees with the hand-built model too
+        with torch.no_grad():
+            assert_close(masked_reference(graph, keep, *inputs), ref)
     n = sum(p.numel() for p in exported.parameters())
     assert n == sum(p.numel() for p in small.parameters()) == expected_param_count(model, graph, keep)
 
@@ -206,7 +216,7 @@ def test_multihead_attention_hand_built():
         _compare_hand_built(model, graph, keep, _load(small, tensors), case.inputs())
 
 
-@pytest.mark.parametrize("name", ["qkv_attention", "qkv_attention_sdpa"])
+@pytest.mark.parametrize("name", ["qkv_attention", "qkv_attention_sdpa", "qkv_attention_causal"])
 def test_qkv_attention_hand_built(name):
     case = R.CASES_BY_NAME[name]
     model, graph, _ = analyze_case(case)
@@ -218,15 +228,41 @@ def test_qkv_attention_hand_built(name):
         assert len(inner) % 4 == 0
         heads = len(inner) // 4
         seen_heads.add(heads)
-        small = R.QKVAttentionNet(embed=len(e), heads=heads, hd=4, sdpa=model.sdpa)
+        small = R.QKVAttentionNet(embed=len(e), heads=heads, hd=4, sdpa=model.sdpa, causal=model.causal)
         tensors = {"embed.weight": _slice(P["embed.weight"], e), "embed.bias": _slice(P["embed.bias"], e),
                    "proj.weight": _slice(P["proj.weight"], e, inner), "proj.bias": _slice(P["proj.bias"], e),
                    "head.weight": _slice(P["head.weight"], None, e), "head.bias": _slice(P["head.bias"])}
         for n in "qkv":
             tensors[f"{n}.weight"] = _slice(P[f"{n}.weight"], inner, e)
             tensors[f"{n}.bias"] = _slice(P[f"{n}.bias"], inner)
-        _compare_hand_built(model, graph, keep, _load(small, tensors), case.inputs())
-    assert seen_heads == {1, 2} or seen_heads == {1}
+        # (the masked reference is NaN for the causal model: REFERENCE_NAN_BUG)
+        _compare_hand_built(model, graph, keep, _load(small, tensors), case.inputs(), check_masked=not model.causal)
+    assert 1 in seen_heads
+
+
+def test_se_gate_divide_hand_built():
+    """x / gate: the export is right (the masked reference is not: REFERENCE_NAN_BUG)."""
+    case = R.CASES_BY_NAME["se_gate_divide"]
+    model, graph, _ = analyze_case(case)
+    P = dict(model.named_parameters())
+    for keep in _random_keeps(graph, 4, seed=7):
+        c = kept_indices(graph, keep, "conv1.weight", 0, 8)
+        r = kept_indices(graph, keep, "fc1.weight", 0, 4)
+        small = R.SEGate(c=len(c), r=len(r), divide=True)
+        _load(small, {"conv1.weight": _slice(P["conv1.weight"], c), "conv1.bias": _slice(P["conv1.bias"], c),
+                      "fc1.weight": _slice(P["fc1.weight"], r, c), "fc1.bias": _slice(P["fc1.bias"], r),
+                      "fc2.weight": _slice(P["fc2.weight"], c, r), "fc2.bias": _slice(P["fc2.bias"], c),
+                      "conv2.weight": _slice(P["conv2.weight"], None, c), "conv2.bias": _slice(P["conv2.bias"])})
+        _compare_hand_built(model, graph, keep, small, case.inputs(), check_masked=False)
+
+
+@pytest.mark.xfail(strict=True, reason=R.REFERENCE_NAN_BUG)
+def test_masked_reference_is_finite_for_inf_in_pruned_channels():
+    case = R.CASES_BY_NAME["qkv_attention_causal"]
+    model, graph, _ = analyze_case(case)
+    keep = {g.id: torch.tensor([True, False]) for g in graph.prunable_groups if g.size == 2}  # drop head 1
+    with torch.no_grad():
+        assert torch.isfinite(masked_reference(graph, keep, *case.inputs())).all()
 
 
 def _fused_attention(x, Wqkv, bqkv, Wp, bp, Wh, bh, heads, hd):

@@ -1,0 +1,120 @@
+"""Capacity layouts: where each kept channel sits in the compiled sparse step.
+
+Every block of channels (see ``passes/capacity_blocks.py``) has ``cap`` slots. Slot s of
+a block holds the block's s-th kept channel, or, when fewer are kept, a distinct pruned
+channel whose weights are multiplied by 0 (an *empty slot*). A :class:`DimLayout`
+records, for one dim of one parameter or tensor in the capacity model, which
+(block, slot, occurrence) each position holds, so that the per-step gather index and
+validity vector are two numpy lookups.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from .graph import ChannelGraph
+from .passes.capacity_blocks import Block, capacity_blocks
+
+
+@dataclasses.dataclass
+class DimLayout:
+    gslot: np.ndarray  # global slot per position (-1: a fixed position that is always there)
+    occ: np.ndarray  # which occurrence of the slot's channel (a channel may span several positions)
+    fixed: np.ndarray  # original position, for fixed entries
+    rows: dict  # class -> sorted original positions of that class in this dim
+    any_prunable: bool
+
+    def __len__(self):
+        return len(self.gslot)
+
+
+class Plan:
+    """Blocks, their capacities, and the slot -> channel assignment for the current masks."""
+
+    def __init__(self, graph: ChannelGraph, caps: dict[int, int] | None = None):
+        self.graph = graph
+        self.blocks: list[Block] = capacity_blocks(graph)
+        self.prunable = [graph.groups[b.group].prunable for b in self.blocks]
+        self.caps = [len(b.classes) for b in self.blocks]
+        if caps:
+            for i, c in caps.items():
+                self.caps[i] = c
+        self.block_of = {}
+        self.slot_of = {}
+        for i, b in enumerate(self.blocks):
+            for s, c in enumerate(b.classes.tolist()):
+                self.block_of[c] = i
+                self.slot_of[c] = s
+        self._rebuild_offsets()
+
+    def _rebuild_offsets(self):
+        self.offsets = np.concatenate([[0], np.cumsum(self.caps)]).astype(np.int64)
+
+    def cap_keep(self) -> dict[int, torch.Tensor]:
+        """The keep pattern whose exported model is the capacity model: first cap slots of each block."""
+        keep = {g.id: torch.zeros(g.size, dtype=torch.bool) for g in self.graph.groups}
+        for b, cap in zip(self.blocks, self.caps):
+            keep[b.group][torch.as_tensor(b.channels[:cap])] = True
+        return keep
+
+    def block_counts(self, masks) -> list[int]:
+        return [int(masks[b.group][torch.as_tensor(b.channels)].sum()) for b in self.blocks]
+
+    def slot_classes(self, masks) -> tuple[np.ndarray, np.ndarray]:
+        """Per global slot: the channel class it holds now, and 1.0/0.0 (real/empty)."""
+        classes = np.empty(self.offsets[-1], dtype=np.int64)
+        valid = np.zeros(self.offsets[-1], dtype=np.float32)
+        for i, b in enumerate(self.blocks):
+            keep = masks[b.group].numpy()[b.channels]
+            kept, pruned = b.classes[keep], b.classes[~keep]
+            cap = self.caps[i]
+            if len(kept) > cap:
+                raise OverflowError(i)
+            fill = np.concatenate([kept, pruned[: cap - len(kept)]])
+            classes[self.offsets[i] : self.offsets[i] + cap] = fill
+            valid[self.offsets[i] : self.offsets[i] + len(kept)] = 1.0
+        return classes, valid
+
+    def dim_layout(self, dense_classes: np.ndarray) -> DimLayout:
+        """Layout of a capacity-model dim whose dense (unpruned) dim holds ``dense_classes``."""
+        cap_kept = set()
+        for b, cap in zip(self.blocks, self.caps):
+            cap_kept.update(b.classes[:cap].tolist())
+        rows: dict[int, list] = {}
+        for p, c in enumerate(dense_classes.tolist()):
+            if c >= 0:
+                rows.setdefault(c, []).append(p)
+        gslot, occ, fixed = [], [], []
+        seen: dict[int, int] = {}
+        for p, c in enumerate(dense_classes.tolist()):
+            if c >= 0 and c not in cap_kept:
+                continue  # removed in the capacity model
+            if c < 0 or c not in self.block_of:
+                gslot.append(-1)
+                occ.append(0)
+                fixed.append(p)
+                continue
+            k = seen.get(c, 0)
+            seen[c] = k + 1
+            gslot.append(int(self.offsets[self.block_of[c]] + self.slot_of[c]))
+            occ.append(k)
+            fixed.append(p)
+        gslot = np.array(gslot, dtype=np.int64)
+        any_prunable = any(self.prunable[self.block_of[c]] for c in rows if c in self.block_of)
+        return DimLayout(gslot=gslot, occ=np.array(occ, dtype=np.int64), fixed=np.array(fixed, dtype=np.int64),
+                         rows={c: np.array(v, dtype=np.int64) for c, v in rows.items()}, any_prunable=any_prunable)
+
+
+def gather_index(layout: DimLayout, slot_class: np.ndarray, slot_valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position of the capacity dim: the dense index to gather and its validity."""
+    idx = layout.fixed.copy()
+    valid = np.ones(len(layout), dtype=np.float32)
+    live = layout.gslot >= 0
+    if live.any():
+        classes = slot_class[layout.gslot[live]]
+        occ = layout.occ[live]
+        idx[live] = [layout.rows[c][o] for c, o in zip(classes.tolist(), occ.tolist())]
+        valid[live] = slot_valid[layout.gslot[live]]
+    return idx, valid

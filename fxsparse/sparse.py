@@ -1,0 +1,268 @@
+"""``fxsparse.compile``: a model whose pruned channels are physically absent from the
+forward and the backward pass, with masks that change every step and a bounded number
+of compilations.
+
+How: the channel groups are cut into blocks with a fixed number of slots (capacities).
+A *capacity model* (the exported model for a keep pattern that fills every slot) has
+static shapes. Each step, the full dense parameters are gathered into it: slot s of a
+block gets the block's s-th kept channel; empty slots gather a pruned channel times 0,
+so they add exact zeros and receive zero gradient. Gradients land in the dense
+parameters at kept positions only; running statistics are written back for kept
+channels only. Shapes only change when a mask keeps more channels in a block than it
+has slots; then that block's capacity grows (and the step recompiles once).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from .analyze import analyze
+from .export import export
+from .graph import ChannelGraph
+from .layout import Plan, gather_index
+from .masks import normalize_keep, random_keep
+from .passes.masked_mixing import mask_mixing_ops
+from .rules.context import IDS, SHAPE
+from .elements import varying_dims
+
+
+def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: bool = True, capacity="auto",
+            headroom: float = 3.0, align: int = 1, graph: ChannelGraph | None = None, leaf_modules=(), seed: int = 0):
+    """Wrap ``model`` for sparse training. See :class:`SparseModel`."""
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    graph = graph or analyze(model, example_inputs, leaf_modules=leaf_modules)
+    return SparseModel(model, graph, keep=keep, compile=compile, capacity=capacity, headroom=headroom, align=align,
+                       seed=seed)
+
+
+class SparseModel(nn.Module):
+    """Holds the dense model (``.model``, whose parameters are the ones to optimise) and one
+    keep mask per prunable group (``.masks``: {group id: bool tensor}, settable).
+
+    ``capacity``: "auto" (slots for the expected kept count plus ``headroom`` standard
+    deviations of a Bernoulli(keep) mask, rounded up to ``align``), "exact" (slots for
+    exactly round(keep * size) channels, for fixed-count masks), or {block: slots}.
+    ``compile``: run the step through torch.compile (the eager path is the same code).
+    """
+
+    def __init__(self, model, graph, *, keep=0.5, compile=True, capacity="auto", headroom=3.0, align=1, seed=0):
+        super().__init__()
+        if not graph.prunable_groups:
+            raise ValueError("the model has no prunable channel group (see fxsparse.analyze(...).summary() for why)")
+        if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
+            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        self.model = model
+        self.channel_graph = graph
+        self.keep = float(keep)
+        self.align = int(align)
+        self.use_compile = compile
+        self.compilations = 0  # graphs compiled by torch.compile for this model (see _backend)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.plan = Plan(graph)
+        self._set_initial_caps(capacity, headroom)
+        self._masks = random_keep(graph, self.keep, self.generator)
+        self._build()
+
+    # ----- capacities ----------------------------------------------------------------
+    def _round(self, n, size):
+        return int(min(size, max(1, math.ceil(n / self.align) * self.align)))
+
+    def _set_initial_caps(self, capacity, headroom):
+        r = self.keep
+        for i, b in enumerate(self.plan.blocks):
+            n = len(b.classes)
+            if not self.plan.prunable[i]:
+                continue
+            if capacity == "auto":
+                want = r * n + headroom * math.sqrt(n * r * (1 - r))
+            elif capacity == "exact":
+                want = round(r * n)
+            elif isinstance(capacity, dict):
+                want = capacity.get(i, n)
+            else:
+                raise ValueError(f"capacity must be 'auto', 'exact' or {{block: slots}}, got {capacity!r}")
+            self.plan.caps[i] = self._round(math.ceil(want), n)
+        self.plan._rebuild_offsets()
+
+    def _grow(self, counts):
+        grew = False
+        for i, c in enumerate(counts):
+            if c > self.plan.caps[i]:
+                size = len(self.plan.blocks[i].classes)
+                self.plan.caps[i] = self._round(max(c, math.ceil(self.plan.caps[i] * 1.25)), size)
+                grew = True
+        if grew:
+            self.plan._rebuild_offsets()
+            self._build()
+
+    # ----- building the capacity model ------------------------------------------------
+    def _build(self):
+        graph = self.channel_graph
+        cap = export(self.model, graph, self.plan.cap_keep())
+        # its own (capacity-sized) weights are never used: every step passes gathered ones
+        self._valid_buffers = mask_mixing_ops(cap, graph, self._tensor_layout_of(cap))
+        self.capacity_model = cap
+        dense = dict(self.model.named_parameters())
+        dense.update(dict(self.model.named_buffers()))
+        members: dict[str, list] = {}
+        for (param, dim), ids in graph.raw_members.items():
+            if param in dense:
+                members.setdefault(param, []).append((dim, self.plan.dim_layout(graph.elements.canonical(ids))))
+        self._members = {k: sorted(v, key=lambda t: t[0]) for k, v in members.items() if any(l.any_prunable for _, l in v)}
+        self._param_names = [n for n, _ in self.model.named_parameters()]
+        self._buffer_names = [n for n, _ in self.model.named_buffers() if n in dict(cap.named_buffers())]
+        self._step_fn = None
+        self._compiled = {}
+
+    def _tensor_layout_of(self, cap):
+        def layout_of(node_name, dim):
+            node = next(n for n in cap.graph.nodes if n.name == node_name)
+            ids = self.channel_graph.elements.canonical(node.meta[IDS])
+            shape = node.meta[SHAPE]
+            ids = ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape)
+            line = np.moveaxis(np.broadcast_to(ids, shape), dim, 0).reshape(shape[dim], -1)[:, 0]
+            return self.plan.dim_layout(line)
+
+        self._layout_of = layout_of
+        return layout_of
+
+    # ----- masks ---------------------------------------------------------------------
+    @property
+    def masks(self) -> dict[int, torch.Tensor]:
+        return {k: v.clone() for k, v in self._masks.items()}
+
+    @masks.setter
+    def masks(self, keep):
+        masks = normalize_keep(self.channel_graph, keep)
+        self._grow(self.plan.block_counts(masks))
+        self._masks = masks
+
+    def sample_masks(self, probs: dict[int, torch.Tensor] | float | None = None, generator=None) -> dict[int, torch.Tensor]:
+        """Bernoulli masks (at least one channel per group) from per-group keep
+        probabilities, or from one ratio; sets them as the current masks and returns them."""
+        gen = generator or self.generator
+        out = {}
+        for g in self.channel_graph.prunable_groups:
+            p = probs[g.id] if isinstance(probs, dict) else torch.full((g.size,), self.keep if probs is None else float(probs))
+            m = torch.rand(g.size, generator=gen) < p
+            if not m.any():
+                m[torch.multinomial(p.clamp_min(1e-12), 1, generator=gen)] = True
+            out[g.id] = m
+        self.masks = out
+        return out
+
+    # ----- the step ------------------------------------------------------------------
+    def step_inputs(self) -> dict[str, torch.Tensor]:
+        """Per-step gather indices and validity vectors for the current masks."""
+        slot_class, slot_valid = self.plan.slot_classes(self._masks)
+        out = {}
+        for name, dims in self._members.items():
+            for dim, layout in dims:
+                idx, valid = gather_index(layout, slot_class, slot_valid)
+                out[f"{name}|{dim}|idx"] = torch.as_tensor(idx, dtype=torch.long)
+                out[f"{name}|{dim}|valid"] = torch.as_tensor(valid)
+        for buf, (node_name, dim) in self._valid_buffers.items():
+            _, valid = gather_index(self._layout_of(node_name, dim), slot_class, slot_valid)
+            out[f"{buf}|valid"] = torch.as_tensor(valid)
+        return out
+
+    def _gathered(self, dense: dict, plan: dict, device) -> dict:
+        tensors = {}
+        for name, t in dense.items():
+            for dim, _ in self._members.get(name, ()):
+                idx = plan[f"{name}|{dim}|idx"].to(device, non_blocking=True)
+                t = torch.index_select(t, dim, idx)
+                if t.is_floating_point() and not name.endswith("running_var"):
+                    shape = [1] * t.dim()
+                    shape[dim] = -1
+                    t = t * plan[f"{name}|{dim}|valid"].to(device, t.dtype).view(shape)
+            tensors[name] = t
+        for buf in self._valid_buffers:
+            tensors[buf] = plan[f"{buf}|valid"].to(device)
+        return tensors
+
+    def _forward_impl(self, dense, plan, *inputs):
+        device = inputs[0].device if inputs and isinstance(inputs[0], torch.Tensor) else torch.device("cpu")
+        tensors = self._gathered(dense, plan, device)
+        out = functional_call(self.capacity_model, tensors, inputs)
+        # running statistics updated in place on the gathered copies: write back kept slots
+        with torch.no_grad():
+            for name in self._buffer_names:
+                if name not in self._members or not self.training:
+                    continue
+                (dim, _), = self._members[name]
+                idx = plan[f"{name}|{dim}|idx"].to(device)
+                valid = plan[f"{name}|{dim}|valid"].to(device) > 0
+                full = dense[name]
+                full.index_copy_(dim, idx, torch.where(valid, tensors[name], full.index_select(dim, idx)))
+        return out
+
+    def _dense_tensors(self):
+        d = dict(self.model.named_parameters())
+        d.update({n: b for n, b in self.model.named_buffers() if n in self._buffer_names})
+        return d
+
+    def forward(self, *inputs):
+        plan = self.step_inputs()
+        fn = self._forward_impl
+        if self.use_compile:
+            fn = self._compiled.get("forward")
+            if fn is None:
+                fn = self._compiled["forward"] = torch.compile(self._forward_impl, backend=self._backend, dynamic=False)
+        return fn(self._dense_tensors(), plan, *inputs)
+
+    def make_train_step(self, loss_fn, optimizer):
+        """``step(*inputs, target) -> loss``: forward, loss, backward and optimizer step for
+        the current masks (compiled when the model was built with compile=True). The
+        optimizer is wrapped so pruned channels' weights and state stay untouched."""
+        from .optim import MaskedOptimizer
+
+        opt = optimizer if isinstance(optimizer, MaskedOptimizer) else MaskedOptimizer(optimizer, self)
+
+        def forward_loss(dense, plan, target, *inputs):
+            return loss_fn(self._forward_impl(dense, plan, *inputs), target)
+
+        fn = torch.compile(forward_loss, backend=self._backend, dynamic=False) if self.use_compile else forward_loss
+
+        def step(*args):
+            *inputs, target = args
+            plan = self.step_inputs()
+            compiled = self._compiled.get("step")
+            if compiled is None or compiled[0] is not self.capacity_model:  # capacities grew: new graph
+                self._compiled["step"] = compiled = (self.capacity_model,
+                    torch.compile(forward_loss, backend=self._backend, dynamic=False) if self.use_compile else forward_loss)
+            loss = compiled[1](self._dense_tensors(), plan, target, *inputs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        step.optimizer = opt
+        del fn
+        return step
+
+    def _backend(self, gm, example_inputs):
+        from torch._inductor.compile_fx import compile_fx
+
+        self.compilations += 1
+        return compile_fx(gm, example_inputs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if hasattr(self, "capacity_model"):
+            self.capacity_model.train(mode)
+        return self
+
+    def expected_keep(self) -> float:
+        """Fraction of prunable channels kept by the current masks."""
+        kept = sum(int(self._masks[g.id].sum()) for g in self.channel_graph.prunable_groups)
+        return kept / self.channel_graph.num_prunable_channels
+
+    def export(self) -> nn.Module:
+        """The physically smaller model for the current masks."""
+        return export(self.model, self.channel_graph, self._masks)

@@ -1,0 +1,90 @@
+"""Pass: cut every channel group into *blocks* that no split, chunk or slice cuts through.
+
+The compiled sparse step gives each block a fixed capacity (a number of channel slots),
+so all shapes are static while the kept channels change every step. A block must lie
+within one piece of every split along every tensor, otherwise the number of kept
+channels in a piece would vary. (ShuffleNet: the channels of a branch land in both
+halves of the next block's chunk, so that branch's group becomes two blocks.)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from fxsparse.elements import varying_dims
+from fxsparse.graph import ChannelGraph
+from fxsparse.rules.context import IDS, SHAPE
+
+_SPLITS = {"split", "chunk", "tensor_split", "narrow", torch.split, torch.chunk, torch.narrow}
+
+
+@dataclasses.dataclass
+class Block:
+    group: int  # ChannelGroup id
+    classes: np.ndarray  # element classes in slot order (the group's channel order)
+    channels: np.ndarray  # the same, as channel indices within the group
+
+
+def split_cuts(graph: ChannelGraph):
+    """(canonical class ids along the cut dim, piece id per position) for every cut."""
+    import operator
+
+    from fxsparse.rules.shapes import _index_items, _pieces, _split_dim, _value
+
+    cuts = []
+    for node in graph.gm.graph.nodes:
+        if node.op not in ("call_method", "call_function") or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        src = node.args[0]
+        ids = src.meta.get(IDS)
+        shape = src.meta.get(SHAPE)
+        if not isinstance(ids, np.ndarray) or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
+            continue
+        canon = graph.elements.canonical(ids)
+        canon = canon.reshape((1,) * (len(shape) - canon.ndim) + canon.shape)
+        vd = varying_dims(canon)
+        if not vd:
+            continue
+        d = vd[0]
+        line = np.moveaxis(np.broadcast_to(canon, shape), d, 0).reshape(shape[d], -1)[:, 0]
+        piece = None
+        if node.target in ("split", "chunk", torch.split, torch.chunk) and _split_dim(node) % len(shape) == d:
+            piece = np.zeros(shape[d], dtype=np.int64)
+            for k, (a, b) in enumerate(_pieces(node, shape[d])):
+                piece[a:b] = k
+        elif node.target in ("narrow", torch.narrow) and node.args[1] % len(shape) == d:
+            start, length = _value(node.args[2]), _value(node.args[3])
+            piece = np.zeros(shape[d], dtype=np.int64)
+            piece[start : start + length] = 1
+        elif node.target is operator.getitem:
+            items = _index_items(node.args[1], len(shape))
+            real = [it for it in items if it is not None]
+            if d < len(real) and isinstance(real[d], slice):
+                sl = real[d]
+                piece = np.zeros(shape[d], dtype=np.int64)
+                piece[np.arange(shape[d])[slice(_value(sl.start), _value(sl.stop), _value(sl.step))]] = 1
+        if piece is not None:
+            cuts.append((line, piece))
+    return cuts
+
+
+def capacity_blocks(graph: ChannelGraph) -> list[Block]:
+    """Blocks of every group (prunable or not), refined by all split cuts."""
+    class_piece: dict[int, tuple] = {}
+    for line, piece in split_cuts(graph):
+        for cls, p in zip(line.tolist(), piece.tolist()):
+            if cls >= 0:
+                class_piece[cls] = class_piece.get(cls, ()) + (p,)
+    blocks = []
+    for g in graph.groups:
+        keys = [class_piece.get(int(c), ()) for c in g.classes]
+        order = {}
+        for j, key in enumerate(keys):
+            order.setdefault(key, []).append(j)
+        for members in order.values():
+            idx = np.array(members, dtype=np.int64)
+            blocks.append(Block(group=g.id, classes=g.classes[idx], channels=idx))
+    return blocks

@@ -1,0 +1,133 @@
+"""The sparse step (fxsparse.compile) equals the physically pruned model for the same masks,
+over several steps with changing masks; pruned weights, BN statistics and optimizer state
+do not move; the number of compilations is bounded."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxsparse
+from fxsparse import zoo
+from sparse_checks import check_steps
+
+# drop rates off: dropout draws different random masks for tensors of different shapes
+CASES = {
+    "resnet20": {}, "mobilenetv2": {"dropout": 0.0}, "shufflenetv2": {},
+    "efficientnet_b0": {"dropout": 0.0, "drop_path_rate": 0.0},
+    "convnext_tiny": {"depths": (1, 1, 1, 1), "drop_path_rate": 0.0}, "googlenet": {"dropout": 0.0},
+    "vit_tiny": {"depth": 2}, "densenet_bc_100": {"depth": 40}, "unet": {"base_width": 8},
+    "vgg11_bn": {}, "lenet5": {}, "resnet50": {},
+}
+FP32_WELL_CONDITIONED = {"resnet20", "vit_tiny", "convnext_tiny", "densenet_bc_100", "unet", "vgg11_bn"}
+
+
+def _data(name, batch=4):
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch, 32, 32)) if name == "unet" else torch.randint(0, 10, (batch,))
+    return x, y
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_sparse_step_equals_export_float64(name):
+    torch.manual_seed(0)
+    x, y = _data(name)
+    for bernoulli, optimizer in ((True, "sgd"), (False, "adamw")):
+        model = zoo.create(name, **CASES[name])
+        check_steps(model, (x,), y, F.cross_entropy, steps=2, bernoulli=bernoulli, optimizer=optimizer,
+                    dtype=torch.float64, tol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(FP32_WELL_CONDITIONED))
+def test_sparse_step_equals_export_float32(name):
+    torch.manual_seed(0)
+    x, y = _data(name)
+    check_steps(zoo.create(name, **CASES[name]), (x,), y, F.cross_entropy, steps=3, tol=1e-5)
+
+
+def test_eval_mode_and_rule_models():
+    torch.manual_seed(0)
+    model = zoo.create("resnet20")
+    x, y = _data("resnet20")
+    check_steps(model, (x,), y, F.cross_entropy, steps=2, train=False, dtype=torch.float64, tol=1e-9)
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(x + self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_compiled_step_bounded_compilations_and_equal():
+    """200 steps with per-step Bernoulli masks at a fixed keep ratio: few compilations,
+    and the compiled step still equals the exported model."""
+    torch.manual_seed(0)
+    model = Tiny()
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    sp = fxsparse.compile(model, x, keep=0.5, compile=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    step = sp.make_train_step(F.cross_entropy, opt)
+    sp.train()
+    for _ in range(200):
+        sp.sample_masks(0.5)
+        loss = step(x, y)
+        assert torch.isfinite(loss)
+    # forward graph + backward graph, and at most two capacity growths on top
+    assert 1 <= sp.compilations <= 6, sp.compilations
+    sp.eval()
+    small = sp.export().eval()
+    out = sp(x)
+    assert float((out - small(x)).abs().max() / small(x).abs().max()) <= 1e-4
+
+
+def test_bad_input():
+    model = Tiny()
+    x = torch.randn(2, 3, 8, 8)
+    for bad in (0.0, 1.5, float("nan"), "half"):
+        with pytest.raises(ValueError, match="keep must be a number"):
+            fxsparse.compile(model, x, keep=bad, compile=False)
+
+    class NoPrunable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    with pytest.raises(ValueError, match="no prunable channel group"):
+        fxsparse.compile(NoPrunable(), torch.randn(2, 4), compile=False)
+    sp = fxsparse.compile(model, x, compile=False)
+    with pytest.raises(fxsparse.KeepMaskError):
+        sp.masks = {0: torch.zeros(16, dtype=torch.bool)}
+
+
+def test_state_dict_roundtrip_and_masks_growth():
+    torch.manual_seed(0)
+    model = Tiny()
+    x = torch.randn(2, 3, 8, 8)
+    sp = fxsparse.compile(model, x, keep=0.25, compile=False, capacity="exact")
+    caps = list(sp.plan.caps)
+    sp.masks = {g.id: torch.ones(g.size, dtype=torch.bool) for g in sp.channel_graph.prunable_groups}
+    assert sum(sp.plan.caps) > sum(caps)  # capacities grew to fit the denser mask
+    sd = sp.state_dict()
+    sp2 = fxsparse.compile(Tiny(), x, keep=0.25, compile=False)
+    sp2.model.load_state_dict({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")})
+    sp2.masks = sp.masks
+    sp.eval(), sp2.eval()
+    assert torch.allclose(sp(x), sp2(x))
