@@ -46,14 +46,14 @@ class MaskedInterpreter(fx.Interpreter):
         if isinstance(out, torch.Tensor) and ids is not None and not isinstance(ids, (tuple, list)):
             m = self._mask(n, out.dtype, out.device)
             if m is not None and out.is_floating_point():
-                out = out * m
+                out = torch.where(m > 0, out, torch.zeros((), dtype=out.dtype))  # inf * 0 would be NaN
         elif isinstance(out, (tuple, list)) and isinstance(ids, (tuple, list)):
             items = []
             for o, i in zip(out, ids):
                 if isinstance(o, torch.Tensor) and i is not None and o.is_floating_point():
                     fake = fx.Node.__new__(fx.Node)
                     fake.name, fake.meta = f"{n.name}.item{len(items)}", {IDS: i, "fxsparse_shape": tuple(o.shape)}
-                    o = o * self._mask(fake, o.dtype, o.device)
+                    o = torch.where(self._mask(fake, o.dtype, o.device) > 0, o, torch.zeros((), dtype=o.dtype))
                 items.append(o)
             out = type(out)(items) if not hasattr(out, "_fields") else type(out)(*items)
         return out

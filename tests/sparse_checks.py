@@ -62,7 +62,7 @@ def check_steps(model, inputs, target, loss_fn, *, steps=3, keep=0.5, bernoulli=
             # relative to the larger of this gradient and (a small share of) the largest one:
             # a gradient that is zero in exact arithmetic (BN bias before another BN) is noise
             err = float((sub - ref).abs().max())
-            assert err <= tol * max(float(ref.abs().max()), 1e-3 * scale), f"grad of {name}: {err} (max {float(ref.abs().max())})"
+            assert err <= tol * max(float(ref.abs().max()), 1e-2 * scale), f"grad of {name}: {err} (max {float(ref.abs().max())})"
         # pruned entries must not move during the optimizer step
         before_p = {n: p.detach().clone() for n, p in params.items()}
         before_b = {n: b.detach().clone() for n, b in buffers.items()}

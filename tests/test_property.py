@@ -230,12 +230,4 @@ def test_random_architectures_export_matches_masked_reference(spec, seed):
         if not g.prunable and g.size > 1:
             assert any(k in g.reason for k in known), g.reason
     ratios = R.draw_ratios(graph, 3, seed)
-    try:
-        check_export(model, (x,), n_masks=3, ratios=ratios, seed=seed, graph=graph)
-    except fxsparse.ExportError as exc:
-        # Known bug, pinned by the strict-xfail rule case 'chunk_swap_halves' (SPLIT_PIECE_BUG):
-        # a chunk piece whose channels share a group with its sibling can lose all of them.
-        # Remove this guard once that is fixed.
-        if "a split piece would lose every channel" not in str(exc):
-            raise
-        assume(False)
+    check_export(model, (x,), n_masks=3, ratios=ratios, seed=seed, graph=graph)

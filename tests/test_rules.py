@@ -256,7 +256,6 @@ def test_se_gate_divide_hand_built():
         _compare_hand_built(model, graph, keep, small, case.inputs(), check_masked=False)
 
 
-@pytest.mark.xfail(strict=True, reason=R.REFERENCE_NAN_BUG)
 def test_masked_reference_is_finite_for_inf_in_pruned_channels():
     case = R.CASES_BY_NAME["qkv_attention_causal"]
     model, graph, _ = analyze_case(case)

@@ -49,6 +49,26 @@ def where(node: fx.Node) -> str:
     return f"node '{node.name}'"
 
 
+@dataclasses.dataclass(frozen=True)
+class TupleItem:
+    """Item i of a tuple-valued node (``rows = x.unbind(2)``; ``torch.stack(rows[::-1])``)."""
+
+    node: fx.Node
+    index: int
+
+    @property
+    def name(self):
+        return f"{self.node.name}[{self.index}]"
+
+
+def sequence_items(arg):
+    """The tensors of a list argument: a python list of values, or a tuple-valued node."""
+    if isinstance(arg, fx.Node) and isinstance(arg.meta.get(SHAPE), tuple) and arg.meta[SHAPE] \
+            and isinstance(arg.meta[SHAPE][0], tuple):
+        return [TupleItem(arg, i) for i in range(len(arg.meta[SHAPE]))]
+    return list(arg)
+
+
 class AnalysisContext:
     def __init__(self, gm: fx.GraphModule, elements: ElementTable):
         self.gm = gm
@@ -62,6 +82,8 @@ class AnalysisContext:
     # ----- reading -----------------------------------------------------------------
     @staticmethod
     def shape(arg):
+        if isinstance(arg, TupleItem):
+            return arg.node.meta[SHAPE][arg.index]
         if isinstance(arg, fx.Node):
             return arg.meta.get(SHAPE)
         if isinstance(arg, torch.Tensor):
@@ -70,6 +92,10 @@ class AnalysisContext:
 
     def ids(self, arg):
         """Canonical ids of a tensor argument, or None when it carries no channel."""
+        if isinstance(arg, TupleItem):
+            ids = arg.node.meta.get(IDS)
+            item = ids[arg.index] if isinstance(ids, (tuple, list)) else None
+            return None if item is None else self.elements.canonical(item)
         if not isinstance(arg, fx.Node):
             return None
         ids = arg.meta.get(IDS)
@@ -79,6 +105,8 @@ class AnalysisContext:
 
     @staticmethod
     def free(arg):
+        if isinstance(arg, TupleItem):
+            return arg.node.meta.get(FREE)
         if not isinstance(arg, fx.Node):
             return None
         return arg.meta.get(FREE)

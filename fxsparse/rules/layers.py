@@ -78,6 +78,9 @@ def conv_module(ctx, node):
     transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
     w_out, w_in = (f"{t}.weight", 1 if transposed else 0), (f"{t}.weight", 0 if transposed else 1)
     bias = (f"{t}.bias", 0) if mod.bias is not None else None
+    if transposed and mod.groups > 1:
+        ctx.unprunable(ctx.ids(node.args[0]), f"grouped transposed conv '{t}' at {ctx.where(node)} is not supported yet")
+        return None
     return conv_channels(ctx, node, node.args[0], w_out, w_in, bias, mod.groups)
 
 
@@ -110,6 +113,9 @@ def conv_function(ctx, node):
     w = _arg(node, 1, "weight")
     b = _arg(node, 2, "bias")
     groups = _arg(node, 7 if transposed else 6, "groups", 1)
+    if transposed and groups != 1:
+        ctx.unprunable(ctx.ids(node.args[0]), f"grouped transposed conv at {ctx.where(node)} is not supported yet")
+        return None
     w_out, w_in = param_dim(ctx, w, 1 if transposed else 0), param_dim(ctx, w, 0 if transposed else 1)
     bias = param_dim(ctx, b, 0) if isinstance(b, fx.Node) else None
     if isinstance(b, fx.Node) and bias is None:

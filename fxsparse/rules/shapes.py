@@ -18,7 +18,7 @@ import torch.nn as nn
 from fxsparse.passes.fuse_channel_shuffle import channel_permute
 
 from ..elements import NO_ELEMENT, varying_dims
-from .context import FREE, FreeRef
+from .context import FREE, FreeRef, sequence_items
 from .pointwise import combine
 from .registry import register_rule
 
@@ -191,6 +191,15 @@ def squeeze_like(ctx, node):
     if node.target in ("expand", "expand_as", "broadcast_to", torch.broadcast_to):
         lead = len(out_shape) - len(in_shape)
         mapping = [None] * lead + list(range(len(in_shape)))
+    elif node.target in ("unsqueeze", torch.unsqueeze):
+        d = (node.args[1] if len(node.args) > 1 else node.kwargs["dim"]) % len(out_shape)
+        mapping = list(range(len(in_shape)))
+        mapping.insert(d, None)
+    elif node.target in ("squeeze", torch.squeeze):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = range(len(in_shape)) if dims is None else ([dims] if isinstance(dims, int) else dims)
+        gone = {d % len(in_shape) for d in dims if in_shape[d % len(in_shape)] == 1}
+        mapping = [i for i in range(len(in_shape)) if i not in gone]
     else:
         mapping = _dim_map(in_shape, out_shape)
     _pass_free(ctx, node, src, mapping)
@@ -242,7 +251,7 @@ register_rule("repeat")(repeat_rule)
 
 # ----- cat / stack ----------------------------------------------------------------------------
 def cat_rule(ctx, node):
-    tensors = node.args[0] if node.args else node.kwargs["tensors"]
+    tensors = sequence_items(node.args[0] if node.args else node.kwargs["tensors"])
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     out_shape = ctx.shape(node)
     nd = len(out_shape)
@@ -332,7 +341,7 @@ register_rule(torch.cat, torch.concat, torch.concatenate)(cat_rule)
 
 @register_rule(torch.stack)
 def stack_rule(ctx, node):
-    tensors = node.args[0]
+    tensors = sequence_items(node.args[0] if node.args else node.kwargs["tensors"])
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     in_shape = ctx.shape(tensors[0])
     out = combine(ctx, node, list(tensors), tuple(in_shape), what="stack")
@@ -386,8 +395,6 @@ def split_export(ectx, node):
         return
     kept = ectx.kept_along(src, dim)
     sizes = [int(kept[a:b].sum()) for a, b in _pieces(node, len(kept))]
-    if 0 in sizes:
-        raise ectx.error(node, "a split piece would lose every channel")
     node.target = "split" if node.op == "call_method" else torch.split
     node.args = (src, sizes, dim)
     node.kwargs = {}
@@ -428,12 +435,17 @@ def _index_items(index, ndim):
 
 
 def getitem_rule(ctx, node):
-    src, index = node.args
+    return index_rule(ctx, node, *node.args)
+
+
+def index_rule(ctx, node, src, index):
     meta = src.meta.get("fxsparse_ids") if isinstance(src, fx.Node) else None
     if isinstance(meta, (tuple, list)):  # picking an output of a split / a tuple-returning op
         if src.meta.get(FREE) is not None:
             node.meta[FREE] = src.meta[FREE]
-        item = meta[index] if isinstance(index, int) and index < len(meta) else None
+        if isinstance(index, slice):  # a slice of a tuple is a tuple
+            return tuple(None if i is None else ctx.elements.canonical(i) for i in meta[index])
+        item = meta[index] if isinstance(index, int) and -len(meta) <= index < len(meta) else None
         return None if item is None else ctx.elements.canonical(item)
     shape = ctx.shape(src)
     if shape is None or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
@@ -521,15 +533,21 @@ def narrow_rule(ctx, node):
     src, dim, start, length = node.args[:4]
     shape = ctx.shape(src)
     dim %= len(shape)
-    index = [slice(None)] * dim + [slice(_value(start), _value(start) + _value(length))]
-    fake = fx.Node.__new__(fx.Node)
-    fake.args = (src, tuple(index))
-    fake.name = node.name
-    fake.meta = node.meta
-    return getitem_rule(ctx, fake)
+    index = tuple([slice(None)] * dim + [slice(_value(start), _value(start) + _value(length))])
+    return index_rule(ctx, node, src, index)
 
 
-register_rule("narrow", torch.narrow)(narrow_rule)
+def narrow_export(ectx, node):
+    src, dim, start, length = node.args[:4]
+    dim %= len(ectx.shape(src))
+    if ectx.pruned_shape(src)[dim] is None:
+        return
+    kept = ectx.kept_along(src, dim)
+    a, b = _value(start), _value(start) + _value(length)
+    node.args = (src, dim, int(kept[:a].sum()), int(kept[a:b].sum()))
+
+
+register_rule("narrow", torch.narrow, export=narrow_export)(narrow_rule)
 
 
 @register_rule(channel_permute)

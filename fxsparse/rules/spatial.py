@@ -97,8 +97,9 @@ def reduction_rule(ctx, node):
         out = None
     else:
         out = ids
-        if not keepdim:
-            out = np.squeeze(ids, axis=tuple(dims)) if dims else ids
+        if not keepdim and dims:
+            for d in sorted(dims, reverse=True):
+                out = np.take(out, 0, axis=d)
     out_shape = ctx.shape(node)
     if isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple):  # (values, indices)
         return (out, out)
