@@ -129,6 +129,15 @@ def main(argv=None) -> int:
     z.add_argument("--input", type=parse_input, default=None, help="input shape for every model (default: each model's own)")
     z.add_argument("--check", action="store_true", help="also export at keep 0.5 and compare with the masked reference")
     z.set_defaults(func=cmd_zoo)
+    b = sub.add_parser("bench", help="training-step time: dense vs masked-dense vs sparse vs exported", add_help=False)
+    b.set_defaults(func=None)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+
+        bench_main(argv[1:])
+        return 0
     args = parser.parse_args(argv)
     return args.func(args)
 

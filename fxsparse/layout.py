@@ -29,6 +29,17 @@ class DimLayout:
     def __len__(self):
         return len(self.gslot)
 
+    def table(self):
+        """(sorted classes, [class row, occurrence] -> position), built once."""
+        if getattr(self, "_table", None) is None:
+            classes = np.array(sorted(self.rows), dtype=np.int64)
+            width = max((len(v) for v in self.rows.values()), default=1)
+            pos = np.zeros((len(classes), width), dtype=np.int64)
+            for r, c in enumerate(classes.tolist()):
+                pos[r, : len(self.rows[c])] = self.rows[c]
+            self._table = (classes, pos)
+        return self._table
+
 
 class Plan:
     """Blocks, their capacities, and the slot -> channel assignment for the current masks."""
@@ -113,8 +124,9 @@ def gather_index(layout: DimLayout, slot_class: np.ndarray, slot_valid: np.ndarr
     valid = np.ones(len(layout), dtype=np.float32)
     live = layout.gslot >= 0
     if live.any():
+        table = layout.table()
         classes = slot_class[layout.gslot[live]]
-        occ = layout.occ[live]
-        idx[live] = [layout.rows[c][o] for c, o in zip(classes.tolist(), occ.tolist())]
+        rows = np.searchsorted(table[0], classes)
+        idx[live] = table[1][rows, layout.occ[live]]
         valid[live] = slot_valid[layout.gslot[live]]
     return idx, valid

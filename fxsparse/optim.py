@@ -8,6 +8,8 @@ tensor shaped like it, bit for bit (state created by this step starts at zero th
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .export import kept_indices
@@ -74,3 +76,106 @@ class MaskedOptimizer:
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state)
+
+
+def _valid_grid(grid, valid, ndim):
+    """The gather grid restricted to real (non-empty) slots, and the same selection in
+    compact coordinates."""
+    full = list(grid)
+    compact = [torch.arange(g.numel(), device=g.device).view(g.shape) for g in grid]
+    for dim, ok in valid:
+        shape = [-1 if k == dim else 1 for k in range(ndim)]
+        full[dim] = grid[dim].flatten()[ok].view(shape)
+        compact[dim] = compact[dim].flatten()[ok].view(shape)
+    return tuple(full), tuple(compact)
+
+
+@torch.no_grad()
+def compact_sgd(opt, compact, names):
+    """SGD (momentum, dampening, nesterov, weight decay) on the kept entries only."""
+    kept = {id(p): (g, idx) for p, g, idx in compact}
+    for group in opt.param_groups:
+        lr, mom, damp, wd, nesterov = (group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
+                                       group["nesterov"])
+        for p in group["params"]:
+            if id(p) in kept:
+                leaf, (grid, valid) = kept[id(p)]
+                if leaf.grad is None:
+                    continue
+                full, sel = _valid_grid(grid, valid, p.dim())
+                w, g = p[full], leaf.grad[sel]
+            elif p.grad is not None:
+                full, w, g = None, p, p.grad
+            else:
+                continue
+            if wd:
+                g = g + wd * w
+            if mom:
+                state = opt.state[p]
+                buf_full = state.get("momentum_buffer")
+                if buf_full is None:
+                    buf_full = state["momentum_buffer"] = torch.zeros_like(p)
+                    buf = g.clone()
+                else:
+                    buf = buf_full[full] if full is not None else buf_full
+                    buf = buf * mom + g * (1 - damp)
+                if full is None:
+                    buf_full.copy_(buf)
+                else:
+                    buf_full[full] = buf
+                g = g + buf * mom if nesterov else buf
+            if full is None:
+                p.sub_(lr * g)
+            else:
+                p[full] = w - lr * g
+
+
+@torch.no_grad()
+def compact_adam(opt, compact, names):
+    """Adam / AdamW (amsgrad off) on the kept entries only."""
+    decoupled = isinstance(opt, torch.optim.AdamW)
+    kept = {id(p): (g, idx) for p, g, idx in compact}
+    for group in opt.param_groups:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        for p in group["params"]:
+            if id(p) in kept:
+                leaf, (grid, valid) = kept[id(p)]
+                if leaf.grad is None:
+                    continue
+                full, sel = _valid_grid(grid, valid, p.dim())
+                w, g = p[full], leaf.grad[sel]
+            elif p.grad is not None:
+                full, w, g = None, p, p.grad
+            else:
+                continue
+            state = opt.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            t = float(state["step"])
+            if wd and not decoupled:
+                g = g + wd * w
+            m_full, v_full = state["exp_avg"], state["exp_avg_sq"]
+            m = (m_full[full] if full is not None else m_full) * b1 + g * (1 - b1)
+            v = (v_full[full] if full is not None else v_full) * b2 + g * g * (1 - b2)
+            denom = v.sqrt() / math.sqrt(1 - b2 ** t) + eps
+            base = w * (1 - lr * wd) if (wd and decoupled) else w
+            new_w = base - (lr / (1 - b1 ** t)) * m / denom
+            if full is None:
+                m_full.copy_(m)
+                v_full.copy_(v)
+                p.copy_(new_w)
+            else:
+                m_full[full], v_full[full], p[full] = m, v, new_w
+
+
+def compact_update_fn(optimizer):
+    """The compact update for a torch optimizer, or None when only MaskedOptimizer fits."""
+    if type(optimizer) is torch.optim.SGD and not optimizer.defaults.get("maximize"):
+        return compact_sgd
+    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) and not optimizer.defaults.get("maximize") \
+            and not optimizer.defaults.get("amsgrad"):
+        return compact_adam
+    return None

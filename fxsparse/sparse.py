@@ -30,6 +30,10 @@ from .rules.context import IDS, SHAPE
 from .elements import varying_dims
 
 
+def _device_of(inputs):
+    return next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
+
+
 def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: bool = True, capacity="auto",
             headroom: float = 3.0, align: int = 1, graph: ChannelGraph | None = None, leaf_modules=(), seed: int = 0):
     """Wrap ``model`` for sparse training. See :class:`SparseModel`."""
@@ -65,7 +69,7 @@ class SparseModel(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
         self.plan = Plan(graph)
         self._set_initial_caps(capacity, headroom)
-        self._masks = random_keep(graph, self.keep, self.generator)
+        self._masks = normalize_keep(graph, random_keep(graph, self.keep, self.generator))
         self._build()
 
     # ----- capacities ----------------------------------------------------------------
@@ -106,7 +110,13 @@ class SparseModel(nn.Module):
         cap = export(self.model, graph, self.plan.cap_keep())
         # its own (capacity-sized) weights are never used: every step passes gathered ones
         self._valid_buffers = mask_mixing_ops(cap, graph, self._tensor_layout_of(cap))
-        self.capacity_model = cap
+        # not a registered submodule: its own (capacity-sized) weights are never used, and
+        # DDP / state_dict / optimizers must only see the dense model's parameters
+        for mod in cap.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None:
+                    mod._parameters[name] = nn.Parameter(torch.empty(0, device="meta"), requires_grad=False)
+        object.__setattr__(self, "capacity_model", cap)
         dense = dict(self.model.named_parameters())
         dense.update(dict(self.model.named_buffers()))
         members: dict[str, list] = {}
@@ -171,13 +181,30 @@ class SparseModel(nn.Module):
             out[f"{buf}|valid"] = torch.as_tensor(valid)
         return out
 
+    def keep_lines(self, plan: dict) -> dict:
+        """{parameter: [(dim, bool line of kept indices, ndim)]} for the masked optimizer."""
+        params = dict(self.model.named_parameters())
+        lines = {}
+        for name, dims in self._members.items():
+            p = params.get(name)
+            if p is None:
+                continue
+            out = []
+            for dim, _ in dims:
+                idx, valid = plan[f"{name}|{dim}|idx"], plan[f"{name}|{dim}|valid"]
+                line = torch.zeros(p.shape[dim], dtype=torch.bool)
+                line[idx[valid > 0]] = True
+                out.append((dim, line.to(p.device), p.dim()))
+            lines[p] = out
+        return lines
+
     def _gathered(self, dense: dict, plan: dict, device) -> dict:
         tensors = {}
         for name, t in dense.items():
             for dim, _ in self._members.get(name, ()):
                 idx = plan[f"{name}|{dim}|idx"].to(device, non_blocking=True)
                 t = torch.index_select(t, dim, idx)
-                if t.is_floating_point() and not name.endswith("running_var"):
+                if t.is_floating_point() and name not in self._buffer_names:
                     shape = [1] * t.dim()
                     shape[dim] = -1
                     t = t * plan[f"{name}|{dim}|valid"].to(device, t.dtype).view(shape)
@@ -202,12 +229,20 @@ class SparseModel(nn.Module):
                 full.index_copy_(dim, idx, torch.where(valid, tensors[name], full.index_select(dim, idx)))
         return out
 
+    def _buffers_to(self, device):
+        """Capacity-model buffers that are not dense-model buffers (shuffle indices) follow the inputs."""
+        for mod in self.capacity_model.modules():
+            for name, b in mod._buffers.items():
+                if b is not None and b.device != device:
+                    mod._buffers[name] = b.to(device)
+
     def _dense_tensors(self):
         d = dict(self.model.named_parameters())
         d.update({n: b for n, b in self.model.named_buffers() if n in self._buffer_names})
         return d
 
     def forward(self, *inputs):
+        self._buffers_to(_device_of(inputs))
         plan = self.step_inputs()
         fn = self._forward_impl
         if self.use_compile:
@@ -218,33 +253,110 @@ class SparseModel(nn.Module):
 
     def make_train_step(self, loss_fn, optimizer):
         """``step(*inputs, target) -> loss``: forward, loss, backward and optimizer step for
-        the current masks (compiled when the model was built with compile=True). The
-        optimizer is wrapped so pruned channels' weights and state stay untouched."""
-        from .optim import MaskedOptimizer
+        the current masks, compiled when the model was built with compile=True.
 
-        opt = optimizer if isinstance(optimizer, MaskedOptimizer) else MaskedOptimizer(optimizer, self)
+        For SGD, Adam and AdamW the step is *compact*: the kept weights are gathered into
+        leaf tensors, the backward produces gradients of the kept weights only, and the
+        update reads and writes only the kept entries of the weights and optimizer state
+        (pruned ones stay bit-identical; no dense-size gradient is materialised). Any other
+        optimizer runs on dense gradients wrapped in :class:`MaskedOptimizer`."""
+        from .optim import MaskedOptimizer, compact_update_fn
 
-        def forward_loss(dense, plan, target, *inputs):
+        base = optimizer.optimizer if isinstance(optimizer, MaskedOptimizer) else optimizer
+        update = compact_update_fn(base)
+        fallback = None if update is not None else MaskedOptimizer(base, self)
+        by_name = dict(self.model.named_parameters())
+        names = {id(p): n for n, p in by_name.items()}
+
+        def forward_loss(tensors, plan, target, *inputs):
+            return loss_fn(self._forward_gathered(tensors, plan, *inputs), target)
+
+        def dense_forward_loss(dense, plan, target, *inputs):
             return loss_fn(self._forward_impl(dense, plan, *inputs), target)
-
-        fn = torch.compile(forward_loss, backend=self._backend, dynamic=False) if self.use_compile else forward_loss
 
         def step(*args):
             *inputs, target = args
+            self._buffers_to(_device_of(inputs))
             plan = self.step_inputs()
-            compiled = self._compiled.get("step")
-            if compiled is None or compiled[0] is not self.capacity_model:  # capacities grew: new graph
-                self._compiled["step"] = compiled = (self.capacity_model,
-                    torch.compile(forward_loss, backend=self._backend, dynamic=False) if self.use_compile else forward_loss)
-            loss = compiled[1](self._dense_tensors(), plan, target, *inputs)
-            opt.zero_grad(set_to_none=True)
+            cached = self._compiled.get("step")
+            if cached is None or cached[0] is not self.capacity_model:  # first call, or capacities grew
+                fl = forward_loss if update is not None else dense_forward_loss
+                up = update
+                if self.use_compile:
+                    fl = torch.compile(fl, backend=self._backend, dynamic=False)
+                    up = None if update is None else torch.compile(update, backend=self._backend, dynamic=False)
+                self._compiled["step"] = cached = (self.capacity_model, fl, up)
+            _, fl, up = cached
+            base.zero_grad(set_to_none=True)
+            if up is None:
+                loss = fl(self._dense_tensors(), plan, target, *inputs)
+                loss.backward()
+                fallback.step()
+                return loss.detach()
+            gathered, index = self._gather_leaves(plan)
+            loss = fl(gathered, plan, target, *inputs)
             loss.backward()
-            opt.step()
+            compact = [(by_name[n], gathered[n], index[n]) for n in index if n in by_name]
+            up(base, compact, names)
+            self._write_back_buffers(gathered, plan)
             return loss.detach()
 
-        step.optimizer = opt
-        del fn
+        step.optimizer = base
         return step
+
+    def _gather_leaves(self, plan):
+        """Kept entries of every member parameter as leaf tensors (compact gradients land there),
+        the member buffers gathered, the rest as is; plus the index tuple of each gather."""
+        tensors, index = {}, {}
+        for name, t in self._dense_tensors().items():
+            dims = self._members.get(name)
+            if not dims:
+                tensors[name] = t
+                continue
+            device = t.device
+            idx = [torch.arange(n, device=device) for n in t.shape]
+            valid = []
+            for dim, _ in dims:
+                idx[dim] = plan[f"{name}|{dim}|idx"].to(device)
+                valid.append((dim, plan[f"{name}|{dim}|valid"].to(device) > 0))
+            grid = tuple(i.view([-1 if d == k else 1 for k in range(t.dim())]) for d, i in enumerate(idx))
+            g = t.detach()[grid]
+            if isinstance(t, nn.Parameter):
+                g.requires_grad_(t.requires_grad)
+            tensors[name] = g
+            index[name] = (grid, valid)
+        return tensors, index
+
+    def _forward_gathered(self, tensors, plan, *inputs):
+        """The capacity model on already-gathered tensors (validity applied here, so empty
+        slots are exact zeros with zero gradient)."""
+        scaled = {}
+        buffers = set(self._buffer_names)
+        for name, t in tensors.items():
+            for dim, _ in self._members.get(name, ()):
+                # buffers (running statistics) stay as gathered: BN updates them in place
+                if t.is_floating_point() and name not in buffers:
+                    shape = [1] * t.dim()
+                    shape[dim] = -1
+                    t = t * plan[f"{name}|{dim}|valid"].to(t.device, t.dtype).view(shape)
+            scaled[name] = t
+        for buf in self._valid_buffers:
+            scaled[buf] = plan[f"{buf}|valid"].to(inputs[0].device)
+        return functional_call(self.capacity_model, scaled, inputs)
+
+    @torch.no_grad()
+    def _write_back_buffers(self, gathered, plan):
+        if not self.training:
+            return
+        dense = self._dense_tensors()
+        for name in self._buffer_names:
+            dims = self._members.get(name)
+            if not dims:
+                continue
+            (dim, _), = dims
+            idx = plan[f"{name}|{dim}|idx"].to(dense[name].device)
+            valid = plan[f"{name}|{dim}|valid"].to(dense[name].device) > 0
+            dense[name].index_copy_(dim, idx[valid], gathered[name][valid])
 
     def _backend(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx
