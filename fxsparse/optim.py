@@ -78,36 +78,77 @@ class MaskedOptimizer:
         self.optimizer.load_state_dict(state)
 
 
-def _valid_grid(grid, valid, ndim):
-    """The gather grid restricted to real (non-empty) slots, and the same selection in
-    compact coordinates."""
-    full = list(grid)
-    compact = [torch.arange(g.numel(), device=g.device).view(g.shape) for g in grid]
-    for dim, ok in valid:
-        shape = [-1 if k == dim else 1 for k in range(ndim)]
-        full[dim] = grid[dim].flatten()[ok].view(shape)
-        compact[dim] = compact[dim].flatten()[ok].view(shape)
-    return tuple(full), tuple(compact)
+def gather(t: torch.Tensor, where) -> torch.Tensor:
+    """t at the given indices along each dim: where = [(dim, index, real-slot mask)]."""
+    for dim, idx, _ in where:
+        t = t.index_select(dim, idx)
+    return t
+
+
+def real(where):
+    """The same gather restricted to real slots, and the positions of those slots."""
+    return [(dim, idx[ok], ok.nonzero().flatten()) for dim, idx, ok in where]
+
+
+def gather_real(t, sel):
+    for dim, idx, _ in sel:
+        t = t.index_select(dim, idx)
+    return t
+
+
+def compact_real(c, sel):
+    for dim, _, pos in sel:
+        c = c.index_select(dim, pos)
+    return c
+
+
+def scatter_(t: torch.Tensor, sel, values: torch.Tensor) -> None:
+    """t[kept entries] = values, one dim at a time (index_copy_ is fast; pads never written)."""
+    (dim, idx, _), rest = sel[0], sel[1:]
+    if not rest:
+        t.index_copy_(dim, idx, values)
+        return
+    sub = t.index_select(dim, idx)
+    scatter_(sub, rest, values)
+    t.index_copy_(dim, idx, sub)
+
+
+def _entries(p, kept):
+    """(selection or None, weights, gradient) for the kept entries of p."""
+    if id(p) in kept:
+        leaf, where = kept[id(p)]
+        if leaf.grad is None:
+            return None
+        sel = real(where)
+        return sel, gather_real(p, sel), compact_real(leaf.grad, sel)
+    if p.grad is None:
+        return None
+    return None, p, p.grad
+
+
+def _put(full, sel, values):
+    if sel is None:
+        full.copy_(values)
+    else:
+        scatter_(full, sel, values)
+
+
+def _get(full, sel):
+    return full if sel is None else gather_real(full, sel)
 
 
 @torch.no_grad()
 def compact_sgd(opt, compact, names):
     """SGD (momentum, dampening, nesterov, weight decay) on the kept entries only."""
-    kept = {id(p): (g, idx) for p, g, idx in compact}
+    kept = {id(p): (g, where) for p, g, where in compact}
     for group in opt.param_groups:
         lr, mom, damp, wd, nesterov = (group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
                                        group["nesterov"])
         for p in group["params"]:
-            if id(p) in kept:
-                leaf, (grid, valid) = kept[id(p)]
-                if leaf.grad is None:
-                    continue
-                full, sel = _valid_grid(grid, valid, p.dim())
-                w, g = p[full], leaf.grad[sel]
-            elif p.grad is not None:
-                full, w, g = None, p, p.grad
-            else:
+            e = _entries(p, kept)
+            if e is None:
                 continue
+            sel, w, g = e
             if wd:
                 g = g + wd * w
             if mom:
@@ -117,37 +158,24 @@ def compact_sgd(opt, compact, names):
                     buf_full = state["momentum_buffer"] = torch.zeros_like(p)
                     buf = g.clone()
                 else:
-                    buf = buf_full[full] if full is not None else buf_full
-                    buf = buf * mom + g * (1 - damp)
-                if full is None:
-                    buf_full.copy_(buf)
-                else:
-                    buf_full[full] = buf
+                    buf = _get(buf_full, sel) * mom + g * (1 - damp)
+                _put(buf_full, sel, buf)
                 g = g + buf * mom if nesterov else buf
-            if full is None:
-                p.sub_(lr * g)
-            else:
-                p[full] = w - lr * g
+            _put(p, sel, w - lr * g)
 
 
 @torch.no_grad()
 def compact_adam(opt, compact, names):
     """Adam / AdamW (amsgrad off) on the kept entries only."""
     decoupled = isinstance(opt, torch.optim.AdamW)
-    kept = {id(p): (g, idx) for p, g, idx in compact}
+    kept = {id(p): (g, where) for p, g, where in compact}
     for group in opt.param_groups:
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         for p in group["params"]:
-            if id(p) in kept:
-                leaf, (grid, valid) = kept[id(p)]
-                if leaf.grad is None:
-                    continue
-                full, sel = _valid_grid(grid, valid, p.dim())
-                w, g = p[full], leaf.grad[sel]
-            elif p.grad is not None:
-                full, w, g = None, p, p.grad
-            else:
+            e = _entries(p, kept)
+            if e is None:
                 continue
+            sel, w, g = e
             state = opt.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0)
@@ -157,18 +185,13 @@ def compact_adam(opt, compact, names):
             t = float(state["step"])
             if wd and not decoupled:
                 g = g + wd * w
-            m_full, v_full = state["exp_avg"], state["exp_avg_sq"]
-            m = (m_full[full] if full is not None else m_full) * b1 + g * (1 - b1)
-            v = (v_full[full] if full is not None else v_full) * b2 + g * g * (1 - b2)
+            m = _get(state["exp_avg"], sel) * b1 + g * (1 - b1)
+            v = _get(state["exp_avg_sq"], sel) * b2 + g * g * (1 - b2)
             denom = v.sqrt() / math.sqrt(1 - b2 ** t) + eps
             base = w * (1 - lr * wd) if (wd and decoupled) else w
-            new_w = base - (lr / (1 - b1 ** t)) * m / denom
-            if full is None:
-                m_full.copy_(m)
-                v_full.copy_(v)
-                p.copy_(new_w)
-            else:
-                m_full[full], v_full[full], p[full] = m, v, new_w
+            _put(state["exp_avg"], sel, m)
+            _put(state["exp_avg_sq"], sel, v)
+            _put(p, sel, base - (lr / (1 - b1 ** t)) * m / denom)
 
 
 def compact_update_fn(optimizer):

@@ -282,9 +282,8 @@ class SparseModel(nn.Module):
             if cached is None or cached[0] is not self.capacity_model:  # first call, or capacities grew
                 fl = forward_loss if update is not None else dense_forward_loss
                 up = update
-                if self.use_compile:
+                if self.use_compile:  # the update stays eager: it is a short loop of fused in-place ops
                     fl = torch.compile(fl, backend=self._backend, dynamic=False)
-                    up = None if update is None else torch.compile(update, backend=self._backend, dynamic=False)
                 self._compiled["step"] = cached = (self.capacity_model, fl, up)
             _, fl, up = cached
             base.zero_grad(set_to_none=True)
@@ -305,26 +304,24 @@ class SparseModel(nn.Module):
         return step
 
     def _gather_leaves(self, plan):
-        """Kept entries of every member parameter as leaf tensors (compact gradients land there),
-        the member buffers gathered, the rest as is; plus the index tuple of each gather."""
+        """Kept entries of every member parameter as leaf tensors (compact gradients land
+        there), member buffers gathered, the rest as is; plus, per gathered tensor, its
+        [(dim, dense index, real-slot mask)]."""
+        from .optim import gather
+
         tensors, index = {}, {}
         for name, t in self._dense_tensors().items():
             dims = self._members.get(name)
             if not dims:
                 tensors[name] = t
                 continue
-            device = t.device
-            idx = [torch.arange(n, device=device) for n in t.shape]
-            valid = []
-            for dim, _ in dims:
-                idx[dim] = plan[f"{name}|{dim}|idx"].to(device)
-                valid.append((dim, plan[f"{name}|{dim}|valid"].to(device) > 0))
-            grid = tuple(i.view([-1 if d == k else 1 for k in range(t.dim())]) for d, i in enumerate(idx))
-            g = t.detach()[grid]
+            where = [(dim, plan[f"{name}|{dim}|idx"].to(t.device), plan[f"{name}|{dim}|valid"].to(t.device) > 0)
+                     for dim, _ in dims]
+            g = gather(t.detach(), where)
             if isinstance(t, nn.Parameter):
                 g.requires_grad_(t.requires_grad)
             tensors[name] = g
-            index[name] = (grid, valid)
+            index[name] = where
         return tensors, index
 
     def _forward_gathered(self, tensors, plan, *inputs):
@@ -356,7 +353,7 @@ class SparseModel(nn.Module):
             (dim, _), = dims
             idx = plan[f"{name}|{dim}|idx"].to(dense[name].device)
             valid = plan[f"{name}|{dim}|valid"].to(dense[name].device) > 0
-            dense[name].index_copy_(dim, idx[valid], gathered[name][valid])
+            dense[name].index_copy_(dim, idx[valid], gathered[name].index_select(dim, valid.nonzero().flatten()))
 
     def _backend(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx

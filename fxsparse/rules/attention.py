@@ -127,4 +127,16 @@ def sdpa_export(ectx, node):
 
 
 register_rule(F.scaled_dot_product_attention, export=sdpa_export)(sdpa_rule)
-del torch
+
+
+
+def multihead_attention_module(ctx, node):
+    """nn.MultiheadAttention keeps q/k/v in one packed parameter and needs embed_dim to equal
+    its input and output width, so removing channels would need a different module: its
+    channels stay (hand-written attention, q/k/v linears + SDPA, is pruned by heads)."""
+    ctx.opaque(node, f"nn.MultiheadAttention '{node.target}' at {ctx.where(node)}: its packed in_proj and "
+                     "embed_dim == input width are not pruned (hand-written attention is, by heads)")
+    return None
+
+
+register_rule(torch.nn.MultiheadAttention)(multihead_attention_module)
