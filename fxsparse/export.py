@@ -108,8 +108,10 @@ def export(model, graph: ChannelGraph, keep=None) -> fx.GraphModule:
     SparseModel. ``keep``: {group id: bool mask or index tensor}; groups not named are
     kept whole.
     """
-    if hasattr(model, "channel_graph") and graph is None:
-        graph, keep = model.channel_graph, model.masks if keep is None else keep
+    if hasattr(model, "channel_graph"):  # a SparseModel: its graph and current masks
+        graph = graph or model.channel_graph
+        keep = model.masks if keep is None else keep
+        model = model.model
     if not isinstance(graph, ChannelGraph):
         raise TypeError("export(model, graph, keep): graph must be the ChannelGraph returned by fxsparse.analyze")
     masks = normalize_keep(graph, keep or {})
