@@ -11,7 +11,9 @@ Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep rat
     round(keep * size) channels per group, as the timing target asks);
   sparse compiled (Bernoulli): capacity "auto", masks drawn Bernoulli(keep) per channel;
   exported eager / compiled: the physically smaller model for one fixed mask.
-Time: median of --steps steps after 3 warm-up steps (compilation happens in the first).
+Time: every variant is built and warmed up (3 steps; compilation happens in the first, with
+a fresh compile cache unless --warm-cache), then all are timed round-robin, one step of
+each per round, --steps rounds; the median per variant is reported.
 Memory: parameters + gradients + optimizer state + the activations autograd saves for the
 backward (counted with torch.autograd.graph.saved_tensors_hooks on the eager step).
 """
@@ -29,21 +31,6 @@ from tabulate import tabulate
 
 import fxsparse
 from fxsparse import zoo
-
-
-def timed(fn, steps, warmup=3):
-    first = None
-    for i in range(warmup):
-        t = time.perf_counter()
-        fn()
-        if i == 0:
-            first = time.perf_counter() - t
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), first
 
 
 def saved_bytes(fn):
@@ -113,27 +100,33 @@ def make_masked_dense_step(model, graph, x, y, keep, compile_):
 
 
 def bench_model(name, batch, keep, steps):
+    """Build every variant (first calls compile), then time them round-robin, one step of
+    each per round, so that machine drift hits all variants alike."""
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    rows = {}
+    variants, first, info = {}, {}, {}
 
     def fresh():
         torch.manual_seed(0)
         return zoo.create(name).train()
 
-    model = fresh()
-    graph = fxsparse.analyze(model, x)
+    def add(label, fn):
+        t = time.perf_counter()
+        fn()
+        first[label] = time.perf_counter() - t
+        for _ in range(2):
+            fn()
+        variants[label] = fn
+
+    graph = fxsparse.analyze(fresh(), x)
     for compile_ in (False, True):
         m = fresh()
         step, opt = make_dense_step(m, x, y, compile_)
-        rows[f"dense {'compiled' if compile_ else 'eager'}"] = timed(step, steps)
+        add(f"dense {'compiled' if compile_ else 'eager'}", step)
         if not compile_:
-            act = saved_bytes(lambda: F.cross_entropy(m(x), y))
-            step()
-            rows["_mem dense"] = act + state_bytes(m.parameters(), opt)
+            info["_mem dense"] = saved_bytes(lambda: F.cross_entropy(m(x), y)) + state_bytes(m.parameters(), opt)
     for compile_ in (False, True):
-        m = fresh()
-        rows[f"masked-dense {'compiled' if compile_ else 'eager'}"] = timed(make_masked_dense_step(m, graph, x, y, keep, compile_), steps)
+        add(f"masked-dense {'compiled' if compile_ else 'eager'}", make_masked_dense_step(fresh(), graph, x, y, keep, compile_))
     for compile_, capacity, label in ((False, "exact", "sparse eager"), (True, "exact", "sparse compiled"),
                                       (True, "auto", "sparse compiled (Bernoulli masks)")):
         m = fresh()
@@ -149,8 +142,8 @@ def bench_model(name, batch, keep, steps):
             def run(sp=sp, step=step):
                 sp.sample_masks(keep)
                 step(x, y)
-        rows[label] = timed(run, steps)
-        rows[f"_compilations {label}"] = sp.compilations
+        add(label, run)
+        info[f"_compilations {label}"] = sp
         if label == "sparse eager":
             plan = sp.step_inputs()
             gathered, _ = sp._gather_leaves(plan)
@@ -158,16 +151,23 @@ def bench_model(name, batch, keep, steps):
             compact_grads = sum(g.numel() * g.element_size() for g in gathered.values() if g.requires_grad)
             dense_params = sum(p.numel() * p.element_size() for p in m.parameters())
             state = state_bytes(m.parameters(), opt) - dense_params  # weights + optimizer state, grads compact
-            rows["_mem sparse"] = act + state + compact_grads
+            info["_mem sparse"] = act + state + compact_grads
     fixed = fxsparse.random_keep(graph, keep, torch.Generator().manual_seed(1))
     for compile_ in (False, True):
         small = fxsparse.export(fresh(), graph, fixed).train()
         step, opt = make_dense_step(small, x, y, compile_)
-        rows[f"exported {'compiled' if compile_ else 'eager'}"] = timed(step, steps)
+        add(f"exported {'compiled' if compile_ else 'eager'}", step)
         if not compile_:
-            act = saved_bytes(lambda: F.cross_entropy(small(x), y))
-            step()
-            rows["_mem exported"] = act + state_bytes(small.parameters(), opt)
+            info["_mem exported"] = saved_bytes(lambda: F.cross_entropy(small(x), y)) + state_bytes(small.parameters(), opt)
+    times = {k: [] for k in variants}
+    for _ in range(steps):
+        for label, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t)
+    rows = {k: (statistics.median(v), first[k]) for k, v in times.items()}
+    for k, v in info.items():
+        rows[k] = v.compilations if k.startswith("_compilations") else v
     return rows
 
 

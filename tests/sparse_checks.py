@@ -25,6 +25,7 @@ def check_steps(model, inputs, target, loss_fn, *, steps=3, keep=0.5, bernoulli=
     if dtype is not None:
         model = model.to(dtype)
         inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in inputs)
+    model.train(train)  # `if self.training` branches are fixed when the graph is traced
     sp = fxsparse.compile(model, inputs, keep=keep, compile=compile, seed=seed)
     sp.train(train)
     if optimizer == "sgd":
