@@ -78,49 +78,54 @@ class MaskedOptimizer:
         self.optimizer.load_state_dict(state)
 
 
-def gather(t: torch.Tensor, where) -> torch.Tensor:
-    """t at the given indices along each dim: where = [(dim, index, real-slot mask)]."""
-    for dim, idx, _ in where:
-        t = t.index_select(dim, idx)
-    return t
+class FlatSelection:
+    """Where the kept entries of a dense tensor are, as flat (1-D) indices.
+
+    ``all``: every slot of the gathered tensor (empty slots included), in its layout;
+    ``real``: the real slots only, and ``pos`` their positions in the gathered tensor
+    (None when every slot is real). One gather or scatter is then one pass over kept entries."""
+
+    def __init__(self, shape, all_, real, pos):
+        self.shape, self.all, self.real, self.pos = shape, all_, real, pos
 
 
-def real(where):
-    """The same gather restricted to real slots, and the positions of those slots."""
-    return [(dim, idx[ok], ok.nonzero().flatten()) for dim, idx, ok in where]
-
-
-def gather_real(t, sel):
-    for dim, idx, _ in sel:
-        t = t.index_select(dim, idx)
-    return t
-
-
-def compact_real(c, sel):
-    for dim, _, pos in sel:
-        c = c.index_select(dim, pos)
-    return c
-
-
-def scatter_(t: torch.Tensor, sel, values: torch.Tensor) -> None:
-    """t[kept entries] = values, one dim at a time (index_copy_ is fast; pads never written)."""
-    (dim, idx, _), rest = sel[0], sel[1:]
-    if not rest:
-        t.index_copy_(dim, idx, values)
-        return
-    sub = t.index_select(dim, idx)
-    scatter_(sub, rest, values)
-    t.index_copy_(dim, idx, sub)
+def flat_selection(shape, where) -> FlatSelection:
+    """``where`` = [(dim, index, real-slot mask)] for the gathered dims of a tensor of ``shape``."""
+    strides = [1] * len(shape)
+    for d in range(len(shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * shape[d + 1]
+    device = where[0][1].device
+    picked = {dim: (idx, ok) for dim, idx, ok in where}
+    flat = torch.zeros((), dtype=torch.long, device=device)
+    ok_all = torch.ones((), dtype=torch.bool, device=device)
+    out_shape = []
+    for d, n in enumerate(shape):
+        view = [1] * len(shape)
+        view[d] = -1
+        if d in picked:
+            idx, ok = picked[d]
+            flat = flat + (idx * strides[d]).view(view)
+            ok_all = ok_all & ok.view(view)
+            out_shape.append(idx.numel())
+        else:
+            flat = flat + (torch.arange(n, device=device) * strides[d]).view(view)
+            out_shape.append(n)
+    flat = flat.expand(out_shape).reshape(-1)
+    ok_all = ok_all.expand(out_shape).reshape(-1)
+    if bool(ok_all.all()):
+        return FlatSelection(tuple(out_shape), flat, flat, None)
+    pos = ok_all.nonzero().flatten()
+    return FlatSelection(tuple(out_shape), flat, flat[pos], pos)
 
 
 def _entries(p, kept):
-    """(selection or None, weights, gradient) for the kept entries of p."""
+    """(selection or None, kept weights, their gradient) for parameter p."""
     if id(p) in kept:
-        leaf, where = kept[id(p)]
+        leaf, sel = kept[id(p)]
         if leaf.grad is None:
             return None
-        sel = real(where)
-        return sel, gather_real(p, sel), compact_real(leaf.grad, sel)
+        g = leaf.grad.reshape(-1)
+        return sel, p.detach().view(-1)[sel.real], g if sel.pos is None else g[sel.pos]
     if p.grad is None:
         return None
     return None, p, p.grad
@@ -130,11 +135,11 @@ def _put(full, sel, values):
     if sel is None:
         full.copy_(values)
     else:
-        scatter_(full, sel, values)
+        full.view(-1).index_copy_(0, sel.real, values)
 
 
 def _get(full, sel):
-    return full if sel is None else gather_real(full, sel)
+    return full if sel is None else full.view(-1)[sel.real]
 
 
 @torch.no_grad()

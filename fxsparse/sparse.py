@@ -305,9 +305,9 @@ class SparseModel(nn.Module):
 
     def _gather_leaves(self, plan):
         """Kept entries of every member parameter as leaf tensors (compact gradients land
-        there), member buffers gathered, the rest as is; plus, per gathered tensor, its
-        [(dim, dense index, real-slot mask)]."""
-        from .optim import gather
+        there), member buffers gathered, the rest as is; plus, per gathered tensor, the
+        flat indices of its entries (all slots, and real slots with their compact positions)."""
+        from .optim import flat_selection
 
         tensors, index = {}, {}
         for name, t in self._dense_tensors().items():
@@ -317,11 +317,12 @@ class SparseModel(nn.Module):
                 continue
             where = [(dim, plan[f"{name}|{dim}|idx"].to(t.device), plan[f"{name}|{dim}|valid"].to(t.device) > 0)
                      for dim, _ in dims]
-            g = gather(t.detach(), where)
+            sel = flat_selection(t.shape, where)
+            g = t.detach().reshape(-1)[sel.all].view(sel.shape)
             if isinstance(t, nn.Parameter):
                 g.requires_grad_(t.requires_grad)
             tensors[name] = g
-            index[name] = where
+            index[name] = sel
         return tensors, index
 
     def _forward_gathered(self, tensors, plan, *inputs):

@@ -25,14 +25,7 @@ from fxsparse import zoo
 ALL = zoo.list()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Batch-2 forwards gain nothing from intra-op threads, and on a shared 2-core machine
-    OpenMP spinning makes them several times slower; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # batch-2 forwards: threads only add spinning
 
 
 def n_params(model: nn.Module, exclude=()) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from . import register
+from ._init import init_cnn
 
 _PAPER = ("Sandler, Howard, Zhu, Zhmoginov, Chen. MobileNetV2: Inverted Residuals and Linear "
           "Bottlenecks. CVPR 2018, arXiv:1801.04381")
@@ -90,15 +91,7 @@ class MobileNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.last_channel, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_cnn(self, linear_std=0.01)
 
     def forward(self, x):
         x = self.avgpool(self.features(x)).flatten(1)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from . import register
+from ._init import init_cnn
 
 _PAPER = ("Ma, Zhang, Zheng, Sun. ShuffleNet V2: Practical Guidelines for Efficient CNN "
           "Architecture Design. ECCV 2018, arXiv:1807.11164")
@@ -93,15 +94,7 @@ class ShuffleNetV2(nn.Module):
         self.conv5 = nn.Sequential(*_conv_bn(c_in, chans[-1], 1))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(chans[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_cnn(self, linear_std=0.01)
 
     def forward(self, x):
         x = self.maxpool(self.conv1(x))

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register
+from ._init import init_cnn
 
 _PAPER = ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image "
           "Segmentation. MICCAI 2015, arXiv:1505.04597")
@@ -68,14 +69,7 @@ class UNet(nn.Module):
         self.up3 = Up(w[2], w[1], batch_norm)
         self.up4 = Up(w[1], w[0], batch_norm)
         self.outc = nn.Conv2d(w[0], num_classes, 1)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_cnn(self, convs=(nn.Conv2d, nn.ConvTranspose2d))
 
     def forward(self, x):
         x1 = self.inc(x)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from . import register
+from ._init import init_cnn
 
 _PAPER = ("Simonyan, Zisserman. Very Deep Convolutional Networks for Large-Scale Image Recognition. "
           "ICLR 2015, arXiv:1409.1556 (CIFAR variant with BN and a single linear classifier)")
@@ -49,16 +50,7 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_cnn(self, linear_std=0.01)
 
     def forward(self, x):
         x = self.avgpool(self.features(x)).flatten(1)
