@@ -33,7 +33,7 @@ def test_zoo_model_prunes(name):
         warnings.simplefilter("error")  # a zoo model must trace without falling back to leaves
         graph = fxsparse.analyze(model, (x,))
     assert graph.prunable_groups, "every zoo family has prunable channels"
-    check_export(model, x, n_masks=1, ratios=(0.5,), graph=graph)
+    check_export(model, x, n_masks=5, ratios=(0.2, 0.375, 0.55, 0.725, 0.9), graph=graph)
     keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(1))
     small = fxsparse.export(model, graph, keep)
     dense_flops, _ = count_flops(model, (x,))
