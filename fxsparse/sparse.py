@@ -27,7 +27,6 @@ from .layout import Plan, gather_index
 from .masks import normalize_keep, random_keep
 from .passes.masked_mixing import mask_mixing_ops
 from .rules.context import IDS, SHAPE
-from .elements import varying_dims
 
 
 def _device_of(inputs):

@@ -106,12 +106,7 @@ def sdpa_rule(ctx, node):
     scores = product_ids(ctx, node, q, k, qs, kt_shape, ctx.ids(q), kt_ids, "attention scores")
     mask = _arg(node, 3, "attn_mask")
     if isinstance(mask, fx.Node) and scores is not None:
-        from .pointwise import combine
-
-        class _S:  # the scores as an operand of the mask add
-            pass
-
-        ms = ctx.shape(mask)
+        ms = ctx.shape(mask)  # a per-head mask is rigid along the heads dim
         for d in varying_dims(scores):
             if len(ms) >= nd - d and ms[d - nd] > 1:
                 ctx.unprunable(scores, f"attention at {ctx.where(node)}: the mask is per head")

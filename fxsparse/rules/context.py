@@ -6,6 +6,7 @@ so a user-written rule is a few lines (see ``tests/test_rule_registry.py``).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import torch
@@ -26,8 +27,6 @@ class FreeRef:
     qualname: str
     dims: tuple
 
-
-import os
 
 _INTERNAL = ("/torch/", os.path.dirname(os.path.dirname(os.path.abspath(__file__))).replace("\\", "/") + "/",
              os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "passes").replace("\\", "/"))

@@ -19,8 +19,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..elements import NO_ELEMENT, has_elements, varying_dims
-from .context import IDS, FreeRef
+from ..elements import NO_ELEMENT, varying_dims
+from .context import FreeRef
 from .registry import register_rule
 
 UNARY_MODULES = (

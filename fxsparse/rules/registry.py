@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import torch.nn as nn
-
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
@@ -87,4 +85,4 @@ def describe_target(node, modules) -> str:
     return f"method .{node.target}()"
 
 
-__all__ = ["Rule", "register_rule", "lookup", "registered_targets", "describe_target", "nn"]
+__all__ = ["Rule", "register_rule", "lookup", "registered_targets", "describe_target"]

@@ -48,7 +48,7 @@ def _dim_map(in_shape, out_shape):
             i += 1
             j += 1
             continue
-        pi, pj, i0, j0 = in_shape[i], out_shape[j], i, j
+        pi, pj = in_shape[i], out_shape[j]
         i += 1
         j += 1
         while pi != pj:
@@ -293,7 +293,6 @@ def cat_rule(ctx, node):
 
 def _couple_across_pieces(ctx, node, pieces, out_shape, dim):
     """Pieces of a cat share every dim except ``dim``: channels there meet like in an add."""
-    nd = len(out_shape)
     proxies = []
     for t, ids, refs in pieces:
         if ids is None and refs is None:

@@ -42,7 +42,8 @@ def spatial_rule(ctx, node):
         return None
     out_shape = ctx.shape(node)
     if isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple):
-        return tuple(ids[:, :, *([slice(0, 1)] * (len(s) - 2))] if len(s) == nd else None for s in out_shape)
+        return tuple(ids[(slice(None), slice(None)) + (slice(0, 1),) * (len(s) - 2)] if len(s) == nd else None
+                     for s in out_shape)
     return ids
 
 
