@@ -31,6 +31,7 @@ from tabulate import tabulate
 
 import fxsparse
 from fxsparse import zoo
+from fxsparse.train_step import forward_gathered, gather_leaves
 
 
 def saved_bytes(fn):
@@ -146,8 +147,8 @@ def bench_model(name, batch, keep, steps):
         info[f"_compilations {label}"] = sp
         if label == "sparse eager":
             plan = sp.step_inputs()
-            gathered, _ = sp._gather_leaves(plan)
-            act = saved_bytes(lambda: F.cross_entropy(sp._forward_gathered(gathered, plan, x), y))
+            gathered, _ = gather_leaves(sp, plan)
+            act = saved_bytes(lambda: F.cross_entropy(forward_gathered(sp, gathered, plan, x), y))
             compact_grads = sum(g.numel() * g.element_size() for g in gathered.values() if g.requires_grad)
             dense_params = sum(p.numel() * p.element_size() for p in m.parameters())
             state = state_bytes(m.parameters(), opt) - dense_params  # weights + optimizer state, grads compact

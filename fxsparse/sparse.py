@@ -24,13 +24,10 @@ from .analyze import analyze
 from .export import export
 from .graph import ChannelGraph
 from .layout import Plan, gather_index
+from .train_step import device_of, make_train_step
 from .masks import normalize_keep, random_keep
 from .passes.masked_mixing import mask_mixing_ops
 from .rules.context import IDS, SHAPE
-
-
-def _device_of(inputs):
-    return next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
 
 
 def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: bool = True, capacity="auto",
@@ -241,7 +238,7 @@ class SparseModel(nn.Module):
         return d
 
     def forward(self, *inputs):
-        self._buffers_to(_device_of(inputs))
+        self._buffers_to(device_of(inputs))
         plan = self.step_inputs()
         fn = self._forward_impl
         if self.use_compile:
@@ -251,109 +248,8 @@ class SparseModel(nn.Module):
         return fn(self._dense_tensors(), plan, *inputs)
 
     def make_train_step(self, loss_fn, optimizer):
-        """``step(*inputs, target) -> loss``: forward, loss, backward and optimizer step for
-        the current masks, compiled when the model was built with compile=True.
-
-        For SGD, Adam and AdamW the step is *compact*: the kept weights are gathered into
-        leaf tensors, the backward produces gradients of the kept weights only, and the
-        update reads and writes only the kept entries of the weights and optimizer state
-        (pruned ones stay bit-identical; no dense-size gradient is materialised). Any other
-        optimizer runs on dense gradients wrapped in :class:`MaskedOptimizer`."""
-        from .optim import MaskedOptimizer, compact_update_fn
-
-        base = optimizer.optimizer if isinstance(optimizer, MaskedOptimizer) else optimizer
-        update = compact_update_fn(base)
-        fallback = None if update is not None else MaskedOptimizer(base, self)
-        by_name = dict(self.model.named_parameters())
-        names = {id(p): n for n, p in by_name.items()}
-
-        def forward_loss(tensors, plan, target, *inputs):
-            return loss_fn(self._forward_gathered(tensors, plan, *inputs), target)
-
-        def dense_forward_loss(dense, plan, target, *inputs):
-            return loss_fn(self._forward_impl(dense, plan, *inputs), target)
-
-        def step(*args):
-            *inputs, target = args
-            self._buffers_to(_device_of(inputs))
-            plan = self.step_inputs()
-            cached = self._compiled.get("step")
-            if cached is None or cached[0] is not self.capacity_model:  # first call, or capacities grew
-                fl = forward_loss if update is not None else dense_forward_loss
-                up = update
-                if self.use_compile:  # the update stays eager: it is a short loop of fused in-place ops
-                    fl = torch.compile(fl, backend=self._backend, dynamic=False)
-                self._compiled["step"] = cached = (self.capacity_model, fl, up)
-            _, fl, up = cached
-            base.zero_grad(set_to_none=True)
-            if up is None:
-                loss = fl(self._dense_tensors(), plan, target, *inputs)
-                loss.backward()
-                fallback.step()
-                return loss.detach()
-            gathered, index = self._gather_leaves(plan)
-            loss = fl(gathered, plan, target, *inputs)
-            loss.backward()
-            compact = [(by_name[n], gathered[n], index[n]) for n in index if n in by_name]
-            up(base, compact, names)
-            self._write_back_buffers(gathered, plan)
-            return loss.detach()
-
-        step.optimizer = base
-        return step
-
-    def _gather_leaves(self, plan):
-        """Kept entries of every member parameter as leaf tensors (compact gradients land
-        there), member buffers gathered, the rest as is; plus, per gathered tensor, the
-        flat indices of its entries (all slots, and real slots with their compact positions)."""
-        from .optim import flat_selection
-
-        tensors, index = {}, {}
-        for name, t in self._dense_tensors().items():
-            dims = self._members.get(name)
-            if not dims:
-                tensors[name] = t
-                continue
-            where = [(dim, plan[f"{name}|{dim}|idx"].to(t.device), plan[f"{name}|{dim}|valid"].to(t.device) > 0)
-                     for dim, _ in dims]
-            sel = flat_selection(t.shape, where)
-            g = t.detach().reshape(-1)[sel.all].view(sel.shape)
-            if isinstance(t, nn.Parameter):
-                g.requires_grad_(t.requires_grad)
-            tensors[name] = g
-            index[name] = sel
-        return tensors, index
-
-    def _forward_gathered(self, tensors, plan, *inputs):
-        """The capacity model on already-gathered tensors (validity applied here, so empty
-        slots are exact zeros with zero gradient)."""
-        scaled = {}
-        buffers = set(self._buffer_names)
-        for name, t in tensors.items():
-            for dim, _ in self._members.get(name, ()):
-                # buffers (running statistics) stay as gathered: BN updates them in place
-                if t.is_floating_point() and name not in buffers:
-                    shape = [1] * t.dim()
-                    shape[dim] = -1
-                    t = t * plan[f"{name}|{dim}|valid"].to(t.device, t.dtype).view(shape)
-            scaled[name] = t
-        for buf in self._valid_buffers:
-            scaled[buf] = plan[f"{buf}|valid"].to(inputs[0].device)
-        return functional_call(self.capacity_model, scaled, inputs)
-
-    @torch.no_grad()
-    def _write_back_buffers(self, gathered, plan):
-        if not self.training:
-            return
-        dense = self._dense_tensors()
-        for name in self._buffer_names:
-            dims = self._members.get(name)
-            if not dims:
-                continue
-            (dim, _), = dims
-            idx = plan[f"{name}|{dim}|idx"].to(dense[name].device)
-            valid = plan[f"{name}|{dim}|valid"].to(dense[name].device) > 0
-            dense[name].index_copy_(dim, idx[valid], gathered[name].index_select(dim, valid.nonzero().flatten()))
+        """``step(*inputs, target) -> loss``: see :func:`fxsparse.train_step.make_train_step`."""
+        return make_train_step(self, loss_fn, optimizer)
 
     def _backend(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx

@@ -42,17 +42,17 @@ that matters. ``eps`` clamps s to [eps, 1 - eps] in the exact form so that g sta
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 __all__ = [
     "project_budget",
-    "sample_mask",
+    "reinforce_gradient",
     "sample_grouped_mask",
+    "sample_mask",
     "score_function",
     "vrpge_gradient",
-    "reinforce_gradient",
 ]
 
 _FORMS = ("exact", "preconditioned")
@@ -64,7 +64,7 @@ _FORMS = ("exact", "preconditioned")
 
 def _check_projection_inputs(s, budget, weights):
     if not isinstance(s, torch.Tensor):
-        raise ValueError(f"s must be a torch.Tensor, got {type(s).__name__}")
+        raise TypeError(f"s must be a torch.Tensor, got {type(s).__name__}")
     if s.dim() != 1:
         raise ValueError(f"s must be 1-D (all groups' scores concatenated), got shape {tuple(s.shape)}")
     if not s.is_floating_point():
