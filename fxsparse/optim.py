@@ -125,7 +125,8 @@ def _entries(p, kept):
         if leaf.grad is None:
             return None
         g = leaf.grad.reshape(-1)
-        return sel, p.detach().view(-1)[sel.real], g if sel.pos is None else g[sel.pos]
+        w = leaf.detach().reshape(-1)  # the leaf already holds the kept weights: no second gather
+        return sel, (w if sel.pos is None else w[sel.pos]), (g if sel.pos is None else g[sel.pos])
     if p.grad is None:
         return None
     return None, p, p.grad
