@@ -36,6 +36,42 @@ def masked_layer_norm(x, valid, dim, normalized_ndim, weight, bias, eps):
 
 torch.fx.wrap("masked_layer_norm")
 
+_FILL = {"amax": float("-inf"), "max": float("-inf"), "amin": float("inf"), "min": float("inf"),
+         "softmax": float("-inf"), "log_softmax": float("-inf")}
+
+
+def _op_name(op):
+    return op if isinstance(op, str) else getattr(op, "__name__", str(op))
+
+
+def masked_channel_op(_op, _valid, _channel_dim, x, *args, **kwargs):
+    """``op(x, *args, **kwargs)`` (a reduction or softmax over the channel dim ``dim``) with
+    empty slots left out: mean counts real channels only, max/min/softmax never pick them.
+    (Own parameters are underscored: the wrapped call's keywords include ``dim``.)"""
+    op = _op
+    shape = [1] * x.dim()
+    shape[_channel_dim] = -1
+    m = _valid.view(shape).to(x.dtype)
+    name = _op_name(op)
+    call = (lambda t, *a, **k: getattr(t, op)(*a, **k)) if isinstance(op, str) else op
+    if name == "mean":
+        dims = args[0] if args else kwargs.get("dim")
+        keepdim = args[1] if len(args) > 1 else kwargs.get("keepdim", False)
+        dims = tuple(range(x.dim())) if dims is None else dims
+        total = (x * m).sum(dims, keepdim=keepdim)
+        return total / (m * torch.ones_like(x)).sum(dims, keepdim=keepdim)
+    if name == "sum":
+        return call(x * m, *args, **kwargs)
+    if name in _FILL:
+        out = call(x.masked_fill(m == 0, _FILL[name]), *args, **kwargs)
+        if name in ("softmax", "log_softmax"):
+            out = torch.where(m > 0, out, torch.zeros((), dtype=out.dtype))
+        return out
+    raise UnsupportedInSparseStep(f"no masked form of {name} over a pruned channel dim")
+
+
+torch.fx.wrap("masked_channel_op")
+
 
 class UnsupportedInSparseStep(NotImplementedError):
     pass
@@ -68,6 +104,8 @@ def mask_mixing_ops(cap: fx.GraphModule, graph, layout_of) -> dict[str, tuple]:
             b = node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
             eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
             args = (src, None, dim, k, w, b, eps)
+        elif _op_name(node.target) in ("mean", "sum", *_FILL) and node.op in ("call_method", "call_function"):
+            args = None
         else:
             raise UnsupportedInSparseStep(
                 f"node '{node.name}' ({node.target}) mixes pruned channels (softmax/mean/max over a channel dim); "
@@ -75,6 +113,16 @@ def mask_mixing_ops(cap: fx.GraphModule, graph, layout_of) -> dict[str, tuple]:
                 "the op a leaf (leaf_modules) so its channels are not pruned.")
         name = f"_fxsparse_valid_{node.name}"
         cap.register_buffer(name, torch.ones(shape[dim]), persistent=False)
+        if args is None:  # a reduction or softmax: wrap the original call
+            with cap.graph.inserting_before(node):
+                valid = cap.graph.get_attr(name)
+                new = cap.graph.call_function(masked_channel_op, (node.target, valid, dim, src) + tuple(node.args[1:]),
+                                              dict(node.kwargs))
+                new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            cap.graph.erase_node(node)
+            buffers[name] = (src.name, dim)
+            continue
         with cap.graph.inserting_before(node):
             valid = cap.graph.get_attr(name)
             params = []
