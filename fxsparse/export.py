@@ -120,8 +120,7 @@ def export(model, graph: ChannelGraph, keep=None) -> fx.GraphModule:
     for g in graph.groups:
         for cls, k in zip(g.classes.tolist(), masks[g.id].tolist()):
             class_kept[cls] = bool(k)
-    with torch.no_grad():
-        _sync_parameters(model, graph.gm)
+    with torch.no_grad():  # the traced graph shares the model's modules: it sees trained weights
         gm = copy.deepcopy(graph.gm)
     ectx = ExportContext(gm, graph, class_kept)
     _slice_members(gm, graph, masks)
@@ -143,12 +142,6 @@ def _check_same_model(model, graph):
     missing = [p for p, _ in graph.raw_members if p not in names and p in dict(graph.gm.named_parameters())]
     if missing:
         raise ExportError(f"the model has no parameter '{missing[0]}': was the graph built from another model?")
-
-
-def _sync_parameters(model, gm):
-    """The traced graph shares the model's modules, so it already sees trained weights;
-    nothing to copy. (Kept as a hook in case a model was deep-copied after analysis.)"""
-    return None
 
 
 def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]]:
