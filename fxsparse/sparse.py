@@ -18,13 +18,12 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
 from .analyze import analyze
 from .export import export
 from .graph import ChannelGraph
 from .layout import Plan, gather_index
-from .train_step import device_of, make_train_step
+from .train_step import device_of, forward_gathered, make_train_step, write_back_buffers
 from .masks import normalize_keep, random_keep
 from .passes.masked_mixing import mask_mixing_ops
 from .rules.context import IDS, SHAPE
@@ -194,35 +193,17 @@ class SparseModel(nn.Module):
             lines[p] = out
         return lines
 
-    def _gathered(self, dense: dict, plan: dict, device) -> dict:
-        tensors = {}
+    def _forward_impl(self, dense, plan, *inputs):
+        """Dense-gradient path (``sp(x)``, other optimizers): gather inside autograd, so
+        gradients land in the dense parameters at kept positions."""
+        device = device_of(inputs)
+        gathered = {}
         for name, t in dense.items():
             for dim, _ in self._members.get(name, ()):
-                idx = plan[f"{name}|{dim}|idx"].to(device, non_blocking=True)
-                t = torch.index_select(t, dim, idx)
-                if t.is_floating_point() and name not in self._buffer_names:
-                    shape = [1] * t.dim()
-                    shape[dim] = -1
-                    t = t * plan[f"{name}|{dim}|valid"].to(device, t.dtype).view(shape)
-            tensors[name] = t
-        for buf in self._valid_buffers:
-            tensors[buf] = plan[f"{buf}|valid"].to(device)
-        return tensors
-
-    def _forward_impl(self, dense, plan, *inputs):
-        device = inputs[0].device if inputs and isinstance(inputs[0], torch.Tensor) else torch.device("cpu")
-        tensors = self._gathered(dense, plan, device)
-        out = functional_call(self.capacity_model, tensors, inputs)
-        # running statistics updated in place on the gathered copies: write back kept slots
-        with torch.no_grad():
-            for name in self._buffer_names:
-                if name not in self._members or not self.training:
-                    continue
-                (dim, _), = self._members[name]
-                idx = plan[f"{name}|{dim}|idx"].to(device)
-                valid = plan[f"{name}|{dim}|valid"].to(device) > 0
-                full = dense[name]
-                full.index_copy_(dim, idx, torch.where(valid, tensors[name], full.index_select(dim, idx)))
+                t = torch.index_select(t, dim, plan[f"{name}|{dim}|idx"].to(device, non_blocking=True))
+            gathered[name] = t
+        out = forward_gathered(self, gathered, plan, *inputs)
+        write_back_buffers(self, gathered, plan, dense)
         return out
 
     def _buffers_to(self, device):

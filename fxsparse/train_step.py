@@ -108,16 +108,18 @@ def forward_gathered(sp, tensors, plan, *inputs):
     return functional_call(sp.capacity_model, scaled, inputs)
 
 @torch.no_grad()
-def write_back_buffers(sp, gathered, plan):
+def write_back_buffers(sp, gathered, plan, dense=None):
+    """Running statistics were updated in place on the gathered copies: write real slots
+    back (empty slots point at distinct pruned channels and write back their old values)."""
     if not sp.training:
         return
-    dense = sp._dense_tensors()
+    dense = dense if dense is not None else sp._dense_tensors()
     for name in sp._buffer_names:
         dims = sp._members.get(name)
         if not dims:
             continue
         (dim, _), = dims
-        idx = plan[f"{name}|{dim}|idx"].to(dense[name].device)
-        valid = plan[f"{name}|{dim}|valid"].to(dense[name].device) > 0
-        dense[name].index_copy_(dim, idx[valid], gathered[name].index_select(dim, valid.nonzero().flatten()))
-
+        full = dense[name]
+        idx = plan[f"{name}|{dim}|idx"].to(full.device)
+        valid = (plan[f"{name}|{dim}|valid"].to(full.device) > 0).view([-1 if d == dim else 1 for d in range(full.dim())])
+        full.index_copy_(dim, idx, torch.where(valid, gathered[name], full.index_select(dim, idx)))
