@@ -1,4 +1,4 @@
-"""The ``fxsparse`` command line: ``fxsparse analyze``, ``fxsparse zoo``."""
+"""The ``fxsparse`` command line: analyze, zoo, train, report, bench."""
 from __future__ import annotations
 
 import argparse
@@ -28,19 +28,19 @@ def load_model(spec: str, num_classes: int = 10, in_chans: int | None = None) ->
     if spec.startswith("zoo:"):
         name = spec[4:]
         if name not in zoo.list():
-            raise SystemExit(f"error: no zoo model '{name}'. Available: {', '.join(zoo.list())}")
+            raise ValueError(f"no zoo model '{name}'. Available: {', '.join(zoo.list())}")
         kw = {} if in_chans is None else {"in_chans": in_chans}
         return zoo.create(name, num_classes=num_classes, **kw)
     if ":" not in spec:
-        raise SystemExit(f"error: MODEL must be 'zoo:NAME' or 'module.path:factory', got {spec!r}")
+        raise ValueError(f"MODEL must be 'zoo:NAME' or 'module.path:factory', got {spec!r}")
     mod_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(mod_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise SystemExit(f"error: cannot load {spec!r}: {exc}") from None
+        raise ValueError(f"cannot load {spec!r}: {exc}") from None
     model = factory()
     if not isinstance(model, torch.nn.Module):
-        raise SystemExit(f"error: {spec!r} returned {type(model).__name__}, not an nn.Module")
+        raise ValueError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
     return model
 
 
@@ -116,6 +116,73 @@ def _check(model, graph, x) -> str:
     return "pass"
 
 
+def add_train_arguments(p):
+    from .trainer import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--model", default=d.model, help=f"zoo:NAME or module.path:factory (default {d.model})")
+    p.add_argument("--data", default=d.data, help="fashion-mnist, mnist, cifar10, cifar100 or folder (default %(default)s)")
+    p.add_argument("--data-root", default=None, help="data directory (Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--method", default=d.method, help="training method, see `fxsparse train --list-methods` (default %(default)s)")
+    p.add_argument("--list-methods", action="store_true", help="list the registered methods and exit")
+    p.add_argument("--keep", type=float, default=d.keep, help="budget as a fraction of the dense model, in (0, 1] (default %(default)s)")
+    p.add_argument("--budget", choices=["channels", "flops"], default=d.budget, help="what --keep counts (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="search epochs (default %(default)s)")
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="fine-tune epochs with the final mask (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the weights, cosine (default %(default)s)")
+    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+    p.add_argument("--score-lr", type=float, default=d.score_lr, help="Adam learning rate of the scores (default %(default)s)")
+    p.add_argument("--form", choices=["exact", "preconditioned"], default=d.form, help="Bernoulli score form (default %(default)s)")
+    p.add_argument("--samples", type=int, default=d.samples, help="masks per score step (default %(default)s)")
+    p.add_argument("--no-reuse-loss", dest="reuse_loss", action="store_false",
+                   help="two fresh score forwards instead of reusing the weight step's loss")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager mode")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--limit-batches", type=int, default=None, help="at most this many batches per epoch")
+    p.add_argument("--out", default=d.out, help="run directory: checkpoints, history, exported model (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from .methods import list_methods
+    from .trainer import TrainConfig, Trainer
+
+    if args.list_methods:
+        from .methods import get_method
+
+        for name in list_methods():
+            cls = get_method(name)
+            print(f"{name:12s} {cls.level:8s} {cls.paper}")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        Trainer(config, resume=args.resume, progress=args.progress).run()
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+        print(f"fxsparse train: error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    try:
+        for path in report(args.dir):
+            print(path)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"fxsparse report: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fxsparse", description="Channel-level sparse training that is fast for real.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +196,12 @@ def main(argv=None) -> int:
     z.add_argument("--input", type=parse_input, default=None, help="input shape for every model (default: each model's own)")
     z.add_argument("--check", action="store_true", help="also export at keep 0.5 and compare with the masked reference")
     z.set_defaults(func=cmd_zoo)
+    t = sub.add_parser("train", help="sparse training on real data: search, fine-tune, export")
+    add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
+    r = sub.add_parser("report", help="plots (PNG) of a training run: curves, keep per layer, score histograms")
+    r.add_argument("dir", help="the --out directory of a run")
+    r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="training-step time: dense vs masked-dense vs sparse vs exported", add_help=False)
     b.set_defaults(func=None)
     if argv is None:
@@ -139,7 +212,11 @@ def main(argv=None) -> int:
         bench_main(argv[1:])
         return 0
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"fxsparse {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -228,9 +228,9 @@ class SparseModel(nn.Module):
                 fn = self._compiled["forward"] = torch.compile(self._forward_impl, backend=self._backend, dynamic=False)
         return fn(self._dense_tensors(), plan, *inputs)
 
-    def make_train_step(self, loss_fn, optimizer):
+    def make_train_step(self, loss_fn, optimizer, skip_nonfinite: bool = True):
         """``step(*inputs, target) -> loss``: see :func:`fxsparse.train_step.make_train_step`."""
-        return make_train_step(self, loss_fn, optimizer)
+        return make_train_step(self, loss_fn, optimizer, skip_nonfinite=skip_nonfinite)
 
     def _backend(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx

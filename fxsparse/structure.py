@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .flops import SubnetFlops
 from .vrpge import project_budget, sample_grouped_mask, vrpge_gradient
 
 
@@ -28,19 +29,35 @@ class StructureLearner:
         self.groups = sparse.channel_graph.prunable_groups
         self.sizes = [g.size for g in self.groups]
         n = sum(self.sizes)
-        if budget == "channels":
-            self.weights = torch.ones(n, dtype=torch.float64)
-        elif budget == "flops":
-            w = [torch.full((g.size,), max(g.flops_share, 1e-12) / g.size, dtype=torch.float64) for g in self.groups]
-            self.weights = torch.cat(w)
-        else:
+        if budget not in ("channels", "flops"):
             raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
-        self.budget = keep * float(self.weights.sum())
+        self.kind, self.keep = budget, float(keep)
+        self.flops = SubnetFlops(sparse.channel_graph)
+        self.weights = torch.ones(n, dtype=torch.float64)
+        self.budget = keep * n  # channels; for "flops" the budget is keep * dense FLOPs
+        init = float(keep)
+        if budget == "flops":
+            self.budget = keep * self.flops.dense
+            floor = float(self.flops(torch.zeros(n)))
+            if floor > self.budget:
+                raise ValueError(f"a FLOPs budget of {keep:g} is below what the unprunable layers alone cost "
+                                 f"({floor / self.flops.dense:.3f} of dense); raise --keep")
+            init = _bisect(lambda r: float(self.flops(torch.full((n,), r))) - self.budget, 0.0, 1.0)
         self.form, self.samples = form, samples
         self.generator = torch.Generator().manual_seed(seed)
-        self.scores = torch.nn.Parameter(torch.full((n,), float(keep)))
+        self.scores = torch.nn.Parameter(torch.full((n,), init, dtype=torch.float64))  # float64: the budget holds to rounding
         self.optimizer = torch.optim.Adam([self.scores], lr=lr)
         self._project()
+
+    def state_dict(self) -> dict:
+        return {"scores": self.scores.detach().clone(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.scores.copy_(state["scores"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
 
     # ----- masks ---------------------------------------------------------------------
     def sample(self, k: int = 1) -> torch.Tensor:
@@ -52,13 +69,34 @@ class StructureLearner:
         return {g.id: part for g, part in zip(self.groups, torch.split(flat.bool(), self.sizes))}
 
     def expected_keep(self) -> float:
-        """Budget used by the scores, as a fraction of the dense model's (channels or FLOPs)."""
-        return float((self.weights * self.scores.detach().double()).sum() / self.weights.sum())
+        """Budget the scores use in expectation, as a fraction of the dense model's (channels or FLOPs)."""
+        return self.used(self.scores.detach())
+
+    def used(self, keep: torch.Tensor) -> float:
+        """Fraction of the dense budget a keep vector (mask or probabilities) uses."""
+        if self.kind == "flops":
+            return self.flops.fraction(keep)
+        return float(keep.double().sum()) / len(keep)
 
     def _project(self):
+        """Channels: the exact Euclidean projection onto {0 <= s <= 1, sum s <= K}.
+        FLOPs: expected FLOPs are bilinear in the scores, so no closed-form projection
+        exists; the scores are shifted along the FLOPs gradient, s <- clamp(s - v dF/ds, 0, 1),
+        with v found by bisection so the expected FLOPs meet the budget (to 1e-6 relative)."""
         with torch.no_grad():
-            s, _ = project_budget(self.scores.detach().double(), self.budget, weights=self.weights)
-            self.scores.copy_(s.to(self.scores.dtype))
+            s64 = self.scores.detach().double().clamp(0, 1)
+            if self.kind == "channels":
+                s64, _ = project_budget(s64, self.budget, weights=self.weights)
+            elif float(self.flops(s64)) > self.budget:
+                with torch.enable_grad():
+                    x = s64.clone().requires_grad_(True)
+                    (w,) = torch.autograd.grad(self.flops(x), x)
+                w = (w / float(w.max())).clamp_min(1e-12)  # unit scale: v's tolerance is the scores' tolerance
+                at = lambda v: (s64 - v * w).clamp(0, 1)
+                hi = float((s64 / w).max()) + 1.0
+                v = _bisect(lambda v: self.budget - float(self.flops(at(v))), 0.0, hi, rel=1e-13)
+                s64 = at(v)
+            self.scores.copy_(s64.to(self.scores.dtype))
 
     # ----- the two steps -------------------------------------------------------------
     def weight_step(self, step_fn, *batch):
@@ -70,7 +108,8 @@ class StructureLearner:
     @torch.no_grad()
     def score_step(self, loss_fn, *batch, first=None) -> torch.Tensor:
         """K forwards without autograd on the same minibatch, VR-PGE estimate, Adam, projection.
-        ``first``: (loss, mask) of the weight step to reuse as one of the samples."""
+        ``first``: (loss, mask) of the weight step to reuse as one of the samples.
+        A non-finite loss raises FloatingPointError before anything changes."""
         *inputs, target = batch
         k = self.samples - (1 if first is not None else 0)
         masks = self.sample(k)
@@ -81,10 +120,13 @@ class StructureLearner:
             losses.append(loss_fn(self.sparse(*inputs), target).float())
         for n, b in self.sparse.model.named_buffers():
             b.copy_(buffers[n])
+        self.last_forward_flops = float(sum(float(self.flops(m)) for m in masks)) / max(len(masks), 1)
         losses = torch.stack(losses)
         if first is not None:
             losses = torch.cat([first[0].detach().float().view(1), losses])
             masks = torch.cat([first[1].view(1, -1), masks])
+        if not bool(torch.isfinite(losses).all()):
+            raise FloatingPointError(f"non-finite loss in the score step ({losses.tolist()}); scores unchanged")
         # float64: at a score of exactly 0 or 1 the exact Bernoulli score needs its eps clamp
         grad = vrpge_gradient(losses.double(), masks.double(), self.scores.detach().double(), form=self.form)
         self.scores.grad = grad.to(self.scores.dtype)
@@ -92,6 +134,15 @@ class StructureLearner:
         self.optimizer.zero_grad(set_to_none=True)
         self._project()
         return grad
+
+    def deterministic_mask(self) -> dict[int, torch.Tensor]:
+        """Channels with score >= 0.5 (and each group's best), cut to meet the budget: the
+        mask a run evaluates between epochs."""
+        s = self.scores.detach()
+        mask = s >= 0.5
+        for part, sub in zip(torch.split(mask, self.sizes), torch.split(s, self.sizes)):
+            part[int(sub.argmax())] = True
+        return self.as_group_masks(self._meet_budget(mask))
 
     def step(self, step_fn, loss_fn, *batch, reuse_loss: bool = False):
         """One minibatch of joint training: weight step, then score step. Returns the loss."""
@@ -110,17 +161,30 @@ class StructureLearner:
         return self.as_group_masks(self._meet_budget(best))
 
     def _meet_budget(self, mask: torch.Tensor) -> torch.Tensor:
-        """Drop the lowest-scoring kept channels (never a group's last) until sum(w m) <= B."""
+        """Drop the lowest-scoring kept channels (never a group's last) until the mask meets
+        the budget exactly (channels: sum m <= K; FLOPs: sub-network FLOPs <= budget)."""
         mask = mask.clone().bool()
-        used = float((self.weights * mask.double()).sum())
+        cost = (lambda m: float(m.double().sum())) if self.kind == "channels" else (lambda m: float(self.flops(m)))
         order = torch.argsort(self.scores.detach())
         owner = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
         kept_per = torch.zeros(len(self.sizes), dtype=torch.long).index_add_(0, owner, mask.long())
         for i in order.tolist():
-            if used <= self.budget + 1e-9:
+            if cost(mask) <= self.budget * (1 + 1e-9):
                 break
             if mask[i] and kept_per[owner[i]] > 1:
                 mask[i] = False
                 kept_per[owner[i]] -= 1
-                used -= float(self.weights[i])
         return mask
+
+
+def _bisect(f, lo: float, hi: float, rel: float = 1e-9, iters: int = 200) -> float:
+    """The smallest x in [lo, hi] with f(x) >= 0 for f increasing (to tolerance)."""
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if f(mid) >= 0:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo <= rel * max(1.0, abs(hi)):
+            break
+    return hi

@@ -19,10 +19,10 @@ _MAX_RETRIES = 64
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: set[str]):
+    def __init__(self, leaves: set[str] = frozenset()):  # a default: torch.load re-creates it to unpickle
         super().__init__()
         self.record_stack_traces = True  # so reasons can name file:line
-        self.leaves = leaves
+        self.leaves = set(leaves)
         self.path_stack: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:

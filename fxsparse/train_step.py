@@ -20,7 +20,7 @@ def device_of(inputs):
     return next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
 
 
-def make_train_step(sp, loss_fn, optimizer):
+def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
     """``step(*inputs, target) -> loss``: forward, loss, backward and optimizer step for
     the current masks, compiled when the model was built with compile=True.
 
@@ -28,7 +28,11 @@ def make_train_step(sp, loss_fn, optimizer):
     leaf tensors, the backward produces gradients of the kept weights only, and the
     update reads and writes only the kept entries of the weights and optimizer state
     (pruned ones stay bit-identical; no dense-size gradient is materialised). Any other
-    optimizer runs on dense gradients wrapped in :class:`MaskedOptimizer`."""
+    optimizer runs on dense gradients wrapped in :class:`MaskedOptimizer`.
+
+    ``skip_nonfinite``: a step whose loss is NaN/inf updates no weight and no optimizer
+    state (on the compact path no running statistic either) and counts in
+    ``step.skipped``; the loss is returned so the caller can warn."""
     base = optimizer.optimizer if isinstance(optimizer, MaskedOptimizer) else optimizer
     update = compact_update_fn(base)
     fallback = None if update is not None else MaskedOptimizer(base, sp)
@@ -57,17 +61,24 @@ def make_train_step(sp, loss_fn, optimizer):
         if up is None:
             loss = fl(sp._dense_tensors(), plan, target, *inputs)
             loss.backward()
+            if skip_nonfinite and not bool(torch.isfinite(loss)):
+                step.skipped += 1
+                return loss.detach()
             fallback.step()
             return loss.detach()
         gathered, index = gather_leaves(sp, plan)
         loss = fl(gathered, plan, target, *inputs)
         loss.backward()
+        if skip_nonfinite and not bool(torch.isfinite(loss)):  # before any write: nothing changes
+            step.skipped += 1
+            return loss.detach()
         compact = [(by_name[n], gathered[n], index[n]) for n in index if n in by_name]
         up(base, compact, names)
         write_back_buffers(sp, gathered, plan)
         return loss.detach()
 
     step.optimizer = base
+    step.skipped = 0
     return step
 
 def gather_leaves(sp, plan):

@@ -1,0 +1,122 @@
+"""Real-data comparison on Fashion-MNIST (the full 60k/10k set), all runs in one process,
+side by side: same model, seed, epochs and data order.
+
+    python benchmarks/fashion_mnist.py                       # issue #5: dense / VR-PGE / baselines
+    python benchmarks/fashion_mnist.py --suite methods       # issue #6: every registered method
+
+Each run goes through ``fxsparse.trainer.Trainer`` (what ``fxsparse train`` runs), so the
+wall clock is the whole run: compilation, search, final-mask choice, fine-tune, evaluation.
+Writes ``OUT/results.json`` and prints a table (markdown with ``--markdown``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+from tabulate import tabulate
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fxsparse.trainer import TrainConfig, Trainer  # noqa: E402
+
+# name: (method, keep, budget, extra config)
+SUITES = {
+    "vrpge": [
+        ("dense", "dense", 1.0, "channels", {}),
+        ("vrpge keep 0.5", "vrpge", 0.5, "channels", {}),
+        ("vrpge flops 0.25", "vrpge", 0.25, "flops", {}),
+        ("vrpge flops 0.25, 2 fresh score forwards", "vrpge", 0.25, "flops", {"reuse_loss": False}),
+        ("random channels flops 0.25", "random", 0.25, "flops", {}),
+        ("L1-filter at init flops 0.25", "l1_filter", 0.25, "flops", {}),
+    ],
+    "methods": [
+        ("dense", "dense", 1.0, "channels", {}),
+        ("vrpge flops 0.25", "vrpge", 0.25, "flops", {}),
+        ("random channels flops 0.25", "random", 0.25, "flops", {}),
+        ("L1-filter flops 0.25", "l1_filter", 0.25, "flops", {}),
+        ("SNIP channels flops 0.25", "snip", 0.25, "flops", {}),
+        ("GraSP channels flops 0.25", "grasp", 0.25, "flops", {}),
+        ("SynFlow channels flops 0.25", "synflow", 0.25, "flops", {}),
+        ("network slimming flops 0.25", "slimming", 0.25, "flops", {}),
+        ("magnitude (weights) 0.1", "magnitude", 0.1, "channels", {"level": "weight"}),
+        ("SNIP (weights) 0.1", "snip", 0.1, "channels", {"level": "weight"}),
+        ("SET 0.1", "set", 0.1, "channels", {}),
+        ("RigL 0.1", "rigl", 0.1, "channels", {}),
+        ("DropBack 0.1", "dropback", 0.1, "channels", {}),
+    ],
+}
+
+
+def run_one(label, method, keep, budget, extra, args) -> dict:
+    out = os.path.join(args.out, label.replace(" ", "_").replace(",", ""))
+    cfg = dict(model=args.model, data="fashion-mnist", data_root=args.data_root, method=method, keep=keep,
+               budget=budget, epochs=args.epochs, finetune_epochs=args.finetune_epochs, batch_size=args.batch_size,
+               lr=args.lr, compile=not args.no_compile, seed=args.seed, limit_batches=args.limit_batches, out=out)
+    method_options = {}
+    for k, v in extra.items():
+        if k in TrainConfig.__dataclass_fields__:
+            cfg[k] = v
+        else:
+            method_options[k] = v
+    if method not in ("vrpge", "dense") and "level" not in extra and method not in ("set", "rigl", "dropback"):
+        method_options.setdefault("budget", budget)
+    cfg["method_options"] = method_options
+    if os.path.exists(os.path.join(out, "last.pt")):
+        import shutil
+
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    summary = Trainer(TrainConfig(**cfg), log=lambda s: print(f"  [{label}] {s}", flush=True), progress=False).run()
+    summary["wall_total"] = time.perf_counter() - t0
+    summary["label"] = label
+    summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process-wide high-water mark
+    return summary
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES), default="vrpge")
+    p.add_argument("--only", nargs="*", help="labels (substrings) of the runs to do")
+    p.add_argument("--model", default="zoo:vgg11_bn")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--epochs", type=int, default=2, help="search epochs (single-phase methods train epochs + finetune-epochs)")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--limit-batches", type=int, default=None)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="runs/fashion_mnist")
+    p.add_argument("--markdown", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runs = [r for r in SUITES[args.suite] if not args.only or any(o in r[0] for o in args.only)]
+    results = []
+    for label, method, keep, budget, extra in runs:
+        print(f"== {label}", flush=True)
+        results.append(run_one(label, method, keep, budget, extra, args))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"results_{args.suite}.json"), "w") as f:
+            json.dump({"args": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "results": results}, f, indent=1)
+    dense = next((r for r in results if r["method"] == "dense"), None)
+    rows = []
+    for r in results:
+        rows.append([r["label"], f"{100 * r['test_acc']:.2f}",
+                     f"{100 * (r['test_acc'] - dense['test_acc']):+.2f}" if dense else "",
+                     f"{r['train_flops'] / 1e15:.3f}",
+                     f"{dense['train_flops'] / r['train_flops']:.2f}x" if dense else "",
+                     f"{r['wall_total']:.0f}", f"{dense['wall_total'] / r['wall_total']:.2f}x" if dense else "",
+                     f"{r['final_flops']:.3f}", r["params"]])
+    headers = ["run", "test acc %", "vs dense", "train PFLOP", "FLOPs saved", "wall s", "speed-up", "final FLOPs", "params"]
+    print(tabulate(rows, headers=headers, tablefmt="github" if args.markdown else "simple"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Training methods (``fxsparse train --method NAME``): one file per method, one interface
+(:class:`Method`), one registry. VR-PGE is the default."""
+from .base import Method, TrainState
+from .registry import create, get_method, list_methods, register_method
+
+DEFAULT_METHOD = "vrpge"
+from . import select  # noqa: E402,F401  (shared helpers of the score-based methods)
+from . import snip  # noqa: E402,F401
+from . import grasp  # noqa: E402,F401
+from . import synflow  # noqa: E402,F401
+from . import magnitude  # noqa: E402,F401
+from . import l1_filter  # noqa: E402,F401
+from . import slimming  # noqa: E402,F401
+from . import random_channels  # noqa: E402,F401
+from . import dense, vrpge  # noqa: F401,E402  (registration)
+from . import unstructured  # noqa: E402,F401  (weight masks, ERK densities)
+from . import dropback  # noqa: E402,F401  (registers "dropback", "dropback_channel")
+from . import set_method  # noqa: E402,F401  (registers "set")
+from . import rigl  # noqa: E402,F401  (registers "rigl")

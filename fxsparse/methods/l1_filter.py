@@ -1,0 +1,53 @@
+"""L1-norm filter pruning.
+
+Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets", ICLR 2017
+(arXiv 1608.08710).
+
+Channel score = sum |W[c]| over the group's producing filters: every conv / linear weight
+member of the group along its output-channel dim (``side="out"``, the paper's filter
+norm; a channel shared by a residual stream sums the filters of every conv writing to
+it). ``side="all"`` also adds the consumers' input slices W[:, c]. A group with no
+producing weight (rare) falls back to all its weight members. ``reduce="mean"`` divides
+by the number of entries (|W| per entry), useful with ``scope="global"`` because sums
+grow with fan-in. Default ``scope="per_group"``: every group keeps the same fraction,
+as Li et al. prune a fixed fraction of each layer. Channel level only.
+"""
+from __future__ import annotations
+
+from .base import TrainState
+from .registry import register_method
+from .select import ScoreMethod, group_scores, weight_out_dims
+
+
+@register_method("l1_filter")
+class L1Filter(ScoreMethod):
+    """L1-filter (Li et al., ICLR 2017): keep the channels with the largest sum |W[c]|.
+    Options: ``scope`` ("per_group" default, "global"), ``budget``, ``side`` ("out"),
+    ``reduce`` ("sum")."""
+    paper = "Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017"
+    level = "channel"
+    supported_levels = ("channel",)
+    default_scope = {"channel": "per_group"}
+    extra_options = {"side": "out", "reduce": "sum"}
+
+    def validate_options(self) -> None:
+        if self.side not in ("out", "all"):
+            raise ValueError(f"l1_filter: side must be 'out' or 'all', got {self.side!r}")
+        if self.reduce not in ("sum", "mean"):
+            raise ValueError(f"l1_filter: reduce must be 'sum' or 'mean', got {self.reduce!r}")
+
+    def init(self, state: TrainState) -> None:
+        graph = self.channel_graph(state)
+        out_dims = weight_out_dims(state.model)
+        params = dict(state.model.named_parameters())
+        absw = {n: params[n].detach().abs() for n in out_dims if n in params}
+        every = group_scores(graph, absw, reduce=self.reduce)
+        scores = every
+        if self.side == "out":
+            scores = group_scores(graph, absw, reduce=self.reduce, where=lambda m: m.dim == out_dims[m.param])
+            scores = {gid: scores.get(gid, v) for gid, v in every.items()}
+        if not scores:
+            raise ValueError("l1_filter: no prunable group has a convolution or linear weight to score; "
+                             "use another method (e.g. random)")
+        self.scores = scores
+        self._keep_masks = self.select_channels(graph, scores)

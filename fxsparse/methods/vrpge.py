@@ -1,0 +1,25 @@
+"""VR-PGE (Zhou et al., NeurIPS 2021): the default method. Channel keep-probabilities are
+learned jointly with the weights (search), then a fixed mask chosen like the authors (best
+of ``final_tries`` samples on training accuracy, cut to meet the budget exactly) is
+fine-tuned and exported. The work happens in :class:`fxsparse.structure.StructureLearner`;
+the trainer drives it. This class only carries the options."""
+from __future__ import annotations
+
+from .base import Method
+from .registry import register_method
+
+
+@register_method("vrpge")
+class VRPGE(Method):
+    level = "channel"
+    paper = "Zhou et al., Efficient Neural Network Training via Forward and Backward Propagation Sparsification, NeurIPS 2021"
+
+    def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
+                 score_lr: float = 12e-3, reuse_loss: bool = True, final_tries: int = 10, **options):
+        super().__init__(keep, **options)
+        if budget not in ("channels", "flops"):
+            raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
+        if form not in ("exact", "preconditioned"):
+            raise ValueError(f"form must be 'exact' or 'preconditioned', got {form!r}")
+        self.budget, self.form, self.samples = budget, form, int(samples)
+        self.score_lr, self.reuse_loss, self.final_tries = float(score_lr), bool(reuse_loss), int(final_tries)

@@ -1,0 +1,516 @@
+"""``fxsparse train``: search, fine-tune and export, with checkpoints that resume bit-identically.
+
+Phases, by method (``fxsparse.methods``):
+
+* ``vrpge`` (default): *search* (joint weight and score steps, the weight step through the
+  compiled sparse step) for ``epochs``, then *fine-tune* a fixed mask (best of
+  ``final_tries`` samples on training accuracy, cut to meet the budget exactly) on the
+  exported model for ``finetune_epochs``.
+* a channel method that decides at initialisation (random, l1_filter, snip, ...): the
+  exported model with that mask trains for ``epochs + finetune_epochs``.
+* a channel method that decides during training (slimming): dense training with its hooks
+  for ``epochs``, then its mask is fine-tuned on the exported model.
+* a weight-level method: the dense model with parametrized masks, all epochs (dense cost).
+* ``dense``: the unpruned model, all epochs.
+
+Every epoch: a row of the table (loss, test accuracy, expected and realised keep, training
+FLOPs so far, wall time), ``history.json``, and an atomic checkpoint ``last.pt`` (weights,
+scores, optimizer and scheduler states, the method's state, every RNG state). ``resume``
+restarts the epoch that was interrupted from that checkpoint, so the run continues
+bit-identically. At the end: ``model.pt`` (the exported model, ``torch.load`` it) and
+``summary.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tabulate import tabulate
+
+from . import checkpoint
+from .analyze import analyze
+from .export import export
+from .flops import TRAIN_FACTOR, SubnetFlops
+from .methods import TrainState, create as create_method
+from .methods.vrpge import VRPGE
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = "zoo:lenet5"
+    data: str = "fashion-mnist"
+    data_root: Optional[str] = None
+    method: str = "vrpge"
+    keep: float = 0.5
+    budget: str = "channels"             # "channels" or "flops"
+    epochs: int = 2                      # search epochs (all epochs of single-phase methods but fine-tune)
+    finetune_epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    finetune_lr: float = 1e-3            # the authors' fine-tune learning rate
+    finetune_bn_eval: bool = True        # the authors fine-tune with BN in eval mode
+    score_lr: float = 12e-3
+    form: str = "exact"
+    samples: int = 2
+    reuse_loss: bool = True
+    final_tries: int = 10
+    final_batches: int = 10              # training batches that rank the final-mask candidates
+    compile: bool = True
+    seed: int = 0
+    limit_batches: Optional[int] = None  # per epoch, for quick runs
+    augment: Optional[bool] = None
+    out: str = "runs/fxsparse"
+    method_options: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self):
+        k = self.keep
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or k != k or not 0 < k <= 1:
+            raise ValueError(f"--keep must be a number in (0, 1], got {k!r}")
+        if self.budget not in ("channels", "flops"):
+            raise ValueError(f"--budget must be 'channels' or 'flops', got {self.budget!r}")
+        for name in ("epochs", "finetune_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.epochs + self.finetune_epochs < 1:
+            raise ValueError("nothing to train: --epochs and --finetune-epochs are both 0")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        for name in ("lr", "finetune_lr", "score_lr"):
+            v = getattr(self, name)
+            if not v > 0 or math.isinf(v):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
+        if self.limit_batches is not None and self.limit_batches < 1:
+            raise ValueError(f"--limit-batches must be >= 1, got {self.limit_batches}")
+
+
+class Trainer:
+    """``Trainer(config).run()`` -> summary dict. ``model``/``loaders`` override the ones the
+    config names (``loaders = (train_loader, test_loader, info)`` as from
+    :func:`fxsparse.data.make_loaders`). ``callbacks``: ``cb(trainer, event, **info)`` with
+    event ``"step"`` (after every optimizer step) or ``"epoch"`` (after the checkpoint)."""
+
+    def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, loaders=None,
+                 callbacks=(), resume: bool = False, log: Callable[[str], None] | None = print, progress: bool = True):
+        config.validate()
+        self.config, self.callbacks, self.log, self.progress = config, list(callbacks), log or (lambda s: None), progress
+        self.out = config.out
+        self.ckpt_path = os.path.join(self.out, "last.pt")
+        if not resume and os.path.exists(self.ckpt_path):
+            raise FileExistsError(f"{self.out!r} already holds a run (last.pt); pass --resume to continue it, "
+                                  "or choose another --out")
+        torch.manual_seed(config.seed)
+        from .data import make_loaders
+
+        if loaders is None:
+            loaders = make_loaders(config.data, config.data_root, batch_size=config.batch_size, seed=config.seed,
+                                   augment=config.augment, drop_last=True, test_batch_size=512)
+        self.train_loader, self.test_loader, self.info = loaders
+        if model is None:
+            from .cli import load_model
+
+            model = load_model(config.model, num_classes=self.info["num_classes"], in_chans=self.info["in_chans"])
+        self.model = model
+        self.loss_fn = F.cross_entropy
+        x0, _ = next(iter(self.test_loader))
+        self.example = (x0[:2].clone(),)
+        opts = dict(config.method_options)
+        if config.method == "vrpge":
+            opts.update(budget=config.budget, form=config.form, samples=config.samples, score_lr=config.score_lr,
+                        reuse_loss=config.reuse_loss, final_tries=config.final_tries)
+        self.method = create_method(config.method, keep=config.keep, **opts)
+        self.graph = None
+        if self.method.level != "none":
+            self.graph = analyze(model, self.example)
+            if self.method.level == "channel" and not self.graph.prunable_groups:
+                raise ValueError(f"{config.model} has no prunable channel group, so channel method "
+                                 f"{config.method!r} cannot run; see `fxsparse analyze {config.model}` for the reasons")
+        self.flops = SubnetFlops(self.graph or analyze(model, self.example))
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.state = TrainState(model=model, graph=self.graph, loss_fn=self.loss_fn, batches=lambda: iter(self.train_loader),
+                                num_classes=self.info["num_classes"], example_inputs=self.example, generator=self.generator,
+                                steps_per_epoch=self._steps_per_epoch())
+        self.state.total_steps = self.state.steps_per_epoch * (config.epochs + config.finetune_epochs)
+        self.history: list[dict] = []
+        self.epoch = 0
+        self.train_flops = 0.0
+        self.elapsed = 0.0
+        self.masks = None           # the fixed channel mask once chosen
+        self.small = None           # the exported model trained in fixed-mask phases
+        self.sp = self.learner = self.step_fn = None
+        self.optimizer = None
+        self._schedules, self._phase_steps = [], 1
+        self._phase_built = None
+        saved = checkpoint.load(self.ckpt_path) if resume else None
+        if saved is not None:
+            self.method.load_state_dict(saved["method"])
+        else:
+            self.method.init(self.state)
+        if self.method.level == "weight":
+            from .methods.unstructured import apply_weight_masks
+
+            apply_weight_masks(self.model, self.method.weight_masks())
+        self.phases = self._plan_phases()  # after init: whether a channel method has decided yet
+        if saved is not None:
+            self._resume(saved)
+
+    # ----- plan ----------------------------------------------------------------------
+    def _steps_per_epoch(self) -> int:
+        n = len(self.train_loader)
+        return min(n, self.config.limit_batches) if self.config.limit_batches else n
+
+    def _plan_phases(self) -> list:
+        c, m = self.config, self.method
+        if isinstance(m, VRPGE):
+            return [("search", c.epochs), ("finetune", c.finetune_epochs)]
+        if m.level == "channel" and m.channel_keep() is not None:
+            return [("fixed", c.epochs + c.finetune_epochs)]
+        if m.level == "channel":
+            return [("dense", c.epochs), ("finetune", c.finetune_epochs)]
+        return [("dense", c.epochs + c.finetune_epochs)]
+
+    def _phase_of(self, epoch: int) -> tuple[str, int, int]:
+        """(phase, first epoch of the phase, epochs in it)."""
+        start = 0
+        for name, n in self.phases:
+            if epoch < start + n:
+                return name, start, n
+            start += n
+        raise IndexError(epoch)
+
+    # ----- phase set-up --------------------------------------------------------------
+    def _sgd(self, params, lr):
+        c = self.config
+        return torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _set_lr(self, phase_step: int):
+        """Cosine decay over the phase, a function of the step alone (nothing to checkpoint)."""
+        frac = 0.5 * (1 + math.cos(math.pi * min(phase_step / max(1, self._phase_steps), 1.0)))
+        for opt, base in self._schedules:
+            for group in opt.param_groups:
+                group["lr"] = base * frac
+
+    def _build_phase(self, phase: str, epochs: int):
+        c = self.config
+        if phase == "search":
+            from .sparse import SparseModel
+            from .structure import StructureLearner
+
+            self.sp = SparseModel(self.model, self.graph, keep=c.keep, compile=c.compile, seed=c.seed)
+            self.optimizer = self._sgd(self.model.parameters(), c.lr)
+            self.step_fn = self.sp.make_train_step(self.loss_fn, self.optimizer)
+            m = self.method
+            self.learner = StructureLearner(self.sp, keep=c.keep, budget=m.budget, lr=m.score_lr, form=m.form,
+                                            samples=m.samples, seed=c.seed + 1)
+            self._schedules = [(self.optimizer, c.lr), (self.learner.optimizer, m.score_lr)]
+        elif phase in ("fixed", "finetune"):
+            if self.masks is None:
+                self.masks = self._choose_masks()
+            self.small = export(self.model, self.graph, self.masks)
+            lr = c.finetune_lr if phase == "finetune" else c.lr
+            self.optimizer = self._sgd(self.small.parameters(), lr)
+            self._schedules = [(self.optimizer, lr)]
+            self.step_fn = self._plain_step(self.small, bn_eval=phase == "finetune" and c.finetune_bn_eval)
+        else:  # dense
+            self.optimizer = self._sgd(self.model.parameters(), c.lr)
+            self._schedules = [(self.optimizer, c.lr)]
+            self.state.optimizer = self.optimizer
+            self.step_fn = self._plain_step(self.model, hooks=True)
+        self._phase_built = phase
+        self._phase_steps = epochs * self.state.steps_per_epoch
+
+    def _choose_masks(self) -> dict:
+        if isinstance(self.method, VRPGE):
+            subset = self._final_batches()
+            return self.learner.final_mask(lambda masks: self._accuracy_sparse(masks, subset), tries=self.method.final_tries)
+        masks = self.method.channel_keep()
+        if masks is None:
+            raise RuntimeError(f"method {self.config.method!r} gave no channel mask to fine-tune")
+        return masks
+
+    def _final_batches(self) -> list:
+        """A fixed set of training batches (the first ones of the dataset, no augmentation
+        randomness beyond the seed) that ranks the final-mask candidates."""
+        ds = self.train_loader.dataset
+        n = min(len(ds), self.config.final_batches * self.config.batch_size)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=self.config.batch_size)
+        return list(loader)
+
+    def _plain_step(self, model: nn.Module, bn_eval: bool = False, hooks: bool = False):
+        """Forward, loss, backward, SGD step on an ordinary module (dense or exported).
+        A non-finite loss skips the step and restores the running statistics it touched."""
+        fwd = torch.compile(model, dynamic=False) if self.config.compile else model
+
+        def step(x, y):
+            model.train()
+            if bn_eval:
+                for mod in model.modules():
+                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                        mod.eval()
+            saved = [b.clone() for b in model.buffers()]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(fwd(x), y)
+            if not bool(torch.isfinite(loss)):
+                with torch.no_grad():
+                    for b, s in zip(model.buffers(), saved):
+                        b.copy_(s)
+                step.skipped += 1
+                return loss.detach()
+            loss.backward()
+            if hooks:
+                self.method.after_backward(self.state)
+            self.optimizer.step()
+            if hooks:
+                self.method.after_step(self.state)
+            return loss.detach()
+
+        step.skipped = 0
+        return step
+
+    # ----- evaluation ----------------------------------------------------------------
+    @torch.no_grad()
+    def _accuracy(self, model, batches) -> float:
+        was = model.training
+        model.eval()
+        correct = total = 0
+        for x, y in batches:
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+        model.train(was)
+        return correct / max(total, 1)
+
+    def _accuracy_sparse(self, masks, batches) -> float:
+        """Accuracy of the exported model for ``masks``: eager and physically small, so
+        evaluation adds no compiled graph and no capacity growth to the search step."""
+        return self._accuracy(export(self.model, self.graph, masks), batches)
+
+    def _current_eval(self) -> tuple[float, dict | None]:
+        """Test accuracy of what the run would deliver now, and its channel mask."""
+        phase = self._phase_built
+        if phase == "search":
+            masks = self.learner.deterministic_mask()
+            return self._accuracy_sparse(masks, self.test_loader), masks
+        if phase in ("fixed", "finetune"):
+            return self._accuracy(self.small, self.test_loader), self.masks
+        return self._accuracy(self.model, self.test_loader), None
+
+    # ----- the loop ------------------------------------------------------------------
+    def run(self) -> dict:
+        total_epochs = sum(n for _, n in self.phases)
+        if self.epoch == 0 and not self.history:
+            self.log(self._header())
+        while self.epoch < total_epochs:
+            phase, start, n = self._phase_of(self.epoch)
+            if self._phase_built != phase:
+                self._build_phase(phase, n)
+            self._train_epoch(phase)
+        return self._finish()
+
+    def _batches(self, epoch: int):
+        self.train_loader.sampler.set_epoch(epoch)
+        limit = self.state.steps_per_epoch
+        for i, batch in enumerate(self.train_loader):
+            if i >= limit:
+                break
+            yield batch
+
+    def _train_epoch(self, phase: str):
+        c, epoch = self.config, self.epoch
+        self.state.epoch = epoch
+        t0 = time.perf_counter()
+        losses, skipped = [], 0
+        keep_sum = None
+        realised_ch = realised_fl = 0.0
+        n_masks = 0
+        bar = _progress(self._batches(epoch), total=self.state.steps_per_epoch, desc=f"epoch {epoch + 1} {phase}",
+                        enabled=self.progress)
+        phase_start = self._phase_of(epoch)[1] * self.state.steps_per_epoch
+        for x, y in bar:
+            b = len(y)
+            self._set_lr(self.state.step - phase_start)
+            if phase == "search":
+                loss, mask = self.learner.weight_step(self.step_fn, x, y)
+                f = self.flops(mask)
+                self.train_flops += TRAIN_FACTOR * float(f) * b
+                realised_ch += float(mask.double().mean())
+                realised_fl += float(f) / self.flops.dense
+                keep_sum = mask.double() if keep_sum is None else keep_sum + mask.double()
+                n_masks += 1
+                if torch.isfinite(loss):
+                    first = (loss, mask) if self.method.reuse_loss else None
+                    self._score_step(x, y, first)
+                    k = self.learner.samples - (1 if first is not None else 0)
+                    self.train_flops += k * self.learner.last_forward_flops * b
+            else:
+                loss = self.step_fn(x, y)
+                f = self.flops.dense if phase == "dense" or self.masks is None else float(self.flops(self.flops.flat(self.masks)))
+                self.train_flops += TRAIN_FACTOR * f * b
+            if not bool(torch.isfinite(loss)):
+                skipped += 1
+                warnings.warn(f"epoch {epoch + 1}: non-finite loss ({float(loss)}), step skipped (weights, "
+                              "optimizer state and running statistics unchanged)", RuntimeWarning, stacklevel=2)
+            else:
+                losses.append(float(loss))
+            self.state.step += 1
+            for cb in self.callbacks:
+                cb(self, "step", epoch=epoch, loss=float(loss))
+        if phase == "dense":
+            self.method.end_epoch(self.state)
+        train_time = time.perf_counter() - t0
+        acc, masks = self._current_eval()
+        self.elapsed += time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "phase": phase, "loss": sum(losses) / max(len(losses), 1), "test_acc": acc,
+               "skipped": skipped, "train_flops": self.train_flops, "train_time": train_time, "wall": self.elapsed}
+        row.update(self._keep_stats(phase, masks, keep_sum, n_masks, realised_ch, realised_fl))
+        self.history.append(row)
+        self.epoch += 1
+        self.log(self._row_text(row))
+        self._save_checkpoint()
+        for cb in self.callbacks:
+            cb(self, "epoch", epoch=epoch, row=row)
+
+    @torch.no_grad()
+    def _score_step(self, x, y, first):
+        """The score step with its FLOPs recorded; a non-finite loss skips it with a warning."""
+        learner = self.learner
+        try:
+            return learner.score_step(self.loss_fn, x, y, first=first)
+        except FloatingPointError as err:
+            warnings.warn(f"score step skipped: {err}", RuntimeWarning, stacklevel=2)
+            return None
+
+    def _keep_stats(self, phase, masks, keep_sum, n_masks, realised_ch, realised_fl) -> dict:
+        groups = self.graph.prunable_groups if self.graph is not None else []
+        out = {"expected_keep": 1.0, "expected_flops": 1.0, "realised_keep": 1.0, "realised_flops": 1.0}
+        if phase == "search":
+            s = self.learner.scores.detach()
+            out.update(expected_keep=float(s.mean()), expected_flops=self.flops.fraction(s),
+                       realised_keep=realised_ch / max(n_masks, 1), realised_flops=realised_fl / max(n_masks, 1),
+                       group_keep=[float(v.mean()) for v in torch.split(keep_sum / max(n_masks, 1), self.learner.sizes)],
+                       score_hist=torch.histc(s.float(), bins=20, min=0, max=1).tolist())
+        elif self.method.level == "weight":  # masked weights still cost dense FLOPs: say so
+            wm = self.method.weight_masks()
+            density = (sum(float(m.sum()) for m in wm.values()) / sum(m.numel() for m in wm.values())) if wm else self.method.keep
+            out.update(expected_keep=density, realised_keep=density)
+        elif masks is not None:
+            flat = self.flops.flat(masks)
+            frac = self.flops.fraction(flat)
+            out.update(expected_keep=float(flat.mean()), expected_flops=frac, realised_keep=float(flat.mean()),
+                       realised_flops=frac, group_keep=[float(masks[g.id].double().mean()) for g in groups])
+        return out
+
+    # ----- checkpoints ---------------------------------------------------------------
+    def _save_checkpoint(self):
+        state = {"config": dataclasses.asdict(self.config), "epoch": self.epoch, "history": self.history,
+                 "train_flops": self.train_flops, "elapsed": self.elapsed, "step": self.state.step,
+                 "model": self.model.state_dict(), "masks": self.masks, "phase_built": self._phase_built,
+                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                 "method": self.method.state_dict(), "generator": self.generator.get_state(),
+                 "rng": checkpoint.rng_state()}
+        if self.learner is not None:
+            state["learner"] = self.learner.state_dict()
+            state["sp_generator"] = self.sp.generator.get_state()
+        if self.small is not None:
+            state["small"] = self.small.state_dict()
+        checkpoint.save_atomic(state, self.ckpt_path)
+        _write_json_atomic(os.path.join(self.out, "history.json"), self.history)
+
+    def _resume(self, state: dict):
+        saved = state["config"]
+        mine = dataclasses.asdict(self.config)
+        differ = [k for k in saved if k not in ("out",) and saved[k] != mine.get(k)]
+        if differ:
+            raise ValueError(f"--resume with different settings than the checkpoint in {self.out!r}: "
+                             + ", ".join(f"{k}={mine.get(k)!r} (checkpoint: {saved[k]!r})" for k in differ))
+        self.model.load_state_dict(state["model"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.train_flops, self.elapsed, self.state.step = state["train_flops"], state["elapsed"], state["step"]
+        self.masks = state["masks"]
+        self.generator.set_state(state["generator"])
+        phase = state["phase_built"]
+        if phase is not None and self.epoch < sum(n for _, n in self.phases):
+            name, start, n = self._phase_of(self.epoch)
+            if name == phase:  # rebuild the phase in progress and load its states
+                self._build_phase(phase, n)
+                if self.small is not None and "small" in state:
+                    self.small.load_state_dict(state["small"])
+                if self.learner is not None:
+                    self.learner.load_state_dict(state["learner"])
+                    self.sp.generator.set_state(state["sp_generator"])
+                self.optimizer.load_state_dict(state["optimizer"])
+            elif phase == "search":  # the next phase needs the learner to pick the final mask
+                self._build_phase("search", self._phase_of(self.epoch - 1)[2])
+                self.learner.load_state_dict(state["learner"])
+                self.sp.generator.set_state(state["sp_generator"])
+        checkpoint.set_rng_state(state["rng"])
+        self.log(f"resumed {self.out} at epoch {self.epoch + 1}")
+
+    # ----- the end -------------------------------------------------------------------
+    def _finish(self) -> dict:
+        final = self.small if self.small is not None else self.model
+        if self.method.level == "weight":
+            from .methods.unstructured import remove_weight_masks
+
+            remove_weight_masks(self.model)
+        final = final.eval()
+        torch.save(final, os.path.join(self.out, "model.pt"))
+        last = self.history[-1]
+        params = sum(p.numel() for p in final.parameters())
+        dense_params = sum(p.numel() for p in self.model.parameters())
+        summary = {"model": self.config.model, "method": self.config.method, "data": self.config.data,
+                   "keep": self.config.keep, "budget": self.config.budget, "epochs": len(self.history),
+                   "test_acc": last["test_acc"], "train_flops": self.train_flops,
+                   "train_flops_dense": TRAIN_FACTOR * self.flops.dense * self.state.steps_per_epoch
+                   * self.config.batch_size * len(self.history),
+                   "final_flops": last["realised_flops"], "params": params, "dense_params": dense_params,
+                   "wall": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
+                   "exported_model": os.path.join(self.out, "model.pt")}
+        _write_json_atomic(os.path.join(self.out, "summary.json"), summary)
+        self.log("\n" + tabulate([[k, _fmt(v)] for k, v in summary.items()], headers=["summary", ""]))
+        return summary
+
+    # ----- printing ------------------------------------------------------------------
+    _COLS = [("epoch", 5), ("phase", 8), ("loss", 8), ("test_acc", 8), ("exp_keep", 8), ("real_keep", 9),
+             ("real_flops", 10), ("train_TFLOP", 11), ("wall_s", 8)]
+
+    def _header(self) -> str:
+        return "  ".join(f"{name:>{w}}" for name, w in self._COLS)
+
+    def _row_text(self, r: dict) -> str:
+        vals = [r["epoch"], r["phase"], f"{r['loss']:.4f}", f"{100 * r['test_acc']:.2f}", f"{r['expected_keep']:.3f}",
+                f"{r['realised_keep']:.3f}", f"{r['realised_flops']:.3f}", f"{r['train_flops'] / 1e12:.3f}",
+                f"{r['wall']:.1f}"]
+        text = "  ".join(f"{v:>{w}}" for v, (_, w) in zip(vals, self._COLS))
+        return text + (f"  ({r['skipped']} steps skipped: non-finite loss)" if r["skipped"] else "")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return v
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _progress(iterable, total, desc, enabled):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)

@@ -1,0 +1,195 @@
+"""``fxsparse train`` end to end on generated IDX files: resume after a kill mid-epoch is
+bit-identical, an interrupted checkpoint write never corrupts the previous one, bad input
+gets clear errors, a NaN loss skips the step, FLOPs accounting matches FlopCounterMode on
+the exported model, and ``fxsparse report`` writes its plots."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fxsparse import checkpoint
+from fxsparse.cli import main as cli_main
+from fxsparse.trainer import TrainConfig, Trainer
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_data import make_idx_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idx")
+    make_idx_dir(str(root), n_train=192, n_test=48, gz=True, seed=3)
+    return str(root)
+
+
+def _args(data_dir, out, *extra):
+    return ["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", data_dir, "--batch-size", "32",
+            "--epochs", "2", "--finetune-epochs", "1", "--no-compile", "--threads", "1", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def _run_cli(args, kill_at_step=None):
+    """Run `fxsparse train` in a fresh process; optionally SIGKILL itself after a given step."""
+    code = ("import os, signal, sys, fxsparse.trainer as T\n"
+            "kill = int(sys.argv[1])\n"
+            "orig = T.Trainer.__init__\n"
+            "def init(self, *a, **k):\n"
+            "    orig(self, *a, **k)\n"
+            "    if kill >= 0:\n"
+            "        self.callbacks.append(lambda tr, ev, **i: ev == 'step' and tr.state.step == kill and os.kill(os.getpid(), signal.SIGKILL))\n"
+            "T.Trainer.__init__ = init\n"
+            "from fxsparse.cli import main\n"
+            "sys.exit(main(sys.argv[2:]))\n")
+    return subprocess.run([sys.executable, "-c", code, str(-1 if kill_at_step is None else kill_at_step), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _final_state(out):
+    model = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+    history = json.load(open(os.path.join(out, "history.json")))
+    return model.state_dict(), [(r["loss"], r["test_acc"], r["train_flops"], r.get("score_hist")) for r in history]
+
+
+def test_resume_after_kill_mid_epoch_is_bit_identical(data_dir, tmp_path):
+    full = _run_cli(_args(data_dir, tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    killed = _run_cli(_args(data_dir, tmp_path / "cut"), kill_at_step=9)  # 6 steps per epoch: mid epoch 2
+    assert killed.returncode == -signal.SIGKILL
+    assert json.load(open(tmp_path / "cut" / "history.json"))[-1]["epoch"] == 1
+    resumed = _run_cli(_args(data_dir, tmp_path / "cut", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    a_state, a_hist = _final_state(tmp_path / "full")
+    b_state, b_hist = _final_state(tmp_path / "cut")
+    assert a_hist == b_hist
+    assert a_state.keys() == b_state.keys()
+    for k in a_state:
+        assert torch.equal(a_state[k], b_state[k]), k
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pt")
+    checkpoint.save_atomic({"epoch": 1, "w": torch.arange(5)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # the process dies while writing
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"epoch": 2}, path)
+    monkeypatch.undo()
+    state = checkpoint.load(path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.arange(5))
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
+
+
+def _config(data_dir, out, **kw):
+    base = dict(model="zoo:lenet5", data="mnist", data_root=data_dir, batch_size=32, epochs=1, finetune_epochs=1,
+                compile=False, out=str(out))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("keep", [0, -0.1, 1.5, float("nan"), True])
+def test_bad_keep(data_dir, tmp_path, keep, capsys):
+    with pytest.raises(ValueError, match="keep must be a number in"):
+        Trainer(_config(data_dir, tmp_path, keep=keep), log=None)
+    if not isinstance(keep, bool):
+        assert cli_main(_args(data_dir, tmp_path / "cli", "--keep", str(keep))) == 2
+        assert "keep must be a number" in capsys.readouterr().err
+        assert not os.path.exists(tmp_path / "cli")
+
+
+def test_bad_data_and_model(data_dir, tmp_path, capsys):
+    assert cli_main(_args(str(tmp_path / "nowhere"), tmp_path / "o1")) == 2
+    assert "nowhere" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (bad / name).write_bytes(b"this is not an IDX file")
+    assert cli_main(_args(str(bad), tmp_path / "o2")) == 2
+    assert "magic" in capsys.readouterr().err.lower()
+    assert cli_main(_args(data_dir, tmp_path / "o3", "--model", "zoo:no_such_model")) == 2
+    assert "no zoo model" in capsys.readouterr().err
+    no_groups = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # every channel is an input or a class
+    with pytest.raises(ValueError, match="no prunable channel group"):
+        Trainer(_config(data_dir, tmp_path / "o4"), model=no_groups, log=None)
+
+
+def test_existing_run_is_never_overwritten(data_dir, tmp_path):
+    out = tmp_path / "run"
+    Trainer(_config(data_dir, out, epochs=1, finetune_epochs=0, limit_batches=2), log=None, progress=False).run()
+    before = (out / "last.pt").read_bytes()
+    assert cli_main(_args(data_dir, out)) == 2
+    assert (out / "last.pt").read_bytes() == before
+
+
+class _NanAt:
+    """A loader wrapper that poisons one batch with NaN."""
+
+    def __init__(self, loader, bad_index):
+        self.loader, self.bad_index = loader, bad_index
+        self.sampler, self.dataset = loader.sampler, loader.dataset
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, (x, y) in enumerate(self.loader):
+            if i == self.bad_index:
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            yield x, y
+
+
+@pytest.mark.parametrize("method", ["vrpge", "dense"])
+def test_nan_loss_skips_the_step_with_a_warning(data_dir, tmp_path, method):
+    from fxsparse.data import make_loaders
+
+    train, test, info = make_loaders("mnist", data_dir, batch_size=32, drop_last=True)
+    cfg = _config(data_dir, tmp_path / method, method=method, epochs=1, finetune_epochs=0)
+    tr = Trainer(cfg, loaders=(_NanAt(train, 2), test, info), log=None, progress=False)
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        tr.run()
+    assert tr.history[-1]["skipped"] == 1
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+    assert all(torch.isfinite(b).all() for b in tr.model.buffers() if b.is_floating_point())
+
+
+def test_fixed_mask_method_flops_match_the_exported_model(data_dir, tmp_path):
+    from fxsparse.graph import count_flops
+
+    out = tmp_path / "random"
+    tr = Trainer(_config(data_dir, out, method="random", epochs=1, finetune_epochs=0), log=None, progress=False)
+    summary = tr.run()
+    small = torch.load(out / "model.pt", weights_only=False)
+    x = torch.zeros(1, 1, 28, 28)
+    per_sample, _ = count_flops(small, (x,))
+    steps = tr.state.steps_per_epoch
+    assert summary["train_flops"] == pytest.approx(3 * per_sample * 32 * steps, rel=1e-9)
+    assert summary["params"] < summary["dense_params"]
+
+
+def test_vrpge_history_report_and_exported_model(data_dir, tmp_path):
+    out = tmp_path / "vr"
+    tr = Trainer(_config(data_dir, out, budget="flops", keep=0.4), log=None, progress=False)
+    summary = tr.run()
+    hist = json.load(open(out / "history.json"))
+    assert [r["phase"] for r in hist] == ["search", "finetune"]
+    assert hist[0]["expected_flops"] <= 0.4 + 1e-6
+    assert hist[1]["realised_flops"] <= 0.4 + 1e-6  # the final mask meets the budget exactly
+    model = torch.load(out / "model.pt", weights_only=False)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert summary["params"] < summary["dense_params"]
+    assert cli_main(["report", str(out)]) == 0
+    import matplotlib.image as mpimg
+
+    for name in ("curves.png", "keep_per_layer.png", "scores.png"):
+        img = mpimg.imread(out / name)
+        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
