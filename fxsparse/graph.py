@@ -129,10 +129,12 @@ class ChannelGraph:
             layers = grp.layers
             shown = ", ".join(layers[:max_layers]) + (f", ... (+{len(layers) - max_layers})" if len(layers) > max_layers else "")
             rows.append([grp.id, grp.size, shown, "yes" if grp.prunable else f"no: {grp.reason}", f"{100 * grp.flops_share:.1f}%"])
-        table = tabulate(rows, headers=["group", "size", "member layers", "prunable", "FLOPs share"], tablefmt="simple",
+        table = tabulate(rows, headers=["group", "size", "member layers", "prunable", "FLOPs touched"], tablefmt="simple",
                          maxcolwidths=[None, None, 60, 60, None])
         head = (f"{len(self.groups)} channel groups, {len(self.prunable_groups)} prunable "
-                f"({self.num_prunable_channels} prunable channels)")
+                f"({self.num_prunable_channels} prunable channels). FLOPs touched: share of the model's FLOPs "
+                "in layers the group slices (a layer counts for its input and its output group, so the column "
+                "sums to more than 100%; pruning a fraction r of both removes about 1-(1-r)^2 of them)")
         if self.auto_leaves:
             head += f"; untraceable submodules kept whole: {', '.join(self.auto_leaves)}"
         return head + "\n" + table
@@ -199,8 +201,10 @@ def build_groups(elements: ElementTable, members: dict) -> list[ChannelGroup]:
 
 
 def assign_flops(groups, param_flops: dict, total: float, shapes: dict):
-    """A group's share: for each member weight, the layer's FLOPs times the fraction of
-    that weight's dim the group holds (FLOPs from torch.utils.flop_counter)."""
+    """A group's share of the FLOPs it touches: for each member weight, the layer's FLOPs
+    times the fraction of that weight's dim the group holds (torch.utils.flop_counter).
+    A layer counts for every group that slices it (input and output), so the shares sum
+    to more than 1; real sub-network FLOPs are in :class:`fxsparse.flops.SubnetFlops`."""
     if not total:
         return
     for grp in groups:

@@ -383,7 +383,7 @@ def test_graph_views(tmp_path):
     case = R.CASES_BY_NAME["concat"]
     model, graph, _ = analyze_case(case)
     text = graph.summary()
-    for name in ("conv_a", "conv_b", "bn", "conv_c", "reaches the model output", "FLOPs share"):
+    for name in ("conv_a", "conv_b", "bn", "conv_c", "reaches the model output", "FLOPs touched"):
         assert name in text, name
     assert text.startswith(f"{len(graph.groups)} channel groups, {len(graph.prunable_groups)} prunable (10 prunable channels)")
     assert repr(graph) == f"ChannelGraph({len(graph.groups)} groups, 2 prunable)"
