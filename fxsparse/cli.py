@@ -139,6 +139,8 @@ def add_train_arguments(p):
     p.add_argument("--samples", type=int, default=d.samples, help="masks per score step (default %(default)s)")
     p.add_argument("--no-reuse-loss", dest="reuse_loss", action="store_false",
                    help="two fresh score forwards instead of reusing the weight step's loss")
+    p.add_argument("--weight-average", action="store_true",
+                   help="the authors' weight step: mean gradient over --samples sub-networks, whose losses feed the score step")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager mode")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit-batches", type=int, default=None, help="at most this many batches per epoch")

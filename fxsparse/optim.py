@@ -50,9 +50,20 @@ class MaskedOptimizer:
     def zero_grad(self, set_to_none: bool = True):
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
+    def union_keep(self, mask_dicts) -> dict[str, torch.Tensor]:
+        """Entries kept by any of several masks (for an update averaged over sub-networks):
+        an entry that none of them keeps stays untouched."""
+        out = {}
+        for masks in mask_dicts:
+            self.sparse.masks = masks
+            for name, k in self._keep_masks().items():
+                out[name] = k.clone() if name not in out else out[name] | k
+        return out
+
     @torch.no_grad()
-    def step(self, closure=None):
-        keep = self._keep_masks()
+    def step(self, closure=None, keep=None):
+        """``keep``: {param name: bool tensor} to use instead of the current masks'."""
+        keep = self._keep_masks() if keep is None else keep
         saved = []
         for group in self.optimizer.param_groups:
             for p in group["params"]:

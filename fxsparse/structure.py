@@ -125,6 +125,11 @@ class StructureLearner:
         if first is not None:
             losses = torch.cat([first[0].detach().float().view(1), losses])
             masks = torch.cat([first[1].view(1, -1), masks])
+        return self.score_update(losses, masks)
+
+    @torch.no_grad()
+    def score_update(self, losses: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """VR-PGE estimate from K (loss, mask) samples of one minibatch, Adam, projection."""
         if not bool(torch.isfinite(losses).all()):
             raise FloatingPointError(f"non-finite loss in the score step ({losses.tolist()}); scores unchanged")
         # float64: at a score of exactly 0 or 1 the exact Bernoulli score needs its eps clamp
@@ -143,6 +148,32 @@ class StructureLearner:
         for part, sub in zip(torch.split(mask, self.sizes), torch.split(s, self.sizes)):
             part[int(sub.argmax())] = True
         return self.as_group_masks(self._meet_budget(mask))
+
+    def averaged_step(self, loss_fn, masked_optimizer, *batch):
+        """The authors' weight step: K sampled sub-networks on the same minibatch, the weight
+        gradient is the mean of their gradients (each through its own sub-network), one
+        update on the entries any of them keeps (``masked_optimizer``: a
+        :class:`fxsparse.MaskedOptimizer`); the K losses (before the update) are then the
+        score step's samples, so no extra forward is needed. Returns the mean loss."""
+        *inputs, target = batch
+        masks = self.sample(self.samples)
+        masked_optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for m in masks:
+            self.sparse.masks = self.as_group_masks(m)
+            loss = loss_fn(self.sparse(*inputs), target)
+            (loss / len(masks)).backward()
+            losses.append(loss.detach().float())
+        losses = torch.stack(losses)
+        self.last_forward_flops = 0.0
+        if not bool(torch.isfinite(losses).all()):
+            masked_optimizer.zero_grad(set_to_none=True)
+            return losses.mean(), masks
+        keep = masked_optimizer.union_keep([self.as_group_masks(m) for m in masks])
+        masked_optimizer.step(keep=keep)
+        masked_optimizer.zero_grad(set_to_none=True)
+        self.score_update(losses, masks)
+        return losses.mean(), masks
 
     def step(self, step_fn, loss_fn, *batch, reuse_loss: bool = False):
         """One minibatch of joint training: weight step, then score step. Returns the loss."""

@@ -66,6 +66,7 @@ class TrainConfig:
     form: str = "exact"
     samples: int = 2
     reuse_loss: bool = True
+    weight_average: bool = False         # the authors' weight step: mean gradient of `samples` sub-networks
     final_tries: int = 10
     final_batches: int = 10              # training batches that rank the final-mask candidates
     compile: bool = True
@@ -215,6 +216,10 @@ class Trainer:
             self.learner = StructureLearner(self.sp, keep=c.keep, budget=m.budget, lr=m.score_lr, form=m.form,
                                             samples=m.samples, seed=c.seed + 1)
             self._schedules = [(self.optimizer, c.lr), (self.learner.optimizer, m.score_lr)]
+            if c.weight_average:
+                from .optim import MaskedOptimizer
+
+                self.masked_optimizer = MaskedOptimizer(self.optimizer, self.sp)
         elif phase in ("fixed", "finetune"):
             if self.masks is None:
                 self.masks = self._choose_masks()
@@ -340,7 +345,16 @@ class Trainer:
         for x, y in bar:
             b = len(y)
             self._set_lr(self.state.step - phase_start)
-            if phase == "search":
+            if phase == "search" and c.weight_average:
+                loss, masks = self.learner.averaged_step(self.loss_fn, self.masked_optimizer, x, y)
+                for mask in masks:
+                    f = self.flops(mask)
+                    self.train_flops += TRAIN_FACTOR * float(f) * b
+                    realised_ch += float(mask.double().mean())
+                    realised_fl += float(f) / self.flops.dense
+                    keep_sum = mask.double() if keep_sum is None else keep_sum + mask.double()
+                    n_masks += 1
+            elif phase == "search":
                 loss, mask = self.learner.weight_step(self.step_fn, x, y)
                 f = self.flops(mask)
                 self.train_flops += TRAIN_FACTOR * float(f) * b
