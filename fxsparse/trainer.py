@@ -336,9 +336,7 @@ class Trainer:
         self.state.epoch = epoch
         t0 = time.perf_counter()
         losses, skipped = [], 0
-        keep_sum = None
-        realised_ch = realised_fl = 0.0
-        n_masks = 0
+        stats = _MaskStats(self)
         bar = _progress(self._batches(epoch), total=self.state.steps_per_epoch, desc=f"epoch {epoch + 1} {phase}",
                         enabled=self.progress)
         phase_start = self._phase_of(epoch)[1] * self.state.steps_per_epoch
@@ -348,20 +346,10 @@ class Trainer:
             if phase == "search" and c.weight_average:
                 loss, masks = self.learner.averaged_step(self.loss_fn, self.masked_optimizer, x, y)
                 for mask in masks:
-                    f = self.flops(mask)
-                    self.train_flops += TRAIN_FACTOR * float(f) * b
-                    realised_ch += float(mask.double().mean())
-                    realised_fl += float(f) / self.flops.dense
-                    keep_sum = mask.double() if keep_sum is None else keep_sum + mask.double()
-                    n_masks += 1
+                    stats.add(mask, b)
             elif phase == "search":
                 loss, mask = self.learner.weight_step(self.step_fn, x, y)
-                f = self.flops(mask)
-                self.train_flops += TRAIN_FACTOR * float(f) * b
-                realised_ch += float(mask.double().mean())
-                realised_fl += float(f) / self.flops.dense
-                keep_sum = mask.double() if keep_sum is None else keep_sum + mask.double()
-                n_masks += 1
+                stats.add(mask, b)
                 if torch.isfinite(loss):
                     first = (loss, mask) if self.method.reuse_loss else None
                     self._score_step(x, y, first)
@@ -387,7 +375,7 @@ class Trainer:
         self.elapsed += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "phase": phase, "loss": sum(losses) / max(len(losses), 1), "test_acc": acc,
                "skipped": skipped, "train_flops": self.train_flops, "train_time": train_time, "wall": self.elapsed}
-        row.update(self._keep_stats(phase, masks, keep_sum, n_masks, realised_ch, realised_fl))
+        row.update(self._keep_stats(phase, masks, stats))
         self.history.append(row)
         self.epoch += 1
         self.log(self._row_text(row))
@@ -405,14 +393,15 @@ class Trainer:
             warnings.warn(f"score step skipped: {err}", RuntimeWarning, stacklevel=2)
             return None
 
-    def _keep_stats(self, phase, masks, keep_sum, n_masks, realised_ch, realised_fl) -> dict:
+    def _keep_stats(self, phase, masks, stats) -> dict:
         groups = self.graph.prunable_groups if self.graph is not None else []
         out = {"expected_keep": 1.0, "expected_flops": 1.0, "realised_keep": 1.0, "realised_flops": 1.0}
         if phase == "search":
             s = self.learner.scores.detach()
+            n = max(stats.count, 1)
             out.update(expected_keep=float(s.mean()), expected_flops=self.flops.fraction(s),
-                       realised_keep=realised_ch / max(n_masks, 1), realised_flops=realised_fl / max(n_masks, 1),
-                       group_keep=[float(v.mean()) for v in torch.split(keep_sum / max(n_masks, 1), self.learner.sizes)],
+                       realised_keep=stats.channels / n, realised_flops=stats.flops / n,
+                       group_keep=[float(v.mean()) for v in torch.split(stats.kept / n, self.learner.sizes)],
                        score_hist=torch.histc(s.float(), bins=20, min=0, max=1).tolist())
         elif self.method.level == "weight":  # masked weights still cost dense FLOPs: say so
             wm = self.method.weight_masks()
@@ -508,6 +497,23 @@ class Trainer:
                 f"{r['wall']:.1f}"]
         text = "  ".join(f"{v:>{w}}" for v, (_, w) in zip(vals, self._COLS))
         return text + (f"  ({r['skipped']} steps skipped: non-finite loss)" if r["skipped"] else "")
+
+
+class _MaskStats:
+    """Per-epoch tally of the sampled masks: realised keep (channels, FLOPs, per channel)
+    and the training FLOPs they cost."""
+
+    def __init__(self, trainer):
+        self.trainer, self.count, self.channels, self.flops, self.kept = trainer, 0, 0.0, 0.0, 0.0
+
+    def add(self, mask, batch_size):
+        tr = self.trainer
+        f = float(tr.flops(mask))
+        tr.train_flops += TRAIN_FACTOR * f * batch_size
+        self.count += 1
+        self.channels += float(mask.double().mean())
+        self.flops += f / tr.flops.dense
+        self.kept = self.kept + mask.double()
 
 
 def _fmt(v):
