@@ -215,8 +215,36 @@ def _as_names(name, value):
 
 # ----------------------------------------------------------------------------- unstructured DropBack
 
+class _TrackedSchedule:
+    """What both DropBack variants share: binding on ``init`` or lazily after a resume, the
+    step/epoch counters, and the optional freeze of the tracked set."""
+
+    def init(self, state: TrainState) -> None:
+        self._bind(state, reinit=True)
+
+    def _ensure_bound(self, state: TrainState) -> None:
+        """Resume without ``init`` (``load_state_dict`` then hooks): bind to ``state.model``
+        without re-initialising it (its weights come from the checkpoint)."""
+        if self._model is None:
+            if self._pending is None:
+                raise RuntimeError(f"{self.name}: call init(state) (or load_state_dict) before the training hooks")
+            self._bind(state, reinit=False)
+
+    def _maybe_freeze_after_step(self) -> None:
+        fs = self.opts["freeze_after_steps"]
+        if fs is not None and self.steps >= fs:
+            self.frozen = True
+
+    def end_epoch(self, state: TrainState) -> None:
+        self._ensure_bound(state)
+        self.epochs += 1
+        fe = self.opts["freeze_after_epochs"]
+        if fe is not None and self.epochs >= fe and self._tracked is not None:
+            self.frozen = True
+
+
 @register_method("dropback")
-class DropBack(Method):
+class DropBack(_TrackedSchedule, Method):
     """DropBack (Golub et al., arXiv 1806.06949): keep the k weights that moved most from init.
 
     ``keep``: fraction of the managed parameters that are tracked (k = round(keep * N)).
@@ -270,9 +298,6 @@ class DropBack(Method):
         return {n: int(math.floor(self.keep * s + 0.5)) for n, s in sizes.items()}
 
     # ----- hooks
-    def init(self, state: TrainState) -> None:
-        self._bind(state, reinit=True)
-
     def _bind(self, state: TrainState, reinit: bool) -> None:
         model = state.model
         self.rules = init_rules(model, self.opts["init"], exclude=self.opts["exclude"])
@@ -298,14 +323,6 @@ class DropBack(Method):
             self._apply_loaded(self._pending)
             self._pending = None
 
-    def _ensure_bound(self, state: TrainState) -> None:
-        """Resume without ``init`` (``load_state_dict`` then hooks): bind to ``state.model``
-        without re-initialising it (its weights come from the checkpoint)."""
-        if self._model is None:
-            if self._pending is None:
-                raise RuntimeError("dropback: call init(state) (or load_state_dict) before the training hooks")
-            self._bind(state, reinit=False)
-
     def after_step(self, state: TrainState) -> None:
         self._ensure_bound(state)
         self.steps += 1
@@ -315,16 +332,7 @@ class DropBack(Method):
             tracked = self._select()
             self._tracked = tracked
         self._reset(tracked, state.optimizer)
-        fs = self.opts["freeze_after_steps"]
-        if fs is not None and self.steps >= fs:
-            self.frozen = True
-
-    def end_epoch(self, state: TrainState) -> None:
-        self._ensure_bound(state)
-        self.epochs += 1
-        fe = self.opts["freeze_after_epochs"]
-        if fe is not None and self.epochs >= fe and self._tracked is not None:
-            self.frozen = True
+        self._maybe_freeze_after_step()
 
     def _select(self) -> dict:
         names = list(self._params)
@@ -561,7 +569,7 @@ def dropback_memory(store: DropBackStore) -> dict:
 # ----------------------------------------------------------------------------- channel variant
 
 @register_method("dropback_channel")
-class DropBackChannel(Method):
+class DropBackChannel(_TrackedSchedule, Method):
     """DropBack over channels (METHODS.md section 2): track the top channels by
     ``||W[c] - W0[c]||_1`` normalised by fan-in, reset every untracked channel to W0.
 
@@ -593,15 +601,6 @@ class DropBackChannel(Method):
         self._tracked: Optional[torch.Tensor] = None  # bool over all prunable channels, group order
         self._model = None
         self._pending = None
-
-    def init(self, state: TrainState) -> None:
-        self._bind(state, reinit=True)
-
-    def _ensure_bound(self, state: TrainState) -> None:
-        if self._model is None:
-            if self._pending is None:
-                raise RuntimeError("dropback_channel: call init(state) (or load_state_dict) before the training hooks")
-            self._bind(state, reinit=False)
 
     def _bind(self, state: TrainState, reinit: bool) -> None:
         graph = state.graph
@@ -695,16 +694,7 @@ class DropBackChannel(Method):
                 p.copy_(torch.where(m, p, self.w0(n)))
                 if self.opts["reset_optimizer_state"]:
                     reset_optimizer_state(state.optimizer, p, ~m)
-        fs = self.opts["freeze_after_steps"]
-        if fs is not None and self.steps >= fs:
-            self.frozen = True
-
-    def end_epoch(self, state: TrainState) -> None:
-        self._ensure_bound(state)
-        self.epochs += 1
-        fe = self.opts["freeze_after_epochs"]
-        if fe is not None and self.epochs >= fe and self._tracked is not None:
-            self.frozen = True
+        self._maybe_freeze_after_step()
 
     def tracked_channels(self) -> Optional[dict]:
         """{group id: bool mask of its tracked channels}; None before the first step."""
