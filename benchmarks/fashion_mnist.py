@@ -31,13 +31,14 @@ SUITES = {
         ("dense", "dense", 1.0, "channels", {}),
         ("vrpge keep 0.5", "vrpge", 0.5, "channels", {}),
         ("vrpge flops 0.25", "vrpge", 0.25, "flops", {}),
-        ("vrpge flops 0.25, 2 fresh score forwards", "vrpge", 0.25, "flops", {"reuse_loss": False}),
         ("random channels flops 0.25", "random", 0.25, "flops", {}),
         ("L1-filter at init flops 0.25", "l1_filter", 0.25, "flops", {}),
     ],
     "methods": [
         ("dense", "dense", 1.0, "channels", {}),
         ("vrpge keep 0.5", "vrpge", 0.5, "channels", {}),
+        ("vrpge keep 0.5, 2 fresh score forwards", "vrpge", 0.5, "channels", {"reuse_loss": False}),
+        ("vrpge keep 0.5, two-sample weight averaging", "vrpge", 0.5, "channels", {"weight_average": True}),
         ("random channels 0.5", "random", 0.5, "channels", {}),
         ("L1-filter 0.5", "l1_filter", 0.5, "channels", {}),
         ("SNIP channels 0.5", "snip", 0.5, "channels", {}),
@@ -114,8 +115,8 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", help="labels (substrings) of the runs to do")
     p.add_argument("--model", default="zoo:vgg11_bn")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--epochs", type=int, default=2, help="search epochs (single-phase methods train epochs + finetune-epochs)")
-    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, help="search epochs (single-phase methods train epochs + finetune-epochs)")
+    p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--limit-batches", type=int, default=None)
