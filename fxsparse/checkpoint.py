@@ -6,6 +6,7 @@ new complete file, never a partial one (POSIX rename is atomic within a file sys
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -15,12 +16,21 @@ import torch
 
 
 def save_atomic(obj, path: str) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    _write_atomic(path, "wb", lambda f: torch.save(obj, f))
+
+
+def write_json_atomic(obj, path: str) -> None:
+    _write_atomic(path, "w", lambda f: json.dump(obj, f, indent=1))
+
+
+def _write_atomic(path: str, mode: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -23,7 +23,6 @@ bit-identically. At the end: ``model.pt`` (the exported model, ``torch.load`` it
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -39,7 +38,7 @@ from . import checkpoint
 from .analyze import analyze
 from .export import export
 from .flops import TRAIN_FACTOR, SubnetFlops
-from .methods import TrainState, create as create_method
+from .methods import DEFAULT_METHOD, TrainState, create as create_method
 from .methods.vrpge import VRPGE
 
 
@@ -48,7 +47,7 @@ class TrainConfig:
     model: str = "zoo:lenet5"
     data: str = "fashion-mnist"
     data_root: Optional[str] = None
-    method: str = "vrpge"
+    method: str = DEFAULT_METHOD
     keep: float = 0.5
     budget: str = "channels"             # "channels" or "flops"
     epochs: int = 2                      # search epochs (all epochs of single-phase methods but fine-tune)
@@ -235,6 +234,8 @@ class Trainer:
             self.step_fn = self._plain_step(self.model, hooks=True)
         self._phase_built = phase
         self._phase_steps = epochs * self.state.steps_per_epoch
+        fixed = phase in ("fixed", "finetune")  # per-sample forward FLOPs of a fixed-mask step
+        self._step_flops = float(self.flops(self.flops.flat(self.masks))) if fixed else self.flops.dense
 
     def _choose_masks(self) -> dict:
         if isinstance(self.method, VRPGE):
@@ -257,13 +258,12 @@ class Trainer:
         """Forward, loss, backward, SGD step on an ordinary module (dense or exported).
         A non-finite loss skips the step and restores the running statistics it touched."""
         fwd = torch.compile(model, dynamic=False) if self.config.compile else model
+        frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if bn_eval else []
 
         def step(x, y):
-            model.train()
-            if bn_eval:
-                for mod in model.modules():
-                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                        mod.eval()
+            model.train()  # evaluation in between switches modes
+            for mod in frozen_bn:
+                mod.eval()
             saved = [b.clone() for b in model.buffers()]
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(fwd(x), y)
@@ -357,8 +357,7 @@ class Trainer:
                     self.train_flops += k * self.learner.last_forward_flops * b
             else:
                 loss = self.step_fn(x, y)
-                f = self.flops.dense if phase == "dense" or self.masks is None else float(self.flops(self.flops.flat(self.masks)))
-                self.train_flops += TRAIN_FACTOR * f * b
+                self.train_flops += TRAIN_FACTOR * self._step_flops * b
             if not bool(torch.isfinite(loss)):
                 skipped += 1
                 warnings.warn(f"epoch {epoch + 1}: non-finite loss ({float(loss)}), step skipped (weights, "
@@ -428,7 +427,7 @@ class Trainer:
         if self.small is not None:
             state["small"] = self.small.state_dict()
         checkpoint.save_atomic(state, self.ckpt_path)
-        _write_json_atomic(os.path.join(self.out, "history.json"), self.history)
+        checkpoint.write_json_atomic(self.history, os.path.join(self.out, "history.json"))
 
     def _resume(self, state: dict):
         saved = state["config"]
@@ -480,7 +479,7 @@ class Trainer:
                    "final_flops": last["realised_flops"], "params": params, "dense_params": dense_params,
                    "wall": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
                    "exported_model": os.path.join(self.out, "model.pt")}
-        _write_json_atomic(os.path.join(self.out, "summary.json"), summary)
+        checkpoint.write_json_atomic(summary, os.path.join(self.out, "summary.json"))
         self.log("\n" + tabulate([[k, _fmt(v)] for k, v in summary.items()], headers=["summary", ""]))
         return summary
 
@@ -520,15 +519,6 @@ def _fmt(v):
     if isinstance(v, float):
         return f"{v:.4g}"
     return v
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _progress(iterable, total, desc, enabled):

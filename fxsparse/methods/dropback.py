@@ -230,6 +230,22 @@ class _TrackedSchedule:
                 raise RuntimeError(f"{self.name}: call init(state) (or load_state_dict) before the training hooks")
             self._bind(state, reinit=False)
 
+    def _bound_seed(self, state: TrainState) -> int:
+        """The checkpoint's seed on resume, else a fresh one (option or ``state.generator``)."""
+        if self._pending is not None and self._pending.get("seed") is not None:
+            return int(self._pending["seed"])
+        return _draw_seed(self.opts["seed"], state.generator)
+
+    def _start(self, reinit: bool) -> None:
+        """Set the managed weights to w0 (fresh start) and apply a pending checkpoint."""
+        if reinit:
+            with torch.no_grad():
+                for n, p in self._params.items():
+                    p.copy_(self.w0(n))
+        if self._pending is not None:
+            self._apply_loaded(self._pending)
+            self._pending = None
+
     def _maybe_freeze_after_step(self) -> None:
         fs = self.opts["freeze_after_steps"]
         if fs is not None and self.steps >= fs:
@@ -307,21 +323,12 @@ class DropBack(_TrackedSchedule, Method):
         self._params = {n: params[n] for n in self.rules}
         self._model = model
         self._w0_cache = {}
-        if self._pending is not None and self._pending.get("seed") is not None:
-            self.seed = int(self._pending["seed"])
-        else:
-            self.seed = _draw_seed(self.opts["seed"], state.generator)
+        self.seed = self._bound_seed(state)
         k = self._k()
         total = sum(p.numel() for p in self._params.values())
         if (k if isinstance(k, int) else min(k.values())) < 1:
             raise ValueError(f"dropback: keep={self.keep} tracks 0 weights (of {total}); raise keep")
-        if reinit:
-            with torch.no_grad():
-                for n, p in self._params.items():
-                    p.copy_(self.w0(n))
-        if self._pending is not None:
-            self._apply_loaded(self._pending)
-            self._pending = None
+        self._start(reinit)
 
     def after_step(self, state: TrainState) -> None:
         self._ensure_bound(state)
@@ -642,17 +649,8 @@ class DropBackChannel(_TrackedSchedule, Method):
         self.rules = init_rules(model, self.opts["init"], names=names)
         self._params = {n: params[n] for n in names}
         self._model = model
-        if self._pending is not None and self._pending.get("seed") is not None:
-            self.seed = int(self._pending["seed"])
-        else:
-            self.seed = _draw_seed(self.opts["seed"], state.generator)
-        if reinit:
-            with torch.no_grad():
-                for n, p in self._params.items():
-                    p.copy_(self.w0(n))
-        if self._pending is not None:
-            self._apply_loaded(self._pending)
-            self._pending = None
+        self.seed = self._bound_seed(state)
+        self._start(reinit)
 
     def w0(self, name):
         pidx, rule = self.rules[name]

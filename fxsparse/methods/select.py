@@ -225,21 +225,21 @@ def keep_top(graph: ChannelGraph, scores: dict, keep: float, scope: str = "globa
     return {g.id: chosen[a:b].clone() for g, a, b in zip(groups, offsets, offsets[1:])}
 
 
-def _full_vector(graph, groups, chosen):
-    """Scored groups' masks inside an all-kept vector over every prunable group."""
-    from ..flops import SubnetFlops  # noqa: F401  (documented dependency)
-
-    parts, at = [], {g.id: i for i, g in enumerate(groups)}
-    offsets = [0]
-    for g in groups:
-        offsets.append(offsets[-1] + g.size)
+def _positions_in_full(graph, groups):
+    """Index of each scored channel (groups in order) in the flat vector over every
+    prunable group, which is what SubnetFlops reads; unscored groups stay kept."""
+    start, at = 0, {}
     for g in graph.prunable_groups:
-        if g.id in at:
-            i = at[g.id]
-            parts.append(chosen[offsets[i]:offsets[i + 1]].to(torch.float64))
-        else:
-            parts.append(torch.ones(g.size, dtype=torch.float64))
-    return torch.cat(parts)
+        at[g.id] = start
+        start += g.size
+    return torch.cat([torch.arange(at[g.id], at[g.id] + g.size) for g in groups]), start
+
+
+def _full_vector(graph, groups, chosen):
+    pos, n = _positions_in_full(graph, groups)
+    full = torch.ones(n, dtype=torch.float64)
+    full[pos] = chosen.to(torch.float64)
+    return full
 
 
 def _flops_fill(graph, groups, order, chosen, flat, keep):
@@ -248,14 +248,18 @@ def _flops_fill(graph, groups, order, chosen, flat, keep):
 
     counter = SubnetFlops(graph)
     limit = keep * counter.dense * (1 + 1e-12)
-    if float(counter(_full_vector(graph, groups, chosen))) > limit:
+    pos, _ = _positions_in_full(graph, groups)
+    full = _full_vector(graph, groups, chosen)  # updated in place: one entry per candidate
+    if float(counter(full)) > limit:
         raise ValueError(f"a FLOPs budget of {keep:g} is below what one channel per group costs; raise keep")
     for i in order.tolist():
         if chosen[i] or flat[i] == float("-inf"):
             continue
-        chosen[i] = True
-        if float(counter(_full_vector(graph, groups, chosen))) > limit:
-            chosen[i] = False
+        full[pos[i]] = 1.0
+        if float(counter(full)) > limit:
+            full[pos[i]] = 0.0
+        else:
+            chosen[i] = True
 
 
 def _uniform_ratio_for_flops(graph, groups, scores, keep):
