@@ -46,13 +46,13 @@ DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "folder")
 
 FASHION_MNIST_HINT = (
     "For Fashion-MNIST on Debian/Ubuntu: `apt-get install dataset-fashion-mnist` installs "
-    f"the files under {FASHION_MNIST_DIR}; otherwise pass root=<directory holding "
+    f"the files under {FASHION_MNIST_DIR}; otherwise pass root= (`--data-root` on the command line) <directory holding "
     "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
     "t10k-labels-idx1-ubyte[.gz]>."
 )
 CIFAR_HINT = (
     "Download the *python* version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it "
-    "and pass root=<the extracted cifar-10-batches-py or cifar-100-python directory>."
+    "and pass root= (`--data-root`) <the extracted cifar-10-batches-py or cifar-100-python directory>."
 )
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -639,7 +639,7 @@ def make_loaders(name: str, root=None, batch_size: int = 128, num_workers: int =
                                         f"{FASHION_MNIST_HINT}")
             root = FASHION_MNIST_DIR
         hint = FASHION_MNIST_HINT if key == "fashion-mnist" else (
-            "Pass root=<directory holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+            "Pass root= (`--data-root` on the command line) <directory holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
             "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]> (MNIST IDX files).")
         train_ds = IdxImageDataset(root, train=True, hint=hint)
         size = tuple(train_ds.images.shape[1:])
