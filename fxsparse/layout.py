@@ -71,7 +71,9 @@ class Plan:
         return keep
 
     def block_counts(self, masks) -> list[int]:
-        return [int(masks[b.group][torch.as_tensor(b.channels)].sum()) for b in self.blocks]
+        """Kept channels per block (a group missing from ``masks`` keeps all)."""
+        return [int(masks[b.group][torch.as_tensor(b.channels)].sum()) if b.group in masks else len(b.channels)
+                for b in self.blocks]
 
     def slot_classes(self, masks) -> tuple[np.ndarray, np.ndarray]:
         """Per global slot: the channel class it holds now, and 1.0/0.0 (real/empty)."""

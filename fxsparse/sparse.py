@@ -8,8 +8,12 @@ static shapes. Each step, the full dense parameters are gathered into it: slot s
 block gets the block's s-th kept channel; empty slots gather a pruned channel times 0,
 so they add exact zeros and receive zero gradient. Gradients land in the dense
 parameters at kept positions only; running statistics are written back for kept
-channels only. Shapes only change when a mask keeps more channels in a block than it
-has slots; then that block's capacity grows (and the step recompiles once).
+channels only. Shapes only change when the capacities change: when a mask keeps more
+channels in a block than it has slots (that block grows), or when a caller that knows
+the keep probabilities re-plans them (:meth:`SparseModel.fit_capacity`: grow before
+overflow, shrink when the probabilities have sharpened). Each change is one more
+compiled graph per step function; stale graphs are dropped, so torch.compile's
+recompile limit never silently sends the step back to eager.
 """
 from __future__ import annotations
 
@@ -61,6 +65,8 @@ class SparseModel(nn.Module):
         self.align = int(align)
         self.use_compile = compile
         self.compilations = 0  # graphs compiled by torch.compile for this model (see _backend)
+        self.rebuilds = 0  # capacity changes after construction (each one recompiles the step)
+        self._shrinks = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.plan = Plan(graph)
         self._set_initial_caps(capacity, headroom)
@@ -96,8 +102,77 @@ class SparseModel(nn.Module):
                 self.plan.caps[i] = self._round(max(c, math.ceil(self.plan.caps[i] * 1.25)), size)
                 grew = True
         if grew:
-            self.plan._rebuild_offsets()
-            self._build()
+            self._set_caps(self.plan.caps)
+
+    def _set_caps(self, caps):
+        self.plan.caps = list(caps)
+        self.plan._rebuild_offsets()
+        self.rebuilds += 1
+        self._build()
+
+    def fits(self, masks) -> bool:
+        """Whether ``masks`` ({group: bool}) fit the current capacities (no rebuild needed)."""
+        return all(c <= cap for c, cap in zip(self.plan.block_counts(masks), self.plan.caps))
+
+    def block_moments(self, probs: dict[int, torch.Tensor]) -> list[tuple[float, float]]:
+        """Per block: mean and standard deviation of the kept count of a Bernoulli(probs) mask."""
+        out = []
+        for b in self.plan.blocks:
+            p = probs.get(b.group)
+            if p is None:
+                out.append((float(len(b.classes)), 0.0))
+                continue
+            p = p.detach().double().cpu()[torch.as_tensor(b.channels)].clamp(0, 1)
+            out.append((float(p.sum()), math.sqrt(float((p * (1 - p)).sum()))))
+        return out
+
+    def planned_caps(self, probs, headroom: float = 3.0, slack: float = 0.02) -> list[int]:
+        """Capacities for Bernoulli(probs) masks: mean + ``headroom`` std + ``slack`` x block size."""
+        caps = list(self.plan.caps)
+        for i, (mean, std) in enumerate(self.block_moments(probs)):
+            if self.plan.prunable[i]:
+                n = len(self.plan.blocks[i].classes)
+                caps[i] = self._round(math.ceil(mean + headroom * std + slack * n), n)
+        return caps
+
+    def fit_capacity(self, probs, *, headroom: float = 3.5, grow_at: float = 3.0, slack: float = 0.02,
+                     shrink_gain: float = 0.1, max_shrinks: int = 6, shrink: bool = True) -> bool:
+        """Re-plan the capacities for masks drawn from Bernoulli(``probs``) ({group: keep
+        probabilities}); cheap to call every step. Rebuilds (one recompile) when a block's
+        expected count plus ``grow_at`` std no longer fits (grow before masks overflow), or
+        when the planned capacities would cut the capacity model's FLOPs by ``shrink_gain``
+        (probabilities sharpened: less padding; at most ``max_shrinks`` times once compiled;
+        ``shrink=False`` skips that check). A rebuild sets every block to its planned
+        capacity. Returns whether it rebuilt."""
+        moments = self.block_moments(probs)
+        grow = any(self.plan.prunable[i] and m + grow_at * sd > cap
+                   for i, ((m, sd), cap) in enumerate(zip(moments, self.plan.caps)))
+        if not grow and not shrink:
+            return False
+        planned = self.planned_caps(probs, headroom, slack)
+        if not grow:
+            compiled = bool(self._compiled)
+            if planned == self.plan.caps or (compiled and self._shrinks >= max_shrinks):
+                return False
+            if self._cap_flops(planned) > (1 - shrink_gain) * self._cap_flops(self.plan.caps):
+                return False
+            self._shrinks += compiled
+        # never below what the current masks need
+        planned = [max(p, c) for p, c in zip(planned, self.plan.block_counts(self._masks))]
+        self._set_caps(planned)
+        return True
+
+    def _cap_flops(self, caps) -> float:
+        """Forward FLOPs of the capacity model with these capacities."""
+        from .flops import SubnetFlops
+
+        if getattr(self, "_flops", None) is None:
+            self._flops = SubnetFlops(self.channel_graph)
+        keep = {g.id: torch.zeros(g.size, dtype=torch.bool) for g in self.channel_graph.prunable_groups}
+        for b, cap in zip(self.plan.blocks, caps):
+            if b.group in keep:
+                keep[b.group][torch.as_tensor(b.channels[:cap])] = True
+        return float(self._flops(self._flops.flat(keep)))
 
     # ----- building the capacity model ------------------------------------------------
     def _build(self):
@@ -122,6 +197,7 @@ class SparseModel(nn.Module):
         self._param_names = [n for n, _ in self.model.named_parameters()]
         self._buffer_names = [n for n, _ in self.model.named_buffers() if n in dict(cap.named_buffers())]
         self._step_fn = None
+        self._drop_compiled()
         self._compiled = {}
 
     def _tensor_layout_of(self, cap):
@@ -225,12 +301,29 @@ class SparseModel(nn.Module):
         if self.use_compile:
             fn = self._compiled.get("forward")
             if fn is None:
-                fn = self._compiled["forward"] = torch.compile(self._forward_impl, backend=self._backend, dynamic=False)
+                fn = self._compiled["forward"] = self.compile_fn(self._forward_impl)
         return fn(self._dense_tensors(), plan, *inputs)
 
     def make_train_step(self, loss_fn, optimizer, skip_nonfinite: bool = True):
         """``step(*inputs, target) -> loss``: see :func:`fxsparse.train_step.make_train_step`."""
         return make_train_step(self, loss_fn, optimizer, skip_nonfinite=skip_nonfinite)
+
+    def compile_fn(self, fn):
+        """``torch.compile`` for this model's step functions: static shapes (the capacities),
+        compilations counted in ``self.compilations``."""
+        self._codes.add(getattr(fn, "__code__", None))
+        return torch.compile(fn, backend=self._backend, dynamic=False)
+
+    def _drop_compiled(self):
+        """Forget the graphs compiled for the previous capacities: their shapes never come
+        back, and left in place they count towards torch.compile's recompile limit (8 per
+        function), after which it silently runs the step eagerly."""
+        codes = getattr(self, "_codes", set())
+        reset = getattr(torch._C._dynamo.eval_frame, "reset_code", None)
+        if reset is not None:
+            for code in codes - {None}:
+                reset(code)
+        self._codes = set()
 
     def _backend(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx

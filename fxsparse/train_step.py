@@ -54,7 +54,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
             fl = forward_loss if update is not None else dense_forward_loss
             up = update
             if sp.use_compile:  # the update stays eager: it is a short loop of fused in-place ops
-                fl = torch.compile(fl, backend=sp._backend, dynamic=False)
+                fl = sp.compile_fn(fl)
             sp._compiled["step"] = cached = (sp.capacity_model, fl, up)
         _, fl, up = cached
         base.zero_grad(set_to_none=True)

@@ -1,0 +1,136 @@
+"""Capacities follow the keep probabilities: planned from the scores, grown before masks
+overflow, shrunk once the scores sharpen; masks beyond a capacity are redrawn, never
+silently truncated; rebuilds never push torch.compile past its recompile limit (which
+would silently run the step eagerly); a resumed learner gets the same capacities."""
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxsparse
+from fxsparse.export import export
+from fxsparse.structure import StructureLearner
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.c2, self.b2 = nn.Conv2d(64, 48, 3, padding=1), nn.BatchNorm2d(48)
+        self.fc = nn.Linear(48, 4)
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _sparse(compile=False, keep=0.5):
+    torch.manual_seed(0)
+    model = Net()
+    x = torch.randn(8, 3, 6, 6)
+    return model, x, fxsparse.compile(model, x, keep=keep, compile=compile)
+
+
+def _probs(sp, fill):
+    return {g.id: fill(g.size) for g in sp.channel_graph.prunable_groups}
+
+
+def _prunable_caps(sp):
+    return [c for c, p in zip(sp.plan.caps, sp.plan.prunable) if p]
+
+
+def test_planned_caps_cover_mean_plus_headroom_and_shrink_when_sharp():
+    _, _, sp = _sparse()
+    half = _probs(sp, lambda n: torch.full((n,), 0.5))
+    caps = sp.planned_caps(half, headroom=3.5, slack=0.0)
+    for (mean, std), cap, prunable in zip(sp.block_moments(half), caps, sp.plan.prunable):
+        if prunable:
+            assert mean + 3.5 * std <= cap < mean + 3.5 * std + 1
+    sp.fit_capacity(half)
+    wide = _prunable_caps(sp)
+    # sharpened scores with the same expected count: far less padding, so the step is rebuilt smaller
+    sharp = _probs(sp, lambda n: (torch.arange(n) < n // 2).double() * 0.99 + 0.005)
+    rebuilds = sp.rebuilds
+    assert sp.fit_capacity(sharp)
+    assert sp.rebuilds == rebuilds + 1
+    assert all(s < w for s, w in zip(_prunable_caps(sp), wide))
+    # nothing changed: no rebuild
+    assert not sp.fit_capacity(sharp)
+
+
+def test_grows_before_overflow_and_keeps_current_masks():
+    _, _, sp = _sparse()
+    sp.fit_capacity(_probs(sp, lambda n: torch.full((n,), 0.3)))
+    low = _prunable_caps(sp)
+    # a block's expected count moved past (cap - 3 std): grow now, before any mask overflows
+    assert sp.fit_capacity(_probs(sp, lambda n: torch.full((n,), 0.6)), shrink=False)
+    assert all(h > l for h, l in zip(_prunable_caps(sp), low))
+    assert sp.fits(sp.masks)
+
+
+def test_overflowing_samples_are_redrawn_not_truncated():
+    _, x, sp = _sparse()
+    learner = StructureLearner(sp, keep=0.5, lr=0.05, seed=3)
+    for i, (b, p) in enumerate(zip(sp.plan.blocks, sp.plan.prunable)):
+        if p:  # squeeze the capacities: the tail beyond them is now frequent
+            sp.plan.caps[i] = int(0.55 * len(b.classes))
+    sp.plan._rebuild_offsets()
+    sp._build()
+    masks = learner.sample(200)
+    assert learner.redrawn > 0
+    assert all(sp.fits(learner.as_group_masks(m)) for m in masks)
+    # each kept channel still appears: a redraw is a fresh Bernoulli draw, not a cut
+    assert bool((masks.float().mean(0) > 0.2).all())
+
+
+def test_capacity_model_still_equals_export_after_rebuilds():
+    model, x, sp = _sparse()
+    sp.eval()
+    for fill in (0.2, 0.9, 0.5):
+        sp.fit_capacity(_probs(sp, lambda n: torch.full((n,), fill)))
+        sp.sample_masks(fill)
+        ref = export(model, sp.channel_graph, sp.masks).eval()
+        torch.testing.assert_close(sp(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+def test_rebuilds_beyond_recompile_limit_stay_compiled():
+    """torch.compile keeps at most 8 graphs per function, then runs it eagerly without an
+    error. Every capacity change drops the stale graphs, so 12 rebuilds give 12 compiled
+    steps (an eager backend counts them without the cost of inductor)."""
+    limit = torch._dynamo.config.recompile_limit
+    model, x, sp = _sparse(compile=True)
+    calls = []
+
+    def counting_backend(gm, example_inputs):
+        calls.append(1)
+        return gm.forward
+
+    sp._backend = counting_backend
+    step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.01))
+    y = torch.randint(0, 4, (8,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in range(limit + 4):
+            if k:  # a new capacity per block every step, as many growths would give
+                sp._set_caps([10 + k if p else c for c, p in zip(sp.plan.caps, sp.plan.prunable)])
+            sp.sample_masks(0.1)
+            step(x, y)
+    assert sp.rebuilds == limit + 3
+    assert len(calls) == limit + 4, len(calls)
+
+
+def test_learner_state_restores_capacities():
+    model, x, sp = _sparse()
+    learner = StructureLearner(sp, keep=0.5, lr=0.05)
+    with torch.no_grad():
+        learner.scores.copy_((torch.arange(len(learner.scores)) % 2).double() * 0.98 + 0.01)
+    learner._project()
+    sp.fit_capacity(learner.group_probs())
+    state = learner.state_dict()
+    _, _, sp2 = _sparse()
+    learner2 = StructureLearner(sp2, keep=0.5, lr=0.05)
+    assert sp2.plan.caps != sp.plan.caps
+    learner2.load_state_dict(state)
+    assert sp2.plan.caps == sp.plan.caps
