@@ -131,10 +131,11 @@ def add_train_arguments(p):
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="fine-tune epochs with the final mask (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the weights, cosine (default %(default)s)")
-    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="fine-tune SGD learning rate, cosine "
-                   "(default %(default)s; the authors use 1e-3 after a 300-epoch search)")
+    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="restart the fine-tune at this SGD "
+                   "learning rate, cosine (default: continue the run's one cosine schedule; the authors restart "
+                   "at 1e-3 after a 300-epoch search)")
     p.add_argument("--finetune-bn-eval", action="store_true", help="fine-tune with BN in eval mode (the authors' setting)")
-    p.add_argument("--score-lr", type=float, default=d.score_lr, help="Adam learning rate of the scores (default %(default)s)")
+    p.add_argument("--score-lr", type=float, default=d.score_lr, help="Adam learning rate of the scores, cosine over the search (default %(default)s; the authors use 0.012 for a 300-epoch search)")
     p.add_argument("--form", choices=["exact", "preconditioned"], default=d.form, help="Bernoulli score form (default %(default)s)")
     p.add_argument("--samples", type=int, default=d.samples, help="masks per score step (default %(default)s)")
     p.add_argument("--no-reuse-loss", dest="reuse_loss", action="store_false",

@@ -19,7 +19,7 @@ from .vrpge import project_budget, sample_grouped_mask, vrpge_gradient
 
 
 class StructureLearner:
-    def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", lr: float = 12e-3,
+    def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", lr: float = 0.1,
                  form: str = "exact", samples: int = 2, seed: int = 0):
         if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
             raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
@@ -223,11 +223,36 @@ class StructureLearner:
                 best, best_acc = m, acc
         return self.as_group_masks(self._meet_budget(best))
 
-    def _meet_budget(self, mask: torch.Tensor) -> torch.Tensor:
+    def _meet_budget(self, mask: torch.Tensor, fill: bool = True) -> torch.Tensor:
         """Drop the lowest-scoring kept channels (never a group's last) until the mask meets
-        the budget exactly (channels: sum m <= K; FLOPs: sub-network FLOPs <= budget)."""
+        the budget (channels: sum m <= K; FLOPs: sub-network FLOPs <= budget), then, with
+        ``fill``, add the highest-scoring pruned channels that still fit: scores that
+        sharpened to 0 below the budget would otherwise leave part of it unused (measured:
+        0.474 of the channels at keep 0.5 on Fashion-MNIST VGG-11)."""
+        mask = self._drop_to_budget(mask)
+        if fill:
+            mask = self._fill_to_budget(mask)
+        return mask
+
+    def _cost(self, mask: torch.Tensor) -> float:
+        return float(mask.double().sum()) if self.kind == "channels" else float(self.flops(mask))
+
+    def _fill_to_budget(self, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.clone()
+        limit = self.budget * (1 + 1e-9)
+        for i in torch.argsort(self.scores.detach(), descending=True).tolist():
+            if mask[i]:
+                continue
+            mask[i] = True
+            if self._cost(mask) > limit:
+                mask[i] = False
+                if self.kind == "channels":
+                    break  # every channel costs the same: nothing further fits
+        return mask
+
+    def _drop_to_budget(self, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.clone().bool()
-        cost = (lambda m: float(m.double().sum())) if self.kind == "channels" else (lambda m: float(self.flops(m)))
+        cost = self._cost
         order = torch.argsort(self.scores.detach())
         owner = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
         kept_per = torch.zeros(len(self.sizes), dtype=torch.long).index_add_(0, owner, mask.long())

@@ -150,3 +150,27 @@ def test_averaged_weight_step_equals_mean_of_exported_gradients():
         delta = (before[n] - p.detach()) / 0.1
         torch.testing.assert_close(delta[touched[n]], expected[n][touched[n]], rtol=1e-7, atol=1e-10)
         assert torch.equal(p.detach()[~touched[n]], before[n][~touched[n]]), n
+
+
+def test_final_mask_uses_the_whole_budget():
+    """Scores that sharpened to 0 below the budget: the final mask adds back the
+    highest-scoring pruned channels until nothing more fits (channels: exactly floor(K);
+    FLOPs: no further channel fits), and never exceeds the budget."""
+    for budget in ("channels", "flops"):
+        model, sp, step, learner, x, y = _setup(budget, keep=0.5)
+        with torch.no_grad():
+            n = len(learner.scores)
+            learner.scores.copy_(torch.linspace(0.3, 0.0, n, dtype=torch.float64))  # sum far below the budget
+        chosen = learner.final_mask(lambda m: 0.0, tries=3)
+        mask = torch.cat([chosen[g.id] for g in learner.groups])
+        used = learner._cost(mask)
+        assert used <= learner.budget * (1 + 1e-9)
+        if budget == "channels":
+            assert int(mask.sum()) == int(learner.budget)
+        else:
+            for i in torch.nonzero(~mask).flatten().tolist():
+                more = mask.clone()
+                more[i] = True
+                assert learner._cost(more) > learner.budget
+        # the highest-scoring channels are the ones added
+        assert bool(mask[: n // 4].all())

@@ -3,6 +3,7 @@ bit-identical, an interrupted checkpoint write never corrupts the previous one, 
 gets clear errors, a NaN loss skips the step, FLOPs accounting matches FlopCounterMode on
 the exported model, and ``fxsparse report`` writes its plots."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -193,3 +194,31 @@ def test_vrpge_history_report_and_exported_model(data_dir, tmp_path):
     for name in ("curves.png", "keep_per_layer.png", "scores.png"):
         img = mpimg.imread(out / name)
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
+
+
+@pytest.mark.parametrize("finetune_lr", [None, 0.003])
+def test_learning_rate_schedules(data_dir, tmp_path, finetune_lr):
+    """Weights: one cosine over search + fine-tune (what a fixed-mask method gets over the
+    same epochs), or a restart at ``finetune_lr``. Scores: a cosine that ends with the search."""
+    seen = []
+
+    def record(tr, event, **info):
+        if event == "step":
+            seen.append((tr.state.step - 1, tr._phase_built, [g["lr"] for g in tr.optimizer.param_groups][0],
+                         tr.learner.optimizer.param_groups[0]["lr"] if tr._phase_built == "search" else None))
+
+    cfg = _config(data_dir, tmp_path / "run", epochs=2, finetune_epochs=1, lr=0.04, score_lr=0.2,
+                  finetune_lr=finetune_lr)
+    Trainer(cfg, log=None, progress=False, callbacks=[record]).run()
+    total = len(seen)
+    search = [s for s in seen if s[1] == "search"]
+    cos = lambda t, n: 0.5 * (1 + math.cos(math.pi * t / n))
+    for step, phase, lr, score_lr in seen:
+        if phase == "search":
+            assert score_lr == pytest.approx(0.2 * cos(step, len(search)))
+            want = 0.04 * cos(step, total if finetune_lr is None else len(search))
+        else:
+            want = 0.04 * cos(step, total) if finetune_lr is None else finetune_lr * cos(step - len(search), total - len(search))
+        assert lr == pytest.approx(want), (step, phase)
+    with pytest.raises(ValueError, match="finetune-lr"):
+        Trainer(_config(data_dir, tmp_path / "bad", finetune_lr=-1.0), log=None)

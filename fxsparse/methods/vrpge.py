@@ -15,7 +15,7 @@ class VRPGE(Method):
     paper = "Zhou et al., Efficient Neural Network Training via Forward and Backward Propagation Sparsification, NeurIPS 2021"
 
     def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
-                 score_lr: float = 12e-3, reuse_loss: bool = True, final_tries: int = 10, **options):
+                 score_lr: float = 0.1, reuse_loss: bool = True, final_tries: int = 10, **options):
         super().__init__(keep, **options)
         if budget not in ("channels", "flops"):
             raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
