@@ -48,6 +48,7 @@ class Plan:
         self.graph = graph
         self.blocks: list[Block] = capacity_blocks(graph)
         self.prunable = [graph.groups[b.group].prunable for b in self.blocks]
+        self.block_index = [torch.as_tensor(b.channels) for b in self.blocks]  # built once: used every step
         self.caps = [len(b.classes) for b in self.blocks]
         if caps:
             for i, c in caps.items():
@@ -63,17 +64,18 @@ class Plan:
     def _rebuild_offsets(self):
         self.offsets = np.concatenate([[0], np.cumsum(self.caps)]).astype(np.int64)
 
-    def cap_keep(self) -> dict[int, torch.Tensor]:
-        """The keep pattern whose exported model is the capacity model: first cap slots of each block."""
+    def cap_keep(self, caps=None) -> dict[int, torch.Tensor]:
+        """The keep pattern whose exported model is the capacity model: first cap slots of
+        each block (of ``caps``, default the current capacities)."""
         keep = {g.id: torch.zeros(g.size, dtype=torch.bool) for g in self.graph.groups}
-        for b, cap in zip(self.blocks, self.caps):
-            keep[b.group][torch.as_tensor(b.channels[:cap])] = True
+        for b, index, cap in zip(self.blocks, self.block_index, caps or self.caps):
+            keep[b.group][index[:cap]] = True
         return keep
 
     def block_counts(self, masks) -> list[int]:
         """Kept channels per block (a group missing from ``masks`` keeps all)."""
-        return [int(masks[b.group][torch.as_tensor(b.channels)].sum()) if b.group in masks else len(b.channels)
-                for b in self.blocks]
+        return [int(masks[b.group][index].sum()) if b.group in masks else len(index)
+                for b, index in zip(self.blocks, self.block_index)]
 
     def slot_classes(self, masks) -> tuple[np.ndarray, np.ndarray]:
         """Per global slot: the channel class it holds now, and 1.0/0.0 (real/empty)."""

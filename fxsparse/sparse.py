@@ -117,19 +117,20 @@ class SparseModel(nn.Module):
     def block_moments(self, probs: dict[int, torch.Tensor]) -> list[tuple[float, float]]:
         """Per block: mean and standard deviation of the kept count of a Bernoulli(probs) mask."""
         out = []
-        for b in self.plan.blocks:
+        for b, index in zip(self.plan.blocks, self.plan.block_index):
             p = probs.get(b.group)
             if p is None:
-                out.append((float(len(b.classes)), 0.0))
+                out.append((float(len(index)), 0.0))
                 continue
-            p = p.detach().double().cpu()[torch.as_tensor(b.channels)].clamp(0, 1)
+            p = p.detach().double().cpu()[index].clamp(0, 1)
             out.append((float(p.sum()), math.sqrt(float((p * (1 - p)).sum()))))
         return out
 
-    def planned_caps(self, probs, headroom: float = 3.0, slack: float = 0.02) -> list[int]:
-        """Capacities for Bernoulli(probs) masks: mean + ``headroom`` std + ``slack`` x block size."""
+    def planned_caps(self, probs, headroom: float = 3.0, slack: float = 0.02, moments=None) -> list[int]:
+        """Capacities for Bernoulli(probs) masks: mean + ``headroom`` std + ``slack`` x block size
+        (``moments``: :meth:`block_moments` of ``probs`` when the caller already has them)."""
         caps = list(self.plan.caps)
-        for i, (mean, std) in enumerate(self.block_moments(probs)):
+        for i, (mean, std) in enumerate(moments or self.block_moments(probs)):
             if self.plan.prunable[i]:
                 n = len(self.plan.blocks[i].classes)
                 caps[i] = self._round(math.ceil(mean + headroom * std + slack * n), n)
@@ -149,7 +150,7 @@ class SparseModel(nn.Module):
                    for i, ((m, sd), cap) in enumerate(zip(moments, self.plan.caps)))
         if not grow and not shrink:
             return False
-        planned = self.planned_caps(probs, headroom, slack)
+        planned = self.planned_caps(probs, headroom, slack, moments)
         if not grow:
             compiled = bool(self._compiled)
             if planned == self.plan.caps or (compiled and self._shrinks >= max_shrinks):
@@ -168,11 +169,7 @@ class SparseModel(nn.Module):
 
         if getattr(self, "_flops", None) is None:
             self._flops = SubnetFlops(self.channel_graph)
-        keep = {g.id: torch.zeros(g.size, dtype=torch.bool) for g in self.channel_graph.prunable_groups}
-        for b, cap in zip(self.plan.blocks, caps):
-            if b.group in keep:
-                keep[b.group][torch.as_tensor(b.channels[:cap])] = True
-        return float(self._flops(self._flops.flat(keep)))
+        return float(self._flops(self._flops.flat(self.plan.cap_keep(caps))))
 
     # ----- building the capacity model ------------------------------------------------
     def _build(self):

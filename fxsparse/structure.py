@@ -252,12 +252,11 @@ class StructureLearner:
 
     def _drop_to_budget(self, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.clone().bool()
-        cost = self._cost
         order = torch.argsort(self.scores.detach())
         owner = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
         kept_per = torch.zeros(len(self.sizes), dtype=torch.long).index_add_(0, owner, mask.long())
         for i in order.tolist():
-            if cost(mask) <= self.budget * (1 + 1e-9):
+            if self._cost(mask) <= self.budget * (1 + 1e-9):
                 break
             if mask[i] and kept_per[owner[i]] > 1:
                 mask[i] = False
