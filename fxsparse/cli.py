@@ -127,8 +127,10 @@ def add_train_arguments(p):
     p.add_argument("--list-methods", action="store_true", help="list the registered methods and exit")
     p.add_argument("--keep", type=float, default=d.keep, help="budget as a fraction of the dense model, in (0, 1] (default %(default)s)")
     p.add_argument("--budget", choices=["channels", "flops"], default=d.budget, help="what --keep counts (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="search epochs (default %(default)s)")
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="fine-tune epochs with the final mask (default %(default)s)")
+    p.add_argument("--epochs", type=float, default=d.epochs,
+                   help="search epochs; a fraction ends the search mid-epoch, e.g. 0.25 (default %(default)s)")
+    p.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs,
+                   help="fine-tune epochs with the final mask (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the weights, cosine (default %(default)s)")
     p.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="restart the fine-tune at this SGD "

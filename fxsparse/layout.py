@@ -134,3 +134,43 @@ def gather_index(layout: DimLayout, slot_class: np.ndarray, slot_valid: np.ndarr
         idx[live] = table[1][rows, layout.occ[live]]
         valid[live] = slot_valid[layout.gslot[live]]
     return idx, valid
+
+
+class GatherIndex:
+    """:func:`gather_index` for many layouts at once: one vectorised numpy pass and two
+    tensors per step (the per-layout index and validity vectors are views of them), since
+    the per-dim loop cost ~2 ms per step on a VGG-11."""
+
+    def __init__(self, layouts: dict):
+        self.keys = list(layouts)
+        parts = list(layouts.values())
+        self.lengths = [len(l) for l in parts]
+        self.fixed = np.concatenate([l.fixed for l in parts]) if parts else np.zeros(0, np.int64)
+        gslot = np.concatenate([l.gslot for l in parts]) if parts else np.zeros(0, np.int64)
+        self.live = np.flatnonzero(gslot >= 0)
+        self.gslot = gslot[self.live]
+        occ = np.concatenate([l.occ for l in parts])[self.live] if parts else np.zeros(0, np.int64)
+        # one sorted key per (layout, class) row of every layout's table: key = layout * K + class
+        tables = [l.table() for l in parts]
+        width = max((t[1].shape[1] for t in tables), default=1)
+        self.K = int(max((int(t[0].max()) + 1 for t in tables if len(t[0])), default=1))
+        keys, rows = [], []
+        for i, (classes, pos) in enumerate(tables):
+            keys.append(i * self.K + classes)
+            rows.append(np.pad(pos, ((0, 0), (0, width - pos.shape[1]))))
+        self.row_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        self.rows = np.concatenate(rows).reshape(-1) if rows else np.zeros(0, np.int64)
+        owner = np.repeat(np.arange(len(parts)), self.lengths)[self.live]
+        self.owner_key = owner * self.K
+        self.width, self.occ = width, occ
+
+    def __call__(self, slot_class: np.ndarray, slot_valid: np.ndarray) -> dict:
+        """{key: (gather index, validity)} as int64 / float32 tensors."""
+        idx = self.fixed.copy()
+        valid = np.ones(len(idx), dtype=np.float32)
+        if len(self.live):
+            row = np.searchsorted(self.row_keys, self.owner_key + slot_class[self.gslot])
+            idx[self.live] = self.rows[row * self.width + self.occ]
+            valid[self.live] = slot_valid[self.gslot]
+        idx_t, valid_t = torch.from_numpy(idx), torch.from_numpy(valid)
+        return {k: pair for k, pair in zip(self.keys, zip(idx_t.split(self.lengths), valid_t.split(self.lengths)))}

@@ -89,110 +89,152 @@ class MaskedOptimizer:
         self.optimizer.load_state_dict(state)
 
 
-class FlatSelection:
-    """Where the kept entries of a dense tensor are, as flat (1-D) indices.
-
-    ``all``: every slot of the gathered tensor (empty slots included), in its layout;
-    ``real``: the real slots only, and ``pos`` their positions in the gathered tensor
-    (None when every slot is real). One gather or scatter is then one pass over kept entries."""
-
-    def __init__(self, shape, all_, real, pos):
-        self.shape, self.all, self.real, self.pos = shape, all_, real, pos
+def gather(t, where):
+    """The entries of ``t`` at the slots of ``where`` = [(dim, index, real-slot line)]:
+    one index_select per gathered dim (contiguous slabs; much cheaper than a flat index)."""
+    for dim, index, _ in where:
+        t = t.index_select(dim, index)
+    return t
 
 
-def flat_selection(shape, where) -> FlatSelection:
-    """``where`` = [(dim, index, real-slot mask)] for the gathered dims of a tensor of ``shape``."""
-    strides = [1] * len(shape)
-    for d in range(len(shape) - 2, -1, -1):
-        strides[d] = strides[d + 1] * shape[d + 1]
-    device = where[0][1].device
-    picked = {dim: (idx, ok) for dim, idx, ok in where}
-    flat = torch.zeros((), dtype=torch.long, device=device)
-    ok_all = torch.ones((), dtype=torch.bool, device=device)
-    out_shape = []
-    for d, n in enumerate(shape):
-        view = [1] * len(shape)
-        view[d] = -1
-        if d in picked:
-            idx, ok = picked[d]
-            flat = flat + (idx * strides[d]).view(view)
-            ok_all = ok_all & ok.view(view)
-            out_shape.append(idx.numel())
-        else:
-            flat = flat + (torch.arange(n, device=device) * strides[d]).view(view)
-            out_shape.append(n)
-    flat = flat.expand(out_shape).reshape(-1)
-    ok_all = ok_all.expand(out_shape).reshape(-1)
-    if bool(ok_all.all()):
-        return FlatSelection(tuple(out_shape), flat, flat, None)
-    pos = ok_all.nonzero().flatten()
-    return FlatSelection(tuple(out_shape), flat, flat[pos], pos)
+def scatter_(t, where, values):
+    """Inverse of :func:`gather`: write ``values`` to those slots of ``t``. Slot indices are
+    distinct per dim (empty slots hold distinct pruned channels), so no write collides."""
+    if len(where) == 1:
+        t.index_copy_(where[0][0], where[0][1], values)
+        return
+    picked = {dim: index for dim, index, _ in where}
+    last = max(picked)
+    index = []
+    for d in range(last + 1):
+        i = picked.get(d)
+        if i is None:
+            i = torch.arange(t.shape[d], device=t.device)
+        shape = [1] * (last + 1)
+        shape[d] = -1
+        index.append(i.view(shape))
+    t.index_put_(tuple(index), values)
 
 
-def _entries(p, kept):
-    """(selection or None, kept weights, their gradient) for parameter p."""
-    if id(p) in kept:
-        leaf, sel = kept[id(p)]
-        if leaf.grad is None:
-            return None
-        g = leaf.grad.reshape(-1)
-        w = leaf.detach().reshape(-1)  # the leaf already holds the kept weights: no second gather
-        return sel, (w if sel.pos is None else w[sel.pos]), (g if sel.pos is None else g[sel.pos])
-    if p.grad is None:
-        return None
-    return None, p, p.grad
+def real_slots(where, ndim):
+    """Bool tensor, broadcastable to the gathered shape: True where every gathered dim holds
+    a kept channel (an empty slot's entry must not change)."""
+    real = None
+    for dim, _, ok in where:
+        shape = [1] * ndim
+        shape[dim] = -1
+        line = ok.view(shape)
+        real = line if real is None else real & line
+    return real
 
 
-def _put(full, sel, values):
-    if sel is None:
-        full.copy_(values)
+def _store(full, where, new, old, real):
+    if where is None:
+        full.copy_(new)
     else:
-        full.view(-1).index_copy_(0, sel.real, values)
+        scatter_(full, where, torch.where(real, new, old))
 
 
-def _get(full, sel):
-    return full if sel is None else full.view(-1)[sel.real]
+def sgd_kernel(params, bufs, ws, gs, wheres, lrs, hyper):
+    """SGD (momentum, dampening, nesterov, weight decay) on the kept entries: ``ws``/``gs``
+    compact weights and gradients, ``wheres`` their slots (None: a dense parameter),
+    ``lrs`` a float64 vector (a tensor, so a new learning rate never recompiles),
+    ``hyper`` per parameter (momentum, dampening, weight decay, nesterov). Pure tensor code:
+    torch.compile fuses each parameter's gather, update and scatter into one pass."""
+    for i, (p, buf, w, g, where) in enumerate(zip(params, bufs, ws, gs, wheres)):
+        mom, damp, wd, nesterov = hyper[i]
+        real = None if where is None else real_slots(where, w.dim())
+        if wd:
+            g = g + wd * w
+        if mom:
+            old = buf if where is None else gather(buf, where)
+            b = old * mom + g * (1 - damp)
+            g = g + b * mom if nesterov else b
+            _store(buf, where, b, old, real)
+        _store(p, where, w - lrs[i] * g, w, real)
 
 
-@torch.no_grad()
-def compact_sgd(opt, compact, names):
-    """SGD (momentum, dampening, nesterov, weight decay) on the kept entries only."""
-    kept = {id(p): (g, where) for p, g, where in compact}
+def adam_kernel(params, avgs, sqs, ws, gs, wheres, lrs, step_sizes, bc2_sqrts, hyper):
+    """Adam / AdamW on the kept entries (see :func:`sgd_kernel`); ``step_sizes`` = lr / (1 -
+    beta1^t), ``bc2_sqrts`` = sqrt(1 - beta2^t), ``hyper`` = (beta1, beta2, eps, weight
+    decay, decoupled) per parameter."""
+    for i, (p, avg, sq, w, g, where) in enumerate(zip(params, avgs, sqs, ws, gs, wheres)):
+        b1, b2, eps, wd, decoupled = hyper[i]
+        real = None if where is None else real_slots(where, w.dim())
+        if wd and not decoupled:
+            g = g + wd * w
+        old_m = avg if where is None else gather(avg, where)
+        old_v = sq if where is None else gather(sq, where)
+        m = old_m * b1 + g * (1 - b1)
+        v = old_v * b2 + g * g * (1 - b2)
+        denom = v.sqrt() / bc2_sqrts[i] + eps
+        base = w * (1 - lrs[i] * wd) if (wd and decoupled) else w
+        _store(avg, where, m, old_m, real)
+        _store(sq, where, v, old_v, real)
+        _store(p, where, base - step_sizes[i] * m / denom, w, real)
+
+
+def _entries(opt, compact):
+    """Per updated parameter: (group, param, weights, gradient, slots); compact leaves
+    already hold the kept weights (no second gather)."""
+    kept = {id(p): (leaf, where) for p, leaf, where in compact}
+    out = []
     for group in opt.param_groups:
-        lr, mom, damp, wd, nesterov = (group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
-                                       group["nesterov"])
         for p in group["params"]:
-            e = _entries(p, kept)
-            if e is None:
-                continue
-            sel, w, g = e
-            if wd:
-                g = g + wd * w
+            if id(p) in kept:
+                leaf, where = kept[id(p)]
+                if leaf.grad is not None:
+                    out.append((group, p, leaf.detach(), leaf.grad, where))
+            elif p.grad is not None:
+                out.append((group, p, p.detach(), p.grad, None))
+    return out
+
+
+def _scalars(values, like):
+    return torch.tensor(values, dtype=torch.float64, device=like.device)
+
+
+class CompactSGD:
+    """SGD (momentum, dampening, nesterov, weight decay) on the kept entries only."""
+
+    kernel = staticmethod(sgd_kernel)
+
+    @torch.no_grad()
+    def arguments(self, opt, compact):
+        """(kernel arguments, whether the step must run eagerly)."""
+        entries = _entries(opt, compact)
+        if not entries:
+            return None, True
+        bufs, hyper, eager = [], [], False
+        for group, p, *_ in entries:
+            mom, damp = group["momentum"], group["dampening"]
+            buf = None
             if mom:
                 state = opt.state[p]
-                buf_full = state.get("momentum_buffer")
-                if buf_full is None:
-                    buf_full = state["momentum_buffer"] = torch.zeros_like(p)
-                    buf = g.clone()
-                else:
-                    buf = _get(buf_full, sel) * mom + g * (1 - damp)
-                _put(buf_full, sel, buf)
-                g = g + buf * mom if nesterov else buf
-            _put(p, sel, w - lr * g)
+                buf = state.get("momentum_buffer")
+                if buf is None:  # torch's first step is buf = g: the same as 0 * mom + g without dampening
+                    buf = state["momentum_buffer"] = torch.zeros_like(p)
+                    damp, eager = 0.0, eager or bool(group["dampening"])
+            bufs.append(buf)
+            hyper.append((mom, damp, group["weight_decay"], group["nesterov"]))
+        params, ws, gs, wheres = (list(x) for x in zip(*[e[1:] for e in entries]))
+        lrs = _scalars([e[0]["lr"] for e in entries], params[0])
+        return (params, bufs, ws, gs, wheres, lrs, tuple(hyper)), eager
 
 
-@torch.no_grad()
-def compact_adam(opt, compact, names):
+class CompactAdam:
     """Adam / AdamW (amsgrad off) on the kept entries only."""
-    decoupled = isinstance(opt, torch.optim.AdamW)
-    kept = {id(p): (g, where) for p, g, where in compact}
-    for group in opt.param_groups:
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        for p in group["params"]:
-            e = _entries(p, kept)
-            if e is None:
-                continue
-            sel, w, g = e
+
+    kernel = staticmethod(adam_kernel)
+
+    @torch.no_grad()
+    def arguments(self, opt, compact):
+        entries = _entries(opt, compact)
+        if not entries:
+            return None, True
+        decoupled = isinstance(opt, torch.optim.AdamW)
+        avgs, sqs, hyper, lrs, step_sizes, bc2 = [], [], [], [], [], []
+        for group, p, *_ in entries:
             state = opt.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0)
@@ -200,22 +242,24 @@ def compact_adam(opt, compact, names):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] += 1
             t = float(state["step"])
-            if wd and not decoupled:
-                g = g + wd * w
-            m = _get(state["exp_avg"], sel) * b1 + g * (1 - b1)
-            v = _get(state["exp_avg_sq"], sel) * b2 + g * g * (1 - b2)
-            denom = v.sqrt() / math.sqrt(1 - b2 ** t) + eps
-            base = w * (1 - lr * wd) if (wd and decoupled) else w
-            _put(state["exp_avg"], sel, m)
-            _put(state["exp_avg_sq"], sel, v)
-            _put(p, sel, base - (lr / (1 - b1 ** t)) * m / denom)
+            b1, b2 = group["betas"]
+            avgs.append(state["exp_avg"])
+            sqs.append(state["exp_avg_sq"])
+            hyper.append((b1, b2, group["eps"], group["weight_decay"], decoupled))
+            lrs.append(group["lr"])
+            step_sizes.append(group["lr"] / (1 - b1 ** t))
+            bc2.append(math.sqrt(1 - b2 ** t))
+        params, ws, gs, wheres = (list(x) for x in zip(*[e[1:] for e in entries]))
+        like = params[0]
+        return (params, avgs, sqs, ws, gs, wheres, _scalars(lrs, like), _scalars(step_sizes, like),
+                _scalars(bc2, like), tuple(hyper)), False
 
 
-def compact_update_fn(optimizer):
+def compact_update_for(optimizer):
     """The compact update for a torch optimizer, or None when only MaskedOptimizer fits."""
     if type(optimizer) is torch.optim.SGD and not optimizer.defaults.get("maximize"):
-        return compact_sgd
+        return CompactSGD()
     if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) and not optimizer.defaults.get("maximize") \
             and not optimizer.defaults.get("amsgrad"):
-        return compact_adam
+        return CompactAdam()
     return None

@@ -26,7 +26,7 @@ import torch.nn as nn
 from .analyze import analyze
 from .export import export
 from .graph import ChannelGraph
-from .layout import Plan, gather_index
+from .layout import GatherIndex, Plan
 from .train_step import device_of, forward_gathered, make_train_step, write_back_buffers
 from .masks import normalize_keep, random_keep
 from .passes.masked_mixing import mask_mixing_ops
@@ -194,6 +194,7 @@ class SparseModel(nn.Module):
         self._param_names = [n for n, _ in self.model.named_parameters()]
         self._buffer_names = [n for n, _ in self.model.named_buffers() if n in dict(cap.named_buffers())]
         self._step_fn = None
+        self._gather_index = None
         self._drop_compiled()
         self._compiled = {}
 
@@ -238,15 +239,16 @@ class SparseModel(nn.Module):
     def step_inputs(self) -> dict[str, torch.Tensor]:
         """Per-step gather indices and validity vectors for the current masks."""
         slot_class, slot_valid = self.plan.slot_classes(self._masks)
+        if self._gather_index is None:  # built once per capacity set
+            layouts = {f"{name}|{dim}": layout for name, dims in self._members.items() for dim, layout in dims}
+            layouts.update({buf: self._layout_of(node_name, dim) for buf, (node_name, dim) in self._valid_buffers.items()})
+            self._gather_index = GatherIndex(layouts)
         out = {}
-        for name, dims in self._members.items():
-            for dim, layout in dims:
-                idx, valid = gather_index(layout, slot_class, slot_valid)
-                out[f"{name}|{dim}|idx"] = torch.as_tensor(idx, dtype=torch.long)
-                out[f"{name}|{dim}|valid"] = torch.as_tensor(valid)
-        for buf, (node_name, dim) in self._valid_buffers.items():
-            _, valid = gather_index(self._layout_of(node_name, dim), slot_class, slot_valid)
-            out[f"{buf}|valid"] = torch.as_tensor(valid)
+        for key, (idx, valid) in self._gather_index(slot_class, slot_valid).items():
+            if key in self._valid_buffers:
+                out[f"{key}|valid"] = valid
+            else:
+                out[f"{key}|idx"], out[f"{key}|valid"] = idx, valid
         return out
 
     def keep_lines(self, plan: dict) -> dict:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from .optim import MaskedOptimizer, compact_update_fn, flat_selection
+from .optim import MaskedOptimizer, compact_update_for, gather, real_slots, scatter_
 
 
 def device_of(inputs):
@@ -34,10 +34,9 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
     state (on the compact path no running statistic either) and counts in
     ``step.skipped``; the loss is returned so the caller can warn."""
     base = optimizer.optimizer if isinstance(optimizer, MaskedOptimizer) else optimizer
-    update = compact_update_fn(base)
+    update = compact_update_for(base)
     fallback = None if update is not None else MaskedOptimizer(base, sp)
     by_name = dict(sp.model.named_parameters())
-    names = {id(p): n for n, p in by_name.items()}
 
     def forward_loss(tensors, plan, target, *inputs):
         return loss_fn(forward_gathered(sp, tensors, plan, *inputs), target)
@@ -50,15 +49,18 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         sp._buffers_to(device_of(inputs))
         plan = sp.step_inputs()
         cached = sp._compiled.get("step")
-        if cached is None or cached[0] is not sp.capacity_model:  # first call, or capacities grew
+        if cached is None or cached[0] is not sp.capacity_model:  # first call, or capacities changed
             fl = forward_loss if update is not None else dense_forward_loss
-            up = update
-            if sp.use_compile:  # the update stays eager: it is a short loop of fused in-place ops
+            kernel = update.kernel if update is not None else None
+            # the gather stays eager: index_select chains copy contiguous slabs (as fast as a
+            # compiled gather, measured), and their outputs keep the layout the forward graph expects
+            if sp.use_compile:  # graphs (static shapes): forward + backward, and the update
                 fl = sp.compile_fn(fl)
-            sp._compiled["step"] = cached = (sp.capacity_model, fl, up)
-        _, fl, up = cached
+                kernel = kernel and sp.compile_fn(kernel)
+            sp._compiled["step"] = cached = (sp.capacity_model, fl, kernel)
+        _, fl, kernel = cached
         base.zero_grad(set_to_none=True)
-        if up is None:
+        if update is None:
             loss = fl(sp._dense_tensors(), plan, target, *inputs)
             loss.backward()
             if skip_nonfinite and not bool(torch.isfinite(loss)):
@@ -66,14 +68,17 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
                 return loss.detach()
             fallback.step()
             return loss.detach()
-        gathered, index = gather_leaves(sp, plan)
+        gathered, slots = gather_leaves(sp, plan)
         loss = fl(gathered, plan, target, *inputs)
         loss.backward()
         if skip_nonfinite and not bool(torch.isfinite(loss)):  # before any write: nothing changes
             step.skipped += 1
             return loss.detach()
-        compact = [(by_name[n], gathered[n], index[n]) for n in index if n in by_name]
-        up(base, compact, names)
+        compact = [(by_name[n], gathered[n], slots[n]) for n in slots if n in by_name]
+        arguments, eager = update.arguments(base, compact)
+        if arguments is not None:
+            with torch.no_grad():
+                (update.kernel if eager else kernel)(*arguments)
         write_back_buffers(sp, gathered, plan)
         return loss.detach()
 
@@ -81,25 +86,27 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
     step.skipped = 0
     return step
 
+
+def slots_of(sp, plan, name, device):
+    """[(dim, gather index, real-slot line)] for a member tensor of the capacity model."""
+    return [(dim, plan[f"{name}|{dim}|idx"].to(device), plan[f"{name}|{dim}|valid"].to(device) > 0)
+            for dim, _ in sp._members[name]]
+
+
 def gather_leaves(sp, plan):
     """Kept entries of every member parameter as leaf tensors (compact gradients land
-    there), member buffers gathered, the rest as is; plus, per gathered tensor, the
-    flat indices of its entries (all slots, and real slots with their compact positions)."""
-    tensors, index = {}, {}
-    for name, t in sp._dense_tensors().items():
-        dims = sp._members.get(name)
-        if not dims:
-            tensors[name] = t
-            continue
-        where = [(dim, plan[f"{name}|{dim}|idx"].to(t.device), plan[f"{name}|{dim}|valid"].to(t.device) > 0)
-                 for dim, _ in dims]
-        sel = flat_selection(t.shape, where)
-        g = t.detach().reshape(-1)[sel.all].view(sel.shape)
+    there), member buffers gathered, the rest as is; plus, per gathered tensor, its slots."""
+    dense = sp._dense_tensors()
+    tensors = {name: t for name, t in dense.items() if name not in sp._members}
+    slots = {name: slots_of(sp, plan, name, t.device) for name, t in dense.items() if name in sp._members}
+    with torch.no_grad():
+        gathered = [gather(dense[name].detach(), where) for name, where in slots.items()]
+    for name, g in zip(slots, gathered):
+        t = dense[name]
         if isinstance(t, nn.Parameter):
             g.requires_grad_(t.requires_grad)
         tensors[name] = g
-        index[name] = sel
-    return tensors, index
+    return tensors, slots
 
 def forward_gathered(sp, tensors, plan, *inputs):
     """The capacity model on already-gathered tensors (validity applied here, so empty
@@ -121,16 +128,13 @@ def forward_gathered(sp, tensors, plan, *inputs):
 @torch.no_grad()
 def write_back_buffers(sp, gathered, plan, dense=None):
     """Running statistics were updated in place on the gathered copies: write real slots
-    back (empty slots point at distinct pruned channels and write back their old values)."""
+    back (empty slots point at distinct pruned channels and keep their old values)."""
     if not sp.training:
         return
     dense = dense if dense is not None else sp._dense_tensors()
     for name in sp._buffer_names:
-        dims = sp._members.get(name)
-        if not dims:
+        if name not in sp._members:
             continue
-        (dim, _), = dims
         full = dense[name]
-        idx = plan[f"{name}|{dim}|idx"].to(full.device)
-        valid = (plan[f"{name}|{dim}|valid"].to(full.device) > 0).view([-1 if d == dim else 1 for d in range(full.dim())])
-        full.index_copy_(dim, idx, torch.where(valid, gathered[name], full.index_select(dim, idx)))
+        where = slots_of(sp, plan, name, full.device)
+        scatter_(full, where, torch.where(real_slots(where, full.dim()), gathered[name], gather(full, where)))

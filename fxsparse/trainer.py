@@ -50,8 +50,10 @@ class TrainConfig:
     method: str = DEFAULT_METHOD
     keep: float = 0.5
     budget: str = "channels"             # "channels" or "flops"
-    epochs: int = 2                      # search epochs (all epochs of single-phase methods but fine-tune)
-    finetune_epochs: int = 1
+    # search epochs (all epochs of single-phase methods but fine-tune); fractions are steps:
+    # 0.25 searches for a quarter of an epoch and fine-tunes from there, mid-epoch
+    epochs: float = 2
+    finetune_epochs: float = 1
     batch_size: int = 128
     lr: float = 0.01                     # safe without BN too (LeNet-5 diverges at 0.05 with momentum 0.9)
     momentum: float = 0.9
@@ -87,8 +89,9 @@ class TrainConfig:
         if self.budget not in ("channels", "flops"):
             raise ValueError(f"--budget must be 'channels' or 'flops', got {self.budget!r}")
         for name in ("epochs", "finetune_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"--{name.replace('_', '-')} must be a number >= 0, got {v!r}")
         if self.epochs + self.finetune_epochs < 1:
             raise ValueError("nothing to train: --epochs and --finetune-epochs are both 0")
         if self.batch_size < 1:
@@ -149,7 +152,10 @@ class Trainer:
         self.state = TrainState(model=model, graph=self.graph, loss_fn=self.loss_fn, batches=lambda: iter(self.train_loader),
                                 num_classes=self.info["num_classes"], example_inputs=self.example, generator=self.generator,
                                 steps_per_epoch=self._steps_per_epoch())
-        self.state.total_steps = self.state.steps_per_epoch * (config.epochs + config.finetune_epochs)
+        self.state.total_steps = self._step_of(config.epochs + config.finetune_epochs)
+        if self.state.total_steps < 1:
+            raise ValueError(f"--epochs + --finetune-epochs = {config.epochs + config.finetune_epochs} is less than one "
+                             f"step of {self.state.steps_per_epoch} per epoch: nothing to train")
         self.history: list[dict] = []
         self.epoch = 0
         self.train_flops = 0.0
@@ -178,24 +184,30 @@ class Trainer:
         n = len(self.train_loader)
         return min(n, self.config.limit_batches) if self.config.limit_batches else n
 
-    def _plan_phases(self) -> list:
-        c, m = self.config, self.method
-        if isinstance(m, VRPGE):
-            return [("search", c.epochs), ("finetune", c.finetune_epochs)]
-        if m.level == "channel" and m.channel_keep() is not None:
-            return [("fixed", c.epochs + c.finetune_epochs)]
-        if m.level == "channel":
-            return [("dense", c.epochs), ("finetune", c.finetune_epochs)]
-        return [("dense", c.epochs + c.finetune_epochs)]
+    def _step_of(self, epochs: float) -> int:
+        """The run's step count after ``epochs`` (fractional epochs are whole steps)."""
+        return int(round(epochs * self.state.steps_per_epoch))
 
-    def _phase_of(self, epoch: int) -> tuple[str, int, int]:
-        """(phase, first epoch of the phase, epochs in it)."""
+    def _plan_phases(self) -> list:
+        """[(phase, steps)]: phase boundaries are steps, so a search may end mid-epoch."""
+        c, m = self.config, self.method
+        first, total = self._step_of(c.epochs), self.state.total_steps
+        if isinstance(m, VRPGE):
+            return [("search", first), ("finetune", total - first)]
+        if m.level == "channel" and m.channel_keep() is not None:
+            return [("fixed", total)]
+        if m.level == "channel":
+            return [("dense", first), ("finetune", total - first)]
+        return [("dense", total)]
+
+    def _phase_at(self, step: int) -> tuple[str, int, int]:
+        """(phase, its first step, its steps) for the run's step ``step``."""
         start = 0
         for name, n in self.phases:
-            if epoch < start + n:
+            if step < start + n:
                 return name, start, n
             start += n
-        raise IndexError(epoch)
+        raise IndexError(step)
 
     # ----- phase set-up --------------------------------------------------------------
     def _sgd(self, params, lr):
@@ -210,18 +222,18 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = base * frac
 
-    def _weight_schedule(self, optimizer, phase: str, epochs: int):
+    def _weight_schedule(self, optimizer, phase: str, start: int, steps: int):
         """The weights' cosine: over the whole run (one schedule, continued across phases)
         unless this is a fine-tune with its own ``finetune_lr`` (or a search followed by one)."""
-        c, spe = self.config, self.state.steps_per_epoch
-        start = self._phase_of(self.epoch)[1] * spe
+        c = self.config
         if phase == "finetune" and c.finetune_lr is not None:
-            return (optimizer, c.finetune_lr, start, epochs * spe)
+            return (optimizer, c.finetune_lr, start, steps)
         if phase in ("search", "dense") and c.finetune_lr is not None and len(self.phases) > 1:
-            return (optimizer, c.lr, start, epochs * spe)
-        return (optimizer, c.lr, 0, sum(n for _, n in self.phases) * spe)
+            return (optimizer, c.lr, start, steps)
+        return (optimizer, c.lr, 0, self.state.total_steps)
 
-    def _build_phase(self, phase: str, epochs: int):
+    def _build_phase(self, phase: str, start: int, steps: int):
+        """Models, optimizer and schedules of ``phase``, which runs ``steps`` steps from ``start``."""
         c = self.config
         if phase == "search":
             from .sparse import SparseModel
@@ -233,9 +245,8 @@ class Trainer:
             m = self.method
             self.learner = StructureLearner(self.sp, keep=c.keep, budget=m.budget, lr=m.score_lr, form=m.form,
                                             samples=m.samples, seed=c.seed + 1)
-            spe = self.state.steps_per_epoch  # the scores' cosine ends with the search
-            self._schedules = [self._weight_schedule(self.optimizer, phase, epochs),
-                               (self.learner.optimizer, m.score_lr, self._phase_of(self.epoch)[1] * spe, epochs * spe)]
+            self._schedules = [self._weight_schedule(self.optimizer, phase, start, steps),  # scores: cosine over the search
+                               (self.learner.optimizer, m.score_lr, start, steps)]
             if c.weight_average:
                 from .optim import MaskedOptimizer
 
@@ -245,11 +256,11 @@ class Trainer:
                 self.masks = self._choose_masks()
             self.small = export(self.model, self.graph, self.masks)
             self.optimizer = self._sgd(self.small.parameters(), c.lr)
-            self._schedules = [self._weight_schedule(self.optimizer, phase, epochs)]
+            self._schedules = [self._weight_schedule(self.optimizer, phase, start, steps)]
             self.step_fn = self._plain_step(self.small, bn_eval=phase == "finetune" and c.finetune_bn_eval)
         else:  # dense
             self.optimizer = self._sgd(self.model.parameters(), c.lr)
-            self._schedules = [self._weight_schedule(self.optimizer, phase, epochs)]
+            self._schedules = [self._weight_schedule(self.optimizer, phase, start, steps)]
             self.state.optimizer = self.optimizer
             self.step_fn = self._plain_step(self.model, hooks=True)
         self._phase_built = phase
@@ -332,35 +343,39 @@ class Trainer:
 
     # ----- the loop ------------------------------------------------------------------
     def run(self) -> dict:
-        total_epochs = sum(n for _, n in self.phases)
-        if self.epoch == 0 and not self.history:
+        if self.state.step == 0 and not self.history:
             self.log(self._header())
-        while self.epoch < total_epochs:
-            phase, start, n = self._phase_of(self.epoch)
-            if self._phase_built != phase:
-                self._build_phase(phase, n)
-            self._train_epoch(phase)
+        while self.state.step < self.state.total_steps:
+            self._train_epoch()
         return self._finish()
 
-    def _batches(self, epoch: int):
+    def _batches(self, epoch: int, limit: int):
         self.train_loader.sampler.set_epoch(epoch)
-        limit = self.state.steps_per_epoch
         for i, batch in enumerate(self.train_loader):
             if i >= limit:
                 break
             yield batch
 
-    def _train_epoch(self, phase: str):
-        c, epoch = self.config, self.epoch
-        self.state.epoch = epoch
-        t0 = time.perf_counter()
-        losses, skipped = [], 0
-        stats = _MaskStats(self)
-        bar = _progress(self._batches(epoch), total=self.state.steps_per_epoch, desc=f"epoch {epoch + 1} {phase}",
-                        enabled=self.progress)
+    def _train_epoch(self):
+        """One pass over the data (the last one may be cut short by a fractional total); a
+        phase that ends mid-epoch gets its own row (no checkpoint: resume replays the epoch)."""
+        c, epoch, st = self.config, self.epoch, self.state
+        st.epoch = epoch
+        self._t_row = time.perf_counter()
+        limit = min(st.steps_per_epoch, st.total_steps - st.step)
+        phase, stats, dense_seen = None, None, False
+        bar = _progress(self._batches(epoch, limit), total=limit, desc=f"epoch {epoch + 1}", enabled=self.progress)
         for x, y in bar:
+            now, start, n = self._phase_at(st.step)
+            if now != phase:
+                if phase is not None:  # the previous phase ended mid-epoch
+                    self._end_row(phase, stats, checkpoint=False)
+                if self._phase_built != now:
+                    self._build_phase(now, start, n)
+                phase, stats = now, _MaskStats(self)
+                dense_seen = dense_seen or phase == "dense"
             b = len(y)
-            self._set_lr(self.state.step)
+            self._set_lr(st.step)
             if phase == "search" and c.weight_average:
                 loss, masks = self.learner.averaged_step(self.loss_fn, self.masked_optimizer, x, y)
                 for mask in masks:
@@ -377,28 +392,39 @@ class Trainer:
                 loss = self.step_fn(x, y)
                 self.train_flops += TRAIN_FACTOR * self._step_flops * b
             if not bool(torch.isfinite(loss)):
-                skipped += 1
+                stats.skipped += 1
                 warnings.warn(f"epoch {epoch + 1}: non-finite loss ({float(loss)}), step skipped (weights, "
                               "optimizer state and running statistics unchanged)", RuntimeWarning, stacklevel=2)
             else:
-                losses.append(float(loss))
-            self.state.step += 1
+                stats.losses.append(float(loss))
+            st.step += 1
             for cb in self.callbacks:
                 cb(self, "step", epoch=epoch, loss=float(loss))
-        if phase == "dense":
+        if dense_seen:
             self.method.end_epoch(self.state)
-        train_time = time.perf_counter() - t0
-        acc, masks = self._current_eval()
-        self.elapsed += time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "phase": phase, "loss": sum(losses) / max(len(losses), 1), "test_acc": acc,
-               "skipped": skipped, "train_flops": self.train_flops, "train_time": train_time, "wall": self.elapsed}
-        row.update(self._keep_stats(phase, masks, stats))
-        self.history.append(row)
         self.epoch += 1
-        self.log(self._row_text(row))
-        self._save_checkpoint()
+        row = self._end_row(phase, stats, checkpoint=True)
         for cb in self.callbacks:
             cb(self, "epoch", epoch=epoch, row=row)
+
+    def _end_row(self, phase, stats, checkpoint: bool):
+        """Evaluate, append a history row (epoch = data passes so far, fractional mid-epoch),
+        print it; at an epoch's end also write the checkpoint."""
+        train_time = time.perf_counter() - self._t_row
+        acc, masks = self._current_eval()
+        now = time.perf_counter()
+        self.elapsed += now - self._t_row
+        self._t_row = now
+        passes = self.state.step / self.state.steps_per_epoch
+        row = {"epoch": int(passes) if passes == int(passes) else round(passes, 3), "step": self.state.step,
+               "phase": phase, "loss": sum(stats.losses) / max(len(stats.losses), 1), "test_acc": acc,
+               "skipped": stats.skipped, "train_flops": self.train_flops, "train_time": train_time, "wall": self.elapsed}
+        row.update(self._keep_stats(phase, masks, stats))
+        self.history.append(row)
+        self.log(self._row_text(row))
+        if checkpoint:
+            self._save_checkpoint()
+        return row
 
     @torch.no_grad()
     def _score_step(self, x, y, first):
@@ -459,11 +485,11 @@ class Trainer:
         self.train_flops, self.elapsed, self.state.step = state["train_flops"], state["elapsed"], state["step"]
         self.masks = state["masks"]
         self.generator.set_state(state["generator"])
-        phase = state["phase_built"]
-        if phase is not None and self.epoch < sum(n for _, n in self.phases):
-            name, start, n = self._phase_of(self.epoch)
+        phase, step = state["phase_built"], self.state.step
+        if phase is not None and step < self.state.total_steps:
+            name, start, n = self._phase_at(step)
             if name == phase:  # rebuild the phase in progress and load its states
-                self._build_phase(phase, n)
+                self._build_phase(phase, start, n)
                 if self.small is not None and "small" in state:
                     self.small.load_state_dict(state["small"])
                 if self.learner is not None:
@@ -471,7 +497,7 @@ class Trainer:
                     self.sp.generator.set_state(state["sp_generator"])
                 self.optimizer.load_state_dict(state["optimizer"])
             elif phase == "search":  # the next phase needs the learner to pick the final mask
-                self._build_phase("search", self._phase_of(self.epoch - 1)[2])
+                self._build_phase("search", *self._phase_at(step - 1)[1:])
                 self.learner.load_state_dict(state["learner"])
                 self.sp.generator.set_state(state["sp_generator"])
         checkpoint.set_rng_state(state["rng"])
@@ -490,10 +516,10 @@ class Trainer:
         params = sum(p.numel() for p in final.parameters())
         dense_params = sum(p.numel() for p in self.model.parameters())
         summary = {"model": self.config.model, "method": self.config.method, "data": self.config.data,
-                   "keep": self.config.keep, "budget": self.config.budget, "epochs": len(self.history),
+                   "keep": self.config.keep, "budget": self.config.budget,
+                   "epochs": round(self.state.total_steps / self.state.steps_per_epoch, 3),
                    "test_acc": last["test_acc"], "train_flops": self.train_flops,
-                   "train_flops_dense": TRAIN_FACTOR * self.flops.dense * self.state.steps_per_epoch
-                   * self.config.batch_size * len(self.history),
+                   "train_flops_dense": TRAIN_FACTOR * self.flops.dense * self.state.total_steps * self.config.batch_size,
                    "final_flops": last["realised_flops"], "params": params, "dense_params": dense_params,
                    "wall": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
                    "exported_model": os.path.join(self.out, "model.pt")}
@@ -502,7 +528,7 @@ class Trainer:
         return summary
 
     # ----- printing ------------------------------------------------------------------
-    _COLS = [("epoch", 5), ("phase", 8), ("loss", 8), ("test_acc", 8), ("exp_keep", 8), ("real_keep", 9),
+    _COLS = [("epoch", 6), ("phase", 8), ("loss", 8), ("test_acc", 8), ("exp_keep", 8), ("real_keep", 9),
              ("real_flops", 10), ("train_TFLOP", 11), ("wall_s", 8)]
 
     def _header(self) -> str:
@@ -517,11 +543,12 @@ class Trainer:
 
 
 class _MaskStats:
-    """Per-epoch tally of the sampled masks: realised keep (channels, FLOPs, per channel)
+    """Per-row tally of losses, skipped steps and the sampled masks: realised keep (channels, FLOPs, per channel)
     and the training FLOPs they cost."""
 
     def __init__(self, trainer):
         self.trainer, self.count, self.channels, self.flops, self.kept = trainer, 0, 0.0, 0.0, 0.0
+        self.losses, self.skipped = [], 0
 
     def add(self, mask, batch_size):
         tr = self.trainer

@@ -196,6 +196,40 @@ def test_vrpge_history_report_and_exported_model(data_dir, tmp_path):
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
 
 
+def test_search_ending_mid_epoch_resumes_bit_identically(data_dir, tmp_path):
+    """--epochs 0.5: the search ends after half an epoch (its own history row, no checkpoint),
+    the fine-tune takes over in the same epoch; a kill after the switch resumes bit-identically."""
+    frac = ("--epochs", "0.5", "--finetune-epochs", "1")
+    full = _run_cli(_args(data_dir, tmp_path / "full", *frac))
+    assert full.returncode == 0, full.stderr
+    hist = json.load(open(tmp_path / "full" / "history.json"))
+    assert [(r["epoch"], r["step"], r["phase"]) for r in hist] == [(0.5, 3, "search"), (1, 6, "finetune"),
+                                                                    (1.5, 9, "finetune")]
+    assert hist[0]["score_hist"] and not hist[1].get("score_hist")
+    killed = _run_cli(_args(data_dir, tmp_path / "cut", *frac), kill_at_step=8)  # in the last (half) epoch
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run_cli(_args(data_dir, tmp_path / "cut", *frac, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    a_state, a_hist = _final_state(tmp_path / "full")
+    b_state, b_hist = _final_state(tmp_path / "cut")
+    assert a_hist == b_hist
+    for k in a_state:
+        assert torch.equal(a_state[k], b_state[k]), k
+    # the switch replayed from a checkpoint taken during the search (epoch 1 of a 1.5-epoch search)
+    frac = ("--epochs", "1.5", "--finetune-epochs", "0.5")
+    full = _run_cli(_args(data_dir, tmp_path / "full2", *frac))
+    assert full.returncode == 0, full.stderr
+    killed = _run_cli(_args(data_dir, tmp_path / "cut2", *frac), kill_at_step=11)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run_cli(_args(data_dir, tmp_path / "cut2", *frac, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    a_state, a_hist = _final_state(tmp_path / "full2")
+    c_state, c_hist = _final_state(tmp_path / "cut2")
+    assert len(a_hist) == 3 and a_hist == c_hist
+    for k in a_state:
+        assert torch.equal(a_state[k], c_state[k]), k
+
+
 @pytest.mark.parametrize("finetune_lr", [None, 0.003])
 def test_learning_rate_schedules(data_dir, tmp_path, finetune_lr):
     """Weights: one cosine over search + fine-tune (what a fixed-mask method gets over the
