@@ -115,8 +115,10 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", help="labels (substrings) of the runs to do")
     p.add_argument("--model", default="zoo:vgg11_bn")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--epochs", type=int, default=1, help="search epochs (single-phase methods train epochs + finetune-epochs)")
-    p.add_argument("--finetune-epochs", type=int, default=2)
+    # VR-PGE searches for a quarter of an epoch (the scores polarise within ~100 steps at
+    # score lr 0.1) and fine-tunes the rest; single-phase methods train epochs + finetune-epochs
+    p.add_argument("--epochs", type=float, default=0.25, help="search epochs (a fraction ends it mid-epoch)")
+    p.add_argument("--finetune-epochs", type=float, default=2.75)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--limit-batches", type=int, default=None)

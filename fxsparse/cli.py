@@ -145,6 +145,10 @@ def add_train_arguments(p):
     p.add_argument("--weight-average", action="store_true",
                    help="the authors' weight step: mean gradient over --samples sub-networks, whose losses feed the score step")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager mode")
+    p.add_argument("--compile-update", dest="compile_update", action="store_const", const=True, default=None,
+                   help="compile the search step's optimizer update (default: for searches of 3000+ steps)")
+    p.add_argument("--no-compile-update", dest="compile_update", action="store_const", const=False,
+                   help="keep the search step's optimizer update eager")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit-batches", type=int, default=None, help="at most this many batches per epoch")
     p.add_argument("--out", default=d.out, help="run directory: checkpoints, history, exported model (default %(default)s)")

@@ -207,16 +207,17 @@ class CompactSGD:
             return None, True
         bufs, hyper, eager = [], [], False
         for group, p, *_ in entries:
-            mom, damp = group["momentum"], group["dampening"]
+            mom, damp = float(group["momentum"]), float(group["dampening"])
             buf = None
             if mom:
                 state = opt.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:  # torch's first step is buf = g: the same as 0 * mom + g without dampening
                     buf = state["momentum_buffer"] = torch.zeros_like(p)
-                    damp, eager = 0.0, eager or bool(group["dampening"])
+                    if damp:  # an eager step: a constant that changes would recompile the graph
+                        damp, eager = 0.0, True
             bufs.append(buf)
-            hyper.append((mom, damp, group["weight_decay"], group["nesterov"]))
+            hyper.append((mom, damp, float(group["weight_decay"]), bool(group["nesterov"])))
         params, ws, gs, wheres = (list(x) for x in zip(*[e[1:] for e in entries]))
         lrs = _scalars([e[0]["lr"] for e in entries], params[0])
         return (params, bufs, ws, gs, wheres, lrs, tuple(hyper)), eager
@@ -245,7 +246,7 @@ class CompactAdam:
             b1, b2 = group["betas"]
             avgs.append(state["exp_avg"])
             sqs.append(state["exp_avg_sq"])
-            hyper.append((b1, b2, group["eps"], group["weight_decay"], decoupled))
+            hyper.append((float(b1), float(b2), float(group["eps"]), float(group["weight_decay"]), decoupled))
             lrs.append(group["lr"])
             step_sizes.append(group["lr"] / (1 - b1 ** t))
             bc2.append(math.sqrt(1 - b2 ** t))

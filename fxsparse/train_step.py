@@ -56,7 +56,8 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
             # compiled gather, measured), and their outputs keep the layout the forward graph expects
             if sp.use_compile:  # graphs (static shapes): forward + backward, and the update
                 fl = sp.compile_fn(fl)
-                kernel = kernel and sp.compile_fn(kernel)
+            if kernel is not None and sp.compile_update:
+                kernel = sp.compile_fn(kernel)
             sp._compiled["step"] = cached = (sp.capacity_model, fl, kernel)
         _, fl, kernel = cached
         base.zero_grad(set_to_none=True)
