@@ -99,7 +99,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                 raise ValueError(f"--{name.replace('_', '-')} must be a number >= 0, got {v!r}")
-        if self.epochs + self.finetune_epochs < 1:
+        if self.epochs + self.finetune_epochs <= 0:
             raise ValueError("nothing to train: --epochs and --finetune-epochs are both 0")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")

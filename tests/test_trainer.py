@@ -256,3 +256,9 @@ def test_learning_rate_schedules(data_dir, tmp_path, finetune_lr):
         assert lr == pytest.approx(want), (step, phase)
     with pytest.raises(ValueError, match="finetune-lr"):
         Trainer(_config(data_dir, tmp_path / "bad", finetune_lr=-1.0), log=None)
+
+
+def test_fractional_epochs_below_one_step(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="less than one step"):
+        Trainer(_config(data_dir, tmp_path / "tiny", epochs=0.01, finetune_epochs=0), log=None)
+    assert not (tmp_path / "tiny").exists()
