@@ -194,6 +194,11 @@ def _scalars(values, like):
     return torch.tensor(values, dtype=torch.float64, device=like.device)
 
 
+def _columns(entries):
+    """params, weights, gradients, slots of :func:`_entries` as four lists."""
+    return (list(x) for x in zip(*[e[1:] for e in entries]))
+
+
 class CompactSGD:
     """SGD (momentum, dampening, nesterov, weight decay) on the kept entries only."""
 
@@ -218,7 +223,7 @@ class CompactSGD:
                         damp, eager = 0.0, True
             bufs.append(buf)
             hyper.append((mom, damp, float(group["weight_decay"]), bool(group["nesterov"])))
-        params, ws, gs, wheres = (list(x) for x in zip(*[e[1:] for e in entries]))
+        params, ws, gs, wheres = _columns(entries)
         lrs = _scalars([e[0]["lr"] for e in entries], params[0])
         return (params, bufs, ws, gs, wheres, lrs, tuple(hyper)), eager
 
@@ -250,7 +255,7 @@ class CompactAdam:
             lrs.append(group["lr"])
             step_sizes.append(group["lr"] / (1 - b1 ** t))
             bc2.append(math.sqrt(1 - b2 ** t))
-        params, ws, gs, wheres = (list(x) for x in zip(*[e[1:] for e in entries]))
+        params, ws, gs, wheres = _columns(entries)
         like = params[0]
         return (params, avgs, sqs, ws, gs, wheres, _scalars(lrs, like), _scalars(step_sizes, like),
                 _scalars(bc2, like), tuple(hyper)), False

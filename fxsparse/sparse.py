@@ -243,18 +243,18 @@ class SparseModel(nn.Module):
 
     # ----- the step ------------------------------------------------------------------
     def step_inputs(self) -> dict[str, torch.Tensor]:
-        """Per-step gather indices and validity vectors for the current masks."""
+        """Per-step gather indices and validity vectors (float, and bool ``|real``) for the current masks."""
         slot_class, slot_valid = self.plan.slot_classes(self._masks)
         if self._gather_index is None:  # built once per capacity set
             layouts = {f"{name}|{dim}": layout for name, dims in self._members.items() for dim, layout in dims}
             layouts.update({buf: self._layout_of(node_name, dim) for buf, (node_name, dim) in self._valid_buffers.items()})
             self._gather_index = GatherIndex(layouts)
         out = {}
-        for key, (idx, valid) in self._gather_index(slot_class, slot_valid).items():
+        for key, (idx, valid, real) in self._gather_index(slot_class, slot_valid).items():
             if key in self._valid_buffers:
                 out[f"{key}|valid"] = valid
             else:
-                out[f"{key}|idx"], out[f"{key}|valid"] = idx, valid
+                out[f"{key}|idx"], out[f"{key}|valid"], out[f"{key}|real"] = idx, valid, real
         return out
 
     def keep_lines(self, plan: dict) -> dict:

@@ -85,8 +85,11 @@ class StructureLearner:
                 m[row] = sample_grouped_mask(self.scores.detach(), self.sizes, self.generator, num_samples=1)[0][0].bool()
         return m
 
+    def _per_group(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
+        return {g.id: part for g, part in zip(self.groups, torch.split(flat, self.sizes))}
+
     def group_probs(self) -> dict[int, torch.Tensor]:
-        return {g.id: part for g, part in zip(self.groups, torch.split(self.scores.detach(), self.sizes))}
+        return self._per_group(self.scores.detach())
 
     def fit_capacity(self) -> bool:
         """Keep the compiled step's capacities matched to the scores: grow before they
@@ -96,7 +99,7 @@ class StructureLearner:
         return self.sparse.fit_capacity(self.group_probs(), shrink=self._steps % 50 == 0)
 
     def as_group_masks(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
-        return {g.id: part for g, part in zip(self.groups, torch.split(flat.bool(), self.sizes))}
+        return self._per_group(flat.bool())
 
     def expected_keep(self) -> float:
         """Budget the scores use in expectation, as a fraction of the dense model's (channels or FLOPs)."""

@@ -80,7 +80,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         if arguments is not None:
             with torch.no_grad():
                 (update.kernel if eager else kernel)(*arguments)
-        write_back_buffers(sp, gathered, plan)
+        write_back_buffers(sp, gathered, plan, slots=slots)
         return loss.detach()
 
     step.optimizer = base
@@ -90,7 +90,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
 
 def slots_of(sp, plan, name, device):
     """[(dim, gather index, real-slot line)] for a member tensor of the capacity model."""
-    return [(dim, plan[f"{name}|{dim}|idx"].to(device), plan[f"{name}|{dim}|valid"].to(device) > 0)
+    return [(dim, plan[f"{name}|{dim}|idx"].to(device), plan[f"{name}|{dim}|real"].to(device))
             for dim, _ in sp._members[name]]
 
 
@@ -127,9 +127,10 @@ def forward_gathered(sp, tensors, plan, *inputs):
     return functional_call(sp.capacity_model, scaled, inputs)
 
 @torch.no_grad()
-def write_back_buffers(sp, gathered, plan, dense=None):
+def write_back_buffers(sp, gathered, plan, dense=None, slots=None):
     """Running statistics were updated in place on the gathered copies: write real slots
-    back (empty slots point at distinct pruned channels and keep their old values)."""
+    back (empty slots point at distinct pruned channels and keep their old values).
+    ``slots``: those :func:`gather_leaves` already made, if any."""
     if not sp.training:
         return
     dense = dense if dense is not None else sp._dense_tensors()
@@ -137,5 +138,5 @@ def write_back_buffers(sp, gathered, plan, dense=None):
         if name not in sp._members:
             continue
         full = dense[name]
-        where = slots_of(sp, plan, name, full.device)
+        where = slots[name] if slots is not None else slots_of(sp, plan, name, full.device)
         scatter_(full, where, torch.where(real_slots(where, full.dim()), gathered[name], gather(full, where)))

@@ -2,9 +2,26 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import fxsparse
 from fxsparse.export import kept_indices
+
+
+class ConvBNNet(nn.Module):
+    """conv-BN-relu x2, global mean, linear: two prunable groups of ``c1`` and ``c2`` channels."""
+
+    def __init__(self, c1=16, c2=24, classes=4):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, c1, 3, padding=1), nn.BatchNorm2d(c1)
+        self.c2, self.b2 = nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2)
+        self.fc = nn.Linear(c2, classes)
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
 
 
 def gather_kept(t: torch.Tensor, per_dim: dict) -> torch.Tensor:

@@ -5,7 +5,6 @@ would silently run the step eagerly); a resumed learner gets the same capacities
 import warnings
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import numpy as np
@@ -14,24 +13,12 @@ import fxsparse
 from fxsparse import zoo
 from fxsparse.export import export
 from fxsparse.structure import StructureLearner
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.b1 = nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64)
-        self.c2, self.b2 = nn.Conv2d(64, 48, 3, padding=1), nn.BatchNorm2d(48)
-        self.fc = nn.Linear(48, 4)
-
-    def forward(self, x):
-        x = F.relu(self.b1(self.c1(x)))
-        x = F.relu(self.b2(self.c2(x)))
-        return self.fc(x.mean((2, 3)))
+from sparse_checks import ConvBNNet
 
 
 def _sparse(compile=False, keep=0.5):
     torch.manual_seed(0)
-    model = Net()
+    model = ConvBNNet(64, 48)
     x = torch.randn(8, 3, 6, 6)
     return model, x, fxsparse.compile(model, x, keep=keep, compile=compile)
 
@@ -140,9 +127,21 @@ def test_learner_state_restores_capacities():
     assert sp2.plan.caps == sp.plan.caps
 
 
+def gather_index(layout, slot_class, slot_valid):
+    """The definition, one capacity dim at a time: a fixed position gathers itself; a slot
+    position gathers the right occurrence of the channel class that the slot holds now."""
+    idx = layout.fixed.copy()
+    valid = np.ones(len(layout), dtype=np.float32)
+    for p, (slot, occ) in enumerate(zip(layout.gslot.tolist(), layout.occ.tolist())):
+        if slot >= 0:
+            idx[p] = layout.rows[int(slot_class[slot])][occ]
+            valid[p] = slot_valid[slot]
+    return idx, valid
+
+
 def test_vectorised_gather_index_equals_the_per_dim_definition():
-    """GatherIndex (all dims in one numpy pass) gives exactly gather_index per dim."""
-    from fxsparse.layout import GatherIndex, gather_index
+    """GatherIndex (all dims in one numpy pass) gives exactly the per-dim definition."""
+    from fxsparse.layout import GatherIndex
 
     torch.manual_seed(0)
     model = zoo.create("resnet20")
@@ -156,3 +155,4 @@ def test_vectorised_gather_index_equals_the_per_dim_definition():
         for key, layout in layouts.items():
             idx, valid = gather_index(layout, slot_class, slot_valid)
             assert np.array_equal(got[key][0].numpy(), idx) and np.array_equal(got[key][1].numpy(), valid), key
+            assert np.array_equal(got[key][2].numpy(), valid > 0), key

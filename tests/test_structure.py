@@ -1,29 +1,16 @@
 """VR-PGE joint training: the budget holds after every projection, the score step runs no
 backward, the realised keep ratio converges to the budget, the final mask meets it."""
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import fxsparse
 from fxsparse.structure import StructureLearner
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.c2, self.b2 = nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24)
-        self.fc = nn.Linear(24, 4)
-
-    def forward(self, x):
-        x = F.relu(self.b1(self.c1(x)))
-        x = F.relu(self.b2(self.c2(x)))
-        return self.fc(x.mean((2, 3)))
+from sparse_checks import ConvBNNet
 
 
 def _setup(budget="channels", keep=0.5):
     torch.manual_seed(0)
-    model = Net()
+    model = ConvBNNet(16, 24)
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
     sp = fxsparse.compile(model, x, keep=keep, compile=False)
     step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
@@ -119,7 +106,7 @@ def test_averaged_weight_step_equals_mean_of_exported_gradients():
     from fxsparse.export import kept_indices
 
     torch.manual_seed(0)
-    model = Net().double()
+    model = ConvBNNet(16, 24).double()
     x, y = torch.randn(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (16,))
     sp = fxsparse.compile(model, x, keep=0.5, compile=False)
     sp.train()
@@ -133,7 +120,7 @@ def test_averaged_weight_step_equals_mean_of_exported_gradients():
     touched = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in before.items()}
     for m in masks:
         gm = learner.as_group_masks(m)
-        ref = Net().double()
+        ref = ConvBNNet(16, 24).double()
         ref.load_state_dict(model.state_dict())
         small = fxsparse.export(ref, sp.channel_graph, gm).train()
         F.cross_entropy(small(x), y).backward()
