@@ -174,7 +174,7 @@ def bench_model(name, batch, keep, steps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vgg11_bn", "resnet20", "resnet32_2x"])
+    parser.add_argument("--models", nargs="+", default=["vgg11_bn", "resnet20", "resnet18_cifar"])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--keep", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=10)

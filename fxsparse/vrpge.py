@@ -330,3 +330,35 @@ def reinforce_gradient(losses, masks, s, form="exact", eps=1e-8):
         raise ValueError("need at least one sample")
     g = score_function(masks, s, form=form, eps=eps)
     return (losses.unsqueeze(-1) * g).mean(dim=-2)
+
+
+def signal_to_noise(estimates: torch.Tensor) -> dict:
+    """How much of a stochastic gradient estimate is signal, from ``estimates`` [M, n]
+    (M independent estimates of the same n-dim gradient).
+
+    A per-coordinate mean from M samples is itself noisy, so ``mean**2`` overstates the
+    signal. Split-half instead: with means ``a``, ``b`` of two independent halves,
+    ``E[a_j b_j] = mu_j**2``, so ``signal = sqrt(max(mean_j(a_j b_j), 0))`` is the RMS of the
+    true gradient without the noise bias; ``noise`` is the RMS per-sample standard deviation.
+    ``snr = signal / noise`` per single estimate; averaging ``n`` estimates gives
+    ``snr * sqrt(n)``, so ``steps_to_resolve = 1 / snr**2`` estimates are needed before the
+    average points along the gradient more than along its noise (inf if no signal is found).
+    ``signal_floor``: the signal RMS this M and n can tell from zero (2 standard errors);
+    ``snr_upper`` = max(signal, floor) / noise bounds the snr from above, so
+    ``min_steps`` = 1 / snr_upper^2 is a lower bound on the steps to resolve."""
+    e = torch.as_tensor(estimates, dtype=torch.float64)
+    if e.dim() != 2 or e.shape[0] < 4:
+        raise ValueError(f"estimates must be [M, n] with M >= 4 independent estimates, got {tuple(e.shape)}")
+    half = e.shape[0] // 2
+    a, b = e[:half].mean(0), e[half:2 * half].mean(0)
+    prod = a * b
+    noise = float(e.var(0, unbiased=True).mean().sqrt())
+    signal2 = float(prod.mean())
+    floor2 = 2 * float(prod.std(unbiased=True)) / math.sqrt(prod.numel())
+    signal = math.sqrt(max(signal2, 0.0))
+    floor = math.sqrt(max(floor2, 0.0))
+    snr = signal / noise if noise > 0 else math.inf
+    upper = max(signal, floor) / noise if noise > 0 else math.inf
+    return {"signal": signal, "noise": noise, "snr": snr, "signal_floor": floor,
+            "steps_to_resolve": (1.0 / snr ** 2) if snr > 0 else math.inf, "snr_upper": upper,
+            "min_steps": (1.0 / upper ** 2) if upper > 0 else math.inf, "estimates": int(e.shape[0])}

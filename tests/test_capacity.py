@@ -4,6 +4,7 @@ silently truncated; rebuilds never push torch.compile past its recompile limit (
 would silently run the step eagerly); a resumed learner gets the same capacities."""
 import warnings
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -156,3 +157,23 @@ def test_vectorised_gather_index_equals_the_per_dim_definition():
             idx, valid = gather_index(layout, slot_class, slot_valid)
             assert np.array_equal(got[key][0].numpy(), idx) and np.array_equal(got[key][1].numpy(), valid), key
             assert np.array_equal(got[key][2].numpy(), valid > 0), key
+
+
+def test_align_rounds_slots_up_and_padding_stays_exact():
+    """align=8 (the GPU default) pads every prunable block to a multiple of 8 slots (or its
+    full size); the extra slots are empty and the step still equals the exported model."""
+    torch.manual_seed(0)
+    model = ConvBNNet(64, 45)
+    x = torch.randn(8, 3, 6, 6)
+    assert fxsparse.compile(model, x, keep=0.5, compile=False).align == 1  # CPU default
+    sp = fxsparse.compile(model, x, keep=0.5, compile=False, align=8)
+    for cap, block, prunable in zip(sp.plan.caps, sp.plan.blocks, sp.plan.prunable):
+        if prunable:
+            assert cap % 8 == 0 or cap == len(block.classes)
+    sp.eval()
+    for _ in range(3):
+        sp.sample_masks(0.5)
+        ref = export(model, sp.channel_graph, sp.masks).eval()
+        torch.testing.assert_close(sp(x), ref(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="align must be a positive int"):
+        fxsparse.compile(model, x, keep=0.5, compile=False, align=0)

@@ -11,6 +11,7 @@ from fxsparse.vrpge import (
     sample_grouped_mask,
     sample_mask,
     score_function,
+    signal_to_noise,
     vrpge_gradient,
 )
 
@@ -240,6 +241,31 @@ def test_vrpge_variance_below_reinforce(setup):
     ratio = vr.var(0) / rf.var(0)
     print(f"variance ratio VR-PGE / REINFORCE per coordinate (K=2, loss offset 10): {ratio.tolist()}")
     assert (ratio < 0.2).all(), ratio
+
+
+def test_signal_to_noise_recovers_known_signal_and_noise():
+    g = torch.Generator().manual_seed(0)
+    n, m = 4000, 400
+    mu = 0.1 * torch.randn(n, generator=g, dtype=D)
+    est = mu + torch.randn(m, n, generator=g, dtype=D)  # noise std 1: snr = rms(mu) / 1
+    r = signal_to_noise(est)
+    true_rms = float(mu.pow(2).mean().sqrt())
+    assert abs(r["noise"] - 1.0) < 0.01
+    assert abs(r["signal"] - true_rms) < 0.1 * true_rms  # the naive rms(mean) would be ~0.11 here
+    assert abs(r["steps_to_resolve"] - 1 / true_rms ** 2) < 0.25 / true_rms ** 2
+    pure = signal_to_noise(torch.randn(m, n, generator=g, dtype=D))
+    assert pure["signal"] < pure["signal_floor"]  # noise alone is not reported as signal
+    with pytest.raises(ValueError, match="M >= 4"):
+        signal_to_noise(torch.randn(3, 5))
+
+
+def test_signal_to_noise_of_vrpge_matches_the_exact_gradient(setup):
+    """On the enumerable model the split-half signal equals the RMS of the exact gradient."""
+    s, table = setup
+    true = _expected_loss_grad(s, table)
+    f, m = _draw(s, table, 40000, 2, seed=9)
+    r = signal_to_noise(vrpge_gradient(f, m, s))
+    assert abs(r["signal"] - float(true.pow(2).mean().sqrt())) < 0.05 * float(true.pow(2).mean().sqrt())
 
 
 def test_preconditioned_is_rescaled_descent_direction(setup):

@@ -53,7 +53,7 @@ def count_modules(model: nn.Module, types, exclude_under=()) -> int:
 
 EXPECTED_NAMES = {
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet32_2x",
-    "resnet18", "resnet34", "resnet50",
+    "resnet18", "resnet18_cifar", "resnet34", "resnet50",
     "vgg11_bn", "vgg16_bn", "vgg19_bn",
     "mobilenetv2", "shufflenetv2", "densenet_bc_100", "densenet121", "efficientnet_b0",
     "convnext_tiny", "googlenet", "unet", "vit_tiny", "vit_small", "vit_base",
@@ -214,6 +214,7 @@ EXACT = [
     ("vit_tiny", VIT_224, 5_717_416),                           # timm vit_tiny_patch16_224
     ("densenet_bc_100", dict(), 769_162),
     ("lenet5", dict(in_chans=1), 431_080),                      # 520 + 25,050 + 400,500 + 5,010
+    ("resnet18_cifar", dict(), 11_173_962),                     # kuangliu/pytorch-cifar ResNet18
     ("resnet20", dict(shortcut="A"), 269_722),
     ("resnet32", dict(shortcut="A"), 464_154),
     ("resnet56", dict(shortcut="A"), 853_018),
@@ -302,7 +303,8 @@ def test_cifar_resnet_depth(name, depth):
     assert count_modules(build_meta(name, shortcut="A"), CONV) == depth - 1
 
 
-@pytest.mark.parametrize("name,depth,n_down", [("resnet18", 18, 3), ("resnet34", 34, 3), ("resnet50", 50, 3)])
+@pytest.mark.parametrize("name,depth,n_down", [("resnet18", 18, 3), ("resnet18_cifar", 18, 3),
+                                                  ("resnet34", 34, 3), ("resnet50", 50, 3)])
 def test_imagenet_resnet_depth(name, depth, n_down):
     m = build_meta(name)
     assert count_modules(m, CONV, exclude_under=("downsample",)) == depth - 1
@@ -436,3 +438,16 @@ def test_unet_decoder_handles_odd_sizes():
     with torch.no_grad():
         for s in (28, 27, 33):
             assert m(torch.randn(1, 1, s, s)).shape == (1, 2, s, s)
+
+
+def test_resnet_stem_choice():
+    cifar, imagenet = zoo.create("resnet18_cifar"), zoo.create("resnet18")
+    x = torch.randn(2, 3, 32, 32)
+    # the CIFAR stem keeps full resolution into layer1 (32x32), the ImageNet one quarters it (8x8)
+    seen = {}
+    for name, m in (("cifar", cifar), ("imagenet", imagenet)):
+        m.layer1.register_forward_hook(lambda mod, inp, out, name=name: seen.setdefault(name, out.shape[-1]))
+        m(x)
+    assert seen == {"cifar": 32, "imagenet": 8}
+    with pytest.raises(ValueError, match="stem must be"):
+        zoo.create("resnet18", stem="tiny")
