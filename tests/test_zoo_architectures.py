@@ -446,7 +446,7 @@ def test_resnet_stem_choice():
     # the CIFAR stem keeps full resolution into layer1 (32x32), the ImageNet one quarters it (8x8)
     seen = {}
     for name, m in (("cifar", cifar), ("imagenet", imagenet)):
-        m.layer1.register_forward_hook(lambda mod, inp, out, name=name: seen.setdefault(name, out.shape[-1]))
+        m.layer1.register_forward_hook(lambda mod, inp, out, name=name: seen.update({name: out.shape[-1]}))
         m(x)
     assert seen == {"cifar": 32, "imagenet": 8}
     with pytest.raises(ValueError, match="stem must be"):
