@@ -52,8 +52,9 @@ class SparseModel(nn.Module):
     deviations of a Bernoulli(keep) mask, rounded up to ``align``), "exact" (slots for
     exactly round(keep * size) channels, for fixed-count masks), or {block: slots}.
     ``align``: slot counts are rounded up to a multiple of this (never past the group size).
-    None: 8 when the model's parameters are on a GPU (tensor-core friendly shapes), 1 on
-    CPU, where any padding slot is pure extra work.
+    None: 8 when the model's parameters are on a GPU when it is wrapped (tensor-core
+    friendly shapes), 1 on CPU, where any padding slot is pure extra work; move the model
+    to the GPU before ``fxsparse.compile`` or pass ``align=8``.
     ``compile``: run the step through torch.compile (the eager path is the same code).
     ``compile_update``: with ``compile``, also compile the optimizer update of
     :meth:`make_train_step` (one more graph per capacity set, ~10-40 s cold on a 2-core CPU;
