@@ -34,21 +34,12 @@ def batches(loader):
         yield from loader
 
 
-@torch.no_grad()
-def estimates(sp, learner, data, count):
-    """``count`` VR-PGE estimates, each from 2 masks on a fresh minibatch; BN statistics restored."""
-    buffers = {n: b.clone() for n, b in sp.model.named_buffers()}
+def estimates(learner, data, count):
+    """``count`` VR-PGE estimates, each from 2 fresh masks on a fresh minibatch."""
     out = []
     for _ in range(count):
-        x, y = next(data)
-        masks = learner.sample(2)
-        losses = []
-        for m in masks:
-            sp.masks = learner.as_group_masks(m)
-            losses.append(F.cross_entropy(sp(x), y).double())
-        out.append(vrpge_gradient(torch.stack(losses), masks.double(), learner.scores.detach().double()))
-    for n, b in sp.model.named_buffers():
-        b.copy_(buffers[n])
+        losses, masks = learner.sample_losses(F.cross_entropy, *next(data), k=2)
+        out.append(vrpge_gradient(losses.double(), masks.double(), learner.scores.detach().double()))
     return torch.stack(out)
 
 
@@ -86,7 +77,7 @@ def main(argv=None):
             learner.score_step(F.cross_entropy, x, y, first=(loss, mask))
         done = at
         t = time.perf_counter()
-        est = estimates(sp, learner, data, args.estimates)
+        est = estimates(learner, data, args.estimates)
         per_channel = signal_to_noise(est)
         per_group = signal_to_noise(torch.stack([part.sum(1) for part in torch.split(est, sizes, dim=1)], 1))
         s = learner.scores.detach()

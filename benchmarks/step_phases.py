@@ -60,7 +60,7 @@ def main(argv=None):
         with torch.no_grad():
             kernel(*arguments)
         t.append(time.perf_counter())
-        write_back_buffers(sp, gathered, plan)
+        write_back_buffers(sp, gathered, plan, slots=slots)
         t.append(time.perf_counter())
         for k, a, b in zip(times, t, t[1:]):
             times[k].append(b - a)

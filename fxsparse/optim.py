@@ -199,17 +199,27 @@ def _columns(entries):
     return (list(x) for x in zip(*[e[1:] for e in entries]))
 
 
-class CompactSGD:
+class _CompactUpdate:
+    """A compact optimizer update: ``kernel(*arguments)`` with ``arguments`` read from the
+    torch optimizer's groups and state for the parameters that got a gradient."""
+
+    kernel = None
+
+    @torch.no_grad()
+    def arguments(self, opt, compact):
+        """(kernel arguments or None when nothing has a gradient, whether the step must run eagerly)."""
+        entries = _entries(opt, compact)
+        if not entries:
+            return None, True
+        return self._arguments(opt, entries)
+
+
+class CompactSGD(_CompactUpdate):
     """SGD (momentum, dampening, nesterov, weight decay) on the kept entries only."""
 
     kernel = staticmethod(sgd_kernel)
 
-    @torch.no_grad()
-    def arguments(self, opt, compact):
-        """(kernel arguments, whether the step must run eagerly)."""
-        entries = _entries(opt, compact)
-        if not entries:
-            return None, True
+    def _arguments(self, opt, entries):
         bufs, hyper, eager = [], [], False
         for group, p, *_ in entries:
             mom, damp = float(group["momentum"]), float(group["dampening"])
@@ -228,16 +238,12 @@ class CompactSGD:
         return (params, bufs, ws, gs, wheres, lrs, tuple(hyper)), eager
 
 
-class CompactAdam:
+class CompactAdam(_CompactUpdate):
     """Adam / AdamW (amsgrad off) on the kept entries only."""
 
     kernel = staticmethod(adam_kernel)
 
-    @torch.no_grad()
-    def arguments(self, opt, compact):
-        entries = _entries(opt, compact)
-        if not entries:
-            return None, True
+    def _arguments(self, opt, entries):
         decoupled = isinstance(opt, torch.optim.AdamW)
         avgs, sqs, hyper, lrs, step_sizes, bc2 = [], [], [], [], [], []
         for group, p, *_ in entries:

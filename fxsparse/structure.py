@@ -144,22 +144,27 @@ class StructureLearner:
         """K forwards without autograd on the same minibatch, VR-PGE estimate, Adam, projection.
         ``first``: (loss, mask) of the weight step to reuse as one of the samples.
         A non-finite loss raises FloatingPointError before anything changes."""
+        losses, masks = self.sample_losses(loss_fn, *batch, k=self.samples - (1 if first is not None else 0))
+        self.last_forward_flops = float(sum(float(self.flops(m)) for m in masks)) / max(len(masks), 1)
+        if first is not None:
+            losses = torch.cat([first[0].detach().float().view(1), losses])
+            masks = torch.cat([first[1].view(1, -1), masks])
+        return self.score_update(losses, masks)
+
+    @torch.no_grad()
+    def sample_losses(self, loss_fn, *batch, k: int):
+        """``k`` fresh masks and their losses on one minibatch, without autograd: ([k], [k, n]).
+        Running statistics are restored, so score passes leave no trace."""
         *inputs, target = batch
-        k = self.samples - (1 if first is not None else 0)
         masks = self.sample(k)
         losses = []
-        buffers = {n: b.clone() for n, b in self.sparse.model.named_buffers()}  # score passes leave no trace
+        buffers = {n: b.clone() for n, b in self.sparse.model.named_buffers()}
         for m in masks:
             self.sparse.masks = self.as_group_masks(m)
             losses.append(loss_fn(self.sparse(*inputs), target).float())
         for n, b in self.sparse.model.named_buffers():
             b.copy_(buffers[n])
-        self.last_forward_flops = float(sum(float(self.flops(m)) for m in masks)) / max(len(masks), 1)
-        losses = torch.stack(losses)
-        if first is not None:
-            losses = torch.cat([first[0].detach().float().view(1), losses])
-            masks = torch.cat([first[1].view(1, -1), masks])
-        return self.score_update(losses, masks)
+        return torch.stack(losses), masks
 
     @torch.no_grad()
     def score_update(self, losses: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
