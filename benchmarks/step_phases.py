@@ -39,7 +39,7 @@ def main(argv=None):
     for _ in range(3):  # compile and warm up through the real step
         sp.masks = fxsparse.random_keep(sp.channel_graph, args.keep, sp.generator)
         step(x, y)
-    _, forward_loss, kernel = sp._compiled["step"]
+    _, forward_loss, kernel, gather_fn = sp._compiled["step"]
     update = fxsparse.optim.compact_update_for(opt)
     params = dict(model.named_parameters())
     times = {k: [] for k in ("masks", "indices", "gather", "forward", "backward", "update", "write-back", "total")}
@@ -50,7 +50,7 @@ def main(argv=None):
         plan = sp.step_inputs()
         t.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
-        gathered, slots = gather_leaves(sp, plan)
+        gathered, slots = gather_leaves(sp, plan, gather_fn)
         t.append(time.perf_counter())
         loss = forward_loss(gathered, plan, y, x)
         t.append(time.perf_counter())

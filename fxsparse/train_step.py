@@ -52,14 +52,15 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         if cached is None or cached[0] is not sp.capacity_model:  # first call, or capacities changed
             fl = forward_loss if update is not None else dense_forward_loss
             kernel = update.kernel if update is not None else None
-            # the gather stays eager: index_select chains copy contiguous slabs (as fast as a
-            # compiled gather, measured), and their outputs keep the layout the forward graph expects
-            if sp.use_compile:  # graphs (static shapes): forward + backward, and the update
+            gather_fn = gather_all
+            if sp.use_compile:  # graphs (static shapes): gather, forward + backward, and the update
                 fl = sp.compile_fn(fl)
+                # one fused pass per tensor instead of one copy per gathered dim: 3.0 -> 1.4 ms on a VGG-11
+                gather_fn = sp.compile_fn(gather_all)
             if kernel is not None and sp.compile_update:
                 kernel = sp.compile_fn(kernel)
-            sp._compiled["step"] = cached = (sp.capacity_model, fl, kernel)
-        _, fl, kernel = cached
+            sp._compiled["step"] = cached = (sp.capacity_model, fl, kernel, gather_fn)
+        _, fl, kernel, gather_fn = cached
         base.zero_grad(set_to_none=True)
         if update is None:
             loss = fl(sp._dense_tensors(), plan, target, *inputs)
@@ -69,7 +70,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
                 return loss.detach()
             fallback.step()
             return loss.detach()
-        gathered, slots = gather_leaves(sp, plan)
+        gathered, slots = gather_leaves(sp, plan, gather_fn)
         loss = fl(gathered, plan, target, *inputs)
         loss.backward()
         if skip_nonfinite and not bool(torch.isfinite(loss)):  # before any write: nothing changes
@@ -94,14 +95,20 @@ def slots_of(sp, plan, name, device):
             for dim, _ in sp._members[name]]
 
 
-def gather_leaves(sp, plan):
+def gather_all(tensors, wheres):
+    """:func:`~fxsparse.optim.gather` of each tensor at its slots (compiled: one pass each)."""
+    return [gather(t, where) for t, where in zip(tensors, wheres)]
+
+
+def gather_leaves(sp, plan, gather_fn=gather_all):
     """Kept entries of every member parameter as leaf tensors (compact gradients land
-    there), member buffers gathered, the rest as is; plus, per gathered tensor, its slots."""
+    there), member buffers gathered, the rest as is; plus, per gathered tensor, its slots.
+    ``gather_fn``: :func:`gather_all` or a compiled copy of it."""
     dense = sp._dense_tensors()
     tensors = {name: t for name, t in dense.items() if name not in sp._members}
     slots = {name: slots_of(sp, plan, name, t.device) for name, t in dense.items() if name in sp._members}
     with torch.no_grad():
-        gathered = [gather(dense[name].detach(), where) for name, where in slots.items()]
+        gathered = gather_fn([dense[name].detach() for name in slots], list(slots.values()))
     for name, g in zip(slots, gathered):
         t = dense[name]
         if isinstance(t, nn.Parameter):
