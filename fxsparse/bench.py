@@ -13,7 +13,9 @@ Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep rat
   exported eager / compiled: the physically smaller model for one fixed mask.
 Time: every variant is built and warmed up (3 steps; compilation happens in the first, with
 a fresh compile cache unless --warm-cache), then all are timed round-robin, one step of
-each per round, --steps rounds; the median per variant is reported.
+each per round, --steps rounds; the median per variant is reported, and for sparse vs
+exported compiled (timed back to back) also the median and quartiles of the per-round
+ratio, which the machine's drift between rounds does not move.
 Memory: parameters + gradients + optimizer state + the activations autograd saves for the
 backward (counted with torch.autograd.graph.saved_tensors_hooks on the eager step).
 """
@@ -147,8 +149,8 @@ def bench_model(name, batch, keep, steps):
         info[f"_compilations {label}"] = sp
         if label == "sparse eager":
             plan = sp.step_inputs()
-            gathered, _ = gather_leaves(sp, plan)
-            act = saved_bytes(lambda: F.cross_entropy(forward_gathered(sp, gathered, plan, x), y))
+            gathered, _, _ = gather_leaves(sp, plan)
+            act = saved_bytes(lambda: F.cross_entropy(forward_gathered(sp, gathered, plan, x, empty_zeroed=True), y))
             compact_grads = sum(g.numel() * g.element_size() for g in gathered.values() if g.requires_grad)
             dense_params = sum(p.numel() * p.element_size() for p in m.parameters())
             state = state_bytes(m.parameters(), opt) - dense_params  # weights + optimizer state, grads compact
@@ -161,15 +163,26 @@ def bench_model(name, batch, keep, steps):
         if not compile_:
             info["_mem exported"] = saved_bytes(lambda: F.cross_entropy(small(x), y)) + state_bytes(small.parameters(), opt)
     times = {k: [] for k in variants}
-    for _ in range(steps):
-        for label, fn in variants.items():
+    pair = ["sparse compiled", "exported compiled"]
+    others = [k for k in variants if k not in pair]
+    for r in range(steps):
+        # the pair back to back, which of the two goes first alternating (no order effect)
+        for label in others + (pair if r % 2 == 0 else pair[::-1]):
             t = time.perf_counter()
-            fn()
+            variants[label]()
             times[label].append(time.perf_counter() - t)
     rows = {k: (statistics.median(v), first[k]) for k, v in times.items()}
     for k, v in info.items():
         rows[k] = v.compilations if k.startswith("_compilations") else v
+    # the two steps of a round run back to back: their ratio cancels the machine's drift
+    rows["_ratio rounds"] = [s / e for s, e in zip(times["sparse compiled"], times["exported compiled"])]
     return rows
+
+
+def quartiles(values):
+    """(first quartile, median, third quartile)."""
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else list(values) * 3
+    return q[0], statistics.median(values), q[2]
 
 
 def main(argv=None):
@@ -202,7 +215,9 @@ def main(argv=None):
         print(tabulate(table, headers=["variant", "step ms", "speed-up vs dense compiled", "first call s (compile)"]))
         sc, ec = rows["sparse compiled"][0], rows["exported compiled"][0]
         best_dense = min(rows["dense eager"][0], rows["dense compiled"][0])
-        print(f"sparse compiled vs the faster dense variant: {best_dense / sc:.2f}x; sparse compiled / exported compiled: {sc / ec:.2f}x; "
+        q1, mid, q3 = quartiles(rows["_ratio rounds"])
+        print(f"sparse compiled vs the faster dense variant: {best_dense / sc:.2f}x; sparse compiled / exported compiled: "
+              f"{sc / ec:.2f}x (ratio of medians), per round {mid:.3f}x (quartiles {q1:.3f}-{q3:.3f}); "
               f"training memory sparse / dense: {rows['_mem sparse'] / rows['_mem dense']:.2f} "
               f"({rows['_mem sparse'] / 2**20:.1f} MiB vs {rows['_mem dense'] / 2**20:.1f} MiB; exported "
               f"{rows['_mem exported'] / 2**20:.1f} MiB); compilations (sparse compiled): {rows['_compilations sparse compiled']}, "

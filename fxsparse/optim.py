@@ -175,16 +175,16 @@ def adam_kernel(params, avgs, sqs, ws, gs, wheres, lrs, step_sizes, bc2_sqrts, h
 
 
 def _entries(opt, compact):
-    """Per updated parameter: (group, param, weights, gradient, slots); compact leaves
-    already hold the kept weights (no second gather)."""
-    kept = {id(p): (leaf, where) for p, leaf, where in compact}
+    """Per updated parameter: (group, param, weights, gradient, slots). ``compact``: [(param,
+    leaf holding the gradient, the gathered dense weights, slots)] (no second gather)."""
+    kept = {id(p): (leaf, w, where) for p, leaf, w, where in compact}
     out = []
     for group in opt.param_groups:
         for p in group["params"]:
             if id(p) in kept:
-                leaf, where = kept[id(p)]
+                leaf, w, where = kept[id(p)]
                 if leaf.grad is not None:
-                    out.append((group, p, leaf.detach(), leaf.grad, where))
+                    out.append((group, p, w.detach(), leaf.grad, where))
             elif p.grad is not None:
                 out.append((group, p, p.detach(), p.grad, None))
     return out

@@ -177,3 +177,32 @@ def test_align_rounds_slots_up_and_padding_stays_exact():
         torch.testing.assert_close(sp(x), ref(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="align must be a positive int"):
         fxsparse.compile(model, x, keep=0.5, compile=False, align=0)
+
+
+def test_empty_slots_are_zero_in_the_leaves_and_the_dense_weights_are_kept_for_the_update():
+    """gather_leaves zeroes empty slots outside autograd (no validity multiply in the
+    forward); the update must still see the dense values there, and the forward must equal
+    the one that multiplies by validity."""
+    from fxsparse.optim import gather, real_slots
+    from fxsparse.train_step import forward_gathered, gather_leaves
+
+    model, x, sp = _sparse()
+    sp.train()
+    sp.sample_masks(0.2)  # far below the capacities: many empty slots
+    plan = sp.step_inputs()
+    tensors, slots, weights = gather_leaves(sp, plan)
+    dense = dict(model.named_parameters())
+    zeroed = 0
+    for name, w in weights.items():
+        assert torch.equal(w, gather(dense[name].detach(), slots[name]))
+        real = real_slots(slots[name], w.dim()).expand_as(w)
+        leaf = tensors[name]
+        assert leaf.is_leaf and leaf.requires_grad
+        assert torch.equal(leaf.detach()[real], w[real])
+        assert not leaf.detach()[~real].any()
+        zeroed += int((~real).sum())
+    assert zeroed > 0
+    sp.eval()  # no running-statistic updates: both forwards see the same buffers
+    scaled = {n: (weights[n] if n in weights else t) for n, t in tensors.items()}
+    torch.testing.assert_close(forward_gathered(sp, tensors, plan, x, empty_zeroed=True),
+                               forward_gathered(sp, scaled, plan, x), rtol=0, atol=0)
