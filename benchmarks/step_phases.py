@@ -6,7 +6,10 @@ Runs the pieces of ``SparseModel.make_train_step`` one at a time (SGD momentum 0
 weight decay 5e-4, random masks of exactly round(keep x size) channels per group) and
 prints the median milliseconds of each: setting the masks, the per-step gather indices,
 the gather of kept weights, the compiled forward, the backward, the compact update
-(arguments + compiled kernel), and the write-back of BN statistics.
+(arguments + compiled kernel), and the write-back of BN statistics. Next to them, timed
+in the same rounds, the same phases of the exported model for one such mask (compiled
+forward, backward, torch.optim.SGD), and whole steps of both (the real
+``make_train_step``): per-round ratios, which the machine's drift does not move.
 """
 import argparse
 import statistics
@@ -14,6 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from tabulate import tabulate
 
 import fxsparse
 from fxsparse import zoo
@@ -36,21 +40,38 @@ def main(argv=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     step = sp.make_train_step(F.cross_entropy, opt)
     sp.train()
-    for _ in range(3):  # compile and warm up through the real step
+
+    def new_masks():
         sp.masks = fxsparse.random_keep(sp.channel_graph, args.keep, sp.generator)
+
+    for _ in range(3):  # compile and warm up through the real step
+        new_masks()
         step(x, y)
     _, forward_loss, kernel, gather_fn = sp._compiled["step"]
     update = fxsparse.optim.compact_update_for(opt)
     params = dict(model.named_parameters())
-    times = {k: [] for k in ("masks", "indices", "gather", "forward", "backward", "update", "write-back", "total")}
-    for _ in range(args.steps):
+
+    torch.manual_seed(0)
+    small = fxsparse.export(zoo.create(args.model), sp.channel_graph, sp.masks).train()
+    small_opt = torch.optim.SGD(small.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    small_loss = torch.compile(lambda a, b: F.cross_entropy(small(a), b))
+
+    def exported_step():
+        small_opt.zero_grad(set_to_none=True)
+        small_loss(x, y).backward()
+        small_opt.step()
+
+    for _ in range(3):
+        exported_step()
+
+    def sparse_phases():
         t = [time.perf_counter()]
-        sp.masks = fxsparse.random_keep(sp.channel_graph, args.keep, sp.generator)
+        new_masks()
         t.append(time.perf_counter())
-        plan = sp.step_inputs()
+        plan, empty = sp.step_inputs(with_empty=True)
         t.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
-        gathered, slots, weights = gather_leaves(sp, plan, gather_fn)
+        gathered, slots, weights = gather_leaves(sp, plan, gather_fn, empty)
         t.append(time.perf_counter())
         loss = forward_loss(gathered, plan, y, x)
         t.append(time.perf_counter())
@@ -62,12 +83,44 @@ def main(argv=None):
         t.append(time.perf_counter())
         write_back_buffers(sp, gathered, plan, slots=slots)
         t.append(time.perf_counter())
-        for k, a, b in zip(times, t, t[1:]):
-            times[k].append(b - a)
-        times["total"].append(t[-1] - t[0])
-    print(f"{args.model}, batch {args.batch}, keep {args.keep}: median ms per phase over {args.steps} steps")
-    for k, v in times.items():
-        print(f"  {k:<11} {statistics.median(v) * 1e3:7.2f}")
+        return dict(zip(SPARSE_PHASES, (b - a for a, b in zip(t, t[1:]))))
+
+    def exported_phases():
+        t = [time.perf_counter()]
+        small_opt.zero_grad(set_to_none=True)
+        loss = small_loss(x, y)
+        t.append(time.perf_counter())
+        loss.backward()
+        t.append(time.perf_counter())
+        small_opt.step()
+        t.append(time.perf_counter())
+        return dict(zip(("forward", "backward", "update"), (b - a for a, b in zip(t, t[1:]))))
+
+    def whole(fn):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    sparse, exported, ratios = {k: [] for k in SPARSE_PHASES}, {k: [] for k in ("forward", "backward", "update")}, []
+    for r in range(args.steps):
+        for k, v in sparse_phases().items():
+            sparse[k].append(v)
+        for k, v in exported_phases().items():
+            exported[k].append(v)
+        pair = [lambda: whole(lambda: (new_masks(), step(x, y))), lambda: whole(exported_step)]
+        a, b = (pair[0](), pair[1]()) if r % 2 == 0 else tuple(reversed((pair[1](), pair[0]())))
+        ratios.append(a / b)
+    med = lambda v: statistics.median(v) * 1e3
+    rows = [[k, f"{med(v):.2f}", f"{med(exported[k]):.2f}" if k in exported else ""] for k, v in sparse.items()]
+    rows.append(["sum of phases", f"{sum(med(v) for v in sparse.values()):.2f}", f"{sum(med(v) for v in exported.values()):.2f}"])
+    q = statistics.quantiles(ratios, n=4)
+    print(f"{args.model}, batch {args.batch}, keep {args.keep}: median ms per phase over {args.steps} rounds")
+    print(tabulate(rows, headers=["phase", "sparse compiled", "exported compiled"]))
+    print(f"whole steps, sparse / exported per round: median {statistics.median(ratios):.3f}x "
+          f"(quartiles {q[0]:.3f}-{q[2]:.3f})")
+
+
+SPARSE_PHASES = ("masks", "indices", "gather", "forward", "backward", "update", "write-back")
 
 
 if __name__ == "__main__":

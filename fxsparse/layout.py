@@ -165,7 +165,8 @@ class GatherIndex:
             self.owner_shift = (bases - lows)[owner]
 
     def __call__(self, slot_class: np.ndarray, slot_valid: np.ndarray) -> dict:
-        """{key: (gather index, validity, real)}: int64 / float32 / bool tensors."""
+        """{key: (gather index, validity, real, full)}: int64 / float32 / bool tensors, and
+        whether every slot is real (a Python bool)."""
         idx = self.fixed.copy()
         valid = np.ones(len(idx), dtype=np.float32)
         if len(self.live):
@@ -176,5 +177,9 @@ class GatherIndex:
             idx[self.live] = self.rows[row * self.width + self.occ]
             valid[self.live] = slot_valid[self.gslot]
         idx_t, valid_t = torch.from_numpy(idx), torch.from_numpy(valid)
-        parts = (idx_t.split(self.lengths), valid_t.split(self.lengths), (valid_t > 0).split(self.lengths))
+        full = [True] * len(self.keys)
+        if len(valid):
+            starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+            full = [n == 0 or bool(m) for n, m in zip(self.lengths, np.minimum.reduceat(valid, np.minimum(starts, len(valid) - 1)) > 0)]
+        parts = (idx_t.split(self.lengths), valid_t.split(self.lengths), (valid_t > 0).split(self.lengths), full)
         return dict(zip(self.keys, zip(*parts)))

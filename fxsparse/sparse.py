@@ -256,20 +256,23 @@ class SparseModel(nn.Module):
         return out
 
     # ----- the step ------------------------------------------------------------------
-    def step_inputs(self) -> dict[str, torch.Tensor]:
-        """Per-step gather indices and validity vectors (float, and bool ``|real``) for the current masks."""
+    def step_inputs(self, with_empty: bool = False):
+        """Per-step gather indices and validity vectors (float, and bool ``|real``) for the
+        current masks; ``with_empty``: also the set of "name|dim" keys with an empty slot."""
         slot_class, slot_valid = self.plan.slot_classes(self._masks)
         if self._gather_index is None:  # built once per capacity set
             layouts = {f"{name}|{dim}": layout for name, dims in self._members.items() for dim, layout in dims}
             layouts.update({buf: self._layout_of(node_name, dim) for buf, (node_name, dim) in self._valid_buffers.items()})
             self._gather_index = GatherIndex(layouts)
-        out = {}
-        for key, (idx, valid, real) in self._gather_index(slot_class, slot_valid).items():
+        out, empty = {}, set()
+        for key, (idx, valid, real, full) in self._gather_index(slot_class, slot_valid).items():
             if key in self._valid_buffers:
                 out[f"{key}|valid"] = valid
             else:
                 out[f"{key}|idx"], out[f"{key}|valid"], out[f"{key}|real"] = idx, valid, real
-        return out
+                if not full:
+                    empty.add(key)
+        return (out, empty) if with_empty else out
 
     def keep_lines(self, plan: dict) -> dict:
         """{parameter: [(dim, bool line of kept indices, ndim)]} for the masked optimizer."""

@@ -47,7 +47,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
     def step(*args):
         *inputs, target = args
         sp._buffers_to(device_of(inputs))
-        plan = sp.step_inputs()
+        plan, empty = sp.step_inputs(with_empty=True)
         cached = sp._compiled.get("step")
         if cached is None or cached[0] is not sp.capacity_model:  # first call, or capacities changed
             fl = forward_loss if update is not None else dense_forward_loss
@@ -70,7 +70,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
                 return loss.detach()
             fallback.step()
             return loss.detach()
-        gathered, slots, weights = gather_leaves(sp, plan, gather_fn)
+        gathered, slots, weights = gather_leaves(sp, plan, gather_fn, empty)
         loss = fl(gathered, plan, target, *inputs)
         loss.backward()
         if skip_nonfinite and not bool(torch.isfinite(loss)):  # before any write: nothing changes
@@ -100,11 +100,12 @@ def gather_all(tensors, wheres):
     return [gather(t, where) for t, where in zip(tensors, wheres)]
 
 
-def gather_leaves(sp, plan, gather_fn=gather_all):
+def gather_leaves(sp, plan, gather_fn=gather_all, empty=None):
     """Kept entries of every member parameter as leaf tensors (compact gradients land
     there), member buffers gathered, the rest as is; per gathered tensor its slots; and per
     member parameter the gathered weights as they are in the dense model.
-    ``gather_fn``: :func:`gather_all` or a compiled copy of it.
+    ``gather_fn``: :func:`gather_all` or a compiled copy of it; ``empty``: the "name|dim"
+    keys with an empty slot (``sp.step_inputs(with_empty=True)``), None to check here.
 
     A leaf's entries in an empty slot are set to 0 here, outside autograd, so the forward
     needs no validity multiply (a weight-sized product in the forward and in the backward:
@@ -120,7 +121,9 @@ def gather_leaves(sp, plan, gather_fn=gather_all):
         t = dense[name]
         if isinstance(t, nn.Parameter):
             weights[name] = g
-            if g.is_floating_point() and has_empty_slot(plan, name, sp._members[name]):
+            dims = sp._members[name]
+            if g.is_floating_point() and (has_empty_slot(plan, name, dims) if empty is None
+                                          else any(f"{name}|{dim}" in empty for dim, _ in dims)):
                 g = g.masked_fill(~real_slots(slots[name], g.dim()), 0)  # a copy: weights[name] stays
             g.requires_grad_(t.requires_grad)
         tensors[name] = g

@@ -189,8 +189,12 @@ def test_empty_slots_are_zero_in_the_leaves_and_the_dense_weights_are_kept_for_t
     model, x, sp = _sparse()
     sp.train()
     sp.sample_masks(0.2)  # far below the capacities: many empty slots
-    plan = sp.step_inputs()
+    plan, empty = sp.step_inputs(with_empty=True)
+    keys = [f"{name}|{dim}" for name, dims in sp._members.items() for dim, _ in dims]
+    assert empty == {k for k in keys if not plan[f"{k}|real"].all()} and empty
     tensors, slots, weights = gather_leaves(sp, plan)
+    again, _, _ = gather_leaves(sp, plan, empty=empty)  # the flags from step_inputs, same result
+    assert all(torch.equal(again[n], t) for n, t in tensors.items())
     dense = dict(model.named_parameters())
     zeroed = 0
     for name, w in weights.items():
@@ -206,3 +210,14 @@ def test_empty_slots_are_zero_in_the_leaves_and_the_dense_weights_are_kept_for_t
     scaled = {n: (weights[n] if n in weights else t) for n, t in tensors.items()}
     torch.testing.assert_close(forward_gathered(sp, tensors, plan, x, empty_zeroed=True),
                                forward_gathered(sp, scaled, plan, x), rtol=0, atol=0)
+
+
+def test_exact_capacity_masks_have_no_empty_slot():
+    torch.manual_seed(0)
+    model = ConvBNNet(64, 48)
+    x = torch.randn(8, 3, 6, 6)
+    sp = fxsparse.compile(model, x, keep=0.5, compile=False, capacity="exact")
+    sp.masks = fxsparse.random_keep(sp.channel_graph, 0.5, torch.Generator().manual_seed(3))
+    plan, empty = sp.step_inputs(with_empty=True)
+    assert empty == set()
+    assert all(plan[k].all() for k in plan if k.endswith("|real"))
