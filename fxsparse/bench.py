@@ -13,7 +13,8 @@ Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep rat
   exported eager / compiled: the physically smaller model for one fixed mask.
 Time: every variant is built and warmed up (3 steps; compilation happens in the first, with
 a fresh compile cache unless --warm-cache), then all are timed round-robin, one step of
-each per round, --steps rounds; the median per variant is reported, and for sparse vs
+each per round (--block K: K steps in a row, the step before them untimed), --steps
+rounds; the median per variant is reported, and for sparse vs
 exported compiled (timed back to back) also the median and quartiles of the per-round
 ratio, which the machine's drift between rounds does not move.
 Memory: parameters + gradients + optimizer state + the activations autograd saves for the
@@ -102,7 +103,7 @@ def make_masked_dense_step(model, graph, x, y, keep, compile_):
     return step
 
 
-def bench_model(name, batch, keep, steps):
+def bench_model(name, batch, keep, steps, block_steps=1):
     """Build every variant (first calls compile), then time them round-robin, one step of
     each per round, so that machine drift hits all variants alike."""
     torch.manual_seed(0)
@@ -163,19 +164,25 @@ def bench_model(name, batch, keep, steps):
         if not compile_:
             info["_mem exported"] = saved_bytes(lambda: F.cross_entropy(small(x), y)) + state_bytes(small.parameters(), opt)
     times = {k: [] for k in variants}
+    per_round = {k: [] for k in variants}
     pair = ["sparse compiled", "exported compiled"]
     others = [k for k in variants if k not in pair]
     for r in range(steps):
         # the pair back to back, which of the two goes first alternating (no order effect)
         for label in others + (pair if r % 2 == 0 else pair[::-1]):
-            t = time.perf_counter()
-            variants[label]()
-            times[label].append(time.perf_counter() - t)
+            block = []
+            for i in range(block_steps + (block_steps > 1)):
+                t = time.perf_counter()
+                variants[label]()
+                if block_steps == 1 or i:  # in blocks, the first step (after another model's) is not timed
+                    block.append(time.perf_counter() - t)
+            times[label] += block
+            per_round[label].append(statistics.median(block))
     rows = {k: (statistics.median(v), first[k]) for k, v in times.items()}
     for k, v in info.items():
         rows[k] = v.compilations if k.startswith("_compilations") else v
-    # the two steps of a round run back to back: their ratio cancels the machine's drift
-    rows["_ratio rounds"] = [s / e for s, e in zip(times["sparse compiled"], times["exported compiled"])]
+    # the pair runs back to back: the ratio within a round cancels the machine's drift
+    rows["_ratio rounds"] = [s / e for s, e in zip(per_round["sparse compiled"], per_round["exported compiled"])]
     return rows
 
 
@@ -192,10 +199,19 @@ def main(argv=None):
     parser.add_argument("--keep", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--block", type=int, default=1,
+                        help="steps of a variant in a row per round (default 1: strict round-robin, every step "
+                             "follows another model's, caches cold); with K > 1 each block runs K + 1 steps and "
+                             "times the last K, as in a training loop")
     parser.add_argument("--json", default="step_time.json")
     parser.add_argument("--warm-cache", action="store_true",
                         help="reuse torch.compile's on-disk cache (default: a fresh one, so compile times are cold)")
     args = parser.parse_args(argv)
+    for flag in ("steps", "block", "batch", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if not 0 < args.keep <= 1:
+        parser.error(f"--keep must be in (0, 1], got {args.keep}")
     if not args.warm_cache:
         import os
         import tempfile
@@ -207,11 +223,12 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     results = {}
     for name in args.models:
-        rows = bench_model(name, args.batch, args.keep, args.steps)
+        rows = bench_model(name, args.batch, args.keep, args.steps, args.block)
         results[name] = rows
         base = rows["dense compiled"][0]
         table = [[k, f"{v[0] * 1e3:.1f}", f"{base / v[0]:.2f}x", f"{v[1]:.1f}"] for k, v in rows.items() if not k.startswith("_")]
-        print(f"\n{name}, batch {args.batch}, keep {args.keep}, {args.threads} threads, median of {args.steps} steps")
+        how = f"{args.steps} rounds of {args.block} steps in a row" if args.block > 1 else f"{args.steps} round-robin steps"
+        print(f"\n{name}, batch {args.batch}, keep {args.keep}, {args.threads} threads, median of {how}")
         print(tabulate(table, headers=["variant", "step ms", "speed-up vs dense compiled", "first call s (compile)"]))
         sc, ec = rows["sparse compiled"][0], rows["exported compiled"][0]
         best_dense = min(rows["dense eager"][0], rows["dense compiled"][0])
