@@ -17,7 +17,9 @@ recompile limit never silently sends the step back to eager.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import types
 
 import numpy as np
 import torch
@@ -335,8 +337,12 @@ class SparseModel(nn.Module):
 
     def compile_fn(self, fn):
         """``torch.compile`` for this model's step functions: static shapes (the capacities),
-        compilations counted in ``self.compilations``."""
-        self._codes.add(getattr(fn, "__code__", None))
+        compilations counted in ``self.compilations``. ``fn`` is compiled as a copy with its
+        own code object: torch.compile caches graphs (and counts its recompile limit) per
+        code object, so with shared code one model's rebuild would drop another model's
+        graphs, and several models together could reach the limit and run eagerly."""
+        fn = _private_copy(fn)
+        self._codes.add(fn.__code__ if not inspect.ismethod(fn) else fn.__func__.__code__)
         return torch.compile(fn, backend=self._backend, dynamic=False)
 
     def _drop_compiled(self):
@@ -370,3 +376,13 @@ class SparseModel(nn.Module):
     def export(self) -> nn.Module:
         """The physically smaller model for the current masks."""
         return export(self.model, self.channel_graph, self._masks)
+
+
+def _private_copy(fn):
+    """``fn`` (a function or a bound method) with a code object of its own."""
+    if inspect.ismethod(fn):
+        return types.MethodType(_private_copy(fn.__func__), fn.__self__)
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__dict__.update(fn.__dict__)
+    return copy

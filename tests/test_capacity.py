@@ -221,3 +221,38 @@ def test_exact_capacity_masks_have_no_empty_slot():
     plan, empty = sp.step_inputs(with_empty=True)
     assert empty == set()
     assert all(plan[k].all() for k in plan if k.endswith("|real"))
+
+
+def test_one_models_rebuild_leaves_another_models_graphs_alone():
+    """torch.compile caches graphs per code object: the step functions of every SparseModel
+    are private copies, so a rebuild of one model (which drops its stale graphs) does not
+    drop the other's, and the models do not share the recompile limit."""
+    def counting(sp):
+        calls = []
+
+        def backend(gm, example_inputs):
+            calls.append(1)
+            return gm.forward
+
+        sp._backend = backend
+        return calls
+
+    _, x, first = _sparse(compile=True)
+    _, _, second = _sparse(compile=True)
+    first_calls, second_calls = counting(first), counting(second)
+    y = torch.randint(0, 4, (8,))
+    steps = [sp.make_train_step(F.cross_entropy, torch.optim.SGD(sp.model.parameters(), lr=0.01, momentum=0.9))
+             for sp in (first, second)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for sp, step in zip((first, second), steps):
+            sp.sample_masks(0.3)
+            step(x, y)
+        assert len(first_calls) == len(second_calls) == 3
+        first._set_caps([c + 1 if p else c for c, p in zip(first.plan.caps, first.plan.prunable)])
+        for _ in range(2):
+            for sp, step in zip((first, second), steps):
+                sp.sample_masks(0.3)
+                step(x, y)
+    assert len(first_calls) == 6  # its new capacities: three new graphs
+    assert len(second_calls) == 3  # untouched
