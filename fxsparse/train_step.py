@@ -135,6 +135,7 @@ def has_empty_slot(plan, name, dims) -> bool:
     no device sync)."""
     return any(not plan[f"{name}|{dim}|real"].numpy().all() for dim, _ in dims)
 
+
 def forward_gathered(sp, tensors, plan, *inputs, empty_zeroed: bool = False):
     """The capacity model on already-gathered tensors. Validity is applied here (empty slots
     are exact zeros with zero gradient) unless ``empty_zeroed``: the parameters hold zeros in
