@@ -21,6 +21,7 @@ from tabulate import tabulate
 
 import fxsparse
 from fxsparse import zoo
+from fxsparse.bench import quartiles
 from fxsparse.train_step import gather_leaves, write_back_buffers
 
 
@@ -113,11 +114,10 @@ def main(argv=None):
     med = lambda v: statistics.median(v) * 1e3
     rows = [[k, f"{med(v):.2f}", f"{med(exported[k]):.2f}" if k in exported else ""] for k, v in sparse.items()]
     rows.append(["sum of phases", f"{sum(med(v) for v in sparse.values()):.2f}", f"{sum(med(v) for v in exported.values()):.2f}"])
-    q = statistics.quantiles(ratios, n=4)
+    q1, mid, q3 = quartiles(ratios)
     print(f"{args.model}, batch {args.batch}, keep {args.keep}: median ms per phase over {args.steps} rounds")
     print(tabulate(rows, headers=["phase", "sparse compiled", "exported compiled"]))
-    print(f"whole steps, sparse / exported per round: median {statistics.median(ratios):.3f}x "
-          f"(quartiles {q[0]:.3f}-{q[2]:.3f})")
+    print(f"whole steps, sparse / exported per round: median {mid:.3f}x (quartiles {q1:.3f}-{q3:.3f})")
 
 
 SPARSE_PHASES = ("masks", "indices", "gather", "forward", "backward", "update", "write-back")

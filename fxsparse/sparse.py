@@ -213,8 +213,8 @@ class SparseModel(nn.Module):
         self._buffer_names = [n for n, _ in self.model.named_buffers() if n in cap_buffers]
         # (name, owning module's tensor dict, key): current tensors by two dict lookups each
         # step (named_parameters() walks the module tree: ~0.5 ms per call on a VGG-11)
-        self._tensor_refs = [(n, *self._slot_of(n, "_parameters")) for n in self._param_names]
-        self._tensor_refs += [(n, *self._slot_of(n, "_buffers")) for n in self._buffer_names]
+        self._tensor_refs = [(n, *self._owner_of(n, "_parameters")) for n in self._param_names]
+        self._tensor_refs += [(n, *self._owner_of(n, "_buffers")) for n in self._buffer_names]
         self._step_fn = None
         self._gather_index = None
         self._drop_compiled()
@@ -313,7 +313,8 @@ class SparseModel(nn.Module):
                 if b is not None and b.device != device:
                     mod._buffers[name] = b.to(device)
 
-    def _slot_of(self, name, kind):
+    def _owner_of(self, name, kind):
+        """(the owning module's ``kind`` dict, key) of a dotted tensor name."""
         prefix, _, key = name.rpartition(".")
         return getattr(self.model.get_submodule(prefix), kind), key
 

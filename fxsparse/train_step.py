@@ -140,22 +140,27 @@ def forward_gathered(sp, tensors, plan, *inputs, empty_zeroed: bool = False):
     """The capacity model on already-gathered tensors. Validity is applied here (empty slots
     are exact zeros with zero gradient) unless ``empty_zeroed``: the parameters hold zeros in
     their empty slots already (:func:`gather_leaves`)."""
-    scaled = {}
-    buffers = set(sp._buffer_names)
-    for name, t in tensors.items():
-        if empty_zeroed:
-            scaled[name] = t
-            continue
-        for dim, _ in sp._members.get(name, ()):
-            # buffers (running statistics) stay as gathered: BN updates them in place
-            if t.is_floating_point() and name not in buffers:
-                shape = [1] * t.dim()
-                shape[dim] = -1
-                t = t * plan[f"{name}|{dim}|valid"].to(t.device, t.dtype).view(shape)
-        scaled[name] = t
+    if empty_zeroed:
+        scaled = dict(tensors)
+    else:  # buffers (running statistics) stay as gathered: BN updates them in place
+        buffers = set(sp._buffer_names)
+        scaled = {name: t if name in buffers else times_validity(sp, name, t, plan) for name, t in tensors.items()}
     for buf in sp._valid_buffers:
         scaled[buf] = plan[f"{buf}|valid"].to(inputs[0].device)
     return functional_call(sp.capacity_model, scaled, inputs)
+
+
+def times_validity(sp, name, t, plan):
+    """``t`` times the validity vector of each of its gathered dims (empty slots: exact zeros,
+    zero gradient)."""
+    if not t.is_floating_point():
+        return t
+    for dim, _ in sp._members.get(name, ()):
+        shape = [1] * t.dim()
+        shape[dim] = -1
+        t = t * plan[f"{name}|{dim}|valid"].to(t.device, t.dtype).view(shape)
+    return t
+
 
 @torch.no_grad()
 def write_back_buffers(sp, gathered, plan, dense=None, slots=None):
