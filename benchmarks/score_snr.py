@@ -1,21 +1,28 @@
-"""How many search steps VR-PGE needs before its score updates follow signal, not noise.
+"""How much of one VR-PGE estimate is signal, per channel and per layer (width), at
+trained weights with open (unpolarised) scores.
 
-    python benchmarks/score_snr.py [--model zoo:vgg11_bn] [--keep 0.5] [--at 0 117 468] [--estimates 256]
+    python benchmarks/score_snr.py --granularity channel --json benchmarks/score_snr_vgg11_channel.json
+    python benchmarks/score_snr.py --granularity width --json benchmarks/score_snr_vgg11_width.json
 
-On Fashion-MNIST (batch 128), the search of ``fxsparse train`` is run for each number of
-steps in ``--at`` (weights: SGD lr 0.05 momentum 0.9 on the sampled sub-network; scores:
-VR-PGE with Adam, lr 0.1, reusing the weight step's loss), then weights and scores are
-frozen and ``--estimates`` independent VR-PGE estimates (2 fresh masks on a fresh minibatch
-each, the exact Bernoulli score) are drawn. ``fxsparse.vrpge.signal_to_noise`` splits them
-in halves to separate the true gradient from the noise: ``snr`` is per single estimate (an
-upper bound: a signal below the detection floor counts as the floor) and ``steps`` =
-1 / snr^2 is how many estimates must be averaged before their mean points along the
-gradient (a lower bound; Adam's momentum averages ~10). Printed per channel (what the method
-learns) and per group (the gradient of a group's mean keep ratio: the per-layer allocation).
-Eager execution; ~2 min per point on a 2-core CPU at the defaults.
+On Fashion-MNIST (batch 128) the weights train for each number of steps in ``--at`` (SGD lr
+0.05, momentum 0.9) under masks sampled from the *initial* policy (the scores stay at their
+starting, budget-meeting values: open, nothing polarised), then ``--estimates`` independent
+estimates (2 fresh samples on a fresh minibatch each, at those weights) are drawn.
+``fxsparse.vrpge.signal_to_noise`` splits them in halves (E[a_j b_j] = mu_j^2) to separate
+the true gradient from the noise. Every figure comes with the estimator's detection floor:
+the signal RMS that M estimates over n coordinates can tell from zero (2 standard errors of
+the split-half product; about sqrt(2 / (M sqrt(n))) times the noise). A signal below its
+floor is not a measurement of the signal; ``steps`` = 1 / snr^2 estimates must be averaged
+before their mean points along the gradient.
+
+Rows: per channel (the paper's parameters), per group for the channel policy (the sum of a
+group's channel estimates: the gradient of a shared keep ratio under random channel
+subsets), and with ``--granularity width`` the width policy's own per-group estimates
+(ordered channel subsets, the default search). Eager; ~1-3 min per point on 2 cores.
 """
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -26,7 +33,7 @@ import fxsparse
 from fxsparse.cli import load_model
 from fxsparse.data import make_loaders
 from fxsparse.structure import StructureLearner
-from fxsparse.vrpge import signal_to_noise, vrpge_gradient
+from fxsparse.vrpge import signal_to_noise
 
 
 def batches(loader):
@@ -35,24 +42,32 @@ def batches(loader):
 
 
 def estimates(learner, data, count):
-    """``count`` VR-PGE estimates, each from 2 fresh masks on a fresh minibatch."""
+    """``count`` estimates of the learner's parameters, each from 2 fresh samples on a fresh minibatch."""
     out = []
     for _ in range(count):
-        losses, masks = learner.sample_losses(F.cross_entropy, *next(data), k=2)
-        out.append(vrpge_gradient(losses.double(), masks.double(), learner.scores.detach().double()))
+        losses, draws = learner.sample_losses(F.cross_entropy, *next(data), k=2)
+        out.append(learner.gradient(losses, draws))
     return torch.stack(out)
+
+
+def described(r, n):
+    """signal / floor / noise, snr bound, steps; flags a signal below its floor."""
+    below = r["signal"] <= r["signal_floor"]
+    return [f"{r['signal']:.3g}{' (below floor)' if below else ''} / {r['signal_floor']:.2g} / {r['noise']:.3g}",
+            f"{'<= ' if below else ''}{r['snr_upper'] if below else r['snr']:.3f}",
+            f"{'>= ' if below else ''}{r['min_steps'] if below else r['steps_to_resolve']:,.0f}", n]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="zoo:vgg11_bn")
-    p.add_argument("--keep", type=float, default=0.5)
-    p.add_argument("--budget", choices=["channels", "flops"], default="channels")
-    p.add_argument("--at", type=int, nargs="+", default=[0, 117, 468], help="search steps before measuring")
+    p.add_argument("--keep", type=float, default=0.08)
+    p.add_argument("--budget", choices=["channels", "flops"], default="flops")
+    p.add_argument("--granularity", choices=["channel", "width"], default="width")
+    p.add_argument("--at", type=int, nargs="+", default=[0, 117, 468], help="weight-training steps before measuring")
     p.add_argument("--estimates", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--score-lr", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
@@ -65,35 +80,37 @@ def main(argv=None):
     x0, _ = next(data)
     sp = fxsparse.compile(model, (x0[:2],), keep=args.keep, compile=False, seed=args.seed)
     sp.train()
-    learner = StructureLearner(sp, keep=args.keep, budget=args.budget, lr=args.score_lr, seed=args.seed)
+    learner = StructureLearner(sp, keep=args.keep, budget=args.budget, lr=0.0, seed=args.seed, granularity=args.granularity)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     step = sp.make_train_step(F.cross_entropy, opt)
-    sizes = learner.sizes
+    sizes, M = learner.sizes, args.estimates
     rows, done, results = [], 0, []
     for at in sorted(args.at):
-        for _ in range(at - done):
-            x, y = next(data)
-            loss, mask = learner.weight_step(step, x, y)
-            learner.score_step(F.cross_entropy, x, y, first=(loss, mask))
+        for _ in range(at - done):  # weights only: the scores stay where they started
+            learner.weight_step(step, *next(data))
         done = at
         t = time.perf_counter()
-        est = estimates(learner, data, args.estimates)
-        per_channel = signal_to_noise(est)
-        per_group = signal_to_noise(torch.stack([part.sum(1) for part in torch.split(est, sizes, dim=1)], 1))
-        s = learner.scores.detach()
-        polar = float(((s < 0.05) | (s > 0.95)).double().mean())
-        results.append({"steps": at, "channel": per_channel, "group": per_group, "polarised": polar,
-                        "seconds": time.perf_counter() - t})
-        rows.append([at, f"{polar:.2f}"] + [v for r in (per_channel, per_group) for v in (
-            f"{r['signal']:.3g} / {r['signal_floor']:.2g} / {r['noise']:.3g}", f"<= {r['snr_upper']:.3f}",
-            f">= {r['min_steps']:,.0f}")])
-        print(tabulate(rows, headers=["search steps", "scores at 0/1", "channel signal / floor / noise", "channel snr",
-                                      "channel steps", "group signal / floor / noise", "group snr", "group steps"]),
-              flush=True)
-    print(f"{sum(sizes)} channels in {len(sizes)} groups, {args.estimates} estimates per point")
+        est = estimates(learner, data, M)
+        point = {"steps": at, "seconds": None}
+        if args.granularity == "channel":
+            point["channel"] = signal_to_noise(est)
+            point["group"] = signal_to_noise(torch.stack([part.sum(1) for part in torch.split(est, sizes, dim=1)], 1))
+            rows.append([at, "channel policy, per channel", *described(point["channel"], sum(sizes))])
+            rows.append([at, "channel policy, per group (sum)", *described(point["group"], len(sizes))])
+        else:
+            point["width"] = signal_to_noise(est)
+            rows.append([at, "width policy, per group", *described(point["width"], len(sizes))])
+        point["seconds"] = time.perf_counter() - t
+        point["floor_formula"] = {k: math.sqrt(2 / (M * math.sqrt(n))) for k, n in
+                                  (("channel", sum(sizes)), ("group", len(sizes)))}
+        results.append(point)
+        print(tabulate(rows, headers=["weight steps", "estimate", "signal (RMS) / floor / noise", "snr (one estimate)",
+                                      "estimates to resolve", "coordinates"]), flush=True)
+    print(f"{args.model}, {args.budget} budget {args.keep}, {sum(sizes)} channels in {len(sizes)} groups, "
+          f"{M} estimates per point; scores open (at their initial values)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+            json.dump({"args": vars(args), "torch": torch.__version__, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

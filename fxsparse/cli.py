@@ -137,7 +137,14 @@ def add_train_arguments(p):
                    "learning rate, cosine (default: continue the run's one cosine schedule; the authors restart "
                    "at 1e-3 after a 300-epoch search)")
     p.add_argument("--finetune-bn-eval", action="store_true", help="fine-tune with BN in eval mode (the authors' setting)")
-    p.add_argument("--score-lr", type=float, default=d.score_lr, help="Adam learning rate of the scores, cosine over the search (default %(default)s; the authors use 0.012 for a 300-epoch search)")
+    p.add_argument("--score-lr", type=float, default=d.score_lr, help="Adam learning rate of the scores, cosine over "
+                   "the search (default: 0.3 / sqrt(search steps); the authors use 0.012 for a 300-epoch search)")
+    p.add_argument("--granularity", choices=["width", "channel", "width+channel"], default=d.granularity,
+                   help="what the search learns: one keep ratio per layer group (width; channels by L1 order), one "
+                   "score per channel (channel, the paper), or widths then channels within (default %(default)s)")
+    p.add_argument("--final", choices=["topk", "sample"], default=d.final,
+                   help="final mask: the top of the scores meeting the budget (topk), or the authors' best of "
+                   "sampled masks (sample) (default %(default)s)")
     p.add_argument("--form", choices=["exact", "preconditioned"], default=d.form, help="Bernoulli score form (default %(default)s)")
     p.add_argument("--samples", type=int, default=d.samples, help="masks per score step (default %(default)s)")
     p.add_argument("--no-reuse-loss", dest="reuse_loss", action="store_false",

@@ -127,6 +127,18 @@ class SparseModel(nn.Module):
         self.rebuilds += 1
         self._build()
 
+    @property
+    def shrinks(self) -> int:
+        """Capacity shrinks since the step was first compiled (bounded by fit_capacity's max_shrinks)."""
+        return self._shrinks
+
+    def restore_capacity(self, caps, shrinks: int = 0) -> None:
+        """The capacities (and shrink count) a checkpoint recorded: a resumed run must pad
+        like the run that saved it, since padding changes float summation order."""
+        if caps is not None and list(caps) != self.plan.caps:
+            self._set_caps(caps)
+        self._shrinks = shrinks
+
     def fits(self, masks) -> bool:
         """Whether ``masks`` ({group: bool}) fit the current capacities (no rebuild needed)."""
         return all(c <= cap for c, cap in zip(self.plan.block_counts(masks), self.plan.caps))
@@ -211,6 +223,7 @@ class SparseModel(nn.Module):
         self._param_names = [n for n, _ in self.model.named_parameters()]
         cap_buffers = dict(cap.named_buffers())
         self._buffer_names = [n for n, _ in self.model.named_buffers() if n in cap_buffers]
+        self._buffer_set = set(self._buffer_names)
         # (name, owning module's tensor dict, key): current tensors by two dict lookups each
         # step (named_parameters() walks the module tree: ~0.5 ms per call on a VGG-11)
         self._tensor_refs = [(n, *self._owner_of(n, "_parameters")) for n in self._param_names]
@@ -331,6 +344,47 @@ class SparseModel(nn.Module):
             if fn is None:
                 fn = self._compiled["forward"] = self.compile_fn(self._forward_impl)
         return fn(self._dense_tensors(), plan, *inputs)
+
+    @torch.no_grad()
+    def losses(self, loss_fn, masks, *args) -> torch.Tensor:
+        """Losses of the sub-networks of ``masks`` (a list of {group: bool} dicts) on one
+        minibatch ``*inputs, target``, all at the current weights: the structure search's
+        score forwards. No autograd, running statistics untouched (batch statistics are
+        used, as in a training forward), the current masks left as they were. With
+        ``compile``, the K forwards are one compiled graph (K gathers and forwards, no
+        write-back), separate from the training step's graphs. Returns a float32 [K] tensor."""
+        *inputs, target = args
+        self._buffers_to(device_of(inputs))
+        current = self._masks
+        for keep in masks:  # grow the capacities first if a mask needs more slots (a rebuild)
+            self.masks = keep
+        plans = []
+        for keep in masks:
+            self.masks = keep
+            plans.append(self.step_inputs())
+        self._masks = current
+        fn = self._compiled.get(("losses", len(plans), loss_fn))
+        if fn is None:
+            def many_losses(dense, plans, target, *inputs):
+                return torch.stack([loss_fn(self._forward_no_write_back(dense, plan, *inputs), target).float()
+                                    for plan in plans])
+            fn = self.compile_fn(many_losses) if self.use_compile else many_losses
+            self._compiled[("losses", len(plans), loss_fn)] = fn
+        return fn(self._dense_tensors(), plans, target, *inputs)
+
+    def _forward_no_write_back(self, dense, plan, *inputs):
+        """The capacity model's forward on gathered copies of every tensor: in train mode BN
+        updates those copies, never the dense running statistics."""
+        device = device_of(inputs)
+        gathered = {}
+        for name, t in dense.items():
+            members = self._members.get(name, ())
+            for dim, _ in members:
+                t = torch.index_select(t, dim, plan[f"{name}|{dim}|idx"].to(device, non_blocking=True))
+            if not members and name in self._buffer_set:
+                t = t.clone()
+            gathered[name] = t
+        return forward_gathered(self, gathered, plan, *inputs)
 
     def make_train_step(self, loss_fn, optimizer, skip_nonfinite: bool = True):
         """``step(*inputs, target) -> loss``: see :func:`fxsparse.train_step.make_train_step`."""

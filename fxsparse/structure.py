@@ -1,109 +1,200 @@
-"""VR-PGE structure learning (Zhou et al., NeurIPS 2021) on top of a SparseModel.
+"""Structure learning with VR-PGE (Zhou et al., NeurIPS 2021) on top of a SparseModel.
 
-One keep-probability (score) per prunable channel, all groups concatenated. Each
-minibatch: a *weight step* with a sampled mask (the compact sparse train step), then a
-*score step*: K forward passes without autograd, each with an independent mask, give
-losses f_j; the VR-PGE estimate 1/(K-1) sum_j (f_j - mean f) g_j (g the Bernoulli score,
-``form="exact"`` by default: it is unbiased; ``"preconditioned"`` is the authors' form)
-drives Adam on the scores, followed by the exact projection onto the budget
-{0 <= s <= 1, sum(w s) <= B} (w = 1: a channel budget; w = per-channel FLOPs: a FLOPs
-budget). ``reuse_loss=True`` takes the weight step's loss (same mask, before the update)
-as the first sample, so the score step costs one extra forward instead of two.
+A *policy* over channel masks, trained with the variance-reduced policy gradient from
+forward passes only. Three granularities (``granularity``):
+
+* ``"channel"`` (the paper): one keep-probability per prunable channel; masks are
+  independent Bernoulli draws.
+* ``"width"``: one keep-probability w_g per prunable group (a learned width). The group
+  keeps k_g ~ Binomial(n_g, w_g) channels (at least one), and *which* ones follows a
+  within-group order, the L1 norm of the channels' producing filters, re-read from the
+  weights every ``reorder_every`` steps. A few dozen parameters instead of thousands: the
+  estimate of each resolves in tens of steps (METHODS.md section 4), where per-channel
+  scores need thousands.
+* ``"width+channel"``: widths for the first ``width_fraction`` of the search, then
+  per-channel scores inside each group, started at its learned width, with each group's
+  expected channel count held at what the widths chose.
+
+Each minibatch: the *score forwards* run first, K - 1 sampled sub-networks (or K, with
+``reuse_loss=False``) at the current weights, without autograd, as one compiled graph
+(:meth:`fxsparse.SparseModel.losses`); then the *weight step* trains the sub-network of
+the first sample, whose loss before its update is that sample's loss. So every sample of
+one estimate sees the same weights (a loss taken after the weight update would carry the
+update's own loss drop into f_1 - f_2). The estimate
+1/(K-1) sum_j (f_j - mean f) g_j, with g the Bernoulli score of the draws (summed over a
+group's channels for a width), drives Adam on the parameters, then the projection onto
+the budget {0 <= s <= 1, sum(w s) <= B} (channels or expected FLOPs).
+
+The score learning rate: with Adam a parameter moves about ``lr`` per step whatever the
+gradient's size, and 0 and 1 absorb, so a rate too high for the search length fixes a
+random structure before the estimates know anything. ``lr=None`` calibrates it to the
+search: ``lr = lr_scale / sqrt(steps)`` (noise alone then moves a parameter about
+``lr_scale`` over the whole search, signal about ``lr_scale * sqrt(steps) * snr``).
+The final mask is the top of the scores meeting the budget exactly (``final="topk"``),
+or the authors' best of sampled masks (``final="sample"``).
 """
 from __future__ import annotations
+
+import math
+import warnings
 
 import torch
 
 from .flops import SubnetFlops
+from .methods.l1_filter import filter_l1
 from .vrpge import project_budget, sample_grouped_mask, vrpge_gradient
+
+GRANULARITIES = ("channel", "width", "width+channel")
+FINALS = ("topk", "sample")
+# lr * sqrt(search steps) when the learning rate is calibrated to the search (lr=None)
+LR_SCALE = {"channel": 0.3, "width": 0.3, "width+channel": 0.3}
 
 
 class StructureLearner:
-    def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", lr: float = 0.1,
-                 form: str = "exact", samples: int = 2, seed: int = 0):
-        if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
+    def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", lr: float | None = 0.1,
+                 form: str = "exact", samples: int = 2, seed: int = 0, granularity: str = "channel",
+                 steps: int | None = None, lr_scale: float | None = None, reuse_loss: bool = True,
+                 final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100):
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
             raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
         if samples < 2:
             raise ValueError(f"the VR-PGE estimate needs at least 2 samples per step, got {samples}")
+        if budget not in ("channels", "flops"):
+            raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+        if final not in FINALS:
+            raise ValueError(f"final must be one of {', '.join(FINALS)}, got {final!r}")
+        if lr is None and not steps:
+            raise ValueError("lr=None calibrates the score learning rate to the search length: pass steps=")
+        if not 0 < width_fraction < 1:
+            raise ValueError(f"width_fraction must be in (0, 1), got {width_fraction!r}")
         self.sparse = sparse
         self.groups = sparse.channel_graph.prunable_groups
         self.sizes = [g.size for g in self.groups]
         n = sum(self.sizes)
-        if budget not in ("channels", "flops"):
-            raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
         self.kind, self.keep = budget, float(keep)
         self.flops = SubnetFlops(sparse.channel_graph)
-        self.weights = torch.ones(n, dtype=torch.float64)
-        self.budget = keep * n  # channels; for "flops" the budget is keep * dense FLOPs
-        init = float(keep)
+        self.budget = keep * n if budget == "channels" else keep * self.flops.dense
+        self.form, self.samples, self.reuse_loss, self.final = form, int(samples), bool(reuse_loss), final
+        self.granularity, self.steps, self.width_fraction = granularity, steps, float(width_fraction)
+        self.reorder_every = int(reorder_every)
+        self.lr = lr if lr is not None else (lr_scale or LR_SCALE[granularity]) / math.sqrt(steps)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.redrawn = 0  # sampled masks redrawn because they overflowed a block's capacity
+        self._steps = 0
+        self._owner = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+        self._order = None  # within-group channel order (widths): {position: rank}, refreshed
+        self.stage = "channel" if granularity == "channel" else "width"
+        self.group_budget = None  # per-group expected channel counts in the channel stage of width+channel
         if budget == "flops":
-            self.budget = keep * self.flops.dense
             floor = float(self.flops(torch.zeros(n)))
             if floor > self.budget:
                 raise ValueError(f"a FLOPs budget of {keep:g} is below what the unprunable layers alone cost "
                                  f"({floor / self.flops.dense:.3f} of dense); raise --keep")
             init = _bisect(lambda r: float(self.flops(torch.full((n,), r))) - self.budget, 0.0, 1.0)
-        self.form, self.samples = form, samples
-        self.generator = torch.Generator().manual_seed(seed)
-        self.scores = torch.nn.Parameter(torch.full((n,), init, dtype=torch.float64))  # float64: the budget holds to rounding
-        self.optimizer = torch.optim.Adam([self.scores], lr=lr)
+        else:
+            init = float(keep)
+        size = n if self.stage == "channel" else len(self.sizes)
+        self.scores = torch.nn.Parameter(torch.full((size,), init, dtype=torch.float64))  # float64: the budget holds to rounding
+        self.optimizer = torch.optim.Adam([self.scores], lr=self.lr)
+        self._split = torch.zeros(2, size, dtype=torch.float64)  # summed estimates of even / odd steps
         self._project()
-        self.redrawn = 0  # sampled masks redrawn because they overflowed a block's capacity
-        self._steps = 0
         self.sparse.fit_capacity(self.group_probs())  # capacities for these scores, before any compile
 
+    # ----- state ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"scores": self.scores.detach().clone(), "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(), "caps": list(self.sparse.plan.caps),
-                "shrinks": self.sparse._shrinks, "steps": self._steps, "redrawn": self.redrawn}
+                "shrinks": self.sparse.shrinks, "steps": self._steps, "redrawn": self.redrawn,
+                "stage": self.stage, "group_budget": self.group_budget, "split": self._split.clone(),
+                "order": self._order}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("stage", self.stage) != self.stage:
+            self._enter_channel_stage(state["group_budget"])
         with torch.no_grad():
             self.scores.copy_(state["scores"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self._steps, self.redrawn = state.get("steps", 0), state.get("redrawn", 0)
+        self._split = state.get("split", self._split)
+        self._order = state.get("order")
         # the same capacities as the run that saved it: padding changes float summation order
-        if "caps" in state and list(state["caps"]) != self.sparse.plan.caps:
-            self.sparse._set_caps(state["caps"])
-        self.sparse._shrinks = state.get("shrinks", 0)
+        self.sparse.restore_capacity(state.get("caps"), state.get("shrinks", 0))
 
-    # ----- masks ---------------------------------------------------------------------
-    def sample(self, k: int = 1, redraw: int = 10, fit: bool = True) -> torch.Tensor:
-        """[k, n] Bernoulli(scores) masks, at least one channel per group. A mask that keeps
-        more channels in a block than the compiled step has slots for is redrawn (up to
-        ``redraw`` times; counted in ``self.redrawn``) instead of growing the step: the
-        capacities sit 3 std above the expected count, so this is a < 0.2% tail per block,
-        and :meth:`fit_capacity` re-plans them before the scores move past them."""
-        m, _ = sample_grouped_mask(self.scores.detach(), self.sizes, self.generator, num_samples=k)
-        m = m.bool()
-        for row in range(k if fit else 0):
-            for _ in range(redraw):
-                if self.sparse.fits(self.as_group_masks(m[row])):
-                    break
-                self.redrawn += 1
-                m[row] = sample_grouped_mask(self.scores.detach(), self.sizes, self.generator, num_samples=1)[0][0].bool()
-        return m
+    # ----- the policy: probabilities, draws, masks -----------------------------------
+    def probs(self) -> torch.Tensor:
+        """Per-channel keep probabilities (all prunable groups concatenated)."""
+        s = self.scores.detach()
+        return s[self._owner] if self.stage == "width" else s
+
+    def group_probs(self) -> dict[int, torch.Tensor]:
+        return self._per_group(self.probs())
 
     def _per_group(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
         return {g.id: part for g, part in zip(self.groups, torch.split(flat, self.sizes))}
 
-    def group_probs(self) -> dict[int, torch.Tensor]:
-        return self._per_group(self.scores.detach())
+    def as_group_masks(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
+        return self._per_group(flat.bool())
+
+    def _draws(self, k: int) -> torch.Tensor:
+        m, _ = sample_grouped_mask(self.probs(), self.sizes, self.generator, num_samples=k)
+        return m.bool()
+
+    def mask_of(self, draws: torch.Tensor) -> torch.Tensor:
+        """The network's mask for Bernoulli ``draws`` [..., n]: the draws themselves for
+        channel scores; for widths, each group's first k_g channels of the within-group
+        order, k_g the group's number of draws."""
+        if self.stage != "width":
+            return draws
+        counts = torch.zeros(*draws.shape[:-1], len(self.sizes), dtype=torch.long)
+        counts.index_add_(-1, self._owner, draws.long())
+        return self._ordered_rank() < counts[..., self._owner]
+
+    def _ordered_rank(self) -> torch.Tensor:
+        """Each channel's rank within its group by the width order (0 = kept first)."""
+        if self._order is None or (self.reorder_every and self._steps % self.reorder_every == 0
+                                   and self._order[0] != self._steps):
+            scores = filter_l1(self.sparse.channel_graph, self.sparse.model)
+            rank = torch.empty(len(self._owner), dtype=torch.long)
+            start = 0
+            for g, n in zip(self.groups, self.sizes):
+                order = torch.sort(scores[g.id], descending=True, stable=True).indices
+                rank[start + order] = torch.arange(n)
+                start += n
+            self._order = (self._steps, rank)
+        return self._order[1]
+
+    def sample(self, k: int = 1, redraw: int = 10, fit: bool = True) -> torch.Tensor:
+        """[k, n] network masks (see :meth:`sample_draws`)."""
+        return self.mask_of(self.sample_draws(k, redraw, fit))
+
+    def sample_draws(self, k: int = 1, redraw: int = 10, fit: bool = True) -> torch.Tensor:
+        """[k, n] Bernoulli draws of the policy, at least one channel per group. A draw whose
+        mask keeps more channels in a block than the compiled step has slots for is redrawn
+        (up to ``redraw`` times; counted in ``self.redrawn``) instead of growing the step:
+        the capacities sit 3 std above the expected count, so this is a < 0.2% tail per
+        block, and :meth:`fit_capacity` re-plans them before the scores move past them."""
+        d = self._draws(k)
+        for row in range(k if fit else 0):
+            for _ in range(redraw):
+                if self.sparse.fits(self.as_group_masks(self.mask_of(d[row]))):
+                    break
+                self.redrawn += 1
+                d[row] = self._draws(1)[0]
+        return d
 
     def fit_capacity(self) -> bool:
         """Keep the compiled step's capacities matched to the scores: grow before they
         overflow (checked every step), shrink once the scores have sharpened (checked every
         50 steps). Returns whether the step was rebuilt."""
-        self._steps += 1
         return self.sparse.fit_capacity(self.group_probs(), shrink=self._steps % 50 == 0)
 
-    def as_group_masks(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
-        return self._per_group(flat.bool())
-
+    # ----- budget --------------------------------------------------------------------
     def expected_keep(self) -> float:
         """Budget the scores use in expectation, as a fraction of the dense model's (channels or FLOPs)."""
-        return self.used(self.scores.detach())
+        return self.used(self.probs())
 
     def used(self, keep: torch.Tensor) -> float:
         """Fraction of the dense budget a keep vector (mask or probabilities) uses."""
@@ -112,81 +203,126 @@ class StructureLearner:
         return float(keep.double().sum()) / len(keep)
 
     def _project(self):
-        """Channels: the exact Euclidean projection onto {0 <= s <= 1, sum s <= K}.
-        FLOPs: expected FLOPs are bilinear in the scores, so no closed-form projection
-        exists; the scores are shifted along the FLOPs gradient, s <- clamp(s - v dF/ds, 0, 1),
-        with v found by bisection so the expected FLOPs meet the budget (to 1e-6 relative)."""
+        """Onto the budget after every update. Channels: the exact Euclidean projection onto
+        {0 <= s <= 1, sum(n s) <= K} (n: channels per parameter; per group in the channel
+        stage of width+channel, where each group holds its learned count). FLOPs: expected
+        FLOPs are bilinear in the probabilities, so no closed-form projection exists; the
+        parameters are shifted along the FLOPs gradient, s <- clamp(s - v dF/ds, 0, 1), v
+        found by bisection so the expected FLOPs meet the budget (to 1e-6 relative)."""
         with torch.no_grad():
             s64 = self.scores.detach().double().clamp(0, 1)
-            if self.kind == "channels":
-                s64, _ = project_budget(s64, self.budget, weights=self.weights)
-            elif float(self.flops(s64)) > self.budget:
+            if self.group_budget is not None:
+                parts = [project_budget(p, float(b))[0] for p, b in zip(torch.split(s64, self.sizes), self.group_budget)]
+                s64 = torch.cat(parts)
+            elif self.kind == "channels":
+                w = torch.tensor(self.sizes, dtype=torch.float64) if self.stage == "width" else None
+                s64, _ = project_budget(s64, self.budget, weights=w)
+            elif float(self.flops(self._expand(s64))) > self.budget:
                 with torch.enable_grad():
                     x = s64.clone().requires_grad_(True)
-                    (w,) = torch.autograd.grad(self.flops(x), x)
+                    (w,) = torch.autograd.grad(self.flops(self._expand(x)), x)
                 w = (w / float(w.max())).clamp_min(1e-12)  # unit scale: v's tolerance is the scores' tolerance
                 at = lambda v: (s64 - v * w).clamp(0, 1)
                 hi = float((s64 / w).max()) + 1.0
-                v = _bisect(lambda v: self.budget - float(self.flops(at(v))), 0.0, hi, rel=1e-13)
+                v = _bisect(lambda v: self.budget - float(self.flops(self._expand(at(v)))), 0.0, hi, rel=1e-13)
                 s64 = at(v)
             self.scores.copy_(s64.to(self.scores.dtype))
 
-    # ----- the two steps -------------------------------------------------------------
-    def weight_step(self, step_fn, *batch):
-        """Sample a mask, run the (compiled) sparse train step on it; returns (loss, mask)."""
-        self.fit_capacity()
-        mask = self.sample(1)[0]
-        self.sparse.masks = self.as_group_masks(mask)
-        return step_fn(*batch), mask
+    def _expand(self, s: torch.Tensor) -> torch.Tensor:
+        return s[self._owner] if self.stage == "width" else s
 
-    @torch.no_grad()
-    def score_step(self, loss_fn, *batch, first=None) -> torch.Tensor:
-        """K forwards without autograd on the same minibatch, VR-PGE estimate, Adam, projection.
-        ``first``: (loss, mask) of the weight step to reuse as one of the samples.
-        A non-finite loss raises FloatingPointError before anything changes."""
-        losses, masks = self.sample_losses(loss_fn, *batch, k=self.samples - (1 if first is not None else 0))
-        self.last_forward_flops = float(sum(float(self.flops(m)) for m in masks)) / max(len(masks), 1)
-        if first is not None:
-            losses = torch.cat([first[0].detach().float().view(1), losses])
-            masks = torch.cat([first[1].view(1, -1), masks])
-        return self.score_update(losses, masks)
+    # ----- the estimate --------------------------------------------------------------
+    def gradient(self, losses: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """The VR-PGE estimate w.r.t. the parameters from K (loss, draw) samples of one
+        minibatch: per channel, or summed over each group's channels for a width (the score
+        of a Binomial count is the sum of its Bernoulli draws' scores)."""
+        return policy_gradient(losses, draws, self.probs(), self._owner if self.stage == "width" else None, self.form)
 
     @torch.no_grad()
     def sample_losses(self, loss_fn, *batch, k: int):
-        """``k`` fresh masks and their losses on one minibatch, without autograd: ([k], [k, n]).
-        Running statistics are restored, so score passes leave no trace."""
-        *inputs, target = batch
-        masks = self.sample(k)
-        losses = []
-        buffers = {n: b.clone() for n, b in self.sparse.model.named_buffers()}
-        for m in masks:
-            self.sparse.masks = self.as_group_masks(m)
-            losses.append(loss_fn(self.sparse(*inputs), target).float())
-        for n, b in self.sparse.model.named_buffers():
-            b.copy_(buffers[n])
-        return torch.stack(losses), masks
+        """``k`` fresh draws and their sub-networks' losses on one minibatch, at the current
+        weights, without autograd (one compiled graph): ([k], [k, n] draws)."""
+        draws = self.sample_draws(k)
+        masks = self.mask_of(draws)
+        losses = self.sparse.losses(loss_fn, [self.as_group_masks(m) for m in masks], *batch)
+        return losses, draws
 
     @torch.no_grad()
-    def score_update(self, losses: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """VR-PGE estimate from K (loss, mask) samples of one minibatch, Adam, projection."""
+    def score_update(self, losses: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """VR-PGE estimate from K (loss, draw) samples of one minibatch, Adam, projection."""
         if not bool(torch.isfinite(losses).all()):
             raise FloatingPointError(f"non-finite loss in the score step ({losses.tolist()}); scores unchanged")
-        # float64: at a score of exactly 0 or 1 the exact Bernoulli score needs its eps clamp
-        grad = vrpge_gradient(losses.double(), masks.double(), self.scores.detach().double(), form=self.form)
+        grad = self.gradient(losses, draws)
+        self._split[self._steps % 2] += grad
         self.scores.grad = grad.to(self.scores.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._project()
         return grad
 
-    def deterministic_mask(self) -> dict[int, torch.Tensor]:
-        """Channels with score >= 0.5 (and each group's best), cut to meet the budget: the
-        mask a run evaluates between epochs."""
-        s = self.scores.detach()
-        mask = s >= 0.5
-        for part, sub in zip(torch.split(mask, self.sizes), torch.split(s, self.sizes)):
-            part[int(sub.argmax())] = True
-        return self.as_group_masks(self._meet_budget(mask))
+    # ----- one minibatch -------------------------------------------------------------
+    def step(self, step_fn, loss_fn, *batch, reuse_loss: bool | None = None):
+        """One minibatch of joint training: the score forwards, then the weight step, then
+        the score update, every sample at the same (pre-update) weights. ``step_fn``: the
+        sparse train step; returns (weight step loss, its mask). A non-finite loss skips
+        the score update (FloatingPointError is not raised here: the caller sees the loss)."""
+        reuse = self.reuse_loss if reuse_loss is None else reuse_loss
+        self._advance()
+        draws = self.sample_draws(self.samples + (0 if reuse else 1))
+        masks = self.mask_of(draws)
+        with torch.no_grad():
+            rest = self.sparse.losses(loss_fn, [self.as_group_masks(m) for m in masks[1:]], *batch)
+        self.sparse.masks = self.as_group_masks(masks[0])
+        loss = step_fn(*batch)
+        losses, used = (torch.cat([loss.detach().float().view(1), rest]), draws) if reuse else (rest, draws[1:])
+        self.last_forward_flops = float(sum(float(self.flops(m)) for m in masks[1:])) / max(len(masks) - 1, 1)
+        self.last_forwards = len(masks) - 1
+        if bool(torch.isfinite(losses).all()):
+            self.score_update(losses, used)
+        elif bool(torch.isfinite(loss)):  # the weight step's own non-finite loss is the caller's to report
+            warnings.warn(f"score update skipped: non-finite loss among the samples ({losses.tolist()})",
+                          RuntimeWarning, stacklevel=2)
+        return loss, masks[0]
+
+    def _advance(self):
+        """Per step: the stage switch of width+channel, then the capacities."""
+        self._steps += 1
+        if self.granularity == "width+channel" and self.stage == "width" and \
+                self._steps > self.width_fraction * (self.steps or 0):
+            self._enter_channel_stage()
+        self.fit_capacity()
+
+    def _enter_channel_stage(self, group_budget=None):
+        """width+channel: per-channel scores from here on, started at their group's width
+        (the within-group order breaks the tie: the first of the order starts highest), each
+        group holding the channel count its width chose."""
+        widths = self.scores.detach().double()
+        if group_budget is None:
+            group_budget = [float(w) * n for w, n in zip(widths, self.sizes)]
+        start = widths[self._owner]
+        rank = self._ordered_rank().double()
+        sizes = torch.tensor(self.sizes, dtype=torch.float64)[self._owner]
+        start = (start + 0.1 * (0.5 - rank / sizes)).clamp(0, 1)  # a slight tilt toward the L1 order
+        self.stage, self.group_budget = "channel", list(group_budget)
+        self.scores = torch.nn.Parameter(start.clone())
+        self.optimizer = torch.optim.Adam([self.scores], lr=self.lr)
+        self._split = torch.zeros(2, len(start), dtype=torch.float64)
+        self._project()
+
+    def weight_step(self, step_fn, *batch):
+        """Sample a mask, run the (compiled) sparse train step on it; returns (loss, mask)."""
+        self._advance()
+        mask = self.sample(1)[0]
+        self.sparse.masks = self.as_group_masks(mask)
+        return step_fn(*batch), mask
+
+    @torch.no_grad()
+    def score_step(self, loss_fn, *batch) -> torch.Tensor:
+        """K fresh samples at the current weights, VR-PGE estimate, Adam, projection. A
+        non-finite loss raises FloatingPointError before anything changes."""
+        losses, draws = self.sample_losses(loss_fn, *batch, k=self.samples)
+        self.last_forward_flops = float(sum(float(self.flops(self.mask_of(d))) for d in draws)) / len(draws)
+        return self.score_update(losses, draws)
 
     def averaged_step(self, loss_fn, masked_optimizer, *batch):
         """The authors' weight step: K sampled sub-networks on the same minibatch, the weight
@@ -195,8 +331,9 @@ class StructureLearner:
         :class:`fxsparse.MaskedOptimizer`); the K losses (before the update) are then the
         score step's samples, so no extra forward is needed. Returns the mean loss."""
         *inputs, target = batch
-        self.fit_capacity()
-        masks = self.sample(self.samples)
+        self._advance()
+        draws = self.sample_draws(self.samples)
+        masks = self.mask_of(draws)
         masked_optimizer.zero_grad(set_to_none=True)
         losses = []
         for m in masks:
@@ -205,25 +342,40 @@ class StructureLearner:
             (loss / len(masks)).backward()
             losses.append(loss.detach().float())
         losses = torch.stack(losses)
-        self.last_forward_flops = 0.0
+        self.last_forward_flops, self.last_forwards = 0.0, 0
         if not bool(torch.isfinite(losses).all()):
             masked_optimizer.zero_grad(set_to_none=True)
             return losses.mean(), masks
         keep = masked_optimizer.union_keep([self.as_group_masks(m) for m in masks])
         masked_optimizer.step(keep=keep)
         masked_optimizer.zero_grad(set_to_none=True)
-        self.score_update(losses, masks)
+        self.score_update(losses, draws)
         return losses.mean(), masks
 
-    def step(self, step_fn, loss_fn, *batch, reuse_loss: bool = False):
-        """One minibatch of joint training: weight step, then score step. Returns the loss."""
-        loss, mask = self.weight_step(step_fn, *batch)
-        self.score_step(loss_fn, *batch, first=(loss, mask) if reuse_loss else None)
-        return loss
+    # ----- diagnostics ---------------------------------------------------------------
+    def diagnostics(self) -> dict:
+        """What the search has learned so far: the fraction of probabilities at 0 or 1, the
+        rank correlation of the summed estimates of even and odd steps (split halves: near 0
+        when the updates followed noise, near 1 when they followed a signal), and each
+        group's expected keep ratio."""
+        p = self.probs()
+        return {"scores_at_0_or_1": float(((p <= 1e-6) | (p >= 1 - 1e-6)).double().mean()),
+                "split_half_rank_corr": _spearman(self._split[0], self._split[1]),
+                "group_expected_keep": [float(v.mean()) for v in torch.split(p, self.sizes)],
+                "stage": self.stage, "score_lr": self.lr}
+
+    # ----- the final mask ------------------------------------------------------------
+    def deterministic_mask(self) -> dict[int, torch.Tensor]:
+        """The mask a run evaluates between epochs: the top of the scores, meeting the budget."""
+        return self.as_group_masks(self._topk_mask())
 
     def final_mask(self, evaluate, tries: int = 10) -> dict[int, torch.Tensor]:
-        """The authors' fine-tune mask: of ``tries`` sampled masks, the one ``evaluate``
+        """The fine-tune mask. ``final="topk"``: the highest-probability channels (for
+        widths: the first round(w_g n_g) of each group's order) filling the budget exactly.
+        ``final="sample"`` (the authors): of ``tries`` sampled masks the one ``evaluate``
         (mask dict -> accuracy) scores best, then cut to meet the budget exactly."""
+        if self.final == "topk":
+            return self.as_group_masks(self._topk_mask())
         best, best_acc = None, -1.0
         for m in self.sample(tries, fit=False):
             acc = evaluate(self.as_group_masks(m))
@@ -231,24 +383,41 @@ class StructureLearner:
                 best, best_acc = m, acc
         return self.as_group_masks(self._meet_budget(best))
 
+    def _priority(self) -> torch.Tensor:
+        """A per-channel priority whose top fills the budget: the probabilities; for widths,
+        within a group the order position rescaled so that channel j of n ranks at
+        w_g - (j + 0.5) / n (the first round(w n) channels are exactly those above 0)."""
+        p = self.probs().double()
+        if self.stage != "width":
+            return p
+        sizes = torch.tensor(self.sizes, dtype=torch.float64)[self._owner]
+        return p - (self._ordered_rank().double() + 0.5) / sizes
+
+    def _topk_mask(self) -> torch.Tensor:
+        pri = self._priority()
+        mask = torch.zeros(len(pri), dtype=torch.bool)
+        for part_idx in torch.split(torch.arange(len(pri)), self.sizes):  # each group's best
+            mask[part_idx[int(pri[part_idx].argmax())]] = True
+        return self._fill_to_budget(mask, pri)
+
     def _meet_budget(self, mask: torch.Tensor, fill: bool = True) -> torch.Tensor:
-        """Drop the lowest-scoring kept channels (never a group's last) until the mask meets
+        """Drop the lowest-priority kept channels (never a group's last) until the mask meets
         the budget (channels: sum m <= K; FLOPs: sub-network FLOPs <= budget), then, with
-        ``fill``, add the highest-scoring pruned channels that still fit: scores that
-        sharpened to 0 below the budget would otherwise leave part of it unused (measured:
-        0.474 of the channels at keep 0.5 on Fashion-MNIST VGG-11)."""
-        mask = self._drop_to_budget(mask)
+        ``fill``, add the highest-priority pruned channels that still fit: scores that
+        sharpened to 0 below the budget would otherwise leave part of it unused."""
+        pri = self._priority()
+        mask = self._drop_to_budget(mask, pri)
         if fill:
-            mask = self._fill_to_budget(mask)
+            mask = self._fill_to_budget(mask, pri)
         return mask
 
     def _cost(self, mask: torch.Tensor) -> float:
         return float(mask.double().sum()) if self.kind == "channels" else float(self.flops(mask))
 
-    def _fill_to_budget(self, mask: torch.Tensor) -> torch.Tensor:
+    def _fill_to_budget(self, mask: torch.Tensor, pri: torch.Tensor) -> torch.Tensor:
         mask = mask.clone()
         limit = self.budget * (1 + 1e-9)
-        for i in torch.argsort(self.scores.detach(), descending=True).tolist():
+        for i in torch.sort(pri, descending=True, stable=True).indices.tolist():
             if mask[i]:
                 continue
             mask[i] = True
@@ -258,18 +427,48 @@ class StructureLearner:
                     break  # every channel costs the same: nothing further fits
         return mask
 
-    def _drop_to_budget(self, mask: torch.Tensor) -> torch.Tensor:
+    def _drop_to_budget(self, mask: torch.Tensor, pri: torch.Tensor) -> torch.Tensor:
         mask = mask.clone().bool()
-        order = torch.argsort(self.scores.detach())
-        owner = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
-        kept_per = torch.zeros(len(self.sizes), dtype=torch.long).index_add_(0, owner, mask.long())
-        for i in order.tolist():
+        kept_per = torch.zeros(len(self.sizes), dtype=torch.long).index_add_(0, self._owner, mask.long())
+        for i in torch.sort(pri, stable=True).indices.tolist():
             if self._cost(mask) <= self.budget * (1 + 1e-9):
                 break
-            if mask[i] and kept_per[owner[i]] > 1:
+            if mask[i] and kept_per[self._owner[i]] > 1:
                 mask[i] = False
-                kept_per[owner[i]] -= 1
+                kept_per[self._owner[i]] -= 1
         return mask
+
+
+def policy_gradient(losses, draws, probs, owner=None, form: str = "exact") -> torch.Tensor:
+    """VR-PGE estimate from K (loss, Bernoulli draws) samples: per channel, or with
+    ``owner`` (the parameter of each channel, channels sharing one keep-probability) summed
+    over each parameter's channels: the score of a Binomial count is the sum of its draws'
+    Bernoulli scores, so the sum is the estimate for the shared parameter."""
+    grad = vrpge_gradient(losses.double(), draws.double(), probs.double(), form=form)
+    if owner is None:
+        return grad
+    return torch.zeros(int(owner.max()) + 1, dtype=grad.dtype).index_add_(0, owner, grad)
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (average ranks for ties); nan for fewer than 3 entries or constant input."""
+    if a.numel() < 3:
+        return float("nan")
+
+    def ranks(x):
+        order = torch.sort(x, stable=True).indices
+        r = torch.empty_like(x, dtype=torch.float64)
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for v in torch.unique(x):  # ties: their mean rank
+            tie = x == v
+            if int(tie.sum()) > 1:
+                r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a.double()), ranks(b.double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else float("nan")
 
 
 def _bisect(f, lo: float, hi: float, rel: float = 1e-9, iters: int = 200) -> float:

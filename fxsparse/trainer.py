@@ -68,10 +68,11 @@ class TrainConfig:
     # Fashion-MNIST VGG-11 (91.02% vs 92.4% continuing, README).
     finetune_lr: Optional[float] = None
     finetune_bn_eval: bool = False
-    # The authors' 12e-3 is for a 300-epoch search: after one epoch the scores were still
-    # 0.5 +- 0.1, so the weights trained under 50% random channel dropout all along (test
-    # accuracy 48% after the search epoch). 0.1 sharpens them within ~100 steps (87.7%).
-    score_lr: float = 0.1
+    # Score learning: None calibrates Adam's rate to the search length (lr * sqrt(steps) = 0.3):
+    # a fixed 0.1 polarised the scores within ~100 steps, before the estimates knew anything.
+    score_lr: Optional[float] = None     # None: calibrated to the search length (StructureLearner)
+    granularity: str = "width"
+    final: str = "topk"
     form: str = "exact"
     samples: int = 2
     reuse_loss: bool = True
@@ -105,7 +106,7 @@ class TrainConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         for name in ("lr", "finetune_lr", "score_lr"):
             v = getattr(self, name)
-            if name == "finetune_lr" and v is None:
+            if name in ("finetune_lr", "score_lr") and v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
@@ -146,7 +147,8 @@ class Trainer:
         opts = dict(config.method_options)
         if config.method == "vrpge":
             opts.update(budget=config.budget, form=config.form, samples=config.samples, score_lr=config.score_lr,
-                        reuse_loss=config.reuse_loss, final_tries=config.final_tries)
+                        reuse_loss=config.reuse_loss, final_tries=config.final_tries, granularity=config.granularity,
+                        final=config.final)
         self.method = create_method(config.method, keep=config.keep, **opts)
         self.graph = None
         if self.method.level != "none":
@@ -225,6 +227,7 @@ class Trainer:
         """Cosine decay per schedule (optimizer, base lr, first step, length in steps), a
         function of the run's step alone (nothing to checkpoint)."""
         for opt, base, start, length in self._schedules:
+            opt = opt() if callable(opt) else opt  # the learner's optimizer is replaced when width+channel switches stage
             frac = 0.5 * (1 + math.cos(math.pi * min(max(step - start, 0) / max(1, length), 1.0)))
             for group in opt.param_groups:
                 group["lr"] = base * frac
@@ -256,9 +259,10 @@ class Trainer:
             self.step_fn = self.sp.make_train_step(self.loss_fn, self.optimizer)
             m = self.method
             self.learner = StructureLearner(self.sp, keep=c.keep, budget=m.budget, lr=m.score_lr, form=m.form,
-                                            samples=m.samples, seed=c.seed + 1)
+                                            samples=m.samples, seed=c.seed + 1, granularity=m.granularity,
+                                            steps=steps, reuse_loss=m.reuse_loss, final=m.final)
             self._schedules = [self._weight_schedule(self.optimizer, phase, start, steps),  # scores: cosine over the search
-                               (self.learner.optimizer, m.score_lr, start, steps)]
+                               (lambda: self.learner.optimizer, self.learner.lr, start, steps)]
             if c.weight_average:
                 from .optim import MaskedOptimizer
 
@@ -392,14 +396,10 @@ class Trainer:
                 loss, masks = self.learner.averaged_step(self.loss_fn, self.masked_optimizer, x, y)
                 for mask in masks:
                     stats.add(mask, b)
-            elif phase == "search":
-                loss, mask = self.learner.weight_step(self.step_fn, x, y)
+            elif phase == "search":  # score forwards, weight step, score update: all at the same weights
+                loss, mask = self.learner.step(self.step_fn, self.loss_fn, x, y)
                 stats.add(mask, b)
-                if torch.isfinite(loss):
-                    first = (loss, mask) if self.method.reuse_loss else None
-                    self._score_step(x, y, first)
-                    k = self.learner.samples - (1 if first is not None else 0)
-                    self.train_flops += k * self.learner.last_forward_flops * b
+                self.train_flops += self.learner.last_forwards * self.learner.last_forward_flops * b
             else:
                 loss = self.step_fn(x, y)
                 self.train_flops += TRAIN_FACTOR * self._step_flops * b
@@ -438,26 +438,17 @@ class Trainer:
             self._save_checkpoint()
         return row
 
-    @torch.no_grad()
-    def _score_step(self, x, y, first):
-        """The score step with its FLOPs recorded; a non-finite loss skips it with a warning."""
-        learner = self.learner
-        try:
-            return learner.score_step(self.loss_fn, x, y, first=first)
-        except FloatingPointError as err:
-            warnings.warn(f"score step skipped: {err}", RuntimeWarning, stacklevel=2)
-            return None
-
     def _keep_stats(self, phase, masks, stats) -> dict:
         groups = self.graph.prunable_groups if self.graph is not None else []
         out = {"expected_keep": 1.0, "expected_flops": 1.0, "realised_keep": 1.0, "realised_flops": 1.0}
         if phase == "search":
-            s = self.learner.scores.detach()
+            s = self.learner.probs()
             n = max(stats.count, 1)
             out.update(expected_keep=float(s.mean()), expected_flops=self.flops.fraction(s),
                        realised_keep=stats.channels / n, realised_flops=stats.flops / n,
                        group_keep=[float(v.mean()) for v in torch.split(stats.kept / n, self.learner.sizes)],
-                       score_hist=torch.histc(s.float(), bins=20, min=0, max=1).tolist())
+                       score_hist=torch.histc(s.float(), bins=20, min=0, max=1).tolist(),
+                       search=self.learner.diagnostics())
         elif self.method.level == "weight":  # masked weights still cost dense FLOPs: say so
             wm = self.method.weight_masks()
             density = (sum(float(m.sum()) for m in wm.values()) / sum(m.numel() for m in wm.values())) if wm else self.method.keep

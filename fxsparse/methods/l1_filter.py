@@ -37,17 +37,23 @@ class L1Filter(ScoreMethod):
             raise ValueError(f"l1_filter: reduce must be 'sum' or 'mean', got {self.reduce!r}")
 
     def init(self, state: TrainState) -> None:
-        graph = self.channel_graph(state)
-        out_dims = weight_out_dims(state.model)
-        params = dict(state.model.named_parameters())
-        absw = {n: params[n].detach().abs() for n in out_dims if n in params}
-        every = group_scores(graph, absw, reduce=self.reduce)
-        scores = every
-        if self.side == "out":
-            scores = group_scores(graph, absw, reduce=self.reduce, where=lambda m: m.dim == out_dims[m.param])
-            scores = {gid: scores.get(gid, v) for gid, v in every.items()}
-        if not scores:
-            raise ValueError("l1_filter: no prunable group has a convolution or linear weight to score; "
-                             "use another method (e.g. random)")
-        self.scores = scores
-        self._keep_masks = self.select_channels(graph, scores)
+        self.scores = filter_l1(self.channel_graph(state), state.model, side=self.side, reduce=self.reduce)
+        self._keep_masks = self.select_channels(self.channel_graph(state), self.scores)
+
+
+def filter_l1(graph, model, side: str = "out", reduce: str = "sum") -> dict:
+    """{group id: float64 tensor[size]}: each prunable channel's L1 norm over the group's
+    producing filters (``side="out"``) or every weight member (``"all"``); see the module
+    docstring. Also the within-block order of the width-learning structure search."""
+    out_dims = weight_out_dims(model)
+    params = dict(model.named_parameters())
+    absw = {n: params[n].detach().abs() for n in out_dims if n in params}
+    every = group_scores(graph, absw, reduce=reduce)
+    scores = every
+    if side == "out":
+        scores = group_scores(graph, absw, reduce=reduce, where=lambda m: m.dim == out_dims[m.param])
+        scores = {gid: scores.get(gid, v) for gid, v in every.items()}
+    if not scores:
+        raise ValueError("l1_filter: no prunable group has a convolution or linear weight to score; "
+                         "use another method (e.g. random)")
+    return scores

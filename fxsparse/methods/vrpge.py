@@ -15,11 +15,20 @@ class VRPGE(Method):
     paper = "Zhou et al., Efficient Neural Network Training via Forward and Backward Propagation Sparsification, NeurIPS 2021"
 
     def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
-                 score_lr: float = 0.1, reuse_loss: bool = True, final_tries: int = 10, **options):
+                 score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
+                 granularity: str = "width", final: str = "topk", **options):
+        from ..structure import FINALS, GRANULARITIES
+
         super().__init__(keep, **options)
         if budget not in ("channels", "flops"):
             raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
         if form not in ("exact", "preconditioned"):
             raise ValueError(f"form must be 'exact' or 'preconditioned', got {form!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+        if final not in FINALS:
+            raise ValueError(f"final must be one of {', '.join(FINALS)}, got {final!r}")
         self.budget, self.form, self.samples = budget, form, int(samples)
-        self.score_lr, self.reuse_loss, self.final_tries = float(score_lr), bool(reuse_loss), int(final_tries)
+        self.score_lr = None if score_lr is None else float(score_lr)
+        self.reuse_loss, self.final_tries = bool(reuse_loss), int(final_tries)
+        self.granularity, self.final = granularity, final

@@ -1,0 +1,290 @@
+"""Does the structure search learn? Learned channel structures against random and L1 ones,
+at equal training FLOPs and at equal wall time, several seeds, on the real Fashion-MNIST.
+
+    python benchmarks/structure_search.py --table vgg11-high      # VGG-11-BN, FLOPs 0.08
+    python benchmarks/structure_search.py --table vgg11-quarter   # VGG-11-BN, FLOPs 0.25
+    python benchmarks/structure_search.py --table resnet20-high   # ResNet-20, FLOPs 0.08
+    python benchmarks/structure_search.py --table vgg11-high --report   # the table and plot only
+
+Each run is one ``fxsparse.trainer.Trainer`` run (what ``fxsparse train`` runs) in its own
+process. Every finished run appends one JSON record to ``OUT/records.jsonl``; a run already
+recorded is skipped, so a table can be completed over several sittings. Runs, per seed:
+
+* VR-PGE variants: ``paper`` (one score per channel, the authors' preconditioned score, Adam
+  12e-3, best of 10 sampled masks), ``channel`` (per channel, calibrated rate, top-k final
+  mask), ``width`` (one keep ratio per group, channels by L1 order: the default), and
+  ``width+channel``. Each searches ``--search`` epochs and fine-tunes the rest.
+* fixed masks chosen at initialisation, trained for as many steps as cost the default
+  variant's mean training FLOPs (``@flops``): random channels with a uniform per-group keep
+  ratio, random channels with the per-group counts the default variant learned (same seed:
+  this separates the allocation from the choice of channels), L1-filter (uniform per group,
+  the paper's way), SNIP and SynFlow (global order, filling the FLOPs budget).
+* random (uniform) and L1 again with as many steps as fit in the default variant's mean wall
+  time (``@wall``, from their own ``@flops`` wall time).
+* dense, one seed (a reference, not a contender).
+
+Runs are eager (``compile=False``): at these lengths torch.compile's cold compiles on a
+2-core CPU (minutes per capacity set) would dominate every wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+TABLES = {
+    "vgg11-high": dict(model="zoo:vgg11_bn", keep=0.08),
+    "vgg11-quarter": dict(model="zoo:vgg11_bn", keep=0.25),
+    "resnet20-high": dict(model="zoo:resnet20", keep=0.08),
+}
+DEFAULT = "vrpge-width"
+# label: (method, config overrides, method options); "@flops"/"@wall" runs get their epochs later
+VRPGE = {
+    "vrpge-paper": ("vrpge", dict(granularity="channel", form="preconditioned", score_lr=0.012, final="sample"), {}),
+    "vrpge-channel": ("vrpge", dict(granularity="channel"), {}),
+    "vrpge-width": ("vrpge", dict(granularity="width"), {}),
+    "vrpge-width+channel": ("vrpge", dict(granularity="width+channel"), {}),
+}
+FIXED = {
+    "random-uniform@flops": ("random", {}, dict(scope="per_group", budget="flops")),
+    "random-learned-alloc@flops": ("random", {}, dict(allocation="learned")),
+    "l1-filter@flops": ("l1_filter", {}, dict(scope="per_group", budget="flops")),
+    "snip@flops": ("snip", {}, dict(scope="global", budget="flops")),
+    "synflow@flops": ("synflow", {}, dict(scope="global", budget="flops")),
+    "random-uniform@wall": ("random", {}, dict(scope="per_group", budget="flops")),
+    "l1-filter@wall": ("l1_filter", {}, dict(scope="per_group", budget="flops")),
+}
+
+
+def records(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def find(recs, table, label, seed=None):
+    return [r for r in recs if r["table"] == table and r["label"] == label and (seed is None or r["seed"] == seed)]
+
+
+def run_child(spec: dict) -> dict:
+    """One run in its own process; returns its record."""
+    path = os.path.join(spec["config"]["out"] + ".spec.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", path])
+    if proc.returncode != 0:
+        raise SystemExit(f"run {spec['label']} seed {spec['seed']} failed (exit {proc.returncode})")
+    with open(spec["config"]["out"] + ".record.json") as f:
+        rec = json.load(f)
+    rec["process_s"] = time.perf_counter() - t0
+    return rec
+
+
+def child(path):
+    import torch
+
+    from fxsparse.trainer import TrainConfig, Trainer
+
+    with open(path) as f:
+        spec = json.load(f)
+    torch.set_num_threads(spec["threads"])
+    # denormal floats in the first steps' gradients made eager steps up to 20x slower here
+    # (2.4 s instead of 0.15 s per VGG-11 search step); flushing them costs no accuracy
+    torch.set_flush_denormal(True)
+    cfg = spec["config"]
+    if os.path.exists(cfg["out"]):
+        import shutil
+
+        shutil.rmtree(cfg["out"])  # an interrupted run starts over: its record was never written
+    tr = Trainer(TrainConfig(**cfg), log=lambda s: print(f"  [{spec['label']} s{spec['seed']}] {s}", flush=True),
+                 progress=False)
+    tr.run()
+    groups = tr.graph.prunable_groups if tr.graph is not None else []
+    masks = tr.masks
+    search = [r.get("search") for r in tr.history if r.get("search")]
+    rec = {k: spec[k] for k in ("table", "label", "seed")}
+    rec.update(model=cfg["model"], keep=cfg["keep"], method=cfg["method"], epochs=cfg["epochs"] + cfg["finetune_epochs"],
+               search_epochs=cfg["epochs"] if cfg["method"] == "vrpge" else 0.0,
+               test_acc=tr.history[-1]["test_acc"], train_flops=tr.train_flops, wall_s=tr.elapsed,
+               final_flops=tr.history[-1]["realised_flops"],
+               group_sizes=[g.size for g in groups],
+               group_counts=[int(masks[g.id].sum()) for g in groups] if masks is not None else None,
+               group_names=[sorted({m.layer for m in g.members})[0] for g in groups],
+               search=search[-1] if search else None, steps=tr.state.step, torch=torch.__version__,
+               threads=torch.get_num_threads())
+    with open(cfg["out"] + ".record.json", "w") as f:
+        json.dump(rec, f)
+
+
+def base_config(args, table, label, seed, method, overrides, options, epochs, search):
+    t = TABLES[table]
+    cfg = dict(model=t["model"], data="fashion-mnist", data_root=args.data_root, method=method, keep=t["keep"],
+               budget="flops", epochs=search if method == "vrpge" else epochs,
+               finetune_epochs=epochs - search if method == "vrpge" else 0.0, batch_size=args.batch_size, lr=args.lr,
+               compile=False, seed=seed, out=os.path.join(args.out, table, f"{label}_s{seed}"), method_options=options)
+    cfg.update(overrides)
+    return {"config": cfg, "label": label, "seed": seed, "table": table, "threads": args.threads}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child(argv[1])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", choices=sorted(TABLES), required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=float, default=3.0, help="epochs of every VR-PGE run (search + fine-tune)")
+    p.add_argument("--search", type=float, default=0.5, help="search epochs of the VR-PGE runs")
+    p.add_argument("--only", nargs="*", help="labels to run (default: all)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default="runs/structure_search")
+    p.add_argument("--records", default=None, help="records file (default: OUT/records.jsonl)")
+    p.add_argument("--report", action="store_true", help="only print the table (and write the plot)")
+    p.add_argument("--plot", default=None, help="allocation plot (PNG) of the learned runs")
+    args = p.parse_args(argv)
+    path = args.records or os.path.join(args.out, "records.jsonl")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    table = args.table
+    wanted = lambda label: not args.only or label in args.only
+
+    def run(label, seed, method, overrides, options, epochs, search=0.0):
+        if find(records(path), table, label, seed) or not wanted(label):
+            return
+        print(f"== {table} {label} seed {seed} ({epochs:.3f} epochs)", flush=True)
+        rec = run_child(base_config(args, table, label, seed, method, overrides, options, epochs, search))
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    if not args.report:
+        for label, (method, overrides, options) in VRPGE.items():
+            for seed in args.seeds:
+                run(label, seed, method, overrides, options, args.epochs, args.search)
+        ref = find(records(path), table, DEFAULT)
+        if not ref:
+            raise SystemExit(f"the {DEFAULT} runs are needed first (they set the FLOPs and wall time of the fixed runs)")
+        flops, wall = statistics.mean(r["train_flops"] for r in ref), statistics.mean(r["wall_s"] for r in ref)
+        for label, (method, overrides, options) in FIXED.items():
+            for seed in args.seeds:
+                opts = dict(options)
+                if opts.get("allocation") == "learned":
+                    learned = find(records(path), table, DEFAULT, seed)
+                    if not learned:
+                        continue
+                    opts["allocation"] = learned[0]["group_counts"]
+                if label.endswith("@flops"):
+                    epochs = args.epochs * flops / _fixed_flops(table, args)
+                else:  # as many steps as fit in the default variant's wall time, at this run's own speed
+                    same = find(records(path), table, label.replace("@wall", "@flops"), seed)
+                    if not same:
+                        continue
+                    epochs = same[0]["epochs"] * wall / same[0]["wall_s"]
+                run(label, seed, method, overrides, opts, epochs)
+        run("dense", args.seeds[0], "dense", {}, {}, args.epochs)
+    report(records(path), table, args.plot)
+
+
+def _fixed_flops(table, args) -> float:
+    """Training FLOPs of a fixed mask at exactly the budget for ``args.epochs`` epochs."""
+    import torch
+
+    import fxsparse
+    from fxsparse.cli import load_model
+    from fxsparse.flops import TRAIN_FACTOR
+
+    t = TABLES[table]
+    model = load_model(t["model"], num_classes=10, in_chans=1)
+    graph = fxsparse.analyze(model, torch.randn(2, 1, 28, 28))
+    dense = graph.flops["total"] / 2
+    steps = 60000 // args.batch_size
+    return TRAIN_FACTOR * t["keep"] * dense * steps * args.epochs * args.batch_size
+
+
+def report(recs, table, plot=None):
+    from tabulate import tabulate
+
+    recs = [r for r in recs if r["table"] == table]
+    if not recs:
+        print("no records yet")
+        return
+    labels = list(dict.fromkeys([*VRPGE, *FIXED, "dense"]))
+    rows = []
+    for label in labels:
+        rs = find(recs, table, label)
+        if not rs:
+            continue
+        acc = [100 * r["test_acc"] for r in rs]
+        mean = statistics.mean(acc)
+        sd = statistics.stdev(acc) if len(acc) > 1 else float("nan")
+        rows.append([label, len(rs), f"{mean:.2f}", f"{sd:.2f}", f"{sd / math.sqrt(len(acc)):.2f}" if len(acc) > 1 else "",
+                     " ".join(f"{a:.2f}" for a in acc), f"{statistics.mean(r['epochs'] for r in rs):.2f}",
+                     f"{statistics.mean(r['train_flops'] for r in rs) / 1e12:.2f}",
+                     f"{statistics.mean(r['wall_s'] for r in rs):.0f}", f"{statistics.mean(r['final_flops'] for r in rs):.3f}"])
+    t = TABLES[table]
+    print(f"\n{table}: {t['model']}, FLOPs budget {t['keep']}, Fashion-MNIST 60k/10k")
+    print(tabulate(rows, headers=["run", "seeds", "test acc %", "sd", "se", "per seed", "epochs", "train TFLOP",
+                                  "wall s", "final FLOPs (frac of dense)"], tablefmt="github"))
+    learned = [r for r in recs if r["method"] == "vrpge" and r.get("group_counts")]
+    by_label = {}
+    for r in learned:
+        by_label.setdefault(r["label"], []).append(r)
+    for label, rs in by_label.items():
+        fracs = [[c / n for c, n in zip(r["group_counts"], r["group_sizes"])] for r in rs]
+        print(f"{label}: per-group keep " + " | ".join(" ".join(f"{v:.2f}" for v in f) for f in fracs)
+              + f"; rank correlation across seeds {_pairwise_rank_corr(fracs):.2f}")
+    if plot and by_label:
+        _plot(by_label, recs, plot, table)
+
+
+def _pairwise_rank_corr(rows):
+    import torch
+
+    from fxsparse.structure import _spearman
+
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+    vals = [_spearman(torch.tensor(a), torch.tensor(b)) for a, b in pairs]
+    vals = [v for v in vals if v == v]
+    return statistics.mean(vals) if vals else float("nan")
+
+
+def _plot(by_label, recs, path, table):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    first = next(iter(by_label.values()))[0]
+    names = first["group_names"]
+    x = list(range(len(names)))
+    uniform = find(recs, table, "random-uniform@flops")
+    if uniform and uniform[0].get("group_counts"):
+        u = uniform[0]
+        ax.plot(x, [c / n for c, n in zip(u["group_counts"], u["group_sizes"])], "k--", label="uniform (random, L1)")
+    for label, rs in by_label.items():
+        for i, r in enumerate(rs):
+            ax.plot(x, [c / n for c, n in zip(r["group_counts"], r["group_sizes"])], marker="o", alpha=0.7,
+                    color=f"C{list(by_label).index(label)}", label=label if i == 0 else None)
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylabel("kept fraction of the group's channels")
+    ax.set_title(f"{table}: per-layer allocation of the final masks (one line per seed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
