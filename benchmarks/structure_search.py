@@ -15,12 +15,15 @@ recorded is skipped, so a table can be completed over several sittings. Runs, pe
   mask), ``width`` (one keep ratio per group, channels by L1 order: the default), and
   ``width+channel``. Each searches ``--search`` epochs and fine-tunes the rest.
 * fixed masks chosen at initialisation, trained for as many steps as cost the default
-  variant's mean training FLOPs (``@flops``): random channels with a uniform per-group keep
+  variant's training FLOPs (``@flops``): random channels with a uniform per-group keep
   ratio, random channels with the per-group counts the default variant learned (same seed:
   this separates the allocation from the choice of channels), L1-filter (uniform per group,
   the paper's way), SNIP and SynFlow (global order, filling the FLOPs budget).
-* random (uniform) and L1 again with as many steps as fit in the default variant's mean wall
-  time (``@wall``, from their own ``@flops`` wall time).
+* random (uniform) and L1 again with as many steps as fit in the default variant's wall time
+  (``@wall``, from their own ``@flops`` wall time).
+
+The fixed runs of a seed take the training FLOPs and the wall time of that seed's default
+(``vrpge-width``) run; seeds run one after another, the comparisons the targets name first.
 * dense, one seed (a reference, not a contender).
 
 Runs are eager (``compile=False``): at these lengths torch.compile's cold compiles on a
@@ -61,6 +64,10 @@ FIXED = {
     "random-uniform@wall": ("random", {}, dict(scope="per_group", budget="flops")),
     "l1-filter@wall": ("l1_filter", {}, dict(scope="per_group", budget="flops")),
 }
+
+
+ORDER = ["vrpge-width", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
+         "l1-filter@wall", "vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel"]
 
 
 def records(path):
@@ -148,7 +155,7 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", help="labels to run (default: all)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: no OpenMP spin-waits when the machine is shared)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="runs/structure_search")
     p.add_argument("--records", default=None, help="records file (default: OUT/records.jsonl)")
@@ -169,28 +176,25 @@ def main(argv=None):
             f.write(json.dumps(rec) + "\n")
 
     if not args.report:
-        for label, (method, overrides, options) in VRPGE.items():
-            for seed in args.seeds:
-                run(label, seed, method, overrides, options, args.epochs, args.search)
-        ref = find(records(path), table, DEFAULT)
-        if not ref:
-            raise SystemExit(f"the {DEFAULT} runs are needed first (they set the FLOPs and wall time of the fixed runs)")
-        flops, wall = statistics.mean(r["train_flops"] for r in ref), statistics.mean(r["wall_s"] for r in ref)
-        for label, (method, overrides, options) in FIXED.items():
-            for seed in args.seeds:
+        for seed in args.seeds:  # a seed at a time, the comparisons the targets name first
+            for label in ORDER:
+                method, overrides, options = {**VRPGE, **FIXED}[label]
+                if label in VRPGE:
+                    run(label, seed, method, overrides, options, args.epochs, args.search)
+                    continue
+                ref = find(records(path), table, DEFAULT, seed)
+                if not ref:
+                    continue  # the fixed runs take their FLOPs and wall time from this seed's default run
                 opts = dict(options)
                 if opts.get("allocation") == "learned":
-                    learned = find(records(path), table, DEFAULT, seed)
-                    if not learned:
-                        continue
-                    opts["allocation"] = learned[0]["group_counts"]
+                    opts["allocation"] = ref[0]["group_counts"]
                 if label.endswith("@flops"):
-                    epochs = args.epochs * flops / _fixed_flops(table, args)
-                else:  # as many steps as fit in the default variant's wall time, at this run's own speed
+                    epochs = args.epochs * ref[0]["train_flops"] / _fixed_flops(table, args)
+                else:  # as many steps as fit in the default run's wall time, at this run's own speed
                     same = find(records(path), table, label.replace("@wall", "@flops"), seed)
                     if not same:
                         continue
-                    epochs = same[0]["epochs"] * wall / same[0]["wall_s"]
+                    epochs = same[0]["epochs"] * ref[0]["wall_s"] / same[0]["wall_s"]
                 run(label, seed, method, overrides, opts, epochs)
         run("dense", args.seeds[0], "dense", {}, {}, args.epochs)
     report(records(path), table, args.plot)
