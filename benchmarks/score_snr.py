@@ -18,7 +18,11 @@ before their mean points along the gradient.
 Rows: per channel (the paper's parameters), per group for the channel policy (the sum of a
 group's channel estimates: the gradient of a shared keep ratio under random channel
 subsets), and with ``--granularity width`` the width policy's own per-group estimates
-(ordered channel subsets, the default search). Eager; ~1-3 min per point on 2 cores.
+(ordered channel subsets, the default search). Each also without its component along the budget's cost
+gradient ("budget-neutral part"): when the budget binds, the projection cancels that
+component, so the rest is all the search can learn about the allocation. ``--perturb
+group``: the second sample redraws one group of the first (local perturbation). Eager;
+~1-3 min per point on 2 cores.
 """
 import argparse
 import json
@@ -64,6 +68,8 @@ def main(argv=None):
     p.add_argument("--keep", type=float, default=0.08)
     p.add_argument("--budget", choices=["channels", "flops"], default="flops")
     p.add_argument("--granularity", choices=["channel", "width"], default="width")
+    p.add_argument("--perturb", choices=["all", "group"], default="all",
+                   help="second sample: an independent draw (all) or the first with one group redrawn (group)")
     p.add_argument("--at", type=int, nargs="+", default=[0, 117, 468], help="weight-training steps before measuring")
     p.add_argument("--estimates", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=128)
@@ -80,7 +86,8 @@ def main(argv=None):
     x0, _ = next(data)
     sp = fxsparse.compile(model, (x0[:2],), keep=args.keep, compile=False, seed=args.seed)
     sp.train()
-    learner = StructureLearner(sp, keep=args.keep, budget=args.budget, lr=0.0, seed=args.seed, granularity=args.granularity)
+    learner = StructureLearner(sp, keep=args.keep, budget=args.budget, lr=0.0, seed=args.seed, granularity=args.granularity,
+                               perturb=args.perturb)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     step = sp.make_train_step(F.cross_entropy, opt)
     sizes, M = learner.sizes, args.estimates
@@ -91,15 +98,22 @@ def main(argv=None):
         done = at
         t = time.perf_counter()
         est = estimates(learner, data, M)
+        u = learner.budget_direction()
+        tangent = est - (est @ u).unsqueeze(1) * u  # what the budget projection leaves: the allocation
         point = {"steps": at, "seconds": None}
+        name = f"{args.granularity} policy{', one group perturbed' if args.perturb == 'group' else ''}"
         if args.granularity == "channel":
             point["channel"] = signal_to_noise(est)
+            point["channel_tangent"] = signal_to_noise(tangent)
             point["group"] = signal_to_noise(torch.stack([part.sum(1) for part in torch.split(est, sizes, dim=1)], 1))
-            rows.append([at, "channel policy, per channel", *described(point["channel"], sum(sizes))])
-            rows.append([at, "channel policy, per group (sum)", *described(point["group"], len(sizes))])
+            rows.append([at, f"{name}, per channel", *described(point["channel"], sum(sizes))])
+            rows.append([at, f"{name}, per channel, budget-neutral part", *described(point["channel_tangent"], sum(sizes))])
+            rows.append([at, f"{name}, per group (sum)", *described(point["group"], len(sizes))])
         else:
             point["width"] = signal_to_noise(est)
-            rows.append([at, "width policy, per group", *described(point["width"], len(sizes))])
+            point["width_tangent"] = signal_to_noise(tangent)
+            rows.append([at, f"{name}, per group", *described(point["width"], len(sizes))])
+            rows.append([at, f"{name}, per group, budget-neutral part", *described(point["width_tangent"], len(sizes))])
         point["seconds"] = time.perf_counter() - t
         point["floor_formula"] = {k: math.sqrt(2 / (M * math.sqrt(n))) for k, n in
                                   (("channel", sum(sizes)), ("group", len(sizes)))}

@@ -46,6 +46,7 @@ from .vrpge import project_budget, sample_grouped_mask, vrpge_gradient
 
 GRANULARITIES = ("channel", "width", "width+channel")
 FINALS = ("topk", "sample")
+PERTURBS = ("all", "group")
 # lr * sqrt(search steps) when the learning rate is calibrated to the search (lr=None)
 LR_SCALE = {"channel": 0.3, "width": 0.3, "width+channel": 0.3}
 
@@ -54,7 +55,7 @@ class StructureLearner:
     def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", lr: float | None = 0.1,
                  form: str = "exact", samples: int = 2, seed: int = 0, granularity: str = "channel",
                  steps: int | None = None, lr_scale: float | None = None, reuse_loss: bool = True,
-                 final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100):
+                 final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100, perturb: str = "all"):
         if isinstance(keep, bool) or not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
             raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
         if samples < 2:
@@ -65,6 +66,8 @@ class StructureLearner:
             raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         if final not in FINALS:
             raise ValueError(f"final must be one of {', '.join(FINALS)}, got {final!r}")
+        if perturb not in PERTURBS:
+            raise ValueError(f"perturb must be one of {', '.join(PERTURBS)}, got {perturb!r}")
         if lr is None and not steps:
             raise ValueError("lr=None calibrates the score learning rate to the search length: pass steps=")
         if not 0 < width_fraction < 1:
@@ -77,6 +80,7 @@ class StructureLearner:
         self.flops = SubnetFlops(sparse.channel_graph)
         self.budget = keep * n if budget == "channels" else keep * self.flops.dense
         self.form, self.samples, self.reuse_loss, self.final = form, int(samples), bool(reuse_loss), final
+        self.perturb = perturb
         self.granularity, self.steps, self.width_fraction = granularity, steps, float(width_fraction)
         self.reorder_every = int(reorder_every)
         self.lr = lr if lr is not None else (lr_scale or LR_SCALE[granularity]) / math.sqrt(steps)
@@ -176,6 +180,11 @@ class StructureLearner:
         (up to ``redraw`` times; counted in ``self.redrawn``) instead of growing the step:
         the capacities sit 3 std above the expected count, so this is a < 0.2% tail per
         block, and :meth:`fit_capacity` re-plans them before the scores move past them."""
+        if self.perturb == "group" and k > 1:  # samples 2..k: sample 1 with one group drawn afresh
+            first = self.sample_draws(1, redraw, fit)
+            group = int(torch.randint(len(self.sizes), (1,), generator=self.generator))
+            rest = self._redraw_group(first.expand(k - 1, -1).clone(), group, redraw if fit else 0)
+            return torch.cat([first, rest])
         d = self._draws(k)
         for row in range(k if fit else 0):
             for _ in range(redraw):
@@ -184,6 +193,20 @@ class StructureLearner:
                 self.redrawn += 1
                 d[row] = self._draws(1)[0]
         return d
+
+    def _redraw_group(self, rows: torch.Tensor, group: int, redraw: int) -> torch.Tensor:
+        """``rows`` with group ``group``'s channels drawn afresh (at least one kept), each row
+        redrawn while its mask overflows the capacities (at most ``redraw`` times)."""
+        start = sum(self.sizes[:group])
+        sl = slice(start, start + self.sizes[group])
+        p = self.probs()[sl]
+        for row in range(len(rows)):
+            for attempt in range(redraw + 1):
+                rows[row, sl] = sample_grouped_mask(p, [len(p)], self.generator)[0].bool()
+                if attempt == redraw or self.sparse.fits(self.as_group_masks(self.mask_of(rows[row]))):
+                    break
+                self.redrawn += 1
+        return rows
 
     def fit_capacity(self) -> bool:
         """Keep the compiled step's capacities matched to the scores: grow before they
@@ -228,6 +251,16 @@ class StructureLearner:
                 s64 = at(v)
             self.scores.copy_(s64.to(self.scores.dtype))
 
+    def budget_direction(self) -> torch.Tensor:
+        """Unit vector along the gradient of the budget's cost (expected FLOPs or channels)
+        with respect to the parameters: the part of a score gradient the projection cancels
+        when the budget binds. What the search can learn about the allocation is the rest."""
+        with torch.enable_grad():
+            x = self.scores.detach().double().clone().requires_grad_(True)
+            cost = self.flops(self._expand(x)) if self.kind == "flops" else self._expand(x).sum()
+            (w,) = torch.autograd.grad(cost, x)
+        return w / w.norm().clamp_min(1e-30)
+
     def _expand(self, s: torch.Tensor) -> torch.Tensor:
         return s[self._owner] if self.stage == "width" else s
 
@@ -236,7 +269,10 @@ class StructureLearner:
         """The VR-PGE estimate w.r.t. the parameters from K (loss, draw) samples of one
         minibatch: per channel, or summed over each group's channels for a width (the score
         of a Binomial count is the sum of its Bernoulli draws' scores)."""
-        return policy_gradient(losses, draws, self.probs(), self._owner if self.stage == "width" else None, self.form)
+        grad = policy_gradient(losses, draws, self.probs(), self._owner if self.stage == "width" else None, self.form)
+        # one group perturbed, picked uniformly: scaled by the number of groups, the estimate
+        # of the whole gradient stays unbiased (the other coordinates' terms cancel exactly)
+        return grad * len(self.sizes) if self.perturb == "group" else grad
 
     @torch.no_grad()
     def sample_losses(self, loss_fn, *batch, k: int):

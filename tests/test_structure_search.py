@@ -87,6 +87,52 @@ def test_width_estimate_is_unbiased_by_enumeration():
     assert torch.allclose(torch.zeros(2, dtype=torch.float64).index_add_(0, owner, per_channel), exact, atol=1e-10)
 
 
+def test_one_group_perturbation_is_unbiased_by_enumeration():
+    """perturb="group": the second sample redraws one group (picked uniformly) of the first;
+    the estimate scaled by the number of groups is unbiased for the whole gradient (the
+    other groups' terms cancel exactly), here for widths and per channel."""
+    owner = torch.tensor([0, 0, 1, 1, 1])
+    widths = torch.tensor([0.3, 0.65], dtype=torch.float64, requires_grad=True)
+
+    def loss(d):
+        c = torch.zeros(2, dtype=torch.float64).index_add_(0, owner, d)
+        return (c[0] - 1.2) ** 2 + torch.sin(c[1]) * c[0] + 0.5 * c[1]
+
+    p = widths[owner]
+    prob = lambda d, idx: torch.prod(torch.where(d[idx] > 0, p[idx], 1 - p[idx]))
+    full = list(range(5))
+    patterns = [torch.tensor(q, dtype=torch.float64) for q in itertools.product([0.0, 1.0], repeat=5)]
+    (exact,) = torch.autograd.grad(sum(prob(d, full) * loss(d) for d in patterns), widths)
+    probs = p.detach()
+    for per_channel in (False, True):
+        mean = torch.zeros(5 if per_channel else 2, dtype=torch.float64)
+        for g in (0, 1):
+            idx = torch.nonzero(owner == g).flatten().tolist()
+            for d1 in patterns:
+                for d2 in patterns:
+                    if any(d2[i] != d1[i] for i in full if i not in idx):
+                        continue  # the second sample differs from the first only in group g
+                    q = float(prob(d1, full) * prob(d2, idx))
+                    est = policy_gradient(torch.stack([loss(d1), loss(d2)]), torch.stack([d1, d2]), probs,
+                                          None if per_channel else owner)
+                    assert torch.all(est[[i for i in range(len(est)) if (owner[i] if per_channel else i) != g]].abs() < 1e-12)
+                    mean += q * est  # P(pick g) = 1/2 times the scale 2 (the number of groups)
+        if per_channel:
+            mean = torch.zeros(2, dtype=torch.float64).index_add_(0, owner, mean)
+        assert torch.allclose(mean, exact, atol=1e-10), (per_channel, mean, exact)
+
+
+def test_one_group_perturbation_samples():
+    model, sp, step, learner, x, y = _setup("width", perturb="group")
+    for _ in range(20):
+        d = learner.sample_draws(3)
+        differs = (d[1:] != d[0]).any(0)
+        owners = set(learner._owner[differs].tolist())
+        assert len(owners) <= 1  # only one group redrawn
+    g = learner.gradient(torch.tensor([1.0, 2.0]), learner.sample_draws(2))
+    assert int((g.abs() > 1e-9).sum()) <= 1
+
+
 def test_width_masks_follow_the_l1_order_and_the_width():
     model, sp, step, learner, x, y = _setup("width", keep=0.5)
     assert learner.scores.numel() == len(learner.sizes)

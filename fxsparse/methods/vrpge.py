@@ -1,8 +1,11 @@
-"""VR-PGE (Zhou et al., NeurIPS 2021): the default method. Channel keep-probabilities are
-learned jointly with the weights (search), then a fixed mask chosen like the authors (best
-of ``final_tries`` samples on training accuracy, cut to meet the budget exactly) is
-fine-tuned and exported. The work happens in :class:`fxsparse.structure.StructureLearner`;
-the trainer drives it. This class only carries the options."""
+"""VR-PGE (Zhou et al., NeurIPS 2021): the default method. A policy over channel masks is
+learned jointly with the weights (search) from forward passes only, then its final mask
+is fine-tuned and exported. Default: one keep ratio per channel group (``granularity=
+"width"``; channels filled by L1 order), a score learning rate calibrated to the search
+length, and the top of the scores as the final mask; ``granularity="channel"`` with
+``final="sample"`` is the paper's per-channel form. The work happens in
+:class:`fxsparse.structure.StructureLearner`; the trainer drives it. This class only
+carries the options."""
 from __future__ import annotations
 
 from .base import Method
