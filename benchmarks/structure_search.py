@@ -22,8 +22,8 @@ recorded is skipped, so a table can be completed over several sittings. Runs, pe
 * random (uniform) and L1 again with as many steps as fit in the default variant's time
   (``@wall``, from their own ``@flops`` time).
 
-The fixed runs of a seed take the training FLOPs and the wall time of that seed's default
-(``vrpge-width``) run; seeds run one after another, the comparisons the targets name first.
+The fixed runs of a seed take the training FLOPs and the time of that seed's default
+(``vrpge-width``) run. The comparisons the targets name run first, for every seed.
 * dense, one seed (a reference, not a contender).
 
 Runs are eager (``compile=False``): at these lengths torch.compile's cold compiles on a
@@ -70,8 +70,9 @@ FIXED = {
 }
 
 
-ORDER = ["vrpge-width", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
-         "l1-filter@wall", "vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel"]
+# the comparisons the targets name first (every seed), then the rest (every seed)
+ORDER = [["vrpge-width", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
+          "l1-filter@wall"], ["vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel"]]
 
 
 def records(path):
@@ -182,8 +183,8 @@ def main(argv=None):
             f.write(json.dumps(rec) + "\n")
 
     if not args.report:
-        for seed in args.seeds:  # a seed at a time, the comparisons the targets name first
-            for label in ORDER:
+        for labels, seed in [(labels, seed) for labels in ORDER for seed in args.seeds]:
+            for label in labels:
                 method, overrides, options = {**VRPGE, **FIXED}[label]
                 if label in VRPGE:
                     run(label, seed, method, overrides, options, args.epochs, args.search)
