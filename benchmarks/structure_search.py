@@ -13,7 +13,8 @@ recorded is skipped, so a table can be completed over several sittings. Runs, pe
 * VR-PGE variants: ``paper`` (one score per channel, the authors' preconditioned score, Adam
   12e-3, best of 10 sampled masks), ``channel`` (per channel, calibrated rate, top-k final
   mask), ``width`` (one keep ratio per group, channels by L1 order: the default), and
-  ``width+channel``. Each searches ``--search`` epochs and fine-tunes the rest.
+  ``width+channel``. Each searches ``--search`` epochs and fine-tunes the rest;
+  ``width-short`` searches half as long (the search's cost in accuracy and time).
 * fixed masks chosen at initialisation, trained for as many steps as cost the default
   variant's training FLOPs (``@flops``): random channels with a uniform per-group keep
   ratio, random channels with the per-group counts the default variant learned (same seed:
@@ -58,6 +59,8 @@ VRPGE = {
     "vrpge-channel": ("vrpge", dict(granularity="channel"), {}),
     "vrpge-width": ("vrpge", dict(granularity="width"), {}),
     "vrpge-width+channel": ("vrpge", dict(granularity="width+channel"), {}),
+    # the search's cost: half as long a search, the fine-tune longer by as much
+    "vrpge-width-short": ("vrpge", dict(granularity="width", epochs="half"), {}),
 }
 FIXED = {
     "random-uniform@flops": ("random", {}, dict(scope="per_group", budget="flops")),
@@ -72,7 +75,8 @@ FIXED = {
 
 # the comparisons the targets name first (every seed), then the rest (every seed)
 ORDER = [["vrpge-width", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
-          "l1-filter@wall"], ["vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel"]]
+          "l1-filter@wall"], ["vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel",
+                                                                    "vrpge-width-short"]]
 
 
 def records(path):
@@ -147,6 +151,8 @@ def base_config(args, table, label, seed, method, overrides, options, epochs, se
                finetune_epochs=epochs - search if method == "vrpge" else 0.0, batch_size=args.batch_size, lr=args.lr,
                compile=False, seed=seed, out=os.path.join(args.out, table, f"{label}_s{seed}"), method_options=options)
     cfg.update(overrides)
+    if cfg["epochs"] == "half":
+        cfg["epochs"], cfg["finetune_epochs"] = search / 2, epochs - search / 2
     return {"config": cfg, "label": label, "seed": seed, "table": table, "threads": args.threads}
 
 
