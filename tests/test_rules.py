@@ -456,6 +456,55 @@ def test_untraceable_top_level_raises():
     assert isinstance(exc.value, fxsparse.FxsparseError)
 
 
+_USER_NET = """
+import torch
+import torch.nn as nn
+
+
+class Top(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.mean() > 0:  # line 13
+            x = x * 2
+        return x
+
+
+class NoRule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = torch.cumsum(self.a(x), 1)  # line 25
+        return self.b(x)
+"""
+
+
+def test_locations_in_user_folders_named_like_packages(tmp_path):
+    """A user's model under folders named fxsparse/, torch/ and passes/ (a clone named
+    `fxsparse`) is still the user's code: errors and reasons name its file:line."""
+    import importlib.util
+
+    folder = tmp_path / "fxsparse" / "torch" / "passes"
+    folder.mkdir(parents=True)
+    path = folder / "user_net.py"
+    path.write_text(_USER_NET)
+    spec = importlib.util.spec_from_file_location("fxsparse_test_user_net", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(fxsparse.TraceError) as exc:
+        fxsparse.analyze(mod.Top(), torch.randn(1, 3, 4, 4))
+    assert exc.value.location.startswith(f"{path}:13:"), exc.value.location
+    assert f"{path}:13" in str(exc.value)
+    graph = fxsparse.analyze(mod.NoRule(), torch.randn(1, 3, 4, 4))
+    assert f"torch.cumsum at {path}:25" in graph.groups[0].reason, graph.groups[0].reason
+
+
 def test_analyze_rejects_non_module():
     with pytest.raises(TypeError):
         fxsparse.analyze(lambda x: x, torch.randn(1))
