@@ -164,19 +164,21 @@ def cmd_train(args) -> int:
     from .trainer import TrainConfig, Trainer
 
     if args.list_methods:
-        from .methods import get_method
+        from .methods import DEFAULT_METHOD, get_method
 
-        for name in list_methods():
-            cls = get_method(name)
-            print(f"{name:12s} {cls.level:8s} {cls.paper}")
+        rows = [[name + (" (default)" if name == DEFAULT_METHOD else ""), get_method(name).level, get_method(name).paper]
+                for name in list_methods()]
+        print(tabulate(rows, headers=["method", "level", "paper"]))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    from .errors import FxsparseError
+
     try:
         Trainer(config, resume=args.resume, progress=args.progress).run()
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (FxsparseError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"fxsparse train: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     return 0
@@ -195,7 +197,10 @@ def cmd_report(args) -> int:
 
 
 def main(argv=None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fxsparse", description="Channel-level sparse training that is fast for real.")
+    parser.add_argument("--version", action="version", version=f"fxsparse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("analyze", help="find the channel groups of a model and print them")
     p.add_argument("model", help="zoo:NAME or module.path:factory")

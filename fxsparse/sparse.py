@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .analyze import analyze
+from .errors import KeepMaskError, NoPrunableGroupError
 from .export import export
 from .graph import ChannelGraph
 from .layout import GatherIndex, Plan
@@ -67,9 +68,10 @@ class SparseModel(nn.Module):
                  compile_update=True):
         super().__init__()
         if not graph.prunable_groups:
-            raise ValueError("the model has no prunable channel group (see fxsparse.analyze(...).summary() for why)")
-        if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+            raise NoPrunableGroupError("the model has no prunable channel group, so there is nothing to sparsify; "
+                                       "fxsparse.analyze(model, x).summary() says why for each group")
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
+            raise KeepMaskError(f"keep must be a number in (0, 1], got {keep!r}")
         self.model = model
         self.channel_graph = graph
         self.keep = float(keep)

@@ -36,6 +36,7 @@ from tabulate import tabulate
 
 from . import checkpoint
 from .analyze import analyze
+from .errors import NoPrunableGroupError
 from .export import export
 from .flops import TRAIN_FACTOR, SubnetFlops
 from .methods import DEFAULT_METHOD, TrainState, create as create_method
@@ -125,15 +126,15 @@ class Trainer:
         self.config, self.callbacks, self.log, self.progress = config, list(callbacks), log or (lambda s: None), progress
         self.out = config.out
         self.ckpt_path = os.path.join(self.out, "last.pt")
-        if not resume and os.path.exists(self.ckpt_path):
-            raise FileExistsError(f"{self.out!r} already holds a run (last.pt); pass --resume to continue it, "
-                                  "or choose another --out")
         torch.manual_seed(config.seed)
         from .data import make_loaders
 
-        if loaders is None:
+        if loaders is None:  # a bad data path is the first thing to fix: say it before the --out collision
             loaders = make_loaders(config.data, config.data_root, batch_size=config.batch_size, seed=config.seed,
                                    augment=config.augment, drop_last=True, test_batch_size=512)
+        if not resume and os.path.exists(self.ckpt_path):
+            raise FileExistsError(f"{self.out!r} already holds a run (last.pt); pass --resume to continue it, "
+                                  "or choose another --out")
         self.train_loader, self.test_loader, self.info = loaders
         if model is None:
             from .cli import load_model
@@ -152,7 +153,7 @@ class Trainer:
         if self.method.level != "none":
             self.graph = analyze(model, self.example)
             if self.method.level == "channel" and not self.graph.prunable_groups:
-                raise ValueError(f"{config.model} has no prunable channel group, so channel method "
+                raise NoPrunableGroupError(f"{config.model} has no prunable channel group, so channel method "
                                  f"{config.method!r} cannot run; see `fxsparse analyze {config.model}` for the reasons")
         self.flops = SubnetFlops(self.graph or analyze(model, self.example))
         self.generator = torch.Generator().manual_seed(config.seed)

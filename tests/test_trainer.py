@@ -13,6 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+import fxsparse
+
 from fxsparse import checkpoint
 from fxsparse.cli import main as cli_main
 from fxsparse.trainer import TrainConfig, Trainer
@@ -119,8 +121,40 @@ def test_bad_data_and_model(data_dir, tmp_path, capsys):
     assert cli_main(_args(data_dir, tmp_path / "o3", "--model", "zoo:no_such_model")) == 2
     assert "no zoo model" in capsys.readouterr().err
     no_groups = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # every channel is an input or a class
-    with pytest.raises(ValueError, match="no prunable channel group"):
+    with pytest.raises(fxsparse.NoPrunableGroupError, match="no prunable channel group"):
         Trainer(_config(data_dir, tmp_path / "o4"), model=no_groups, log=None)
+    with pytest.raises(fxsparse.NoPrunableGroupError, match="no prunable channel group"):
+        fxsparse.compile(no_groups, torch.zeros(2, 1, 28, 28), compile=False)
+    assert issubclass(fxsparse.NoPrunableGroupError, fxsparse.FxsparseError)
+
+
+def test_data_path_is_checked_before_the_out_collision(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"a previous run")
+    assert cli_main(_args(str(tmp_path / "nowhere"), out)) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "already holds a run" not in err
+    assert cli_main(_args(data_dir, out)) == 2  # with the data path fixed: the collision
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_version_and_method_list(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fxsparse {version('fxsparse')}" == f"fxsparse {fxsparse.__version__}"
+    assert cli_main(["train", "--list-methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["method", "level", "paper"]
+    rows = lines[2:]
+    assert [r.split()[0] for r in rows] == sorted(r.split()[0] for r in rows)
+    assert [r for r in rows if "(default)" in r] == [r for r in rows if r.startswith("vrpge (default)")]
+    assert len([r for r in rows if "(default)" in r]) == 1
+    level_col = lines[0].index("level")  # every row's level starts in the header's column
+    assert all(r[level_col:].split()[0] in ("channel", "weight", "none") for r in rows), rows
 
 
 def test_existing_run_is_never_overwritten(data_dir, tmp_path):
