@@ -174,6 +174,7 @@ class Trainer:
         self.optimizer = None
         self._schedules = []
         self._phase_built = None
+        self.finished = False       # resumed from the checkpoint of a run that trained to the end
         saved = checkpoint.load(self.ckpt_path) if resume else None
         if saved is not None:
             self.method.load_state_dict(saved["method"])
@@ -356,6 +357,16 @@ class Trainer:
 
     # ----- the loop ------------------------------------------------------------------
     def run(self) -> dict:
+        """Train to the end and export; on a finished run (resumed), change nothing."""
+        summary_path = os.path.join(self.out, "summary.json")
+        if self.finished and os.path.isfile(summary_path) and os.path.isfile(os.path.join(self.out, "model.pt")):
+            import json
+
+            with open(summary_path) as f:
+                summary = json.load(f)
+            self.log(f"the run in {self.out} is finished ({self.state.step} of {self.state.total_steps} steps; "
+                     f"summary.json, model.pt); nothing to do. To train more, start a new run with another --out.")
+            return summary
         if self.state.step == 0 and not self.history:
             self.log(self._header())
         while self.state.step < self.state.total_steps:
@@ -499,7 +510,16 @@ class Trainer:
         self.masks = state["masks"]
         self.generator.set_state(state["generator"])
         phase, step = state["phase_built"], self.state.step
-        if phase is not None and step < self.state.total_steps:
+        self.finished = step >= self.state.total_steps
+        if self.finished and phase in ("fixed", "finetune"):  # trained; the export may not have been written
+            self.small = export(self.model, self.graph, self.masks)
+            self.small.load_state_dict(state["small"])
+            self._phase_built = phase
+        elif self.finished and phase == "search":  # the final model is the search's deterministic mask
+            self._build_phase("search", *self._phase_at(step - 1)[1:])
+            self.learner.load_state_dict(state["learner"])
+            self.sp.generator.set_state(state["sp_generator"])
+        elif phase is not None:
             name, start, n = self._phase_at(step)
             if name == phase:  # rebuild the phase in progress and load its states
                 self._build_phase(phase, start, n)
@@ -514,17 +534,27 @@ class Trainer:
                 self.learner.load_state_dict(state["learner"])
                 self.sp.generator.set_state(state["sp_generator"])
         checkpoint.set_rng_state(state["rng"])
-        self.log(f"resumed {self.out} at epoch {self.epoch + 1}")
+        if not self.finished:
+            self.log(f"resumed {self.out} at epoch {self.epoch + 1}")
 
     # ----- the end -------------------------------------------------------------------
-    def _finish(self) -> dict:
-        final = self.small if self.small is not None else self.model
+    def _final_model(self) -> nn.Module:
+        """What the run delivers, the model its last history row evaluated: the exported
+        model of a fixed-mask phase, the exported deterministic mask of a search that ends
+        the run, or the dense model (dense and weight-level methods)."""
+        if self.small is not None:
+            return self.small
+        if self._phase_built == "search":
+            return export(self.model, self.graph, self.learner.deterministic_mask())
         if self.method.level == "weight":
             from .methods.unstructured import remove_weight_masks
 
             remove_weight_masks(self.model)
-        final = final.eval()
-        torch.save(final, os.path.join(self.out, "model.pt"))
+        return self.model
+
+    def _finish(self) -> dict:
+        final = self._final_model().eval()
+        checkpoint.save_atomic(final, os.path.join(self.out, "model.pt"))
         last = self.history[-1]
         params = sum(p.numel() for p in final.parameters())
         dense_params = sum(p.numel() for p in self.model.parameters())

@@ -296,3 +296,54 @@ def test_fractional_epochs_below_one_step(data_dir, tmp_path):
     with pytest.raises(ValueError, match="less than one step"):
         Trainer(_config(data_dir, tmp_path / "tiny", epochs=0.01, finetune_epochs=0), log=None)
     assert not (tmp_path / "tiny").exists()
+
+
+def _snapshot(out):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode) for p in sorted(out.iterdir())}
+
+
+def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path, capsys):
+    out = tmp_path / "B"
+    args = _args(data_dir, out, "--epochs", "0.5", "--finetune-epochs", "0.5", "--seed", "3")
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert set(before) == {"last.pt", "history.json", "summary.json", "model.pt"}
+    summary = json.loads(before["summary.json"][0])
+    small = torch.load(out / "model.pt", weights_only=False)
+    assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
+    assert cli_main(args + ["--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "is finished" in said and "nothing to do" in said and "resumed" not in said
+    assert _snapshot(out) == before  # bytes, modification times and modes
+
+    # killed after the last checkpoint but before the export: the resume writes the exported model
+    (out / "model.pt").unlink()
+    (out / "summary.json").unlink()
+    assert cli_main(args + ["--resume"]) == 0
+    again = torch.load(out / "model.pt", weights_only=False)
+    assert again.state_dict().keys() == small.state_dict().keys()
+    for k, v in small.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    assert json.loads((out / "summary.json").read_text())["params"] == summary["params"]
+
+
+def test_a_run_that_ends_with_the_search_exports_its_mask(data_dir, tmp_path):
+    out = tmp_path / "search_only"
+    tr = Trainer(_config(data_dir, out, epochs=1, finetune_epochs=0), log=None, progress=False)
+    summary = tr.run()
+    small = torch.load(out / "model.pt", weights_only=False)
+    assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
+    # the exported model is the one the last history row evaluated
+    assert tr._accuracy(small, tr.test_loader) == tr.history[-1]["test_acc"]
+
+
+def test_files_follow_the_umask(data_dir, tmp_path):
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "umask"
+        Trainer(_config(data_dir, out, epochs=0.5, finetune_epochs=0.5), log=None, progress=False).run()
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"last.pt": 0o640, "history.json": 0o640, "summary.json": 0o640, "model.pt": 0o640}, modes
