@@ -39,9 +39,9 @@ def report(run_dir: str) -> list[str]:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     axes[0].plot(epochs, [r["loss"] for r in history], marker="o")
     axes[0].set(title="training loss", xlabel="epoch")
-    axes[1].plot(epochs, [100 * r["test_acc"] for r in history], marker="o", color="tab:green")
+    axes[1].plot(epochs, [r["test_acc_pct"] for r in history], marker="o", color="tab:green")
     axes[1].set(title="test accuracy (%)", xlabel="epoch")
-    for key, style in (("expected_keep", "-"), ("realised_keep", "--"), ("expected_flops", ":"), ("realised_flops", "-.")):
+    for key, style in (("expected_keep", "-"), ("realised_keep", "--"), ("expected_flops_frac", ":"), ("realised_flops_frac", "-.")):
         axes[2].plot(epochs, [r[key] for r in history], style, marker=".", label=key.replace("_", " "))
     axes[2].set(title="keep ratio", xlabel="epoch", ylim=(0, 1.05))
     axes[2].legend(fontsize=8)

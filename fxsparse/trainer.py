@@ -36,6 +36,7 @@ from tabulate import tabulate
 
 from . import checkpoint
 from .analyze import analyze
+from .classifier import Classifier
 from .errors import NoPrunableGroupError
 from .export import export
 from .flops import TRAIN_FACTOR, SubnetFlops
@@ -364,8 +365,9 @@ class Trainer:
 
             with open(summary_path) as f:
                 summary = json.load(f)
-            self.log(f"the run in {self.out} is finished ({self.state.step} of {self.state.total_steps} steps; "
-                     f"summary.json, model.pt); nothing to do. To train more, start a new run with another --out.")
+            self.log(f"the run in {self.out} is finished ({self.state.step} of {self.state.total_steps} steps, test "
+                     f"accuracy {summary.get('test_acc_pct', float('nan')):.2f} %, model.pt and summary.json written); "
+                     "nothing to do. To train more, start a new run with another --out.")
             return summary
         if self.state.step == 0 and not self.history:
             self.log(self._header())
@@ -441,8 +443,9 @@ class Trainer:
         self._t_row = now
         passes = self.state.step / self.state.steps_per_epoch
         row = {"epoch": int(passes) if passes == int(passes) else round(passes, 3), "step": self.state.step,
-               "phase": phase, "loss": sum(stats.losses) / max(len(stats.losses), 1), "test_acc": acc,
-               "skipped": stats.skipped, "train_flops": self.train_flops, "train_time": train_time, "wall": self.elapsed}
+               "phase": phase, "loss": sum(stats.losses) / max(len(stats.losses), 1), "test_acc_pct": 100 * acc,
+               "skipped": stats.skipped, "train_tflop": self.train_flops / 1e12, "train_time_s": train_time,
+               "wall_s": self.elapsed}
         row.update(self._keep_stats(phase, masks, stats))
         self.history.append(row)
         self.log(self._row_text(row))
@@ -462,12 +465,12 @@ class Trainer:
 
     def _keep_stats(self, phase, masks, stats) -> dict:
         groups = self.graph.prunable_groups if self.graph is not None else []
-        out = {"expected_keep": 1.0, "expected_flops": 1.0, "realised_keep": 1.0, "realised_flops": 1.0}
+        out = {"expected_keep": 1.0, "expected_flops_frac": 1.0, "realised_keep": 1.0, "realised_flops_frac": 1.0}
         if phase == "search":
             s = self.learner.scores.detach()
             n = max(stats.count, 1)
-            out.update(expected_keep=float(s.mean()), expected_flops=self.flops.fraction(s),
-                       realised_keep=stats.channels / n, realised_flops=stats.flops / n,
+            out.update(expected_keep=float(s.mean()), expected_flops_frac=self.flops.fraction(s),
+                       realised_keep=stats.channels / n, realised_flops_frac=stats.flops / n,
                        group_keep=[float(v.mean()) for v in torch.split(stats.kept / n, self.learner.sizes)],
                        score_hist=torch.histc(s.float(), bins=20, min=0, max=1).tolist())
         elif self.method.level == "weight":  # masked weights still cost dense FLOPs: say so
@@ -477,8 +480,10 @@ class Trainer:
         elif masks is not None:
             flat = self.flops.flat(masks)
             frac = self.flops.fraction(flat)
-            out.update(expected_keep=float(flat.mean()), expected_flops=frac, realised_keep=float(flat.mean()),
-                       realised_flops=frac, group_keep=[float(masks[g.id].double().mean()) for g in groups])
+            out.update(expected_keep=float(flat.mean()), expected_flops_frac=frac, realised_keep=float(flat.mean()),
+                       realised_flops_frac=frac, group_keep=[float(masks[g.id].double().mean()) for g in groups])
+        if "group_keep" in out:
+            out["group_names"] = [_group_name(g) for g in groups]
         return out
 
     # ----- checkpoints ---------------------------------------------------------------
@@ -554,33 +559,45 @@ class Trainer:
 
     def _finish(self) -> dict:
         final = self._final_model().eval()
-        checkpoint.save_atomic(final, os.path.join(self.out, "model.pt"))
+        example = self.example[0]
+        info = self.info
+        names = info.get("classes")
+        final = Classifier(final, info.get("mean"), info.get("std"),
+                           class_names=names if names and len(names) == info["num_classes"] else None,
+                           input_shape=example.shape[1:])
+        files = {name: os.path.join(self.out, name) for name in ("model.pt", "summary.json", "history.json", "last.pt")}
+        checkpoint.save_atomic(final, files["model.pt"])
         last = self.history[-1]
         params = sum(p.numel() for p in final.parameters())
         dense_params = sum(p.numel() for p in self.model.parameters())
         summary = {"model": self.config.model, "method": self.config.method, "data": self.config.data,
                    "keep": self.config.keep, "budget": self.config.budget,
                    "epochs": round(self.state.total_steps / self.state.steps_per_epoch, 3),
-                   "test_acc": last["test_acc"], "train_flops": self.train_flops,
-                   "train_flops_dense": TRAIN_FACTOR * self.flops.dense * self.state.total_steps * self.config.batch_size,
-                   "final_flops": last["realised_flops"], "params": params, "dense_params": dense_params,
-                   "wall": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
-                   "exported_model": os.path.join(self.out, "model.pt")}
-        checkpoint.write_json_atomic(summary, os.path.join(self.out, "summary.json"))
-        self.log("\n" + tabulate([[k, _fmt(v)] for k, v in summary.items()], headers=["summary", ""]))
+                   "test_acc_pct": last["test_acc_pct"], "train_tflop": self.train_flops / 1e12,
+                   "train_tflop_dense": TRAIN_FACTOR * self.flops.dense * self.state.total_steps * self.config.batch_size / 1e12,
+                   "final_keep": last["realised_keep"], "final_flops_frac": last["realised_flops_frac"],
+                   "params": params, "dense_params": dense_params,
+                   "wall_s": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
+                   "units": UNITS, "files": files, "preprocessing": final.preprocessing()}
+        checkpoint.write_json_atomic(summary, files["summary.json"])
+        shown = [[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, dict)]
+        self.log("\n" + tabulate(shown, headers=["summary", ""]))
+        self.log(f"files in {self.out}: model.pt (the trained model; it takes raw images scaled to [0, 1], see the "
+                 "README's 'Using the trained model'), summary.json (this summary and the preprocessing), "
+                 "history.json (a row per epoch), last.pt (the checkpoint --resume reads)")
         return summary
 
     # ----- printing ------------------------------------------------------------------
-    _COLS = [("epoch", 6), ("phase", 8), ("loss", 8), ("test_acc", 8), ("exp_keep", 8), ("real_keep", 9),
-             ("real_flops", 10), ("train_TFLOP", 11), ("wall_s", 8)]
+    _COLS = [("epoch", 6), ("phase", 8), ("loss", 8), ("test_acc_pct", 12), ("expected_keep", 13),
+             ("realised_keep", 13), ("realised_flops_frac", 19), ("train_tflop", 11), ("wall_s", 8)]
 
     def _header(self) -> str:
         return "  ".join(f"{name:>{w}}" for name, w in self._COLS)
 
     def _row_text(self, r: dict) -> str:
-        vals = [r["epoch"], r["phase"], f"{r['loss']:.4f}", f"{100 * r['test_acc']:.2f}", f"{r['expected_keep']:.3f}",
-                f"{r['realised_keep']:.3f}", f"{r['realised_flops']:.3f}", f"{r['train_flops'] / 1e12:.3f}",
-                f"{r['wall']:.1f}"]
+        vals = [r["epoch"], r["phase"], f"{r['loss']:.4f}", f"{r['test_acc_pct']:.2f}", f"{r['expected_keep']:.3f}",
+                f"{r['realised_keep']:.3f}", f"{r['realised_flops_frac']:.3f}", f"{r['train_tflop']:.3f}",
+                f"{r['wall_s']:.1f}"]
         text = "  ".join(f"{v:>{w}}" for v, (_, w) in zip(vals, self._COLS))
         return text + (f"  ({r['skipped']} steps skipped: non-finite loss)" if r["skipped"] else "")
 
@@ -601,6 +618,18 @@ class _MaskStats:
         self.channels += float(mask.double().mean())
         self.flops += f / tr.flops.dense
         self.kept = self.kept + mask.double()
+
+
+# the units of history.json's rows and summary.json (also written into summary.json)
+UNITS = {"*_pct": "percent (0-100)", "*_keep": "fraction (0-1) of the prunable channels",
+         "*_flops_frac": "fraction (0-1) of the dense model's forward FLOPs", "*_tflop": "10^12 FLOPs",
+         "*_s": "seconds", "epoch": "passes over the training data", "loss": "mean training cross-entropy"}
+
+
+def _group_name(group) -> str:
+    """A channel group by its first layer (and how many more it couples)."""
+    layers = group.layers
+    return layers[0] + (f" (+{len(layers) - 1})" if len(layers) > 1 else "")
 
 
 def _fmt(v):

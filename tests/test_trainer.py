@@ -55,7 +55,7 @@ def _run_cli(args, kill_at_step=None):
 def _final_state(out):
     model = torch.load(os.path.join(out, "model.pt"), weights_only=False)
     history = json.load(open(os.path.join(out, "history.json")))
-    return model.state_dict(), [(r["loss"], r["test_acc"], r["train_flops"], r.get("score_hist")) for r in history]
+    return model.state_dict(), [(r["loss"], r["test_acc_pct"], r["train_tflop"], r.get("score_hist")) for r in history]
 
 
 def test_resume_after_kill_mid_epoch_is_bit_identical(data_dir, tmp_path):
@@ -207,7 +207,7 @@ def test_fixed_mask_method_flops_match_the_exported_model(data_dir, tmp_path):
     x = torch.zeros(1, 1, 28, 28)
     per_sample, _ = count_flops(small, (x,))
     steps = tr.state.steps_per_epoch
-    assert summary["train_flops"] == pytest.approx(3 * per_sample * 32 * steps, rel=1e-9)
+    assert summary["train_tflop"] * 1e12 == pytest.approx(3 * per_sample * 32 * steps, rel=1e-9)
     assert summary["params"] < summary["dense_params"]
 
 
@@ -217,8 +217,8 @@ def test_vrpge_history_report_and_exported_model(data_dir, tmp_path):
     summary = tr.run()
     hist = json.load(open(out / "history.json"))
     assert [r["phase"] for r in hist] == ["search", "finetune"]
-    assert hist[0]["expected_flops"] <= 0.4 + 1e-6
-    assert hist[1]["realised_flops"] <= 0.4 + 1e-6  # the final mask meets the budget exactly
+    assert hist[0]["expected_flops_frac"] <= 0.4 + 1e-6
+    assert hist[1]["realised_flops_frac"] <= 0.4 + 1e-6  # the final mask meets the budget exactly
     model = torch.load(out / "model.pt", weights_only=False)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert summary["params"] < summary["dense_params"]
@@ -335,7 +335,7 @@ def test_a_run_that_ends_with_the_search_exports_its_mask(data_dir, tmp_path):
     small = torch.load(out / "model.pt", weights_only=False)
     assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
     # the exported model is the one the last history row evaluated
-    assert tr._accuracy(small, tr.test_loader) == tr.history[-1]["test_acc"]
+    assert 100 * tr._accuracy(small.net, tr.test_loader) == tr.history[-1]["test_acc_pct"]
 
 
 def test_files_follow_the_umask(data_dir, tmp_path):
