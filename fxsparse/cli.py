@@ -73,13 +73,20 @@ def cmd_zoo(args) -> int:
     from . import zoo
 
     rows, failures = [], 0
-    for name in zoo.list():
+    names = zoo.list()
+    unknown = [n for n in args.models or () if n not in names]
+    if unknown:
+        raise ValueError(f"no zoo model {', '.join(map(repr, unknown))}. Available: {', '.join(names)}")
+    names = [n for n in names if not args.models or n in args.models]
+    for i, name in enumerate(names):
+        t = time.perf_counter()
         info = zoo.info(name)
         shape = args.input or (2,) + tuple(info.default_input)
+        print(f"[{i + 1}/{len(names)}] {name} at input {'x'.join(map(str, shape[1:]))} ...", end="", file=sys.stderr, flush=True)
         model = zoo.create(name, in_chans=shape[1]).eval()
         x = torch.randn(*shape)
         params = sum(p.numel() for p in model.parameters())
-        row = [name, info.family, f"{params / 1e6:.2f}M"]
+        row = [name, info.family, f"{params / 1e6:.2f}M", "x".join(map(str, shape[1:]))]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -91,8 +98,10 @@ def cmd_zoo(args) -> int:
         except Exception as exc:  # report and go on: this is a survey
             row += ["-", "-", "-", f"FAIL {type(exc).__name__}: {str(exc)[:80]}"]
             failures += 1
+        print(f" {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
         rows.append(row)
-    headers = ["model", "family", "params", "MFLOPs/sample", "prunable groups", "prunable channels"]
+    headers = ["model", "family", "params", "input (CxHxW)", "MFLOPs per sample at that input", "prunable groups",
+               "prunable channels"]
     if args.check:
         headers.append("analyze+export")
     print(tabulate(rows, headers=headers))
@@ -211,6 +220,7 @@ def main(argv=None) -> int:
     z = sub.add_parser("zoo", help="list the model zoo (params, FLOPs, prunable groups)")
     z.add_argument("--input", type=parse_input, default=None, help="input shape for every model (default: each model's own)")
     z.add_argument("--check", action="store_true", help="also export at keep 0.5 and compare with the masked reference")
+    z.add_argument("models", nargs="*", help="only these zoo models (default: all; all take about 2 min on 2 cores)")
     z.set_defaults(func=cmd_zoo)
     t = sub.add_parser("train", help="sparse training on real data: search, fine-tune, export")
     add_train_arguments(t)

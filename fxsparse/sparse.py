@@ -85,6 +85,7 @@ class SparseModel(nn.Module):
         self.compile_update = bool(compile and compile_update)
         self.compilations = 0  # graphs compiled by torch.compile for this model (see _backend)
         self.rebuilds = 0  # capacity changes after construction (each one recompiles the step)
+        self.on_rebuild = []  # callables fn(sparse_model), called after each capacity change (before its recompile)
         self._shrinks = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.plan = Plan(graph)
@@ -128,6 +129,8 @@ class SparseModel(nn.Module):
         self.plan._rebuild_offsets()
         self.rebuilds += 1
         self._build()
+        for fn in self.on_rebuild:
+            fn(self)
 
     def fits(self, masks) -> bool:
         """Whether ``masks`` ({group: bool}) fit the current capacities (no rebuild needed)."""

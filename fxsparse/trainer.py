@@ -176,6 +176,10 @@ class Trainer:
         self._schedules = []
         self._phase_built = None
         self.finished = False       # resumed from the checkpoint of a run that trained to the end
+        self._bar = None            # the epoch's progress bar
+        self._compile_pending = self._recompiling = False  # the next step compiles / recompiles
+        self._compile_s = None      # how long the last first-step compile took
+        self._compiles_before = 0
         saved = checkpoint.load(self.ckpt_path) if resume else None
         if saved is not None:
             self.method.load_state_dict(saved["method"])
@@ -252,9 +256,6 @@ class Trainer:
             compile_update = c.compile_update if c.compile_update is not None else steps >= COMPILE_UPDATE_STEPS
             self.sp = SparseModel(self.model, self.graph, keep=c.keep, compile=c.compile, seed=c.seed,
                                   compile_update=compile_update)
-            if c.compile and c.compile_update is None:
-                self.log(f"search of {steps} steps: optimizer update {'compiled' if compile_update else 'eager'} "
-                         f"(compiled from {COMPILE_UPDATE_STEPS} steps; --compile-update / --no-compile-update to choose)")
             self.optimizer = self._sgd(self.model.parameters(), c.lr)
             self.step_fn = self.sp.make_train_step(self.loss_fn, self.optimizer)
             m = self.method
@@ -279,6 +280,9 @@ class Trainer:
             self.state.optimizer = self.optimizer
             self.step_fn = self._plain_step(self.model, hooks=True)
         self._phase_built = phase
+        self._compile_pending = bool(c.compile)  # the phase's first step compiles its graphs
+        if self.sp is not None and self._on_rebuild not in self.sp.on_rebuild:
+            self.sp.on_rebuild.append(self._on_rebuild)
         fixed = phase in ("fixed", "finetune")  # per-sample forward FLOPs of a fixed-mask step
         self._step_flops = float(self.flops(self.flops.flat(self.masks))) if fixed else self.flops.dense
 
@@ -390,8 +394,8 @@ class Trainer:
         self._t_row = time.perf_counter()
         limit = min(st.steps_per_epoch, st.total_steps - st.step)
         phase, stats, dense_seen = None, None, False
-        bar = _progress(self._batches(epoch, limit), total=limit, desc=f"epoch {epoch + 1}", enabled=self.progress)
-        for x, y in bar:
+        self._bar = _Progress(limit, f"epoch {epoch + 1}", self.progress)
+        for x, y in self._batches(epoch, limit):
             now, start, n = self._phase_at(st.step)
             if now != phase:
                 if phase is not None:  # the previous phase ended mid-epoch
@@ -402,6 +406,7 @@ class Trainer:
                 dense_seen = dense_seen or phase == "dense"
             b = len(y)
             self._set_lr(st.step)
+            t_step = self._before_step(phase)
             if phase == "search" and c.weight_average:
                 loss, masks = self.learner.averaged_step(self.loss_fn, self.masked_optimizer, x, y)
                 for mask in masks:
@@ -424,8 +429,11 @@ class Trainer:
             else:
                 stats.losses.append(float(loss))
             st.step += 1
+            self._after_step(t_step)
+            self._bar.update()
             for cb in self.callbacks:
                 cb(self, "step", epoch=epoch, loss=float(loss))
+        self._bar.close()
         if dense_seen:
             self.method.end_epoch(self.state)
         self.epoch += 1
@@ -448,10 +456,55 @@ class Trainer:
                "wall_s": self.elapsed}
         row.update(self._keep_stats(phase, masks, stats))
         self.history.append(row)
-        self.log(self._row_text(row))
+        self._say(self._row_text(row))
+        if self._bar is not None:  # mid-epoch: the evaluation is not training time
+            self._bar.restart()
         if checkpoint:
             self._save_checkpoint()
         return row
+
+    # ----- saying what takes time ----------------------------------------------------
+    def _say(self, text: str):
+        """Log a line without tearing the progress bar."""
+        if self._bar is not None:
+            self._bar.write(text, self.log)
+        else:
+            self.log(text)
+
+    _COMPILING = {"search": "the sparse training step", "fixed": "the training step of the exported model",
+                  "finetune": "the training step of the exported model", "dense": "the dense training step"}
+
+    def _before_step(self, phase) -> float:
+        if self._compile_pending:
+            took = self._compile_s
+            guess = f"about {took:.0f} s, like the last one" if took else "typically 30-90 s on a CPU"
+            self._say(f"compiling {self._COMPILING.get(phase, 'the training step')} with torch.compile "
+                      f"(the first step waits for it: {guess}; --no-compile runs eagerly)")
+        self._compiles_before = getattr(self.sp, "compilations", 0)
+        return time.perf_counter()
+
+    def _on_rebuild(self, sp):
+        """A capacity change drops the compiled graphs: the next step recompiles."""
+        if not self.config.compile or not sp.compilations:
+            return
+        took = self._compile_s
+        self._say("recompiling: channel capacities changed (the kept channel counts moved past the slots the "
+                  "compiled step has" + (f"; about {took:.0f} s)" if took else ")"))
+        self._recompiling = True
+
+    def _after_step(self, t_step: float):
+        """After a step that compiled: say how long it took, and restart the bar's clock so
+        its rate and ETA count steps, not the compile."""
+        compiled = self._compile_pending or self._recompiling or \
+            getattr(self.sp, "compilations", 0) != self._compiles_before
+        if not compiled or not self.config.compile:
+            return
+        took = time.perf_counter() - t_step
+        if self._compile_pending:
+            self._compile_s = took
+            self._say(f"compiled in {took:.0f} s")
+        self._compile_pending = self._recompiling = False
+        self._bar.restart()
 
     @torch.no_grad()
     def _score_step(self, x, y, first):
@@ -638,9 +691,39 @@ def _fmt(v):
     return v
 
 
-def _progress(iterable, total, desc, enabled):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
+class _Progress:
+    """The epoch's tqdm bar (or nothing when disabled). ``restart`` forgets the timing so far
+    (a compile stalled it), so the rate and the ETA count training steps only."""
 
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.n, self.bar = total, desc, 0, None
+        if enabled:
+            self.bar = self._new()
+
+    def _new(self):
+        from tqdm import tqdm
+
+        return tqdm(total=self.total, initial=self.n, desc=self.desc, leave=False, dynamic_ncols=True)
+
+    def update(self):
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def restart(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = self._new()
+
+    def write(self, text: str, log):
+        if self.bar is None:
+            return log(text)
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode():
+            log(text)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -347,3 +347,16 @@ def test_files_follow_the_umask(data_dir, tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes == {"last.pt": 0o640, "history.json": 0o640, "summary.json": 0o640, "model.pt": 0o640}, modes
+
+
+def test_zoo_names_the_input_and_reports_progress(capsys):
+    assert cli_main(["zoo", "lenet5", "resnet20"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "input (CxHxW)" in lines[0] and "MFLOPs per sample at that input" in lines[0]
+    rows = {ln.split()[0]: ln.split() for ln in lines[2:]}
+    assert set(rows) == {"lenet5", "resnet20"}
+    assert rows["lenet5"][3] == "1x28x28" and rows["resnet20"][3] == "3x32x32"
+    assert "[1/2] lenet5 at input 1x28x28 ..." in captured.err and "[2/2] resnet20" in captured.err
+    assert cli_main(["zoo", "no_such_model"]) == 2
+    assert "no zoo model 'no_such_model'" in capsys.readouterr().err
