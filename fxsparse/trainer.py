@@ -178,7 +178,7 @@ class Trainer:
         self.finished = False       # resumed from the checkpoint of a run that trained to the end
         self._bar = None            # the epoch's progress bar
         self._compile_pending = self._recompiling = False  # the next step compiles / recompiles
-        self._compile_s = None      # how long the last first-step compile took
+        self._compile_s = {}        # how long the first step's compile took, per step kind
         self._compiles_before = 0
         saved = checkpoint.load(self.ckpt_path) if resume else None
         if saved is not None:
@@ -476,8 +476,8 @@ class Trainer:
 
     def _before_step(self, phase) -> float:
         if self._compile_pending:
-            took = self._compile_s
-            guess = f"about {took:.0f} s, like the last one" if took else "typically 30-90 s on a CPU"
+            took = self._compile_s.get(self._COMPILING.get(phase))
+            guess = f"about {took:.0f} s, like the last time" if took else "typically 10-90 s on a CPU"
             self._say(f"compiling {self._COMPILING.get(phase, 'the training step')} with torch.compile "
                       f"(the first step waits for it: {guess}; --no-compile runs eagerly)")
         self._compiles_before = getattr(self.sp, "compilations", 0)
@@ -487,9 +487,9 @@ class Trainer:
         """A capacity change drops the compiled graphs: the next step recompiles."""
         if not self.config.compile or not sp.compilations:
             return
-        took = self._compile_s
-        self._say("recompiling: channel capacities changed (the kept channel counts moved past the slots the "
-                  "compiled step has" + (f"; about {took:.0f} s)" if took else ")"))
+        took = self._compile_s.get(self._COMPILING["search"])
+        self._say("recompiling: channel capacities changed (the compiled step's channel slots follow the scores"
+                  + (f"; about {took:.0f} s)" if took else ")"))
         self._recompiling = True
 
     def _after_step(self, t_step: float):
@@ -501,7 +501,7 @@ class Trainer:
             return
         took = time.perf_counter() - t_step
         if self._compile_pending:
-            self._compile_s = took
+            self._compile_s[self._COMPILING.get(self._phase_built)] = took
             self._say(f"compiled in {took:.0f} s")
         self._compile_pending = self._recompiling = False
         self._bar.restart()

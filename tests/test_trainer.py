@@ -360,3 +360,26 @@ def test_zoo_names_the_input_and_reports_progress(capsys):
     assert "[1/2] lenet5 at input 1x28x28 ..." in captured.err and "[2/2] resnet20" in captured.err
     assert cli_main(["zoo", "no_such_model"]) == 2
     assert "no zoo model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_compiles_are_announced_before_the_wait(data_dir, tmp_path):
+    """The first compiled step says it compiles (before the wait) and how long it took; a
+    capacity change that drops compiled graphs says it recompiles."""
+    said = []
+    cfg = _config(data_dir, tmp_path / "c", method="random", epochs=0.5, finetune_epochs=0, compile=True)
+    tr = Trainer(cfg, log=said.append, progress=False)
+    tr.run()
+    first = next(i for i, s in enumerate(said) if s.startswith("compiling the training step of the exported model"))
+    done = next(i for i, s in enumerate(said) if s.startswith("compiled in "))
+    row = next(i for i, s in enumerate(said) if s.split()[:2] == ["0.5", "fixed"])
+    assert first < done < row
+
+    sp = fxsparse.compile(tr.model, tr.example, keep=0.5, compile=False)
+    seen = []
+    sp.on_rebuild.append(seen.append)
+    assert sp.fit_capacity({g.id: torch.ones(g.size) for g in tr.graph.prunable_groups})  # every channel kept: grow
+    assert seen == [sp]
+    tr.sp, tr.config.compile = sp, True
+    sp.compilations = 3
+    tr._on_rebuild(sp)
+    assert said[-1].startswith("recompiling: channel capacities changed")
