@@ -61,7 +61,9 @@ def cmd_analyze(args) -> int:
     print(f"\nanalysed in {took:.2f} s; forward {graph.flops['total'] / 1e6:.1f} MFLOPs at input {tuple(args.input)}")
     if args.dot:
         graph.to_dot(args.dot)
-        print(f"wrote {args.dot}")
+        svg = args.dot.rsplit(".", 1)[0] + ".svg"
+        print(f"wrote {args.dot} (the data flow, layers coloured by channel group; render it with Graphviz: "
+              f"dot -Tsvg {args.dot} -o {svg})")
     if args.json:
         graph.to_json(args.json)
         print(f"wrote {args.json}")
@@ -214,8 +216,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("analyze", help="find the channel groups of a model and print them")
     p.add_argument("model", help="zoo:NAME or module.path:factory")
     p.add_argument("--input", type=parse_input, default=(1, 3, 32, 32), help="example input shape, e.g. 2x3x32x32")
-    p.add_argument("--dot", help="write the group graph as Graphviz DOT")
-    p.add_argument("--json", help="write the groups as JSON")
+    p.add_argument("--dot", help="write the data flow with the channel groups as Graphviz DOT "
+                   "(render: dot -Tsvg FILE -o groups.svg)")
+    p.add_argument("--json", help="write the groups as compact JSON (schema: fxsparse.ChannelGraph.to_json)")
     p.set_defaults(func=cmd_analyze)
     z = sub.add_parser("zoo", help="list the model zoo (params, FLOPs, prunable groups)")
     z.add_argument("--input", type=parse_input, default=None, help="input shape for every model (default: each model's own)")
