@@ -680,9 +680,10 @@ UNITS = {"*_pct": "percent (0-100)", "*_keep": "fraction (0-1) of the prunable c
 
 
 def _group_name(group) -> str:
-    """A channel group by its first layer (and how many more it couples)."""
-    layers = group.layers
-    return layers[0] + (f" (+{len(layers) - 1})" if len(layers) > 1 else "")
+    """A channel group by its first layer, its size and how many more layers' outputs it couples."""
+    producers = {m.layer for m in group.members if m.dim == 0 and m.param.endswith(".weight")}
+    more = len(producers - {group.layers[0]})
+    return f"{group.layers[0]} ({group.size} ch" + (f", +{more} coupled layers" if more else "") + ")"
 
 
 def _fmt(v):

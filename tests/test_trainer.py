@@ -219,6 +219,8 @@ def test_vrpge_history_report_and_exported_model(data_dir, tmp_path):
     assert [r["phase"] for r in hist] == ["search", "finetune"]
     assert hist[0]["expected_flops_frac"] <= 0.4 + 1e-6
     assert hist[1]["realised_flops_frac"] <= 0.4 + 1e-6  # the final mask meets the budget exactly
+    assert hist[-1]["group_names"] == [f"{g.layers[0]} ({g.size} ch)" for g in tr.graph.prunable_groups]  # LeNet: no coupling
+    assert len(hist[-1]["group_keep"]) == len(hist[-1]["group_names"])
     model = torch.load(out / "model.pt", weights_only=False)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert summary["params"] < summary["dense_params"]
