@@ -141,12 +141,12 @@ def main(argv=None):
     rows = []
     for r in results:
         dense = next((d for d in results if d["method"] == "dense" and d["model"] == r["model"]), None)
-        rows.append([r["label"], f"{100 * r['test_acc']:.2f}",
-                     f"{100 * (r['test_acc'] - dense['test_acc']):+.2f}" if dense else "",
-                     f"{r['train_flops'] / 1e12:.1f}",
-                     f"{dense['train_flops'] / r['train_flops']:.2f}x" if dense else "",
+        rows.append([r["label"], f"{r['test_acc_pct']:.2f}",
+                     f"{r['test_acc_pct'] - dense['test_acc_pct']:+.2f}" if dense else "",
+                     f"{r['train_tflop']:.1f}",
+                     f"{dense['train_tflop'] / r['train_tflop']:.2f}x" if dense else "",
                      f"{r['wall_total']:.0f}", f"{dense['wall_total'] / r['wall_total']:.2f}x" if dense else "",
-                     f"{r['final_flops']:.3f}", r["params"], f"{r.get('peak_rss_mb', float('nan')):.0f}"])
+                     f"{r['final_flops_frac']:.3f}", r["params"], f"{r.get('peak_rss_mb', float('nan')):.0f}"])
     headers = ["run (vs the dense run of the same model)", "test acc %", "vs dense", "train TFLOP", "FLOPs saved", "wall s", "speed-up", "final FLOPs", "params",
                "peak RSS MB"]
     print(tabulate(rows, headers=headers, tablefmt="github" if args.markdown else "simple"))

@@ -133,8 +133,8 @@ def child(path):
     rec = {k: spec[k] for k in ("table", "label", "seed")}
     rec.update(model=cfg["model"], keep=cfg["keep"], method=cfg["method"], epochs=cfg["epochs"] + cfg["finetune_epochs"],
                search_epochs=cfg["epochs"] if cfg["method"] == "vrpge" else 0.0,
-               test_acc=tr.history[-1]["test_acc"], train_flops=tr.train_flops, wall_s=tr.elapsed, cpu_s=cpu,
-               final_flops=tr.history[-1]["realised_flops"],
+               test_acc=tr.history[-1]["test_acc_pct"] / 100, train_flops=tr.train_flops, wall_s=tr.elapsed, cpu_s=cpu,
+               final_flops=tr.history[-1]["realised_flops_frac"],
                group_sizes=[g.size for g in groups],
                group_counts=[int(masks[g.id].sum()) for g in groups] if masks is not None else None,
                group_names=[sorted({m.layer for m in g.members})[0] for g in groups],

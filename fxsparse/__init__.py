@@ -6,7 +6,8 @@
 """
 from . import rules  # noqa: F401  (registers the built-in channel rules)
 from .analyze import analyze
-from .errors import ExportError, FxsparseError, InputError, KeepMaskError, TraceError
+from .classifier import Classifier
+from .errors import ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, TraceError
 from .export import export
 from .graph import ChannelGraph, ChannelGroup, Member, count_flops
 from .masks import normalize_keep, random_keep, topk_keep
@@ -15,8 +16,8 @@ from .sparse import SparseModel, compile
 from .rules.registry import Rule, register_rule
 
 __all__ = [
-    "analyze", "export", "compile", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
+    "analyze", "export", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
     "ChannelGraph", "ChannelGroup", "Member", "count_flops",
-    "FxsparseError", "TraceError", "InputError", "KeepMaskError", "ExportError",
+    "FxsparseError", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError",
 ]
 __version__ = "0.1.0"

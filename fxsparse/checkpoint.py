@@ -3,6 +3,8 @@
 ``save_atomic`` writes to a temporary file in the same directory, fsyncs it, then
 ``os.replace``s it over the target: a reader sees either the previous complete file or the
 new complete file, never a partial one (POSIX rename is atomic within a file system).
+Files get the permissions of an ordinary ``open(path, "w")`` (0666 less the user's umask),
+not the 0600 of the temporary file.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def _write_atomic(path: str, mode: str, write) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -46,6 +49,12 @@ def _write_atomic(path: str, mode: str, write) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def load(path: str):

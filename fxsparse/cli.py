@@ -61,7 +61,9 @@ def cmd_analyze(args) -> int:
     print(f"\nanalysed in {took:.2f} s; forward {graph.flops['total'] / 1e6:.1f} MFLOPs at input {tuple(args.input)}")
     if args.dot:
         graph.to_dot(args.dot)
-        print(f"wrote {args.dot}")
+        svg = args.dot.rsplit(".", 1)[0] + ".svg"
+        print(f"wrote {args.dot} (the data flow, layers coloured by channel group; render it with Graphviz: "
+              f"dot -Tsvg {args.dot} -o {svg})")
     if args.json:
         graph.to_json(args.json)
         print(f"wrote {args.json}")
@@ -73,13 +75,20 @@ def cmd_zoo(args) -> int:
     from . import zoo
 
     rows, failures = [], 0
-    for name in zoo.list():
+    names = zoo.list()
+    unknown = [n for n in args.models or () if n not in names]
+    if unknown:
+        raise ValueError(f"no zoo model {', '.join(map(repr, unknown))}. Available: {', '.join(names)}")
+    names = [n for n in names if not args.models or n in args.models]
+    for i, name in enumerate(names):
+        t = time.perf_counter()
         info = zoo.info(name)
         shape = args.input or (2,) + tuple(info.default_input)
+        print(f"[{i + 1}/{len(names)}] {name} at input {'x'.join(map(str, shape[1:]))} ...", end="", file=sys.stderr, flush=True)
         model = zoo.create(name, in_chans=shape[1]).eval()
         x = torch.randn(*shape)
         params = sum(p.numel() for p in model.parameters())
-        row = [name, info.family, f"{params / 1e6:.2f}M"]
+        row = [name, info.family, f"{params / 1e6:.2f}M", "x".join(map(str, shape[1:]))]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -91,8 +100,10 @@ def cmd_zoo(args) -> int:
         except Exception as exc:  # report and go on: this is a survey
             row += ["-", "-", "-", f"FAIL {type(exc).__name__}: {str(exc)[:80]}"]
             failures += 1
+        print(f" {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
         rows.append(row)
-    headers = ["model", "family", "params", "MFLOPs/sample", "prunable groups", "prunable channels"]
+    headers = ["model", "family", "params", "input (CxHxW)", "MFLOPs per sample at that input", "prunable groups",
+               "prunable channels"]
     if args.check:
         headers.append("analyze+export")
     print(tabulate(rows, headers=headers))
@@ -171,19 +182,21 @@ def cmd_train(args) -> int:
     from .trainer import TrainConfig, Trainer
 
     if args.list_methods:
-        from .methods import get_method
+        from .methods import DEFAULT_METHOD, get_method
 
-        for name in list_methods():
-            cls = get_method(name)
-            print(f"{name:12s} {cls.level:8s} {cls.paper}")
+        rows = [[name + (" (default)" if name == DEFAULT_METHOD else ""), get_method(name).level, get_method(name).paper]
+                for name in list_methods()]
+        print(tabulate(rows, headers=["method", "level", "paper"]))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    from .errors import FxsparseError
+
     try:
         Trainer(config, resume=args.resume, progress=args.progress).run()
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (FxsparseError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"fxsparse train: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     return 0
@@ -202,17 +215,22 @@ def cmd_report(args) -> int:
 
 
 def main(argv=None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fxsparse", description="Channel-level sparse training that is fast for real.")
+    parser.add_argument("--version", action="version", version=f"fxsparse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("analyze", help="find the channel groups of a model and print them")
     p.add_argument("model", help="zoo:NAME or module.path:factory")
     p.add_argument("--input", type=parse_input, default=(1, 3, 32, 32), help="example input shape, e.g. 2x3x32x32")
-    p.add_argument("--dot", help="write the group graph as Graphviz DOT")
-    p.add_argument("--json", help="write the groups as JSON")
+    p.add_argument("--dot", help="write the data flow with the channel groups as Graphviz DOT "
+                   "(render: dot -Tsvg FILE -o groups.svg)")
+    p.add_argument("--json", help="write the groups as compact JSON (schema: fxsparse.ChannelGraph.to_json)")
     p.set_defaults(func=cmd_analyze)
     z = sub.add_parser("zoo", help="list the model zoo (params, FLOPs, prunable groups)")
     z.add_argument("--input", type=parse_input, default=None, help="input shape for every model (default: each model's own)")
     z.add_argument("--check", action="store_true", help="also export at keep 0.5 and compare with the masked reference")
+    z.add_argument("models", nargs="*", help="only these zoo models (default: all; all take about 2 min on 2 cores)")
     z.set_defaults(func=cmd_zoo)
     t = sub.add_parser("train", help="sparse training on real data: search, fine-tune, export")
     add_train_arguments(t)

@@ -1,4 +1,16 @@
-"""Errors raised by fxsparse. Each names what is wrong and what to do about it."""
+"""Errors raised by fxsparse. Each names what is wrong and what to do about it.
+
+Every error fxsparse raises on purpose is a :class:`FxsparseError` (``except
+fxsparse.FxsparseError`` catches them all); those about a bad argument are also
+``ValueError``:
+
+* :class:`TraceError`: torch.fx cannot trace the model's top-level forward (names the file:line).
+* :class:`InputError` (``ValueError``): the model does not run on the example inputs.
+* :class:`KeepMaskError` (``ValueError``): a keep ratio or keep mask does not fit the channel graph.
+* :class:`NoPrunableGroupError` (``ValueError``): the model has no prunable channel group
+  (``fxsparse.analyze(model, x).summary()`` says why for each group).
+* :class:`ExportError`: a keep pattern cannot be realised as a physically smaller model.
+"""
 
 
 class FxsparseError(Exception):
@@ -24,3 +36,7 @@ class ExportError(FxsparseError):
 
 class InputError(FxsparseError, ValueError):
     """The model does not run on the example inputs it was given."""
+
+
+class NoPrunableGroupError(FxsparseError, ValueError):
+    """The model has no channel group that can be pruned, so there is nothing to sparsify."""

@@ -45,7 +45,32 @@ class Member:
         return text + (f" (block {block})" if block != 1 else "")
 
     def to_dict(self):
-        return {"param": self.param, "dim": self.dim, "pattern": self.pattern(), "index": [ix.tolist() for ix in self.index]}
+        """Compact: ``start``/``stride``/``block`` when channel j is indices
+        ``[start + stride*j, start + stride*j + block)`` of ``dim``; otherwise ``index``: a flat
+        list (``index[j]``, block 1) or a list of lists (``index[j]``: channel j's indices)."""
+        out = {"param": self.param, "dim": self.dim}
+        regular = self._regular()
+        if regular is not None:
+            out.update(zip(("start", "stride", "block"), regular))
+        elif all(len(ix) == 1 for ix in self.index):
+            out["index"] = [int(ix[0]) for ix in self.index]
+        else:
+            out["index"] = [ix.tolist() for ix in self.index]
+        return out
+
+    def _regular(self):
+        """(start, stride, block) when channel j is a contiguous block at start + stride*j, else None."""
+        starts = np.array([ix[0] for ix in self.index])
+        blocks = {len(ix) for ix in self.index}
+        if len(blocks) != 1:
+            return None
+        block = blocks.pop()
+        stride = int(starts[1] - starts[0]) if len(starts) > 1 else 1
+        if len(starts) > 1 and not (np.diff(starts) == stride).all():
+            return None
+        if any(not np.array_equal(ix, np.arange(ix[0], ix[0] + block)) for ix in self.index):
+            return None
+        return int(starts[0]), stride, int(block)
 
 
 @dataclasses.dataclass
@@ -68,7 +93,7 @@ class ChannelGroup:
 
     def to_dict(self):
         return {"id": self.id, "size": self.size, "prunable": self.prunable, "reason": self.reason,
-                "flops_share": self.flops_share, "members": [m.to_dict() for m in self.members]}
+                "flops_share": self.flops_share, "layers": self.layers, "members": [m.to_dict() for m in self.members]}
 
 
 class ChannelGraph:
@@ -140,26 +165,112 @@ class ChannelGraph:
         return head + "\n" + table
 
     def to_dict(self) -> dict:
-        return {"groups": [g.to_dict() for g in self.groups], "auto_leaves": self.auto_leaves,
+        """The groups as plain data; see :meth:`to_json` for the schema."""
+        return {"schema": JSON_SCHEMA, "groups": [g.to_dict() for g in self.groups], "auto_leaves": self.auto_leaves,
                 "zero_preserving": self.zero_preserving, "mixing_nodes": [n for n, _ in self.mixing]}
 
     def to_json(self, path=None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
+        """The channel groups as JSON (written to ``path`` when given). Schema ``fxsparse.groups/2``::
+
+            {"schema": "fxsparse.groups/2",
+             "groups": [{"id": 0, "size": 16,                 # channels in the group
+                         "prunable": true, "reason": "",      # why not, when not prunable
+                         "flops_share": 0.12,                 # FLOPs of the layers it slices / model FLOPs
+                         "layers": ["conv1", "bn1"],          # modules owning its members, in graph order
+                         "members": [                         # channel j of the group is, in each member:
+                            {"param": "conv1.weight", "dim": 0, "start": 0, "stride": 1, "block": 1},
+                                                              # indices [start + stride*j, ... + block) of dim
+                            {"param": "fc.weight", "dim": 1, "index": [3, 0, 7]}]}],
+                                                              # or explicitly: index[j] (a list when block > 1)
+             "auto_leaves": [],                               # untraceable submodules kept whole
+             "zero_preserving": true,                         # no op mixes the channels of one tensor
+             "mixing_nodes": []}                              # the ops that do
+        """
+        text = json.dumps(self.to_dict(), separators=(",", ":"))
         if path is not None:
             with open(path, "w") as f:
                 f.write(text)
         return text
 
+    def dataflow(self) -> nx.DiGraph:
+        """The layers in data-flow order: nodes are the model input, the modules with parameters
+        (and parameters used directly) and the output, in graph order; an edge a -> b when a's
+        output reaches b through parameter-free ops. Node attribute ``groups``: the channel groups
+        of the node's output channels (more than one after a concatenation; empty for the input
+        and output); edge attribute ``groups`` likewise for the channels that flow along it."""
+        out_group = self._output_groups()
+        g = nx.DiGraph()
+        upstream: dict = {}
+        modules = dict(self.gm.named_modules())
+        for node in self.gm.graph.nodes:
+            preds = set().union(*(upstream.get(a, set()) for a in node.all_input_nodes)) if node.all_input_nodes else set()
+            name = None
+            if node.op == "placeholder":
+                name = f"input {node.target}"
+            elif node.op == "output":
+                name = "output"
+            elif node.op == "call_module" and any(True for _ in modules[node.target].parameters(recurse=False)):
+                name = node.target
+            elif node.op == "get_attr" and isinstance(_attr(self.gm, node.target), torch.nn.Parameter):
+                name = node.target
+            if name is None:
+                upstream[node] = preds
+                continue
+            g.add_node(name, groups=out_group.get(name, []), order=len(g))
+            for p in sorted(preds, key=lambda n: g.nodes[n]["order"]):
+                g.add_edge(p, name, groups=g.nodes[p]["groups"])
+            upstream[node] = {name}
+        return g
+
+    def _output_groups(self) -> dict:
+        """layer (or directly used parameter) -> the ids of the groups holding its output channels."""
+        found = {}
+        modules = dict(self.gm.named_modules())
+        for grp in self.groups:
+            for m in grp.members:
+                mod = modules.get(m.layer)
+                out_dim = 1 if isinstance(mod, torch.nn.modules.conv._ConvTransposeNd) else 0
+                if mod is not None and m.param.endswith(".weight") and m.dim == out_dim:
+                    key = m.layer
+                elif mod is None and m.dim == _last_dim(self.gm, m.param):  # a parameter used directly
+                    key = m.param
+                else:
+                    continue
+                if grp.id not in found.setdefault(key, []):
+                    found[key].append(grp.id)
+        return found
+
     def to_dot(self, path=None) -> str:
-        """Graphviz DOT: layers as boxes, one coloured edge set per group (grey: unprunable)."""
-        lines = ["graph channels {", '  node [shape=box, fontsize=10];']
-        g = self.networkx()
-        for n in g.nodes:
-            lines.append(f'  "{n}";')
-        palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
-        for a, b, data in g.edges(data=True):
-            color = palette[data["group"] % len(palette)] if data["prunable"] else "#999999"
-            lines.append(f'  "{a}" -- "{b}" [label="g{data["group"]}:{data["size"]}", color="{color}", fontsize=8];')
+        """Graphviz DOT of the data flow (``dot -Tsvg groups.dot -o groups.svg``): layers as
+        boxes from top to bottom in graph order, an edge where one layer's output reaches the
+        next; a box is filled with the colour of the group of its output channels, an edge is
+        coloured and labelled with the group that flows along it (``g3 (16)``: group 3, 16
+        channels); grey: unprunable (the legend lists why)."""
+        flow = self.dataflow()
+        palette = ["#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5",
+                   "#bc80bd", "#ccebc5", "#ffed6f", "#a6cee3"]
+
+        def colours(gids, darker=False):
+            cs = ["#dddddd" if not self.groups[i].prunable else palette[i % len(palette)] for i in gids] or ["#dddddd"]
+            return ":".join(_darker(c) if darker else c for c in cs)
+
+        def label(gids):
+            return " + ".join(f"g{i} ({self.groups[i].size})" for i in gids)
+
+        lines = ["digraph dataflow {", "  rankdir=TB;", '  node [shape=box, style="filled", fontsize=10];',
+                 "  edge [fontsize=8, penwidth=1.5];"]
+        for name, data in flow.nodes(data=True):
+            gids = data["groups"]
+            text = name + (f"\\n{label(gids)}" if gids else "")
+            style = ", shape=ellipse" if not gids else (', style="striped"' if len(gids) > 1 else "")
+            lines.append(f'  "{name}" [label="{text}", fillcolor="{colours(gids)}"{style}];')
+        for a, b, data in flow.edges(data=True):
+            gids = data["groups"]
+            lines.append(f'  "{a}" -> "{b}" [label="{label(gids)}", color="{colours(gids, darker=True)}"];')
+        unprunable = [g for g in self.groups if not g.prunable]
+        if unprunable:
+            text = "\\l".join(f"g{g.id}: {g.reason[:80]}" for g in unprunable) + "\\l"
+            lines.append(f'  legend [shape=note, fillcolor="#dddddd", label="unprunable (grey)\\l{_escape(text)}"];')
         lines.append("}")
         text = "\n".join(lines)
         if path is not None:
@@ -169,6 +280,30 @@ class ChannelGraph:
 
     def __repr__(self):
         return f"ChannelGraph({len(self.groups)} groups, {len(self.prunable_groups)} prunable)"
+
+
+JSON_SCHEMA = "fxsparse.groups/2"
+
+
+def _attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _last_dim(gm, param: str) -> int:
+    p = _attr(gm, param)
+    return p.dim() - 1 if isinstance(p, torch.Tensor) else -1
+
+
+def _darker(hex_colour: str) -> str:
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return "#%02x%02x%02x" % (int(r * 0.6), int(g * 0.6), int(b * 0.6))
+
+
+def _escape(text: str) -> str:
+    return text.replace('"', '\\"')
 
 
 def _positions(ids: np.ndarray) -> dict[int, np.ndarray]:

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .analyze import analyze
+from .errors import KeepMaskError, NoPrunableGroupError
 from .export import export
 from .graph import ChannelGraph
 from .layout import GatherIndex, Plan
@@ -67,9 +68,10 @@ class SparseModel(nn.Module):
                  compile_update=True):
         super().__init__()
         if not graph.prunable_groups:
-            raise ValueError("the model has no prunable channel group (see fxsparse.analyze(...).summary() for why)")
-        if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+            raise NoPrunableGroupError("the model has no prunable channel group, so there is nothing to sparsify; "
+                                       "fxsparse.analyze(model, x).summary() says why for each group")
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
+            raise KeepMaskError(f"keep must be a number in (0, 1], got {keep!r}")
         self.model = model
         self.channel_graph = graph
         self.keep = float(keep)
@@ -83,6 +85,7 @@ class SparseModel(nn.Module):
         self.compile_update = bool(compile and compile_update)
         self.compilations = 0  # graphs compiled by torch.compile for this model (see _backend)
         self.rebuilds = 0  # capacity changes after construction (each one recompiles the step)
+        self.on_rebuild = []  # callables fn(sparse_model), called after each capacity change (before its recompile)
         self._shrinks = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.plan = Plan(graph)
@@ -126,6 +129,8 @@ class SparseModel(nn.Module):
         self.plan._rebuild_offsets()
         self.rebuilds += 1
         self._build()
+        for fn in self.on_rebuild:
+            fn(self)
 
     @property
     def shrinks(self) -> int:

@@ -7,9 +7,12 @@ forward itself cannot be traced, :class:`TraceError` says where and what to do.
 """
 from __future__ import annotations
 
+import functools
+import os
 import traceback
 import warnings
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
@@ -41,11 +44,38 @@ class _Tracer(fx.Tracer):
             self.path_stack.pop()
 
 
+def _package_dirs(name: str) -> list[str]:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    return [os.path.realpath(d) + os.sep for d in (spec.submodule_search_locations or [])] if spec else []
+
+
+@functools.lru_cache(maxsize=None)
+def _internal_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the real folders of torch, fxsparse and fxsparse.passes, wherever they are installed;
+    fxsparse's zoo folders, whose models are user code: a trace error there names its line)."""
+    internal = [os.path.realpath(os.path.dirname(torch.__file__)) + os.sep,
+                os.path.realpath(os.path.dirname(os.path.abspath(__file__))) + os.sep]
+    return tuple(internal + _package_dirs("fxsparse.passes")), tuple(_package_dirs("fxsparse.zoo"))
+
+
+@functools.lru_cache(maxsize=4096)
+def is_internal(filename: str) -> bool:
+    """Whether ``filename`` is code of torch or fxsparse itself (not the user's model).
+    Compares real folders, not path fragments: a user's model under a folder that happens to
+    be named ``fxsparse``, ``torch`` or ``passes`` is still the user's."""
+    path = os.path.realpath(filename)
+    internal, zoo = _internal_dirs()
+    if any(path.startswith(d) for d in zoo):
+        return False
+    return any(path.startswith(d) for d in internal)
+
+
 def _user_location(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     for fr in reversed(frames):
-        f = fr.filename.replace("\\", "/")
-        if "/torch/" not in f and "/fxsparse/" not in f and "/passes/" not in f:
+        if not is_internal(fr.filename):
             return f"{fr.filename}:{fr.lineno}: {fr.line}"
     return ""
 

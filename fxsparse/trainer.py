@@ -36,6 +36,8 @@ from tabulate import tabulate
 
 from . import checkpoint
 from .analyze import analyze
+from .classifier import Classifier
+from .errors import NoPrunableGroupError
 from .export import export
 from .flops import TRAIN_FACTOR, SubnetFlops
 from .methods import DEFAULT_METHOD, TrainState, create as create_method
@@ -82,7 +84,7 @@ class TrainConfig:
     compile: bool = True
     # None: compile the search step's optimizer update only for searches of at least
     # COMPILE_UPDATE_STEPS steps (one more graph per capacity set, ~25 s cold on this CPU,
-    # saves ~7-10 ms per VGG-11 step: it pays after ~3000 steps); the run says which it chose
+    # saves ~7-10 ms per VGG-11 step: it pays after ~3000 steps)
     compile_update: Optional[bool] = None
     seed: int = 0
     limit_batches: Optional[int] = None  # per epoch, for quick runs
@@ -126,15 +128,15 @@ class Trainer:
         self.config, self.callbacks, self.log, self.progress = config, list(callbacks), log or (lambda s: None), progress
         self.out = config.out
         self.ckpt_path = os.path.join(self.out, "last.pt")
-        if not resume and os.path.exists(self.ckpt_path):
-            raise FileExistsError(f"{self.out!r} already holds a run (last.pt); pass --resume to continue it, "
-                                  "or choose another --out")
         torch.manual_seed(config.seed)
         from .data import make_loaders
 
-        if loaders is None:
+        if loaders is None:  # a bad data path is the first thing to fix: say it before the --out collision
             loaders = make_loaders(config.data, config.data_root, batch_size=config.batch_size, seed=config.seed,
                                    augment=config.augment, drop_last=True, test_batch_size=512)
+        if not resume and os.path.exists(self.ckpt_path):
+            raise FileExistsError(f"{self.out!r} already holds a run (last.pt); pass --resume to continue it, "
+                                  "or choose another --out")
         self.train_loader, self.test_loader, self.info = loaders
         if model is None:
             from .cli import load_model
@@ -154,7 +156,7 @@ class Trainer:
         if self.method.level != "none":
             self.graph = analyze(model, self.example)
             if self.method.level == "channel" and not self.graph.prunable_groups:
-                raise ValueError(f"{config.model} has no prunable channel group, so channel method "
+                raise NoPrunableGroupError(f"{config.model} has no prunable channel group, so channel method "
                                  f"{config.method!r} cannot run; see `fxsparse analyze {config.model}` for the reasons")
         self.flops = SubnetFlops(self.graph or analyze(model, self.example))
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -175,6 +177,11 @@ class Trainer:
         self.optimizer = None
         self._schedules = []
         self._phase_built = None
+        self.finished = False       # resumed from the checkpoint of a run that trained to the end
+        self._bar = None            # the epoch's progress bar
+        self._compile_pending = self._recompiling = False  # the next step compiles / recompiles
+        self._compile_s = {}        # how long the first step's compile took, per step kind
+        self._compiles_before = 0
         saved = checkpoint.load(self.ckpt_path) if resume else None
         if saved is not None:
             self.method.load_state_dict(saved["method"])
@@ -252,9 +259,6 @@ class Trainer:
             compile_update = c.compile_update if c.compile_update is not None else steps >= COMPILE_UPDATE_STEPS
             self.sp = SparseModel(self.model, self.graph, keep=c.keep, compile=c.compile, seed=c.seed,
                                   compile_update=compile_update)
-            if c.compile and c.compile_update is None:
-                self.log(f"search of {steps} steps: optimizer update {'compiled' if compile_update else 'eager'} "
-                         f"(compiled from {COMPILE_UPDATE_STEPS} steps; --compile-update / --no-compile-update to choose)")
             self.optimizer = self._sgd(self.model.parameters(), c.lr)
             self.step_fn = self.sp.make_train_step(self.loss_fn, self.optimizer)
             m = self.method
@@ -280,6 +284,9 @@ class Trainer:
             self.state.optimizer = self.optimizer
             self.step_fn = self._plain_step(self.model, hooks=True)
         self._phase_built = phase
+        self._compile_pending = bool(c.compile)  # the phase's first step compiles its graphs
+        if self.sp is not None and self._on_rebuild not in self.sp.on_rebuild:
+            self.sp.on_rebuild.append(self._on_rebuild)
         fixed = phase in ("fixed", "finetune")  # per-sample forward FLOPs of a fixed-mask step
         self._step_flops = float(self.flops(self.flops.flat(self.masks))) if fixed else self.flops.dense
 
@@ -359,6 +366,17 @@ class Trainer:
 
     # ----- the loop ------------------------------------------------------------------
     def run(self) -> dict:
+        """Train to the end and export; on a finished run (resumed), change nothing."""
+        summary_path = os.path.join(self.out, "summary.json")
+        if self.finished and os.path.isfile(summary_path) and os.path.isfile(os.path.join(self.out, "model.pt")):
+            import json
+
+            with open(summary_path) as f:
+                summary = json.load(f)
+            self.log(f"the run in {self.out} is finished ({self.state.step} of {self.state.total_steps} steps, test "
+                     f"accuracy {summary.get('test_acc_pct', float('nan')):.2f} %, model.pt and summary.json written); "
+                     "nothing to do. To train more, start a new run with another --out.")
+            return summary
         if self.state.step == 0 and not self.history:
             self.log(self._header())
         while self.state.step < self.state.total_steps:
@@ -380,8 +398,8 @@ class Trainer:
         self._t_row = time.perf_counter()
         limit = min(st.steps_per_epoch, st.total_steps - st.step)
         phase, stats, dense_seen = None, None, False
-        bar = _progress(self._batches(epoch, limit), total=limit, desc=f"epoch {epoch + 1}", enabled=self.progress)
-        for x, y in bar:
+        self._bar = _Progress(limit, f"epoch {epoch + 1}", self.progress)
+        for x, y in self._batches(epoch, limit):
             now, start, n = self._phase_at(st.step)
             if now != phase:
                 if phase is not None:  # the previous phase ended mid-epoch
@@ -392,6 +410,7 @@ class Trainer:
                 dense_seen = dense_seen or phase == "dense"
             b = len(y)
             self._set_lr(st.step)
+            t_step = self._before_step(phase)
             if phase == "search" and c.weight_average:
                 loss, masks = self.learner.averaged_step(self.loss_fn, self.masked_optimizer, x, y)
                 for mask in masks:
@@ -410,8 +429,11 @@ class Trainer:
             else:
                 stats.losses.append(float(loss))
             st.step += 1
+            self._after_step(t_step)
+            self._bar.update()
             for cb in self.callbacks:
                 cb(self, "step", epoch=epoch, loss=float(loss))
+        self._bar.close()
         if dense_seen:
             self.method.end_epoch(self.state)
         self.epoch += 1
@@ -429,23 +451,69 @@ class Trainer:
         self._t_row = now
         passes = self.state.step / self.state.steps_per_epoch
         row = {"epoch": int(passes) if passes == int(passes) else round(passes, 3), "step": self.state.step,
-               "phase": phase, "loss": sum(stats.losses) / max(len(stats.losses), 1), "test_acc": acc,
-               "skipped": stats.skipped, "train_flops": self.train_flops, "train_time": train_time, "wall": self.elapsed}
+               "phase": phase, "loss": sum(stats.losses) / max(len(stats.losses), 1), "test_acc_pct": 100 * acc,
+               "skipped": stats.skipped, "train_tflop": self.train_flops / 1e12, "train_time_s": train_time,
+               "wall_s": self.elapsed}
         row.update(self._keep_stats(phase, masks, stats))
         self.history.append(row)
-        self.log(self._row_text(row))
+        self._say(self._row_text(row))
+        if self._bar is not None:  # mid-epoch: the evaluation is not training time
+            self._bar.restart()
         if checkpoint:
             self._save_checkpoint()
         return row
 
+    # ----- saying what takes time ----------------------------------------------------
+    def _say(self, text: str):
+        """Log a line without tearing the progress bar."""
+        if self._bar is not None:
+            self._bar.write(text, self.log)
+        else:
+            self.log(text)
+
+    _COMPILING = {"search": "the sparse training step", "fixed": "the training step of the exported model",
+                  "finetune": "the training step of the exported model", "dense": "the dense training step"}
+
+    def _before_step(self, phase) -> float:
+        if self._compile_pending:
+            took = self._compile_s.get(self._COMPILING.get(phase))
+            guess = f"about {took:.0f} s, like the last time" if took else "typically 10-90 s on a CPU"
+            self._say(f"compiling {self._COMPILING.get(phase, 'the training step')} with torch.compile "
+                      f"(the first step waits for it: {guess}; --no-compile runs eagerly)")
+        self._compiles_before = getattr(self.sp, "compilations", 0)
+        return time.perf_counter()
+
+    def _on_rebuild(self, sp):
+        """A capacity change drops the compiled graphs: the next step recompiles."""
+        if not self.config.compile or not sp.compilations:
+            return
+        took = self._compile_s.get(self._COMPILING["search"])
+        self._say("recompiling: channel capacities changed (the compiled step's channel slots follow the scores"
+                  + (f"; about {took:.0f} s)" if took else ")"))
+        self._recompiling = True
+
+    def _after_step(self, t_step: float):
+        """After a step that compiled: say how long it took, and restart the bar's clock so
+        its rate and ETA count steps, not the compile."""
+        compiled = self._compile_pending or self._recompiling or \
+            getattr(self.sp, "compilations", 0) != self._compiles_before
+        if not compiled or not self.config.compile:
+            return
+        took = time.perf_counter() - t_step
+        if self._compile_pending:
+            self._compile_s[self._COMPILING.get(self._phase_built)] = took
+            self._say(f"compiled in {took:.0f} s")
+        self._compile_pending = self._recompiling = False
+        self._bar.restart()
+
     def _keep_stats(self, phase, masks, stats) -> dict:
         groups = self.graph.prunable_groups if self.graph is not None else []
-        out = {"expected_keep": 1.0, "expected_flops": 1.0, "realised_keep": 1.0, "realised_flops": 1.0}
+        out = {"expected_keep": 1.0, "expected_flops_frac": 1.0, "realised_keep": 1.0, "realised_flops_frac": 1.0}
         if phase == "search":
             s = self.learner.probs()
             n = max(stats.count, 1)
-            out.update(expected_keep=float(s.mean()), expected_flops=self.flops.fraction(s),
-                       realised_keep=stats.channels / n, realised_flops=stats.flops / n,
+            out.update(expected_keep=float(s.mean()), expected_flops_frac=self.flops.fraction(s),
+                       realised_keep=stats.channels / n, realised_flops_frac=stats.flops / n,
                        group_keep=[float(v.mean()) for v in torch.split(stats.kept / n, self.learner.sizes)],
                        score_hist=torch.histc(s.float(), bins=20, min=0, max=1).tolist(),
                        search=self.learner.diagnostics())
@@ -456,8 +524,10 @@ class Trainer:
         elif masks is not None:
             flat = self.flops.flat(masks)
             frac = self.flops.fraction(flat)
-            out.update(expected_keep=float(flat.mean()), expected_flops=frac, realised_keep=float(flat.mean()),
-                       realised_flops=frac, group_keep=[float(masks[g.id].double().mean()) for g in groups])
+            out.update(expected_keep=float(flat.mean()), expected_flops_frac=frac, realised_keep=float(flat.mean()),
+                       realised_flops_frac=frac, group_keep=[float(masks[g.id].double().mean()) for g in groups])
+        if "group_keep" in out:
+            out["group_names"] = [_group_name(g) for g in groups]
         return out
 
     # ----- checkpoints ---------------------------------------------------------------
@@ -489,7 +559,16 @@ class Trainer:
         self.masks = state["masks"]
         self.generator.set_state(state["generator"])
         phase, step = state["phase_built"], self.state.step
-        if phase is not None and step < self.state.total_steps:
+        self.finished = step >= self.state.total_steps
+        if self.finished and phase in ("fixed", "finetune"):  # trained; the export may not have been written
+            self.small = export(self.model, self.graph, self.masks)
+            self.small.load_state_dict(state["small"])
+            self._phase_built = phase
+        elif self.finished and phase == "search":  # the final model is the search's deterministic mask
+            self._build_phase("search", *self._phase_at(step - 1)[1:])
+            self.learner.load_state_dict(state["learner"])
+            self.sp.generator.set_state(state["sp_generator"])
+        elif phase is not None:
             name, start, n = self._phase_at(step)
             if name == phase:  # rebuild the phase in progress and load its states
                 self._build_phase(phase, start, n)
@@ -504,43 +583,65 @@ class Trainer:
                 self.learner.load_state_dict(state["learner"])
                 self.sp.generator.set_state(state["sp_generator"])
         checkpoint.set_rng_state(state["rng"])
-        self.log(f"resumed {self.out} at epoch {self.epoch + 1}")
+        if not self.finished:
+            self.log(f"resumed {self.out} at epoch {self.epoch + 1}")
 
     # ----- the end -------------------------------------------------------------------
-    def _finish(self) -> dict:
-        final = self.small if self.small is not None else self.model
+    def _final_model(self) -> nn.Module:
+        """What the run delivers, the model its last history row evaluated: the exported
+        model of a fixed-mask phase, the exported deterministic mask of a search that ends
+        the run, or the dense model (dense and weight-level methods)."""
+        if self.small is not None:
+            return self.small
+        if self._phase_built == "search":
+            return export(self.model, self.graph, self.learner.deterministic_mask())
         if self.method.level == "weight":
             from .methods.unstructured import remove_weight_masks
 
             remove_weight_masks(self.model)
-        final = final.eval()
-        torch.save(final, os.path.join(self.out, "model.pt"))
+        return self.model
+
+    def _finish(self) -> dict:
+        final = self._final_model().eval()
+        example = self.example[0]
+        info = self.info
+        names = info.get("classes")
+        final = Classifier(final, info.get("mean"), info.get("std"),
+                           class_names=names if names and len(names) == info["num_classes"] else None,
+                           input_shape=example.shape[1:])
+        files = {name: os.path.join(self.out, name) for name in ("model.pt", "summary.json", "history.json", "last.pt")}
+        checkpoint.save_atomic(final, files["model.pt"])
         last = self.history[-1]
         params = sum(p.numel() for p in final.parameters())
         dense_params = sum(p.numel() for p in self.model.parameters())
         summary = {"model": self.config.model, "method": self.config.method, "data": self.config.data,
                    "keep": self.config.keep, "budget": self.config.budget,
                    "epochs": round(self.state.total_steps / self.state.steps_per_epoch, 3),
-                   "test_acc": last["test_acc"], "train_flops": self.train_flops,
-                   "train_flops_dense": TRAIN_FACTOR * self.flops.dense * self.state.total_steps * self.config.batch_size,
-                   "final_flops": last["realised_flops"], "params": params, "dense_params": dense_params,
-                   "wall": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
-                   "exported_model": os.path.join(self.out, "model.pt")}
-        checkpoint.write_json_atomic(summary, os.path.join(self.out, "summary.json"))
-        self.log("\n" + tabulate([[k, _fmt(v)] for k, v in summary.items()], headers=["summary", ""]))
+                   "test_acc_pct": last["test_acc_pct"], "train_tflop": self.train_flops / 1e12,
+                   "train_tflop_dense": TRAIN_FACTOR * self.flops.dense * self.state.total_steps * self.config.batch_size / 1e12,
+                   "final_keep": last["realised_keep"], "final_flops_frac": last["realised_flops_frac"],
+                   "params": params, "dense_params": dense_params,
+                   "wall_s": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
+                   "units": UNITS, "files": files, "preprocessing": final.preprocessing()}
+        checkpoint.write_json_atomic(summary, files["summary.json"])
+        shown = [[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, dict)]
+        self.log("\n" + tabulate(shown, headers=["summary", ""]))
+        self.log(f"files in {self.out}: model.pt (the trained model; it takes raw images scaled to [0, 1], see the "
+                 "README's 'Using the trained model'), summary.json (this summary and the preprocessing), "
+                 "history.json (a row per epoch), last.pt (the checkpoint --resume reads)")
         return summary
 
     # ----- printing ------------------------------------------------------------------
-    _COLS = [("epoch", 6), ("phase", 8), ("loss", 8), ("test_acc", 8), ("exp_keep", 8), ("real_keep", 9),
-             ("real_flops", 10), ("train_TFLOP", 11), ("wall_s", 8)]
+    _COLS = [("epoch", 6), ("phase", 8), ("loss", 8), ("test_acc_pct", 12), ("expected_keep", 13),
+             ("realised_keep", 13), ("realised_flops_frac", 19), ("train_tflop", 11), ("wall_s", 8)]
 
     def _header(self) -> str:
         return "  ".join(f"{name:>{w}}" for name, w in self._COLS)
 
     def _row_text(self, r: dict) -> str:
-        vals = [r["epoch"], r["phase"], f"{r['loss']:.4f}", f"{100 * r['test_acc']:.2f}", f"{r['expected_keep']:.3f}",
-                f"{r['realised_keep']:.3f}", f"{r['realised_flops']:.3f}", f"{r['train_flops'] / 1e12:.3f}",
-                f"{r['wall']:.1f}"]
+        vals = [r["epoch"], r["phase"], f"{r['loss']:.4f}", f"{r['test_acc_pct']:.2f}", f"{r['expected_keep']:.3f}",
+                f"{r['realised_keep']:.3f}", f"{r['realised_flops_frac']:.3f}", f"{r['train_tflop']:.3f}",
+                f"{r['wall_s']:.1f}"]
         text = "  ".join(f"{v:>{w}}" for v, (_, w) in zip(vals, self._COLS))
         return text + (f"  ({r['skipped']} steps skipped: non-finite loss)" if r["skipped"] else "")
 
@@ -563,15 +664,58 @@ class _MaskStats:
         self.kept = self.kept + mask.double()
 
 
+# the units of history.json's rows and summary.json (also written into summary.json)
+UNITS = {"*_pct": "percent (0-100)", "*_keep": "fraction (0-1) of the prunable channels",
+         "*_flops_frac": "fraction (0-1) of the dense model's forward FLOPs", "*_tflop": "10^12 FLOPs",
+         "*_s": "seconds", "epoch": "passes over the training data", "loss": "mean training cross-entropy"}
+
+
+def _group_name(group) -> str:
+    """A channel group by its first layer, its size and how many more layers' outputs it couples."""
+    producers = {m.layer for m in group.members if m.dim == 0 and m.param.endswith(".weight")}
+    more = len(producers - {group.layers[0]})
+    return f"{group.layers[0]} ({group.size} ch" + (f", +{more} coupled layers" if more else "") + ")"
+
+
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:.4g}"
     return v
 
 
-def _progress(iterable, total, desc, enabled):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
+class _Progress:
+    """The epoch's tqdm bar (or nothing when disabled). ``restart`` forgets the timing so far
+    (a compile stalled it), so the rate and the ETA count training steps only."""
 
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.n, self.bar = total, desc, 0, None
+        if enabled:
+            self.bar = self._new()
+
+    def _new(self):
+        from tqdm import tqdm
+
+        return tqdm(total=self.total, initial=self.n, desc=self.desc, leave=False, dynamic_ncols=True)
+
+    def update(self):
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def restart(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = self._new()
+
+    def write(self, text: str, log):
+        if self.bar is None:
+            return log(text)
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode():
+            log(text)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

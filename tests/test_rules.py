@@ -390,22 +390,34 @@ def test_graph_views(tmp_path):
     assert len(graph) == len(graph.groups) and list(graph) == graph.groups and graph[0] is graph.groups[0]
 
     data = json.loads(graph.to_json())
+    assert data["schema"] == "fxsparse.groups/2"
     assert data["zero_preserving"] is True and data["auto_leaves"] == []
     assert [g["size"] for g in data["groups"]] == [g.size for g in graph.groups]
     params = {m["param"] for g in data["groups"] for m in g["members"]}
     assert {"conv_a.weight", "conv_b.weight", "bn.weight", "conv_c.weight"} <= params
     b = [g for g in data["groups"] if any(m["param"] == "conv_b.weight" for m in g["members"])][0]
-    assert [m for m in b["members"] if m["param"] == "bn.weight"][0]["pattern"] == "4+1j"
+    assert [m for m in b["members"] if m["param"] == "bn.weight"][0] == {"param": "bn.weight", "dim": 0, "start": 4,
+                                                                           "stride": 1, "block": 1}
+    assert b["layers"] == ["conv_b", "bn", "conv_c"]
+    assert "j" not in graph.to_json().replace("conv", "").replace("schema", "")  # no '4+1j' complex-looking patterns
     path = tmp_path / "g.json"
     graph.to_json(path)
     assert json.loads(path.read_text()) == data
 
     dot = graph.to_dot()
-    assert dot.startswith("graph channels {") and dot.rstrip().endswith("}")
-    for name in ("conv_a", "conv_b", "bn", "conv_c"):
-        assert f'"{name}"' in dot
+    assert dot.startswith("digraph dataflow {") and dot.rstrip().endswith("}")
+    edges = [ln.split(" [")[0].strip() for ln in dot.splitlines() if " -> " in ln]
+    assert edges == ['"input x" -> "conv_a"', '"input x" -> "conv_b"', '"conv_a" -> "bn"', '"conv_b" -> "bn"',
+                     '"bn" -> "conv_c"', '"conv_c" -> "output"']  # the data flow, in graph order
+    a, b_id = (next(g.id for g in graph.groups if any(m.param == f"{n}.weight" and m.dim == 0 for m in g.members))
+               for n in ("conv_a", "conv_b"))
+    assert f'"bn" -> "conv_c" [label="g{a} (4) + g{b_id} (6)"' in dot  # bn's output holds both groups
+    assert "unprunable (grey)" in dot and "reaches the model output" in dot
     graph.to_dot(tmp_path / "g.dot")
     assert (tmp_path / "g.dot").read_text() == dot
+    flow = graph.dataflow()
+    assert list(flow.nodes) == ["input x", "conv_a", "conv_b", "bn", "conv_c", "output"]
+    assert flow.nodes["bn"]["groups"] == [a, b_id]
 
     nxg = graph.networkx()
     assert isinstance(nxg, nx.MultiGraph)
@@ -414,6 +426,28 @@ def test_graph_views(tmp_path):
     assert not nxg.has_edge("conv_a", "conv_b")
     prunable_edges = [d for _, _, d in nxg.edges(data=True) if d["prunable"]]
     assert {d["size"] for d in prunable_edges} == {4, 6}
+
+
+def _expand(member: dict) -> list:
+    """Channel j's indices from the compact JSON member (the schema in ChannelGraph.to_json)."""
+    if "index" in member:
+        return [ix if isinstance(ix, list) else [ix] for ix in member["index"]]
+    start, stride, block, n = member["start"], member["stride"], member["block"], member["size"]
+    return [list(range(start + stride * j, start + stride * j + block)) for j in range(n)]
+
+
+@pytest.mark.parametrize("name", ["concat", "flatten_linear", "chunk_swap_halves", "grouped_conv", "fused_qkv_attention"])
+def test_json_members_expand_to_the_channel_indices(name):
+    _, graph, _ = analyze_case(R.CASES_BY_NAME[name])
+    data = json.loads(graph.to_json())
+    forms = set()
+    for grp, jg in zip(graph.groups, data["groups"]):
+        assert jg["id"] == grp.id and jg["size"] == grp.size and len(jg["members"]) == len(grp.members)
+        for m, jm in zip(grp.members, jg["members"]):
+            assert (jm["param"], jm["dim"]) == (m.param, m.dim)
+            forms.add("index" if "index" in jm else "range")
+            assert _expand(dict(jm, size=grp.size)) == [ix.tolist() for ix in m.index], (m.param, jm)
+    assert forms == ({"range"} if name in ("concat", "flatten_linear") else {"range", "index"}), forms
 
 
 def test_graph_views_untraceable_and_mixing():
@@ -454,6 +488,55 @@ def test_untraceable_top_level_raises():
     assert "leaf_modules" in msg and "UntraceableTopNet" in msg
     assert exc.value.location.startswith(inspect.getsourcefile(R.UntraceableTopNet))
     assert isinstance(exc.value, fxsparse.FxsparseError)
+
+
+_USER_NET = """
+import torch
+import torch.nn as nn
+
+
+class Top(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.mean() > 0:  # line 13
+            x = x * 2
+        return x
+
+
+class NoRule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = torch.cumsum(self.a(x), 1)  # line 25
+        return self.b(x)
+"""
+
+
+def test_locations_in_user_folders_named_like_packages(tmp_path):
+    """A user's model under folders named fxsparse/, torch/ and passes/ (a clone named
+    `fxsparse`) is still the user's code: errors and reasons name its file:line."""
+    import importlib.util
+
+    folder = tmp_path / "fxsparse" / "torch" / "passes"
+    folder.mkdir(parents=True)
+    path = folder / "user_net.py"
+    path.write_text(_USER_NET)
+    spec = importlib.util.spec_from_file_location("fxsparse_test_user_net", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(fxsparse.TraceError) as exc:
+        fxsparse.analyze(mod.Top(), torch.randn(1, 3, 4, 4))
+    assert exc.value.location.startswith(f"{path}:13:"), exc.value.location
+    assert f"{path}:13" in str(exc.value)
+    graph = fxsparse.analyze(mod.NoRule(), torch.randn(1, 3, 4, 4))
+    assert f"torch.cumsum at {path}:25" in graph.groups[0].reason, graph.groups[0].reason
 
 
 def test_analyze_rejects_non_module():

@@ -13,6 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+import fxsparse
+
 from fxsparse import checkpoint
 from fxsparse.cli import main as cli_main
 from fxsparse.trainer import TrainConfig, Trainer
@@ -53,7 +55,7 @@ def _run_cli(args, kill_at_step=None):
 def _final_state(out):
     model = torch.load(os.path.join(out, "model.pt"), weights_only=False)
     history = json.load(open(os.path.join(out, "history.json")))
-    return model.state_dict(), [(r["loss"], r["test_acc"], r["train_flops"], r.get("score_hist")) for r in history]
+    return model.state_dict(), [(r["loss"], r["test_acc_pct"], r["train_tflop"], r.get("score_hist")) for r in history]
 
 
 def test_resume_after_kill_mid_epoch_is_bit_identical(data_dir, tmp_path):
@@ -119,8 +121,40 @@ def test_bad_data_and_model(data_dir, tmp_path, capsys):
     assert cli_main(_args(data_dir, tmp_path / "o3", "--model", "zoo:no_such_model")) == 2
     assert "no zoo model" in capsys.readouterr().err
     no_groups = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # every channel is an input or a class
-    with pytest.raises(ValueError, match="no prunable channel group"):
+    with pytest.raises(fxsparse.NoPrunableGroupError, match="no prunable channel group"):
         Trainer(_config(data_dir, tmp_path / "o4"), model=no_groups, log=None)
+    with pytest.raises(fxsparse.NoPrunableGroupError, match="no prunable channel group"):
+        fxsparse.compile(no_groups, torch.zeros(2, 1, 28, 28), compile=False)
+    assert issubclass(fxsparse.NoPrunableGroupError, fxsparse.FxsparseError)
+
+
+def test_data_path_is_checked_before_the_out_collision(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"a previous run")
+    assert cli_main(_args(str(tmp_path / "nowhere"), out)) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "already holds a run" not in err
+    assert cli_main(_args(data_dir, out)) == 2  # with the data path fixed: the collision
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_version_and_method_list(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fxsparse {version('fxsparse')}" == f"fxsparse {fxsparse.__version__}"
+    assert cli_main(["train", "--list-methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["method", "level", "paper"]
+    rows = lines[2:]
+    assert [r.split()[0] for r in rows] == sorted(r.split()[0] for r in rows)
+    assert [r for r in rows if "(default)" in r] == [r for r in rows if r.startswith("vrpge (default)")]
+    assert len([r for r in rows if "(default)" in r]) == 1
+    level_col = lines[0].index("level")  # every row's level starts in the header's column
+    assert all(r[level_col:].split()[0] in ("channel", "weight", "none") for r in rows), rows
 
 
 def test_existing_run_is_never_overwritten(data_dir, tmp_path):
@@ -173,7 +207,7 @@ def test_fixed_mask_method_flops_match_the_exported_model(data_dir, tmp_path):
     x = torch.zeros(1, 1, 28, 28)
     per_sample, _ = count_flops(small, (x,))
     steps = tr.state.steps_per_epoch
-    assert summary["train_flops"] == pytest.approx(3 * per_sample * 32 * steps, rel=1e-9)
+    assert summary["train_tflop"] * 1e12 == pytest.approx(3 * per_sample * 32 * steps, rel=1e-9)
     assert summary["params"] < summary["dense_params"]
 
 
@@ -183,8 +217,10 @@ def test_vrpge_history_report_and_exported_model(data_dir, tmp_path):
     summary = tr.run()
     hist = json.load(open(out / "history.json"))
     assert [r["phase"] for r in hist] == ["search", "finetune"]
-    assert hist[0]["expected_flops"] <= 0.4 + 1e-6
-    assert hist[1]["realised_flops"] <= 0.4 + 1e-6  # the final mask meets the budget exactly
+    assert hist[0]["expected_flops_frac"] <= 0.4 + 1e-6
+    assert hist[1]["realised_flops_frac"] <= 0.4 + 1e-6  # the final mask meets the budget exactly
+    assert hist[-1]["group_names"] == [f"{g.layers[0]} ({g.size} ch)" for g in tr.graph.prunable_groups]  # LeNet: no coupling
+    assert len(hist[-1]["group_keep"]) == len(hist[-1]["group_names"])
     model = torch.load(out / "model.pt", weights_only=False)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert summary["params"] < summary["dense_params"]
@@ -262,3 +298,90 @@ def test_fractional_epochs_below_one_step(data_dir, tmp_path):
     with pytest.raises(ValueError, match="less than one step"):
         Trainer(_config(data_dir, tmp_path / "tiny", epochs=0.01, finetune_epochs=0), log=None)
     assert not (tmp_path / "tiny").exists()
+
+
+def _snapshot(out):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode) for p in sorted(out.iterdir())}
+
+
+def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path, capsys):
+    out = tmp_path / "B"
+    args = _args(data_dir, out, "--epochs", "0.5", "--finetune-epochs", "0.5", "--seed", "3")
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert set(before) == {"last.pt", "history.json", "summary.json", "model.pt"}
+    summary = json.loads(before["summary.json"][0])
+    small = torch.load(out / "model.pt", weights_only=False)
+    assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
+    assert cli_main(args + ["--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "is finished" in said and "nothing to do" in said and "resumed" not in said
+    assert _snapshot(out) == before  # bytes, modification times and modes
+
+    # killed after the last checkpoint but before the export: the resume writes the exported model
+    (out / "model.pt").unlink()
+    (out / "summary.json").unlink()
+    assert cli_main(args + ["--resume"]) == 0
+    again = torch.load(out / "model.pt", weights_only=False)
+    assert again.state_dict().keys() == small.state_dict().keys()
+    for k, v in small.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    assert json.loads((out / "summary.json").read_text())["params"] == summary["params"]
+
+
+def test_a_run_that_ends_with_the_search_exports_its_mask(data_dir, tmp_path):
+    out = tmp_path / "search_only"
+    tr = Trainer(_config(data_dir, out, epochs=1, finetune_epochs=0), log=None, progress=False)
+    summary = tr.run()
+    small = torch.load(out / "model.pt", weights_only=False)
+    assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
+    # the exported model is the one the last history row evaluated
+    assert 100 * tr._accuracy(small.net, tr.test_loader) == tr.history[-1]["test_acc_pct"]
+
+
+def test_files_follow_the_umask(data_dir, tmp_path):
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "umask"
+        Trainer(_config(data_dir, out, epochs=0.5, finetune_epochs=0.5), log=None, progress=False).run()
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"last.pt": 0o640, "history.json": 0o640, "summary.json": 0o640, "model.pt": 0o640}, modes
+
+
+def test_zoo_names_the_input_and_reports_progress(capsys):
+    assert cli_main(["zoo", "lenet5", "resnet20"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "input (CxHxW)" in lines[0] and "MFLOPs per sample at that input" in lines[0]
+    rows = {ln.split()[0]: ln.split() for ln in lines[2:]}
+    assert set(rows) == {"lenet5", "resnet20"}
+    assert rows["lenet5"][3] == "1x28x28" and rows["resnet20"][3] == "3x32x32"
+    assert "[1/2] lenet5 at input 1x28x28 ..." in captured.err and "[2/2] resnet20" in captured.err
+    assert cli_main(["zoo", "no_such_model"]) == 2
+    assert "no zoo model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_compiles_are_announced_before_the_wait(data_dir, tmp_path):
+    """The first compiled step says it compiles (before the wait) and how long it took; a
+    capacity change that drops compiled graphs says it recompiles."""
+    said = []
+    cfg = _config(data_dir, tmp_path / "c", method="random", epochs=0.5, finetune_epochs=0, compile=True)
+    tr = Trainer(cfg, log=said.append, progress=False)
+    tr.run()
+    first = next(i for i, s in enumerate(said) if s.startswith("compiling the training step of the exported model"))
+    done = next(i for i, s in enumerate(said) if s.startswith("compiled in "))
+    row = next(i for i, s in enumerate(said) if s.split()[:2] == ["0.5", "fixed"])
+    assert first < done < row
+
+    sp = fxsparse.compile(tr.model, tr.example, keep=0.5, compile=False)
+    seen = []
+    sp.on_rebuild.append(seen.append)
+    assert sp.fit_capacity({g.id: torch.ones(g.size) for g in tr.graph.prunable_groups})  # every channel kept: grow
+    assert seen == [sp]
+    tr.sp, tr.config.compile = sp, True
+    sp.compilations = 3
+    tr._on_rebuild(sp)
+    assert said[-1].startswith("recompiling: channel capacities changed")

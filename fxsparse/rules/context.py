@@ -6,7 +6,6 @@ so a user-written rule is a few lines (see ``tests/test_rule_registry.py``).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import torch
@@ -28,15 +27,11 @@ class FreeRef:
     dims: tuple
 
 
-_INTERNAL = ("/torch/", os.path.dirname(os.path.dirname(os.path.abspath(__file__))).replace("\\", "/") + "/",
-             os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "passes").replace("\\", "/"))
-
-
 def where(node: fx.Node) -> str:
     """'file:line' of the user code that created the node, when FX recorded it."""
     trace = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
-    lines = [ln for ln in lines if not any(part in ln.replace("\\", "/") for part in _INTERNAL)] or lines
+    lines = [ln for ln in lines if not _internal_line(ln)] or lines
     if lines:
         last = lines[-1]
         try:
@@ -46,6 +41,14 @@ def where(node: fx.Node) -> str:
         except IndexError:
             return last
     return f"node '{node.name}'"
+
+
+def _internal_line(line: str) -> bool:
+    """Whether a traceback line ('File "path", line N, in f') is in torch's or fxsparse's own code."""
+    from ..tracing import is_internal
+
+    parts = line.split('"')
+    return len(parts) > 1 and is_internal(parts[1])
 
 
 @dataclasses.dataclass(frozen=True)
