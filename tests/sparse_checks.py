@@ -77,10 +77,12 @@ def check_steps(model, inputs, target, loss_fn, *, steps=3, keep=0.5, bernoulli=
             ref = small_params[name].grad
             ref = torch.zeros_like(sub) if ref is None else ref
             assert sub.shape == ref.shape, name
-            # relative to the larger of this gradient and (a small share of) the largest one:
-            # a gradient that is zero in exact arithmetic (BN bias before another BN) is noise
+            # relative to the larger of this gradient and (a share of) the largest one: a gradient
+            # that is zero in exact arithmetic (a conv bias before BN) is rounding noise, whose size
+            # follows the summed terms, not the result (1.4e-7 against a 1.7e-7 gradient in fp32 on
+            # VGG-11 with some CPU kernels)
             err = float((sub - ref).abs().max())
-            assert err <= tol * max(float(ref.abs().max()), 1e-2 * scale), f"grad of {name}: {err} (max {float(ref.abs().max())})"
+            assert err <= tol * max(float(ref.abs().max()), 1e-1 * scale), f"grad of {name}: {err} (max {float(ref.abs().max())})"
         # pruned entries must not move during the optimizer step
         before_p = {n: p.detach().clone() for n, p in params.items()}
         before_b = {n: b.detach().clone() for n, b in buffers.items()}
