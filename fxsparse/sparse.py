@@ -177,15 +177,21 @@ class SparseModel(nn.Module):
         expected count plus ``grow_at`` std no longer fits (grow before masks overflow), or
         when the planned capacities would cut the capacity model's FLOPs by ``shrink_gain``
         (probabilities sharpened: less padding; at most ``max_shrinks`` times once compiled;
-        ``shrink=False`` skips that check). A rebuild sets every block to its planned
-        capacity. Returns whether it rebuilt."""
+        ``shrink=False`` skips that check). A shrink sets every block to its planned capacity;
+        a growth grows the blocks that need it by at least 25% (so probabilities that creep
+        up, as learned widths do, cost a few rebuilds, not one per step) and keeps the others.
+        Returns whether it rebuilt."""
         moments = self.block_moments(probs)
-        grow = any(self.plan.prunable[i] and m + grow_at * sd > cap
-                   for i, ((m, sd), cap) in enumerate(zip(moments, self.plan.caps)))
+        needs = [self.plan.prunable[i] and m + grow_at * sd > cap
+                 for i, ((m, sd), cap) in enumerate(zip(moments, self.plan.caps))]
+        grow = any(needs)
         if not grow and not shrink:
             return False
         planned = self.planned_caps(probs, headroom, slack, moments)
-        if not grow:
+        if grow:
+            planned = [self._round(max(p, math.ceil(1.25 * cap)), len(b.classes)) if need else max(p, cap)
+                       for p, cap, need, b in zip(planned, self.plan.caps, needs, self.plan.blocks)]
+        else:
             compiled = bool(self._compiled)
             if planned == self.plan.caps or (compiled and self._shrinks >= max_shrinks):
                 return False
