@@ -4,6 +4,7 @@ at equal training FLOPs and at equal wall time, several seeds, on the real Fashi
     python benchmarks/structure_search.py --table vgg11-high      # VGG-11-BN, FLOPs 0.08
     python benchmarks/structure_search.py --table vgg11-quarter   # VGG-11-BN, FLOPs 0.25
     python benchmarks/structure_search.py --table resnet20-high   # ResNet-20, FLOPs 0.08
+    python benchmarks/structure_search.py --table lenet5-high     # LeNet-5, FLOPs 0.08
     python benchmarks/structure_search.py --table vgg11-high --report   # the table and plot only
 
 Each run is one ``fxsparse.trainer.Trainer`` run (what ``fxsparse train`` runs) in its own
@@ -51,6 +52,8 @@ TABLES = {
     "vgg11-high": dict(model="zoo:vgg11_bn", keep=0.08),
     "vgg11-quarter": dict(model="zoo:vgg11_bn", keep=0.25),
     "resnet20-high": dict(model="zoo:resnet20", keep=0.08),
+    # a small CNN whose uniform cut leaves ~5 channels in its first conv (LeNet-5 diverges at lr 0.05)
+    "lenet5-high": dict(model="zoo:lenet5", keep=0.08, lr=0.01),
 }
 DEFAULT = "vrpge-width"
 # label: (method, config overrides, method options); "@flops"/"@wall" runs get their epochs later
@@ -148,7 +151,8 @@ def base_config(args, table, label, seed, method, overrides, options, epochs, se
     t = TABLES[table]
     cfg = dict(model=t["model"], data="fashion-mnist", data_root=args.data_root, method=method, keep=t["keep"],
                budget="flops", epochs=search if method == "vrpge" else epochs,
-               finetune_epochs=epochs - search if method == "vrpge" else 0.0, batch_size=args.batch_size, lr=args.lr,
+               finetune_epochs=epochs - search if method == "vrpge" else 0.0, batch_size=args.batch_size,
+               lr=t.get("lr", args.lr),
                compile=False, seed=seed, out=os.path.join(args.out, table, f"{label}_s{seed}"), method_options=options)
     cfg.update(overrides)
     if cfg["epochs"] == "half":
@@ -167,7 +171,7 @@ def main(argv=None):
     p.add_argument("--search", type=float, default=0.5, help="search epochs of the VR-PGE runs")
     p.add_argument("--only", nargs="*", help="labels to run (default: all)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (a table may set its own)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: no OpenMP spin-waits when the machine is shared)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="runs/structure_search")
