@@ -182,8 +182,8 @@ class SparseModel(nn.Module):
         up, as learned widths do, cost a few rebuilds, not one per step) and keeps the others.
         Returns whether it rebuilt."""
         moments = self.block_moments(probs)
-        needs = [self.plan.prunable[i] and m + grow_at * sd > cap
-                 for i, ((m, sd), cap) in enumerate(zip(moments, self.plan.caps))]
+        needs = [self.plan.prunable[i] and m + grow_at * sd > cap and cap < len(self.plan.blocks[i].classes)
+                 for i, ((m, sd), cap) in enumerate(zip(moments, self.plan.caps))]  # a full block cannot grow
         grow = any(needs)
         if not grow and not shrink:
             return False
@@ -200,6 +200,8 @@ class SparseModel(nn.Module):
             self._shrinks += compiled
         # never below what the current masks need
         planned = [max(p, c) for p, c in zip(planned, self.plan.block_counts(self._masks))]
+        if planned == self.plan.caps:
+            return False
         self._set_caps(planned)
         return True
 

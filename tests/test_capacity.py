@@ -61,6 +61,29 @@ def test_grows_before_overflow_and_keeps_current_masks():
     assert sp.fits(sp.masks)
 
 
+def test_full_blocks_never_rebuild_and_growth_is_geometric():
+    """A block already at its full size cannot grow: probabilities whose mean + 3 std pass
+    it must not rebuild the step (they once did, every step). Probabilities that creep up
+    grow a block by at least 25% at a time, so a slow rise costs a few rebuilds."""
+    torch.manual_seed(0)
+    model = ConvBNNet(16, 24)
+    x = torch.randn(4, 3, 8, 8)
+    sp = fxsparse.compile(model, x, keep=0.5, compile=False)
+    groups = sp.channel_graph.prunable_groups
+    high = {g.id: torch.full((g.size,), 0.97) for g in groups}
+    sp.fit_capacity(high)
+    full = list(sp.plan.caps)
+    rebuilds = sp.rebuilds
+    for _ in range(5):
+        assert not sp.fit_capacity(high, shrink=False)
+    assert sp.rebuilds == rebuilds and sp.plan.caps == full
+    sp2 = fxsparse.compile(ConvBNNet(16, 24), x, keep=0.1, compile=False)
+    before = sp2.rebuilds
+    for p in torch.linspace(0.1, 0.9, 81):
+        sp2.fit_capacity({g.id: torch.full((g.size,), float(p)) for g in groups}, shrink=False)
+    assert 1 <= sp2.rebuilds - before <= 12  # one per 0.01 step of the probabilities before the fix
+
+
 def test_overflowing_samples_are_redrawn_not_truncated():
     _, x, sp = _sparse()
     learner = StructureLearner(sp, keep=0.5, lr=0.05, seed=3)
