@@ -9,7 +9,8 @@ from .passes.shape_prop import FLOPS
 from .passes.channel_propagation import channel_propagation
 from .passes.fuse_channel_shuffle import fuse_channel_shuffle
 from .passes.shape_prop import shape_prop
-from .tracing import trace
+from .errors import InputError, TraceError
+from .tracing import runs_eagerly, trace
 
 
 def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, flops=True) -> ChannelGraph:
@@ -26,7 +27,19 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     gm, auto_leaves = trace(model, leaf_modules)
-    shape_prop(gm, example_inputs, count_flops=flops)  # one forward gives shapes and FLOPs
+    try:
+        shape_prop(gm, example_inputs, count_flops=flops)  # one forward gives shapes and FLOPs
+    except InputError as exc:
+        if runs_eagerly(model, example_inputs):  # the inputs are fine: the capture is wrong
+            raise TraceError(
+                f"the model runs on the example inputs, but its captured graph does not: {exc.capture_failure}. "
+                "The capture recorded code that differs from what the model runs (an isinstance / is-tracing "
+                "check, or an output object rebuilt as a plain dict). Fix: pass the module that holds that "
+                "code in leaf_modules=[...] (its channels are then left unpruned), or report the model to "
+                "fxsparse with this message.",
+                location=exc.location,
+            ) from exc
+        raise
     fuse_channel_shuffle(gm)
     ctx = channel_propagation(gm, rules)
     groups = build_groups(ctx.elements, ctx.members)

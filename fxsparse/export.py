@@ -20,6 +20,7 @@ from .graph import ChannelGraph
 from .masks import normalize_keep
 from .rules.context import IDS, SHAPE, where
 from .rules.registry import lookup
+from .run_check import check_runs, inputs_on_device_of
 
 
 class ExportContext:
@@ -132,6 +133,10 @@ def export(model, graph: ChannelGraph, keep=None) -> fx.GraphModule:
         if rule is not None and rule.export is not None:
             rule.export(ectx, node)
     gm.recompile()
+    if graph.example_inputs:  # a model that would crash in its first forward is reported now
+        inputs = inputs_on_device_of(gm, graph.example_inputs)
+        # gm.forward, not gm(...): fx strips the traceback that names the failing node
+        check_runs(lambda: gm.forward(*inputs), gm, "the exported model")
     return gm
 
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 from .analyze import analyze
 from .errors import KeepMaskError, NoPrunableGroupError
 from .export import export
+from .run_check import check_runs, inputs_on_device_of
 from .graph import ChannelGraph
 from .layout import GatherIndex, Plan
 from .train_step import device_of, forward_gathered, make_train_step, write_back_buffers
@@ -237,6 +238,16 @@ class SparseModel(nn.Module):
         self._gather_index = None
         self._drop_compiled()
         self._compiled = {}
+        self._check_capacity_model()
+
+    def _check_capacity_model(self):
+        """One eager capacity-model forward on the example inputs: a model that would crash in
+        its first step is reported now, naming the op (see fxsparse.run_check)."""
+        inputs = self.channel_graph.example_inputs
+        if inputs:
+            inputs = inputs_on_device_of(self.model, inputs)
+            check_runs(lambda: self._forward_no_write_back(self._dense_tensors(), self.step_inputs(), *inputs),
+                       self.capacity_model, "the capacity model of fxsparse.compile")
 
     def _tensor_layout_of(self, cap):
         def layout_of(node_name, dim):
