@@ -10,20 +10,41 @@ from fxsparse.run_check import check_runs
 
 
 class CaptureDiffersFromEager(nn.Module):
-    """Takes a different branch under tracing (x is a Proxy) than when it runs."""
+    """Takes a different branch under symbolic tracing (x is a Proxy) than when it runs."""
 
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 2)
 
     def forward(self, x):
-        if isinstance(x, torch.Tensor):
-            return self.fc(x)
-        return self.fc(x).last_hidden_state
+        y = self.fc(x)
+        if not isinstance(x, torch.Tensor):
+            return y.last_hidden_state
+        return self.out(torch.relu(y))
+
+
+class AlsoDataDependent(CaptureDiffersFromEager):
+    """... and branches on a tensor value, which torch.export cannot capture either."""
+
+    def forward(self, x):
+        y = self.fc(x)
+        if not isinstance(x, torch.Tensor):
+            return y.last_hidden_state
+        return y if y.sum() > 0 else -y
+
+
+def test_a_graph_that_differs_from_eager_is_recaptured_with_torch_export():
+    model, x = CaptureDiffersFromEager(), torch.randn(2, 8)
+    graph = fxsparse.analyze(model, x)
+    assert graph.prunable_groups  # fc's outputs, seen through the isinstance check
+    keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(0))
+    small = fxsparse.export(model, graph, keep)
+    torch.testing.assert_close(small(x), masked_reference(graph, keep, x))
 
 
 def test_capture_failure_blames_the_capture_not_the_inputs():
-    model = CaptureDiffersFromEager()
+    model = AlsoDataDependent()
     x = torch.randn(2, 8)
     model(x)  # the model itself runs on these inputs
     with pytest.raises(fxsparse.TraceError) as info:
@@ -31,6 +52,7 @@ def test_capture_failure_blames_the_capture_not_the_inputs():
     msg = str(info.value)
     assert "runs on the example inputs" in msg and "captured graph" in msg
     assert "getattr" in msg and "last_hidden_state" in msg  # where it failed
+    assert "torch.export failed too" in msg
     assert "leaf_modules" in msg  # what to do
     assert "Pass inputs the model accepts" not in msg
 

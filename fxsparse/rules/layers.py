@@ -191,4 +191,18 @@ def embedding_export(ectx, node):
 
 
 register_rule(nn.Embedding, export=embedding_export)(embedding)
+
+
+@register_rule(F.embedding)
+def embedding_function(ctx, node):
+    """``F.embedding(indices, weight)``: the output's last dim is the weight's dim 1 (the
+    embedding width; the vocabulary side, dim 0, is never pruned)."""
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+    width = param_dim(ctx, weight, 1)
+    if width is None:
+        return None
+    out_shape = ctx.shape(node)
+    out = ctx.new_elements(out_shape[-1])
+    ctx.member(*width, out)
+    return ctx.along(len(out_shape), -1, out)
 del torch
