@@ -56,6 +56,12 @@ def _mean(args, kwargs):
     return torch.mean, (x, dims, keepdim), extra
 
 
+def _to(args, kwargs):
+    """``x.to(...)`` takes dtype / device but not aten's layout / pin_memory flags."""
+    kw = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "non_blocking", "copy", "memory_format")}
+    return "to", tuple(args), kw
+
+
 def _expand(args, kwargs):
     return "expand", (args[0], *args[1]), {}
 
@@ -157,10 +163,10 @@ _TABLE = {
     aten.contiguous.default: _method("contiguous"),
     aten.alias.default: _first(torch.clone, 1),
     aten.type_as.default: _method("type_as"),
-    aten.to.dtype: _method("to"),
-    aten.to.device: _method("to"),
-    aten.to.dtype_layout: _method("to"),
-    aten._to_copy.default: _method("to"),
+    aten.to.dtype: _to,
+    aten.to.device: _to,
+    aten.to.dtype_layout: _to,
+    aten._to_copy.default: _to,
     aten.adaptive_avg_pool1d.default: _same(F.adaptive_avg_pool1d),
     aten.adaptive_avg_pool2d.default: _same(F.adaptive_avg_pool2d),
     aten.avg_pool2d.default: _same(F.avg_pool2d),
