@@ -45,15 +45,15 @@ def _batch_norm(args, kwargs):
     return F.batch_norm, (x, mean, var, w, b, training, momentum, eps), {}
 
 
-def _softmax(args, kwargs):
-    return torch.softmax, (args[0], args[1]), {}
+def _softmax(args, kwargs):  # methods, not torch.softmax: passes pass targets on as graph arguments
+    return "softmax", (args[0], args[1]), {}
 
 
 def _mean(args, kwargs):
     x, dims = args[:2]
     keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
     extra = {"dtype": kwargs["dtype"]} if kwargs.get("dtype") is not None else {}
-    return torch.mean, (x, dims, keepdim), extra
+    return "mean", (x, dims, keepdim), extra
 
 
 def _to(args, kwargs):
@@ -109,6 +109,7 @@ _TABLE = {
     aten.embedding.default: _embedding,
     aten.scaled_dot_product_attention.default: _sdpa,
     aten.matmul.default: _same(torch.matmul),
+    aten.addmm.default: _first(torch.addmm, 3),
     aten.bmm.default: _same(torch.bmm),
     aten.view.default: _method("view"),
     aten.reshape.default: _same(torch.reshape),

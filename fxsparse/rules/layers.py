@@ -178,6 +178,15 @@ def linear_function(ctx, node):
     return linear_channels(ctx, node, node.args[0], w_out, param_dim(ctx, w, 1), bias)
 
 
+@register_rule(torch.addmm)
+def addmm_function(ctx, node):
+    """``torch.addmm(bias, x, W)`` with W a parameter [in, out] (GPT-2's Conv1D)."""
+    b, x, w = node.args[:3]
+    bias = param_dim(ctx, b, 0) if isinstance(b, fx.Node) else None
+    w_out = None if isinstance(b, fx.Node) and bias is None else param_dim(ctx, w, 1)
+    return linear_channels(ctx, node, x, w_out, param_dim(ctx, w, 0), bias)
+
+
 def embedding(ctx, node):
     out_shape = ctx.shape(node)
     out = ctx.new_elements(out_shape[-1])
