@@ -9,7 +9,45 @@ from .passes.shape_prop import FLOPS
 from .passes.channel_propagation import channel_propagation
 from .passes.fuse_channel_shuffle import fuse_channel_shuffle
 from .passes.shape_prop import shape_prop
-from .tracing import trace
+from .capture import export_capture
+from .errors import InputError, TraceError
+from .tracing import runs_eagerly, trace
+
+
+def _capture(model, example_inputs, leaf_modules, flops):
+    """The graph with shapes and FLOPs recorded: symbolic tracing first, torch.export where
+    tracing fails or traces code that differs from what the model runs (see fxsparse.capture)."""
+    try:
+        gm, auto_leaves = trace(model, leaf_modules)
+        shape_prop(gm, example_inputs, count_flops=flops)  # one forward gives shapes and FLOPs
+        return gm, auto_leaves
+    except (TraceError, InputError) as exc:
+        if leaf_modules or (isinstance(exc, InputError) and not runs_eagerly(model, example_inputs)):
+            raise  # leaves only exist for symbolic tracing; inputs the model rejects are the user's to fix
+        traced_error = exc
+    try:
+        gm = export_capture(model, example_inputs)
+    except TraceError as exc:
+        raise _blame_capture(traced_error, exc) from exc
+    try:
+        shape_prop(gm, example_inputs, count_flops=flops)
+    except InputError as exc:
+        raise _blame_capture(exc) from exc
+    return gm, []
+
+
+def _blame_capture(exc, export_exc=None):
+    also = f" torch.export failed too: {export_exc}" if export_exc is not None else ""
+    if isinstance(exc, TraceError):
+        return TraceError(f"{exc}{also}", module_path=exc.module_path, location=exc.location)
+    return TraceError(
+        f"the model runs on the example inputs, but its captured graph does not: {exc.capture_failure}.{also} "
+        "The capture recorded code that differs from what the model runs (an isinstance / is-tracing "
+        "check, or an output object rebuilt as a plain dict). Fix: pass the module that holds that "
+        "code in leaf_modules=[...] (its channels are then left unpruned), or report the model to "
+        "fxsparse with this message.",
+        location=exc.location,
+    )
 
 
 def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, flops=True) -> ChannelGraph:
@@ -25,8 +63,7 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    gm, auto_leaves = trace(model, leaf_modules)
-    shape_prop(gm, example_inputs, count_flops=flops)  # one forward gives shapes and FLOPs
+    gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops)
     fuse_channel_shuffle(gm)
     ctx = channel_propagation(gm, rules)
     groups = build_groups(ctx.elements, ctx.members)

@@ -20,6 +20,7 @@ from .graph import ChannelGraph
 from .masks import normalize_keep
 from .rules.context import IDS, SHAPE, where
 from .rules.registry import lookup
+from .run_check import check_runs, inputs_on_device_of
 
 
 class ExportContext:
@@ -132,6 +133,10 @@ def export(model, graph: ChannelGraph, keep=None) -> fx.GraphModule:
         if rule is not None and rule.export is not None:
             rule.export(ectx, node)
     gm.recompile()
+    if graph.example_inputs:  # a model that would crash in its first forward is reported now
+        inputs = inputs_on_device_of(gm, graph.example_inputs)
+        # gm.forward, not gm(...): fx strips the traceback that names the failing node
+        check_runs(lambda: gm.forward(*inputs), gm, "the exported model")
     return gm
 
 
@@ -144,9 +149,21 @@ def _check_same_model(model, graph):
         raise ExportError(f"the model has no parameter '{missing[0]}': was the graph built from another model?")
 
 
+def tied_names(gm) -> dict[str, list[str]]:
+    """{first name of a tensor: every name of it}: tied weights (an LM head sharing the
+    input embedding) are one tensor under several names."""
+    names: dict[int, list[str]] = {}
+    tensors = list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False))
+    for name, t in tensors:
+        names.setdefault(id(t), []).append(name)
+    return {group[0]: group for group in names.values()}
+
+
 def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]]:
-    """{parameter or buffer name: {dim: kept indices}} for a keep pattern: what export keeps."""
+    """{parameter or buffer name: {dim: kept indices}} for a keep pattern: what export keeps.
+    A tied tensor is listed under its first name (the one ``named_parameters()`` gives)."""
     masks = normalize_keep(graph, keep or {})
+    first = {alias: name for name, aliases in tied_names(graph.gm).items() for alias in aliases}
     drops: dict[str, dict[int, list]] = {}
     for g in graph.groups:
         keep_g = masks[g.id].numpy()
@@ -154,7 +171,7 @@ def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]
             continue
         for m in g.members:
             drop = np.concatenate([m.index[j] for j in np.nonzero(~keep_g)[0]])
-            drops.setdefault(m.param, {}).setdefault(m.dim, []).append(drop)
+            drops.setdefault(first.get(m.param, m.param), {}).setdefault(m.dim, []).append(drop)
     sizes = dict(graph.gm.named_parameters())
     sizes.update(dict(graph.gm.named_buffers()))
     out = {}
@@ -167,14 +184,15 @@ def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]
 
 
 def _slice_members(gm: fx.GraphModule, graph: ChannelGraph, masks):
+    aliases = tied_names(gm)
     for name, per_dim in kept_indices(graph, masks).items():
         owner, _, attr = name.rpartition(".")
-        mod = gm.get_submodule(owner) if owner else gm
-        old = getattr(mod, attr)
+        old = getattr(gm.get_submodule(owner) if owner else gm, attr)
         new = old.detach()
         for dim in sorted(per_dim):
             new = torch.index_select(new, dim, per_dim[dim])
-        if isinstance(old, nn.Parameter):
-            mod._parameters[attr] = nn.Parameter(new.clone(), requires_grad=old.requires_grad)
-        else:
-            mod._buffers[attr] = new.clone()
+        new = nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
+        for alias in aliases.get(name, [name]):  # tied names stay one tensor
+            owner, _, attr = alias.rpartition(".")
+            mod = gm.get_submodule(owner) if owner else gm
+            (mod._parameters if isinstance(old, nn.Parameter) else mod._buffers)[attr] = new

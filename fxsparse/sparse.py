@@ -27,7 +27,8 @@ import torch.nn as nn
 
 from .analyze import analyze
 from .errors import KeepMaskError, NoPrunableGroupError
-from .export import export
+from .export import export, tied_names
+from .run_check import check_runs, inputs_on_device_of
 from .graph import ChannelGraph
 from .layout import GatherIndex, Plan
 from .train_step import device_of, forward_gathered, make_train_step, write_back_buffers
@@ -221,18 +222,23 @@ class SparseModel(nn.Module):
         self._valid_buffers = mask_mixing_ops(cap, graph, self._tensor_layout_of(cap))
         # not a registered submodule: its own (capacity-sized) weights are never used, and
         # DDP / state_dict / optimizers must only see the dense model's parameters
+        placeholders = {}  # one per tensor: tied weights stay tied (functional_call fills them by one name)
         for mod in cap.modules():
             for name, p in list(mod._parameters.items()):
                 if p is not None:
-                    mod._parameters[name] = nn.Parameter(torch.empty(0, device="meta"), requires_grad=False)
+                    mod._parameters[name] = placeholders.setdefault(
+                        id(p), nn.Parameter(torch.empty(0, device="meta"), requires_grad=False))
         object.__setattr__(self, "capacity_model", cap)
         dense = dict(self.model.named_parameters())
         dense.update(dict(self.model.named_buffers()))
-        members: dict[str, list] = {}
+        members: dict[str, dict] = {}
+        first = {alias: name for name, names in tied_names(self.model).items() for alias in names}
         for (param, dim), ids in graph.raw_members.items():
+            param = first.get(param, param)  # a tied weight is gathered once, by its first name
             if param in dense:
-                members.setdefault(param, []).append((dim, self.plan.dim_layout(graph.elements.canonical(ids))))
-        self._members = {k: sorted(v, key=lambda t: t[0]) for k, v in members.items() if any(l.any_prunable for _, l in v)}
+                members.setdefault(param, {})[dim] = self.plan.dim_layout(graph.elements.canonical(ids))
+        self._members = {k: sorted(v.items(), key=lambda t: t[0]) for k, v in members.items()
+                         if any(l.any_prunable for l in v.values())}
         self._param_names = [n for n, _ in self.model.named_parameters()]
         cap_buffers = dict(cap.named_buffers())
         self._buffer_names = [n for n, _ in self.model.named_buffers() if n in cap_buffers]
@@ -245,6 +251,16 @@ class SparseModel(nn.Module):
         self._gather_index = None
         self._drop_compiled()
         self._compiled = {}
+        self._check_capacity_model()
+
+    def _check_capacity_model(self):
+        """One eager capacity-model forward on the example inputs: a model that would crash in
+        its first step is reported now, naming the op (see fxsparse.run_check)."""
+        inputs = self.channel_graph.example_inputs
+        if inputs:
+            inputs = inputs_on_device_of(self.model, inputs)
+            check_runs(lambda: self._forward_no_write_back(self._dense_tensors(), self.step_inputs(), *inputs),
+                       self.capacity_model, "the capacity model of fxsparse.compile")
 
     def _tensor_layout_of(self, cap):
         def layout_of(node_name, dim):

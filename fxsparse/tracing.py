@@ -122,3 +122,23 @@ def trace(model: nn.Module, leaf_modules=()) -> tuple[fx.GraphModule, list[str]]
         gm = fx.GraphModule(tracer.root, graph, name)
         return gm, auto
     raise TraceError(f"gave up after making {_MAX_RETRIES} submodules leaves: {auto[:5]}...")
+
+
+def runs_eagerly(model: nn.Module, example_inputs) -> bool:
+    """Whether ``model(*example_inputs)`` runs (no gradients; buffers and RNG state restored):
+    tells a wrong capture apart from inputs the model does not accept."""
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    rng = torch.get_rng_state()
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+        return True
+    except Exception:
+        return False
+    finally:
+        torch.set_rng_state(rng)
+        with torch.no_grad():
+            current = dict(model.named_buffers())
+            for k, v in buffers.items():
+                if k in current and current[k].shape == v.shape:
+                    current[k].copy_(v)

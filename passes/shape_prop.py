@@ -76,11 +76,13 @@ def shape_prop(gm: fx.GraphModule, example_inputs, count_flops: bool = False) ->
             except Exception as exc:
                 node = recorder.current
                 shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
-                raise InputError(
-                    f"the model fails on the example inputs {shapes} at node '{node.name}' ({where(node)}): "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0]}. Pass inputs the model accepts "
+                failure = f"at node '{node.name}' ({where(node)}): {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                error = InputError(
+                    f"the model fails on the example inputs {shapes} {failure}. Pass inputs the model accepts "
                     "(e.g. [batch, channels, height, width] for a CNN)."
-                ) from exc
+                )
+                error.capture_failure, error.location = failure, where(node)  # for analyze's re-check
+                raise error from exc
     finally:
         torch.set_rng_state(rng)
         with torch.no_grad():

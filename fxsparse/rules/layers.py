@@ -178,6 +178,15 @@ def linear_function(ctx, node):
     return linear_channels(ctx, node, node.args[0], w_out, param_dim(ctx, w, 1), bias)
 
 
+@register_rule(torch.addmm)
+def addmm_function(ctx, node):
+    """``torch.addmm(bias, x, W)`` with W a parameter [in, out] (GPT-2's Conv1D)."""
+    b, x, w = node.args[:3]
+    bias = param_dim(ctx, b, 0) if isinstance(b, fx.Node) else None
+    w_out = None if isinstance(b, fx.Node) and bias is None else param_dim(ctx, w, 1)
+    return linear_channels(ctx, node, x, w_out, param_dim(ctx, w, 0), bias)
+
+
 def embedding(ctx, node):
     out_shape = ctx.shape(node)
     out = ctx.new_elements(out_shape[-1])
@@ -191,4 +200,18 @@ def embedding_export(ectx, node):
 
 
 register_rule(nn.Embedding, export=embedding_export)(embedding)
+
+
+@register_rule(F.embedding)
+def embedding_function(ctx, node):
+    """``F.embedding(indices, weight)``: the output's last dim is the weight's dim 1 (the
+    embedding width; the vocabulary side, dim 0, is never pruned)."""
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+    width = param_dim(ctx, weight, 1)
+    if width is None:
+        return None
+    out_shape = ctx.shape(node)
+    out = ctx.new_elements(out_shape[-1])
+    ctx.member(*width, out)
+    return ctx.along(len(out_shape), -1, out)
 del torch

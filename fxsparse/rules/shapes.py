@@ -88,10 +88,25 @@ def _reads_channels(arg):
     return isinstance(arg, fx.Node) and arg.meta.get("fxsparse_channel_count", False)
 
 
+def _pruned_from_params(ectx, node):
+    """A parameter reshaped with constant sizes (``self.scale.reshape(320, 1, 1)``) carries no
+    channel ids itself: the sizes of the dims it maps one to one come from the sliced parameter."""
+    shape = ectx.shape(node)
+    out = [None] * len(shape)
+    for ref in node.meta.get(FREE) or ():
+        now = ectx.buffer(ref.qualname).shape
+        for d, pdim in enumerate(ref.dims[: len(shape)]):
+            if pdim is not None and now[pdim] != shape[d]:
+                out[d] = int(now[pdim])
+    return out
+
+
 def reshape_export(ectx, node):
     """Rewrite the target shape: channel dims get their pruned size, other dims keep the
     original argument (so a dynamic batch size stays dynamic)."""
     pruned = ectx.pruned_shape(node)
+    if all(p is None for p in pruned):
+        pruned = _pruned_from_params(ectx, node)
     if node.op == "call_function" and node.target is torch.reshape:
         orig = list(node.args[1])
     elif len(node.args) == 2 and isinstance(node.args[1], (list, tuple)):

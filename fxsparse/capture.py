@@ -1,0 +1,74 @@
+"""Graph capture: ``torch.fx.symbolic_trace`` first, ``torch.export`` (non-strict) where it fails.
+
+Why two frontends, in this order:
+
+* ``symbolic_trace`` keeps modules as ``call_module`` nodes, so ``leaf_modules=[...]``
+  works and every model fxsparse analysed so far keeps exactly the graph (and group ids)
+  it had. It cannot see through code that inspects its inputs: ``if`` on a size,
+  ``x.dim()`` asserts, ``torch.fx.wrap``-ed helpers, keyword-only decorators and the
+  output objects of the ``transformers`` library (``ModelOutput``; with transformers 5
+  every model's top-level forward fails to trace).
+* ``torch.export.export(strict=False)`` runs the model's Python for real, so all of that
+  is seen through: the result is the training IR, a small closed set of high-level aten
+  ops (``aten.linear``, ``aten.layer_norm``, ``aten.scaled_dot_product_attention``,
+  views...). Parameters stay ``get_attr`` nodes named by their module path (the state
+  dict keeps its names) and the graph's pytree codegen returns the model's own output
+  structure. :mod:`fxsparse.passes.aten_to_torch` maps those ops onto the torch-level
+  calls the channel rules are written for, so one rule set serves both frontends.
+  The batch dim of every input is captured as dynamic (the exported model runs at any
+  batch size); other sizes are those of the example inputs.
+
+Dynamo capture (``torch.compile``'s frontend) was not chosen: it splits a model into
+several graphs at every unsupported construct, where ``torch.export`` either gives one
+graph or a precise error.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .errors import TraceError
+from .passes.aten_to_torch import aten_to_torch
+
+
+@contextlib.contextmanager
+def _without_kv_cache(model: nn.Module):
+    """A ``transformers`` model returns its key/value cache (an object torch.export cannot
+    flatten): it is inference state, never trained, so capture without it."""
+    config = getattr(model, "config", None)
+    old = getattr(config, "use_cache", None)
+    if old:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if old:
+            config.use_cache = old
+
+
+def _dynamic_batch(example_inputs):
+    batch = torch.export.Dim("batch")
+    return tuple({0: batch} if isinstance(x, torch.Tensor) and x.dim() > 0 else None for x in example_inputs)
+
+
+def export_capture(model: nn.Module, example_inputs) -> fx.GraphModule:
+    """The model's graph from ``torch.export`` (non-strict), rewritten to torch-level ops."""
+    example_inputs = tuple(example_inputs)
+    with _without_kv_cache(model):
+        try:
+            program = torch.export.export(model, example_inputs, strict=False, dynamic_shapes=_dynamic_batch(example_inputs))
+        except Exception:  # a model that specialises on its batch size: capture it static
+            try:
+                program = torch.export.export(model, example_inputs, strict=False)
+            except Exception as exc:
+                raise TraceError(
+                    f"neither torch.fx nor torch.export can capture the forward of {type(model).__name__}: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Fix: make the "
+                    "untraceable code a submodule and pass it in leaf_modules=[...] (its channels are then "
+                    "left unpruned), or remove data-dependent control flow on tensor values."
+                ) from exc
+    gm = program.module()
+    return aten_to_torch(gm)

@@ -1,0 +1,209 @@
+"""Pass: rewrite the aten ops of a ``torch.export`` graph as the torch-level calls fxsparse's
+channel rules are written for (``aten.linear`` -> ``F.linear``, ``aten.view`` -> ``.view``,
+``aten.select`` -> indexing ...).
+
+The training IR of ``torch.export`` is a small, closed set of high-level aten ops; mapping
+each one onto the torch function or method with the same meaning lets one rule set serve
+both frontends, and the rewritten graph still runs (it is what export slices). Ops with no
+mapping stay as they are: they have no rule, so channels entering them stay unpruned.
+Side-effect-only nodes of the export (input guards, metadata asserts) are dropped: they
+check the example shapes, which pruning changes on purpose.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+aten = torch.ops.aten
+
+
+def _same(fn):
+    """Same positional arguments and keywords."""
+    return lambda args, kwargs: (fn, args, kwargs)
+
+
+def _method(name):
+    return lambda args, kwargs: (name, args, kwargs)
+
+
+def _first(fn, n):
+    """Only the first ``n`` positional arguments carry over (the rest are aten-only flags)."""
+    return lambda args, kwargs: (fn, args[:n], {})
+
+
+def _embedding(args, kwargs):
+    weight, indices = args[:2]
+    padding_idx = args[2] if len(args) > 2 and args[2] != -1 else None
+    return F.embedding, (indices, weight), ({"padding_idx": padding_idx} if padding_idx is not None else {})
+
+
+def _batch_norm(args, kwargs):
+    x, w, b, mean, var, training, momentum, eps = args[:8]
+    return F.batch_norm, (x, mean, var, w, b, training, momentum, eps), {}
+
+
+def _softmax(args, kwargs):  # methods, not torch.softmax: passes pass targets on as graph arguments
+    return "softmax", (args[0], args[1]), {}
+
+
+def _mean(args, kwargs):
+    x, dims = args[:2]
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    extra = {"dtype": kwargs["dtype"]} if kwargs.get("dtype") is not None else {}
+    return "mean", (x, dims, keepdim), extra
+
+
+def _to(args, kwargs):
+    """``x.to(...)`` takes dtype / device but not aten's layout / pin_memory flags."""
+    kw = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "non_blocking", "copy", "memory_format")}
+    return "to", tuple(args), kw
+
+
+def _expand(args, kwargs):
+    return "expand", (args[0], *args[1]), {}
+
+
+def _sdpa(args, kwargs):
+    names = ["attn_mask", "dropout_p", "is_causal"]
+    kw = {name: value for name, value in zip(names, args[3:])}
+    kw.update(kwargs)
+    return F.scaled_dot_product_attention, tuple(args[:3]), kw
+
+
+def _binary(fn):
+    def convert(args, kwargs):
+        if kwargs.get("alpha", 1) != 1:
+            return None
+        return fn, tuple(args[:2]), {}
+    return convert
+
+
+def _index_select_like(kind):
+    """aten.select / aten.slice -> ``x[..., i]`` / ``x[..., a:b:s]`` (the indexing rule's form)."""
+
+    def convert(args, kwargs, ndim):
+        x, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        dim %= ndim
+        if kind == "select":
+            item = args[2]
+        else:
+            start = args[2] if len(args) > 2 else kwargs.get("start")
+            end = args[3] if len(args) > 3 else kwargs.get("end")
+            step = args[4] if len(args) > 4 else kwargs.get("step", 1)
+            item = slice(start, None if end is not None and end >= 2 ** 62 else end, None if step == 1 else step)
+        return operator.getitem, (x, (slice(None),) * dim + (item,)), {}
+    return convert
+
+
+_TABLE = {
+    aten.linear.default: _same(F.linear),
+    aten.conv1d.default: _same(F.conv1d),
+    aten.conv2d.default: _same(F.conv2d),
+    aten.conv3d.default: _same(F.conv3d),
+    aten.layer_norm.default: _first(F.layer_norm, 5),
+    aten.group_norm.default: _first(F.group_norm, 5),
+    aten.batch_norm.default: _batch_norm,
+    aten.embedding.default: _embedding,
+    aten.scaled_dot_product_attention.default: _sdpa,
+    aten.matmul.default: _same(torch.matmul),
+    aten.addmm.default: _first(torch.addmm, 3),
+    aten.bmm.default: _same(torch.bmm),
+    aten.view.default: _method("view"),
+    aten.reshape.default: _same(torch.reshape),
+    aten.expand.default: _expand,
+    aten.permute.default: _same(torch.permute),
+    aten.transpose.int: _same(torch.transpose),
+    aten.t.default: _same(torch.t),
+    aten.unsqueeze.default: _same(torch.unsqueeze),
+    aten.squeeze.dim: _same(torch.squeeze),
+    aten.squeeze.dims: _same(torch.squeeze),
+    aten.flatten.using_ints: _same(torch.flatten),
+    aten.unflatten.int: _same(torch.unflatten),
+    aten.cat.default: _same(torch.cat),
+    aten.stack.default: _same(torch.stack),
+    aten.chunk.default: _same(torch.chunk),
+    aten.split.Tensor: _same(torch.split),
+    aten.split_with_sizes.default: _same(torch.split),
+    aten.unbind.int: _same(torch.unbind),
+    aten.narrow.default: _same(torch.narrow),
+    aten.roll.default: _same(torch.roll),
+    aten.flip.default: _same(torch.flip),
+    aten.pad.default: _same(F.pad),
+    aten.add.Tensor: _binary(operator.add),
+    aten.add.Scalar: _binary(operator.add),
+    aten.sub.Tensor: _binary(operator.sub),
+    aten.sub.Scalar: _binary(operator.sub),
+    aten.mul.Tensor: _binary(operator.mul),
+    aten.mul.Scalar: _binary(operator.mul),
+    aten.div.Tensor: _binary(operator.truediv),
+    aten.div.Scalar: _binary(operator.truediv),
+    aten.rsub.Scalar: _binary(torch.rsub),
+    aten.pow.Tensor_Scalar: _same(torch.pow),
+    aten.neg.default: _same(torch.neg),
+    aten.rsqrt.default: _same(torch.rsqrt),
+    aten.sqrt.default: _same(torch.sqrt),
+    aten.exp.default: _same(torch.exp),
+    aten.tanh.default: _same(torch.tanh),
+    aten.sigmoid.default: _same(torch.sigmoid),
+    aten.relu.default: _same(F.relu),
+    aten.relu_.default: _same(F.relu),
+    aten.gelu.default: _same(F.gelu),
+    aten.silu.default: _same(F.silu),
+    aten.hardswish.default: _same(F.hardswish),
+    aten.hardsigmoid.default: _same(F.hardsigmoid),
+    aten.erf.default: _same(torch.erf),
+    aten.dropout.default: _first(F.dropout, 3),
+    aten.dropout_.default: _first(F.dropout, 3),
+    aten.softmax.int: _softmax,
+    aten._softmax.default: _softmax,
+    aten.mean.dim: _mean,
+    aten.clone.default: _first(torch.clone, 1),
+    aten.contiguous.default: _method("contiguous"),
+    aten.alias.default: _first(torch.clone, 1),
+    aten.type_as.default: _method("type_as"),
+    aten.to.dtype: _to,
+    aten.to.device: _to,
+    aten.to.dtype_layout: _to,
+    aten._to_copy.default: _to,
+    aten.adaptive_avg_pool1d.default: _same(F.adaptive_avg_pool1d),
+    aten.adaptive_avg_pool2d.default: _same(F.adaptive_avg_pool2d),
+    aten.avg_pool2d.default: _same(F.avg_pool2d),
+    aten.max_pool2d.default: _same(F.max_pool2d),
+    aten.sym_size.int: _method("size"),
+}
+_NEEDS_NDIM = {aten.select.int: _index_select_like("select"), aten.slice.Tensor: _index_select_like("slice")}
+_SIDE_EFFECT_ONLY = {aten._assert_tensor_metadata.default}
+
+
+def _ndim(node):
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return getattr(val, "ndim", None)
+
+
+def aten_to_torch(gm: fx.GraphModule) -> fx.GraphModule:
+    """Rewrite ``gm`` in place (see the module docstring); returns it."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
+            continue
+        if node.op != "call_function":
+            continue
+        if node.target in _SIDE_EFFECT_ONLY and not node.users:
+            gm.graph.erase_node(node)
+            continue
+        converted = None
+        if node.target in _TABLE:
+            converted = _TABLE[node.target](tuple(node.args), dict(node.kwargs))
+        elif node.target in _NEEDS_NDIM and _ndim(node.args[0]) is not None:
+            converted = _NEEDS_NDIM[node.target](tuple(node.args), dict(node.kwargs), _ndim(node.args[0]))
+        if converted is None:
+            continue
+        target, args, kwargs = converted
+        node.op = "call_method" if isinstance(target, str) else "call_function"
+        node.target, node.args, node.kwargs = target, tuple(args), kwargs
+    gm.graph.lint()
+    gm.recompile()
+    return gm
