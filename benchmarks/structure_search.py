@@ -5,6 +5,7 @@ at equal training FLOPs and at equal wall time, several seeds, on the real Fashi
     python benchmarks/structure_search.py --table vgg11-quarter   # VGG-11-BN, FLOPs 0.25
     python benchmarks/structure_search.py --table resnet20-high   # ResNet-20, FLOPs 0.08
     python benchmarks/structure_search.py --table lenet5-high     # LeNet-5, FLOPs 0.08
+    python benchmarks/structure_search.py --table lenet5-extreme  # LeNet-5, FLOPs 0.03
     python benchmarks/structure_search.py --table vgg11-high --report   # the table and plot only
 
 Each run is one ``fxsparse.trainer.Trainer`` run (what ``fxsparse train`` runs) in its own
@@ -15,7 +16,8 @@ recorded is skipped, so a table can be completed over several sittings. Runs, pe
   12e-3, best of 10 sampled masks), ``channel`` (per channel, calibrated rate, top-k final
   mask), ``width`` (one keep ratio per group, channels by L1 order: the default), and
   ``width+channel``. Each searches ``--search`` epochs and fine-tunes the rest;
-  ``width-short`` searches half as long (the search's cost in accuracy and time).
+  ``width-short`` searches half as long (the search's cost in accuracy and time);
+  ``channel-lr0.1`` is the previous default (per-channel scores, score lr 0.1, best of 10).
 * fixed masks chosen at initialisation, trained for as many steps as cost the default
   variant's training FLOPs (``@flops``): random channels with a uniform per-group keep
   ratio, random channels with the per-group counts the default variant learned (same seed:
@@ -54,6 +56,7 @@ TABLES = {
     "resnet20-high": dict(model="zoo:resnet20", keep=0.08),
     # a small CNN whose uniform cut leaves ~5 channels in its first conv (LeNet-5 diverges at lr 0.05)
     "lenet5-high": dict(model="zoo:lenet5", keep=0.08, lr=0.01),
+    "lenet5-extreme": dict(model="zoo:lenet5", keep=0.03, lr=0.01),  # uniform: 3 of conv1's 20 channels
 }
 DEFAULT = "vrpge-width"
 # label: (method, config overrides, method options); "@flops"/"@wall" runs get their epochs later
@@ -62,6 +65,8 @@ VRPGE = {
     "vrpge-channel": ("vrpge", dict(granularity="channel"), {}),
     "vrpge-width": ("vrpge", dict(granularity="width"), {}),
     "vrpge-width+channel": ("vrpge", dict(granularity="width+channel"), {}),
+    # the previous default: per-channel scores at a fixed score lr 0.1, the authors' final mask
+    "vrpge-channel-lr0.1": ("vrpge", dict(granularity="channel", score_lr=0.1, final="sample"), {}),
     # the search's cost: half as long a search, the fine-tune longer by as much
     "vrpge-width-short": ("vrpge", dict(granularity="width", epochs="half"), {}),
 }
@@ -79,7 +84,7 @@ FIXED = {
 # the comparisons the targets name first (every seed), then the rest (every seed)
 ORDER = [["vrpge-width", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
           "l1-filter@wall"], ["vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel",
-                                                                    "vrpge-width-short"]]
+                                                                    "vrpge-width-short", "vrpge-channel-lr0.1"]]
 
 
 def records(path):
