@@ -14,6 +14,7 @@ import torch.fx as fx
 
 from .errors import ExportError
 from .rules.context import where
+from .tracing import untouched
 
 
 def _failing_node(gm: fx.GraphModule, exc: BaseException) -> fx.Node | None:
@@ -61,10 +62,8 @@ def inputs_on_device_of(module: torch.nn.Module, inputs) -> tuple:
 def check_runs(run, gm: fx.GraphModule, what: str) -> None:
     """Call ``run()`` (a forward of ``gm`` on the example inputs) without gradients, leaving
     buffers and the RNG state as they were; turn any failure into an ExportError."""
-    buffers = {k: v.detach().clone() for k, v in gm.named_buffers()}
-    rng = torch.get_rng_state()
     try:
-        with torch.no_grad():
+        with untouched(gm):
             run()
     except Exception as exc:
         raise ExportError(
@@ -74,10 +73,3 @@ def check_runs(run, gm: fx.GraphModule, what: str) -> None:
             "whole (leave it out of the keep mask) or make the module that holds the op a leaf "
             "(analyze(..., leaf_modules=[...]))."
         ) from exc
-    finally:
-        torch.set_rng_state(rng)
-        with torch.no_grad():
-            current = dict(gm.named_buffers())
-            for k, v in buffers.items():
-                if k in current and current[k].shape == v.shape:
-                    current[k].copy_(v)

@@ -51,6 +51,18 @@ PERTURBS = ("all", "group")
 LR_SCALE = {"channel": 0.3, "width": 0.3, "width+channel": 0.3}
 
 
+def check_options(*, budget="channels", form="exact", samples=2, granularity="channel", final="topk",
+                  perturb="all") -> None:
+    """ValueError naming the option, the value and the choices, for the search's options."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"the VR-PGE estimate needs at least 2 samples per step, got {samples!r}")
+    for name, value, choices in (("budget", budget, ("channels", "flops")), ("form", form, ("exact", "preconditioned")),
+                                 ("granularity", granularity, GRANULARITIES), ("final", final, FINALS),
+                                 ("perturb", perturb, PERTURBS)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
 class StructureLearner:
     def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", lr: float | None = 0.1,
                  form: str = "exact", samples: int = 2, seed: int = 0, granularity: str = "channel",
@@ -58,16 +70,8 @@ class StructureLearner:
                  final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100, perturb: str = "all"):
         if isinstance(keep, bool) or not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
             raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
-        if samples < 2:
-            raise ValueError(f"the VR-PGE estimate needs at least 2 samples per step, got {samples}")
-        if budget not in ("channels", "flops"):
-            raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-        if final not in FINALS:
-            raise ValueError(f"final must be one of {', '.join(FINALS)}, got {final!r}")
-        if perturb not in PERTURBS:
-            raise ValueError(f"perturb must be one of {', '.join(PERTURBS)}, got {perturb!r}")
+        check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
+                      perturb=perturb)
         if lr is None and not steps:
             raise ValueError("lr=None calibrates the score learning rate to the search length: pass steps=")
         if not 0 < width_fraction < 1:

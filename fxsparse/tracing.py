@@ -7,6 +7,7 @@ forward itself cannot be traced, :class:`TraceError` says where and what to do.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import traceback
@@ -124,21 +125,30 @@ def trace(model: nn.Module, leaf_modules=()) -> tuple[fx.GraphModule, list[str]]
     raise TraceError(f"gave up after making {_MAX_RETRIES} submodules leaves: {auto[:5]}...")
 
 
-def runs_eagerly(model: nn.Module, example_inputs) -> bool:
-    """Whether ``model(*example_inputs)`` runs (no gradients; buffers and RNG state restored):
-    tells a wrong capture apart from inputs the model does not accept."""
-    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+@contextlib.contextmanager
+def untouched(module: nn.Module):
+    """Run code on ``module`` without gradients and leave its buffers (BN statistics) and the
+    global RNG state as they were."""
+    buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
     rng = torch.get_rng_state()
     try:
         with torch.no_grad():
+            yield
+    finally:
+        torch.set_rng_state(rng)
+        with torch.no_grad():
+            current = dict(module.named_buffers())
+            for k, v in buffers.items():
+                if k in current and current[k].shape == v.shape:
+                    current[k].copy_(v)
+
+
+def runs_eagerly(model: nn.Module, example_inputs) -> bool:
+    """Whether ``model(*example_inputs)`` runs (no gradients; buffers and RNG state restored):
+    tells a wrong capture apart from inputs the model does not accept."""
+    try:
+        with untouched(model):
             model(*example_inputs)
         return True
     except Exception:
         return False
-    finally:
-        torch.set_rng_state(rng)
-        with torch.no_grad():
-            current = dict(model.named_buffers())
-            for k, v in buffers.items():
-                if k in current and current[k].shape == v.shape:
-                    current[k].copy_(v)

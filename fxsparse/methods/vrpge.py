@@ -20,17 +20,10 @@ class VRPGE(Method):
     def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
                  score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
                  granularity: str = "width", final: str = "topk", **options):
-        from ..structure import FINALS, GRANULARITIES
+        from ..structure import check_options
 
         super().__init__(keep, **options)
-        if budget not in ("channels", "flops"):
-            raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
-        if form not in ("exact", "preconditioned"):
-            raise ValueError(f"form must be 'exact' or 'preconditioned', got {form!r}")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-        if final not in FINALS:
-            raise ValueError(f"final must be one of {', '.join(FINALS)}, got {final!r}")
+        check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final)
         self.budget, self.form, self.samples = budget, form, int(samples)
         self.score_lr = None if score_lr is None else float(score_lr)
         self.reuse_loss, self.final_tries = bool(reuse_loss), int(final_tries)
