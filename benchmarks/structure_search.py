@@ -17,7 +17,8 @@ recorded is skipped, so a table can be completed over several sittings. Runs, pe
   mask), ``width`` (one keep ratio per group, channels by L1 order: the default), and
   ``width+channel``. Each searches ``--search`` epochs and fine-tunes the rest;
   ``width-short`` searches half as long (the search's cost in accuracy and time);
-  ``channel-lr0.1`` is the previous default (per-channel scores, score lr 0.1, best of 10).
+  ``width-mean`` trains the weights on the policy's typical sub-network (each group's
+  first round(w n) channels) while 2 fresh samples score; ``channel-lr0.1`` is the previous default (per-channel scores, score lr 0.1, best of 10).
 * fixed masks chosen at initialisation, trained for as many steps as cost the default
   variant's training FLOPs (``@flops``): random channels with a uniform per-group keep
   ratio, random channels with the per-group counts the default variant learned (same seed:
@@ -65,6 +66,8 @@ VRPGE = {
     "vrpge-channel": ("vrpge", dict(granularity="channel"), {}),
     "vrpge-width": ("vrpge", dict(granularity="width"), {}),
     "vrpge-width+channel": ("vrpge", dict(granularity="width+channel"), {}),
+    # the weights train on the policy's typical sub-network, the samples only score (K fresh forwards)
+    "vrpge-width-mean": ("vrpge", dict(granularity="width"), dict(weight_masks="mean")),
     # the previous default: per-channel scores at a fixed score lr 0.1, the authors' final mask
     "vrpge-channel-lr0.1": ("vrpge", dict(granularity="channel", score_lr=0.1, final="sample"), {}),
     # the search's cost: half as long a search, the fine-tune longer by as much
@@ -82,7 +85,7 @@ FIXED = {
 
 
 # the comparisons the targets name first (every seed), then the rest (every seed)
-ORDER = [["vrpge-width", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
+ORDER = [["vrpge-width", "vrpge-width-mean", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
           "l1-filter@wall"], ["vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel",
                                                                     "vrpge-width-short", "vrpge-channel-lr0.1"]]
 

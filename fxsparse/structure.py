@@ -47,18 +47,19 @@ from .vrpge import project_budget, sample_grouped_mask, vrpge_gradient
 GRANULARITIES = ("channel", "width", "width+channel")
 FINALS = ("topk", "sample")
 PERTURBS = ("all", "group")
+WEIGHT_MASKS = ("sampled", "mean")
 # lr * sqrt(search steps) when the learning rate is calibrated to the search (lr=None)
 LR_SCALE = {"channel": 0.3, "width": 0.3, "width+channel": 0.3}
 
 
 def check_options(*, budget="channels", form="exact", samples=2, granularity="channel", final="topk",
-                  perturb="all") -> None:
+                  perturb="all", weight_masks="sampled") -> None:
     """ValueError naming the option, the value and the choices, for the search's options."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f"the VR-PGE estimate needs at least 2 samples per step, got {samples!r}")
     for name, value, choices in (("budget", budget, ("channels", "flops")), ("form", form, ("exact", "preconditioned")),
                                  ("granularity", granularity, GRANULARITIES), ("final", final, FINALS),
-                                 ("perturb", perturb, PERTURBS)):
+                                 ("perturb", perturb, PERTURBS), ("weight_masks", weight_masks, WEIGHT_MASKS)):
         if value not in choices:
             raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
@@ -67,11 +68,12 @@ class StructureLearner:
     def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", lr: float | None = 0.1,
                  form: str = "exact", samples: int = 2, seed: int = 0, granularity: str = "channel",
                  steps: int | None = None, lr_scale: float | None = None, reuse_loss: bool = True,
-                 final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100, perturb: str = "all"):
+                 final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100, perturb: str = "all",
+                 weight_masks: str = "sampled"):
         if isinstance(keep, bool) or not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
             raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
-                      perturb=perturb)
+                      perturb=perturb, weight_masks=weight_masks)
         if lr is None and not steps:
             raise ValueError("lr=None calibrates the score learning rate to the search length: pass steps=")
         if not 0 < width_fraction < 1:
@@ -84,7 +86,7 @@ class StructureLearner:
         self.flops = SubnetFlops(sparse.channel_graph)
         self.budget = keep * n if budget == "channels" else keep * self.flops.dense
         self.form, self.samples, self.reuse_loss, self.final = form, int(samples), bool(reuse_loss), final
-        self.perturb = perturb
+        self.perturb, self.weight_masks = perturb, weight_masks
         self.granularity, self.steps, self.width_fraction = granularity, steps, float(width_fraction)
         self.reorder_every = int(reorder_every)
         self.lr = lr if lr is not None else (lr_scale or LR_SCALE[granularity]) / math.sqrt(steps)
@@ -306,23 +308,44 @@ class StructureLearner:
         the score update, every sample at the same (pre-update) weights. ``step_fn``: the
         sparse train step; returns (weight step loss, its mask). A non-finite loss skips
         the score update (FloatingPointError is not raised here: the caller sees the loss)."""
-        reuse = self.reuse_loss if reuse_loss is None else reuse_loss
+        mean = self.weight_masks == "mean"
+        reuse = (self.reuse_loss if reuse_loss is None else reuse_loss) and not mean
         self._advance()
-        draws = self.sample_draws(self.samples + (0 if reuse else 1))
+        draws = self.sample_draws(self.samples + (0 if reuse or mean else 1))
         masks = self.mask_of(draws)
+        scored = masks if mean else masks[1:]  # the samples evaluated by the score forwards
         with torch.no_grad():
-            rest = self.sparse.losses(loss_fn, [self.as_group_masks(m) for m in masks[1:]], *batch)
-        self.sparse.masks = self.as_group_masks(masks[0])
+            rest = self.sparse.losses(loss_fn, [self.as_group_masks(m) for m in scored], *batch)
+        trained = self.mean_mask() if mean else masks[0]
+        self.sparse.masks = self.as_group_masks(trained)
         loss = step_fn(*batch)
-        losses, used = (torch.cat([loss.detach().float().view(1), rest]), draws) if reuse else (rest, draws[1:])
-        self.last_forward_flops = float(sum(float(self.flops(m)) for m in masks[1:])) / max(len(masks) - 1, 1)
-        self.last_forwards = len(masks) - 1
+        if reuse:
+            losses, used = torch.cat([loss.detach().float().view(1), rest]), draws
+        else:
+            losses, used = rest, (draws if mean else draws[1:])
+        self.last_forward_flops = float(sum(float(self.flops(m)) for m in scored)) / max(len(scored), 1)
+        self.last_forwards = len(scored)
         if bool(torch.isfinite(losses).all()):
             self.score_update(losses, used)
         elif bool(torch.isfinite(loss)):  # the weight step's own non-finite loss is the caller's to report
             warnings.warn(f"score update skipped: non-finite loss among the samples ({losses.tolist()})",
                           RuntimeWarning, stacklevel=2)
-        return loss, masks[0]
+        return loss, trained
+
+    def mean_mask(self) -> torch.Tensor:
+        """The policy's typical sub-network: each group keeps round(its expected count)
+        channels (at least one), the first of its order: the L1 order for widths, the
+        probabilities per channel. ``weight_masks="mean"`` trains the weights on it during
+        the search, while the samples only score."""
+        p = self.probs().double()
+        counts = torch.zeros(len(self.sizes), dtype=torch.float64).index_add_(0, self._owner, p).round().clamp(min=1)
+        if self.stage == "width":
+            rank = self._ordered_rank()
+        else:
+            rank = torch.empty(len(p), dtype=torch.long)
+            for idx in torch.split(torch.arange(len(p)), self.sizes):
+                rank[idx[torch.sort(p[idx], descending=True, stable=True).indices]] = torch.arange(len(idx))
+        return rank < counts[self._owner]
 
     def _advance(self):
         """Per step: the stage switch of width+channel, then the capacities."""

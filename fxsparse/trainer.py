@@ -264,7 +264,8 @@ class Trainer:
             m = self.method
             self.learner = StructureLearner(self.sp, keep=c.keep, budget=m.budget, lr=m.score_lr, form=m.form,
                                             samples=m.samples, seed=c.seed + 1, granularity=m.granularity,
-                                            steps=steps, reuse_loss=m.reuse_loss, final=m.final)
+                                            steps=steps, reuse_loss=m.reuse_loss, final=m.final,
+                                            weight_masks=m.weight_masks)
             self._schedules = [self._weight_schedule(self.optimizer, phase, start, steps),  # scores: cosine over the search
                                (lambda: self.learner.optimizer, self.learner.lr, start, steps)]
             if c.weight_average:

@@ -31,19 +31,20 @@ def _exported_loss(model, graph, mask, x, y):
         return float(F.cross_entropy(small(x), y))
 
 
-@pytest.mark.parametrize("reuse", [True, False])
+@pytest.mark.parametrize("reuse,weight_masks", [(True, "sampled"), (False, "sampled"), (True, "mean")])
 @pytest.mark.parametrize("granularity", ["channel", "width"])
-def test_every_sample_of_a_score_step_sees_the_same_weights(reuse, granularity):
+def test_every_sample_of_a_score_step_sees_the_same_weights(reuse, weight_masks, granularity):
     """The losses in the estimate are the losses of their masks at the weights before the
     step's update (the exported model of the pre-step weights is the reference). Taking a
     sample's loss after the weight update (as the reused-loss step once did) fails this:
     the update's own loss drop then enters f1 - f2."""
-    model, sp, step, learner, x, y = _setup(granularity)
+    model, sp, step, learner, x, y = _setup(granularity, weight_masks=weight_masks)
     seen = []
     update = learner.score_update
     learner.score_update = lambda losses, draws: seen.append((losses.clone(), draws.clone())) or update(losses, draws)
     for _ in range(3):
         before = copy.deepcopy(model.state_dict())
+        typical, learner_probs = learner.mean_mask(), learner.probs().clone()
         loss, mask = learner.step(step, F.cross_entropy, x, y, reuse_loss=reuse)
         losses, draws = seen[-1]
         assert len(losses) == learner.samples
@@ -55,6 +56,10 @@ def test_every_sample_of_a_score_step_sees_the_same_weights(reuse, granularity):
             assert abs(float(f) - ref) < 1e-4 * max(1.0, abs(ref)), (float(f), ref)
         model.load_state_dict(after)
         assert abs(after_loss - float(loss)) > 1e-3  # the step did update the weights (the check has teeth)
+        if weight_masks == "mean":  # the weights trained on the policy's typical sub-network
+            assert torch.equal(mask, typical)
+            counts = [int(m.sum()) for m in torch.split(mask, learner.sizes)]
+            assert counts == [max(1, round(float(p.sum()))) for p in torch.split(learner_probs, learner.sizes)]
 
 
 def test_width_estimate_is_unbiased_by_enumeration():

@@ -19,12 +19,13 @@ class VRPGE(Method):
 
     def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
                  score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
-                 granularity: str = "width", final: str = "topk", **options):
+                 granularity: str = "width", final: str = "topk", weight_masks: str = "sampled", **options):
         from ..structure import check_options
 
         super().__init__(keep, **options)
-        check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final)
+        check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
+                      weight_masks=weight_masks)
         self.budget, self.form, self.samples = budget, form, int(samples)
         self.score_lr = None if score_lr is None else float(score_lr)
         self.reuse_loss, self.final_tries = bool(reuse_loss), int(final_tries)
-        self.granularity, self.final = granularity, final
+        self.granularity, self.final, self.weight_masks = granularity, final, weight_masks
