@@ -44,6 +44,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,7 @@ def run_child(spec: dict) -> dict:
 def child(path):
     import torch
 
+    from fxsparse.flops import TRAIN_FACTOR
     from fxsparse.trainer import TrainConfig, Trainer
 
     with open(path) as f:
@@ -130,11 +132,16 @@ def child(path):
     torch.set_flush_denormal(True)
     cfg = spec["config"]
     if os.path.exists(cfg["out"]):
-        import shutil
-
         shutil.rmtree(cfg["out"])  # an interrupted run starts over: its record was never written
-    tr = Trainer(TrainConfig(**cfg), log=lambda s: print(f"  [{spec['label']} s{spec['seed']}] {s}", flush=True),
-                 progress=False)
+    log = lambda s: print(f"  [{spec['label']} s{spec['seed']}] {s}", flush=True)  # noqa: E731
+    tr = Trainer(TrainConfig(**cfg), log=log, progress=False)
+    if spec.get("match_flops"):  # steps for these training FLOPs at the mask's own FLOPs (the uniform
+        keep = tr.method.channel_keep()  # ratio can fall short of the budget on small groups)
+        frac = tr.flops.fraction(tr.flops.flat(keep))
+        per_epoch = TRAIN_FACTOR * frac * tr.flops.dense * tr.state.steps_per_epoch * cfg["batch_size"]
+        cfg = dict(cfg, epochs=spec["match_flops"] / per_epoch)
+        shutil.rmtree(cfg["out"], ignore_errors=True)
+        tr = Trainer(TrainConfig(**cfg), log=log, progress=False)
     cpu = time.process_time()
     tr.run()
     cpu = time.process_time() - cpu
@@ -192,11 +199,13 @@ def main(argv=None):
     table = args.table
     wanted = lambda label: not args.only or label in args.only
 
-    def run(label, seed, method, overrides, options, epochs, search=0.0):
+    def run(label, seed, method, overrides, options, epochs, search=0.0, match_flops=None):
         if find(records(path), table, label, seed) or not wanted(label):
             return
         print(f"== {table} {label} seed {seed} ({epochs:.3f} epochs)", flush=True)
-        rec = run_child(base_config(args, table, label, seed, method, overrides, options, epochs, search))
+        spec = base_config(args, table, label, seed, method, overrides, options, epochs, search)
+        spec["match_flops"] = match_flops
+        rec = run_child(spec)
         with open(path, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -213,32 +222,17 @@ def main(argv=None):
                 opts = dict(options)
                 if opts.get("allocation") == "learned":
                     opts["allocation"] = ref[0]["group_counts"]
-                if label.endswith("@flops"):
-                    epochs = args.epochs * ref[0]["train_flops"] / _fixed_flops(table, args)
+                match = None
+                if label.endswith("@flops"):  # the run sets its steps from its mask's own FLOPs
+                    epochs, match = args.epochs, ref[0]["train_flops"]
                 else:  # as many steps as fit in the default run's time, at this run's own speed
                     same = find(records(path), table, label.replace("@wall", "@flops"), seed)
                     if not same:
                         continue
                     epochs = same[0]["epochs"] * ref[0]["cpu_s"] / same[0]["cpu_s"]
-                run(label, seed, method, overrides, opts, epochs)
+                run(label, seed, method, overrides, opts, epochs, match_flops=match)
         run("dense", args.seeds[0], "dense", {}, {}, args.epochs)
     report(records(path), table, args.plot)
-
-
-def _fixed_flops(table, args) -> float:
-    """Training FLOPs of a fixed mask at exactly the budget for ``args.epochs`` epochs."""
-    import torch
-
-    import fxsparse
-    from fxsparse.cli import load_model
-    from fxsparse.flops import TRAIN_FACTOR
-
-    t = TABLES[table]
-    model = load_model(t["model"], num_classes=10, in_chans=1)
-    graph = fxsparse.analyze(model, torch.randn(2, 1, 28, 28))
-    dense = graph.flops["total"] / 2
-    steps = 60000 // args.batch_size
-    return TRAIN_FACTOR * t["keep"] * dense * steps * args.epochs * args.batch_size
 
 
 def report(recs, table, plot=None):
