@@ -65,6 +65,10 @@ def check_options(*, budget="channels", form="exact", samples=2, granularity="ch
 
 
 class StructureLearner:
+    """The search over one SparseModel (see the module docstring). Its defaults are the
+    paper's (one score per channel, Adam at 0.1); ``fxsparse train`` (the ``vrpge`` method)
+    uses ``granularity="width"`` with ``lr=None, steps=<search steps>``."""
+
     def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", lr: float | None = 0.1,
                  form: str = "exact", samples: int = 2, seed: int = 0, granularity: str = "channel",
                  steps: int | None = None, lr_scale: float | None = None, reuse_loss: bool = True,
