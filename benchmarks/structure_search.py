@@ -155,7 +155,7 @@ def child(path):
                final_flops=tr.history[-1]["realised_flops_frac"],
                group_sizes=[g.size for g in groups],
                group_counts=[int(masks[g.id].sum()) for g in groups] if masks is not None else None,
-               group_names=[sorted({m.layer for m in g.members})[0] for g in groups],
+               group_names=tr.history[-1].get("group_names") or [sorted({m.layer for m in g.members})[0] for g in groups],
                search=search[-1] if search else None, steps=tr.state.step, torch=torch.__version__,
                threads=torch.get_num_threads())
     with open(cfg["out"] + ".record.json", "w") as f:
@@ -290,7 +290,7 @@ def _plot(by_label, recs, path, table):
 
     fig, ax = plt.subplots(figsize=(8, 4))
     first = next(iter(by_label.values()))[0]
-    names = first["group_names"]
+    names = [f"{i}: {n}" for i, n in enumerate(first["group_names"])]  # a layer can touch two groups
     x = list(range(len(names)))
     uniform = find(recs, table, "random-uniform@flops")
     if uniform and uniform[0].get("group_counts"):
