@@ -384,12 +384,13 @@ class SparseModel(nn.Module):
         write-back), separate from the training step's graphs. Returns a float32 [K] tensor."""
         *inputs, target = args
         self._buffers_to(device_of(inputs))
-        current = self._masks
+        current, normalized = self._masks, []
         for keep in masks:  # grow the capacities first if a mask needs more slots (a rebuild)
             self.masks = keep
+            normalized.append(self._masks)
         plans = []
-        for keep in masks:
-            self.masks = keep
+        for keep in normalized:  # then every plan for the final capacities
+            self._masks = keep
             plans.append(self.step_inputs())
         self._masks = current
         fn = self._compiled.get(("losses", len(plans), loss_fn))

@@ -251,9 +251,7 @@ class StructureLearner:
                 w = torch.tensor(self.sizes, dtype=torch.float64) if self.stage == "width" else None
                 s64, _ = project_budget(s64, self.budget, weights=w)
             elif float(self.flops(self._expand(s64))) > self.budget:
-                with torch.enable_grad():
-                    x = s64.clone().requires_grad_(True)
-                    (w,) = torch.autograd.grad(self.flops(self._expand(x)), x)
+                w = self._cost_gradient(s64)
                 w = (w / float(w.max())).clamp_min(1e-12)  # unit scale: v's tolerance is the scores' tolerance
                 at = lambda v: (s64 - v * w).clamp(0, 1)
                 hi = float((s64 / w).max()) + 1.0
@@ -265,11 +263,16 @@ class StructureLearner:
         """Unit vector along the gradient of the budget's cost (expected FLOPs or channels)
         with respect to the parameters: the part of a score gradient the projection cancels
         when the budget binds. What the search can learn about the allocation is the rest."""
+        w = self._cost_gradient(self.scores.detach().double())
+        return w / w.norm().clamp_min(1e-30)
+
+    def _cost_gradient(self, s64: torch.Tensor) -> torch.Tensor:
+        """Gradient of the budget's cost (expected FLOPs or channels) with respect to the parameters at ``s64``."""
         with torch.enable_grad():
-            x = self.scores.detach().double().clone().requires_grad_(True)
+            x = s64.clone().requires_grad_(True)
             cost = self.flops(self._expand(x)) if self.kind == "flops" else self._expand(x).sum()
             (w,) = torch.autograd.grad(cost, x)
-        return w / w.norm().clamp_min(1e-30)
+        return w
 
     def _expand(self, s: torch.Tensor) -> torch.Tensor:
         return s[self._owner] if self.stage == "width" else s
