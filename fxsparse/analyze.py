@@ -5,10 +5,9 @@ import torch
 import torch.nn as nn
 
 from .graph import ChannelGraph, assign_flops, build_groups
-from .passes.shape_prop import FLOPS
-from .passes.channel_propagation import channel_propagation
-from .passes.fuse_channel_shuffle import fuse_channel_shuffle
-from .passes.shape_prop import shape_prop
+from .passes.channel_propagation import ChannelPropagation
+from .passes.fuse_channel_shuffle import FuseChannelShuffle
+from .passes.shape_prop import FLOPS, ShapeProp
 from .capture import export_capture
 from .errors import InputError, TraceError
 from .tracing import runs_eagerly, trace
@@ -19,7 +18,7 @@ def _capture(model, example_inputs, leaf_modules, flops):
     tracing fails or traces code that differs from what the model runs (see fxsparse.capture)."""
     try:
         gm, auto_leaves = trace(model, leaf_modules)
-        shape_prop(gm, example_inputs, count_flops=flops)  # one forward gives shapes and FLOPs
+        ShapeProp(example_inputs, count_flops=flops)(gm)  # one forward gives shapes and FLOPs
         return gm, auto_leaves
     except (TraceError, InputError) as exc:
         if leaf_modules or (isinstance(exc, InputError) and not runs_eagerly(model, example_inputs)):
@@ -30,7 +29,7 @@ def _capture(model, example_inputs, leaf_modules, flops):
     except TraceError as exc:
         raise _blame_capture(traced_error, exc) from exc
     try:
-        shape_prop(gm, example_inputs, count_flops=flops)
+        ShapeProp(example_inputs, count_flops=flops)(gm)
     except InputError as exc:
         raise _blame_capture(exc) from exc
     return gm, []
@@ -55,7 +54,9 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
 
     ``example_inputs``: a tensor or a tuple of tensors the model is called with.
     ``leaf_modules``: module paths or classes not to trace into (their channels stay).
-    ``rules``: extra channel rules for this call only ({target: analyze_fn or Rule}).
+    ``rules``: extra channel rules for this call only ({target: analyze_fn or Rule}); they
+    are kept in the returned graph, so export, the masked reference and ``fxsparse.compile``
+    use their export hooks and masked forms too.
     The model is not modified (mode, buffers and RNG state are as before).
     """
     if not isinstance(model, nn.Module):
@@ -64,8 +65,10 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops)
-    fuse_channel_shuffle(gm)
-    ctx = channel_propagation(gm, rules)
+    FuseChannelShuffle()(gm)
+    propagation = ChannelPropagation(rules)
+    propagation(gm)
+    ctx = propagation.context
     groups = build_groups(ctx.elements, ctx.members)
     per_module = {}
     for node in gm.graph.nodes:
@@ -74,5 +77,5 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
     total = sum(node.meta.get(FLOPS, 0.0) for node in gm.graph.nodes)
     shapes = {name: tuple(ctx.param(name).shape) for name, _ in ctx.members}
     assign_flops(groups, per_module, total, shapes)
-    return ChannelGraph(gm, ctx.elements, ctx.members, groups, ctx.non_zero_preserving, auto_leaves,
-                        flops={"total": total, "per_module": per_module}, example_inputs=example_inputs)
+    return ChannelGraph(gm, ctx.elements, ctx.members, groups, ctx.mixing, auto_leaves,
+                        flops={"total": total, "per_module": per_module}, example_inputs=example_inputs, rules=rules)

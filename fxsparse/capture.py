@@ -31,7 +31,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import TraceError
-from .passes.aten_to_torch import aten_to_torch
+from .passes.aten_to_torch import AtenToTorch
 
 
 @contextlib.contextmanager
@@ -71,4 +71,4 @@ def export_capture(model: nn.Module, example_inputs) -> fx.GraphModule:
                     "left unpruned), or remove data-dependent control flow on tensor values."
                 ) from exc
     gm = program.module()
-    return aten_to_torch(gm)
+    return AtenToTorch()(gm).graph_module

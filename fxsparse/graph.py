@@ -17,6 +17,7 @@ import torch.fx as fx
 from tabulate import tabulate
 
 from .elements import ElementTable
+from .rules.registry import Rule, as_rule, describe_target, lookup
 
 
 @dataclasses.dataclass
@@ -100,12 +101,16 @@ class ChannelGraph:
     """Groups, the annotated FX graph they came from, and views of both."""
 
     def __init__(self, gm: fx.GraphModule, elements: ElementTable, members: dict, groups: list,
-                 mixing: list, auto_leaves: list, flops: dict | None = None, example_inputs=None):
+                 mixing: list, auto_leaves: list, flops: dict | None = None, example_inputs=None,
+                 rules: dict | None = None):
         self.gm = gm
         self.elements = elements
         self.raw_members = members
         self.groups = groups
-        self.mixing = mixing  # nodes where zeroing a channel differs from removing it
+        self.mixing = mixing  # (node name, why): nodes where zeroing a channel differs from removing it
+        # the per-call rules of analyze({target: Rule}): export, the masked reference and the
+        # compiled step use them like the analysis did
+        self.rules: dict[object, Rule] = {k: as_rule(v) for k, v in (rules or {}).items()}
         self.auto_leaves = auto_leaves
         self.flops = flops or {}
         self.example_inputs = example_inputs
@@ -130,8 +135,29 @@ class ChannelGraph:
 
     @property
     def zero_preserving(self) -> bool:
-        """True when zeroing a channel everywhere equals removing it (no op mixes channels)."""
+        """True when no op is mixing: zeroing a channel everywhere equals removing it."""
         return not self.mixing
+
+    def rule(self, node: fx.Node) -> Rule | None:
+        """The rule the analysis used for ``node`` (a node of ``gm``, or a node of a copy of
+        it with the same name and target)."""
+        return lookup(node, dict(self.gm.named_modules()), self.rules)
+
+    def masked_form(self, node_name: str, what: str, error=NotImplementedError):
+        """(node, op it calls, masked form) of mixing node ``node_name``. Raises naming the op
+        and what to supply when its rule has no masked form (``what``: who needs it)."""
+        node = next(n for n in self.gm.graph.nodes if n.name == node_name)
+        modules = dict(self.gm.named_modules())
+        rule = lookup(node, modules, self.rules)
+        if rule is None or rule.masked is None:
+            raise error(
+                f"{describe_target(node, modules)} (node '{node.name}') mixes channels of one tensor, so zeroing a "
+                f"channel there is not removing it, and {what} needs its masked form: register the op's rule with "
+                "masked=fn (fxsparse.register_rule(target, masked=fn), or fxsparse.Rule(analyze=..., masked=fn) "
+                "in analyze(rules=...)), where fn(op, m, *args, **kwargs) computes the op over the channels "
+                "where m is 1 only; or make the op a leaf (leaf_modules) so its channels are not pruned")
+        op = modules[node.target] if node.op == "call_module" else node.target
+        return node, op, rule.masked
 
     def networkx(self) -> nx.Graph:
         """Layers (modules owning pruned parameters) as nodes, coupling groups as edges."""

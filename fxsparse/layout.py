@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .graph import ChannelGraph
-from .passes.capacity_blocks import Block, capacity_blocks
+from .capacity_blocks import Block, capacity_blocks
 
 
 @dataclasses.dataclass

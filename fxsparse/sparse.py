@@ -33,8 +33,9 @@ from .graph import ChannelGraph
 from .layout import GatherIndex, Plan
 from .train_step import device_of, forward_gathered, make_train_step, write_back_buffers
 from .masks import normalize_keep, random_keep
-from .passes.masked_mixing import mask_mixing_ops
-from .rules.context import IDS, SHAPE
+from .passes.channel_propagation import IDS
+from .passes.masked_mixing import MaskMixingOps
+from .passes.shape_prop import SHAPE
 
 
 def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: bool = True, capacity="auto",
@@ -219,7 +220,9 @@ class SparseModel(nn.Module):
         graph = self.channel_graph
         cap = export(self.model, graph, self.plan.cap_keep())
         # its own (capacity-sized) weights are never used: every step passes gathered ones
-        self._valid_buffers = mask_mixing_ops(cap, graph, self._tensor_layout_of(cap))
+        masking = MaskMixingOps(graph, self._tensor_layout_of(cap))
+        masking(cap)
+        self._valid_buffers = masking.valid_buffers
         # not a registered submodule: its own (capacity-sized) weights are never used, and
         # DDP / state_dict / optimizers must only see the dense model's parameters
         placeholders = {}  # one per tensor: tied weights stay tied (functional_call fills them by one name)

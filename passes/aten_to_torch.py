@@ -7,7 +7,7 @@ each one onto the torch function or method with the same meaning lets one rule s
 both frontends, and the rewritten graph still runs (it is what export slices). Ops with no
 mapping stay as they are: they have no rule, so channels entering them stay unpruned.
 Side-effect-only nodes of the export (input guards, metadata asserts) are dropped: they
-check the example shapes, which pruning changes on purpose.
+check the example shapes, which pruning changes on purpose. Writes no ``node.meta`` key.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import operator
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 aten = torch.ops.aten
 
@@ -183,16 +184,28 @@ def _ndim(node):
     return getattr(val, "ndim", None)
 
 
-def aten_to_torch(gm: fx.GraphModule) -> fx.GraphModule:
-    """Rewrite ``gm`` in place (see the module docstring); returns it."""
+class AtenToTorch(PassBase):
+    """Rewrites a ``torch.export`` graph in place (see the module docstring)."""
+
+    def ensures(self, graph_module):
+        graph_module.graph.lint()
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        return PassResult(gm, _rewrite(gm))
+
+
+def _rewrite(gm: fx.GraphModule) -> bool:
+    modified = False
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
             gm.graph.erase_node(node)
+            modified = True
             continue
         if node.op != "call_function":
             continue
         if node.target in _SIDE_EFFECT_ONLY and not node.users:
             gm.graph.erase_node(node)
+            modified = True
             continue
         converted = None
         if node.target in _TABLE:
@@ -204,6 +217,6 @@ def aten_to_torch(gm: fx.GraphModule) -> fx.GraphModule:
         target, args, kwargs = converted
         node.op = "call_method" if isinstance(target, str) else "call_function"
         node.target, node.args, node.kwargs = target, tuple(args), kwargs
-    gm.graph.lint()
+        modified = True
     gm.recompile()
-    return gm
+    return modified

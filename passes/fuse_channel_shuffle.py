@@ -4,24 +4,25 @@ ShuffleNet writes ``x.view(b, g, c // g, h, w).transpose(1, 2).contiguous().view
 As three ops it only stays valid after pruning if every group keeps the same number of
 channels; as one permutation of the channel dim any keep pattern works. The pattern is
 matched on shapes recorded by ``shape_prop`` (not on names): a view that splits dim d
-into (g, c/g), a swap of those two dims, and a view that merges them back.
+into (g, c/g), a swap of those two dims, and a view that merges them back. The fused op is
+:func:`fxsparse.rules.shapes.channel_permute` (its channel rule lives there); its index is
+a non-persistent buffer ``_fxsparse_shuffle_<k>``. Writes no ``node.meta`` key of its own
+(the new node copies the replaced view's meta). :attr:`FuseChannelShuffle.fused` counts
+the shuffles fused by the last call.
 """
 from __future__ import annotations
 
 import torch
 import torch.fx as fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from fxsparse.rules.context import SHAPE
+from fxsparse.rules.shapes import channel_permute
+
+from .shape_prop import SHAPE
 
 _VIEWS = {"view", "reshape"}
 _SWAPS = {"transpose", "permute"}
 _NOOPS = {"contiguous"}
-
-
-def channel_permute(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
-    """``x`` with its ``dim`` reordered by ``index`` (the fused form of a channel shuffle)."""
-    return torch.index_select(x, dim, index.to(x.device))
-
 
 
 def _is_view(n):
@@ -65,7 +66,24 @@ def _swaps(n, d):
     return [p % len(perm) for p in perm] == expect
 
 
-def fuse_channel_shuffle(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
+class FuseChannelShuffle(PassBase):
+    """Replaces each view-swap-view channel shuffle by one ``channel_permute`` node."""
+
+    fused = 0
+
+    def requires(self, graph_module):
+        if any(SHAPE not in n.meta for n in graph_module.graph.nodes if n.op == "call_method"):
+            raise AssertionError("fuse_channel_shuffle needs the shapes of the shape_prop pass")
+
+    def ensures(self, graph_module):
+        graph_module.graph.lint()
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        self.fused = _fuse(gm)
+        return PassResult(gm, self.fused > 0)
+
+
+def _fuse(gm: fx.GraphModule) -> int:
     fused = 0
     for split in list(gm.graph.nodes):
         if not _is_view(split) or split.op != "call_method":
@@ -94,7 +112,6 @@ def fuse_channel_shuffle(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
             idx.meta[SHAPE] = (g * per,)
             new = gm.graph.call_function(channel_permute, (src, d, idx))
             new.meta = dict(last.meta)
-            new.meta["fxsparse_fused_shuffle"] = (g, per)
         last.replace_all_uses_with(new)
         chain = [last]
         n = _only_user(swap)
@@ -107,5 +124,5 @@ def fuse_channel_shuffle(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
         fused += 1
     if fused:
         gm.recompile()
-    return gm, fused
+    return fused
 

@@ -1,20 +1,65 @@
 """Pass: run the traced graph once on example inputs and record every output's shape.
 
-Writes ``node.meta['fxsparse_shape']`` (a tuple, a nested tuple for tuple outputs, or
-None for non-tensors) and ``node.meta['fxsparse_value']`` for small non-tensor values
-(sizes read off tensors). Unlike torch.fx's ShapeProp it leaves the model exactly as it
-found it: buffers (BatchNorm running statistics) and the RNG state are restored.
+Unlike torch.fx's ShapeProp it leaves the model exactly as it found it: buffers
+(BatchNorm running statistics) and the RNG state are restored.
+
+``node.meta`` keys written (declared here; read through :class:`GraphValues`):
+
+* :data:`SHAPE`: the output's shape (a tuple, a nested tuple for tuple outputs, or None
+  for non-tensors);
+* :data:`VALUE`: small non-tensor results (sizes read off tensors);
+* :data:`FLOPS`: forward FLOPs of the node (torch.utils.flop_counter), with ``count_flops``.
 """
 from __future__ import annotations
 
 import torch
 import torch.fx as fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.utils.flop_counter import FlopCounterMode
 
 from fxsparse.errors import InputError
-from fxsparse.rules.context import SHAPE, where
+from fxsparse.rules.context import TupleItem, where
 
-VALUE = "fxsparse_value"
+SHAPE = "fxsparse_shape"  # node.meta: output shape(s)
+VALUE = "fxsparse_value"  # node.meta: a small non-tensor result (a size read off a tensor)
+FLOPS = "fxsparse_flops"  # node.meta: forward FLOPs of this node
+
+
+class GraphValues:
+    """Reads what :class:`ShapeProp` recorded: shapes of graph values and concrete values
+    of size arguments. The contexts rules are called with extend it."""
+
+    @staticmethod
+    def shape(arg):
+        if isinstance(arg, TupleItem):
+            return arg.node.meta[SHAPE][arg.index]
+        if isinstance(arg, fx.Node):
+            return arg.meta.get(SHAPE)
+        if isinstance(arg, torch.Tensor):
+            return tuple(arg.shape)
+        return None
+
+    @classmethod
+    def value(cls, arg):
+        """Concrete value of a shape argument (a size node, or a list / slice of them)."""
+        if isinstance(arg, fx.Node):
+            return arg.meta.get(VALUE)
+        if isinstance(arg, slice):
+            return slice(cls.value(arg.start), cls.value(arg.stop), cls.value(arg.step))
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(cls.value(a) for a in arg)
+        return arg
+
+    @staticmethod
+    def is_tuple_valued(arg) -> bool:
+        shape = arg.meta.get(SHAPE) if isinstance(arg, fx.Node) else None
+        return isinstance(shape, tuple) and bool(shape) and isinstance(shape[0], tuple)
+
+    def sequence_items(self, arg):
+        """The tensors of a list argument: a python list of values, or a tuple-valued node."""
+        if self.is_tuple_valued(arg):
+            return [TupleItem(arg, i) for i in range(len(arg.meta[SHAPE]))]
+        return list(arg)
 
 
 def _shape_of(value):
@@ -23,9 +68,6 @@ def _shape_of(value):
     if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
         return tuple(_shape_of(v) for v in value)
     return None
-
-
-FLOPS = "fxsparse_flops"  # node.meta: forward FLOPs of this node (torch.utils.flop_counter)
 
 
 def mutable(value):
@@ -63,30 +105,46 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def shape_prop(gm: fx.GraphModule, example_inputs, count_flops: bool = False) -> fx.GraphModule:
-    """``count_flops``: also record each node's FLOPs in ``node.meta['fxsparse_flops']``."""
-    buffers = {k: v.detach().clone() for k, v in gm.state_dict(keep_vars=True).items() if not isinstance(v, torch.nn.Parameter)}
-    rng = torch.get_rng_state()
-    try:
-        with torch.no_grad():
-            recorder = _Recorder(gm)
-            recorder.count_flops = count_flops
-            try:
-                recorder.run(*example_inputs)
-            except Exception as exc:
-                node = recorder.current
-                shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
-                failure = f"at node '{node.name}' ({where(node)}): {type(exc).__name__}: {str(exc).splitlines()[0]}"
-                error = InputError(
-                    f"the model fails on the example inputs {shapes} {failure}. Pass inputs the model accepts "
-                    "(e.g. [batch, channels, height, width] for a CNN)."
-                )
-                error.capture_failure, error.location = failure, where(node)  # for analyze's re-check
-                raise error from exc
-    finally:
-        torch.set_rng_state(rng)
-        with torch.no_grad():
-            state = gm.state_dict(keep_vars=True)
-            for k, v in buffers.items():
-                state[k].copy_(v)
-    return gm
+class ShapeProp(PassBase):
+    """Records :data:`SHAPE` / :data:`VALUE` (and :data:`FLOPS` with ``count_flops``) on every
+    node by running ``example_inputs`` through the graph. The graph itself is not changed
+    (``modified`` is False). Raises :class:`~fxsparse.errors.InputError` naming the node
+    where the inputs fail."""
+
+    def __init__(self, example_inputs, count_flops: bool = False):
+        self.example_inputs = tuple(example_inputs)
+        self.count_flops = count_flops
+
+    def ensures(self, graph_module):
+        missing = [n.name for n in graph_module.graph.nodes if n.op != "output" and SHAPE not in n.meta]
+        if missing:
+            raise AssertionError(f"shape_prop: no shape recorded for {missing[:3]}")
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        example_inputs = self.example_inputs
+        buffers = {k: v.detach().clone() for k, v in gm.state_dict(keep_vars=True).items()
+                   if not isinstance(v, torch.nn.Parameter)}
+        rng = torch.get_rng_state()
+        try:
+            with torch.no_grad():
+                recorder = _Recorder(gm)
+                recorder.count_flops = self.count_flops
+                try:
+                    recorder.run(*example_inputs)
+                except Exception as exc:
+                    node = recorder.current
+                    shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
+                    failure = f"at node '{node.name}' ({where(node)}): {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                    error = InputError(
+                        f"the model fails on the example inputs {shapes} {failure}. Pass inputs the model accepts "
+                        "(e.g. [batch, channels, height, width] for a CNN)."
+                    )
+                    error.capture_failure, error.location = failure, where(node)  # for analyze's re-check
+                    raise error from exc
+        finally:
+            torch.set_rng_state(rng)
+            with torch.no_grad():
+                state = gm.state_dict(keep_vars=True)
+                for k, v in buffers.items():
+                    state[k].copy_(v)
+        return PassResult(gm, False)

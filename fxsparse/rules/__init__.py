@@ -1,6 +1,6 @@
-"""Channel rules: one file per op family, all registered on import."""
+"""Op families: one file per family, all registered on import (see ``registry.Rule``)."""
 from . import attention, layers, norms, pointwise, shapes, spatial  # noqa: F401  (registration)
-from .context import AnalysisContext, FreeRef
+from .context import FreeRef
 from .registry import Rule, lookup, register_rule
 
-__all__ = ["AnalysisContext", "FreeRef", "Rule", "lookup", "register_rule"]
+__all__ = ["FreeRef", "Rule", "lookup", "register_rule"]

@@ -15,26 +15,20 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from ..broadcast import along, left_pad, padded_shape
 from ..elements import NO_ELEMENT, varying_dims
-from .layers import _arg, linear_channels, param_dim
+from .context import node_arg
+from .layers import linear_channels, param_dim
 from .registry import register_rule
-
-
-def _aligned(ctx, arg, nd):
-    ids = ctx.ids(arg)
-    if ids is None:
-        return None
-    return ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
 
 
 def product_ids(ctx, node, a, b, a_shape, b_shape, a_ids, b_ids, what):
     """Channels of ``a @ b`` for tensors of >= 2 dims (ids already aligned to their shapes)."""
     loc = f"{what} at {ctx.where(node)}"
     nd = max(len(a_shape), len(b_shape))
-    a_shape = (1,) * (nd - len(a_shape)) + tuple(a_shape)
-    b_shape = (1,) * (nd - len(b_shape)) + tuple(b_shape)
-    A = None if a_ids is None else a_ids.reshape((1,) * (nd - a_ids.ndim) + a_ids.shape)
-    B = None if b_ids is None else b_ids.reshape((1,) * (nd - b_ids.ndim) + b_ids.shape)
+    a_shape, b_shape = padded_shape(a_shape, nd), padded_shape(b_shape, nd)
+    A = None if a_ids is None else left_pad(a_ids, nd)
+    B = None if b_ids is None else left_pad(b_ids, nd)
     va = [] if A is None else varying_dims(A)
     vb = [] if B is None else varying_dims(B)
     k_a, k_b = nd - 1, nd - 2
@@ -65,9 +59,7 @@ def product_ids(ctx, node, a, b, a_shape, b_shape, a_ids, b_ids, what):
             lb = np.moveaxis(B, d, 0).reshape(B.shape[d], -1)[:, 0]
             ctx.couple(la, lb)
         line = np.moveaxis(sides[0][0], d, 0).reshape(sides[0][0].shape[d], -1)[:, 0]
-        shape = [1] * nd
-        shape[d] = -1
-        out = np.maximum(out, line.reshape(shape))
+        out = np.maximum(out, along(line, d, nd))
     if nd - 2 in va:  # rows of a
         line = np.moveaxis(A, nd - 2, 0).reshape(A.shape[nd - 2], -1)[:, 0]
         out = np.maximum(out, line.reshape([1] * (nd - 2) + [-1, 1]))
@@ -100,11 +92,11 @@ def sdpa_rule(ctx, node):
     nd = len(qs)
     kt_ids = ctx.ids(k)
     if kt_ids is not None:
-        kt_ids = kt_ids.reshape((1,) * (nd - kt_ids.ndim) + kt_ids.shape)
+        kt_ids = left_pad(kt_ids, nd)
         kt_ids = np.swapaxes(kt_ids, -1, -2)
     kt_shape = tuple(ks[:-2]) + (ks[-1], ks[-2])
     scores = product_ids(ctx, node, q, k, qs, kt_shape, ctx.ids(q), kt_ids, "attention scores")
-    mask = _arg(node, 3, "attn_mask")
+    mask = node_arg(node, 3, "attn_mask")
     if isinstance(mask, fx.Node) and scores is not None:
         ms = ctx.shape(mask)  # a per-head mask is rigid along the heads dim
         for d in varying_dims(scores):
@@ -117,7 +109,7 @@ def sdpa_rule(ctx, node):
 def sdpa_export(ectx, node):
     """Removing head_dim channels must not change the softmax temperature."""
     q = node.args[0]
-    if _arg(node, 6, "scale") is None:
+    if node_arg(node, 6, "scale") is None:
         node.kwargs = {**node.kwargs, "scale": 1.0 / math.sqrt(ectx.shape(q)[-1])}
 
 

@@ -1,21 +1,19 @@
-"""What a channel rule sees: shapes, the channel ids of its inputs, and the element table.
+"""The values channel rules pass around (parameter views, tuple items) and the helpers
+that do not read the graph's annotations.
 
-Rules call these helpers instead of touching the union-find or ``node.meta`` directly,
-so a user-written rule is a few lines (see ``tests/test_rule_registry.py``).
+A rule sees the graph through the context it is called with
+(:class:`fxsparse.passes.channel_propagation.AnalysisContext` for ``analyze``,
+:class:`fxsparse.passes.slice_channels.ExportContext` for ``export``): those read and
+write ``node.meta``, so a rule never touches a meta key (see ``tests/test_rules.py``).
 """
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
-import torch
 import torch.fx as fx
 
 from ..elements import NO_ELEMENT, ElementTable, compress, has_elements, varying_dims
-
-IDS = "fxsparse_ids"  # node.meta key: channel ids of the node's output (array / tuple / None)
-FREE = "fxsparse_free"  # node.meta key: parameters that reach this value through shape-only ops
-SHAPE = "fxsparse_shape"  # node.meta key: output shape(s), written by the shape_prop pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,147 +61,11 @@ class TupleItem:
         return f"{self.node.name}[{self.index}]"
 
 
-def sequence_items(arg):
-    """The tensors of a list argument: a python list of values, or a tuple-valued node."""
-    if isinstance(arg, fx.Node) and isinstance(arg.meta.get(SHAPE), tuple) and arg.meta[SHAPE] \
-            and isinstance(arg.meta[SHAPE][0], tuple):
-        return [TupleItem(arg, i) for i in range(len(arg.meta[SHAPE]))]
-    return list(arg)
-
-
-class AnalysisContext:
-    def __init__(self, gm: fx.GraphModule, elements: ElementTable):
-        self.gm = gm
-        self.modules = dict(gm.named_modules())
-        self.elements = elements
-        self.members: dict[tuple[str, int], np.ndarray] = {}
-        self.member_layer: dict[str, str] = {}
-        self.non_zero_preserving: list[tuple[str, str]] = []  # (node name, why)
-        self.size_reads: list[tuple[fx.Node, fx.Node, int]] = []
-
-    # ----- reading -----------------------------------------------------------------
-    @staticmethod
-    def shape(arg):
-        if isinstance(arg, TupleItem):
-            return arg.node.meta[SHAPE][arg.index]
-        if isinstance(arg, fx.Node):
-            return arg.meta.get(SHAPE)
-        if isinstance(arg, torch.Tensor):
-            return tuple(arg.shape)
-        return None
-
-    def ids(self, arg):
-        """Canonical ids of a tensor argument, or None when it carries no channel."""
-        if isinstance(arg, TupleItem):
-            ids = arg.node.meta.get(IDS)
-            item = ids[arg.index] if isinstance(ids, (tuple, list)) else None
-            return None if item is None else self.elements.canonical(item)
-        if not isinstance(arg, fx.Node):
-            return None
-        ids = arg.meta.get(IDS)
-        if ids is None or not isinstance(ids, np.ndarray):
-            return None
-        return self.elements.canonical(ids)
-
-    @staticmethod
-    def free(arg):
-        if isinstance(arg, TupleItem):
-            return arg.node.meta.get(FREE)
-        if not isinstance(arg, fx.Node):
-            return None
-        return arg.meta.get(FREE)
-
-    @staticmethod
-    def where(node):
-        return where(node)
-
-    def param(self, qualname: str) -> torch.Tensor:
-        obj = self.gm
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return obj
-
-    # ----- writing -----------------------------------------------------------------
-    def new_elements(self, count: int) -> np.ndarray:
-        return self.elements.new(count)
-
-    def member(self, qualname: str, dim: int, ids1d: np.ndarray, layer: str | None = None) -> None:
-        """Declare that index i of ``param.shape[dim]`` belongs to element ids1d[i]."""
-        ids1d = np.asarray(ids1d, dtype=np.int64).reshape(-1)
-        size = self.param(qualname).shape[dim]
-        if ids1d.shape[0] != size:
-            raise AssertionError(f"rule bug: member {qualname}[{dim}] has {size} entries, ids {ids1d.shape[0]}")
-        key = (qualname, dim)
-        if key in self.members:
-            self.elements.union_pairs(self.members[key], ids1d)
-        else:
-            self.members[key] = ids1d
-        self.member_layer.setdefault(qualname, layer or qualname.rsplit(".", 1)[0])
-
-    def couple(self, a, b) -> None:
-        if a is not None and b is not None:
-            self.elements.union_pairs(a, b)
-
-    def unprunable(self, ids, reason: str) -> None:
-        self.elements.mark_unprunable(ids, reason)
-
-    def mark_mixing(self, node: fx.Node, why: str) -> None:
-        """Record that zeroing a channel is not the same as removing it at this node."""
-        self.non_zero_preserving.append((node.name, why))
-
-    # ----- helpers for rules ------------------------------------------------------
-    def axis(self, arg, dim: int, reason: str):
-        """Ids of ``arg`` along ``dim`` as a 1-D array of the dim's full length.
-
-        None when the tensor carries no channel there. If its channels also vary along
-        another dim, the op cannot treat them as one axis: they are marked unprunable.
-        """
-        ids = self.ids(arg)
-        shape = self.shape(arg)
-        if ids is None or shape is None:
-            return None
-        dim = dim % len(shape)
-        vd = varying_dims(ids)
-        if any(d != dim for d in vd):
-            self.unprunable(ids, reason)
-            return None
-        line = np.broadcast_to(ids, shape)
-        index = [0] * len(shape)
-        index[dim] = slice(None)
-        out = np.array(line[tuple(index)])
-        return out if has_elements(out) else None
-
-    @staticmethod
-    def along(ndim: int, dim: int, ids1d: np.ndarray) -> np.ndarray:
-        """An ids array for an ``ndim`` tensor whose channels run along ``dim``."""
-        shape = [1] * ndim
-        shape[dim % ndim] = -1
-        return np.asarray(ids1d, dtype=np.int64).reshape(shape)
-
-    def tensor_args(self, node: fx.Node):
-        """Every fx.Node argument (flattened through lists/tuples/dicts)."""
-        found = []
-        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n))
-        return found
-
-    def opaque(self, node: fx.Node, why: str) -> None:
-        """Conservative default: channels entering this op are never pruned."""
-        for arg in self.tensor_args(node):
-            ids = arg.meta.get(IDS)
-            for item in (ids if isinstance(ids, (tuple, list)) else [ids]):
-                if isinstance(item, np.ndarray):
-                    self.unprunable(item, why)
-
-    def bind_free(self, refs, dim_in_ref: int, ids1d: np.ndarray) -> bool:
-        """Tie dim ``dim_in_ref`` of free parameter views to channels ``ids1d``."""
-        ok = True
-        for ref in refs:
-            pdim = ref.dims[dim_in_ref] if dim_in_ref < len(ref.dims) else None
-            if pdim is None or self.param(ref.qualname).shape[pdim] != len(ids1d):
-                ok = False
-                continue
-            self.member(ref.qualname, pdim, ids1d)
-        return ok
+def node_arg(node: fx.Node, i: int, name: str, default=None):
+    """Argument ``i`` of a call, positional or given by keyword ``name``."""
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
 
 
 def finish(elements: ElementTable, ids):
@@ -236,4 +98,4 @@ def rectangularize(elements: ElementTable, ids: np.ndarray, vd: list[int]) -> np
     return elements.canonical(ids)
 
 
-__all__ = ["AnalysisContext", "FreeRef", "IDS", "FREE", "SHAPE", "finish", "where", "NO_ELEMENT"]
+__all__ = ["FreeRef", "TupleItem", "finish", "node_arg", "where", "NO_ELEMENT"]

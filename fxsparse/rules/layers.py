@@ -9,6 +9,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .context import node_arg
 from .registry import register_rule
 
 CONV_META = "fxsparse_conv"  # node.meta: "dense" | "depthwise" | "grouped"
@@ -102,17 +103,11 @@ _F_CONVS = {F.conv1d: False, F.conv2d: False, F.conv3d: False,
             F.conv_transpose1d: True, F.conv_transpose2d: True, F.conv_transpose3d: True}
 
 
-def _arg(node, i, name, default=None):
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
-
-
 def conv_function(ctx, node):
     transposed = _F_CONVS[node.target]
-    w = _arg(node, 1, "weight")
-    b = _arg(node, 2, "bias")
-    groups = _arg(node, 7 if transposed else 6, "groups", 1)
+    w = node_arg(node, 1, "weight")
+    b = node_arg(node, 2, "bias")
+    groups = node_arg(node, 7 if transposed else 6, "groups", 1)
     if transposed and groups != 1:
         ctx.unprunable(ctx.ids(node.args[0]), f"grouped transposed conv at {ctx.where(node)} is not supported yet")
         return None
@@ -170,7 +165,7 @@ register_rule(nn.Linear, export=linear_module_export)(linear_module)
 
 @register_rule(F.linear)
 def linear_function(ctx, node):
-    w, b = _arg(node, 1, "weight"), _arg(node, 2, "bias")
+    w, b = node_arg(node, 1, "weight"), node_arg(node, 2, "bias")
     bias = param_dim(ctx, b, 0) if isinstance(b, fx.Node) else None
     w_out = param_dim(ctx, w, 0)
     if isinstance(b, fx.Node) and bias is None:

@@ -3,16 +3,19 @@
 BatchNorm and InstanceNorm are per channel. GroupNorm normalises within groups of
 channels, so a whole group is the unit (GroupNorm with one group: nothing can go).
 LayerNorm over the channel dim mixes channels through its statistics: removing a
-channel is then a different model from zeroing it (the exported model is the reference).
+channel is then a different model from zeroing it; its masked form computes the
+statistics over the kept channels only (what the exported model computes).
 """
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..elements import varying_dims
-from .layers import _arg, param_dim
+from .context import node_arg
+from .layers import param_dim
 from .registry import register_rule
 
 _PER_CHANNEL = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
@@ -42,7 +45,7 @@ def per_channel_norm_function(ctx, node):
     line = ctx.axis(node.args[0], 1, f"batch/instance norm at {ctx.where(node)}: channels must run along dim 1")
     if line is not None:
         for i, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
-            arg = _arg(node, i, name)
+            arg = node_arg(node, i, name)
             if isinstance(arg, fx.Node):
                 pd = param_dim(ctx, arg, 0)
                 if pd is None:
@@ -102,6 +105,41 @@ def _layer_norm(ctx, node, x, ndims_normed, params):
     return ctx.ids(x)
 
 
+def layer_norm_args(args, kwargs):
+    """``(input, normalized_shape, weight, bias, eps)`` of an ``F.layer_norm`` call (graph
+    values or tensors): the one place its arguments are parsed."""
+    return _layer_norm_signature(*args, **kwargs)
+
+
+def _layer_norm_signature(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    return input, normalized_shape, weight, bias, eps
+
+
+def _normalized_ndim(normalized_shape) -> int:
+    return len(normalized_shape) if isinstance(normalized_shape, (list, tuple, torch.Size)) else 1
+
+
+def layer_norm_masked(op, m, *args, **kwargs):
+    """LayerNorm (module or ``F.layer_norm``) with its statistics over the channels where
+    ``m`` is 1 only: what the model with the other channels removed computes."""
+    if isinstance(op, nn.Module):
+        x, k, weight, bias, eps = args[0], len(op.normalized_shape), op.weight, op.bias, op.eps
+    else:
+        x, normalized_shape, weight, bias, eps = layer_norm_args(args, kwargs)
+        k = _normalized_ndim(normalized_shape)
+    dims = tuple(range(x.dim() - k, x.dim()))
+    m = m.to(x.dtype)
+    cnt = m.sum(dims, keepdim=True)
+    mean = (x * m).sum(dims, keepdim=True) / cnt
+    var = (((x - mean) * m) ** 2).sum(dims, keepdim=True) / cnt
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y * m
+
+
 def layer_norm_module(ctx, node):
     mod, t = ctx.modules[node.target], node.target
     params = [f"{t}.{n}" for n in ("weight", "bias") if getattr(mod, n, None) is not None]
@@ -114,32 +152,29 @@ def layer_norm_export(ectx, node):
     mod.normalized_shape = tuple(ectx.pruned_size(node.args[0], d) for d in range(-k, 0))
 
 
-register_rule(nn.LayerNorm, export=layer_norm_export)(layer_norm_module)
+register_rule(nn.LayerNorm, export=layer_norm_export, masked=layer_norm_masked)(layer_norm_module)
 
 
 def layer_norm_function(ctx, node):
-    shape_arg = _arg(node, 1, "normalized_shape")
-    k = len(shape_arg) if isinstance(shape_arg, (list, tuple)) else 1
+    x, normalized_shape, weight, bias, _ = layer_norm_args(node.args, node.kwargs)
     params = []
-    for i, name in ((2, "weight"), (3, "bias")):
-        arg = _arg(node, i, name)
+    for name, arg in (("weight", weight), ("bias", bias)):
         if isinstance(arg, fx.Node):
             refs = ctx.free(arg)
             if not refs or len(refs) != 1:
-                ctx.unprunable(ctx.ids(node.args[0]), f"layer norm at {ctx.where(node)}: '{name}' is not a plain parameter")
-                return ctx.ids(node.args[0])
+                ctx.unprunable(ctx.ids(x), f"layer norm at {ctx.where(node)}: '{name}' is not a plain parameter")
+                return ctx.ids(x)
             params.append(refs[0].qualname)
-    return _layer_norm(ctx, node, node.args[0], k, params)
+    return _layer_norm(ctx, node, x, _normalized_ndim(normalized_shape), params)
 
 
 def layer_norm_function_export(ectx, node):
-    shape_arg = _arg(node, 1, "normalized_shape")
-    k = len(shape_arg) if isinstance(shape_arg, (list, tuple)) else 1
-    new = [ectx.pruned_size(node.args[0], d) for d in range(-k, 0)]
+    x, normalized_shape, *_ = layer_norm_args(node.args, node.kwargs)
+    new = [ectx.pruned_size(x, d) for d in range(-_normalized_ndim(normalized_shape), 0)]
     if len(node.args) > 1:
         node.args = (node.args[0], new) + tuple(node.args[2:])
     else:
         node.kwargs = {**node.kwargs, "normalized_shape": new}
 
 
-register_rule(F.layer_norm, export=layer_norm_function_export)(layer_norm_function)
+register_rule(F.layer_norm, export=layer_norm_function_export, masked=layer_norm_masked)(layer_norm_function)

@@ -19,6 +19,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..broadcast import left_pad, padded_shape
 from ..elements import NO_ELEMENT, varying_dims
 from .context import FreeRef
 from .registry import register_rule
@@ -59,16 +60,12 @@ def passthrough(ctx, node):
     src = node.args[0] if node.args else next(iter(node.kwargs.values()))
     ids, refs = ctx.ids(src), ctx.free(src)
     if ids is None and refs is not None:
-        node.meta["fxsparse_free"] = refs
+        ctx.set_free(node, refs)
     return ids
 
 
 for _t in UNARY_MODULES + UNARY_FUNCTIONS + UNARY_METHODS:
     register_rule(_t)(passthrough)
-
-
-def _aligned(ids, ndim):
-    return ids.reshape((1,) * (ndim - ids.ndim) + ids.shape)
 
 
 def _right_aligned(refs, nd):
@@ -86,9 +83,9 @@ def combine(ctx, node, operands, out_shape, what="element-wise op"):
         shape = ctx.shape(op)
         if shape is None or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
             continue
-        shape = (1,) * (nd - len(shape)) + tuple(shape)
+        shape = padded_shape(shape, nd)
         ids = ctx.ids(op)
-        entries.append((getattr(op, "name", "a constant"), shape, None if ids is None else _aligned(ids, nd), ctx.free(op)))
+        entries.append((getattr(op, "name", "a constant"), shape, None if ids is None else left_pad(ids, nd), ctx.free(op)))
     tracked = [e for e in entries if e[2] is not None]
 
     # Free parameters (layer scale, positional embeddings) take the channels they meet.
@@ -151,7 +148,7 @@ def nary(ctx, node):
     nodes = [a for a in operands if isinstance(a, fx.Node) and ctx.shape(a) is not None]
     if nodes and all(ctx.ids(a) is None and ctx.free(a) is not None for a in nodes):
         # parameter (op) parameter: still a parameter view, bound where it meets channels
-        node.meta["fxsparse_free"] = [r for a in nodes for r in _right_aligned(ctx.free(a), len(out_shape))]
+        ctx.set_free(node, [r for a in nodes for r in _right_aligned(ctx.free(a), len(out_shape))])
         return None
     return combine(ctx, node, operands, out_shape)
 
@@ -160,7 +157,6 @@ for _t in BINARY_FUNCTIONS + BINARY_METHODS:
     register_rule(_t)(nary)
 
 
-@register_rule(nn.PReLU)
 def prelu(ctx, node):
     mod = ctx.modules[node.target]
     ids = ctx.ids(node.args[0])
@@ -177,4 +173,4 @@ def _prelu_export(ectx, node):
     mod.num_parameters = mod.weight.shape[0]
 
 
-register_rule(nn.PReLU, export=_prelu_export, override=True)(prelu)
+register_rule(nn.PReLU, export=_prelu_export)(prelu)

@@ -15,27 +15,15 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from fxsparse.passes.fuse_channel_shuffle import channel_permute
-
+from ..broadcast import left_pad
 from ..elements import NO_ELEMENT, varying_dims
-from .context import FREE, FreeRef, sequence_items
+from .context import FreeRef
 from .pointwise import combine
 from .registry import register_rule
 
-VALUE = "fxsparse_value"
-
 
 def _full(ids, shape):
-    return np.broadcast_to(ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape), shape)
-
-
-def _value(arg):
-    """Concrete value of a shape argument (recorded by shape_prop for size nodes)."""
-    if isinstance(arg, fx.Node):
-        return arg.meta.get(VALUE)
-    if isinstance(arg, (list, tuple)):
-        return type(arg)(_value(a) for a in arg)
-    return arg
+    return np.broadcast_to(left_pad(ids, len(shape)), shape)
 
 
 def _dim_map(in_shape, out_shape):
@@ -70,7 +58,7 @@ def _refs_through(refs, mapping):
 def _pass_free(ctx, node, src, mapping):
     refs = ctx.free(src)
     if refs is not None and ctx.ids(src) is None:
-        node.meta[FREE] = _refs_through(refs, mapping)
+        ctx.set_free(node, _refs_through(refs, mapping))
 
 
 # ----- view / reshape / flatten / unflatten ---------------------------------------------
@@ -84,16 +72,12 @@ def reshape_rule(ctx, node):
     return np.ascontiguousarray(_full(ids, in_shape)).reshape(out_shape)
 
 
-def _reads_channels(arg):
-    return isinstance(arg, fx.Node) and arg.meta.get("fxsparse_channel_count", False)
-
-
 def _pruned_from_params(ectx, node):
     """A parameter reshaped with constant sizes (``self.scale.reshape(320, 1, 1)``) carries no
     channel ids itself: the sizes of the dims it maps one to one come from the sliced parameter."""
     shape = ectx.shape(node)
     out = [None] * len(shape)
-    for ref in node.meta.get(FREE) or ():
+    for ref in ectx.free(node) or ():
         now = ectx.buffer(ref.qualname).shape
         for d, pdim in enumerate(ref.dims[: len(shape)]):
             if pdim is not None and now[pdim] != shape[d]:
@@ -118,7 +102,7 @@ def reshape_export(ectx, node):
     static = ectx.shape(node)
     # a size computed from a channel count (C // heads) is stale after pruning: use the
     # recorded size there; other sizes (the batch) stay symbolic
-    new = [p if p is not None else (static[d] if _reads_channels(o) else o) for d, (p, o) in enumerate(zip(pruned, orig))]
+    new = [p if p is not None else (static[d] if ectx.reads_channel_count(o) else o) for d, (p, o) in enumerate(zip(pruned, orig))]
     if node.op == "call_function":
         node.args = (node.args[0], new)
     else:
@@ -126,7 +110,7 @@ def reshape_export(ectx, node):
 
 
 register_rule("view", "reshape", torch.reshape, export=reshape_export)(reshape_rule)
-register_rule(torch.flatten, "flatten", nn.Flatten, nn.Unflatten)(reshape_rule)
+register_rule(torch.flatten, "flatten", nn.Flatten)(reshape_rule)
 
 
 def unflatten_export(ectx, node):
@@ -149,7 +133,7 @@ def _unflatten_module_export(ectx, node):
     mod.unflattened_size = tuple(p if p is not None else s for p, s in zip(pruned[dim : dim + len(mod.unflattened_size)], mod.unflattened_size))
 
 
-register_rule(nn.Unflatten, export=_unflatten_module_export, override=True)(reshape_rule)
+register_rule(nn.Unflatten, export=_unflatten_module_export)(reshape_rule)
 
 
 # ----- permute / transpose / squeeze / unsqueeze ------------------------------------------
@@ -182,8 +166,7 @@ def permute_rule(ctx, node):
     ids = ctx.ids(src)
     if ids is None:
         return None
-    ids = ids.reshape((1,) * (ndim - ids.ndim) + ids.shape)
-    return np.transpose(ids, perm)
+    return np.transpose(left_pad(ids, ndim), perm)
 
 
 register_rule("permute", torch.permute, "transpose", torch.transpose, "swapaxes", torch.swapaxes, "t", torch.t,
@@ -196,7 +179,7 @@ def _permute_attr(ctx, node):
     perm = list(reversed(range(ndim))) if node.args[1] in ("T",) else list(range(ndim - 2)) + [ndim - 1, ndim - 2]
     _pass_free(ctx, node, src, perm)
     ids = ctx.ids(src)
-    return None if ids is None else np.transpose(ids.reshape((1,) * (ndim - ids.ndim) + ids.shape), perm)
+    return None if ids is None else np.transpose(left_pad(ids, ndim), perm)
 
 
 def squeeze_like(ctx, node):
@@ -221,8 +204,7 @@ def squeeze_like(ctx, node):
     ids = ctx.ids(src)
     if ids is None:
         return None
-    ids = ids.reshape((1,) * (len(in_shape) - ids.ndim) + ids.shape)
-    out = np.full([1] * len(out_shape), NO_ELEMENT, dtype=np.int64)
+    ids = left_pad(ids, len(in_shape))
     shape = [1] * len(out_shape)
     for j, i in enumerate(mapping):
         if i is not None:
@@ -240,7 +222,7 @@ def expand_export(ectx, node):
     if len(args) == 1 and isinstance(args[0], (list, tuple)):
         args = list(args[0])
     static = ectx.shape(node)
-    new = [(static[d] if _reads_channels(o) else o) if p is None or o == -1 else p for d, (p, o) in enumerate(zip(pruned, args))]
+    new = [(static[d] if ectx.reads_channel_count(o) else o) if p is None or o == -1 else p for d, (p, o) in enumerate(zip(pruned, args))]
     node.args = (node.args[0], *new)
 
 
@@ -254,10 +236,9 @@ def repeat_rule(ctx, node):
     if ids is None:
         return None
     reps = node.args[1:] if not isinstance(node.args[1], (list, tuple)) else node.args[1]
-    reps = [int(_value(r)) for r in reps]
+    reps = [int(ctx.value(r)) for r in reps]
     in_shape = ctx.shape(src)
-    full = _full(ids, in_shape)
-    full = full.reshape((1,) * (len(reps) - full.ndim) + full.shape)
+    full = left_pad(_full(ids, in_shape), len(reps))
     return np.tile(full, reps)
 
 
@@ -266,7 +247,7 @@ register_rule("repeat")(repeat_rule)
 
 # ----- cat / stack ----------------------------------------------------------------------------
 def cat_rule(ctx, node):
-    tensors = sequence_items(node.args[0] if node.args else node.kwargs["tensors"])
+    tensors = ctx.sequence_items(node.args[0] if node.args else node.kwargs["tensors"])
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     out_shape = ctx.shape(node)
     nd = len(out_shape)
@@ -326,7 +307,7 @@ class _Proxy:
     def __init__(self, node, ids, shape, refs, dim):
         self.name = getattr(node, "name", "a constant")
         if ids is not None:
-            ids = ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape)
+            ids = left_pad(ids, len(shape))
             ids = np.take(ids, [0], axis=dim) if dim not in varying_dims(ids) else None
         self.ids = ids
         self.shape = tuple(1 if d == dim else s for d, s in enumerate(shape))
@@ -355,7 +336,7 @@ register_rule(torch.cat, torch.concat, torch.concatenate)(cat_rule)
 
 @register_rule(torch.stack)
 def stack_rule(ctx, node):
-    tensors = sequence_items(node.args[0] if node.args else node.kwargs["tensors"])
+    tensors = ctx.sequence_items(node.args[0] if node.args else node.kwargs["tensors"])
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     in_shape = ctx.shape(tensors[0])
     out = combine(ctx, node, list(tensors), tuple(in_shape), what="stack")
@@ -364,15 +345,16 @@ def stack_rule(ctx, node):
 
 
 # ----- split / chunk / unbind / narrow / indexing --------------------------------------------
-def _pieces(node, size):
-    """Original [start, stop) ranges of split/chunk/tensor_split outputs along the dim."""
+def split_pieces(values, node, size):
+    """Original [start, stop) ranges of split/chunk/tensor_split outputs along the dim
+    (``values``: a context whose ``value()`` reads recorded sizes)."""
     if node.target in ("chunk", torch.chunk):
         n = node.args[1] if len(node.args) > 1 else node.kwargs["chunks"]
         step = math.ceil(size / n)
         bounds = list(range(0, size, step)) + [size]
     else:
         arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections", node.kwargs.get("split_size"))
-        arg = _value(arg)
+        arg = values.value(arg)
         if isinstance(arg, int):
             bounds = list(range(0, size, arg)) + [size]
         else:
@@ -380,7 +362,8 @@ def _pieces(node, size):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _split_dim(node):
+def split_dim(node):
+    """The dim a split / chunk cuts."""
     if len(node.args) > 2:
         return node.args[2]
     return node.kwargs.get("dim", 0)
@@ -389,12 +372,12 @@ def _split_dim(node):
 def split_rule(ctx, node):
     src = node.args[0]
     shape = ctx.shape(src)
-    dim = _split_dim(node) % len(shape)
+    dim = split_dim(node) % len(shape)
     ids = ctx.ids(src)
-    ranges = _pieces(node, shape[dim])
+    ranges = split_pieces(ctx, node, shape[dim])
     refs = ctx.free(src)
     if refs is not None and ids is None:
-        node.meta[FREE] = refs
+        ctx.set_free(node, refs)
     if ids is None:
         return tuple(None for _ in ranges)
     if dim not in varying_dims(ids):
@@ -404,11 +387,11 @@ def split_rule(ctx, node):
 
 def split_export(ectx, node):
     src = node.args[0]
-    dim = _split_dim(node) % len(ectx.shape(src))
+    dim = split_dim(node) % len(ectx.shape(src))
     if ectx.pruned_shape(src)[dim] is None:
         return
     kept = ectx.kept_along(src, dim)
-    sizes = [int(kept[a:b].sum()) for a, b in _pieces(node, len(kept))]
+    sizes = [int(kept[a:b].sum()) for a, b in split_pieces(ectx, node, len(kept))]
     node.target = "split" if node.op == "call_method" else torch.split
     node.args = (src, sizes, dim)
     node.kwargs = {}
@@ -426,17 +409,18 @@ def unbind_rule(ctx, node):
     mapping = [d for d in range(len(shape)) if d != dim]
     refs = ctx.free(src)
     if refs is not None and ids is None:
-        node.meta[FREE] = _refs_through(refs, mapping)
+        ctx.set_free(node, _refs_through(refs, mapping))
     if ids is None:
         return tuple(None for _ in range(shape[dim]))
-    ids = ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape)
+    ids = left_pad(ids, len(shape))
     if dim in varying_dims(ids):
         ctx.unprunable(ids, f"unbind at {ctx.where(node)} turns each channel into its own output")
         return tuple(None for _ in range(shape[dim]))
     return tuple(np.take(ids, 0, axis=dim) for _ in range(shape[dim]))
 
 
-def _index_items(index, ndim):
+def index_items(index, ndim):
+    """The items of an index expression with ``...`` expanded to full slices."""
     items = list(index) if isinstance(index, tuple) else [index]
     n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
     out = []
@@ -453,24 +437,24 @@ def getitem_rule(ctx, node):
 
 
 def index_rule(ctx, node, src, index):
-    meta = src.meta.get("fxsparse_ids") if isinstance(src, fx.Node) else None
-    if isinstance(meta, (tuple, list)):  # picking an output of a split / a tuple-returning op
-        if src.meta.get(FREE) is not None:
-            node.meta[FREE] = src.meta[FREE]
+    meta = ctx.item_ids(src)
+    if meta is not None:  # picking an output of a split / a tuple-returning op
+        if ctx.free(src) is not None:
+            ctx.set_free(node, ctx.free(src))
         if isinstance(index, slice):  # a slice of a tuple is a tuple
             return tuple(None if i is None else ctx.elements.canonical(i) for i in meta[index])
         item = meta[index] if isinstance(index, int) and -len(meta) <= index < len(meta) else None
         return None if item is None else ctx.elements.canonical(item)
     shape = ctx.shape(src)
     if shape is None or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
-        if isinstance(src, fx.Node) and src.meta.get(FREE) is not None:
-            node.meta[FREE] = src.meta[FREE]
+        if ctx.free(src) is not None:
+            ctx.set_free(node, ctx.free(src))
         return None
     ids = ctx.ids(src)
     refs = ctx.free(src)
-    items = _index_items(index, len(shape))
+    items = index_items(index, len(shape))
     full = None if ids is None else _full(ids, shape)
-    vd = [] if ids is None else varying_dims(ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape))
+    vd = [] if ids is None else varying_dims(left_pad(ids, len(shape)))
     np_index, mapping, d = [], [], 0
     for it in items:
         if it is None:
@@ -478,12 +462,12 @@ def index_rule(ctx, node, src, index):
             mapping.append(None)
             continue
         if isinstance(it, slice):
-            np_index.append(slice(_value(it.start), _value(it.stop), _value(it.step)))
+            np_index.append(ctx.value(it))
             mapping.append(d)
-        elif isinstance(it, int) or (isinstance(it, fx.Node) and isinstance(_value(it), int)):
-            np_index.append(int(_value(it)))
+        elif isinstance(it, int) or (isinstance(it, fx.Node) and isinstance(ctx.value(it), int)):
+            np_index.append(int(ctx.value(it)))
             if d in vd:  # the picked channel must stay
-                ctx.unprunable(np.take(full, [int(_value(it))], axis=d), f"indexing at {ctx.where(node)} picks one channel")
+                ctx.unprunable(np.take(full, [int(ctx.value(it))], axis=d), f"indexing at {ctx.where(node)} picks one channel")
         else:  # a tensor / list index
             if d in vd:
                 ctx.unprunable(ids, f"tensor indexing at {ctx.where(node)} along a channel dim")
@@ -497,7 +481,7 @@ def index_rule(ctx, node, src, index):
         d += 1
     mapping += list(range(d, len(shape)))
     if refs is not None and ids is None:
-        node.meta[FREE] = _refs_through(refs, mapping)
+        ctx.set_free(node, _refs_through(refs, mapping))
     if ids is None:
         return None
     if any(not isinstance(i, (slice, int)) and i is not None for i in np_index):
@@ -509,30 +493,30 @@ def index_rule(ctx, node, src, index):
 
 def getitem_export(ectx, node):
     src, index = node.args
-    if not isinstance(src, fx.Node) or isinstance(src.meta.get("fxsparse_ids"), (tuple, list)):
+    if not isinstance(src, fx.Node) or ectx.is_tuple_valued(src):
         return
     shape = ectx.shape(src)
-    if shape is None or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
+    if shape is None or not isinstance(shape, tuple):
         return
     pruned = ectx.pruned_shape(src)
-    items = _index_items(index, len(shape))
+    items = index_items(index, len(shape))
     new, d, changed = [], 0, False
     for it in items:
         if it is None:
             new.append(it)
             continue
-        if d < len(shape) and pruned[d] is not None and (isinstance(it, (slice, int)) or isinstance(_value(it), int)):
+        if d < len(shape) and pruned[d] is not None and (isinstance(it, (slice, int)) or isinstance(ectx.value(it), int)):
             kept = ectx.kept_along(src, d)
             pos = np.cumsum(kept) - 1  # original index -> index in the pruned tensor
             if isinstance(it, slice):
-                sel = np.arange(shape[d])[slice(_value(it.start), _value(it.stop), _value(it.step))]
+                sel = np.arange(shape[d])[ectx.value(it)]
                 sel = pos[sel[kept[sel]]]
                 if len(sel) and np.array_equal(sel, np.arange(sel[0], sel[0] + len(sel))):
                     it = slice(int(sel[0]), int(sel[0]) + len(sel))
                 else:
                     it = [int(s) for s in sel]
             else:
-                it = int(pos[int(_value(it))])
+                it = int(pos[int(ectx.value(it))])
             changed = True
         new.append(it)
         d += 1
@@ -547,7 +531,7 @@ def narrow_rule(ctx, node):
     src, dim, start, length = node.args[:4]
     shape = ctx.shape(src)
     dim %= len(shape)
-    index = tuple([slice(None)] * dim + [slice(_value(start), _value(start) + _value(length))])
+    index = tuple([slice(None)] * dim + [slice(ctx.value(start), ctx.value(start) + ctx.value(length))])
     return index_rule(ctx, node, src, index)
 
 
@@ -557,14 +541,19 @@ def narrow_export(ectx, node):
     if ectx.pruned_shape(src)[dim] is None:
         return
     kept = ectx.kept_along(src, dim)
-    a, b = _value(start), _value(start) + _value(length)
+    a, b = ectx.value(start), ectx.value(start) + ectx.value(length)
     node.args = (src, dim, int(kept[:a].sum()), int(kept[a:b].sum()))
 
 
 register_rule("narrow", torch.narrow, export=narrow_export)(narrow_rule)
 
 
-@register_rule(channel_permute)
+def channel_permute(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``x`` with its ``dim`` reordered by ``index``: the one op a channel shuffle is fused
+    into (by the fuse_channel_shuffle pass), so any keep pattern stays valid."""
+    return torch.index_select(x, dim, index.to(x.device))
+
+
 def channel_permute_rule(ctx, node):
     src, dim, index_node = node.args
     ids = ctx.ids(src)
@@ -586,7 +575,7 @@ def channel_permute_export(ectx, node):
     ectx.set_buffer(index_node.target, torch.as_tensor(new, dtype=torch.long))
 
 
-register_rule(channel_permute, export=channel_permute_export, override=True)(channel_permute_rule)
+register_rule(channel_permute, export=channel_permute_export)(channel_permute_rule)
 
 
 @register_rule("flip", torch.flip)
@@ -610,7 +599,7 @@ def roll_rule(ctx, node):
     dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims")
     nd = len(ctx.shape(src))
     dims = list(range(nd)) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
-    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    ids = left_pad(ids, nd)
     if any(d % nd in varying_dims(ids) for d in dims):
         ctx.unprunable(ids, f"roll at {ctx.where(node)} shifts along a channel dim")
         return None

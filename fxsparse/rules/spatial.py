@@ -2,7 +2,9 @@
 
 A spatial op is channel-transparent only when no channel runs along the dims it mixes.
 A reduction or softmax over a channel dim is allowed, but it mixes channels: removing a
-channel then differs from zeroing it (recorded for the masked reference).
+channel then differs from zeroing it. Such a node is marked mixing, and the rule's masked
+form computes the op over the kept channels only (used by the masked reference and the
+capacity model of the compiled step). A sum is not mixing: a zero adds nothing.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..broadcast import left_pad
 from ..elements import varying_dims
-from .registry import register_rule
+from .registry import call_op, register_rule
 
 _POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -36,7 +39,7 @@ def spatial_rule(ctx, node):
     if ids is None:
         return None
     nd = len(ctx.shape(src))
-    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    ids = left_pad(ids, nd)
     if any(d >= 2 for d in varying_dims(ids)):
         ctx.unprunable(ids, f"spatial op at {ctx.where(node)} mixes a dim that carries channels")
         return None
@@ -58,7 +61,7 @@ def pad_rule(ctx, node):
     if ids is None:
         return None
     nd = len(ctx.shape(src))
-    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    ids = left_pad(ids, nd)
     padded = {nd - 1 - i // 2 for i, p in enumerate(pad) if p}
     if padded & set(varying_dims(ids)):
         ctx.unprunable(ids, f"pad at {ctx.where(node)} pads a dim that carries channels")
@@ -74,7 +77,7 @@ def _dims_arg(node, ndim):
     return sorted(d % ndim for d in dims)
 
 
-_ZERO_PRESERVING_REDUCTIONS = {"sum", torch.sum}
+_NOT_MIXING = {"sum", torch.sum}  # a removed channel adds nothing to a sum, like a zeroed one
 
 
 def reduction_rule(ctx, node):
@@ -88,12 +91,12 @@ def reduction_rule(ctx, node):
     if ids is None or shape is None:
         return None
     nd = len(shape)
-    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    ids = left_pad(ids, nd)
     dims = _dims_arg(node, nd)
     keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool) else False)
     vd = varying_dims(ids)
     if set(dims) & set(vd):
-        if node.target not in _ZERO_PRESERVING_REDUCTIONS:
+        if node.target not in _NOT_MIXING:
             ctx.mark_mixing(node, f"{node.target} over a channel dim")
         out = None
     else:
@@ -109,9 +112,53 @@ def reduction_rule(ctx, node):
     return out
 
 
+def _op_name(op) -> str:
+    return op if isinstance(op, str) else getattr(op, "__name__", type(op).__name__)
+
+
+# reductions whose masked form is the plain op with removed channels replaced by a neutral value
+_NEUTRAL = {"amax": float("-inf"), "max": float("-inf"), "amin": float("inf"), "min": float("inf"),
+            "logsumexp": float("-inf"), "prod": 1.0, "sum": 0.0}
+
+
+def _variance_args(args, kwargs):
+    """(dim, correction, keepdim) of var/std: ``(dim, unbiased, keepdim)``, ``(unbiased)``
+    or ``(dim, *, correction, keepdim)``."""
+    args = list(args)
+    if args and isinstance(args[0], bool):
+        return None, int(args[0]), kwargs.get("keepdim", False)
+    dim = args.pop(0) if args else kwargs.get("dim")
+    correction = int(kwargs["unbiased"]) if "unbiased" in kwargs else kwargs.get("correction", 1)
+    if args:
+        correction = int(args.pop(0))
+    keepdim = args.pop(0) if args else kwargs.get("keepdim", False)
+    return dim, 1 if correction is None else correction, keepdim
+
+
+def reduction_masked(op, m, x, *args, **kwargs):
+    """A reduction over the channels where ``m`` is 1 only: removed channels are left out of a
+    mean's count and a variance's statistics, and never picked by max/min."""
+    name = _op_name(op)
+    m = m.to(x.dtype)
+    if name in _NEUTRAL:
+        return call_op(op, x.masked_fill(m == 0, _NEUTRAL[name]), *args, **kwargs)
+    if name == "mean":
+        dim = args[0] if args else kwargs.get("dim")
+        keepdim = args[1] if len(args) > 1 else kwargs.get("keepdim", False)
+        dims = tuple(range(x.dim())) if dim is None else dim
+        return (x * m).sum(dims, keepdim=keepdim) / m.sum(dims, keepdim=keepdim)
+    if name in ("var", "std"):
+        dim, correction, keepdim = _variance_args(args, kwargs)
+        dims = tuple(range(x.dim())) if dim is None else dim
+        mean = (x * m).sum(dims, keepdim=True) / m.sum(dims, keepdim=True)
+        var = (((x - mean) * m) ** 2).sum(dims, keepdim=keepdim) / (m.sum(dims, keepdim=keepdim) - correction)
+        return var.sqrt() if name == "std" else var
+    raise NotImplementedError(f"no masked form of {name}")
+
+
 register_rule("mean", torch.mean, "sum", torch.sum, "amax", torch.amax, "amin", torch.amin, "max", torch.max,
               "min", torch.min, "std", torch.std, "var", torch.var, "logsumexp", torch.logsumexp,
-              "prod", torch.prod)(reduction_rule)
+              "prod", torch.prod, masked=reduction_masked)(reduction_rule)
 
 
 def softmax_rule(ctx, node):
@@ -124,14 +171,21 @@ def softmax_rule(ctx, node):
         dim = ctx.modules[node.target].dim
     else:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    ids = ids.reshape((1,) * (nd - ids.ndim) + ids.shape)
+    ids = left_pad(ids, nd)
     if dim is None or dim % nd in varying_dims(ids):
         ctx.mark_mixing(node, "softmax over a channel dim")
     return ids
 
 
+def softmax_masked(op, m, x, *args, **kwargs):
+    """Softmax (or log-softmax) over the channels where ``m`` is 1 only."""
+    m = m.to(x.dtype)
+    out = call_op(op, x.masked_fill(m == 0, float("-inf")), *args, **kwargs)
+    return torch.where(m > 0, out, torch.zeros((), dtype=out.dtype))
+
+
 register_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax", "log_softmax",
-              nn.Softmax, nn.LogSoftmax)(softmax_rule)
+              nn.Softmax, nn.LogSoftmax, masked=softmax_masked)(softmax_rule)
 
 
 def pixel_shuffle_rule(ctx, node):

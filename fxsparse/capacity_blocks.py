@@ -1,22 +1,27 @@
-"""Pass: cut every channel group into *blocks* that no split, chunk or slice cuts through.
+"""Cut every channel group into *blocks* that no split, chunk or slice cuts through.
 
 The compiled sparse step gives each block a fixed capacity (a number of channel slots),
 so all shapes are static while the kept channels change every step. A block must lie
 within one piece of every split along every tensor, otherwise the number of kept
 channels in a piece would vary. (ShuffleNet: the channels of a branch land in both
 halves of the next block's chunk, so that branch's group becomes two blocks.)
+Not a graph pass: it reads the analysed graph and returns a list.
 """
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 import numpy as np
 import torch
 import torch.fx as fx
 
-from fxsparse.elements import varying_dims
-from fxsparse.graph import ChannelGraph
-from fxsparse.rules.context import IDS, SHAPE
+from .broadcast import left_pad
+from .elements import varying_dims
+from .graph import ChannelGraph
+from .passes.channel_propagation import IDS
+from .passes.shape_prop import GraphValues
+from .rules.shapes import index_items, split_dim, split_pieces
 
 _SPLITS = {"split", "chunk", "tensor_split", "narrow", torch.split, torch.chunk, torch.narrow}
 
@@ -30,42 +35,38 @@ class Block:
 
 def split_cuts(graph: ChannelGraph):
     """(canonical class ids along the cut dim, piece id per position) for every cut."""
-    import operator
-
-    from fxsparse.rules.shapes import _index_items, _pieces, _split_dim, _value
-
+    values = GraphValues()
     cuts = []
     for node in graph.gm.graph.nodes:
         if node.op not in ("call_method", "call_function") or not node.args or not isinstance(node.args[0], fx.Node):
             continue
         src = node.args[0]
         ids = src.meta.get(IDS)
-        shape = src.meta.get(SHAPE)
-        if not isinstance(ids, np.ndarray) or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
+        shape = values.shape(src)
+        if not isinstance(ids, np.ndarray) or not isinstance(shape, tuple) or values.is_tuple_valued(src):
             continue
-        canon = graph.elements.canonical(ids)
-        canon = canon.reshape((1,) * (len(shape) - canon.ndim) + canon.shape)
+        canon = left_pad(graph.elements.canonical(ids), len(shape))
         vd = varying_dims(canon)
         if not vd:
             continue
         d = vd[0]
         line = np.moveaxis(np.broadcast_to(canon, shape), d, 0).reshape(shape[d], -1)[:, 0]
         piece = None
-        if node.target in ("split", "chunk", torch.split, torch.chunk) and _split_dim(node) % len(shape) == d:
+        if node.target in ("split", "chunk", torch.split, torch.chunk) and split_dim(node) % len(shape) == d:
             piece = np.zeros(shape[d], dtype=np.int64)
-            for k, (a, b) in enumerate(_pieces(node, shape[d])):
+            for k, (a, b) in enumerate(split_pieces(values, node, shape[d])):
                 piece[a:b] = k
         elif node.target in ("narrow", torch.narrow) and node.args[1] % len(shape) == d:
-            start, length = _value(node.args[2]), _value(node.args[3])
+            start, length = values.value(node.args[2]), values.value(node.args[3])
             piece = np.zeros(shape[d], dtype=np.int64)
             piece[start : start + length] = 1
         elif node.target is operator.getitem:
-            items = _index_items(node.args[1], len(shape))
+            items = index_items(node.args[1], len(shape))
             real = [it for it in items if it is not None]
             if d < len(real) and isinstance(real[d], slice):
                 sl = real[d]
                 piece = np.zeros(shape[d], dtype=np.int64)
-                piece[np.arange(shape[d])[slice(_value(sl.start), _value(sl.stop), _value(sl.step))]] = 1
+                piece[np.arange(shape[d])[values.value(sl)]] = 1
         if piece is not None:
             cuts.append((line, piece))
     return cuts
