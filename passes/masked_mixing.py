@@ -34,6 +34,20 @@ def slot_mask(valid: torch.Tensor, dim: int, x: torch.Tensor) -> torch.Tensor:
     return along(valid.to(x.dtype), dim, x.dim()).expand_as(x)
 
 
+def _graph_callable(masked, op, name: str):
+    """``masked`` as a graph target taking ``(op, m, *args)``. FX prints call arguments as
+    source code, which a function cannot be: a function ``op`` is bound into the target
+    (its graph argument is None); a module comes as a get_attr node, a method as its name."""
+    if isinstance(op, str) or not callable(op):
+        return masked
+
+    def call(_, m, *args, **kwargs):
+        return masked(op, m, *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = f"masked_{name}"
+    return call
+
+
 class MaskMixingOps(PassBase):
     """``graph``: the ChannelGraph the capacity model was exported from (mixing nodes, their
     rules, per-call ones included; node names are those of ``graph.gm``); ``layout_of(node
@@ -78,8 +92,11 @@ class MaskMixingOps(PassBase):
             with cap.graph.inserting_before(node):
                 valid = cap.graph.get_attr(name)
                 m = cap.graph.call_function(slot_mask, (valid, dim, src))
-                target = cap.graph.get_attr(node.target) if node.op == "call_module" else op
-                new = cap.graph.call_function(masked, (target, m) + tuple(node.args), dict(node.kwargs))
+                if node.op == "call_module":
+                    target, fn = cap.graph.get_attr(node.target), masked
+                else:
+                    target, fn = (op if isinstance(op, str) else None), _graph_callable(masked, op, node.name)
+                new = cap.graph.call_function(fn, (target, m) + tuple(node.args), dict(node.kwargs))
                 new.meta = dict(node.meta)
             node.replace_all_uses_with(new)
             cap.graph.erase_node(node)
