@@ -62,10 +62,10 @@ def product_ids(ctx, node, a, b, a_shape, b_shape, a_ids, b_ids, what):
         out = np.maximum(out, along(line, d, nd))
     if nd - 2 in va:  # rows of a
         line = np.moveaxis(A, nd - 2, 0).reshape(A.shape[nd - 2], -1)[:, 0]
-        out = np.maximum(out, line.reshape([1] * (nd - 2) + [-1, 1]))
+        out = np.maximum(out, along(line, nd - 2, nd))
     if nd - 1 in vb:  # columns of b
         line = np.moveaxis(B, nd - 1, 0).reshape(B.shape[nd - 1], -1)[:, 0]
-        o, l = np.broadcast_arrays(out, line.reshape([1] * (nd - 1) + [-1]))
+        o, l = np.broadcast_arrays(out, along(line, nd - 1, nd))
         if ((o >= 0) & (l >= 0)).any():
             ctx.unprunable(np.concatenate([o.ravel(), l.ravel()]), f"{loc}: both factors carry channels into the output")
             return None
