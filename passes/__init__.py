@@ -1,0 +1,18 @@
+"""fxsparse's FX passes, all with one contract (torch.fx's pass infrastructure).
+
+Each pass is a ``torch.fx.passes.infra.pass_base.PassBase``: calling it on a GraphModule
+checks its preconditions (``requires``), runs it (``call``), checks its postconditions
+(``ensures``) and returns ``PassResult(graph_module, modified)``. The ``node.meta`` keys
+a pass writes are constants declared in its own module (``shape_prop.SHAPE``,
+``channel_propagation.IDS``...); other results are attributes of the pass object::
+
+    ShapeProp(example_inputs)(gm)            # PassResult(gm, False); node.meta[SHAPE] set
+    FuseChannelShuffle()(gm).modified        # True when a shuffle was fused
+    propagation = ChannelPropagation(rules)
+    propagation(gm)
+    propagation.context.mixing               # the analysis (an AnalysisContext)
+
+``aten_to_torch`` (torch.export graphs -> torch-level calls), ``shape_prop``,
+``fuse_channel_shuffle``, ``channel_propagation`` (analyze), ``slice_channels`` (export)
+and ``masked_mixing`` (the capacity model of the compiled step).
+"""

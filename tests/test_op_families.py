@@ -211,3 +211,25 @@ def test_register_rule_takes_masked_forms_and_rule_objects():
     fields = {f.name for f in __import__("dataclasses").fields(fxsparse.Rule)}
     assert fields == {"analyze", "export", "masked", "name"}
     assert all(f"``{f}" in fxsparse.Rule.__doc__ for f in fields)
+
+
+# ----- the pass contract ------------------------------------------------------------------
+def test_passes_share_the_pass_base_contract():
+    from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+    from fxsparse.passes.channel_propagation import IDS, ChannelPropagation
+    from fxsparse.passes.fuse_channel_shuffle import FuseChannelShuffle
+    from fxsparse.passes.shape_prop import SHAPE, ShapeProp
+
+    model, inputs = MixNet("std"), _inputs()
+    gm = torch.fx.symbolic_trace(model)
+    propagation = ChannelPropagation()
+    assert all(isinstance(p, PassBase) for p in (propagation, ShapeProp(inputs), FuseChannelShuffle()))
+    with pytest.raises(AssertionError, match="shape_prop"):  # requires: shapes first
+        propagation(gm)
+    result = ShapeProp(inputs)(gm)
+    assert isinstance(result, PassResult) and result.graph_module is gm and not result.modified
+    assert all(SHAPE in n.meta for n in gm.graph.nodes)
+    assert not FuseChannelShuffle()(gm).modified
+    assert not propagation(gm).modified
+    assert all(IDS in n.meta for n in gm.graph.nodes) and [n for n, _ in propagation.context.mixing] == ["std"]
