@@ -138,11 +138,6 @@ class ChannelGraph:
         """True when no op is mixing: zeroing a channel everywhere equals removing it."""
         return not self.mixing
 
-    def rule(self, node: fx.Node) -> Rule | None:
-        """The rule the analysis used for ``node`` (a node of ``gm``, or a node of a copy of
-        it with the same name and target)."""
-        return lookup(node, dict(self.gm.named_modules()), self.rules)
-
     def masked_form(self, node_name: str, what: str, error=NotImplementedError):
         """(node, op it calls, masked form) of mixing node ``node_name``. Raises naming the op
         and what to supply when its rule has no masked form (``what``: who needs it)."""

@@ -1,8 +1,7 @@
 """Pass: walk the graph in order and let each op's rule move, create and couple channels.
 
-Inputs carry no prunable channel;
-everything that reaches the model's output is unprunable; an op without a rule is
-opaque (what enters it is unprunable). Afterwards, a size read off a channel dim that
+Inputs carry no prunable channel; everything that reaches the model's output is
+unprunable; an op without a rule is opaque (what enters it is unprunable). Afterwards, a size read off a channel dim that
 feeds anything but a shape argument (``scale = x.size(-1) ** -0.5``) makes that dim's
 channels unprunable, because removing channels would silently change the value.
 

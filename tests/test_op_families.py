@@ -233,3 +233,27 @@ def test_passes_share_the_pass_base_contract():
     assert not FuseChannelShuffle()(gm).modified
     assert not propagation(gm).modified
     assert all(IDS in n.meta for n in gm.graph.nodes) and [n for n, _ in propagation.context.mixing] == ["std"]
+
+
+class CompiledMixNet(nn.Module):
+    """A module (LayerNorm, Softmax) and a function (logsumexp) mixing channels: the masked
+    forms inside the torch.compile'd step (a module reached by get_attr, a bound function)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1), nn.Linear(6, 4)
+        self.norm, self.softmax = nn.LayerNorm(8), nn.Softmax(dim=1)
+
+    def forward(self, x):
+        y = self.norm(self.c1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        z = self.c2(self.softmax(y)) * torch.logsumexp(y, 1, keepdim=True)
+        return self.fc(z.mean((2, 3)))
+
+
+@pytest.mark.slow
+def test_masked_forms_in_the_compiled_step():
+    torch.manual_seed(0)
+    sp = check_steps(CompiledMixNet(), _inputs(), torch.tensor([0, 3]), F.cross_entropy, steps=2, keep=0.6,
+                     compile=True, tol=1e-4)
+    assert len(sp.channel_graph.mixing) == 3 and len(sp._valid_buffers) == 3
+    assert any(g.size == 8 for g in sp.channel_graph.prunable_groups)
