@@ -274,10 +274,10 @@ def report(recs, table, plot=None):
 def _pairwise_rank_corr(rows):
     import torch
 
-    from fxsparse.structure import _spearman
+    from fxsparse.methods.vrpge import spearman
 
     pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
-    vals = [_spearman(torch.tensor(a), torch.tensor(b)) for a, b in pairs]
+    vals = [spearman(torch.tensor(a), torch.tensor(b)) for a, b in pairs]
     vals = [v for v in vals if v == v]
     return statistics.mean(vals) if vals else float("nan")
 

@@ -34,6 +34,7 @@ from tabulate import tabulate
 
 import fxsparse
 from fxsparse import zoo
+from fxsparse.masks import check_fraction
 from fxsparse.train_step import forward_gathered, gather_leaves
 
 
@@ -210,8 +211,10 @@ def main(argv=None):
     for flag in ("steps", "block", "batch", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if not 0 < args.keep <= 1:
-        parser.error(f"--keep must be in (0, 1], got {args.keep}")
+    try:
+        check_fraction(args.keep, "--keep")
+    except ValueError as err:
+        parser.error(str(err))
     if not args.warm_cache:
         import os
         import tempfile

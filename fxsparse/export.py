@@ -17,7 +17,7 @@ import torch.nn as nn
 from .elements import varying_dims
 from .errors import ExportError
 from .graph import ChannelGraph
-from .masks import normalize_keep
+from .masks import kept_indices, normalize_keep, tied_names  # noqa: F401  (kept_indices: re-exported)
 from .rules.context import IDS, SHAPE, where
 from .rules.registry import lookup
 from .run_check import check_runs, inputs_on_device_of
@@ -147,40 +147,6 @@ def _check_same_model(model, graph):
     missing = [p for p, _ in graph.raw_members if p not in names and p in dict(graph.gm.named_parameters())]
     if missing:
         raise ExportError(f"the model has no parameter '{missing[0]}': was the graph built from another model?")
-
-
-def tied_names(gm) -> dict[str, list[str]]:
-    """{first name of a tensor: every name of it}: tied weights (an LM head sharing the
-    input embedding) are one tensor under several names."""
-    names: dict[int, list[str]] = {}
-    tensors = list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False))
-    for name, t in tensors:
-        names.setdefault(id(t), []).append(name)
-    return {group[0]: group for group in names.values()}
-
-
-def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]]:
-    """{parameter or buffer name: {dim: kept indices}} for a keep pattern: what export keeps.
-    A tied tensor is listed under its first name (the one ``named_parameters()`` gives)."""
-    masks = normalize_keep(graph, keep or {})
-    first = {alias: name for name, aliases in tied_names(graph.gm).items() for alias in aliases}
-    drops: dict[str, dict[int, list]] = {}
-    for g in graph.groups:
-        keep_g = masks[g.id].numpy()
-        if keep_g.all():
-            continue
-        for m in g.members:
-            drop = np.concatenate([m.index[j] for j in np.nonzero(~keep_g)[0]])
-            drops.setdefault(first.get(m.param, m.param), {}).setdefault(m.dim, []).append(drop)
-    sizes = dict(graph.gm.named_parameters())
-    sizes.update(dict(graph.gm.named_buffers()))
-    out = {}
-    for name, per_dim in drops.items():
-        out[name] = {}
-        for dim, parts in per_dim.items():
-            removed = np.unique(np.concatenate(parts))
-            out[name][dim] = torch.as_tensor(np.setdiff1d(np.arange(sizes[name].shape[dim]), removed), dtype=torch.long)
-    return out
 
 
 def _slice_members(gm: fx.GraphModule, graph: ChannelGraph, masks):

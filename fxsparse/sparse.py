@@ -26,13 +26,13 @@ import torch
 import torch.nn as nn
 
 from .analyze import analyze
-from .errors import KeepMaskError, NoPrunableGroupError
+from .errors import NoPrunableGroupError
 from .export import export, tied_names
 from .run_check import check_runs, inputs_on_device_of
 from .graph import ChannelGraph
 from .layout import GatherIndex, Plan
 from .train_step import device_of, forward_gathered, make_train_step, write_back_buffers
-from .masks import normalize_keep, random_keep
+from .masks import check_fraction, normalize_keep, random_keep
 from .passes.masked_mixing import mask_mixing_ops
 from .rules.context import IDS, SHAPE
 
@@ -71,8 +71,7 @@ class SparseModel(nn.Module):
         if not graph.prunable_groups:
             raise NoPrunableGroupError("the model has no prunable channel group, so there is nothing to sparsify; "
                                        "fxsparse.analyze(model, x).summary() says why for each group")
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-            raise KeepMaskError(f"keep must be a number in (0, 1], got {keep!r}")
+        check_fraction(keep, "keep")
         self.model = model
         self.channel_graph = graph
         self.keep = float(keep)

@@ -13,7 +13,7 @@ import numpy as np
 import fxsparse
 from fxsparse import zoo
 from fxsparse.export import export
-from fxsparse.structure import StructureLearner
+from fxsparse.methods.vrpge import StructureLearner
 from sparse_checks import ConvBNNet
 
 

@@ -275,9 +275,9 @@ def test_learning_rate_schedules(data_dir, tmp_path, finetune_lr):
     def record(tr, event, **info):
         if event == "step":
             seen.append((tr.state.step - 1, tr._phase_built, [g["lr"] for g in tr.optimizer.param_groups][0],
-                         tr.learner.optimizer.param_groups[0]["lr"] if tr._phase_built == "search" else None))
+                         tr.method.learner.optimizer.param_groups[0]["lr"] if tr._phase_built == "search" else None))
 
-    cfg = _config(data_dir, tmp_path / "run", epochs=2, finetune_epochs=1, lr=0.04, score_lr=0.2,
+    cfg = _config(data_dir, tmp_path / "run", epochs=2, finetune_epochs=1, lr=0.04, method_options={"score_lr": 0.2},
                   finetune_lr=finetune_lr)
     Trainer(cfg, log=None, progress=False, callbacks=[record]).run()
     total = len(seen)

@@ -1,6 +1,6 @@
 """Training methods (``fxsparse train --method NAME``): one file per method, one interface
 (:class:`Method`), one registry. VR-PGE is the default."""
-from .base import Method, TrainState
+from .base import TRAINER_PHASES, Method, PhaseSetup, RunContext, TrainState
 from .registry import create, get_method, list_methods, register_method
 
 DEFAULT_METHOD = "vrpge"

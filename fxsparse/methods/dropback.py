@@ -56,6 +56,7 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
+from ..masks import check_fraction
 from .base import Method, TrainState
 from .registry import register_method
 from .unstructured import (check_choice, check_number, check_options, reset_optimizer_state, topk_exact)
@@ -438,8 +439,7 @@ class DropBackStore:
     def __init__(self, model: nn.Module, keep: float, *, seed: int, lr: float = 0.4, momentum: float = 0.0,
                  weight_decay: float = 0.0, init: str = "uniform", exclude: Iterable[str] = (),
                  scope: str = "global", freeze_after_steps: Optional[int] = None):
-        if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        check_fraction(keep, "keep")
         check_number("DropBackStore", "lr", lr, lo=0, lo_open=True)
         check_number("DropBackStore", "momentum", momentum, lo=0, hi=1)
         check_number("DropBackStore", "weight_decay", weight_decay, lo=0)

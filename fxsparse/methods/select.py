@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..graph import ChannelGraph
+from ..masks import check_finite_scores, check_fraction, top_mask
 from .base import Method, TrainState
 
 __all__ = [
@@ -125,32 +126,8 @@ def member_masks(graph: ChannelGraph, keep: dict, params: dict) -> dict:
 def _order(scores: torch.Tensor, what: str) -> torch.Tensor:
     """Indices by descending score, ties by ascending position (stable sort)."""
     s = scores.detach().to(dtype=torch.float64).flatten()
-    if torch.isnan(s).any():
-        raise ValueError(f"the scores of {what} contain NaN; the scoring pass diverged "
-                         "(try float64, a smaller learning-rate-free input, or another method)")
+    check_finite_scores(s, what)
     return torch.sort(s, descending=True, stable=True).indices
-
-
-def _top_mask(scores: torch.Tensor, k: int, what: str) -> torch.Tensor:
-    """Flat bool mask of the ``k`` largest entries, ties to the lower index: the same set
-    as the first k of :func:`_order`, but found with one ``kthvalue`` (O(n)) instead of a
-    full sort -- the threshold only splits off the strict winners; the tied entries at
-    the threshold are then taken in index order until exactly k are kept."""
-    s = scores.detach().flatten()
-    if s.is_floating_point() and torch.isnan(s).any():
-        raise ValueError(f"the scores of {what} contain NaN; the scoring pass diverged "
-                         "(try float64, a smaller learning-rate-free input, or another method)")
-    n = s.numel()
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=s.device)
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=s.device)
-    thr = torch.kthvalue(s.cpu() if s.device.type == "mps" else s, n - k + 1).values.to(s.device)
-    mask = s > thr
-    need = k - int(mask.sum())
-    tied = torch.nonzero(s == thr).flatten()[:need]
-    mask[tied] = True
-    return mask
 
 
 def keep_top(graph: ChannelGraph, scores: dict, keep: float, scope: str = "global", budget: str = "channels") -> dict:
@@ -176,8 +153,7 @@ def keep_top(graph: ChannelGraph, scores: dict, keep: float, scope: str = "globa
         raise ValueError(f"scope must be 'global' or 'per_group', got {scope!r}")
     if budget not in ("channels", "flops"):
         raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
-    if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-        raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+    check_fraction(keep, "keep")
     groups = []
     for gid in scores:
         if not isinstance(gid, int) or not 0 <= gid < len(graph.groups):
@@ -302,17 +278,16 @@ def weight_top(scores: dict, density: float, scope: str = "global") -> dict:
     """
     if scope not in ("global", "per_layer"):
         raise ValueError(f"scope must be 'global' or 'per_layer', got {scope!r}")
-    if not isinstance(density, (int, float)) or density != density or not 0 < density <= 1:
-        raise ValueError(f"density must be a number in (0, 1], got {density!r}")
+    check_fraction(density, "density")
     if not scores:
         raise ValueError("weight_top needs at least one score tensor")
     out = {}
     if scope == "per_layer":
         for name, s in scores.items():
-            out[name] = _top_mask(s, max(1, round(density * s.numel())), name).view(s.shape)
+            out[name] = top_mask(s, max(1, round(density * s.numel())), name).view(s.shape)
         return out
     flat = torch.cat([s.detach().to(device="cpu", dtype=torch.float64).flatten() for s in scores.values()])
-    chosen = _top_mask(flat, max(1, round(density * len(flat))), "the weights")
+    chosen = top_mask(flat, max(1, round(density * len(flat))), "the weights")
     start = 0
     for name, s in scores.items():
         out[name] = chosen[start:start + s.numel()].view(s.shape).to(s.device)
