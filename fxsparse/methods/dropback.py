@@ -59,7 +59,8 @@ import torch.nn as nn
 from ..masks import check_fraction
 from .base import Method, TrainState
 from .registry import register_method
-from .unstructured import (check_choice, check_number, check_options, reset_optimizer_state, topk_exact)
+from .options import check_choice, check_number, check_options
+from .unstructured import reset_optimizer_state, topk_exact
 
 __all__ = ["DropBack", "DropBackChannel", "DropBackStore", "REFERENCE_SETTINGS", "init_rules", "initial_values",
            "element_hash", "regenerate", "dropback_memory"]

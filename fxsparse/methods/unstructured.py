@@ -29,11 +29,10 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from ..masks import check_fraction, top_mask
-from .options import check_choice, check_number, check_options  # noqa: F401  (re-exported)
 
 __all__ = ["WeightMask", "MaskDict", "apply_weight_masks", "remove_weight_masks", "weight_mask_modules", "dense_state_dict",
            "erk_densities", "uniform_densities", "density_counts", "random_masks", "sparsifiable_weights",
-           "topk_exact", "reset_optimizer_state", "check_options", "get_tensor"]
+           "topk_exact", "reset_optimizer_state", "get_tensor"]
 
 
 # ----------------------------------------------------------------------------- masks
