@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .export import kept_indices
+from .masks import kept_indices
 
 
 class MaskedOptimizer:
@@ -27,7 +27,7 @@ class MaskedOptimizer:
         return getattr(self.optimizer, name)
 
     def _keep_masks(self) -> dict[str, torch.Tensor]:
-        masks = self.sparse._masks
+        masks = self.sparse.current_masks
         key = tuple((k, v.numpy().tobytes()) for k, v in sorted(masks.items()))
         if key != self._cache_key:
             params = dict(self.sparse.model.named_parameters())

@@ -42,13 +42,13 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         return loss_fn(forward_gathered(sp, tensors, plan, *inputs, empty_zeroed=True), target)
 
     def dense_forward_loss(dense, plan, target, *inputs):
-        return loss_fn(sp._forward_impl(dense, plan, *inputs), target)
+        return loss_fn(sp.forward_dense(dense, plan, *inputs), target)
 
     def step(*args):
         *inputs, target = args
-        sp._buffers_to(device_of(inputs))
+        sp.buffers_to(device_of(inputs))
         plan, empty = sp.step_inputs(with_empty=True)
-        cached = sp._compiled.get("step")
+        cached = sp.compiled_fns.get("step")
         if cached is None or cached[0] is not sp.capacity_model:  # first call, or capacities changed
             fl = forward_loss if update is not None else dense_forward_loss
             kernel = update.kernel if update is not None else None
@@ -59,11 +59,11 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
                 gather_fn = sp.compile_fn(gather_all)
             if kernel is not None and sp.compile_update:
                 kernel = sp.compile_fn(kernel)
-            sp._compiled["step"] = cached = (sp.capacity_model, fl, kernel, gather_fn)
+            sp.compiled_fns["step"] = cached = (sp.capacity_model, fl, kernel, gather_fn)
         _, fl, kernel, gather_fn = cached
         base.zero_grad(set_to_none=True)
         if update is None:
-            loss = fl(sp._dense_tensors(), plan, target, *inputs)
+            loss = fl(sp.dense_tensors(), plan, target, *inputs)
             loss.backward()
             if skip_nonfinite and not bool(torch.isfinite(loss)):
                 step.skipped += 1
@@ -92,7 +92,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
 def slots_of(sp, plan, name, device):
     """[(dim, gather index, real-slot line)] for a member tensor of the capacity model."""
     return [(dim, plan[f"{name}|{dim}|idx"].to(device), plan[f"{name}|{dim}|real"].to(device))
-            for dim, _ in sp._members[name]]
+            for dim, _ in sp.members[name]]
 
 
 def gather_all(tensors, wheres):
@@ -111,9 +111,9 @@ def gather_leaves(sp, plan, gather_fn=gather_all, empty=None):
     needs no validity multiply (a weight-sized product in the forward and in the backward:
     ~1% of a VGG-11 step). Their gradients are then not zero, but no update reads them (it
     writes real slots only, and the old weights of the other slots from the third dict)."""
-    dense = sp._dense_tensors()
-    tensors = {name: t for name, t in dense.items() if name not in sp._members}
-    slots = {name: slots_of(sp, plan, name, t.device) for name, t in dense.items() if name in sp._members}
+    dense = sp.dense_tensors()
+    tensors = {name: t for name, t in dense.items() if name not in sp.members}
+    slots = {name: slots_of(sp, plan, name, t.device) for name, t in dense.items() if name in sp.members}
     with torch.no_grad():
         gathered = gather_fn([dense[name].detach() for name in slots], list(slots.values()))
     weights = {}
@@ -121,7 +121,7 @@ def gather_leaves(sp, plan, gather_fn=gather_all, empty=None):
         t = dense[name]
         if isinstance(t, nn.Parameter):
             weights[name] = g
-            dims = sp._members[name]
+            dims = sp.members[name]
             if g.is_floating_point() and (has_empty_slot(plan, name, dims) if empty is None
                                           else any(f"{name}|{dim}" in empty for dim, _ in dims)):
                 g = g.masked_fill(~real_slots(slots[name], g.dim()), 0)  # a copy: weights[name] stays
@@ -143,9 +143,9 @@ def forward_gathered(sp, tensors, plan, *inputs, empty_zeroed: bool = False):
     if empty_zeroed:
         scaled = dict(tensors)
     else:  # buffers (running statistics) stay as gathered: BN updates them in place
-        buffers = set(sp._buffer_names)
+        buffers = set(sp.buffer_names)
         scaled = {name: t if name in buffers else times_validity(sp, name, t, plan) for name, t in tensors.items()}
-    for buf in sp._valid_buffers:
+    for buf in sp.valid_buffers:
         scaled[buf] = plan[f"{buf}|valid"].to(inputs[0].device)
     return functional_call(sp.capacity_model, scaled, inputs)
 
@@ -155,7 +155,7 @@ def times_validity(sp, name, t, plan):
     zero gradient)."""
     if not t.is_floating_point():
         return t
-    for dim, _ in sp._members.get(name, ()):
+    for dim, _ in sp.members.get(name, ()):
         shape = [1] * t.dim()
         shape[dim] = -1
         t = t * plan[f"{name}|{dim}|valid"].to(t.device, t.dtype).view(shape)
@@ -169,9 +169,9 @@ def write_back_buffers(sp, gathered, plan, dense=None, slots=None):
     ``slots``: those :func:`gather_leaves` already made, if any."""
     if not sp.training:
         return
-    dense = dense if dense is not None else sp._dense_tensors()
-    for name in sp._buffer_names:
-        if name not in sp._members:
+    dense = dense if dense is not None else sp.dense_tensors()
+    for name in sp.buffer_names:
+        if name not in sp.members:
             continue
         full = dense[name]
         where = slots[name] if slots is not None else slots_of(sp, plan, name, full.device)
