@@ -34,6 +34,7 @@ from tabulate import tabulate
 
 import fxsparse
 from fxsparse import zoo
+from fxsparse.broadcast import along
 from fxsparse.masks import check_fraction
 from fxsparse.train_step import forward_gathered, gather_leaves
 
@@ -82,9 +83,7 @@ def make_masked_dense_step(model, graph, x, y, keep, compile_):
     def loss_fn(masks, a, b):
         tensors = dict(params)
         for name, dim, lines in masks:
-            shape = [1] * tensors[name].dim()
-            shape[dim] = -1
-            tensors[name] = tensors[name] * lines.view(shape)
+            tensors[name] = tensors[name] * along(lines, dim, tensors[name].dim())
         return F.cross_entropy(functional_call(model, tensors, (a,)), b)
 
     fwd = torch.compile(loss_fn) if compile_ else loss_fn

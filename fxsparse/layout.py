@@ -1,6 +1,6 @@
 """Capacity layouts: where each kept channel sits in the compiled sparse step.
 
-Every block of channels (see ``passes/capacity_blocks.py``) has ``cap`` slots. Slot s of
+Every block of channels (see ``passes/capacity_blocks.py``) has a capacity of ``slots`` slots. Slot s of
 a block holds the block's s-th kept channel, or, when fewer are kept, a distinct pruned
 channel whose weights are multiplied by 0 (an *empty slot*). A :class:`DimLayout`
 records, for one dim of one parameter or tensor in the capacity model, which
@@ -94,7 +94,7 @@ class Plan:
 
     def fits(self, masks) -> bool:
         """Whether ``masks`` ({group: bool}) fit the current capacities."""
-        return all(c <= cap for c, cap in zip(self.block_counts(masks), self.caps))
+        return all(c <= slots for c, slots in zip(self.block_counts(masks), self.caps))
 
     def grown_caps(self, counts) -> list[int] | None:
         """Capacities for blocks that now keep ``counts`` channels: a block that overflows
@@ -138,15 +138,15 @@ class Plan:
         planned capacity when that cuts ``cost(caps)`` (the capacity model's FLOPs) by
         ``shrink_gain``."""
         moments = self.block_moments(probs)
-        needs = [self.prunable[i] and m + grow_at * sd > cap and cap < len(self.blocks[i].classes)
-                 for i, ((m, sd), cap) in enumerate(zip(moments, self.caps))]  # a full block cannot grow
+        needs = [self.prunable[i] and m + grow_at * sd > slots and slots < len(self.blocks[i].classes)
+                 for i, ((m, sd), slots) in enumerate(zip(moments, self.caps))]  # a full block cannot grow
         grow = any(needs)
         if not grow and not shrink:
             return None, False
         planned = self.planned_caps(probs, headroom, slack, moments)
         if grow:
-            planned = [self.round_cap(max(p, math.ceil(1.25 * cap)), len(b.classes)) if need else max(p, cap)
-                       for p, cap, need, b in zip(planned, self.caps, needs, self.blocks)]
+            planned = [self.round_cap(max(p, math.ceil(1.25 * slots)), len(b.classes)) if need else max(p, slots)
+                       for p, slots, need, b in zip(planned, self.caps, needs, self.blocks)]
         else:
             if planned == self.caps:
                 return None, False
@@ -156,11 +156,11 @@ class Plan:
         return (None if planned == self.caps else planned), not grow
 
     def cap_keep(self, caps=None) -> dict[int, torch.Tensor]:
-        """The keep pattern whose exported model is the capacity model: first cap slots of
+        """The keep pattern whose exported model is the capacity model: first ``slots`` slots of
         each block (of ``caps``, default the current capacities)."""
         keep = {g.id: torch.zeros(g.size, dtype=torch.bool) for g in self.graph.groups}
-        for b, index, cap in zip(self.blocks, self.block_index, caps or self.caps):
-            keep[b.group][index[:cap]] = True
+        for b, index, slots in zip(self.blocks, self.block_index, caps or self.caps):
+            keep[b.group][index[:slots]] = True
         return keep
 
     def block_counts(self, masks) -> list[int]:
@@ -175,19 +175,19 @@ class Plan:
         for i, b in enumerate(self.blocks):
             keep = masks[b.group].numpy()[b.channels]
             kept, pruned = b.classes[keep], b.classes[~keep]
-            cap = self.caps[i]
-            if len(kept) > cap:
+            slots = self.caps[i]
+            if len(kept) > slots:
                 raise OverflowError(i)
-            fill = np.concatenate([kept, pruned[: cap - len(kept)]])
-            classes[self.offsets[i] : self.offsets[i] + cap] = fill
+            fill = np.concatenate([kept, pruned[: slots - len(kept)]])
+            classes[self.offsets[i] : self.offsets[i] + slots] = fill
             valid[self.offsets[i] : self.offsets[i] + len(kept)] = 1.0
         return classes, valid
 
     def dim_layout(self, dense_classes: np.ndarray) -> DimLayout:
         """Layout of a capacity-model dim whose dense (unpruned) dim holds ``dense_classes``."""
         cap_kept = set()
-        for b, cap in zip(self.blocks, self.caps):
-            cap_kept.update(b.classes[:cap].tolist())
+        for b, slots in zip(self.blocks, self.caps):
+            cap_kept.update(b.classes[:slots].tolist())
         rows: dict[int, list] = {}
         for p, c in enumerate(dense_classes.tolist()):
             if c >= 0:

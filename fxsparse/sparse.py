@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .analyze import analyze
+from .broadcast import left_pad
 from .errors import NoPrunableGroupError
 from .export import export, tied_names
 from .run_check import check_runs, inputs_on_device_of
@@ -213,7 +214,7 @@ class SparseModel(nn.Module):
             node = next(n for n in cap.graph.nodes if n.name == node_name)
             ids = self.channel_graph.elements.canonical(node.meta[IDS])
             shape = node.meta[SHAPE]
-            ids = ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape)
+            ids = left_pad(ids, len(shape))
             line = np.moveaxis(np.broadcast_to(ids, shape), dim, 0).reshape(shape[dim], -1)[:, 0]
             return self.plan.dim_layout(line)
 
@@ -276,7 +277,7 @@ class SparseModel(nn.Module):
                     empty.add(key)
         return (out, empty) if with_empty else out
 
-    def keep_lines(self, plan: dict) -> dict:
+    def keep_lines(self, index: dict) -> dict:
         """{parameter: [(dim, bool line of kept indices, ndim)]} for the masked optimizer."""
         params = dict(self.model.named_parameters())
         lines = {}
@@ -286,24 +287,24 @@ class SparseModel(nn.Module):
                 continue
             out = []
             for dim, _ in dims:
-                idx, valid = plan[f"{name}|{dim}|idx"], plan[f"{name}|{dim}|valid"]
+                idx, valid = index[f"{name}|{dim}|idx"], index[f"{name}|{dim}|valid"]
                 line = torch.zeros(p.shape[dim], dtype=torch.bool)
                 line[idx[valid > 0]] = True
                 out.append((dim, line.to(p.device), p.dim()))
             lines[p] = out
         return lines
 
-    def forward_dense(self, dense, plan, *inputs):
+    def forward_dense(self, dense, index, *inputs):
         """Dense-gradient path (``sp(x)``, other optimizers): gather inside autograd, so
         gradients land in the dense parameters at kept positions."""
         device = device_of(inputs)
         gathered = {}
         for name, t in dense.items():
             for dim, _ in self.members.get(name, ()):
-                t = torch.index_select(t, dim, plan[f"{name}|{dim}|idx"].to(device, non_blocking=True))
+                t = torch.index_select(t, dim, index[f"{name}|{dim}|idx"].to(device, non_blocking=True))
             gathered[name] = t
-        out = forward_gathered(self, gathered, plan, *inputs)
-        write_back_buffers(self, gathered, plan, dense)
+        out = forward_gathered(self, gathered, index, *inputs)
+        write_back_buffers(self, gathered, index, dense)
         return out
 
     def buffers_to(self, device):
@@ -324,13 +325,13 @@ class SparseModel(nn.Module):
 
     def forward(self, *inputs):
         self.buffers_to(device_of(inputs))
-        plan = self.step_inputs()
+        index = self.step_inputs()
         fn = self.forward_dense
         if self.use_compile:
             fn = self.compiled_fns.get("forward")
             if fn is None:
                 fn = self.compiled_fns["forward"] = self.compile_fn(self.forward_dense)
-        return fn(self.dense_tensors(), plan, *inputs)
+        return fn(self.dense_tensors(), index, *inputs)
 
     @torch.no_grad()
     def losses(self, loss_fn, masks, *args) -> torch.Tensor:
@@ -346,21 +347,21 @@ class SparseModel(nn.Module):
         for keep in masks:  # grow the capacities first if a mask needs more slots (a rebuild)
             self.masks = keep
             normalized.append(self._masks)
-        plans = []
-        for keep in normalized:  # then every plan for the final capacities
+        indexes = []
+        for keep in normalized:  # then every index for the final capacities
             self._masks = keep
-            plans.append(self.step_inputs())
+            indexes.append(self.step_inputs())
         self._masks = current
-        fn = self.compiled_fns.get(("losses", len(plans), loss_fn))
+        fn = self.compiled_fns.get(("losses", len(indexes), loss_fn))
         if fn is None:
-            def many_losses(dense, plans, target, *inputs):
-                return torch.stack([loss_fn(self._forward_no_write_back(dense, plan, *inputs), target).float()
-                                    for plan in plans])
+            def many_losses(dense, indexes, target, *inputs):
+                return torch.stack([loss_fn(self._forward_no_write_back(dense, index, *inputs), target).float()
+                                    for index in indexes])
             fn = self.compile_fn(many_losses) if self.use_compile else many_losses
-            self.compiled_fns[("losses", len(plans), loss_fn)] = fn
-        return fn(self.dense_tensors(), plans, target, *inputs)
+            self.compiled_fns[("losses", len(indexes), loss_fn)] = fn
+        return fn(self.dense_tensors(), indexes, target, *inputs)
 
-    def _forward_no_write_back(self, dense, plan, *inputs):
+    def _forward_no_write_back(self, dense, index, *inputs):
         """The capacity model's forward on gathered copies of every tensor: in train mode BN
         updates those copies, never the dense running statistics."""
         device = device_of(inputs)
@@ -368,11 +369,11 @@ class SparseModel(nn.Module):
         for name, t in dense.items():
             members = self.members.get(name, ())
             for dim, _ in members:
-                t = torch.index_select(t, dim, plan[f"{name}|{dim}|idx"].to(device, non_blocking=True))
+                t = torch.index_select(t, dim, index[f"{name}|{dim}|idx"].to(device, non_blocking=True))
             if not members and name in self._buffer_set:
                 t = t.clone()
             gathered[name] = t
-        return forward_gathered(self, gathered, plan, *inputs)
+        return forward_gathered(self, gathered, index, *inputs)
 
     def make_train_step(self, loss_fn, optimizer, skip_nonfinite: bool = True):
         """``step(*inputs, target) -> loss``: see :func:`fxsparse.train_step.make_train_step`."""

@@ -57,6 +57,7 @@ import torch
 import torch.nn as nn
 
 from ..masks import check_fraction
+from ..broadcast import along
 from .base import Method, TrainState
 from .registry import register_method
 from .options import check_choice, check_number, check_options
@@ -674,9 +675,7 @@ class DropBackChannel(_TrackedSchedule, Method):
         masks = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in self._params.items()}
         for name, dim, chan in self.members:
             keep_pos = torch.where(chan >= 0, tracked[chan.clamp(min=0)], torch.ones_like(chan, dtype=torch.bool))
-            shape = [1] * masks[name].dim()
-            shape[dim] = -1
-            masks[name] &= keep_pos.view(shape)
+            masks[name] &= along(keep_pos, dim, masks[name].dim())
         return masks
 
     def after_step(self, state: TrainState) -> None:
