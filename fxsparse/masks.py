@@ -15,11 +15,22 @@ def check_fraction(value, name: str = "keep", error: type = KeepMaskError) -> No
         raise error(f"{name} must be a number in (0, 1], got {value!r}")
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` (a loss, a few losses) is finite: a step that sees a
+    non-finite loss is skipped."""
+    return bool(torch.isfinite(t).all())
+
+
+def check_no_nan(t: torch.Tensor, message: str, error: type = ValueError) -> None:
+    """``error(message)`` when the floating-point tensor ``t`` holds a NaN."""
+    if t.is_floating_point() and bool(torch.isnan(t).any()):
+        raise error(message)
+
+
 def check_finite_scores(scores: torch.Tensor, what: str) -> None:
     """ValueError when ``scores`` (of ``what``) contain NaN: the scoring pass diverged."""
-    if scores.is_floating_point() and bool(torch.isnan(scores).any()):
-        raise ValueError(f"the scores of {what} contain NaN; the scoring pass diverged "
-                         "(try float64, a smaller learning-rate-free input, or another method)")
+    check_no_nan(scores, f"the scores of {what} contain NaN; the scoring pass diverged "
+                 "(try float64, a smaller learning-rate-free input, or another method)")
 
 
 def top_mask(scores: torch.Tensor, k: int, what: str = "the scores") -> torch.Tensor:

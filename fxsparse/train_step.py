@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from .broadcast import along
+from .masks import all_finite
 from .optim import MaskedOptimizer, compact_update_for, gather, real_slots, scatter_
 
 
@@ -66,7 +67,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         if update is None:
             loss = fl(sp.dense_tensors(), index, target, *inputs)
             loss.backward()
-            if skip_nonfinite and not bool(torch.isfinite(loss)):
+            if skip_nonfinite and not all_finite(loss):
                 step.skipped += 1
                 return loss.detach()
             fallback.step()
@@ -74,7 +75,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         gathered, slots, weights = gather_leaves(sp, index, gather_fn, empty)
         loss = fl(gathered, index, target, *inputs)
         loss.backward()
-        if skip_nonfinite and not bool(torch.isfinite(loss)):  # before any write: nothing changes
+        if skip_nonfinite and not all_finite(loss):  # before any write: nothing changes
             step.skipped += 1
             return loss.detach()
         compact = [(by_name[n], gathered[n], weights[n], slots[n]) for n in slots if n in by_name]

@@ -40,7 +40,7 @@ from .classifier import Classifier
 from .errors import NoPrunableGroupError
 from .export import export
 from .flops import TRAIN_FACTOR, SubnetFlops
-from .masks import check_fraction
+from .masks import all_finite, check_fraction
 from .methods import DEFAULT_METHOD, TRAINER_PHASES, RunContext, TrainState, get_method
 
 
@@ -275,7 +275,7 @@ class Trainer:
             saved = [b.clone() for b in model.buffers()]
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(fwd(x), y)
-            if not bool(torch.isfinite(loss)):
+            if not all_finite(loss):
                 with torch.no_grad():
                     for b, s in zip(model.buffers(), saved):
                         b.copy_(s)
@@ -374,7 +374,7 @@ class Trainer:
             else:
                 loss = self.step_fn(x, y)
                 self.train_flops += TRAIN_FACTOR * self._step_flops * b
-            if not bool(torch.isfinite(loss)):
+            if not all_finite(loss):
                 stats.skipped += 1
                 warnings.warn(f"epoch {epoch + 1}: non-finite loss ({float(loss)}), step skipped (weights, "
                               "optimizer state and running statistics unchanged)", RuntimeWarning, stacklevel=2)

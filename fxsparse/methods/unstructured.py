@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ..masks import check_fraction, top_mask
+from ..masks import check_fraction, check_no_nan, top_mask
 
 __all__ = ["WeightMask", "MaskDict", "apply_weight_masks", "remove_weight_masks", "weight_mask_modules", "dense_state_dict",
            "erk_densities", "uniform_densities", "density_counts", "random_masks", "sparsifiable_weights",
@@ -312,8 +312,7 @@ def topk_exact(score: torch.Tensor, k: int, largest: bool = True) -> torch.Tenso
         return torch.zeros(0, dtype=torch.long, device=score.device)
     if k >= n:
         return torch.arange(n, device=score.device)
-    if torch.isnan(score).any():
-        raise FloatingPointError("topk_exact: the scores contain NaN (did training diverge?)")
+    check_no_nan(score, "topk_exact: the scores contain NaN (did training diverge?)", FloatingPointError)
     return torch.nonzero(top_mask(score if largest else -score, k)).view(-1)
 
 

@@ -41,7 +41,7 @@ import warnings
 import torch
 
 from ...flops import SubnetFlops
-from ...masks import check_fraction
+from ...masks import all_finite, check_fraction
 from ..options import check_choices
 from ..scores import filter_l1
 from .estimator import project_budget, sample_grouped_mask, vrpge_gradient
@@ -298,7 +298,7 @@ class StructureLearner:
     @torch.no_grad()
     def score_update(self, losses: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """VR-PGE estimate from K (loss, draw) samples of one minibatch, Adam, projection."""
-        if not bool(torch.isfinite(losses).all()):
+        if not all_finite(losses):
             raise FloatingPointError(f"non-finite loss in the score step ({losses.tolist()}); scores unchanged")
         grad = self.gradient(losses, draws)
         self._split[self._steps % 2] += grad
@@ -331,9 +331,9 @@ class StructureLearner:
             losses, used = rest, (draws if mean else draws[1:])
         self.last_forward_flops = float(sum(float(self.flops(m)) for m in scored)) / max(len(scored), 1)
         self.last_forwards = len(scored)
-        if bool(torch.isfinite(losses).all()):
+        if all_finite(losses):
             self.score_update(losses, used)
-        elif bool(torch.isfinite(loss)):  # the weight step's own non-finite loss is the caller's to report
+        elif all_finite(loss):  # the weight step's own non-finite loss is the caller's to report
             warnings.warn(f"score update skipped: non-finite loss among the samples ({losses.tolist()})",
                           RuntimeWarning, stacklevel=2)
         return loss, trained
@@ -412,7 +412,7 @@ class StructureLearner:
             losses.append(loss.detach().float())
         losses = torch.stack(losses)
         self.last_forward_flops, self.last_forwards = 0.0, 0
-        if not bool(torch.isfinite(losses).all()):
+        if not all_finite(losses):
             masked_optimizer.zero_grad(set_to_none=True)
             return losses.mean(), masks
         keep = masked_optimizer.union_keep([self.as_group_masks(m) for m in masks])
