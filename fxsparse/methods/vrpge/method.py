@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from ...optim import MaskedOptimizer
+from ...sparse import SparseModel
 from ..base import Method, PhaseSetup, RunContext
 from ..options import check_number
 from ..registry import register_method
@@ -87,8 +89,6 @@ class VRPGE(Method):
 
     def build_phase(self, phase: str, run: RunContext, start: int, steps: int) -> PhaseSetup:
         """The search: the sparse model (its compiled step), the weights' SGD and the learner."""
-        from ...sparse import SparseModel
-
         if phase != SEARCH:
             return super().build_phase(phase, run, start, steps)
         compile_update = self.compile_update if self.compile_update is not None else steps >= COMPILE_UPDATE_STEPS
@@ -104,8 +104,6 @@ class VRPGE(Method):
         schedules = [run.weight_schedule(optimizer, phase, start, steps),  # scores: cosine over the search
                      (lambda: self.learner.optimizer, self.learner.lr, start, steps)]
         if self.weight_average:
-            from ...optim import MaskedOptimizer
-
             self.masked_optimizer = MaskedOptimizer(optimizer, self.sparse)
         if self._saved is not None:  # resumed: the search's state as the checkpoint left it
             self.learner.load_state_dict(self._saved["learner"])
