@@ -16,8 +16,9 @@ remove work.
 
 Also here: Erdos-Renyi-Kernel layer densities (:func:`erk_densities`, as RigL's code
 computes them), integer per-layer counts that meet a global budget exactly
-(:func:`density_counts`), deterministic exact top-k (:func:`topk_exact`), resetting an
-optimizer's per-weight state (:func:`reset_optimizer_state`) and option checking.
+(:func:`density_counts`), deterministic exact top-k (:func:`topk_exact`, the tie rule of
+:func:`fxsparse.masks.top_mask`) and resetting an optimizer's per-weight state
+(:func:`reset_optimizer_state`). Option checking: :mod:`fxsparse.methods.options`.
 """
 from __future__ import annotations
 
