@@ -15,6 +15,7 @@ as Li et al. prune a fixed fraction of each layer. Channel level only.
 from __future__ import annotations
 
 from .base import TrainState
+from .options import check_choices
 from .registry import register_method
 from .scores import filter_l1
 from .select import ScoreMethod
@@ -32,10 +33,7 @@ class L1Filter(ScoreMethod):
     extra_options = {"side": "out", "reduce": "sum"}
 
     def validate_options(self) -> None:
-        if self.side not in ("out", "all"):
-            raise ValueError(f"l1_filter: side must be 'out' or 'all', got {self.side!r}")
-        if self.reduce not in ("sum", "mean"):
-            raise ValueError(f"l1_filter: reduce must be 'sum' or 'mean', got {self.reduce!r}")
+        check_choices("l1_filter", side=(self.side, ("out", "all")), reduce=(self.reduce, ("sum", "mean")))
 
     def init(self, state: TrainState) -> None:
         self.scores = filter_l1(self.channel_graph(state), state.model, side=self.side, reduce=self.reduce)

@@ -30,6 +30,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from ..masks import check_fraction, check_no_nan, top_mask
+from .options import check_choice
 
 __all__ = ["WeightMask", "MaskDict", "apply_weight_masks", "remove_weight_masks", "weight_mask_modules", "dense_state_dict",
            "erk_densities", "uniform_densities", "density_counts", "random_masks", "sparsifiable_weights",
@@ -283,12 +284,11 @@ def random_masks(model: nn.Module, names: list, keep: float, distribution: str, 
                  erk_power_scale: float = 1.0) -> dict:
     """Random masks with exact per-tensor counts (:func:`density_counts` of the ERK or uniform
     densities), drawn with ``torch.randperm(.., generator=generator)`` in ``names`` order."""
+    check_choice("random_masks", "distribution", distribution, ("erk", "uniform"))
     if distribution == "erk":
         dens = erk_densities(model, names, keep, erk_power_scale)
-    elif distribution == "uniform":
-        dens = uniform_densities(names, keep)
     else:
-        raise ValueError(f"distribution must be 'erk' or 'uniform', got {distribution!r}")
+        dens = uniform_densities(names, keep)
     sizes = {n: get_tensor(model, n).numel() for n in names}
     counts = density_counts(sizes, dens, keep)
     masks = {}
