@@ -8,7 +8,7 @@ On Fashion-MNIST (batch 128) the weights train for each number of steps in ``--a
 0.05, momentum 0.9) under masks sampled from the *initial* policy (the scores stay at their
 starting, budget-meeting values: open, nothing polarised), then ``--estimates`` independent
 estimates (2 fresh samples on a fresh minibatch each, at those weights) are drawn.
-``fxsparse.vrpge.signal_to_noise`` splits them in halves (E[a_j b_j] = mu_j^2) to separate
+``fxsparse.methods.vrpge.signal_to_noise`` splits them in halves (E[a_j b_j] = mu_j^2) to separate
 the true gradient from the noise. Every figure comes with the estimator's detection floor:
 the signal RMS that M estimates over n coordinates can tell from zero (2 standard errors of
 the split-half product; about sqrt(2 / (M sqrt(n))) times the noise). A signal below its
@@ -36,8 +36,8 @@ from tabulate import tabulate
 import fxsparse
 from fxsparse.cli import load_model
 from fxsparse.data import make_loaders
-from fxsparse.structure import StructureLearner
-from fxsparse.vrpge import signal_to_noise
+from fxsparse.methods.vrpge import StructureLearner
+from fxsparse.methods.vrpge import signal_to_noise
 
 
 def batches(loader):

@@ -48,7 +48,7 @@ def main(argv=None):
     for _ in range(3):  # compile and warm up through the real step
         new_masks()
         step(x, y)
-    _, forward_loss, kernel, gather_fn = sp._compiled["step"]
+    _, forward_loss, kernel, gather_fn = sp.compiled_fns["step"]
     update = fxsparse.optim.compact_update_for(opt)
     params = dict(model.named_parameters())
 

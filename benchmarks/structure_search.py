@@ -63,16 +63,16 @@ TABLES = {
 DEFAULT = "vrpge-width"
 # label: (method, config overrides, method options); "@flops"/"@wall" runs get their epochs later
 VRPGE = {
-    "vrpge-paper": ("vrpge", dict(granularity="channel", form="preconditioned", score_lr=0.012, final="sample"), {}),
-    "vrpge-channel": ("vrpge", dict(granularity="channel"), {}),
-    "vrpge-width": ("vrpge", dict(granularity="width"), {}),
-    "vrpge-width+channel": ("vrpge", dict(granularity="width+channel"), {}),
+    "vrpge-paper": ("vrpge", {}, dict(granularity="channel", form="preconditioned", score_lr=0.012, final="sample")),
+    "vrpge-channel": ("vrpge", {}, dict(granularity="channel")),
+    "vrpge-width": ("vrpge", {}, dict(granularity="width")),
+    "vrpge-width+channel": ("vrpge", {}, dict(granularity="width+channel")),
     # the weights train on the policy's typical sub-network, the samples only score (K fresh forwards)
-    "vrpge-width-mean": ("vrpge", dict(granularity="width"), dict(weight_masks="mean")),
+    "vrpge-width-mean": ("vrpge", {}, dict(granularity="width", weight_masks="mean")),
     # the previous default: per-channel scores at a fixed score lr 0.1, the authors' final mask
-    "vrpge-channel-lr0.1": ("vrpge", dict(granularity="channel", score_lr=0.1, final="sample"), {}),
+    "vrpge-channel-lr0.1": ("vrpge", {}, dict(granularity="channel", score_lr=0.1, final="sample")),
     # the search's cost: half as long a search, the fine-tune longer by as much
-    "vrpge-width-short": ("vrpge", dict(granularity="width", epochs="half"), {}),
+    "vrpge-width-short": ("vrpge", dict(epochs="half"), dict(granularity="width")),
 }
 FIXED = {
     "random-uniform@flops": ("random", {}, dict(scope="per_group", budget="flops")),
@@ -274,10 +274,10 @@ def report(recs, table, plot=None):
 def _pairwise_rank_corr(rows):
     import torch
 
-    from fxsparse.structure import _spearman
+    from fxsparse.methods.vrpge import spearman
 
     pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
-    vals = [_spearman(torch.tensor(a), torch.tensor(b)) for a, b in pairs]
+    vals = [spearman(torch.tensor(a), torch.tensor(b)) for a, b in pairs]
     vals = [v for v in vals if v == v]
     return statistics.mean(vals) if vals else float("nan")
 

@@ -34,6 +34,8 @@ from tabulate import tabulate
 
 import fxsparse
 from fxsparse import zoo
+from fxsparse.broadcast import along
+from fxsparse.masks import check_fraction
 from fxsparse.train_step import forward_gathered, gather_leaves
 
 
@@ -81,9 +83,7 @@ def make_masked_dense_step(model, graph, x, y, keep, compile_):
     def loss_fn(masks, a, b):
         tensors = dict(params)
         for name, dim, lines in masks:
-            shape = [1] * tensors[name].dim()
-            shape[dim] = -1
-            tensors[name] = tensors[name] * lines.view(shape)
+            tensors[name] = tensors[name] * along(lines, dim, tensors[name].dim())
         return F.cross_entropy(functional_call(model, tensors, (a,)), b)
 
     fwd = torch.compile(loss_fn) if compile_ else loss_fn
@@ -210,8 +210,10 @@ def main(argv=None):
     for flag in ("steps", "block", "batch", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if not 0 < args.keep <= 1:
-        parser.error(f"--keep must be in (0, 1], got {args.keep}")
+    try:
+        check_fraction(args.keep, "--keep")
+    except ValueError as err:
+        parser.error(str(err))
     if not args.warm_cache:
         import os
         import tempfile

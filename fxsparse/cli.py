@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 import warnings
 
 import torch
 from tabulate import tabulate
+
+from .zoo import load_model  # noqa: F401  (fxsparse.cli.load_model: benchmarks use it)
 
 
 def parse_input(text: str) -> tuple[int, ...]:
@@ -19,29 +20,6 @@ def parse_input(text: str) -> tuple[int, ...]:
     if not dims or any(d <= 0 for d in dims):
         raise argparse.ArgumentTypeError(f"--input sizes must be positive, got {text!r}")
     return dims
-
-
-def load_model(spec: str, num_classes: int = 10, in_chans: int | None = None) -> torch.nn.Module:
-    """'zoo:NAME' or 'package.module:factory' (called with no arguments)."""
-    from . import zoo
-
-    if spec.startswith("zoo:"):
-        name = spec[4:]
-        if name not in zoo.list():
-            raise ValueError(f"no zoo model '{name}'. Available: {', '.join(zoo.list())}")
-        kw = {} if in_chans is None else {"in_chans": in_chans}
-        return zoo.create(name, num_classes=num_classes, **kw)
-    if ":" not in spec:
-        raise ValueError(f"MODEL must be 'zoo:NAME' or 'module.path:factory', got {spec!r}")
-    mod_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load {spec!r}: {exc}") from None
-    model = factory()
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
-    return model
 
 
 def cmd_analyze(args) -> int:
@@ -75,7 +53,7 @@ def cmd_zoo(args) -> int:
     from . import zoo
 
     rows, failures = [], 0
-    names = zoo.list()
+    names = zoo.names()
     unknown = [n for n in args.models or () if n not in names]
     if unknown:
         raise ValueError(f"no zoo model {', '.join(map(repr, unknown))}. Available: {', '.join(names)}")
@@ -148,31 +126,35 @@ def add_train_arguments(p):
                    "learning rate, cosine (default: continue the run's one cosine schedule; the authors restart "
                    "at 1e-3 after a 300-epoch search)")
     p.add_argument("--finetune-bn-eval", action="store_true", help="fine-tune with BN in eval mode (the authors' setting)")
-    p.add_argument("--score-lr", type=float, default=d.score_lr, help="Adam learning rate of the scores, cosine over "
-                   "the search (default: 0.3 / sqrt(search steps); the authors use 0.012 for a 300-epoch search)")
-    p.add_argument("--granularity", choices=["width", "channel", "width+channel"], default=d.granularity,
-                   help="what the search learns: one keep ratio per layer group (width; channels by L1 order), one "
-                   "score per channel (channel, the paper), or widths then channels within (default %(default)s)")
-    p.add_argument("--final", choices=["topk", "sample"], default=d.final,
-                   help="final mask: the top of the scores meeting the budget (topk), or the authors' best of "
-                   "sampled masks (sample) (default %(default)s)")
-    p.add_argument("--form", choices=["exact", "preconditioned"], default=d.form, help="Bernoulli score form (default %(default)s)")
-    p.add_argument("--samples", type=int, default=d.samples, help="masks per score step (default %(default)s)")
-    p.add_argument("--no-reuse-loss", dest="reuse_loss", action="store_false",
-                   help="two fresh score forwards instead of reusing the weight step's loss")
-    p.add_argument("--weight-average", action="store_true",
-                   help="the authors' weight step: mean gradient over --samples sub-networks, whose losses feed the score step")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager mode")
-    p.add_argument("--compile-update", dest="compile_update", action="store_const", const=True, default=None,
-                   help="compile the search step's optimizer update (default: for searches of 3000+ steps)")
-    p.add_argument("--no-compile-update", dest="compile_update", action="store_const", const=False,
-                   help="keep the search step's optimizer update eager")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit-batches", type=int, default=None, help="at most this many batches per epoch")
     p.add_argument("--out", default=d.out, help="run directory: checkpoints, history, exported model (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    for flags, kwargs in method_cli_options():  # the methods' own flags (VR-PGE's --score-lr, --granularity, ...)
+        p.add_argument(*flags, **kwargs)
+
+
+def method_cli_options() -> list:
+    """(flags, argparse keywords) of every registered method's ``cli_options``, each flag once."""
+    from .methods import get_method, list_methods
+
+    seen, out = set(), []
+    for name in list_methods():
+        for flags, kwargs in get_method(name).cli_options:
+            if not seen.intersection(flags):
+                seen.update(flags)
+                out.append((flags, kwargs))
+    return out
+
+
+def method_options_from(args, method: str) -> dict:
+    """The ``method_options`` the flags of ``method`` (its ``cli_options``) set."""
+    from .methods import get_method
+
+    return {kw["dest"]: getattr(args, kw["dest"]) for _, kw in get_method(method).cli_options}
 
 
 def cmd_train(args) -> int:
@@ -190,11 +172,12 @@ def cmd_train(args) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     from .errors import FxsparseError
 
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
+        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
+                             method_options=method_options_from(args, args.method))
         Trainer(config, resume=args.resume, progress=args.progress).run()
     except (FxsparseError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"fxsparse train: error: {err.args[0] if err.args else err}", file=sys.stderr)

@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from .errors import ExportError
 from .graph import ChannelGraph
-from .masks import normalize_keep
+from .masks import kept_indices, normalize_keep
 from .passes.slice_channels import SliceChannels, tied_names
 from .run_check import check_runs, inputs_on_device_of
 
@@ -67,28 +67,4 @@ def class_kept(graph: ChannelGraph, keep) -> dict[int, bool]:
     for g in graph.groups:
         for cls, k in zip(g.classes.tolist(), masks[g.id].tolist()):
             out[cls] = bool(k)
-    return out
-
-
-def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]]:
-    """{parameter or buffer name: {dim: kept indices}} for a keep pattern: what export keeps.
-    A tied tensor is listed under its first name (the one ``named_parameters()`` gives)."""
-    masks = normalize_keep(graph, keep or {})
-    first = {alias: name for name, aliases in tied_names(graph.gm).items() for alias in aliases}
-    drops: dict[str, dict[int, list]] = {}
-    for g in graph.groups:
-        keep_g = masks[g.id].numpy()
-        if keep_g.all():
-            continue
-        for m in g.members:
-            drop = np.concatenate([m.index[j] for j in np.nonzero(~keep_g)[0]])
-            drops.setdefault(first.get(m.param, m.param), {}).setdefault(m.dim, []).append(drop)
-    sizes = dict(graph.gm.named_parameters())
-    sizes.update(dict(graph.gm.named_buffers()))
-    out = {}
-    for name, per_dim in drops.items():
-        out[name] = {}
-        for dim, parts in per_dim.items():
-            removed = np.unique(np.concatenate(parts))
-            out[name][dim] = torch.as_tensor(np.setdiff1d(np.arange(sizes[name].shape[dim]), removed), dtype=torch.long)
     return out

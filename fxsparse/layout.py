@@ -1,6 +1,6 @@
 """Capacity layouts: where each kept channel sits in the compiled sparse step.
 
-Every block of channels (see ``passes/capacity_blocks.py``) has ``cap`` slots. Slot s of
+Every block of channels (see ``passes/capacity_blocks.py``) has a capacity of ``slots`` slots. Slot s of
 a block holds the block's s-th kept channel, or, when fewer are kept, a distinct pruned
 channel whose weights are multiplied by 0 (an *empty slot*). A :class:`DimLayout`
 records, for one dim of one parameter or tensor in the capacity model, which
@@ -10,6 +10,7 @@ validity vector are two numpy lookups.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -44,8 +45,9 @@ class DimLayout:
 class Plan:
     """Blocks, their capacities, and the slot -> channel assignment for the current masks."""
 
-    def __init__(self, graph: ChannelGraph, caps: dict[int, int] | None = None):
+    def __init__(self, graph: ChannelGraph, caps: dict[int, int] | None = None, align: int = 1):
         self.graph = graph
+        self.align = align  # slot counts are rounded up to a multiple of this (never past the block size)
         self.blocks: list[Block] = capacity_blocks(graph)
         self.prunable = [graph.groups[b.group].prunable for b in self.blocks]
         self.block_index = [torch.as_tensor(b.channels) for b in self.blocks]  # built once: used every step
@@ -59,17 +61,106 @@ class Plan:
             for s, c in enumerate(b.classes.tolist()):
                 self.block_of[c] = i
                 self.slot_of[c] = s
-        self._rebuild_offsets()
+        self.set_caps(self.caps)
 
-    def _rebuild_offsets(self):
+    def set_caps(self, caps) -> None:
+        """Set the capacities (slots per block) and the global slot offsets that follow."""
+        self.caps = list(caps)
         self.offsets = np.concatenate([[0], np.cumsum(self.caps)]).astype(np.int64)
 
+    # ----- the capacity policy -------------------------------------------------------
+    def round_cap(self, n, size: int) -> int:
+        """``n`` slots rounded up to ``align``, at least 1, at most ``size``."""
+        return int(min(size, max(1, math.ceil(n / self.align) * self.align)))
+
+    def set_initial_caps(self, keep: float, capacity="auto", headroom: float = 3.0) -> None:
+        """``capacity``: "auto" (the expected kept count of a Bernoulli(keep) mask plus
+        ``headroom`` standard deviations), "exact" (round(keep * size)) or {block: slots}."""
+        caps = list(self.caps)
+        for i, b in enumerate(self.blocks):
+            n = len(b.classes)
+            if not self.prunable[i]:
+                continue
+            if capacity == "auto":
+                want = keep * n + headroom * math.sqrt(n * keep * (1 - keep))
+            elif capacity == "exact":
+                want = round(keep * n)
+            elif isinstance(capacity, dict):
+                want = capacity.get(i, n)
+            else:
+                raise ValueError(f"capacity must be 'auto', 'exact' or {{block: slots}}, got {capacity!r}")
+            caps[i] = self.round_cap(math.ceil(want), n)
+        self.set_caps(caps)
+
+    def fits(self, masks) -> bool:
+        """Whether ``masks`` ({group: bool}) fit the current capacities."""
+        return all(c <= slots for c, slots in zip(self.block_counts(masks), self.caps))
+
+    def grown_caps(self, counts) -> list[int] | None:
+        """Capacities for blocks that now keep ``counts`` channels: a block that overflows
+        grows to at least 25% more slots (so counts that creep up cost a few rebuilds, not one
+        per step); None when every block fits."""
+        caps, grew = list(self.caps), False
+        for i, c in enumerate(counts):
+            if c > caps[i]:
+                caps[i] = self.round_cap(max(c, math.ceil(caps[i] * 1.25)), len(self.blocks[i].classes))
+                grew = True
+        return caps if grew else None
+
+    def block_moments(self, probs: dict[int, torch.Tensor]) -> list[tuple[float, float]]:
+        """Per block: mean and standard deviation of the kept count of a Bernoulli(probs) mask."""
+        out = []
+        for b, index in zip(self.blocks, self.block_index):
+            p = probs.get(b.group)
+            if p is None:
+                out.append((float(len(index)), 0.0))
+                continue
+            p = p.detach().double().cpu()[index].clamp(0, 1)
+            out.append((float(p.sum()), math.sqrt(float((p * (1 - p)).sum()))))
+        return out
+
+    def planned_caps(self, probs, headroom: float = 3.0, slack: float = 0.02, moments=None) -> list[int]:
+        """Capacities for Bernoulli(probs) masks: mean + ``headroom`` std + ``slack`` x block size
+        (``moments``: :meth:`block_moments` of ``probs`` when the caller already has them)."""
+        caps = list(self.caps)
+        for i, (mean, std) in enumerate(moments or self.block_moments(probs)):
+            if self.prunable[i]:
+                n = len(self.blocks[i].classes)
+                caps[i] = self.round_cap(math.ceil(mean + headroom * std + slack * n), n)
+        return caps
+
+    def fitted_caps(self, probs, masks, cost, *, headroom: float = 3.5, grow_at: float = 3.0, slack: float = 0.02,
+                    shrink_gain: float = 0.1, shrink: bool = True) -> tuple[list[int] | None, bool]:
+        """(new capacities or None to keep them, whether a shrink passed the cost test) for masks drawn from
+        Bernoulli(``probs``), never below what the current ``masks`` need. Grow when a block's
+        expected count plus ``grow_at`` std no longer fits (the blocks that need it, by at
+        least 25%; the others keep theirs); else, with ``shrink``, set every block to its
+        planned capacity when that cuts ``cost(caps)`` (the capacity model's FLOPs) by
+        ``shrink_gain``."""
+        moments = self.block_moments(probs)
+        needs = [self.prunable[i] and m + grow_at * sd > slots and slots < len(self.blocks[i].classes)
+                 for i, ((m, sd), slots) in enumerate(zip(moments, self.caps))]  # a full block cannot grow
+        grow = any(needs)
+        if not grow and not shrink:
+            return None, False
+        planned = self.planned_caps(probs, headroom, slack, moments)
+        if grow:
+            planned = [self.round_cap(max(p, math.ceil(1.25 * slots)), len(b.classes)) if need else max(p, slots)
+                       for p, slots, need, b in zip(planned, self.caps, needs, self.blocks)]
+        else:
+            if planned == self.caps:
+                return None, False
+            if cost(planned) > (1 - shrink_gain) * cost(self.caps):
+                return None, False
+        planned = [max(p, c) for p, c in zip(planned, self.block_counts(masks))]  # never below the masks' need
+        return (None if planned == self.caps else planned), not grow
+
     def cap_keep(self, caps=None) -> dict[int, torch.Tensor]:
-        """The keep pattern whose exported model is the capacity model: first cap slots of
+        """The keep pattern whose exported model is the capacity model: first ``slots`` slots of
         each block (of ``caps``, default the current capacities)."""
         keep = {g.id: torch.zeros(g.size, dtype=torch.bool) for g in self.graph.groups}
-        for b, index, cap in zip(self.blocks, self.block_index, caps or self.caps):
-            keep[b.group][index[:cap]] = True
+        for b, index, slots in zip(self.blocks, self.block_index, caps or self.caps):
+            keep[b.group][index[:slots]] = True
         return keep
 
     def block_counts(self, masks) -> list[int]:
@@ -84,19 +175,19 @@ class Plan:
         for i, b in enumerate(self.blocks):
             keep = masks[b.group].numpy()[b.channels]
             kept, pruned = b.classes[keep], b.classes[~keep]
-            cap = self.caps[i]
-            if len(kept) > cap:
+            slots = self.caps[i]
+            if len(kept) > slots:
                 raise OverflowError(i)
-            fill = np.concatenate([kept, pruned[: cap - len(kept)]])
-            classes[self.offsets[i] : self.offsets[i] + cap] = fill
+            fill = np.concatenate([kept, pruned[: slots - len(kept)]])
+            classes[self.offsets[i] : self.offsets[i] + slots] = fill
             valid[self.offsets[i] : self.offsets[i] + len(kept)] = 1.0
         return classes, valid
 
     def dim_layout(self, dense_classes: np.ndarray) -> DimLayout:
         """Layout of a capacity-model dim whose dense (unpruned) dim holds ``dense_classes``."""
         cap_kept = set()
-        for b, cap in zip(self.blocks, self.caps):
-            cap_kept.update(b.classes[:cap].tolist())
+        for b, slots in zip(self.blocks, self.caps):
+            cap_kept.update(b.classes[:slots].tolist())
         rows: dict[int, list] = {}
         for p, c in enumerate(dense_classes.tolist()):
             if c >= 0:

@@ -1,20 +1,63 @@
 """Keep masks: one bool tensor per prunable group (True = channel kept)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .errors import KeepMaskError
 from .graph import ChannelGraph
+from .passes.slice_channels import tied_names
 
 
-def _check_ratio(ratio):
-    if not isinstance(ratio, (int, float)) or ratio != ratio or not 0 < ratio <= 1:
-        raise KeepMaskError(f"keep ratio must be a number in (0, 1], got {ratio!r}")
+def check_fraction(value, name: str = "keep", error: type = KeepMaskError) -> None:
+    """``value`` must be a number in (0, 1] (not a bool, not NaN): else ``error`` (a
+    :class:`KeepMaskError` by default, which is also a ValueError) naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not 0 < value <= 1:
+        raise error(f"{name} must be a number in (0, 1], got {value!r}")
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` (a loss, a few losses) is finite: a step that sees a
+    non-finite loss is skipped."""
+    return bool(torch.isfinite(t).all())
+
+
+def check_no_nan(t: torch.Tensor, message: str, error: type = ValueError) -> None:
+    """``error(message)`` when the floating-point tensor ``t`` holds a NaN."""
+    if t.is_floating_point() and bool(torch.isnan(t).any()):
+        raise error(message)
+
+
+def check_finite_scores(scores: torch.Tensor, what: str) -> None:
+    """ValueError when ``scores`` (of ``what``) contain NaN: the scoring pass diverged."""
+    check_no_nan(scores, f"the scores of {what} contain NaN; the scoring pass diverged "
+                 "(try float64, a smaller learning-rate-free input, or another method)")
+
+
+def top_mask(scores: torch.Tensor, k: int, what: str = "the scores") -> torch.Tensor:
+    """Flat bool mask of exactly the ``k`` largest entries, ties to the lower index (the
+    first k of a stable descending sort), found with one ``kthvalue`` (O(n)) instead of a
+    full sort: the threshold only splits off the strict winners; the tied entries at the
+    threshold are then taken in index order until exactly k are kept. Never a threshold
+    alone (which would keep every tied entry). NaN scores raise ValueError."""
+    s = scores.detach().flatten()
+    check_finite_scores(s, what)
+    n = s.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=s.device)
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=s.device)
+    thr = torch.kthvalue(s.cpu() if s.device.type == "mps" else s, n - k + 1).values.to(s.device)
+    mask = s > thr
+    need = k - int(mask.sum())
+    tied = torch.nonzero(s == thr).flatten()[:need]
+    mask[tied] = True
+    return mask
 
 
 def random_keep(graph: ChannelGraph, ratio: float, generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
     """Keep round(ratio * size) random channels of every prunable group (at least one)."""
-    _check_ratio(ratio)
+    check_fraction(ratio, "keep ratio")
     out = {}
     for g in graph.prunable_groups:
         k = max(1, round(ratio * g.size))
@@ -26,8 +69,9 @@ def random_keep(graph: ChannelGraph, ratio: float, generator: torch.Generator | 
 
 
 def topk_keep(graph: ChannelGraph, scores: dict[int, torch.Tensor], ratio: float) -> dict[int, torch.Tensor]:
-    """Keep the round(ratio * size) highest-scoring channels of every prunable group (at least one)."""
-    _check_ratio(ratio)
+    """Keep the round(ratio * size) highest-scoring channels of every prunable group (at least
+    one); ties go to the lower channel index (:func:`top_mask`, the methods' rule)."""
+    check_fraction(ratio, "keep ratio")
     out = {}
     for g in graph.prunable_groups:
         if g.id not in scores:
@@ -35,10 +79,7 @@ def topk_keep(graph: ChannelGraph, scores: dict[int, torch.Tensor], ratio: float
         s = torch.as_tensor(scores[g.id]).flatten()
         if s.numel() != g.size:
             raise KeepMaskError(f"scores for group {g.id} have {s.numel()} entries, the group has {g.size} channels")
-        k = max(1, round(ratio * g.size))
-        mask = torch.zeros(g.size, dtype=torch.bool)
-        mask[torch.topk(s.float(), k).indices] = True
-        out[g.id] = mask
+        out[g.id] = top_mask(s.float(), max(1, round(ratio * g.size)), f"group {g.id}")
     return out
 
 
@@ -67,4 +108,28 @@ def normalize_keep(graph: ChannelGraph, keep) -> dict[int, torch.Tensor]:
         if not g.prunable and not m.all():
             raise KeepMaskError(f"group {gid} is not prunable ({g.reason}); keep all its channels")
         out[gid] = m
+    return out
+
+
+def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]]:
+    """{parameter or buffer name: {dim: kept indices}} for a keep pattern: what export keeps.
+    A tied tensor is listed under its first name (the one ``named_parameters()`` gives)."""
+    masks = normalize_keep(graph, keep or {})
+    first = {alias: name for name, aliases in tied_names(graph.gm).items() for alias in aliases}
+    drops: dict[str, dict[int, list]] = {}
+    for g in graph.groups:
+        keep_g = masks[g.id].numpy()
+        if keep_g.all():
+            continue
+        for m in g.members:
+            drop = np.concatenate([m.index[j] for j in np.nonzero(~keep_g)[0]])
+            drops.setdefault(first.get(m.param, m.param), {}).setdefault(m.dim, []).append(drop)
+    sizes = dict(graph.gm.named_parameters())
+    sizes.update(dict(graph.gm.named_buffers()))
+    out = {}
+    for name, per_dim in drops.items():
+        out[name] = {}
+        for dim, parts in per_dim.items():
+            removed = np.unique(np.concatenate(parts))
+            out[name][dim] = torch.as_tensor(np.setdiff1d(np.arange(sizes[name].shape[dim]), removed), dtype=torch.long)
     return out

@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from .export import kept_indices
+from .broadcast import along
+from .masks import kept_indices
 
 
 class MaskedOptimizer:
@@ -27,7 +28,7 @@ class MaskedOptimizer:
         return getattr(self.optimizer, name)
 
     def _keep_masks(self) -> dict[str, torch.Tensor]:
-        masks = self.sparse._masks
+        masks = self.sparse.current_masks
         key = tuple((k, v.numpy().tobytes()) for k, v in sorted(masks.items()))
         if key != self._cache_key:
             params = dict(self.sparse.model.named_parameters())
@@ -40,9 +41,7 @@ class MaskedOptimizer:
                 for dim, idx in per_dim.items():
                     line = torch.zeros(p.shape[dim], dtype=torch.bool, device=p.device)
                     line[idx.to(p.device)] = True
-                    shape = [1] * p.dim()
-                    shape[dim] = -1
-                    keep = keep & line.view(shape)
+                    keep = keep & along(line, dim, p.dim())
                 self._keep[name] = keep
             self._cache_key = key
         return self._keep
@@ -110,9 +109,7 @@ def scatter_(t, where, values):
         i = picked.get(d)
         if i is None:
             i = torch.arange(t.shape[d], device=t.device)
-        shape = [1] * (last + 1)
-        shape[d] = -1
-        index.append(i.view(shape))
+        index.append(along(i, d, last + 1))
     t.index_put_(tuple(index), values)
 
 
@@ -121,9 +118,7 @@ def real_slots(where, ndim):
     a kept channel (an empty slot's entry must not change)."""
     real = None
     for dim, _, ok in where:
-        shape = [1] * ndim
-        shape[dim] = -1
-        line = ok.view(shape)
+        line = along(ok, dim, ndim)
         real = line if real is None else real & line
     return real
 

@@ -18,7 +18,6 @@ recompile limit never silently sends the step back to eager.
 from __future__ import annotations
 
 import inspect
-import math
 import types
 
 import numpy as np
@@ -26,13 +25,14 @@ import torch
 import torch.nn as nn
 
 from .analyze import analyze
-from .errors import KeepMaskError, NoPrunableGroupError
+from .broadcast import left_pad
+from .errors import NoPrunableGroupError
 from .export import export, tied_names
 from .run_check import check_runs, inputs_on_device_of
 from .graph import ChannelGraph
 from .layout import GatherIndex, Plan
 from .train_step import device_of, forward_gathered, make_train_step, write_back_buffers
-from .masks import normalize_keep, random_keep
+from .masks import check_fraction, normalize_keep, random_keep
 from .passes.channel_propagation import IDS
 from .passes.masked_mixing import MaskMixingOps
 from .passes.shape_prop import SHAPE
@@ -64,6 +64,12 @@ class SparseModel(nn.Module):
     ``compile_update``: with ``compile``, also compile the optimizer update of
     :meth:`make_train_step` (one more graph per capacity set, ~10-40 s cold on a 2-core CPU;
     saves ~7-10 ms per step on a VGG-11: worth it beyond a few thousand steps).
+
+    What the training step (:mod:`fxsparse.train_step`) reads: ``members`` ({dense tensor
+    name: [(dim, DimLayout)]} of the tensors the step gathers), ``buffer_names`` (the dense
+    model's buffers the capacity model uses), :attr:`valid_buffers`, :attr:`current_masks`,
+    :meth:`dense_tensors`, :meth:`buffers_to`, :meth:`forward_dense` and ``compiled_fns``
+    (the compiled step functions of the current capacities, by key; emptied by a rebuild).
     """
 
     def __init__(self, model, graph, *, keep=0.5, compile=True, capacity="auto", headroom=3.0, align=None, seed=0,
@@ -72,8 +78,7 @@ class SparseModel(nn.Module):
         if not graph.prunable_groups:
             raise NoPrunableGroupError("the model has no prunable channel group, so there is nothing to sparsify; "
                                        "fxsparse.analyze(model, x).summary() says why for each group")
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-            raise KeepMaskError(f"keep must be a number in (0, 1], got {keep!r}")
+        check_fraction(keep, "keep")
         self.model = model
         self.channel_graph = graph
         self.keep = float(keep)
@@ -90,45 +95,19 @@ class SparseModel(nn.Module):
         self.on_rebuild = []  # callables fn(sparse_model), called after each capacity change (before its recompile)
         self._shrinks = 0
         self.generator = torch.Generator().manual_seed(seed)
-        self.plan = Plan(graph)
-        self._set_initial_caps(capacity, headroom)
+        self.plan = Plan(graph, align=align)
+        self.plan.set_initial_caps(self.keep, capacity, headroom)
         self._masks = normalize_keep(graph, random_keep(graph, self.keep, self.generator))
         self._build()
 
-    # ----- capacities ----------------------------------------------------------------
-    def _round(self, n, size):
-        return int(min(size, max(1, math.ceil(n / self.align) * self.align)))
-
-    def _set_initial_caps(self, capacity, headroom):
-        r = self.keep
-        for i, b in enumerate(self.plan.blocks):
-            n = len(b.classes)
-            if not self.plan.prunable[i]:
-                continue
-            if capacity == "auto":
-                want = r * n + headroom * math.sqrt(n * r * (1 - r))
-            elif capacity == "exact":
-                want = round(r * n)
-            elif isinstance(capacity, dict):
-                want = capacity.get(i, n)
-            else:
-                raise ValueError(f"capacity must be 'auto', 'exact' or {{block: slots}}, got {capacity!r}")
-            self.plan.caps[i] = self._round(math.ceil(want), n)
-        self.plan._rebuild_offsets()
-
+    # ----- capacities (the policy is the plan's: fxsparse.layout.Plan) ----------------
     def _grow(self, counts):
-        grew = False
-        for i, c in enumerate(counts):
-            if c > self.plan.caps[i]:
-                size = len(self.plan.blocks[i].classes)
-                self.plan.caps[i] = self._round(max(c, math.ceil(self.plan.caps[i] * 1.25)), size)
-                grew = True
-        if grew:
-            self._set_caps(self.plan.caps)
+        caps = self.plan.grown_caps(counts)
+        if caps is not None:
+            self._set_caps(caps)
 
     def _set_caps(self, caps):
-        self.plan.caps = list(caps)
-        self.plan._rebuild_offsets()
+        self.plan.set_caps(caps)
         self.rebuilds += 1
         self._build()
         for fn in self.on_rebuild:
@@ -148,63 +127,31 @@ class SparseModel(nn.Module):
 
     def fits(self, masks) -> bool:
         """Whether ``masks`` ({group: bool}) fit the current capacities (no rebuild needed)."""
-        return all(c <= cap for c, cap in zip(self.plan.block_counts(masks), self.plan.caps))
+        return self.plan.fits(masks)
 
     def block_moments(self, probs: dict[int, torch.Tensor]) -> list[tuple[float, float]]:
         """Per block: mean and standard deviation of the kept count of a Bernoulli(probs) mask."""
-        out = []
-        for b, index in zip(self.plan.blocks, self.plan.block_index):
-            p = probs.get(b.group)
-            if p is None:
-                out.append((float(len(index)), 0.0))
-                continue
-            p = p.detach().double().cpu()[index].clamp(0, 1)
-            out.append((float(p.sum()), math.sqrt(float((p * (1 - p)).sum()))))
-        return out
+        return self.plan.block_moments(probs)
 
     def planned_caps(self, probs, headroom: float = 3.0, slack: float = 0.02, moments=None) -> list[int]:
-        """Capacities for Bernoulli(probs) masks: mean + ``headroom`` std + ``slack`` x block size
-        (``moments``: :meth:`block_moments` of ``probs`` when the caller already has them)."""
-        caps = list(self.plan.caps)
-        for i, (mean, std) in enumerate(moments or self.block_moments(probs)):
-            if self.plan.prunable[i]:
-                n = len(self.plan.blocks[i].classes)
-                caps[i] = self._round(math.ceil(mean + headroom * std + slack * n), n)
-        return caps
+        """Capacities for Bernoulli(probs) masks: see :meth:`fxsparse.layout.Plan.planned_caps`."""
+        return self.plan.planned_caps(probs, headroom, slack, moments)
 
     def fit_capacity(self, probs, *, headroom: float = 3.5, grow_at: float = 3.0, slack: float = 0.02,
                      shrink_gain: float = 0.1, max_shrinks: int = 6, shrink: bool = True) -> bool:
         """Re-plan the capacities for masks drawn from Bernoulli(``probs``) ({group: keep
-        probabilities}); cheap to call every step. Rebuilds (one recompile) when a block's
-        expected count plus ``grow_at`` std no longer fits (grow before masks overflow), or
-        when the planned capacities would cut the capacity model's FLOPs by ``shrink_gain``
-        (probabilities sharpened: less padding; at most ``max_shrinks`` times once compiled;
-        ``shrink=False`` skips that check). A shrink sets every block to its planned capacity;
-        a growth grows the blocks that need it by at least 25% (so probabilities that creep
-        up, as learned widths do, cost a few rebuilds, not one per step) and keeps the others.
-        Returns whether it rebuilt."""
-        moments = self.block_moments(probs)
-        needs = [self.plan.prunable[i] and m + grow_at * sd > cap and cap < len(self.plan.blocks[i].classes)
-                 for i, ((m, sd), cap) in enumerate(zip(moments, self.plan.caps))]  # a full block cannot grow
-        grow = any(needs)
-        if not grow and not shrink:
+        probabilities}); cheap to call every step. Rebuilds (one recompile) when the plan's
+        policy (:meth:`fxsparse.layout.Plan.fitted_caps`) changes them: grow before masks
+        overflow, shrink once the probabilities sharpened (at most ``max_shrinks`` times once
+        compiled). Returns whether it rebuilt."""
+        compiled = bool(self.compiled_fns)
+        caps, shrank = self.plan.fitted_caps(probs, self._masks, self._cap_flops, headroom=headroom, grow_at=grow_at,
+                                             slack=slack, shrink_gain=shrink_gain, shrink=shrink and not (
+                                                 compiled and self._shrinks >= max_shrinks))
+        self._shrinks += compiled and shrank
+        if caps is None:
             return False
-        planned = self.planned_caps(probs, headroom, slack, moments)
-        if grow:
-            planned = [self._round(max(p, math.ceil(1.25 * cap)), len(b.classes)) if need else max(p, cap)
-                       for p, cap, need, b in zip(planned, self.plan.caps, needs, self.plan.blocks)]
-        else:
-            compiled = bool(self._compiled)
-            if planned == self.plan.caps or (compiled and self._shrinks >= max_shrinks):
-                return False
-            if self._cap_flops(planned) > (1 - shrink_gain) * self._cap_flops(self.plan.caps):
-                return False
-            self._shrinks += compiled
-        # never below what the current masks need
-        planned = [max(p, c) for p, c in zip(planned, self.plan.block_counts(self._masks))]
-        if planned == self.plan.caps:
-            return False
-        self._set_caps(planned)
+        self._set_caps(caps)
         return True
 
     def _cap_flops(self, caps) -> float:
@@ -240,20 +187,20 @@ class SparseModel(nn.Module):
             param = first.get(param, param)  # a tied weight is gathered once, by its first name
             if param in dense:
                 members.setdefault(param, {})[dim] = self.plan.dim_layout(graph.elements.canonical(ids))
-        self._members = {k: sorted(v.items(), key=lambda t: t[0]) for k, v in members.items()
+        self.members = {k: sorted(v.items(), key=lambda t: t[0]) for k, v in members.items()
                          if any(l.any_prunable for l in v.values())}
         self._param_names = [n for n, _ in self.model.named_parameters()]
         cap_buffers = dict(cap.named_buffers())
-        self._buffer_names = [n for n, _ in self.model.named_buffers() if n in cap_buffers]
-        self._buffer_set = set(self._buffer_names)
+        self.buffer_names = [n for n, _ in self.model.named_buffers() if n in cap_buffers]
+        self._buffer_set = set(self.buffer_names)
         # (name, owning module's tensor dict, key): current tensors by two dict lookups each
         # step (named_parameters() walks the module tree: ~0.5 ms per call on a VGG-11)
         self._tensor_refs = [(n, *self._owner_of(n, "_parameters")) for n in self._param_names]
-        self._tensor_refs += [(n, *self._owner_of(n, "_buffers")) for n in self._buffer_names]
+        self._tensor_refs += [(n, *self._owner_of(n, "_buffers")) for n in self.buffer_names]
         self._step_fn = None
         self._gather_index = None
         self._drop_compiled()
-        self._compiled = {}
+        self.compiled_fns = {}
         self._check_capacity_model()
 
     def _check_capacity_model(self):
@@ -262,7 +209,7 @@ class SparseModel(nn.Module):
         inputs = self.channel_graph.example_inputs
         if inputs:
             inputs = inputs_on_device_of(self.model, inputs)
-            check_runs(lambda: self._forward_no_write_back(self._dense_tensors(), self.step_inputs(), *inputs),
+            check_runs(lambda: self._forward_no_write_back(self.dense_tensors(), self.step_inputs(), *inputs),
                        self.capacity_model, "the capacity model of fxsparse.compile")
 
     def _tensor_layout_of(self, cap):
@@ -270,7 +217,7 @@ class SparseModel(nn.Module):
             node = next(n for n in cap.graph.nodes if n.name == node_name)
             ids = self.channel_graph.elements.canonical(node.meta[IDS])
             shape = node.meta[SHAPE]
-            ids = ids.reshape((1,) * (len(shape) - ids.ndim) + ids.shape)
+            ids = left_pad(ids, len(shape))
             line = np.moveaxis(np.broadcast_to(ids, shape), dim, 0).reshape(shape[dim], -1)[:, 0]
             return self.plan.dim_layout(line)
 
@@ -281,6 +228,18 @@ class SparseModel(nn.Module):
     @property
     def masks(self) -> dict[int, torch.Tensor]:
         return {k: v.clone() for k, v in self._masks.items()}
+
+    @property
+    def current_masks(self) -> dict[int, torch.Tensor]:
+        """The current masks themselves, not copies: read them, never write them (set
+        :attr:`masks` instead)."""
+        return self._masks
+
+    @property
+    def valid_buffers(self) -> dict:
+        """{capacity-model buffer: (node, dim)}: the validity vectors a step passes to the
+        masked mixing ops (fxsparse.passes.masked_mixing)."""
+        return self._valid_buffers
 
     @masks.setter
     def masks(self, keep):
@@ -308,7 +267,7 @@ class SparseModel(nn.Module):
         current masks; ``with_empty``: also the set of "name|dim" keys with an empty slot."""
         slot_class, slot_valid = self.plan.slot_classes(self._masks)
         if self._gather_index is None:  # built once per capacity set
-            layouts = {f"{name}|{dim}": layout for name, dims in self._members.items() for dim, layout in dims}
+            layouts = {f"{name}|{dim}": layout for name, dims in self.members.items() for dim, layout in dims}
             layouts.update({buf: self._layout_of(node_name, dim) for buf, (node_name, dim) in self._valid_buffers.items()})
             self._gather_index = GatherIndex(layouts)
         out, empty = {}, set()
@@ -321,37 +280,37 @@ class SparseModel(nn.Module):
                     empty.add(key)
         return (out, empty) if with_empty else out
 
-    def keep_lines(self, plan: dict) -> dict:
+    def keep_lines(self, index: dict) -> dict:
         """{parameter: [(dim, bool line of kept indices, ndim)]} for the masked optimizer."""
         params = dict(self.model.named_parameters())
         lines = {}
-        for name, dims in self._members.items():
+        for name, dims in self.members.items():
             p = params.get(name)
             if p is None:
                 continue
             out = []
             for dim, _ in dims:
-                idx, valid = plan[f"{name}|{dim}|idx"], plan[f"{name}|{dim}|valid"]
+                idx, valid = index[f"{name}|{dim}|idx"], index[f"{name}|{dim}|valid"]
                 line = torch.zeros(p.shape[dim], dtype=torch.bool)
                 line[idx[valid > 0]] = True
                 out.append((dim, line.to(p.device), p.dim()))
             lines[p] = out
         return lines
 
-    def _forward_impl(self, dense, plan, *inputs):
+    def forward_dense(self, dense, index, *inputs):
         """Dense-gradient path (``sp(x)``, other optimizers): gather inside autograd, so
         gradients land in the dense parameters at kept positions."""
         device = device_of(inputs)
         gathered = {}
         for name, t in dense.items():
-            for dim, _ in self._members.get(name, ()):
-                t = torch.index_select(t, dim, plan[f"{name}|{dim}|idx"].to(device, non_blocking=True))
+            for dim, _ in self.members.get(name, ()):
+                t = torch.index_select(t, dim, index[f"{name}|{dim}|idx"].to(device, non_blocking=True))
             gathered[name] = t
-        out = forward_gathered(self, gathered, plan, *inputs)
-        write_back_buffers(self, gathered, plan, dense)
+        out = forward_gathered(self, gathered, index, *inputs)
+        write_back_buffers(self, gathered, index, dense)
         return out
 
-    def _buffers_to(self, device):
+    def buffers_to(self, device):
         """Capacity-model buffers that are not dense-model buffers (shuffle indices) follow the inputs."""
         for mod in self.capacity_model.modules():
             for name, b in mod._buffers.items():
@@ -363,19 +322,19 @@ class SparseModel(nn.Module):
         prefix, _, key = name.rpartition(".")
         return getattr(self.model.get_submodule(prefix), kind), key
 
-    def _dense_tensors(self):
+    def dense_tensors(self):
         """{name: the dense model's parameter or (capacity-model) buffer}, as they are now."""
         return {name: owner[key] for name, owner, key in self._tensor_refs}
 
     def forward(self, *inputs):
-        self._buffers_to(device_of(inputs))
-        plan = self.step_inputs()
-        fn = self._forward_impl
+        self.buffers_to(device_of(inputs))
+        index = self.step_inputs()
+        fn = self.forward_dense
         if self.use_compile:
-            fn = self._compiled.get("forward")
+            fn = self.compiled_fns.get("forward")
             if fn is None:
-                fn = self._compiled["forward"] = self.compile_fn(self._forward_impl)
-        return fn(self._dense_tensors(), plan, *inputs)
+                fn = self.compiled_fns["forward"] = self.compile_fn(self.forward_dense)
+        return fn(self.dense_tensors(), index, *inputs)
 
     @torch.no_grad()
     def losses(self, loss_fn, masks, *args) -> torch.Tensor:
@@ -386,38 +345,38 @@ class SparseModel(nn.Module):
         ``compile``, the K forwards are one compiled graph (K gathers and forwards, no
         write-back), separate from the training step's graphs. Returns a float32 [K] tensor."""
         *inputs, target = args
-        self._buffers_to(device_of(inputs))
+        self.buffers_to(device_of(inputs))
         current, normalized = self._masks, []
         for keep in masks:  # grow the capacities first if a mask needs more slots (a rebuild)
             self.masks = keep
             normalized.append(self._masks)
-        plans = []
-        for keep in normalized:  # then every plan for the final capacities
+        indexes = []
+        for keep in normalized:  # then every index for the final capacities
             self._masks = keep
-            plans.append(self.step_inputs())
+            indexes.append(self.step_inputs())
         self._masks = current
-        fn = self._compiled.get(("losses", len(plans), loss_fn))
+        fn = self.compiled_fns.get(("losses", len(indexes), loss_fn))
         if fn is None:
-            def many_losses(dense, plans, target, *inputs):
-                return torch.stack([loss_fn(self._forward_no_write_back(dense, plan, *inputs), target).float()
-                                    for plan in plans])
+            def many_losses(dense, indexes, target, *inputs):
+                return torch.stack([loss_fn(self._forward_no_write_back(dense, index, *inputs), target).float()
+                                    for index in indexes])
             fn = self.compile_fn(many_losses) if self.use_compile else many_losses
-            self._compiled[("losses", len(plans), loss_fn)] = fn
-        return fn(self._dense_tensors(), plans, target, *inputs)
+            self.compiled_fns[("losses", len(indexes), loss_fn)] = fn
+        return fn(self.dense_tensors(), indexes, target, *inputs)
 
-    def _forward_no_write_back(self, dense, plan, *inputs):
+    def _forward_no_write_back(self, dense, index, *inputs):
         """The capacity model's forward on gathered copies of every tensor: in train mode BN
         updates those copies, never the dense running statistics."""
         device = device_of(inputs)
         gathered = {}
         for name, t in dense.items():
-            members = self._members.get(name, ())
+            members = self.members.get(name, ())
             for dim, _ in members:
-                t = torch.index_select(t, dim, plan[f"{name}|{dim}|idx"].to(device, non_blocking=True))
+                t = torch.index_select(t, dim, index[f"{name}|{dim}|idx"].to(device, non_blocking=True))
             if not members and name in self._buffer_set:
                 t = t.clone()
             gathered[name] = t
-        return forward_gathered(self, gathered, plan, *inputs)
+        return forward_gathered(self, gathered, index, *inputs)
 
     def make_train_step(self, loss_fn, optimizer, skip_nonfinite: bool = True):
         """``step(*inputs, target) -> loss``: see :func:`fxsparse.train_step.make_train_step`."""

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from .broadcast import along
+from .masks import all_finite
 from .optim import MaskedOptimizer, compact_update_for, gather, real_slots, scatter_
 
 
@@ -38,17 +40,17 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
     fallback = None if update is not None else MaskedOptimizer(base, sp)
     by_name = dict(sp.model.named_parameters())
 
-    def forward_loss(tensors, plan, target, *inputs):  # gather_leaves zeroed the empty slots
-        return loss_fn(forward_gathered(sp, tensors, plan, *inputs, empty_zeroed=True), target)
+    def forward_loss(tensors, index, target, *inputs):  # gather_leaves zeroed the empty slots
+        return loss_fn(forward_gathered(sp, tensors, index, *inputs, empty_zeroed=True), target)
 
-    def dense_forward_loss(dense, plan, target, *inputs):
-        return loss_fn(sp._forward_impl(dense, plan, *inputs), target)
+    def dense_forward_loss(dense, index, target, *inputs):
+        return loss_fn(sp.forward_dense(dense, index, *inputs), target)
 
     def step(*args):
         *inputs, target = args
-        sp._buffers_to(device_of(inputs))
-        plan, empty = sp.step_inputs(with_empty=True)
-        cached = sp._compiled.get("step")
+        sp.buffers_to(device_of(inputs))
+        index, empty = sp.step_inputs(with_empty=True)
+        cached = sp.compiled_fns.get("step")
         if cached is None or cached[0] is not sp.capacity_model:  # first call, or capacities changed
             fl = forward_loss if update is not None else dense_forward_loss
             kernel = update.kernel if update is not None else None
@@ -59,21 +61,21 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
                 gather_fn = sp.compile_fn(gather_all)
             if kernel is not None and sp.compile_update:
                 kernel = sp.compile_fn(kernel)
-            sp._compiled["step"] = cached = (sp.capacity_model, fl, kernel, gather_fn)
+            sp.compiled_fns["step"] = cached = (sp.capacity_model, fl, kernel, gather_fn)
         _, fl, kernel, gather_fn = cached
         base.zero_grad(set_to_none=True)
         if update is None:
-            loss = fl(sp._dense_tensors(), plan, target, *inputs)
+            loss = fl(sp.dense_tensors(), index, target, *inputs)
             loss.backward()
-            if skip_nonfinite and not bool(torch.isfinite(loss)):
+            if skip_nonfinite and not all_finite(loss):
                 step.skipped += 1
                 return loss.detach()
             fallback.step()
             return loss.detach()
-        gathered, slots, weights = gather_leaves(sp, plan, gather_fn, empty)
-        loss = fl(gathered, plan, target, *inputs)
+        gathered, slots, weights = gather_leaves(sp, index, gather_fn, empty)
+        loss = fl(gathered, index, target, *inputs)
         loss.backward()
-        if skip_nonfinite and not bool(torch.isfinite(loss)):  # before any write: nothing changes
+        if skip_nonfinite and not all_finite(loss):  # before any write: nothing changes
             step.skipped += 1
             return loss.detach()
         compact = [(by_name[n], gathered[n], weights[n], slots[n]) for n in slots if n in by_name]
@@ -81,7 +83,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         if arguments is not None:
             with torch.no_grad():
                 (update.kernel if eager else kernel)(*arguments)
-        write_back_buffers(sp, gathered, plan, slots=slots)
+        write_back_buffers(sp, gathered, index, slots=slots)
         return loss.detach()
 
     step.optimizer = base
@@ -89,10 +91,10 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
     return step
 
 
-def slots_of(sp, plan, name, device):
+def slots_of(sp, index, name, device):
     """[(dim, gather index, real-slot line)] for a member tensor of the capacity model."""
-    return [(dim, plan[f"{name}|{dim}|idx"].to(device), plan[f"{name}|{dim}|real"].to(device))
-            for dim, _ in sp._members[name]]
+    return [(dim, index[f"{name}|{dim}|idx"].to(device), index[f"{name}|{dim}|real"].to(device))
+            for dim, _ in sp.members[name]]
 
 
 def gather_all(tensors, wheres):
@@ -100,7 +102,7 @@ def gather_all(tensors, wheres):
     return [gather(t, where) for t, where in zip(tensors, wheres)]
 
 
-def gather_leaves(sp, plan, gather_fn=gather_all, empty=None):
+def gather_leaves(sp, index, gather_fn=gather_all, empty=None):
     """Kept entries of every member parameter as leaf tensors (compact gradients land
     there), member buffers gathered, the rest as is; per gathered tensor its slots; and per
     member parameter the gathered weights as they are in the dense model.
@@ -111,9 +113,9 @@ def gather_leaves(sp, plan, gather_fn=gather_all, empty=None):
     needs no validity multiply (a weight-sized product in the forward and in the backward:
     ~1% of a VGG-11 step). Their gradients are then not zero, but no update reads them (it
     writes real slots only, and the old weights of the other slots from the third dict)."""
-    dense = sp._dense_tensors()
-    tensors = {name: t for name, t in dense.items() if name not in sp._members}
-    slots = {name: slots_of(sp, plan, name, t.device) for name, t in dense.items() if name in sp._members}
+    dense = sp.dense_tensors()
+    tensors = {name: t for name, t in dense.items() if name not in sp.members}
+    slots = {name: slots_of(sp, index, name, t.device) for name, t in dense.items() if name in sp.members}
     with torch.no_grad():
         gathered = gather_fn([dense[name].detach() for name in slots], list(slots.values()))
     weights = {}
@@ -121,8 +123,8 @@ def gather_leaves(sp, plan, gather_fn=gather_all, empty=None):
         t = dense[name]
         if isinstance(t, nn.Parameter):
             weights[name] = g
-            dims = sp._members[name]
-            if g.is_floating_point() and (has_empty_slot(plan, name, dims) if empty is None
+            dims = sp.members[name]
+            if g.is_floating_point() and (has_empty_slot(index, name, dims) if empty is None
                                           else any(f"{name}|{dim}" in empty for dim, _ in dims)):
                 g = g.masked_fill(~real_slots(slots[name], g.dim()), 0)  # a copy: weights[name] stays
             g.requires_grad_(t.requires_grad)
@@ -130,49 +132,47 @@ def gather_leaves(sp, plan, gather_fn=gather_all, empty=None):
     return tensors, slots, weights
 
 
-def has_empty_slot(plan, name, dims) -> bool:
+def has_empty_slot(index, name, dims) -> bool:
     """Whether any gathered dim of ``name`` has an empty slot (checked on the CPU copies:
     no device sync)."""
-    return any(not plan[f"{name}|{dim}|real"].numpy().all() for dim, _ in dims)
+    return any(not index[f"{name}|{dim}|real"].numpy().all() for dim, _ in dims)
 
 
-def forward_gathered(sp, tensors, plan, *inputs, empty_zeroed: bool = False):
+def forward_gathered(sp, tensors, index, *inputs, empty_zeroed: bool = False):
     """The capacity model on already-gathered tensors. Validity is applied here (empty slots
     are exact zeros with zero gradient) unless ``empty_zeroed``: the parameters hold zeros in
     their empty slots already (:func:`gather_leaves`)."""
     if empty_zeroed:
         scaled = dict(tensors)
     else:  # buffers (running statistics) stay as gathered: BN updates them in place
-        buffers = set(sp._buffer_names)
-        scaled = {name: t if name in buffers else times_validity(sp, name, t, plan) for name, t in tensors.items()}
-    for buf in sp._valid_buffers:
-        scaled[buf] = plan[f"{buf}|valid"].to(inputs[0].device)
+        buffers = set(sp.buffer_names)
+        scaled = {name: t if name in buffers else times_validity(sp, name, t, index) for name, t in tensors.items()}
+    for buf in sp.valid_buffers:
+        scaled[buf] = index[f"{buf}|valid"].to(inputs[0].device)
     return functional_call(sp.capacity_model, scaled, inputs)
 
 
-def times_validity(sp, name, t, plan):
+def times_validity(sp, name, t, index):
     """``t`` times the validity vector of each of its gathered dims (empty slots: exact zeros,
     zero gradient)."""
     if not t.is_floating_point():
         return t
-    for dim, _ in sp._members.get(name, ()):
-        shape = [1] * t.dim()
-        shape[dim] = -1
-        t = t * plan[f"{name}|{dim}|valid"].to(t.device, t.dtype).view(shape)
+    for dim, _ in sp.members.get(name, ()):
+        t = t * along(index[f"{name}|{dim}|valid"].to(t.device, t.dtype), dim, t.dim())
     return t
 
 
 @torch.no_grad()
-def write_back_buffers(sp, gathered, plan, dense=None, slots=None):
+def write_back_buffers(sp, gathered, index, dense=None, slots=None):
     """Running statistics were updated in place on the gathered copies: write real slots
     back (empty slots point at distinct pruned channels and keep their old values).
     ``slots``: those :func:`gather_leaves` already made, if any."""
     if not sp.training:
         return
-    dense = dense if dense is not None else sp._dense_tensors()
-    for name in sp._buffer_names:
-        if name not in sp._members:
+    dense = dense if dense is not None else sp.dense_tensors()
+    for name in sp.buffer_names:
+        if name not in sp.members:
             continue
         full = dense[name]
-        where = slots[name] if slots is not None else slots_of(sp, plan, name, full.device)
+        where = slots[name] if slots is not None else slots_of(sp, index, name, full.device)
         scatter_(full, where, torch.where(real_slots(where, full.dim()), gathered[name], gather(full, where)))

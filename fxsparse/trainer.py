@@ -1,11 +1,11 @@
 """``fxsparse train``: search, fine-tune and export, with checkpoints that resume bit-identically.
 
-Phases, by method (``fxsparse.methods``):
+Phases, by method (``fxsparse.methods``; :meth:`fxsparse.methods.Method.phases` says which):
 
-* ``vrpge`` (default): *search* (joint weight and score steps, the weight step through the
-  compiled sparse step) for ``epochs``, then *fine-tune* a fixed mask (best of
-  ``final_tries`` samples on training accuracy, cut to meet the budget exactly) on the
-  exported model for ``finetune_epochs``.
+* a method with a phase of its own (the default method's search, for ``epochs``): the
+  method builds and steps it (:meth:`~fxsparse.methods.Method.build_phase`), then the mask it
+  chooses (:meth:`~fxsparse.methods.Method.final_masks`) is fine-tuned on the exported model
+  for ``finetune_epochs``.
 * a channel method that decides at initialisation (random, l1_filter, snip, ...): the
   exported model with that mask trains for ``epochs + finetune_epochs``.
 * a channel method that decides during training (slimming): dense training with its hooks
@@ -40,11 +40,8 @@ from .classifier import Classifier
 from .errors import NoPrunableGroupError
 from .export import export
 from .flops import TRAIN_FACTOR, SubnetFlops
-from .methods import DEFAULT_METHOD, TrainState, create as create_method
-from .methods.vrpge import VRPGE
-
-
-COMPILE_UPDATE_STEPS = 3000
+from .masks import all_finite, check_fraction
+from .methods import DEFAULT_METHOD, TRAINER_PHASES, RunContext, TrainState, get_method
 
 
 @dataclasses.dataclass
@@ -70,32 +67,18 @@ class TrainConfig:
     # Fashion-MNIST VGG-11 (91.02% vs 92.4% continuing, README).
     finetune_lr: Optional[float] = None
     finetune_bn_eval: bool = False
-    # Score learning: None calibrates Adam's rate to the search length (lr * sqrt(steps) = 0.3):
-    # a fixed 0.1 polarised the scores within ~100 steps, before the estimates knew anything.
-    score_lr: Optional[float] = None     # None: calibrated to the search length (StructureLearner)
-    granularity: str = "width"
-    final: str = "topk"
-    form: str = "exact"
-    samples: int = 2
-    reuse_loss: bool = True
-    weight_average: bool = False         # the authors' weight step: mean gradient of `samples` sub-networks
-    final_tries: int = 10
-    final_batches: int = 10              # training batches that rank the final-mask candidates
     compile: bool = True
-    # None: compile the search step's optimizer update only for searches of at least
-    # COMPILE_UPDATE_STEPS steps (one more graph per capacity set, ~25 s cold on this CPU,
-    # saves ~7-10 ms per VGG-11 step: it pays after ~3000 steps)
-    compile_update: Optional[bool] = None
     seed: int = 0
     limit_batches: Optional[int] = None  # per epoch, for quick runs
     augment: Optional[bool] = None
     out: str = "runs/fxsparse"
+    # the method's own options (the default method's: score_lr, granularity, final, form,
+    # samples, reuse_loss, weight_average, final_tries, final_batches, compile_update; the
+    # ``fxsparse train`` flags of the chosen method land here)
     method_options: dict = dataclasses.field(default_factory=dict)
 
     def validate(self):
-        k = self.keep
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or k != k or not 0 < k <= 1:
-            raise ValueError(f"--keep must be a number in (0, 1], got {k!r}")
+        check_fraction(self.keep, "--keep", ValueError)
         if self.budget not in ("channels", "flops"):
             raise ValueError(f"--budget must be 'channels' or 'flops', got {self.budget!r}")
         for name in ("epochs", "finetune_epochs"):
@@ -106,9 +89,9 @@ class TrainConfig:
             raise ValueError("nothing to train: --epochs and --finetune-epochs are both 0")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        for name in ("lr", "finetune_lr", "score_lr"):
+        for name in ("lr", "finetune_lr"):
             v = getattr(self, name)
-            if name in ("finetune_lr", "score_lr") and v is None:
+            if name == "finetune_lr" and v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
@@ -139,19 +122,14 @@ class Trainer:
                                   "or choose another --out")
         self.train_loader, self.test_loader, self.info = loaders
         if model is None:
-            from .cli import load_model
+            from .zoo import load_model
 
             model = load_model(config.model, num_classes=self.info["num_classes"], in_chans=self.info["in_chans"])
         self.model = model
         self.loss_fn = F.cross_entropy
         x0, _ = next(iter(self.test_loader))
         self.example = (x0[:2].clone(),)
-        opts = dict(config.method_options)
-        if config.method == "vrpge":
-            opts.update(budget=config.budget, form=config.form, samples=config.samples, score_lr=config.score_lr,
-                        reuse_loss=config.reuse_loss, final_tries=config.final_tries, granularity=config.granularity,
-                        final=config.final)
-        self.method = create_method(config.method, keep=config.keep, **opts)
+        self.method = get_method(config.method).for_run(config.keep, config.budget, dict(config.method_options))
         self.graph = None
         if self.method.level != "none":
             self.graph = analyze(model, self.example)
@@ -173,7 +151,7 @@ class Trainer:
         self.elapsed = 0.0
         self.masks = None           # the fixed channel mask once chosen
         self.small = None           # the exported model trained in fixed-mask phases
-        self.sp = self.learner = self.step_fn = None
+        self.sp = self.step_fn = None  # sp: the SparseModel a method's phase compiles, if any
         self.optimizer = None
         self._schedules = []
         self._phase_built = None
@@ -182,6 +160,12 @@ class Trainer:
         self._compile_pending = self._recompiling = False  # the next step compiles / recompiles
         self._compile_s = {}        # how long the first step's compile took, per step kind
         self._compiles_before = 0
+        self._compiling = dict(self._TRAINER_COMPILING)  # what a phase's first step compiles, for the log
+        self.run_context = RunContext(model=model, graph=self.graph, loss_fn=self.loss_fn, keep=config.keep,
+                                      budget=config.budget, seed=config.seed, compile=config.compile,
+                                      sgd=lambda params: self._sgd(params, config.lr),
+                                      weight_schedule=self._weight_schedule, train_batches=self._first_batches,
+                                      accuracy=self._accuracy_sparse)
         saved = checkpoint.load(self.ckpt_path) if resume else None
         if saved is not None:
             self.method.load_state_dict(saved["method"])
@@ -206,15 +190,7 @@ class Trainer:
 
     def _plan_phases(self) -> list:
         """[(phase, steps)]: phase boundaries are steps, so a search may end mid-epoch."""
-        c, m = self.config, self.method
-        first, total = self._step_of(c.epochs), self.state.total_steps
-        if isinstance(m, VRPGE):
-            return [("search", first), ("finetune", total - first)]
-        if m.level == "channel" and m.channel_keep() is not None:
-            return [("fixed", total)]
-        if m.level == "channel":
-            return [("dense", first), ("finetune", total - first)]
-        return [("dense", total)]
+        return self.method.phases(self._step_of(self.config.epochs), self.state.total_steps)
 
     def _phase_at(self, step: int) -> tuple[str, int, int]:
         """(phase, its first step, its steps) for the run's step ``step``."""
@@ -241,37 +217,21 @@ class Trainer:
 
     def _weight_schedule(self, optimizer, phase: str, start: int, steps: int):
         """The weights' cosine: over the whole run (one schedule, continued across phases)
-        unless this is a fine-tune with its own ``finetune_lr`` (or a search followed by one)."""
+        unless this is a fine-tune with its own ``finetune_lr`` (or a phase followed by one)."""
         c = self.config
         if phase == "finetune" and c.finetune_lr is not None:
             return (optimizer, c.finetune_lr, start, steps)
-        if phase in ("search", "dense") and c.finetune_lr is not None and len(self.phases) > 1:
+        if phase != "fixed" and c.finetune_lr is not None and len(self.phases) > 1:
             return (optimizer, c.lr, start, steps)
         return (optimizer, c.lr, 0, self.state.total_steps)
 
     def _build_phase(self, phase: str, start: int, steps: int):
         """Models, optimizer and schedules of ``phase``, which runs ``steps`` steps from ``start``."""
         c = self.config
-        if phase == "search":
-            from .sparse import SparseModel
-            from .structure import StructureLearner
-
-            compile_update = c.compile_update if c.compile_update is not None else steps >= COMPILE_UPDATE_STEPS
-            self.sp = SparseModel(self.model, self.graph, keep=c.keep, compile=c.compile, seed=c.seed,
-                                  compile_update=compile_update)
-            self.optimizer = self._sgd(self.model.parameters(), c.lr)
-            self.step_fn = self.sp.make_train_step(self.loss_fn, self.optimizer)
-            m = self.method
-            self.learner = StructureLearner(self.sp, keep=c.keep, budget=m.budget, lr=m.score_lr, form=m.form,
-                                            samples=m.samples, seed=c.seed + 1, granularity=m.granularity,
-                                            steps=steps, reuse_loss=m.reuse_loss, final=m.final,
-                                            weight_masks=m.weight_masks)
-            self._schedules = [self._weight_schedule(self.optimizer, phase, start, steps),  # scores: cosine over the search
-                               (lambda: self.learner.optimizer, self.learner.lr, start, steps)]
-            if c.weight_average:
-                from .optim import MaskedOptimizer
-
-                self.masked_optimizer = MaskedOptimizer(self.optimizer, self.sp)
+        if phase not in TRAINER_PHASES:  # the method's own phase
+            setup = self.method.build_phase(phase, self.run_context, start, steps)
+            self.sp, self.optimizer, self._schedules = setup.sparse, setup.optimizer, list(setup.schedules)
+            self._compiling[phase] = setup.compiling
         elif phase in ("fixed", "finetune"):
             if self.masks is None:
                 self.masks = self._choose_masks()
@@ -292,19 +252,13 @@ class Trainer:
         self._step_flops = float(self.flops(self.flops.flat(self.masks))) if fixed else self.flops.dense
 
     def _choose_masks(self) -> dict:
-        if isinstance(self.method, VRPGE):
-            subset = self._final_batches()
-            return self.learner.final_mask(lambda masks: self._accuracy_sparse(masks, subset), tries=self.method.final_tries)
-        masks = self.method.channel_keep()
-        if masks is None:
-            raise RuntimeError(f"method {self.config.method!r} gave no channel mask to fine-tune")
-        return masks
+        return self.method.final_masks(self.run_context)
 
-    def _final_batches(self) -> list:
+    def _first_batches(self, batches: int) -> list:
         """A fixed set of training batches (the first ones of the dataset, no augmentation
-        randomness beyond the seed) that ranks the final-mask candidates."""
+        randomness beyond the seed), e.g. to rank final-mask candidates."""
         ds = self.train_loader.dataset
-        n = min(len(ds), self.config.final_batches * self.config.batch_size)
+        n = min(len(ds), batches * self.config.batch_size)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=self.config.batch_size)
         return list(loader)
 
@@ -321,7 +275,7 @@ class Trainer:
             saved = [b.clone() for b in model.buffers()]
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(fwd(x), y)
-            if not bool(torch.isfinite(loss)):
+            if not all_finite(loss):
                 with torch.no_grad():
                     for b, s in zip(model.buffers(), saved):
                         b.copy_(s)
@@ -358,8 +312,8 @@ class Trainer:
     def _current_eval(self) -> tuple[float, dict | None]:
         """Test accuracy of what the run would deliver now, and its channel mask."""
         phase = self._phase_built
-        if phase == "search":
-            masks = self.learner.deterministic_mask()
+        if phase not in TRAINER_PHASES:
+            masks = self.method.phase_masks(phase)
             return self._accuracy_sparse(masks, self.test_loader), masks
         if phase in ("fixed", "finetune"):
             return self._accuracy(self.small, self.test_loader), self.masks
@@ -394,7 +348,7 @@ class Trainer:
     def _train_epoch(self):
         """One pass over the data (the last one may be cut short by a fractional total); a
         phase that ends mid-epoch gets its own row (no checkpoint: resume replays the epoch)."""
-        c, epoch, st = self.config, self.epoch, self.state
+        epoch, st = self.epoch, self.state
         st.epoch = epoch
         self._t_row = time.perf_counter()
         limit = min(st.steps_per_epoch, st.total_steps - st.step)
@@ -412,18 +366,15 @@ class Trainer:
             b = len(y)
             self._set_lr(st.step)
             t_step = self._before_step(phase)
-            if phase == "search" and c.weight_average:
-                loss, masks = self.learner.averaged_step(self.loss_fn, self.masked_optimizer, x, y)
+            if phase not in TRAINER_PHASES:
+                loss, masks, extra_flops = self.method.phase_step(phase, x, y)
                 for mask in masks:
                     stats.add(mask, b)
-            elif phase == "search":  # score forwards, weight step, score update: all at the same weights
-                loss, mask = self.learner.step(self.step_fn, self.loss_fn, x, y)
-                stats.add(mask, b)
-                self.train_flops += self.learner.last_forwards * self.learner.last_forward_flops * b
+                self.train_flops += extra_flops * b
             else:
                 loss = self.step_fn(x, y)
                 self.train_flops += TRAIN_FACTOR * self._step_flops * b
-            if not bool(torch.isfinite(loss)):
+            if not all_finite(loss):
                 stats.skipped += 1
                 warnings.warn(f"epoch {epoch + 1}: non-finite loss ({float(loss)}), step skipped (weights, "
                               "optimizer state and running statistics unchanged)", RuntimeWarning, stacklevel=2)
@@ -472,14 +423,14 @@ class Trainer:
         else:
             self.log(text)
 
-    _COMPILING = {"search": "the sparse training step", "fixed": "the training step of the exported model",
-                  "finetune": "the training step of the exported model", "dense": "the dense training step"}
+    _TRAINER_COMPILING = {"fixed": "the training step of the exported model",
+                          "finetune": "the training step of the exported model", "dense": "the dense training step"}
 
     def _before_step(self, phase) -> float:
         if self._compile_pending:
-            took = self._compile_s.get(self._COMPILING.get(phase))
+            took = self._compile_s.get(self._compiling.get(phase))
             guess = f"about {took:.0f} s, like the last time" if took else "typically 10-90 s on a CPU"
-            self._say(f"compiling {self._COMPILING.get(phase, 'the training step')} with torch.compile "
+            self._say(f"compiling {self._compiling.get(phase, 'the training step')} with torch.compile "
                       f"(the first step waits for it: {guess}; --no-compile runs eagerly)")
         self._compiles_before = getattr(self.sp, "compilations", 0)
         return time.perf_counter()
@@ -488,7 +439,7 @@ class Trainer:
         """A capacity change drops the compiled graphs: the next step recompiles."""
         if not self.config.compile or not sp.compilations:
             return
-        took = self._compile_s.get(self._COMPILING["search"])
+        took = self._compile_s.get(self._compiling.get(self._phase_built))
         self._say("recompiling: channel capacities changed (the compiled step's channel slots follow the scores"
                   + (f"; about {took:.0f} s)" if took else ")"))
         self._recompiling = True
@@ -502,7 +453,7 @@ class Trainer:
             return
         took = time.perf_counter() - t_step
         if self._compile_pending:
-            self._compile_s[self._COMPILING.get(self._phase_built)] = took
+            self._compile_s[self._compiling.get(self._phase_built)] = took
             self._say(f"compiled in {took:.0f} s")
         self._compile_pending = self._recompiling = False
         self._bar.restart()
@@ -510,14 +461,8 @@ class Trainer:
     def _keep_stats(self, phase, masks, stats) -> dict:
         groups = self.graph.prunable_groups if self.graph is not None else []
         out = {"expected_keep": 1.0, "expected_flops_frac": 1.0, "realised_keep": 1.0, "realised_flops_frac": 1.0}
-        if phase == "search":
-            s = self.learner.probs()
-            n = max(stats.count, 1)
-            out.update(expected_keep=float(s.mean()), expected_flops_frac=self.flops.fraction(s),
-                       realised_keep=stats.channels / n, realised_flops_frac=stats.flops / n,
-                       group_keep=[float(v.mean()) for v in torch.split(stats.kept / n, self.learner.sizes)],
-                       score_hist=torch.histc(s.float(), bins=20, min=0, max=1).tolist(),
-                       search=self.learner.diagnostics())
+        if phase not in TRAINER_PHASES:
+            pass  # the method's own phase reports itself
         elif self.method.level == "weight":  # masked weights still cost dense FLOPs: say so
             wm = self.method.weight_masks()
             density = (sum(float(m.sum()) for m in wm.values()) / sum(m.numel() for m in wm.values())) if wm else self.method.keep
@@ -527,6 +472,7 @@ class Trainer:
             frac = self.flops.fraction(flat)
             out.update(expected_keep=float(flat.mean()), expected_flops_frac=frac, realised_keep=float(flat.mean()),
                        realised_flops_frac=frac, group_keep=[float(masks[g.id].double().mean()) for g in groups])
+        out.update(self.method.report(phase, stats))
         if "group_keep" in out:
             out["group_names"] = [_group_name(g) for g in groups]
         return out
@@ -539,9 +485,6 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                  "method": self.method.state_dict(), "generator": self.generator.get_state(),
                  "rng": checkpoint.rng_state()}
-        if self.learner is not None:
-            state["learner"] = self.learner.state_dict()
-            state["sp_generator"] = self.sp.generator.get_state()
         if self.small is not None:
             state["small"] = self.small.state_dict()
         checkpoint.save_atomic(state, self.ckpt_path)
@@ -565,24 +508,17 @@ class Trainer:
             self.small = export(self.model, self.graph, self.masks)
             self.small.load_state_dict(state["small"])
             self._phase_built = phase
-        elif self.finished and phase == "search":  # the final model is the search's deterministic mask
-            self._build_phase("search", *self._phase_at(step - 1)[1:])
-            self.learner.load_state_dict(state["learner"])
-            self.sp.generator.set_state(state["sp_generator"])
+        elif self.finished and phase not in TRAINER_PHASES:  # the final model is the method's phase's mask
+            self._build_phase(phase, *self._phase_at(step - 1)[1:])  # (the method restores its phase's state)
         elif phase is not None:
             name, start, n = self._phase_at(step)
             if name == phase:  # rebuild the phase in progress and load its states
                 self._build_phase(phase, start, n)
                 if self.small is not None and "small" in state:
                     self.small.load_state_dict(state["small"])
-                if self.learner is not None:
-                    self.learner.load_state_dict(state["learner"])
-                    self.sp.generator.set_state(state["sp_generator"])
                 self.optimizer.load_state_dict(state["optimizer"])
-            elif phase == "search":  # the next phase needs the learner to pick the final mask
-                self._build_phase("search", *self._phase_at(step - 1)[1:])
-                self.learner.load_state_dict(state["learner"])
-                self.sp.generator.set_state(state["sp_generator"])
+            elif phase not in TRAINER_PHASES:  # the next phase needs the method's phase to pick the final mask
+                self._build_phase(phase, *self._phase_at(step - 1)[1:])
         checkpoint.set_rng_state(state["rng"])
         if not self.finished:
             self.log(f"resumed {self.out} at epoch {self.epoch + 1}")
@@ -594,8 +530,8 @@ class Trainer:
         the run, or the dense model (dense and weight-level methods)."""
         if self.small is not None:
             return self.small
-        if self._phase_built == "search":
-            return export(self.model, self.graph, self.learner.deterministic_mask())
+        if self._phase_built not in TRAINER_PHASES and self._phase_built is not None:
+            return export(self.model, self.graph, self.method.phase_masks(self._phase_built))
         if self.method.level == "weight":
             from .methods.unstructured import remove_weight_masks
 

@@ -13,7 +13,7 @@ import numpy as np
 import fxsparse
 from fxsparse import zoo
 from fxsparse.export import export
-from fxsparse.structure import StructureLearner
+from fxsparse.methods.vrpge import StructureLearner
 from sparse_checks import ConvBNNet
 
 
@@ -90,7 +90,7 @@ def test_overflowing_samples_are_redrawn_not_truncated():
     for i, (b, p) in enumerate(zip(sp.plan.blocks, sp.plan.prunable)):
         if p:  # squeeze the capacities: the tail beyond them is now frequent
             sp.plan.caps[i] = int(0.55 * len(b.classes))
-    sp.plan._rebuild_offsets()
+    sp.plan.set_caps(sp.plan.caps)
     sp._build()
     masks = learner.sample(200)
     assert learner.redrawn > 0
@@ -170,11 +170,11 @@ def test_vectorised_gather_index_equals_the_per_dim_definition():
     torch.manual_seed(0)
     model = zoo.create("resnet20")
     sp = fxsparse.compile(model, torch.randn(2, 3, 32, 32), keep=0.5, compile=False)
-    layouts = {f"{n}|{d}": l for n, dims in sp._members.items() for d, l in dims}
+    layouts = {f"{n}|{d}": l for n, dims in sp.members.items() for d, l in dims}
     fast = GatherIndex(layouts)
     for _ in range(5):
         sp.sample_masks(0.5)
-        slot_class, slot_valid = sp.plan.slot_classes(sp._masks)
+        slot_class, slot_valid = sp.plan.slot_classes(sp.current_masks)
         got = fast(slot_class, slot_valid)
         for key, layout in layouts.items():
             idx, valid = gather_index(layout, slot_class, slot_valid)
@@ -213,7 +213,7 @@ def test_empty_slots_are_zero_in_the_leaves_and_the_dense_weights_are_kept_for_t
     sp.train()
     sp.sample_masks(0.2)  # far below the capacities: many empty slots
     plan, empty = sp.step_inputs(with_empty=True)
-    keys = [f"{name}|{dim}" for name, dims in sp._members.items() for dim, _ in dims]
+    keys = [f"{name}|{dim}" for name, dims in sp.members.items() for dim, _ in dims]
     assert empty == {k for k in keys if not plan[f"{k}|real"].all()} and empty
     tensors, slots, weights = gather_leaves(sp, plan)
     again, _, _ = gather_leaves(sp, plan, empty=empty)  # the flags from step_inputs, same result

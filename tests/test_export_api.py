@@ -55,3 +55,21 @@ def test_topk_keep_picks_highest_scores():
     for g in graph.prunable_groups:
         k = max(1, round(0.25 * g.size))
         assert keep[g.id].nonzero().flatten().tolist() == list(range(g.size - k, g.size))
+
+
+def test_topk_keep_ties_go_to_the_lower_index():
+    """The methods' tie rule (``fxsparse.masks.top_mask``): exactly k channels, ties at the
+    boundary to the lower channel index, whatever order torch.topk returns them in."""
+    model, x, graph, _ = _setup()
+    for pattern in ("zeros", "boundary"):
+        scores = {}
+        for g in graph.prunable_groups:
+            s = torch.zeros(g.size)
+            if pattern == "boundary":  # one winner at the end, the rest tied
+                s[-1] = 2.0
+            scores[g.id] = s
+        keep = fxsparse.topk_keep(graph, scores, 0.5)
+        for g in graph.prunable_groups:
+            k = max(1, round(0.5 * g.size))
+            want = list(range(k)) if pattern == "zeros" else list(range(k - 1)) + [g.size - 1]
+            assert keep[g.id].nonzero().flatten().tolist() == sorted(want), (pattern, g.id)

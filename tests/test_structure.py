@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import fxsparse
-from fxsparse.structure import StructureLearner
+from fxsparse.methods.vrpge import StructureLearner
 from sparse_checks import ConvBNNet
 
 
@@ -105,7 +105,7 @@ def test_averaged_weight_step_equals_mean_of_exported_gradients():
     keeps; entries neither keeps stay bit-identical."""
     import numpy as np
 
-    from fxsparse.export import kept_indices
+    from fxsparse.masks import kept_indices
 
     torch.manual_seed(0)
     model = ConvBNNet(16, 24).double()

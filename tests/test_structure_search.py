@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import fxsparse
-from fxsparse.structure import StructureLearner, _spearman, policy_gradient
+from fxsparse.methods.vrpge import StructureLearner, policy_gradient
+from fxsparse.methods.vrpge import spearman as _spearman
 from sparse_checks import ConvBNNet
 
 
@@ -154,7 +155,7 @@ def test_width_masks_follow_the_l1_order_and_the_width():
         assert abs(float(counts.double().mean()) - float(w) * n) < 4 * (n * float(w) * (1 - float(w)) / 400) ** 0.5 + 0.05
         start += n
     # the order is the L1 norm of the producing filters
-    from fxsparse.methods.l1_filter import filter_l1
+    from fxsparse.methods.scores import filter_l1
 
     l1 = filter_l1(sp.channel_graph, model)
     g = learner.groups[0]

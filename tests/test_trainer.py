@@ -275,9 +275,9 @@ def test_learning_rate_schedules(data_dir, tmp_path, finetune_lr):
     def record(tr, event, **info):
         if event == "step":
             seen.append((tr.state.step - 1, tr._phase_built, [g["lr"] for g in tr.optimizer.param_groups][0],
-                         tr.learner.optimizer.param_groups[0]["lr"] if tr._phase_built == "search" else None))
+                         tr.method.learner.optimizer.param_groups[0]["lr"] if tr._phase_built == "search" else None))
 
-    cfg = _config(data_dir, tmp_path / "run", epochs=2, finetune_epochs=1, lr=0.04, score_lr=0.2,
+    cfg = _config(data_dir, tmp_path / "run", epochs=2, finetune_epochs=1, lr=0.04, method_options={"score_lr": 0.2},
                   finetune_lr=finetune_lr)
     Trainer(cfg, log=None, progress=False, callbacks=[record]).run()
     total = len(seen)
@@ -385,3 +385,86 @@ def test_compiles_are_announced_before_the_wait(data_dir, tmp_path):
     sp.compilations = 3
     tr._on_rebuild(sp)
     assert said[-1].startswith("recompiling: channel capacities changed")
+
+
+class _ToyPhases:
+    """A method with a search phase of its own (``toy_search``: plain SGD steps on the dense
+    model, reporting a fixed half mask), then the trainer's fine-tune of the half mask it
+    chooses; every hook records its call."""
+
+    @staticmethod
+    def make(calls):
+        from fxsparse.methods import Method, PhaseSetup
+
+        def half(graph):
+            return {g.id: torch.arange(g.size) < max(1, g.size // 2) for g in graph.prunable_groups}
+
+        class Toy(Method):
+            level = "channel"
+
+            def init(self, state):
+                calls.append("init")
+
+            def phases(self, first, total):
+                calls.append(("phases", first, total))
+                return [("toy_search", first), ("finetune", total - first)]
+
+            def build_phase(self, phase, run, start, steps):
+                calls.append(("build", phase, start, steps))
+                self.model, self.loss_fn, self.graph = run.model, run.loss_fn, run.graph
+                self.opt = run.sgd(run.model.parameters())
+                return PhaseSetup(optimizer=self.opt, schedules=[run.weight_schedule(self.opt, phase, start, steps)])
+
+            def phase_step(self, phase, x, y):
+                calls.append(("step", phase))
+                self.opt.zero_grad()
+                loss = self.loss_fn(self.model(x), y)
+                loss.backward()
+                self.opt.step()
+                flat = torch.cat([m for m in half(self.graph).values()])
+                return loss.detach(), [flat], 0.0
+
+            def phase_masks(self, phase):
+                calls.append(("masks", phase))
+                return half(self.graph)
+
+            def report(self, phase, tally):
+                calls.append(("report", phase))
+                return {"toy": tally.count} if phase == "toy_search" else {}
+
+            def final_masks(self, run):
+                calls.append("final")
+                return half(run.graph)
+
+        return Toy
+
+
+def test_a_method_with_its_own_phases_runs_through_the_hooks(data_dir, tmp_path):
+    """The trainer has no method-specific path: a method defined here, with a search phase
+    of its own, is built, stepped, evaluated, reported and fine-tuned through the hooks."""
+    from fxsparse.methods import register_method, unregister_method
+
+    calls = []
+    register_method("toy_phases_for_test")(_ToyPhases.make(calls))
+    try:
+        out = tmp_path / "toy"
+        tr = Trainer(_config(data_dir, out, method="toy_phases_for_test", epochs=1, finetune_epochs=1, limit_batches=2),
+                     log=None, progress=False)
+        summary = tr.run()
+    finally:
+        unregister_method("toy_phases_for_test")
+    assert calls == ["init", ("phases", 2, 4), ("build", "toy_search", 0, 2), ("step", "toy_search"),
+                     ("step", "toy_search"), ("masks", "toy_search"), ("report", "toy_search"), "final",
+                     ("report", "finetune")]
+    hist = json.load(open(out / "history.json"))
+    assert [r["phase"] for r in hist] == ["toy_search", "finetune"]
+    assert hist[0]["toy"] == 2 and "toy" not in hist[1]
+    assert hist[1]["realised_keep"] < 1
+    assert summary["params"] < summary["dense_params"]
+
+
+def test_the_trainer_names_no_method():
+    import fxsparse.trainer as T
+
+    source = open(T.__file__).read().lower()
+    assert "vrpge" not in source and "vr-pge" not in source

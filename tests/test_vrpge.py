@@ -1,11 +1,11 @@
-"""Tests of fxsparse.vrpge: budget projection, Bernoulli sampling, VR-PGE estimators."""
+"""Tests of fxsparse.methods.vrpge.estimator: budget projection, Bernoulli sampling, VR-PGE estimators."""
 import itertools
 import math
 
 import pytest
 import torch
 
-from fxsparse.vrpge import (
+from fxsparse.methods.vrpge import (
     project_budget,
     reinforce_gradient,
     sample_grouped_mask,
@@ -323,7 +323,7 @@ def test_grouped_mask_single_and_errors():
 
 
 def test_projection_exact_path_needs_no_fallback(monkeypatch):
-    import fxsparse.vrpge as vr
+    import fxsparse.methods.vrpge.estimator as vr
 
     def boom(*a, **k):
         raise AssertionError("exact solve fell back to bisection")
@@ -334,7 +334,7 @@ def test_projection_exact_path_needs_no_fallback(monkeypatch):
 
 
 def test_projection_fallback_used_when_exact_fails(monkeypatch):
-    import fxsparse.vrpge as vr
+    import fxsparse.methods.vrpge.estimator as vr
 
     s, budget = torch.tensor([0.9, 0.8, 0.7], dtype=D), 1.0
     want, v_want = project_budget(s, budget)

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from fxsparse import zoo
 
-ALL = zoo.list()
+ALL = zoo.names()
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # batch-2 forwards: threads only add spinning

@@ -23,7 +23,7 @@ def build(name, in_chans):
         return zoo.create(name, in_chans=in_chans)
 
 
-@pytest.mark.parametrize("name", zoo.list())
+@pytest.mark.parametrize("name", zoo.names())
 def test_zoo_model_prunes(name):
     torch.manual_seed(0)
     shape = (1, 1, 28, 28) if name.startswith(("lenet", "mlp")) else (1, 3, 32, 32)

@@ -24,7 +24,7 @@ def _data(name):
     return x, y
 
 
-@pytest.mark.parametrize("name", zoo.list())
+@pytest.mark.parametrize("name", zoo.names())
 def test_zoo_sparse_step_eager(name):
     """Eval mode (dropout and stochastic depth off), float64: output, loss and kept
     gradients equal the exported model's; pruned weights and state do not move."""

@@ -11,7 +11,7 @@ The logits always come out of a final ``nn.Linear`` or convolution.
 Usage::
 
     from fxsparse import zoo
-    zoo.list()                         # sorted names
+    zoo.names()                        # sorted names
     model = zoo.create("resnet20", num_classes=10)
     zoo.info("resnet20")               # ModelInfo(name, family, paper, default_input)
 
@@ -21,7 +21,7 @@ checked against the published numbers in ``tests/test_zoo_architectures.py``.
 
 from __future__ import annotations
 
-import builtins
+import importlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
@@ -68,20 +68,41 @@ def create(name: str, num_classes: int = 10, in_chans: int = 3, **kw) -> nn.Modu
     return _FACTORIES[name](num_classes=num_classes, in_chans=in_chans, **kw)
 
 
-def list() -> builtins.list:  # noqa: A001 - the public name is part of the API
+def names() -> list[str]:
     """Sorted names of all registered models."""
     return sorted(_FACTORIES)
 
 
-def list_models() -> builtins.list:
-    """Alias of :func:`list`."""
-    return list()
+def list_models() -> list[str]:
+    """Alias of :func:`names`."""
+    return names()
 
 
 def info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` of a registered model."""
     _check(name)
     return _INFOS[name]
+
+
+def load_model(spec: str, num_classes: int = 10, in_chans: int | None = None) -> nn.Module:
+    """'zoo:NAME' or 'package.module:factory' (called with no arguments)."""
+    if spec.startswith("zoo:"):
+        name = spec[4:]
+        if name not in names():
+            raise ValueError(f"no zoo model '{name}'. Available: {', '.join(names())}")
+        kw = {} if in_chans is None else {"in_chans": in_chans}
+        return create(name, num_classes=num_classes, **kw)
+    if ":" not in spec:
+        raise ValueError(f"MODEL must be 'zoo:NAME' or 'module.path:factory', got {spec!r}")
+    mod_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load {spec!r}: {exc}") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
 
 
 # Import every family module so that registration happens on ``import fxsparse.zoo``.

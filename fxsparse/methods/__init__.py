@@ -1,7 +1,7 @@
 """Training methods (``fxsparse train --method NAME``): one file per method, one interface
 (:class:`Method`), one registry. VR-PGE is the default."""
-from .base import Method, TrainState
-from .registry import create, get_method, list_methods, register_method
+from .base import TRAINER_PHASES, Method, PhaseSetup, RunContext, TrainState
+from .registry import create, get_method, list_methods, register_method, unregister_method
 
 DEFAULT_METHOD = "vrpge"
 from . import select  # noqa: E402,F401  (shared helpers of the score-based methods)

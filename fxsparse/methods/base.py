@@ -13,7 +13,16 @@ as such). The trainer calls the hooks in this order:
                method.after_step(state)      # e.g. DropBack reset, RigL drop/grow
     per epoch: method.end_epoch(state)       # e.g. SET
 
-Methods keep everything they need to resume in ``state_dict()``.
+The run's *phases* are the method's too (:meth:`Method.phases`). The trainer runs three
+phases itself: ``"dense"`` (the dense model, with the hooks above), ``"fixed"`` and
+``"finetune"`` (the exported model of the mask :meth:`Method.final_masks` chooses). Any
+other phase name is the method's own (VR-PGE's ``"search"``): the trainer asks the method
+to build it (:meth:`Method.build_phase`, given a :class:`RunContext`), to take its steps
+(:meth:`Method.phase_step`), for the mask to evaluate (:meth:`Method.phase_masks`) and
+for the history row's fields (:meth:`Method.report`). Methods keep everything they need to
+resume in ``state_dict()`` (a phase in progress included: ``load_state_dict`` runs before
+the phase is rebuilt, so a method applies its phase's state in ``build_phase``). Options a
+method takes from ``fxsparse train`` flags it declares in :attr:`Method.cli_options`.
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..graph import ChannelGraph
+from ..masks import check_fraction
 
 
 @dataclasses.dataclass
@@ -43,17 +53,92 @@ class TrainState:
     total_steps: int = 1
 
 
+TRAINER_PHASES = ("dense", "fixed", "finetune")  # the phases the trainer runs itself
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a method's own phase is built from (:meth:`Method.build_phase`): the run's model,
+    graph and settings, and the trainer's helpers."""
+    model: nn.Module
+    graph: Optional[ChannelGraph]
+    loss_fn: Callable
+    keep: float
+    budget: str
+    seed: int
+    compile: bool
+    sgd: Callable                        # sgd(params) -> the run's SGD optimizer at its lr
+    weight_schedule: Callable            # weight_schedule(optimizer, phase, start, steps) -> a schedule
+    train_batches: Callable              # train_batches(n) -> the first n training batches (a list)
+    accuracy: Callable                   # accuracy(masks, batches) -> accuracy of the exported model
+
+
+@dataclasses.dataclass
+class PhaseSetup:
+    """A method's phase as :meth:`Method.build_phase` built it. ``schedules``: (optimizer or a
+    callable returning it, base lr, first step, length) cosine schedules; ``sparse``: the
+    :class:`fxsparse.SparseModel` the phase compiles, if any."""
+    optimizer: torch.optim.Optimizer
+    schedules: list
+    sparse: object = None
+    compiling: str = "the training step"  # what the first step compiles, for the log
+
+
 class Method:
     """Base class. Subclasses set ``name``, ``level`` and ``paper`` and override hooks."""
     name: str = ""
     level: str = "channel"               # "channel" or "weight"
     paper: str = ""
+    # ``fxsparse train`` flags that set this method's options: (flags, argparse keywords), the
+    # keywords' ``dest`` the option's name; the CLI passes them as ``method_options``
+    cli_options: tuple = ()
 
     def __init__(self, keep: float = 0.5, **options):
-        if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        check_fraction(keep, "keep", ValueError)
         self.keep = float(keep)
         self.options = options
+
+    @classmethod
+    def for_run(cls, keep: float, budget: str, options: dict) -> "Method":
+        """The method for ``fxsparse train`` (``budget``: the run's ``--budget``, which a method
+        that meets it itself takes as an option)."""
+        return cls(keep=keep, **options)
+
+    # ----- phases --------------------------------------------------------------------
+    def phases(self, first: int, total: int) -> list:
+        """[(phase, steps)] of a run of ``total`` steps whose first phase (search, or dense
+        training before a mask is chosen) ends at step ``first``. After :meth:`init`."""
+        if self.level == "channel" and self.channel_keep() is not None:
+            return [("fixed", total)]
+        if self.level == "channel":
+            return [("dense", first), ("finetune", total - first)]
+        return [("dense", total)]
+
+    def build_phase(self, phase: str, run: RunContext, start: int, steps: int) -> PhaseSetup:
+        """Set up the method's own phase ``phase`` (not one of ``TRAINER_PHASES``), which
+        runs ``steps`` steps from the run's step ``start``."""
+        raise NotImplementedError(f"method {self.name!r} has no phase {phase!r}")
+
+    def phase_step(self, phase: str, x, y) -> tuple:
+        """One step of the method's own phase: (loss, [the channel masks it trained],
+        forward FLOPs per sample spent beyond the masks' training steps)."""
+        raise NotImplementedError(f"method {self.name!r} has no phase {phase!r}")
+
+    def phase_masks(self, phase: str) -> dict:
+        """The channel mask the run would deliver now, in the method's own phase."""
+        raise NotImplementedError(f"method {self.name!r} has no phase {phase!r}")
+
+    def report(self, phase: str, tally) -> dict:
+        """Fields of the history row of ``phase`` (after the trainer's own); ``tally`` counts
+        the row's sampled masks (``count``, ``channels``, ``flops``, ``kept``)."""
+        return {}
+
+    def final_masks(self, run: RunContext) -> dict:
+        """The channel mask of the ``fixed``/``finetune`` phases, chosen once."""
+        masks = self.channel_keep()
+        if masks is None:
+            raise RuntimeError(f"method {self.name!r} gave no channel mask to fine-tune")
+        return masks
 
     # ----- hooks ---------------------------------------------------------------------
     def init(self, state: TrainState) -> None:

@@ -56,9 +56,12 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
+from ..masks import check_fraction
+from ..broadcast import along
 from .base import Method, TrainState
 from .registry import register_method
-from .unstructured import (check_choice, check_number, check_options, reset_optimizer_state, topk_exact)
+from .options import check_choice, check_number, check_options
+from .unstructured import reset_optimizer_state, topk_exact
 
 __all__ = ["DropBack", "DropBackChannel", "DropBackStore", "REFERENCE_SETTINGS", "init_rules", "initial_values",
            "element_hash", "regenerate", "dropback_memory"]
@@ -438,8 +441,7 @@ class DropBackStore:
     def __init__(self, model: nn.Module, keep: float, *, seed: int, lr: float = 0.4, momentum: float = 0.0,
                  weight_decay: float = 0.0, init: str = "uniform", exclude: Iterable[str] = (),
                  scope: str = "global", freeze_after_steps: Optional[int] = None):
-        if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        check_fraction(keep, "keep")
         check_number("DropBackStore", "lr", lr, lo=0, lo_open=True)
         check_number("DropBackStore", "momentum", momentum, lo=0, hi=1)
         check_number("DropBackStore", "weight_decay", weight_decay, lo=0)
@@ -673,9 +675,7 @@ class DropBackChannel(_TrackedSchedule, Method):
         masks = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in self._params.items()}
         for name, dim, chan in self.members:
             keep_pos = torch.where(chan >= 0, tracked[chan.clamp(min=0)], torch.ones_like(chan, dtype=torch.bool))
-            shape = [1] * masks[name].dim()
-            shape[dim] = -1
-            masks[name] &= keep_pos.view(shape)
+            masks[name] &= along(keep_pos, dim, masks[name].dim())
         return masks
 
     def after_step(self, state: TrainState) -> None:

@@ -15,8 +15,10 @@ as Li et al. prune a fixed fraction of each layer. Channel level only.
 from __future__ import annotations
 
 from .base import TrainState
+from .options import check_choices
 from .registry import register_method
-from .select import ScoreMethod, group_scores, weight_out_dims
+from .scores import filter_l1
+from .select import ScoreMethod
 
 
 @register_method("l1_filter")
@@ -31,29 +33,8 @@ class L1Filter(ScoreMethod):
     extra_options = {"side": "out", "reduce": "sum"}
 
     def validate_options(self) -> None:
-        if self.side not in ("out", "all"):
-            raise ValueError(f"l1_filter: side must be 'out' or 'all', got {self.side!r}")
-        if self.reduce not in ("sum", "mean"):
-            raise ValueError(f"l1_filter: reduce must be 'sum' or 'mean', got {self.reduce!r}")
+        check_choices("l1_filter", side=(self.side, ("out", "all")), reduce=(self.reduce, ("sum", "mean")))
 
     def init(self, state: TrainState) -> None:
         self.scores = filter_l1(self.channel_graph(state), state.model, side=self.side, reduce=self.reduce)
         self._keep_masks = self.select_channels(self.channel_graph(state), self.scores)
-
-
-def filter_l1(graph, model, side: str = "out", reduce: str = "sum") -> dict:
-    """{group id: float64 tensor[size]}: each prunable channel's L1 norm over the group's
-    producing filters (``side="out"``) or every weight member (``"all"``); see the module
-    docstring. Also the within-block order of the width-learning structure search."""
-    out_dims = weight_out_dims(model)
-    params = dict(model.named_parameters())
-    absw = {n: params[n].detach().abs() for n in out_dims if n in params}
-    every = group_scores(graph, absw, reduce=reduce)
-    scores = every
-    if side == "out":
-        scores = group_scores(graph, absw, reduce=reduce, where=lambda m: m.dim == out_dims[m.param])
-        scores = {gid: scores.get(gid, v) for gid, v in every.items()}
-    if not scores:
-        raise ValueError("l1_filter: no prunable group has a convolution or linear weight to score; "
-                         "use another method (e.g. random)")
-    return scores

@@ -19,6 +19,11 @@ def register_method(name: str):
     return deco
 
 
+def unregister_method(name: str) -> None:
+    """Forget the method registered as ``name`` (a test's own method, say)."""
+    _METHODS.pop(name, None)
+
+
 def list_methods() -> list[str]:
     return sorted(_METHODS)
 

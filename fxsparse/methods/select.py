@@ -29,7 +29,9 @@ import torch
 import torch.nn as nn
 
 from ..graph import ChannelGraph
+from ..masks import check_finite_scores, check_fraction, top_mask
 from .base import Method, TrainState
+from .options import check_choice, check_choices, check_options
 
 __all__ = [
     "ScoreMethod",
@@ -70,10 +72,7 @@ def group_scores(graph: ChannelGraph, per_param: dict, reduce: str = "sum", grou
     narrows the members further (e.g. only a weight's output-channel dim). A group none
     of whose members is scored gets no entry. ``groups``: ``"prunable"`` or ``"all"``.
     """
-    if reduce not in ("sum", "mean"):
-        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    if groups not in ("prunable", "all"):
-        raise ValueError(f"groups must be 'prunable' or 'all', got {groups!r}")
+    check_choices("group_scores", reduce=(reduce, ("sum", "mean")), groups=(groups, ("prunable", "all")))
     buffers = _buffer_names(graph)
     out = {}
     for g in (graph.prunable_groups if groups == "prunable" else graph.groups):
@@ -125,32 +124,8 @@ def member_masks(graph: ChannelGraph, keep: dict, params: dict) -> dict:
 def _order(scores: torch.Tensor, what: str) -> torch.Tensor:
     """Indices by descending score, ties by ascending position (stable sort)."""
     s = scores.detach().to(dtype=torch.float64).flatten()
-    if torch.isnan(s).any():
-        raise ValueError(f"the scores of {what} contain NaN; the scoring pass diverged "
-                         "(try float64, a smaller learning-rate-free input, or another method)")
+    check_finite_scores(s, what)
     return torch.sort(s, descending=True, stable=True).indices
-
-
-def _top_mask(scores: torch.Tensor, k: int, what: str) -> torch.Tensor:
-    """Flat bool mask of the ``k`` largest entries, ties to the lower index: the same set
-    as the first k of :func:`_order`, but found with one ``kthvalue`` (O(n)) instead of a
-    full sort -- the threshold only splits off the strict winners; the tied entries at
-    the threshold are then taken in index order until exactly k are kept."""
-    s = scores.detach().flatten()
-    if s.is_floating_point() and torch.isnan(s).any():
-        raise ValueError(f"the scores of {what} contain NaN; the scoring pass diverged "
-                         "(try float64, a smaller learning-rate-free input, or another method)")
-    n = s.numel()
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=s.device)
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=s.device)
-    thr = torch.kthvalue(s.cpu() if s.device.type == "mps" else s, n - k + 1).values.to(s.device)
-    mask = s > thr
-    need = k - int(mask.sum())
-    tied = torch.nonzero(s == thr).flatten()[:need]
-    mask[tied] = True
-    return mask
 
 
 def keep_top(graph: ChannelGraph, scores: dict, keep: float, scope: str = "global", budget: str = "channels") -> dict:
@@ -172,12 +147,8 @@ def keep_top(graph: ChannelGraph, scores: dict, keep: float, scope: str = "globa
     already-pruned channels -inf so that masks only shrink); they rank last otherwise.
     Exact: ties go to the earlier channel (group order, then channel order).
     """
-    if scope not in ("global", "per_group"):
-        raise ValueError(f"scope must be 'global' or 'per_group', got {scope!r}")
-    if budget not in ("channels", "flops"):
-        raise ValueError(f"budget must be 'channels' or 'flops', got {budget!r}")
-    if not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-        raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+    check_choices("keep_top", scope=(scope, ("global", "per_group")), budget=(budget, ("channels", "flops")))
+    check_fraction(keep, "keep")
     groups = []
     for gid in scores:
         if not isinstance(gid, int) or not 0 <= gid < len(graph.groups):
@@ -300,19 +271,17 @@ def weight_top(scores: dict, density: float, scope: str = "global") -> dict:
     ``"per_layer"``: ``max(1, round(density * n))`` entries of each tensor. Ties go to the
     earlier entry (dict order, then flat index). Masks are on the scores' devices.
     """
-    if scope not in ("global", "per_layer"):
-        raise ValueError(f"scope must be 'global' or 'per_layer', got {scope!r}")
-    if not isinstance(density, (int, float)) or density != density or not 0 < density <= 1:
-        raise ValueError(f"density must be a number in (0, 1], got {density!r}")
+    check_choice("weight_top", "scope", scope, ("global", "per_layer"))
+    check_fraction(density, "density")
     if not scores:
         raise ValueError("weight_top needs at least one score tensor")
     out = {}
     if scope == "per_layer":
         for name, s in scores.items():
-            out[name] = _top_mask(s, max(1, round(density * s.numel())), name).view(s.shape)
+            out[name] = top_mask(s, max(1, round(density * s.numel())), name).view(s.shape)
         return out
     flat = torch.cat([s.detach().to(device="cpu", dtype=torch.float64).flatten() for s in scores.values()])
-    chosen = _top_mask(flat, max(1, round(density * len(flat))), "the weights")
+    chosen = top_mask(flat, max(1, round(density * len(flat))), "the weights")
     start = 0
     for name, s in scores.items():
         out[name] = chosen[start:start + s.numel()].view(s.shape).to(s.device)
@@ -439,11 +408,7 @@ class ScoreMethod(Method):
 
     def __init__(self, keep: float = 0.5, **options):
         super().__init__(keep, **options)
-        allowed = {"level", "scope", "budget", *self.extra_options}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {self.name!r}; "
-                             f"valid options: {', '.join(sorted(allowed))}")
+        check_options(self.name, options, dict.fromkeys(["level", "scope", "budget", *self.extra_options]))
         level = options.get("level", type(self).level)
         if level not in self.supported_levels:
             raise ValueError(f"method {self.name!r} works at level {' or '.join(map(repr, self.supported_levels))}, "
@@ -451,11 +416,8 @@ class ScoreMethod(Method):
         self.level = level
         scopes = ("global", "per_group") if level == "channel" else ("global", "per_layer")
         self.scope = options.get("scope", self.default_scope[level])
-        if self.scope not in scopes:
-            raise ValueError(f"scope for level={level!r} must be one of {', '.join(map(repr, scopes))}, got {self.scope!r}")
         self.budget = options.get("budget", "channels")
-        if self.budget not in ("channels", "flops"):
-            raise ValueError(f"budget must be 'channels' or 'flops', got {self.budget!r}")
+        check_choices(f"{self.name} (level={level!r})", scope=(self.scope, scopes), budget=(self.budget, ("channels", "flops")))
         if level == "weight" and "budget" in options and self.budget != "channels":
             raise ValueError("budget='flops' applies to level='channel' only; weight-level masks count weights")
         for key, default in self.extra_options.items():

@@ -41,8 +41,8 @@ import torch.nn as nn
 
 from .base import Method, TrainState
 from .registry import register_method
-from .unstructured import (DynamicMaskMethod, check_choice, check_number, check_options, sparsifiable_weights,
-                           topk_exact)
+from .options import check_choice, check_number, check_options
+from .unstructured import DynamicMaskMethod, sparsifiable_weights, topk_exact
 
 __all__ = ["SET", "set_drop"]
 

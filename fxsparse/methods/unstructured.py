@@ -16,8 +16,9 @@ remove work.
 
 Also here: Erdos-Renyi-Kernel layer densities (:func:`erk_densities`, as RigL's code
 computes them), integer per-layer counts that meet a global budget exactly
-(:func:`density_counts`), deterministic exact top-k (:func:`topk_exact`), resetting an
-optimizer's per-weight state (:func:`reset_optimizer_state`) and option checking.
+(:func:`density_counts`), deterministic exact top-k (:func:`topk_exact`, the tie rule of
+:func:`fxsparse.masks.top_mask`) and resetting an optimizer's per-weight state
+(:func:`reset_optimizer_state`). Option checking: :mod:`fxsparse.methods.options`.
 """
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from ..masks import check_fraction, check_no_nan, top_mask
+from .options import check_choice
+
 __all__ = ["WeightMask", "MaskDict", "apply_weight_masks", "remove_weight_masks", "weight_mask_modules", "dense_state_dict",
            "erk_densities", "uniform_densities", "density_counts", "random_masks", "sparsifiable_weights",
-           "topk_exact", "reset_optimizer_state", "check_options", "get_tensor"]
+           "topk_exact", "reset_optimizer_state", "get_tensor"]
 
 
 # ----------------------------------------------------------------------------- masks
@@ -221,9 +225,8 @@ def erk_densities(model: nn.Module, names: Iterable[str], density: float, erk_po
     to (number of tensors) / N; here the budget is the real ``density * n``, the weighted
     density is exact, and rounding to counts happens once, globally (:func:`density_counts`).
     """
+    check_fraction(density, "density")
     density = float(density)
-    if not 0 < density <= 1:
-        raise ValueError(f"density must be in (0, 1], got {density}")
     shapes = {n: tuple(get_tensor(model, n).shape) for n in names}
     dense: set = set()
     while True:
@@ -281,12 +284,11 @@ def random_masks(model: nn.Module, names: list, keep: float, distribution: str, 
                  erk_power_scale: float = 1.0) -> dict:
     """Random masks with exact per-tensor counts (:func:`density_counts` of the ERK or uniform
     densities), drawn with ``torch.randperm(.., generator=generator)`` in ``names`` order."""
+    check_choice("random_masks", "distribution", distribution, ("erk", "uniform"))
     if distribution == "erk":
         dens = erk_densities(model, names, keep, erk_power_scale)
-    elif distribution == "uniform":
-        dens = uniform_densities(names, keep)
     else:
-        raise ValueError(f"distribution must be 'erk' or 'uniform', got {distribution!r}")
+        dens = uniform_densities(names, keep)
     sizes = {n: get_tensor(model, n).numel() for n in names}
     counts = density_counts(sizes, dens, keep)
     masks = {}
@@ -311,15 +313,8 @@ def topk_exact(score: torch.Tensor, k: int, largest: bool = True) -> torch.Tenso
         return torch.zeros(0, dtype=torch.long, device=score.device)
     if k >= n:
         return torch.arange(n, device=score.device)
-    if torch.isnan(score).any():
-        raise FloatingPointError("topk_exact: the scores contain NaN (did training diverge?)")
-    vals = torch.topk(score, k, largest=largest, sorted=True).values
-    t = vals[-1]
-    strict = (score > t) if largest else (score < t)
-    idx_strict = strict.nonzero().view(-1)
-    need = k - idx_strict.numel()
-    idx_tie = (score == t).nonzero().view(-1)[:need]
-    return torch.sort(torch.cat([idx_strict, idx_tie])).values
+    check_no_nan(score, "topk_exact: the scores contain NaN (did training diverge?)", FloatingPointError)
+    return torch.nonzero(top_mask(score if largest else -score, k)).view(-1)
 
 
 # ----------------------------------------------------------------------------- optimizer state
@@ -340,37 +335,6 @@ def reset_optimizer_state(optimizer: Optional[torch.optim.Optimizer], param: tor
 
 
 # ----------------------------------------------------------------------------- options
-
-def check_options(method: str, options: dict, defaults: dict) -> dict:
-    """``defaults`` updated with ``options``; an unknown option raises ValueError naming the known ones."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(f"{method}: unknown option(s) {unknown}; known options: {', '.join(sorted(defaults))}")
-    out = dict(defaults)
-    out.update(options)
-    return out
-
-
-def check_choice(method: str, key: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{method}: option {key}={value!r} is not one of {list(choices)}")
-
-
-def check_number(method: str, key: str, value, lo=None, hi=None, integer=False, lo_open=False, allow_none=False):
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    if integer:
-        ok = ok and float(value).is_integer()
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value <= hi
-    if not ok:
-        rng = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{method}: option {key} must be {kind} in {rng}, got {value!r}")
-
 
 # ----------------------------------------------------------------------------- shared base of SET / RigL
 

@@ -1,4 +1,4 @@
-"""Structure learning with VR-PGE (Zhou et al., NeurIPS 2021) on top of a SparseModel.
+"""The search of VR-PGE (Zhou et al., NeurIPS 2021) on top of a SparseModel.
 
 A *policy* over channel masks, trained with the variance-reduced policy gradient from
 forward passes only. Three granularities (``granularity``):
@@ -40,9 +40,11 @@ import warnings
 
 import torch
 
-from .flops import SubnetFlops
-from .methods.l1_filter import filter_l1
-from .vrpge import project_budget, sample_grouped_mask, vrpge_gradient
+from ...flops import SubnetFlops
+from ...masks import all_finite, check_fraction
+from ..options import check_choices
+from ..scores import filter_l1
+from .estimator import project_budget, sample_grouped_mask, vrpge_gradient
 
 GRANULARITIES = ("channel", "width", "width+channel")
 FINALS = ("topk", "sample")
@@ -57,11 +59,9 @@ def check_options(*, budget="channels", form="exact", samples=2, granularity="ch
     """ValueError naming the option, the value and the choices, for the search's options."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f"the VR-PGE estimate needs at least 2 samples per step, got {samples!r}")
-    for name, value, choices in (("budget", budget, ("channels", "flops")), ("form", form, ("exact", "preconditioned")),
-                                 ("granularity", granularity, GRANULARITIES), ("final", final, FINALS),
-                                 ("perturb", perturb, PERTURBS), ("weight_masks", weight_masks, WEIGHT_MASKS)):
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    check_choices("vrpge", budget=(budget, ("channels", "flops")), form=(form, ("exact", "preconditioned")),
+                  granularity=(granularity, GRANULARITIES), final=(final, FINALS), perturb=(perturb, PERTURBS),
+                  weight_masks=(weight_masks, WEIGHT_MASKS))
 
 
 class StructureLearner:
@@ -74,8 +74,7 @@ class StructureLearner:
                  steps: int | None = None, lr_scale: float | None = None, reuse_loss: bool = True,
                  final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100, perturb: str = "all",
                  weight_masks: str = "sampled"):
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or keep != keep or not 0 < keep <= 1:
-            raise ValueError(f"keep must be a number in (0, 1], got {keep!r}")
+        check_fraction(keep, "keep")
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
                       perturb=perturb, weight_masks=weight_masks)
         if lr is None and not steps:
@@ -299,7 +298,7 @@ class StructureLearner:
     @torch.no_grad()
     def score_update(self, losses: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """VR-PGE estimate from K (loss, draw) samples of one minibatch, Adam, projection."""
-        if not bool(torch.isfinite(losses).all()):
+        if not all_finite(losses):
             raise FloatingPointError(f"non-finite loss in the score step ({losses.tolist()}); scores unchanged")
         grad = self.gradient(losses, draws)
         self._split[self._steps % 2] += grad
@@ -332,9 +331,9 @@ class StructureLearner:
             losses, used = rest, (draws if mean else draws[1:])
         self.last_forward_flops = float(sum(float(self.flops(m)) for m in scored)) / max(len(scored), 1)
         self.last_forwards = len(scored)
-        if bool(torch.isfinite(losses).all()):
+        if all_finite(losses):
             self.score_update(losses, used)
-        elif bool(torch.isfinite(loss)):  # the weight step's own non-finite loss is the caller's to report
+        elif all_finite(loss):  # the weight step's own non-finite loss is the caller's to report
             warnings.warn(f"score update skipped: non-finite loss among the samples ({losses.tolist()})",
                           RuntimeWarning, stacklevel=2)
         return loss, trained
@@ -413,7 +412,7 @@ class StructureLearner:
             losses.append(loss.detach().float())
         losses = torch.stack(losses)
         self.last_forward_flops, self.last_forwards = 0.0, 0
-        if not bool(torch.isfinite(losses).all()):
+        if not all_finite(losses):
             masked_optimizer.zero_grad(set_to_none=True)
             return losses.mean(), masks
         keep = masked_optimizer.union_keep([self.as_group_masks(m) for m in masks])
@@ -430,7 +429,7 @@ class StructureLearner:
         group's expected keep ratio."""
         p = self.probs()
         return {"scores_at_0_or_1": float(((p <= 1e-6) | (p >= 1 - 1e-6)).double().mean()),
-                "split_half_rank_corr": _spearman(self._split[0], self._split[1]),
+                "split_half_rank_corr": spearman(self._split[0], self._split[1]),
                 "group_expected_keep": [float(v.mean()) for v in torch.split(p, self.sizes)],
                 "stage": self.stage, "score_lr": self.lr}
 
@@ -520,7 +519,7 @@ def policy_gradient(losses, draws, probs, owner=None, form: str = "exact") -> to
     return torch.zeros(int(owner.max()) + 1, dtype=grad.dtype).index_add_(0, owner, grad)
 
 
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation (average ranks for ties); nan for fewer than 3 entries or constant input."""
     if a.numel() < 3:
         return float("nan")

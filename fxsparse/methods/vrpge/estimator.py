@@ -46,6 +46,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ...masks import check_no_nan
+
 __all__ = [
     "project_budget",
     "reinforce_gradient",
@@ -69,8 +71,7 @@ def _check_projection_inputs(s, budget, weights):
         raise ValueError(f"s must be 1-D (all groups' scores concatenated), got shape {tuple(s.shape)}")
     if not s.is_floating_point():
         raise ValueError(f"s must be a floating-point tensor, got dtype {s.dtype}")
-    if torch.isnan(s).any():
-        raise ValueError("s contains NaN; the scores are corrupt (check the learning rate / the loss)")
+    check_no_nan(s, "s contains NaN; the scores are corrupt (check the learning rate / the loss)")
     budget = float(budget)
     if math.isnan(budget) or budget < 0:
         raise ValueError(f"budget must be a number >= 0, got {budget!r}")
@@ -208,8 +209,7 @@ def project_budget(s, budget, weights=None, tol=1e-6, method="exact"):
 def _check_probs(s):
     if not isinstance(s, torch.Tensor) or not s.is_floating_point():
         raise ValueError("s must be a floating-point torch.Tensor of keep probabilities")
-    if torch.isnan(s).any():
-        raise ValueError("s contains NaN")
+    check_no_nan(s, "s contains NaN")
 
 
 def sample_mask(s, generator=None, num_samples=None):
@@ -298,8 +298,7 @@ def _check_estimator_inputs(losses, masks, s):
     if masks.shape[:-1] != losses.shape:
         raise ValueError(f"losses shape {tuple(losses.shape)} must equal masks shape without the channel dim "
                          f"{tuple(masks.shape[:-1])} (one loss per sample)")
-    if torch.isnan(losses).any():
-        raise ValueError("losses contain NaN")
+    check_no_nan(losses, "losses contain NaN")
     return losses
 
 

@@ -1,0 +1,16 @@
+"""VR-PGE (Zhou et al., NeurIPS 2021), the default method, in one package:
+
+* :mod:`.estimator`: the math (budget projection, Bernoulli sampling, score functions, the
+  variance-reduced estimate), plain torch, no model code;
+* :mod:`.learner`: :class:`StructureLearner`, the search over a :class:`fxsparse.SparseModel`;
+* :mod:`.method`: :class:`VRPGE`, the registered method (``fxsparse train --method vrpge``)
+  that runs the search as its own phase through the :class:`fxsparse.methods.Method` hooks.
+"""
+from .estimator import (project_budget, reinforce_gradient, sample_grouped_mask, sample_mask, score_function,
+                        signal_to_noise, vrpge_gradient)
+from .learner import StructureLearner, check_options, policy_gradient, spearman
+from .method import VRPGE
+
+__all__ = ["VRPGE", "StructureLearner", "check_options", "policy_gradient", "spearman", "project_budget",
+           "reinforce_gradient", "sample_grouped_mask", "sample_mask", "score_function", "signal_to_noise",
+           "vrpge_gradient"]

@@ -1,0 +1,150 @@
+"""VR-PGE (Zhou et al., NeurIPS 2021): the default method. A policy over channel masks is
+learned jointly with the weights (its own phase, ``"search"``) from forward passes only,
+then its final mask is fine-tuned and exported (the trainer's ``"finetune"`` phase).
+Default: one keep ratio per channel group (``granularity="width"``; channels filled by L1
+order), a score learning rate calibrated to the search length, and the top of the scores
+as the final mask; ``granularity="channel"`` with ``final="sample"`` is the paper's
+per-channel form. The search itself is :class:`fxsparse.methods.vrpge.StructureLearner`;
+this class runs it through the :class:`fxsparse.methods.Method` phase hooks."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...optim import MaskedOptimizer
+from ...sparse import SparseModel
+from ..base import Method, PhaseSetup, RunContext
+from ..options import check_number
+from ..registry import register_method
+from .learner import StructureLearner, check_options
+
+# None: compile the search step's optimizer update only for searches of at least this many
+# steps (one more graph per capacity set, ~25 s cold on this CPU, saves ~7-10 ms per VGG-11
+# step: it pays after ~3000 steps)
+COMPILE_UPDATE_STEPS = 3000
+
+SEARCH = "search"
+
+
+@register_method("vrpge")
+class VRPGE(Method):
+    level = "channel"
+    paper = "Zhou et al., Efficient Neural Network Training via Forward and Backward Propagation Sparsification, NeurIPS 2021"
+    # the ``fxsparse train`` flags of the search (the option is each one's ``dest``)
+    cli_options = (
+        (("--score-lr",), dict(dest="score_lr", type=float, default=None, help="Adam learning rate of the scores, "
+                                "cosine over the search (default: 0.3 / sqrt(search steps); the authors use 0.012 for "
+                                "a 300-epoch search)")),
+        (("--granularity",), dict(dest="granularity", choices=["width", "channel", "width+channel"], default="width",
+                                  help="what the search learns: one keep ratio per layer group (width; channels by L1 "
+                                  "order), one score per channel (channel, the paper), or widths then channels within "
+                                  "(default %(default)s)")),
+        (("--final",), dict(dest="final", choices=["topk", "sample"], default="topk",
+                            help="final mask: the top of the scores meeting the budget (topk), or the authors' best of "
+                            "sampled masks (sample) (default %(default)s)")),
+        (("--form",), dict(dest="form", choices=["exact", "preconditioned"], default="exact",
+                           help="Bernoulli score form (default %(default)s)")),
+        (("--samples",), dict(dest="samples", type=int, default=2, help="masks per score step (default %(default)s)")),
+        (("--no-reuse-loss",), dict(dest="reuse_loss", action="store_false", default=True,
+                                    help="two fresh score forwards instead of reusing the weight step's loss")),
+        (("--weight-average",), dict(dest="weight_average", action="store_true", default=False,
+                                     help="the authors' weight step: mean gradient over --samples sub-networks, whose "
+                                     "losses feed the score step")),
+        (("--compile-update",), dict(dest="compile_update", action="store_const", const=True, default=None,
+                                     help="compile the search step's optimizer update (default: for searches of "
+                                     f"{COMPILE_UPDATE_STEPS}+ steps)")),
+        (("--no-compile-update",), dict(dest="compile_update", action="store_const", const=False,
+                                        help="keep the search step's optimizer update eager")),
+    )
+
+    def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
+                 score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
+                 granularity: str = "width", final: str = "topk", weight_masks: str = "sampled",
+                 weight_average: bool = False, final_batches: int = 10, compile_update: bool | None = None, **options):
+        super().__init__(keep, **options)
+        check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
+                      weight_masks=weight_masks)
+        if score_lr is not None and (isinstance(score_lr, bool) or not isinstance(score_lr, (int, float))
+                                     or not score_lr > 0 or math.isinf(score_lr)):
+            raise ValueError(f"--score-lr must be a positive number, got {score_lr!r}")
+        check_number("vrpge", "final_tries", final_tries, lo=1, integer=True)
+        check_number("vrpge", "final_batches", final_batches, lo=1, integer=True)
+        self.budget, self.form, self.samples = budget, form, int(samples)
+        self.score_lr = None if score_lr is None else float(score_lr)
+        self.reuse_loss, self.final_tries = bool(reuse_loss), int(final_tries)
+        self.granularity, self.final, self.weight_masks = granularity, final, weight_masks
+        self.weight_average, self.final_batches = bool(weight_average), int(final_batches)
+        self.compile_update = compile_update
+        self.sparse = self.learner = self.step_fn = self.masked_optimizer = None
+        self._saved = None  # the search's state from a checkpoint, applied when the search is rebuilt
+
+    @classmethod
+    def for_run(cls, keep: float, budget: str, options: dict) -> "VRPGE":
+        return cls(keep=keep, **{**options, "budget": budget})  # the search meets the run's --budget
+
+    # ----- phases --------------------------------------------------------------------
+    def phases(self, first: int, total: int) -> list:
+        return [(SEARCH, first), ("finetune", total - first)]
+
+    def build_phase(self, phase: str, run: RunContext, start: int, steps: int) -> PhaseSetup:
+        """The search: the sparse model (its compiled step), the weights' SGD and the learner."""
+        if phase != SEARCH:
+            return super().build_phase(phase, run, start, steps)
+        compile_update = self.compile_update if self.compile_update is not None else steps >= COMPILE_UPDATE_STEPS
+        self.sparse = SparseModel(run.model, run.graph, keep=run.keep, compile=run.compile, seed=run.seed,
+                                  compile_update=compile_update)
+        optimizer = run.sgd(run.model.parameters())
+        self.step_fn = self.sparse.make_train_step(run.loss_fn, optimizer)
+        self.loss_fn = run.loss_fn
+        self.learner = StructureLearner(self.sparse, keep=run.keep, budget=self.budget, lr=self.score_lr,
+                                        form=self.form, samples=self.samples, seed=run.seed + 1,
+                                        granularity=self.granularity, steps=steps, reuse_loss=self.reuse_loss,
+                                        final=self.final, weight_masks=self.weight_masks)
+        schedules = [run.weight_schedule(optimizer, phase, start, steps),  # scores: cosine over the search
+                     (lambda: self.learner.optimizer, self.learner.lr, start, steps)]
+        if self.weight_average:
+            self.masked_optimizer = MaskedOptimizer(optimizer, self.sparse)
+        if self._saved is not None:  # resumed: the search's state as the checkpoint left it
+            self.learner.load_state_dict(self._saved["learner"])
+            self.sparse.generator.set_state(self._saved["sp_generator"])
+            self._saved = None
+        return PhaseSetup(optimizer=optimizer, schedules=schedules, sparse=self.sparse,
+                          compiling="the sparse training step")
+
+    def phase_step(self, phase: str, x, y) -> tuple:
+        """Score forwards, weight step, score update: all at the same weights."""
+        if self.weight_average:
+            loss, masks = self.learner.averaged_step(self.loss_fn, self.masked_optimizer, x, y)
+            return loss, list(masks), 0.0
+        loss, mask = self.learner.step(self.step_fn, self.loss_fn, x, y)
+        return loss, [mask], self.learner.last_forwards * self.learner.last_forward_flops
+
+    def phase_masks(self, phase: str) -> dict:
+        return self.learner.deterministic_mask()
+
+    def report(self, phase: str, tally) -> dict:
+        if phase != SEARCH:
+            return {}
+        s = self.learner.probs()
+        n = max(tally.count, 1)
+        return dict(expected_keep=float(s.mean()), expected_flops_frac=self.learner.flops.fraction(s),
+                    realised_keep=tally.channels / n, realised_flops_frac=tally.flops / n,
+                    group_keep=[float(v.mean()) for v in torch.split(tally.kept / n, self.learner.sizes)],
+                    score_hist=torch.histc(s.float(), bins=20, min=0, max=1).tolist(),
+                    search=self.learner.diagnostics())
+
+    def final_masks(self, run: RunContext) -> dict:
+        """The search's final mask (best of ``final_tries`` samples on ``final_batches``
+        training batches with ``final="sample"``), cut to meet the budget exactly."""
+        subset = run.train_batches(self.final_batches)
+        return self.learner.final_mask(lambda masks: run.accuracy(masks, subset), tries=self.final_tries)
+
+    # ----- state ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        if self.learner is None:
+            return {}
+        return {"learner": self.learner.state_dict(), "sp_generator": self.sparse.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._saved = state if state else None
