@@ -27,7 +27,7 @@ from typing import Callable, Dict, Tuple
 
 import torch.nn as nn
 
-__all__ = ["ModelInfo", "register", "create", "list", "list_models", "info"]
+__all__ = ["ModelInfo", "register", "create", "names", "list_models", "info", "load_model"]
 
 
 @dataclass(frozen=True)
