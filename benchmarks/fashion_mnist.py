@@ -4,7 +4,7 @@ side by side: same model, seed, epochs and data order.
     python benchmarks/fashion_mnist.py                       # issue #5: dense / VR-PGE / baselines
     python benchmarks/fashion_mnist.py --suite methods       # issue #6: every registered method
 
-Each run goes through ``fxsparse.trainer.Trainer`` (what ``fxsparse train`` runs), so the
+Each run goes through ``fxsparse.training.trainer.Trainer`` (what ``fxsparse train`` runs), so the
 wall clock is the whole run: compilation, search, final-mask choice, fine-tune, evaluation.
 Writes ``OUT/results.json`` and prints a table (markdown with ``--markdown``).
 """
@@ -23,7 +23,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fxsparse.trainer import TrainConfig, Trainer  # noqa: E402
+from fxsparse.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 # name: (method, keep, budget, extra config)
 SUITES = {

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
+import bench_args
 import fxsparse
-from fxsparse.cli import load_model
-from fxsparse.data import make_loaders
+from fxsparse.zoo import load_model
+from fxsparse.training.data import make_loaders
 from fxsparse.methods.vrpge import StructureLearner
 from fxsparse.methods.vrpge import signal_to_noise
 
@@ -78,8 +79,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    bench_args.start(args, args.seed)
     train, _, info = make_loaders("fashion-mnist", batch_size=args.batch_size, seed=args.seed, drop_last=True)
     model = load_model(args.model, num_classes=info["num_classes"], in_chans=info["in_chans"]).train()
     data = batches(train)

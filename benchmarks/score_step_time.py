@@ -13,7 +13,6 @@ variants, so drift hits all alike), median ms over ``--steps`` rounds:
   (the dense-gradient forward path, with its running-statistics write-back), buffers
   cloned before and restored after.
 """
-import argparse
 import json
 import statistics
 import time
@@ -21,21 +20,16 @@ import time
 import torch
 import torch.nn.functional as F
 
+import bench_args
 import fxsparse
-from fxsparse.cli import load_model
+from fxsparse.zoo import load_model
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="zoo:vgg11_bn")
-    p.add_argument("--keep", type=float, default=0.5)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2)
+    p = bench_args.parser(__doc__, model="zoo:vgg11_bn", keep=0.5, batch=128, steps=20)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    bench_args.start(args)
     model = load_model(args.model, num_classes=10, in_chans=1)
     x, y = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
     sp = fxsparse.compile(model, (x[:2],), keep=args.keep, capacity="exact")

@@ -11,7 +11,6 @@ in the same rounds, the same phases of the exported model for one such mask (com
 forward, backward, torch.optim.SGD), and whole steps of both (the real
 ``make_train_step``): per-round ratios, which the machine's drift does not move.
 """
-import argparse
 import statistics
 import time
 
@@ -19,22 +18,16 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
+import bench_args
 import fxsparse
 from fxsparse import zoo
 from fxsparse.bench import quartiles
-from fxsparse.train_step import gather_leaves, write_back_buffers
+from fxsparse.step.train_step import gather_leaves, write_back_buffers
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vgg11_bn")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--keep", type=float, default=0.5)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = bench_args.parser(__doc__, model="vgg11_bn", keep=0.5, batch=64, steps=12).parse_args(argv)
+    bench_args.start(args)
     model = zoo.create(args.model).train()
     x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     sp = fxsparse.compile(model, x, keep=args.keep, capacity="exact")
@@ -49,7 +42,7 @@ def main(argv=None):
         new_masks()
         step(x, y)
     _, forward_loss, kernel, gather_fn = sp.compiled_fns["step"]
-    update = fxsparse.optim.compact_update_for(opt)
+    update = fxsparse.step.optim.compact_update_for(opt)
     params = dict(model.named_parameters())
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ at equal training FLOPs and at equal wall time, several seeds, on the real Fashi
     python benchmarks/structure_search.py --table lenet5-extreme  # LeNet-5, FLOPs 0.03
     python benchmarks/structure_search.py --table vgg11-high --report   # the table and plot only
 
-Each run is one ``fxsparse.trainer.Trainer`` run (what ``fxsparse train`` runs) in its own
+Each run is one ``fxsparse.training.trainer.Trainer`` run (what ``fxsparse train`` runs) in its own
 process. Every finished run appends one JSON record to ``OUT/records.jsonl``; a run already
 recorded is skipped, so a table can be completed over several sittings. Runs, per seed:
 
@@ -121,8 +121,8 @@ def run_child(spec: dict) -> dict:
 def child(path):
     import torch
 
-    from fxsparse.flops import TRAIN_FACTOR
-    from fxsparse.trainer import TrainConfig, Trainer
+    from fxsparse.analysis.flops import TRAIN_FACTOR
+    from fxsparse.training.trainer import TrainConfig, Trainer
 
     with open(path) as f:
         spec = json.load(f)

@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import fxsparse
-from fxsparse.reference import masked_reference
+from fxsparse.rewrite.reference import masked_reference
 
 SEQ = 8
 VOCAB = 100

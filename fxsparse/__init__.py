@@ -5,14 +5,14 @@
     small = fxsparse.export(model, graph, keep)       # physically smaller nn.Module
 """
 from . import rules  # noqa: F401  (registers the built-in channel rules)
-from .analyze import analyze
-from .classifier import Classifier
-from .errors import ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, TraceError
-from .export import export
-from .graph import ChannelGraph, ChannelGroup, Member, count_flops
-from .masks import normalize_keep, random_keep, topk_keep
-from .optim import MaskedOptimizer
-from .sparse import SparseModel, compile
+from fxsparse.analysis.analyze import analyze
+from fxsparse.training.classifier import Classifier
+from fxsparse.core.errors import ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, TraceError
+from fxsparse.rewrite.export import export
+from fxsparse.analysis.graph import ChannelGraph, ChannelGroup, Member, count_flops
+from fxsparse.analysis.masks import normalize_keep, random_keep, topk_keep
+from fxsparse.step.optim import MaskedOptimizer
+from fxsparse.step.sparse import SparseModel, compile
 from .rules.registry import Rule, register_rule
 
 __all__ = [

@@ -34,9 +34,9 @@ from tabulate import tabulate
 
 import fxsparse
 from fxsparse import zoo
-from fxsparse.broadcast import along
-from fxsparse.masks import check_fraction
-from fxsparse.train_step import forward_gathered, gather_leaves
+from fxsparse.core.broadcast import along
+from fxsparse.analysis.masks import check_fraction
+from fxsparse.step.train_step import forward_gathered, gather_leaves
 
 
 def saved_bytes(fn):

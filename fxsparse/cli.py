@@ -9,7 +9,7 @@ import warnings
 import torch
 from tabulate import tabulate
 
-from .zoo import load_model  # noqa: F401  (fxsparse.cli.load_model: benchmarks use it)
+from .zoo import load_model
 
 
 def parse_input(text: str) -> tuple[int, ...]:
@@ -92,7 +92,7 @@ def cmd_zoo(args) -> int:
 
 def _check(model, graph, x) -> str:
     import fxsparse
-    from fxsparse.reference import masked_reference
+    from fxsparse.rewrite.reference import masked_reference
 
     keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(0))
     small = fxsparse.export(model, graph, keep).eval()
@@ -106,7 +106,7 @@ def _check(model, graph, x) -> str:
 
 
 def add_train_arguments(p):
-    from .trainer import TrainConfig
+    from fxsparse.training.trainer import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--model", default=d.model, help=f"zoo:NAME or module.path:factory (default {d.model})")
@@ -161,7 +161,7 @@ def cmd_train(args) -> int:
     import dataclasses
 
     from .methods import list_methods
-    from .trainer import TrainConfig, Trainer
+    from fxsparse.training.trainer import TrainConfig, Trainer
 
     if args.list_methods:
         from .methods import DEFAULT_METHOD, get_method
@@ -172,7 +172,7 @@ def cmd_train(args) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .errors import FxsparseError
+    from fxsparse.core.errors import FxsparseError
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
@@ -186,7 +186,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report
+    from fxsparse.training.report import report
 
     try:
         for path in report(args.dir):

@@ -24,8 +24,8 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from fxsparse.broadcast import along, left_pad
-from fxsparse.elements import ElementTable, has_elements, varying_dims
+from fxsparse.core.broadcast import along, left_pad
+from fxsparse.core.elements import ElementTable, has_elements, varying_dims
 from fxsparse.rules.context import FreeRef, TupleItem, finish, where
 from fxsparse.rules.registry import describe_target, lookup
 
@@ -198,6 +198,12 @@ class AnalysisContext(GraphValues):
         if ids is None or not isinstance(ids, np.ndarray):
             return None
         return self.elements.canonical(ids)
+
+    def padded_ids(self, arg):
+        """:meth:`ids` left-padded to the argument's rank (so dims index the tensor's), or None."""
+        ids = self.ids(arg)
+        shape = self.shape(arg)
+        return None if ids is None or shape is None else left_pad(ids, len(shape))
 
     @staticmethod
     def free(arg):

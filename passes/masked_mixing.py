@@ -18,8 +18,8 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from fxsparse.broadcast import along, left_pad
-from fxsparse.elements import varying_dims
+from fxsparse.core.broadcast import along, left_pad
+from fxsparse.core.elements import varying_dims
 
 from .channel_propagation import IDS
 from .shape_prop import SHAPE

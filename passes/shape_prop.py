@@ -17,7 +17,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxsparse.errors import InputError
+from fxsparse.core.errors import InputError
 from fxsparse.rules.context import TupleItem, where
 
 SHAPE = "fxsparse_shape"  # node.meta: output shape(s)
@@ -108,7 +108,7 @@ class _Recorder(fx.Interpreter):
 class ShapeProp(PassBase):
     """Records :data:`SHAPE` / :data:`VALUE` (and :data:`FLOPS` with ``count_flops``) on every
     node by running ``example_inputs`` through the graph. The graph itself is not changed
-    (``modified`` is False). Raises :class:`~fxsparse.errors.InputError` naming the node
+    (``modified`` is False). Raises :class:`~fxsparse.core.errors.InputError` naming the node
     where the inputs fail."""
 
     def __init__(self, example_inputs, count_flops: bool = False):

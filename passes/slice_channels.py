@@ -15,9 +15,9 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from fxsparse.broadcast import along, left_pad
-from fxsparse.elements import ElementTable, varying_dims
-from fxsparse.errors import ExportError
+from fxsparse.core.broadcast import along, left_pad
+from fxsparse.core.elements import ElementTable, varying_dims
+from fxsparse.core.errors import ExportError
 from fxsparse.rules.context import where
 from fxsparse.rules.registry import lookup
 

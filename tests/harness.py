@@ -6,7 +6,7 @@ import math
 import torch
 
 import fxsparse
-from fxsparse.reference import masked_reference
+from fxsparse.rewrite.reference import masked_reference
 
 
 def expected_param_count(model, graph, keep):

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxsparse
-from fxsparse.masks import kept_indices
+from fxsparse.analysis.masks import kept_indices
 
 
 class ConvBNNet(nn.Module):

@@ -12,7 +12,7 @@ import numpy as np
 
 import fxsparse
 from fxsparse import zoo
-from fxsparse.export import export
+from fxsparse.rewrite.export import export
 from fxsparse.methods.vrpge import StructureLearner
 from sparse_checks import ConvBNNet
 
@@ -165,7 +165,7 @@ def gather_index(layout, slot_class, slot_valid):
 
 def test_vectorised_gather_index_equals_the_per_dim_definition():
     """GatherIndex (all dims in one numpy pass) gives exactly the per-dim definition."""
-    from fxsparse.layout import GatherIndex
+    from fxsparse.rewrite.layout import GatherIndex
 
     torch.manual_seed(0)
     model = zoo.create("resnet20")
@@ -206,8 +206,8 @@ def test_empty_slots_are_zero_in_the_leaves_and_the_dense_weights_are_kept_for_t
     """gather_leaves zeroes empty slots outside autograd (no validity multiply in the
     forward); the update must still see the dense values there, and the forward must equal
     the one that multiplies by validity."""
-    from fxsparse.optim import gather, real_slots
-    from fxsparse.train_step import forward_gathered, gather_leaves
+    from fxsparse.step.optim import gather, real_slots
+    from fxsparse.step.train_step import forward_gathered, gather_leaves
 
     model, x, sp = _sparse()
     sp.train()

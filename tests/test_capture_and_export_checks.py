@@ -5,8 +5,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 import fxsparse
-from fxsparse.reference import masked_reference
-from fxsparse.run_check import check_runs
+from fxsparse.rewrite.reference import masked_reference
+from fxsparse.rewrite.run_check import check_runs
 
 
 class CaptureDiffersFromEager(nn.Module):

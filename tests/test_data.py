@@ -1,4 +1,4 @@
-"""fxsparse.data: IDX / CIFAR / image-folder datasets, augmentation, seeded loaders, errors."""
+"""fxsparse.training.data: IDX / CIFAR / image-folder datasets, augmentation, seeded loaders, errors."""
 import builtins
 import gzip
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fxsparse import data as D
+from fxsparse.training import data as D
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -58,7 +58,7 @@ def test_topk_keep_picks_highest_scores():
 
 
 def test_topk_keep_ties_go_to_the_lower_index():
-    """The methods' tie rule (``fxsparse.masks.top_mask``): exactly k channels, ties at the
+    """The methods' tie rule (``fxsparse.analysis.masks.top_mask``): exactly k channels, ties at the
     boundary to the lower channel index, whatever order torch.topk returns them in."""
     model, x, graph, _ = _setup()
     for pattern in ("zeros", "boundary"):

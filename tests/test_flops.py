@@ -5,8 +5,8 @@ import torch
 
 import fxsparse
 from fxsparse import zoo
-from fxsparse.flops import SubnetFlops
-from fxsparse.graph import count_flops
+from fxsparse.analysis.flops import SubnetFlops
+from fxsparse.analysis.graph import count_flops
 
 
 @pytest.mark.parametrize("name,shape", [("lenet5", (1, 1, 28, 28)), ("resnet20", (1, 3, 32, 32)),

@@ -420,7 +420,7 @@ def test_rigl_drop_grow_exact():
 def test_resume_bit_identical(name, opts, order):
     """Checkpoint after 6 of 12 steps, resume in a fresh process-like setup, same losses and weights.
     order="trainer": load_state_dict without init, then apply_weight_masks(weight_masks()) and
-    model/optimizer/generator state (what fxsparse.trainer does); "init_first": init, then load.
+    model/optimizer/generator state (what fxsparse.training.trainer does); "init_first": init, then load.
     rigl with delta_t=7: the first step after the resume is a mask update (its dense gradient
     must be captured although no hook ran before that forward)."""
     data = batches(12)

@@ -509,7 +509,7 @@ def test_keep_top_flops_budget(scope):
     """The FLOPs budget is real FLOPs: FlopCounterMode on the exported model is within it,
     and (global) no dropped channel would still fit; (per group) a slightly larger uniform
     ratio would not fit."""
-    from fxsparse.graph import count_flops
+    from fxsparse.analysis.graph import count_flops
 
     model = zoo.create("lenet5", num_classes=10, in_chans=1).eval()
     x = torch.zeros(1, 1, 28, 28)
@@ -690,7 +690,7 @@ def test_no_prunable_group_and_no_bn():
 
 
 def test_fast_exact_top_k_equals_the_stable_sort_order():
-    from fxsparse.masks import top_mask as _top_mask
+    from fxsparse.analysis.masks import top_mask as _top_mask
     from fxsparse.methods.select import _order
     g = torch.Generator().manual_seed(0)
     for t in range(200):

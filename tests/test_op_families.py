@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxsparse
-from fxsparse.errors import ExportError
-from fxsparse.reference import masked_reference
+from fxsparse.core.errors import ExportError
+from fxsparse.rewrite.reference import masked_reference
 from fxsparse.rules.pointwise import passthrough
 from fxsparse.rules.registry import _RULES
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import fxsparse
-from fxsparse.reference import masked_reference
+from fxsparse.rewrite.reference import masked_reference
 from fxsparse.rules.pointwise import passthrough
 from fxsparse.rules.registry import _RULES
 

@@ -242,7 +242,7 @@ def test_compiled_compact_update_trains_like_the_exported_model(kind):
     # of a bias before BN (noise ~1e-17) into updates of ~1e-11
     for name, t in list(trained.named_parameters()) + list(trained.named_buffers()):
         assert torch.allclose(t, ref[name], rtol=1e-7, atol=1e-9), name
-    from fxsparse.masks import kept_indices
+    from fxsparse.analysis.masks import kept_indices
 
     kept = kept_indices(sp.channel_graph, sp.masks)
     for name, p in model.named_parameters():

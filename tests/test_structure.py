@@ -44,7 +44,7 @@ def keep_of(learner):
 def test_flops_budget_is_real_flops():
     """A FLOPs budget of 0.25 means sub-networks with a quarter of the dense FLOPs (checked
     against FlopCounterMode on the exported model), not a quarter of the channels."""
-    from fxsparse.graph import count_flops
+    from fxsparse.analysis.graph import count_flops
 
     model, sp, step, learner, x, y = _setup("flops", keep=0.25)
     assert abs(learner.expected_keep() - 0.25) < 1e-6
@@ -105,7 +105,7 @@ def test_averaged_weight_step_equals_mean_of_exported_gradients():
     keeps; entries neither keeps stay bit-identical."""
     import numpy as np
 
-    from fxsparse.masks import kept_indices
+    from fxsparse.analysis.masks import kept_indices
 
     torch.manual_seed(0)
     model = ConvBNNet(16, 24).double()

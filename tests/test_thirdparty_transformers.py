@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 pytest.importorskip("transformers")
 
 import fxsparse  # noqa: E402
-from fxsparse.reference import masked_reference  # noqa: E402
+from fxsparse.rewrite.reference import masked_reference  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from thirdparty_transformers import MODELS  # noqa: E402  (the builders the benchmark reports on)

@@ -15,9 +15,9 @@ import torch.nn as nn
 
 import fxsparse
 
-from fxsparse import checkpoint
+from fxsparse.training import checkpoint
 from fxsparse.cli import main as cli_main
-from fxsparse.trainer import TrainConfig, Trainer
+from fxsparse.training.trainer import TrainConfig, Trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_data import make_idx_dir  # noqa: E402
@@ -38,7 +38,7 @@ def _args(data_dir, out, *extra):
 
 def _run_cli(args, kill_at_step=None):
     """Run `fxsparse train` in a fresh process; optionally SIGKILL itself after a given step."""
-    code = ("import os, signal, sys, fxsparse.trainer as T\n"
+    code = ("import os, signal, sys, fxsparse.training.trainer as T\n"
             "kill = int(sys.argv[1])\n"
             "orig = T.Trainer.__init__\n"
             "def init(self, *a, **k):\n"
@@ -185,7 +185,7 @@ class _NanAt:
 
 @pytest.mark.parametrize("method", ["vrpge", "dense"])
 def test_nan_loss_skips_the_step_with_a_warning(data_dir, tmp_path, method):
-    from fxsparse.data import make_loaders
+    from fxsparse.training.data import make_loaders
 
     train, test, info = make_loaders("mnist", data_dir, batch_size=32, drop_last=True)
     cfg = _config(data_dir, tmp_path / method, method=method, epochs=1, finetune_epochs=0)
@@ -198,7 +198,7 @@ def test_nan_loss_skips_the_step_with_a_warning(data_dir, tmp_path, method):
 
 
 def test_fixed_mask_method_flops_match_the_exported_model(data_dir, tmp_path):
-    from fxsparse.graph import count_flops
+    from fxsparse.analysis.graph import count_flops
 
     out = tmp_path / "random"
     tr = Trainer(_config(data_dir, out, method="random", epochs=1, finetune_epochs=0), log=None, progress=False)
@@ -464,7 +464,7 @@ def test_a_method_with_its_own_phases_runs_through_the_hooks(data_dir, tmp_path)
 
 
 def test_the_trainer_names_no_method():
-    import fxsparse.trainer as T
+    import fxsparse.training.trainer as T
 
     source = open(T.__file__).read().lower()
     assert "vrpge" not in source and "vr-pge" not in source

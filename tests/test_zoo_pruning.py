@@ -7,7 +7,7 @@ import torch
 
 import fxsparse
 from fxsparse import zoo
-from fxsparse.graph import count_flops
+from fxsparse.analysis.graph import count_flops
 from harness import check_export
 
 # Widths/depths cut where the paper configuration is too slow for CI (structure unchanged).

@@ -32,8 +32,8 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.nn as nn
 
-from ..graph import ChannelGraph
-from ..masks import check_fraction
+from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.analysis.masks import check_fraction
 
 
 @dataclasses.dataclass

@@ -56,11 +56,11 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
-from ..masks import check_fraction
-from ..broadcast import along
+from fxsparse.analysis.masks import check_fraction
+from fxsparse.core.broadcast import along
 from .base import Method, TrainState
 from .registry import register_method
-from .options import check_choice, check_number, check_options
+from .options import check_choice, check_number, check_options, check_state_keys
 from .unstructured import reset_optimizer_state, topk_exact
 
 __all__ = ["DropBack", "DropBackChannel", "DropBackStore", "REFERENCE_SETTINGS", "init_rules", "initial_values",
@@ -390,9 +390,7 @@ class DropBack(_TrackedSchedule, Method):
                 {n: m.nonzero().view(-1).cpu() for n, m in self._tracked.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = {"seed", "steps", "epochs", "frozen", "tracked"} - set(state)
-        if missing:
-            raise ValueError(f"dropback.load_state_dict: missing keys {sorted(missing)}; pass what state_dict() returned")
+        check_state_keys("dropback", state, {"seed", "steps", "epochs", "frozen", "tracked"})
         if self._model is None:
             self._pending = dict(state)
             self.steps, self.epochs, self.frozen = int(state["steps"]), int(state["epochs"]), bool(state["frozen"])
@@ -614,7 +612,7 @@ class DropBackChannel(_TrackedSchedule, Method):
     def _bind(self, state: TrainState, reinit: bool) -> None:
         graph = state.graph
         if graph is None:
-            from ..analyze import analyze
+            from fxsparse.analysis.analyze import analyze
             graph = analyze(state.model, state.example_inputs)
         model = state.model
         params = dict(model.named_parameters())
@@ -712,9 +710,7 @@ class DropBackChannel(_TrackedSchedule, Method):
                 "tracked": None if self._tracked is None else self._tracked.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = {"seed", "steps", "epochs", "frozen", "tracked"} - set(state)
-        if missing:
-            raise ValueError(f"dropback_channel.load_state_dict: missing keys {sorted(missing)}")
+        check_state_keys("dropback_channel", state, {"seed", "steps", "epochs", "frozen", "tracked"})
         if self._model is None:
             self._pending = dict(state)
             return

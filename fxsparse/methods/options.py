@@ -39,3 +39,10 @@ def check_choices(method: str, **values_and_choices) -> None:
     """``check_choices("vrpge", form=(value, choices), ...)``: :func:`check_choice` for each."""
     for key, (value, choices) in values_and_choices.items():
         check_choice(method, key, value, choices)
+
+
+def check_state_keys(method: str, state: dict, keys) -> None:
+    """A method's ``load_state_dict`` input has every key its ``state_dict()`` writes."""
+    missing = set(keys) - set(state)
+    if missing:
+        raise ValueError(f"{method}.load_state_dict: missing keys {sorted(missing)}; pass what state_dict() returned")

@@ -37,7 +37,7 @@ import torch
 
 from .base import Method, TrainState
 from .registry import register_method
-from .options import check_choice, check_number, check_options
+from .options import check_choice, check_number, check_options, check_state_keys
 from .unstructured import DynamicMaskMethod, sparsifiable_weights, topk_exact
 
 __all__ = ["RigL", "rigl_drop_fraction"]
@@ -147,9 +147,7 @@ class RigL(DynamicMaskMethod, Method):
         return {"masks": self._masks_state(), "t": self.t, "t_end": self.t_end, "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = {"masks", "t", "t_end", "updates"} - set(state)
-        if missing:
-            raise ValueError(f"rigl.load_state_dict: missing keys {sorted(missing)}; pass what state_dict() returned")
+        check_state_keys("rigl", state, {"masks", "t", "t_end", "updates"})
         self._load_masks(state["masks"])
         self.t, self.t_end, self.updates = int(state["t"]), state["t_end"], int(state["updates"])
         if self._wm is not None:

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..graph import ChannelGraph
-from ..masks import check_finite_scores, check_fraction, top_mask
+from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.analysis.masks import check_finite_scores, check_fraction, top_mask
 from .base import Method, TrainState
 from .options import check_choice, check_choices, check_options
 
@@ -137,7 +137,7 @@ def keep_top(graph: ChannelGraph, scores: dict, keep: float, scope: str = "globa
     ``budget="channels"``: keep ``max(1, round(keep * size))`` channels per group
     (per_group) or ``round(keep * N)`` of the N scored channels (global; raised to the
     number of groups if smaller, since every group keeps one channel).
-    ``budget="flops"``: the sub-network's real forward FLOPs (:class:`fxsparse.flops.SubnetFlops`,
+    ``budget="flops"``: the sub-network's real forward FLOPs (:class:`fxsparse.analysis.flops.SubnetFlops`,
     exact for conv/linear layers, with unscored groups kept whole) must be <= ``keep`` x
     the dense model's. Global: each group's best channel is kept first; then channels are
     taken in score order, each one that still fits, so no dropped channel would fit.
@@ -215,7 +215,7 @@ def _full_vector(graph, groups, chosen):
 
 def _flops_fill(graph, groups, order, chosen, flat, keep):
     """Add channels in score order while the sub-network's real FLOPs stay within budget."""
-    from ..flops import SubnetFlops
+    from fxsparse.analysis.flops import SubnetFlops
 
     counter = SubnetFlops(graph)
     limit = keep * counter.dense * (1 + 1e-12)
@@ -235,7 +235,7 @@ def _flops_fill(graph, groups, order, chosen, flat, keep):
 
 def _uniform_ratio_for_flops(graph, groups, scores, keep):
     """The largest uniform per-group keep ratio whose sub-network meets the FLOPs budget."""
-    from ..flops import SubnetFlops
+    from fxsparse.analysis.flops import SubnetFlops
 
     counter = SubnetFlops(graph)
     limit = keep * counter.dense * (1 + 1e-12)
@@ -434,7 +434,7 @@ class ScoreMethod(Method):
     def channel_graph(self, state: TrainState) -> ChannelGraph:
         graph = state.graph
         if graph is None:
-            from ..analyze import analyze
+            from fxsparse.analysis.analyze import analyze
             graph = analyze(state.model, state.example_inputs)
         if not graph.prunable_groups:
             reasons = sorted({g.reason for g in graph.groups if g.reason})

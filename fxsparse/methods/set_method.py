@@ -41,7 +41,7 @@ import torch.nn as nn
 
 from .base import Method, TrainState
 from .registry import register_method
-from .options import check_choice, check_number, check_options
+from .options import check_choice, check_number, check_options, check_state_keys
 from .unstructured import DynamicMaskMethod, sparsifiable_weights, topk_exact
 
 __all__ = ["SET", "set_drop"]
@@ -141,8 +141,6 @@ class SET(DynamicMaskMethod, Method):
         return {"masks": self._masks_state(), "epochs": self.epochs, "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = {"masks", "epochs", "updates"} - set(state)
-        if missing:
-            raise ValueError(f"set.load_state_dict: missing keys {sorted(missing)}; pass what state_dict() returned")
+        check_state_keys("set", state, {"masks", "epochs", "updates"})
         self._load_masks(state["masks"])
         self.epochs, self.updates = int(state["epochs"]), int(state["updates"])

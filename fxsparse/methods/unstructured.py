@@ -17,7 +17,7 @@ remove work.
 Also here: Erdos-Renyi-Kernel layer densities (:func:`erk_densities`, as RigL's code
 computes them), integer per-layer counts that meet a global budget exactly
 (:func:`density_counts`), deterministic exact top-k (:func:`topk_exact`, the tie rule of
-:func:`fxsparse.masks.top_mask`) and resetting an optimizer's per-weight state
+:func:`fxsparse.analysis.masks.top_mask`) and resetting an optimizer's per-weight state
 (:func:`reset_optimizer_state`). Option checking: :mod:`fxsparse.methods.options`.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ..masks import check_fraction, check_no_nan, top_mask
+from fxsparse.analysis.masks import check_fraction, check_no_nan, top_mask
 from .options import check_choice
 
 __all__ = ["WeightMask", "MaskDict", "apply_weight_masks", "remove_weight_masks", "weight_mask_modules", "dense_state_dict",

@@ -15,8 +15,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..broadcast import along, left_pad, padded_shape
-from ..elements import NO_ELEMENT, varying_dims
+from fxsparse.core.broadcast import along, left_pad, padded_shape
+from fxsparse.core.elements import NO_ELEMENT, varying_dims
 from .context import node_arg
 from .layers import linear_channels, param_dim
 from .registry import register_rule

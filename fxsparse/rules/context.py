@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import torch.fx as fx
 
-from ..elements import NO_ELEMENT, ElementTable, compress, has_elements, varying_dims
+from fxsparse.core.elements import NO_ELEMENT, ElementTable, compress, has_elements, varying_dims
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ def where(node: fx.Node) -> str:
 
 def _internal_line(line: str) -> bool:
     """Whether a traceback line ('File "path", line N, in f') is in torch's or fxsparse's own code."""
-    from ..tracing import is_internal
+    from fxsparse.core.tracing import is_internal
 
     parts = line.split('"')
     return len(parts) > 1 and is_internal(parts[1])

@@ -13,7 +13,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..elements import varying_dims
+from fxsparse.core.elements import varying_dims
 from .context import node_arg
 from .layers import param_dim
 from .registry import register_rule

@@ -19,8 +19,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..broadcast import left_pad, padded_shape
-from ..elements import NO_ELEMENT, varying_dims
+from fxsparse.core.broadcast import left_pad, padded_shape
+from fxsparse.core.elements import NO_ELEMENT, varying_dims
 from .context import FreeRef
 from .registry import register_rule
 

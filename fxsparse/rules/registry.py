@@ -34,7 +34,7 @@ class Rule:
     calls (the module for ``call_module``, the function, or the method name), ``args`` /
     ``kwargs`` its call arguments, and ``m`` a float 0/1 tensor of ``args[0]``'s shape
     (1 = a kept channel). Positions where ``m == 0`` may hold anything in the result.
-    Used by the masked reference (``fxsparse.reference``) and by the capacity model of
+    Used by the masked reference (``fxsparse.rewrite.reference``) and by the capacity model of
     ``fxsparse.compile`` (empty slots are removed channels there).
 
     ``name``: shown in messages (defaults to the analysis function's name).

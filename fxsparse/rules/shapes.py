@@ -15,8 +15,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..broadcast import left_pad
-from ..elements import NO_ELEMENT, varying_dims
+from fxsparse.core.broadcast import left_pad
+from fxsparse.core.elements import NO_ELEMENT, varying_dims
 from .context import FreeRef
 from .pointwise import combine
 from .registry import register_rule

@@ -14,8 +14,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..broadcast import left_pad
-from ..elements import varying_dims
+from fxsparse.core.elements import varying_dims
 from .registry import call_op, register_rule
 
 _POOL_MODULES = (
@@ -34,12 +33,10 @@ _POOL_FUNCTIONS = (
 
 def spatial_rule(ctx, node):
     """Channels on dims 0-1 pass; channels on the mixed (spatial) dims cannot be pruned."""
-    src = node.args[0]
-    ids = ctx.ids(src)
+    ids = ctx.padded_ids(node.args[0])
     if ids is None:
         return None
-    nd = len(ctx.shape(src))
-    ids = left_pad(ids, nd)
+    nd = ids.ndim
     if any(d >= 2 for d in varying_dims(ids)):
         ctx.unprunable(ids, f"spatial op at {ctx.where(node)} mixes a dim that carries channels")
         return None
@@ -55,13 +52,11 @@ register_rule(*_POOL_MODULES, *_POOL_FUNCTIONS)(spatial_rule)
 
 @register_rule(F.pad)
 def pad_rule(ctx, node):
-    src = node.args[0]
     pad = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
-    ids = ctx.ids(src)
+    ids = ctx.padded_ids(node.args[0])
     if ids is None:
         return None
-    nd = len(ctx.shape(src))
-    ids = left_pad(ids, nd)
+    nd = ids.ndim
     padded = {nd - 1 - i // 2 for i, p in enumerate(pad) if p}
     if padded & set(varying_dims(ids)):
         ctx.unprunable(ids, f"pad at {ctx.where(node)} pads a dim that carries channels")
@@ -85,13 +80,10 @@ def reduction_rule(ctx, node):
         from .pointwise import nary  # torch.max(a, b) is element-wise
 
         return nary(ctx, node)
-    src = node.args[0]
-    shape = ctx.shape(src)
-    ids = ctx.ids(src)
-    if ids is None or shape is None:
+    ids = ctx.padded_ids(node.args[0])
+    if ids is None:
         return None
-    nd = len(shape)
-    ids = left_pad(ids, nd)
+    nd = ids.ndim
     dims = _dims_arg(node, nd)
     keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool) else False)
     vd = varying_dims(ids)
@@ -162,16 +154,14 @@ register_rule("mean", torch.mean, "sum", torch.sum, "amax", torch.amax, "amin", 
 
 
 def softmax_rule(ctx, node):
-    src = node.args[0]
-    ids = ctx.ids(src)
+    ids = ctx.padded_ids(node.args[0])
     if ids is None:
         return None
-    nd = len(ctx.shape(src))
+    nd = ids.ndim
     if node.op == "call_module":
         dim = ctx.modules[node.target].dim
     else:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    ids = left_pad(ids, nd)
     if dim is None or dim % nd in varying_dims(ids):
         ctx.mark_mixing(node, "softmax over a channel dim")
     return ids

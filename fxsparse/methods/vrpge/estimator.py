@@ -46,7 +46,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...masks import check_no_nan
+from fxsparse.analysis.masks import check_no_nan
 
 __all__ = [
     "project_budget",

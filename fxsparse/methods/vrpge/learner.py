@@ -40,8 +40,8 @@ import warnings
 
 import torch
 
-from ...flops import SubnetFlops
-from ...masks import all_finite, check_fraction
+from fxsparse.analysis.flops import SubnetFlops
+from fxsparse.analysis.masks import all_finite, check_fraction
 from ..options import check_choices
 from ..scores import filter_l1
 from .estimator import project_budget, sample_grouped_mask, vrpge_gradient

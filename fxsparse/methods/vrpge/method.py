@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from ...optim import MaskedOptimizer
-from ...sparse import SparseModel
+from fxsparse.step.optim import MaskedOptimizer
+from fxsparse.step.sparse import SparseModel
 from ..base import Method, PhaseSetup, RunContext
 from ..options import check_number
 from ..registry import register_method

@@ -3,7 +3,7 @@ first forward is reported when it is built, naming the op that fails and its con
 
 Used by ``export`` (the physically smaller model) and by ``SparseModel`` (the capacity
 model): a constant size that still names a removed channel count surfaces here as an
-:class:`~fxsparse.errors.ExportError`, never later in the user's training loop.
+:class:`~fxsparse.core.errors.ExportError`, never later in the user's training loop.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import traceback
 import torch
 import torch.fx as fx
 
-from .errors import ExportError
-from .rules.context import where
-from .tracing import untouched
+from fxsparse.core.errors import ExportError
+from fxsparse.rules.context import where
+from fxsparse.core.tracing import untouched
 
 
 def _failing_node(gm: fx.GraphModule, exc: BaseException) -> fx.Node | None:

@@ -15,8 +15,8 @@ import math
 import numpy as np
 import torch
 
-from .graph import ChannelGraph
-from .capacity_blocks import Block, capacity_blocks
+from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.rewrite.capacity_blocks import Block, capacity_blocks
 
 
 @dataclasses.dataclass

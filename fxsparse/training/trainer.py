@@ -34,14 +34,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tabulate import tabulate
 
-from . import checkpoint
-from .analyze import analyze
-from .classifier import Classifier
-from .errors import NoPrunableGroupError
-from .export import export
-from .flops import TRAIN_FACTOR, SubnetFlops
-from .masks import all_finite, check_fraction
-from .methods import DEFAULT_METHOD, TRAINER_PHASES, RunContext, TrainState, get_method
+from fxsparse.training import checkpoint
+from fxsparse.analysis.analyze import analyze
+from fxsparse.training.classifier import Classifier
+from fxsparse.core.errors import NoPrunableGroupError
+from fxsparse.rewrite.export import export
+from fxsparse.analysis.flops import TRAIN_FACTOR, SubnetFlops
+from fxsparse.analysis.masks import all_finite, check_fraction
+from fxsparse.methods import DEFAULT_METHOD, TRAINER_PHASES, RunContext, TrainState, get_method
 
 
 @dataclasses.dataclass
@@ -102,7 +102,7 @@ class TrainConfig:
 class Trainer:
     """``Trainer(config).run()`` -> summary dict. ``model``/``loaders`` override the ones the
     config names (``loaders = (train_loader, test_loader, info)`` as from
-    :func:`fxsparse.data.make_loaders`). ``callbacks``: ``cb(trainer, event, **info)`` with
+    :func:`fxsparse.training.data.make_loaders`). ``callbacks``: ``cb(trainer, event, **info)`` with
     event ``"step"`` (after every optimizer step) or ``"epoch"`` (after the checkpoint)."""
 
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, loaders=None,
@@ -112,7 +112,7 @@ class Trainer:
         self.out = config.out
         self.ckpt_path = os.path.join(self.out, "last.pt")
         torch.manual_seed(config.seed)
-        from .data import make_loaders
+        from fxsparse.training.data import make_loaders
 
         if loaders is None:  # a bad data path is the first thing to fix: say it before the --out collision
             loaders = make_loaders(config.data, config.data_root, batch_size=config.batch_size, seed=config.seed,
@@ -122,7 +122,7 @@ class Trainer:
                                   "or choose another --out")
         self.train_loader, self.test_loader, self.info = loaders
         if model is None:
-            from .zoo import load_model
+            from fxsparse.zoo import load_model
 
             model = load_model(config.model, num_classes=self.info["num_classes"], in_chans=self.info["in_chans"])
         self.model = model
@@ -172,7 +172,7 @@ class Trainer:
         else:
             self.method.init(self.state)
         if self.method.level == "weight":
-            from .methods.unstructured import apply_weight_masks
+            from fxsparse.methods.unstructured import apply_weight_masks
 
             apply_weight_masks(self.model, self.method.weight_masks())
         self.phases = self._plan_phases()  # after init: whether a channel method has decided yet
@@ -533,7 +533,7 @@ class Trainer:
         if self._phase_built not in TRAINER_PHASES and self._phase_built is not None:
             return export(self.model, self.graph, self.method.phase_masks(self._phase_built))
         if self.method.level == "weight":
-            from .methods.unstructured import remove_weight_masks
+            from fxsparse.methods.unstructured import remove_weight_masks
 
             remove_weight_masks(self.model)
         return self.model

@@ -30,8 +30,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .errors import TraceError
-from .passes.aten_to_torch import AtenToTorch
+from fxsparse.core.errors import TraceError
+from fxsparse.passes.aten_to_torch import AtenToTorch
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ The kept entries of every member parameter are gathered into leaf tensors, so th
 backward produces gradients of kept weights only; SGD / Adam / AdamW then read and write
 only the kept entries of the weights and of their optimizer state (pruned entries stay
 bit-identical, no dense-size gradient exists). Any other optimizer runs on dense
-gradients through :class:`~fxsparse.optim.MaskedOptimizer`.
+gradients through :class:`~fxsparse.step.optim.MaskedOptimizer`.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from .broadcast import along
-from .masks import all_finite
-from .optim import MaskedOptimizer, compact_update_for, gather, real_slots, scatter_
+from fxsparse.core.broadcast import along
+from fxsparse.analysis.masks import all_finite
+from fxsparse.step.optim import MaskedOptimizer, compact_update_for, gather, real_slots, scatter_
 
 
 def device_of(inputs):
@@ -98,7 +98,7 @@ def slots_of(sp, index, name, device):
 
 
 def gather_all(tensors, wheres):
-    """:func:`~fxsparse.optim.gather` of each tensor at its slots (compiled: one pass each)."""
+    """:func:`~fxsparse.step.optim.gather` of each tensor at its slots (compiled: one pass each)."""
     return [gather(t, where) for t, where in zip(tensors, wheres)]
 
 

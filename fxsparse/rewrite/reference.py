@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .export import class_kept
-from .graph import ChannelGraph
-from .passes.channel_propagation import IDS
-from .passes.shape_prop import SHAPE, mutable
-from .passes.slice_channels import ExportContext
+from fxsparse.rewrite.export import class_kept
+from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.passes.channel_propagation import IDS
+from fxsparse.passes.shape_prop import SHAPE, mutable
+from fxsparse.passes.slice_channels import ExportContext
 
 
 class MaskedInterpreter(fx.Interpreter):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import KeepMaskError
-from .graph import ChannelGraph
-from .passes.slice_channels import tied_names
+from fxsparse.core.errors import KeepMaskError
+from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.passes.slice_channels import tied_names
 
 
 def check_fraction(value, name: str = "keep", error: type = KeepMaskError) -> None:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .errors import ExportError
-from .graph import ChannelGraph
-from .masks import kept_indices, normalize_keep
-from .passes.slice_channels import SliceChannels, tied_names
-from .run_check import check_runs, inputs_on_device_of
+from fxsparse.core.errors import ExportError
+from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.analysis.masks import kept_indices, normalize_keep
+from fxsparse.passes.slice_channels import SliceChannels, tied_names
+from fxsparse.rewrite.run_check import check_runs, inputs_on_device_of
 
 __all__ = ["export", "kept_indices", "tied_names", "class_kept"]
 

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .errors import TraceError
+from fxsparse.core.errors import TraceError
 
 _MAX_RETRIES = 64
 

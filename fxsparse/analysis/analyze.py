@@ -4,18 +4,18 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .graph import ChannelGraph, assign_flops, build_groups
-from .passes.channel_propagation import ChannelPropagation
-from .passes.fuse_channel_shuffle import FuseChannelShuffle
-from .passes.shape_prop import FLOPS, ShapeProp
-from .capture import export_capture
-from .errors import InputError, TraceError
-from .tracing import runs_eagerly, trace
+from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
+from fxsparse.passes.channel_propagation import ChannelPropagation
+from fxsparse.passes.fuse_channel_shuffle import FuseChannelShuffle
+from fxsparse.passes.shape_prop import FLOPS, ShapeProp
+from fxsparse.analysis.capture import export_capture
+from fxsparse.core.errors import InputError, TraceError
+from fxsparse.core.tracing import runs_eagerly, trace
 
 
 def _capture(model, example_inputs, leaf_modules, flops):
     """The graph with shapes and FLOPs recorded: symbolic tracing first, torch.export where
-    tracing fails or traces code that differs from what the model runs (see fxsparse.capture)."""
+    tracing fails or traces code that differs from what the model runs (see fxsparse.analysis.capture)."""
     try:
         gm, auto_leaves = trace(model, leaf_modules)
         ShapeProp(example_inputs, count_flops=flops)(gm)  # one forward gives shapes and FLOPs

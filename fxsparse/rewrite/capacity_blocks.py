@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .broadcast import left_pad
-from .elements import varying_dims
-from .graph import ChannelGraph
-from .passes.channel_propagation import IDS
-from .passes.shape_prop import GraphValues
-from .rules.shapes import index_items, split_dim, split_pieces
+from fxsparse.core.broadcast import left_pad
+from fxsparse.core.elements import varying_dims
+from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.passes.channel_propagation import IDS
+from fxsparse.passes.shape_prop import GraphValues
+from fxsparse.rules.shapes import index_items, split_dim, split_pieces
 
 _SPLITS = {"split", "chunk", "tensor_split", "narrow", torch.split, torch.chunk, torch.narrow}
 

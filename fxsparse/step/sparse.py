@@ -24,18 +24,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .analyze import analyze
-from .broadcast import left_pad
-from .errors import NoPrunableGroupError
-from .export import export, tied_names
-from .run_check import check_runs, inputs_on_device_of
-from .graph import ChannelGraph
-from .layout import GatherIndex, Plan
-from .train_step import device_of, forward_gathered, make_train_step, write_back_buffers
-from .masks import check_fraction, normalize_keep, random_keep
-from .passes.channel_propagation import IDS
-from .passes.masked_mixing import MaskMixingOps
-from .passes.shape_prop import SHAPE
+from fxsparse.analysis.analyze import analyze
+from fxsparse.core.broadcast import left_pad
+from fxsparse.core.errors import NoPrunableGroupError
+from fxsparse.rewrite.export import export, tied_names
+from fxsparse.rewrite.run_check import check_runs, inputs_on_device_of
+from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.rewrite.layout import GatherIndex, Plan
+from fxsparse.step.train_step import device_of, forward_gathered, make_train_step, write_back_buffers
+from fxsparse.analysis.masks import check_fraction, normalize_keep, random_keep
+from fxsparse.passes.channel_propagation import IDS
+from fxsparse.passes.masked_mixing import MaskMixingOps
+from fxsparse.passes.shape_prop import SHAPE
 
 
 def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: bool = True, capacity="auto",
@@ -65,7 +65,7 @@ class SparseModel(nn.Module):
     :meth:`make_train_step` (one more graph per capacity set, ~10-40 s cold on a 2-core CPU;
     saves ~7-10 ms per step on a VGG-11: worth it beyond a few thousand steps).
 
-    What the training step (:mod:`fxsparse.train_step`) reads: ``members`` ({dense tensor
+    What the training step (:mod:`fxsparse.step.train_step`) reads: ``members`` ({dense tensor
     name: [(dim, DimLayout)]} of the tensors the step gathers), ``buffer_names`` (the dense
     model's buffers the capacity model uses), :attr:`valid_buffers`, :attr:`current_masks`,
     :meth:`dense_tensors`, :meth:`buffers_to`, :meth:`forward_dense` and ``compiled_fns``
@@ -100,7 +100,7 @@ class SparseModel(nn.Module):
         self._masks = normalize_keep(graph, random_keep(graph, self.keep, self.generator))
         self._build()
 
-    # ----- capacities (the policy is the plan's: fxsparse.layout.Plan) ----------------
+    # ----- capacities (the policy is the plan's: fxsparse.rewrite.layout.Plan) ----------------
     def _grow(self, counts):
         caps = self.plan.grown_caps(counts)
         if caps is not None:
@@ -134,14 +134,14 @@ class SparseModel(nn.Module):
         return self.plan.block_moments(probs)
 
     def planned_caps(self, probs, headroom: float = 3.0, slack: float = 0.02, moments=None) -> list[int]:
-        """Capacities for Bernoulli(probs) masks: see :meth:`fxsparse.layout.Plan.planned_caps`."""
+        """Capacities for Bernoulli(probs) masks: see :meth:`fxsparse.rewrite.layout.Plan.planned_caps`."""
         return self.plan.planned_caps(probs, headroom, slack, moments)
 
     def fit_capacity(self, probs, *, headroom: float = 3.5, grow_at: float = 3.0, slack: float = 0.02,
                      shrink_gain: float = 0.1, max_shrinks: int = 6, shrink: bool = True) -> bool:
         """Re-plan the capacities for masks drawn from Bernoulli(``probs``) ({group: keep
         probabilities}); cheap to call every step. Rebuilds (one recompile) when the plan's
-        policy (:meth:`fxsparse.layout.Plan.fitted_caps`) changes them: grow before masks
+        policy (:meth:`fxsparse.rewrite.layout.Plan.fitted_caps`) changes them: grow before masks
         overflow, shrink once the probabilities sharpened (at most ``max_shrinks`` times once
         compiled). Returns whether it rebuilt."""
         compiled = bool(self.compiled_fns)
@@ -156,7 +156,7 @@ class SparseModel(nn.Module):
 
     def _cap_flops(self, caps) -> float:
         """Forward FLOPs of the capacity model with these capacities."""
-        from .flops import SubnetFlops
+        from fxsparse.analysis.flops import SubnetFlops
 
         if getattr(self, "_flops", None) is None:
             self._flops = SubnetFlops(self.channel_graph)
@@ -205,7 +205,7 @@ class SparseModel(nn.Module):
 
     def _check_capacity_model(self):
         """One eager capacity-model forward on the example inputs: a model that would crash in
-        its first step is reported now, naming the op (see fxsparse.run_check)."""
+        its first step is reported now, naming the op (see fxsparse.rewrite.run_check)."""
         inputs = self.channel_graph.example_inputs
         if inputs:
             inputs = inputs_on_device_of(self.model, inputs)
@@ -379,7 +379,7 @@ class SparseModel(nn.Module):
         return forward_gathered(self, gathered, index, *inputs)
 
     def make_train_step(self, loss_fn, optimizer, skip_nonfinite: bool = True):
-        """``step(*inputs, target) -> loss``: see :func:`fxsparse.train_step.make_train_step`."""
+        """``step(*inputs, target) -> loss``: see :func:`fxsparse.step.train_step.make_train_step`."""
         return make_train_step(self, loss_fn, optimizer, skip_nonfinite=skip_nonfinite)
 
     def compile_fn(self, fn):

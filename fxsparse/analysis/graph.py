@@ -16,8 +16,8 @@ import torch
 import torch.fx as fx
 from tabulate import tabulate
 
-from .elements import ElementTable
-from .rules.registry import Rule, as_rule, describe_target, lookup
+from fxsparse.core.elements import ElementTable
+from fxsparse.rules.registry import Rule, as_rule, describe_target, lookup
 
 
 @dataclasses.dataclass
@@ -360,7 +360,7 @@ def assign_flops(groups, param_flops: dict, total: float, shapes: dict):
     """A group's share of the FLOPs it touches: for each member weight, the layer's FLOPs
     times the fraction of that weight's dim the group holds (torch.utils.flop_counter).
     A layer counts for every group that slices it (input and output), so the shares sum
-    to more than 1; real sub-network FLOPs are in :class:`fxsparse.flops.SubnetFlops`."""
+    to more than 1; real sub-network FLOPs are in :class:`fxsparse.analysis.flops.SubnetFlops`."""
     if not total:
         return
     for grp in groups:

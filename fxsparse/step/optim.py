@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from .broadcast import along
-from .masks import kept_indices
+from fxsparse.core.broadcast import along
+from fxsparse.analysis.masks import kept_indices
 
 
 class MaskedOptimizer:

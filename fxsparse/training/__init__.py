@@ -1,0 +1,1 @@
+"""Stage 4, train: the Trainer behind `fxsparse train`, data, checkpoints, reports, the saved classifier."""
