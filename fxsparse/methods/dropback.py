@@ -23,7 +23,7 @@ Conventions chosen here (and why):
   ``u`` the top 24 bits of the hash (one float32 rounding, reproducible anywhere).
 * Exact top-k (:func:`~fxsparse.methods.unstructured.topk_exact`), ties to the lower
   position in parameter order then flat index. The public Chainer code's partition
-  threshold keeps every tied entry and so misses the budget (METHODS.md section 2).
+  threshold keeps every tied entry and so misses the budget.
 * k is global over all managed parameters (``scope="global"``, the paper's single budget),
   ``k = round(keep * N)``; ``scope="layer"`` tracks ``round(keep * n_l)`` per tensor.
 * Untracked weights hold no optimizer state: their momentum / Adam moments are zeroed at
@@ -577,7 +577,7 @@ def dropback_memory(store: DropBackStore) -> dict:
 
 @register_method("dropback_channel")
 class DropBackChannel(_TrackedSchedule, Method):
-    """DropBack over channels (METHODS.md section 2): track the top channels by
+    """DropBack over channels (Golub et al. 2018, applied per channel): track the top channels by
     ``||W[c] - W0[c]||_1`` normalised by fan-in, reset every untracked channel to W0.
 
     A channel of a prunable group (``state.graph``; analysed from ``state.example_inputs``

@@ -7,7 +7,7 @@ Conventions (all methods follow them):
 * Exact top-k everywhere. Ties are broken deterministically by position (the earlier
   channel / weight wins, in group order then channel order, or parameter order then
   flat index), never by a ``kthvalue`` threshold (which keeps every tied entry and so
-  misses the budget; METHODS.md notes the SynFlow and DropBack code do this).
+  misses the budget, as the public SynFlow and DropBack code do).
 * Channel selection keeps at least one channel of every scored group (an empty group
   would disconnect the network; ``export`` refuses it).
 * Per-channel scores sum over the group's *parameter* members only. Buffers (BN

@@ -10,8 +10,8 @@ globally by default.
 
 Channel level: a gate c_j multiplying channel j has dL/dc_j = sum over the channel's
 parameters of g * theta (each parameter touching the channel scales with the gate), so
-the channel score is |sum over the group's parameter members of g * theta| (METHODS.md
-section 2), normalised by the sum over channels. Buffers are skipped (no gradient).
+the channel score is |sum over the group's parameter members of g * theta| (Lee et al.,
+ICLR 2019, with the gate over a channel), normalised by the sum over channels. Buffers are skipped (no gradient).
 
 Conventions: the model is scored in train mode (BN uses batch statistics, as when the
 network starts training; the running statistics are not updated) -- ``train_mode=False``

@@ -20,7 +20,7 @@ float64 copies through ``torch.func.functional_call``, so the original signed we
 the BN buffers, ``requires_grad``, ``.grad`` and the train/eval mode are exactly as before.
 
 Selection: exact top-k each round (the code's ``kthvalue`` + ``score <= threshold``
-over-prunes on ties, METHODS.md); weights or channels pruned in an earlier round score
+over-prunes on ties); weights or channels pruned in an earlier round score
 -inf so masks only shrink. Weight level: conv/linear weights are masked (biases and BN
 not, as in the code's defaults). Channel level: the channel score is the sum of the
 per-parameter scores over the group's parameter members, and each round keeps the

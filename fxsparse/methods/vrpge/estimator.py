@@ -1,4 +1,4 @@
-"""Core math of VR-PGE channel-level sparse training (METHODS.md section 1), in plain torch.
+"""Core math of VR-PGE channel-level sparse training, in plain torch.
 
 Zhou et al., "Efficient Neural Network Training via Forward and Backward Propagation
 Sparsification" (NeurIPS 2021). Channel keep bits m ~ Bernoulli(s), one score s_i in

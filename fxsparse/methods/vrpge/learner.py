@@ -9,7 +9,7 @@ forward passes only. Three granularities (``granularity``):
   keeps k_g ~ Binomial(n_g, w_g) channels (at least one), and *which* ones follows a
   within-group order, the L1 norm of the channels' producing filters, re-read from the
   weights every ``reorder_every`` steps. A few dozen parameters instead of thousands: the
-  estimate of each resolves in tens of steps (METHODS.md section 4), where per-channel
+  estimate of each resolves in tens of steps (README: the score_snr measurements), where per-channel
   scores need thousands.
 * ``"width+channel"``: widths for the first ``width_fraction`` of the search, then
   per-channel scores inside each group, started at its learned width, with each group's
