@@ -46,6 +46,10 @@ class VRPGE(Method):
         (("--form",), dict(dest="form", choices=["exact", "preconditioned"], default="exact",
                            help="Bernoulli score form (default %(default)s)")),
         (("--samples",), dict(dest="samples", type=int, default=2, help="masks per score step (default %(default)s)")),
+        (("--weight-masks",), dict(dest="weight_masks", choices=["mean", "sampled"], default="mean",
+                                   help="what the weights train on during the search: the policy's typical "
+                                   "sub-network while fresh samples only score (mean), or the first sampled mask "
+                                   "(sampled, the paper) (default %(default)s)")),
         (("--no-reuse-loss",), dict(dest="reuse_loss", action="store_false", default=True,
                                     help="two fresh score forwards instead of reusing the weight step's loss")),
         (("--weight-average",), dict(dest="weight_average", action="store_true", default=False,
@@ -60,7 +64,7 @@ class VRPGE(Method):
 
     def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
                  score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
-                 granularity: str = "width", final: str = "topk", weight_masks: str = "sampled",
+                 granularity: str = "width", final: str = "topk", weight_masks: str = "mean",
                  weight_average: bool = False, final_batches: int = 10, compile_update: bool | None = None, **options):
         super().__init__(keep, **options)
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
