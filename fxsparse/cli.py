@@ -109,7 +109,7 @@ def add_train_arguments(p):
     from fxsparse.training.trainer import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--model", default=d.model, help=f"zoo:NAME or module.path:factory (default {d.model})")
+    p.add_argument("--model", default=d.model, help=f"zoo:NAME, timm:NAME, torchvision:NAME or module.path:factory (default {d.model})")
     p.add_argument("--data", default=d.data, help="fashion-mnist, mnist, cifar10, cifar100 or folder (default %(default)s)")
     p.add_argument("--data-root", default=None, help="data directory (Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
     p.add_argument("--method", default=d.method, help="training method, see `fxsparse train --list-methods` (default %(default)s)")
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"fxsparse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("analyze", help="find the channel groups of a model and print them")
-    p.add_argument("model", help="zoo:NAME or module.path:factory")
+    p.add_argument("model", help="zoo:NAME, timm:NAME, torchvision:NAME or module.path:factory")
     p.add_argument("--input", type=parse_input, default=(1, 3, 32, 32), help="example input shape, e.g. 2x3x32x32")
     p.add_argument("--dot", help="write the data flow with the channel groups as Graphviz DOT "
                    "(render: dot -Tsvg FILE -o groups.svg)")
