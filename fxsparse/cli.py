@@ -132,6 +132,12 @@ def add_train_arguments(p):
     p.add_argument("--out", default=d.out, help="run directory: checkpoints, history, exported model (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"],
+                   help="autocast dtype of the training steps; fp16 adds a gradient scaler and needs CUDA (default %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model and the inputs")
+    p.add_argument("--log-dir", default=None, help="also write TensorBoard scalars there (needs tensorboard; "
+                   "history.csv and steps.csv are always written to --out)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     for flags, kwargs in method_cli_options():  # the methods' own flags (VR-PGE's --score-lr, --granularity, ...)
         p.add_argument(*flags, **kwargs)
