@@ -67,7 +67,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         if update is None:
             loss = fl(sp.dense_tensors(), index, target, *inputs)
             loss.backward()
-            if skip_nonfinite and not all_finite(loss):
+            if skip_nonfinite and not all_finite(loss):  # host-device sync: the skip decision
                 step.skipped += 1
                 return loss.detach()
             fallback.step()
@@ -75,7 +75,9 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         gathered, slots, weights = gather_leaves(sp, index, gather_fn, empty)
         loss = fl(gathered, index, target, *inputs)
         loss.backward()
-        if skip_nonfinite and not all_finite(loss):  # before any write: nothing changes
+        # before any write: nothing changes. Host-device sync (the step's only one): whether to
+        # update is a decision on the loss's value
+        if skip_nonfinite and not all_finite(loss):
             step.skipped += 1
             return loss.detach()
         compact = [(by_name[n], gathered[n], weights[n], slots[n]) for n in slots if n in by_name]
