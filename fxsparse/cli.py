@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -136,6 +137,8 @@ def add_train_arguments(p):
     p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"],
                    help="autocast dtype of the training steps; fp16 adds a gradient scaler and needs CUDA (default %(default)s)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model and the inputs")
+    p.add_argument("--nproc", type=int, default=None, help="train in N processes (DistributedDataParallel; "
+                   "launches `torchrun --nproc-per-node N -m fxsparse train ...`); --batch-size stays the global batch")
     p.add_argument("--log-dir", default=None, help="also write TensorBoard scalars there (needs tensorboard; "
                    "history.csv and steps.csv are always written to --out)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -176,6 +179,10 @@ def cmd_train(args) -> int:
                 for name in list_methods()]
         print(tabulate(rows, headers=["method", "level", "paper"]))
         return 0
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1 (the number of training processes), got {args.nproc}")
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args.nproc, args.argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from fxsparse.core.errors import FxsparseError
@@ -189,6 +196,22 @@ def cmd_train(args) -> int:
         print(f"fxsparse train: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     return 0
+
+
+def launch(nproc: int, argv: list) -> int:
+    """Run ``fxsparse train`` (``argv`` without ``--nproc``) in ``nproc`` processes under torchrun."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "fxsparse", *rest]
+    return subprocess.call(cmd)
 
 
 def cmd_report(args) -> int:
@@ -237,6 +260,7 @@ def main(argv=None) -> int:
         bench_main(argv[1:])
         return 0
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except ValueError as err:

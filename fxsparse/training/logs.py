@@ -99,3 +99,19 @@ def _write_history(f, history, cols):
     w = csv.DictWriter(f, cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(history)
+
+
+class NullLogs:
+    """The logs of a process that writes none (every process but the first of a multi-process run)."""
+
+    def step(self, row: dict) -> None:
+        pass
+
+    def epoch(self, row: dict) -> None:
+        pass
+
+    def flush(self, history: list[dict]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -43,7 +43,8 @@ from fxsparse.analysis.flops import TRAIN_FACTOR, SubnetFlops
 from fxsparse.analysis.masks import all_finite, check_fraction
 from fxsparse.methods import DEFAULT_METHOD, TRAINER_PHASES, RunContext, TrainState, get_method
 from fxsparse.training.device import Precision, check_precision, resolve_device, to_device
-from fxsparse.training.logs import RunLogs, check_tensorboard
+from fxsparse.training.distributed import Group, shard_loader
+from fxsparse.training.logs import NullLogs, RunLogs, check_tensorboard
 
 
 @dataclasses.dataclass
@@ -117,10 +118,18 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, loaders=None,
                  callbacks=(), resume: bool = False, log: Callable[[str], None] | None = print, progress: bool = True):
         config.validate()
+        self.device = resolve_device(config.device)
+        self.group = Group(self.device)  # torchrun's processes (one process: no group)
+        if self.group.active and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", self.group.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.writer = self.group.rank == 0  # the process that writes files and logs
+        if not self.writer:
+            log, progress = None, False
         self.config, self.callbacks, self.log, self.progress = config, list(callbacks), log or (lambda s: None), progress
         self.out = config.out
         self.ckpt_path = os.path.join(self.out, "last.pt")
-        self.device = resolve_device(config.device)
         self.precision = Precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         from fxsparse.training.data import make_loaders
@@ -132,6 +141,9 @@ class Trainer:
             raise FileExistsError(f"{self.out!r} already holds a run (last.pt); pass --resume to continue it, "
                                   "or choose another --out")
         self.train_loader, self.test_loader, self.info = loaders
+        # the training loop reads this process's share of every global batch
+        self._shard = shard_loader(self.train_loader, self.group.rank, self.group.world) if self.group.active \
+            else self.train_loader
         if model is None:
             from fxsparse.zoo import load_model
 
@@ -193,7 +205,7 @@ class Trainer:
                              "which has no gradient scaler; use --precision bf16 (fp16 works for the fixed-mask "
                              "and dense methods)")
         self.logs = RunLogs(self.out, config.log_dir, resume=saved is not None,
-                            step=saved["step"] if saved is not None else 0)
+                            step=saved["step"] if saved is not None else 0) if self.writer else NullLogs()
         if saved is not None:
             self._resume(saved)
 
@@ -274,6 +286,8 @@ class Trainer:
         self._compile_pending = bool(c.compile)  # the phase's first step compiles its graphs
         if self.sp is not None and self._on_rebuild not in self.sp.on_rebuild:
             self.sp.on_rebuild.append(self._on_rebuild)
+        if self.sp is not None and self.group.active:  # the sparse step's and the score forwards' averaging
+            self.sp.reduce_mean = self.group.reduce_mean
         fixed = phase in ("fixed", "finetune")  # per-sample forward FLOPs of a fixed-mask step
         self._step_flops = float(self.flops(self.flops.flat(self.masks))) if fixed else self.flops.dense
         self._step_keep = (float(self.flops.flat(self.masks).double().mean()), self._step_flops / self.flops.dense) \
@@ -293,7 +307,11 @@ class Trainer:
     def _plain_step(self, model: nn.Module, bn_eval: bool = False, hooks: bool = False):
         """Forward, loss, backward, SGD step on an ordinary module (dense or exported).
         A non-finite loss skips the step and restores the running statistics it touched."""
-        fwd = torch.compile(model, dynamic=False) if self.config.compile else model
+        net = model
+        if self.group.active:  # gradients averaged over the processes during the backward
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        fwd = torch.compile(net, dynamic=False) if self.config.compile else net
         frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if bn_eval else []
 
         scaler = self.precision.scaler
@@ -306,12 +324,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 loss = self.loss_fn(fwd(x), y)
-            if not all_finite(loss):  # host-device sync: the skip is a decision on the loss's value
+            mean = loss.detach().clone()  # the whole batch's loss: every process decides alike
+            self.group.reduce_mean([mean] if self.group.active else [])
+            if not all_finite(mean):  # host-device sync: the skip is a decision on the loss's value
                 with torch.no_grad():
                     for b, s in zip(model.buffers(), saved):
                         b.copy_(s)
                 step.skipped += 1
-                return loss.detach()
+                return mean
             if scaler is not None:  # fp16: scaled backward; the hooks and the step see unscaled gradients
                 scaler.scale(loss).backward()
                 scaler.unscale_(self.optimizer)
@@ -326,7 +346,7 @@ class Trainer:
                 self.optimizer.step()
             if hooks:
                 self.method.after_step(self.state)
-            return loss.detach()
+            return mean
 
         step.skipped = 0
         return step
@@ -376,13 +396,16 @@ class Trainer:
             return summary
         if self.state.step == 0 and not self.history:
             self.log(self._header())
-        while self.state.step < self.state.total_steps:
-            self._train_epoch()
-        return self._finish()
+        try:
+            while self.state.step < self.state.total_steps:
+                self._train_epoch()
+            return self._finish()
+        finally:
+            self.group.close()
 
     def _batches(self, epoch: int, limit: int):
-        self.train_loader.sampler.set_epoch(epoch)
-        for i, batch in enumerate(self.train_loader):
+        (self._shard.batch_sampler if self.group.active else self._shard.sampler).set_epoch(epoch)
+        for i, batch in enumerate(self._shard):
             if i >= limit:
                 break
             yield self._to_device(batch)
@@ -405,7 +428,7 @@ class Trainer:
                     self._build_phase(now, start, n)
                 phase, stats = now, _MaskStats(self)
                 dense_seen = dense_seen or phase == "dense"
-            b = len(y)
+            b = len(y) * self.group.world  # the global batch
             self._set_lr(st.step)
             t_step = self._before_step(phase)
             if phase not in TRAINER_PHASES:
@@ -541,9 +564,11 @@ class Trainer:
                  "scaler": self.precision.scaler.state_dict() if self.precision.scaler is not None else None}
         if self.small is not None:
             state["small"] = self.small.state_dict()
-        self.logs.flush(self.history)  # before the checkpoint: a resume drops the steps past it
-        checkpoint.save_atomic(state, self.ckpt_path)
-        checkpoint.write_json_atomic(self.history, os.path.join(self.out, "history.json"))
+        if self.writer:
+            self.logs.flush(self.history)  # before the checkpoint: a resume drops the steps past it
+            checkpoint.save_atomic(state, self.ckpt_path)
+            checkpoint.write_json_atomic(self.history, os.path.join(self.out, "history.json"))
+        self.group.barrier()  # no process runs ahead of the checkpoint it would resume from
 
     def _resume(self, state: dict):
         saved = state["config"]
@@ -606,7 +631,8 @@ class Trainer:
                            class_names=names if names and len(names) == info["num_classes"] else None,
                            input_shape=example.shape[1:])
         files = {name: os.path.join(self.out, name) for name in ("model.pt", "summary.json", "history.json", "last.pt")}
-        checkpoint.save_atomic(final, files["model.pt"])
+        if self.writer:
+            checkpoint.save_atomic(final, files["model.pt"])
         last = self.history[-1]
         params = sum(p.numel() for p in final.parameters())
         dense_params = sum(p.numel() for p in self.model.parameters())
@@ -619,7 +645,9 @@ class Trainer:
                    "params": params, "dense_params": dense_params,
                    "wall_s": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
                    "units": UNITS, "files": files, "preprocessing": final.preprocessing()}
-        checkpoint.write_json_atomic(summary, files["summary.json"])
+        if self.writer:
+            checkpoint.write_json_atomic(summary, files["summary.json"])
+        self.group.barrier()
         self.logs.close()
         shown = [[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, dict)]
         self.log("\n" + tabulate(shown, headers=["summary", ""]))
