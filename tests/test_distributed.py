@@ -8,26 +8,12 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from fxsparse.cli import main as cli_main
 from fxsparse.training.data import SeededSampler
 from fxsparse.training.trainer import TrainConfig, Trainer
-
-
-class NoBN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 12, 3, padding=1)
-        self.c2 = nn.Conv2d(12, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 5)
-
-    def forward(self, x):
-        x = F.relu(self.c1(x))
-        x = F.relu(self.c2(x))
-        return self.fc(x.mean((2, 3)))
+from test_ddp import NoBN  # a model without BN: data parallel equals one process exactly
 
 
 class Pairs(Dataset):

@@ -102,23 +102,17 @@ def _importable(name):
         return False
 
 
-@pytest.mark.skipif(not _importable("timm"), reason="timm is not installed (pip install 'fxsparse[timm]')")
-def test_real_timm_model_by_name():
+@pytest.mark.parametrize("prefix, name", [("timm", "resnet10t"), ("torchvision", "resnet18")])
+def test_real_package_model_by_name(prefix, name):
+    """A small model of the installed package by name, 1 input channel, 4 classes (skipped
+    without the package: pip install 'fxsparse[timm]' / 'fxsparse[torchvision]')."""
+    if not _importable(prefix):
+        pytest.skip(f"{prefix} is not installed (pip install 'fxsparse[{prefix}]')")
     import fxsparse
 
-    model = load_model("timm:resnet10t", num_classes=4, in_chans=1).eval()
+    model = load_model(f"{prefix}:{name}", num_classes=4, in_chans=1).eval()
     x = torch.randn(2, 1, 32, 32)
     assert model(x).shape == (2, 4)
     assert fxsparse.analyze(model, (x,)).prunable_groups
-    with pytest.raises(ValueError, match="no timm model"):
-        load_model("timm:no_such_net_at_all")
-
-
-@pytest.mark.skipif(not _importable("torchvision"), reason="torchvision is not installed (pip install 'fxsparse[torchvision]')")
-def test_real_torchvision_model_by_name():
-    import fxsparse
-
-    model = load_model("torchvision:resnet18", num_classes=4, in_chans=1).eval()
-    x = torch.randn(2, 1, 32, 32)
-    assert model(x).shape == (2, 4)
-    assert fxsparse.analyze(model, (x,)).prunable_groups
+    with pytest.raises(ValueError, match=f"no {prefix} model"):
+        load_model(f"{prefix}:no_such_net_at_all")
