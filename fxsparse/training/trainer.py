@@ -18,7 +18,12 @@ FLOPs so far, wall time), ``history.json``, and an atomic checkpoint ``last.pt``
 scores, optimizer and scheduler states, the method's state, every RNG state). ``resume``
 restarts the epoch that was interrupted from that checkpoint, so the run continues
 bit-identically. At the end: ``model.pt`` (the exported model, ``torch.load`` it) and
-``summary.json``.
+``summary.json``. ``history.csv`` and ``steps.csv`` (a row per step) follow the checkpoints
+(``fxsparse.training.logs``, with TensorBoard scalars under ``log_dir``).
+
+Where and how: ``device`` / ``precision`` / ``channels_last`` (``fxsparse.training.device``);
+under ``torchrun`` each process trains on its share of every batch and process 0 writes
+(``fxsparse.training.distributed``).
 """
 from __future__ import annotations
 
@@ -161,7 +166,8 @@ class Trainer:
                                  f"{config.method!r} cannot run; see `fxsparse analyze {config.model}` for the reasons")
         self.flops = SubnetFlops(self.graph or analyze(model, self.example))
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.state = TrainState(model=model, graph=self.graph, loss_fn=self.loss_fn, batches=lambda: map(self._to_device, self.train_loader),
+        self.state = TrainState(model=model, graph=self.graph, loss_fn=self.loss_fn,
+                                batches=lambda: map(self._to_device, self.train_loader),  # whole batches: alike everywhere
                                 num_classes=self.info["num_classes"], example_inputs=self.example, generator=self.generator,
                                 steps_per_epoch=self._steps_per_epoch())
         self.state.total_steps = self._step_of(config.epochs + config.finetune_epochs)
