@@ -1,6 +1,7 @@
 """Training-step time of dense vs sparse execution, measured side by side in one run.
 
-    fxsparse bench [--models vgg11_bn resnet20] [--batch 64] [--keep 0.5] [--steps 10] [--json out.json]
+    fxsparse bench [--models vgg11_bn resnet20] [--batch 64] [--keep 0.5] [--steps 10] [--precision bf16]
+                   [--json out.json]
     (also: python benchmarks/step_time.py ...)
 
 Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep ratio):
@@ -17,6 +18,8 @@ each per round (--block K: K steps in a row, the step before them untimed), --st
 rounds; the median per variant is reported, and for sparse vs
 exported compiled (timed back to back) also the median and quartiles of the per-round
 ratio, which the machine's drift between rounds does not move.
+Precision: ``--precision bf16`` runs every variant's steps (and the memory count) under
+``torch.autocast("cpu", torch.bfloat16)``, as ``fxsparse train --precision bf16`` does.
 Memory: parameters + gradients + optimizer state + the activations autograd saves for the
 backward (counted with torch.autograd.graph.saved_tensors_hooks on the eager step).
 """
@@ -37,6 +40,7 @@ from fxsparse import zoo
 from fxsparse.core.broadcast import along
 from fxsparse.analysis.masks import check_fraction
 from fxsparse.step.train_step import forward_gathered, gather_leaves
+from fxsparse.training.device import Precision
 
 
 def saved_bytes(fn):
@@ -103,9 +107,17 @@ def make_masked_dense_step(model, graph, x, y, keep, compile_):
     return step
 
 
-def bench_model(name, batch, keep, steps, block_steps=1):
+def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32"):
     """Build every variant (first calls compile), then time them round-robin, one step of
     each per round, so that machine drift hits all variants alike."""
+    amp = Precision(precision, torch.device("cpu"))
+
+    def in_precision(fn):
+        def run():
+            with amp.autocast():
+                return fn()
+        return run
+
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     variants, first, info = {}, {}, {}
@@ -115,6 +127,7 @@ def bench_model(name, batch, keep, steps, block_steps=1):
         return zoo.create(name).train()
 
     def add(label, fn):
+        fn = in_precision(fn)
         t = time.perf_counter()
         fn()
         first[label] = time.perf_counter() - t
@@ -128,7 +141,7 @@ def bench_model(name, batch, keep, steps, block_steps=1):
         step, opt = make_dense_step(m, x, y, compile_)
         add(f"dense {'compiled' if compile_ else 'eager'}", step)
         if not compile_:
-            info["_mem dense"] = saved_bytes(lambda: F.cross_entropy(m(x), y)) + state_bytes(m.parameters(), opt)
+            info["_mem dense"] = saved_bytes(in_precision(lambda: F.cross_entropy(m(x), y))) + state_bytes(m.parameters(), opt)
     for compile_ in (False, True):
         add(f"masked-dense {'compiled' if compile_ else 'eager'}", make_masked_dense_step(fresh(), graph, x, y, keep, compile_))
     for compile_, capacity, label in ((False, "exact", "sparse eager"), (True, "exact", "sparse compiled"),
@@ -151,7 +164,8 @@ def bench_model(name, batch, keep, steps, block_steps=1):
         if label == "sparse eager":
             plan = sp.step_inputs()
             gathered, _, _ = gather_leaves(sp, plan)
-            act = saved_bytes(lambda: F.cross_entropy(forward_gathered(sp, gathered, plan, x, empty_zeroed=True), y))
+            act = saved_bytes(in_precision(lambda: F.cross_entropy(forward_gathered(sp, gathered, plan, x,
+                                                                                 empty_zeroed=True), y)))
             compact_grads = sum(g.numel() * g.element_size() for g in gathered.values() if g.requires_grad)
             dense_params = sum(p.numel() * p.element_size() for p in m.parameters())
             state = state_bytes(m.parameters(), opt) - dense_params  # weights + optimizer state, grads compact
@@ -162,7 +176,7 @@ def bench_model(name, batch, keep, steps, block_steps=1):
         step, opt = make_dense_step(small, x, y, compile_)
         add(f"exported {'compiled' if compile_ else 'eager'}", step)
         if not compile_:
-            info["_mem exported"] = saved_bytes(lambda: F.cross_entropy(small(x), y)) + state_bytes(small.parameters(), opt)
+            info["_mem exported"] = saved_bytes(in_precision(lambda: F.cross_entropy(small(x), y))) + state_bytes(small.parameters(), opt)
     times = {k: [] for k in variants}
     per_round = {k: [] for k in variants}
     pair = ["sparse compiled", "exported compiled"]
@@ -203,6 +217,8 @@ def main(argv=None):
                         help="steps of a variant in a row per round (default 1: strict round-robin, every step "
                              "follows another model's, caches cold); with K > 1 each block runs K + 1 steps and "
                              "times the last K, as in a training loop")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="autocast dtype of every variant's step (default %(default)s; the bench runs on the CPU)")
     parser.add_argument("--json", default="step_time.json")
     parser.add_argument("--warm-cache", action="store_true",
                         help="reuse torch.compile's on-disk cache (default: a fresh one, so compile times are cold)")
@@ -225,12 +241,12 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     results = {}
     for name in args.models:
-        rows = bench_model(name, args.batch, args.keep, args.steps, args.block)
+        rows = bench_model(name, args.batch, args.keep, args.steps, args.block, args.precision)
         results[name] = rows
         base = rows["dense compiled"][0]
         table = [[k, f"{v[0] * 1e3:.1f}", f"{base / v[0]:.2f}x", f"{v[1]:.1f}"] for k, v in rows.items() if not k.startswith("_")]
         how = f"{args.steps} rounds of {args.block} steps in a row" if args.block > 1 else f"{args.steps} round-robin steps"
-        print(f"\n{name}, batch {args.batch}, keep {args.keep}, {args.threads} threads, median of {how}")
+        print(f"\n{name}, batch {args.batch}, keep {args.keep}, {args.precision}, {args.threads} threads, median of {how}")
         print(tabulate(table, headers=["variant", "step ms", "speed-up vs dense compiled", "first call s (compile)"]))
         sc, ec = rows["sparse compiled"][0], rows["exported compiled"][0]
         best_dense = min(rows["dense eager"][0], rows["dense compiled"][0])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -109,7 +110,7 @@ def add_train_arguments(p):
     from fxsparse.training.trainer import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--model", default=d.model, help=f"zoo:NAME or module.path:factory (default {d.model})")
+    p.add_argument("--model", default=d.model, help=f"zoo:NAME, timm:NAME, torchvision:NAME or module.path:factory (default {d.model})")
     p.add_argument("--data", default=d.data, help="fashion-mnist, mnist, cifar10, cifar100 or folder (default %(default)s)")
     p.add_argument("--data-root", default=None, help="data directory (Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
     p.add_argument("--method", default=d.method, help="training method, see `fxsparse train --list-methods` (default %(default)s)")
@@ -132,6 +133,14 @@ def add_train_arguments(p):
     p.add_argument("--out", default=d.out, help="run directory: checkpoints, history, exported model (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"],
+                   help="autocast dtype of the training steps; fp16 adds a gradient scaler and needs CUDA (default %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model and the inputs")
+    p.add_argument("--nproc", type=int, default=None, help="train in N processes (DistributedDataParallel; "
+                   "launches `torchrun --nproc-per-node N -m fxsparse train ...`); --batch-size stays the global batch")
+    p.add_argument("--log-dir", default=None, help="also write TensorBoard scalars there (needs tensorboard; "
+                   "history.csv and steps.csv are always written to --out)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     for flags, kwargs in method_cli_options():  # the methods' own flags (VR-PGE's --score-lr, --granularity, ...)
         p.add_argument(*flags, **kwargs)
@@ -170,6 +179,10 @@ def cmd_train(args) -> int:
                 for name in list_methods()]
         print(tabulate(rows, headers=["method", "level", "paper"]))
         return 0
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1 (the number of training processes), got {args.nproc}")
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args.nproc, args.argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from fxsparse.core.errors import FxsparseError
@@ -183,6 +196,22 @@ def cmd_train(args) -> int:
         print(f"fxsparse train: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     return 0
+
+
+def launch(nproc: int, argv: list) -> int:
+    """Run ``fxsparse train`` (``argv`` without ``--nproc``) in ``nproc`` processes under torchrun."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "fxsparse", *rest]
+    return subprocess.call(cmd)
 
 
 def cmd_report(args) -> int:
@@ -204,7 +233,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"fxsparse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("analyze", help="find the channel groups of a model and print them")
-    p.add_argument("model", help="zoo:NAME or module.path:factory")
+    p.add_argument("model", help="zoo:NAME, timm:NAME, torchvision:NAME or module.path:factory")
     p.add_argument("--input", type=parse_input, default=(1, 3, 32, 32), help="example input shape, e.g. 2x3x32x32")
     p.add_argument("--dot", help="write the data flow with the channel groups as Graphviz DOT "
                    "(render: dot -Tsvg FILE -o groups.svg)")
@@ -231,6 +260,7 @@ def main(argv=None) -> int:
         bench_main(argv[1:])
         return 0
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except ValueError as err:

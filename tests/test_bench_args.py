@@ -5,7 +5,8 @@ from fxsparse import bench
 
 
 @pytest.mark.parametrize("argv, word", [(["--block", "0"], "--block"), (["--steps", "0"], "--steps"),
-                                        (["--keep", "1.5"], "--keep"), (["--batch", "-1"], "--batch")])
+                                        (["--keep", "1.5"], "--keep"), (["--batch", "-1"], "--batch"),
+                                        (["--precision", "fp16"], "--precision")])
 def test_bad_arguments_exit_2_naming_the_flag(argv, word, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.main(argv + ["--json", str(tmp_path / "out.json")])

@@ -84,25 +84,85 @@ def info(name: str) -> ModelInfo:
     return _INFOS[name]
 
 
+# MODEL prefixes of the model libraries fxsparse can build from, and the pip extra of each
+EXTERNAL = ("timm", "torchvision")
+
+
 def load_model(spec: str, num_classes: int = 10, in_chans: int | None = None) -> nn.Module:
-    """'zoo:NAME' or 'package.module:factory' (called with no arguments)."""
-    if spec.startswith("zoo:"):
-        name = spec[4:]
+    """A model by name, randomly initialised:
+
+    * ``zoo:NAME``: this zoo (:func:`create`);
+    * ``timm:NAME``: ``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=...)``
+      (``pip install 'fxsparse[timm]'``);
+    * ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=None, num_classes=...)``
+      (``pip install 'fxsparse[torchvision]'``); torchvision's models take 3 channels, so for
+      another ``in_chans`` the first convolution (in registration order: the stem of every
+      torchvision classifier) is replaced by a freshly initialised one with ``in_chans`` inputs;
+    * ``package.module:factory``: ``factory()``, called with no arguments.
+
+    A bad name, or a model library that is not installed, is a one-line ``ValueError``."""
+    prefix, _, name = spec.partition(":")
+    if prefix == "zoo":
         if name not in names():
             raise ValueError(f"no zoo model '{name}'. Available: {', '.join(names())}")
         kw = {} if in_chans is None else {"in_chans": in_chans}
         return create(name, num_classes=num_classes, **kw)
-    if ":" not in spec:
-        raise ValueError(f"MODEL must be 'zoo:NAME' or 'module.path:factory', got {spec!r}")
-    mod_name, _, attr = spec.partition(":")
+    if prefix in EXTERNAL:
+        lib = _import_extra(prefix, spec)
+        build = _timm_model if prefix == "timm" else _torchvision_model
+        return _checked(build(lib, name, num_classes, in_chans), spec)
+    if not name:
+        raise ValueError(f"MODEL must be 'zoo:NAME', 'timm:NAME', 'torchvision:NAME' or 'module.path:factory', got {spec!r}")
     try:
-        factory = getattr(importlib.import_module(mod_name), attr)
+        factory = getattr(importlib.import_module(prefix), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load {spec!r}: {exc}") from None
-    model = factory()
+    return _checked(factory(), spec)
+
+
+def _checked(model, spec: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _import_extra(package: str, spec: str):
+    """The model library ``package``, or a ValueError naming the extra that installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:  # absent, or installed without a dependency it needs (timm needs torchvision)
+        raise ValueError(f"MODEL {spec!r} needs the {package} package, which cannot be imported ({exc}); "
+                         f"install it with: pip install 'fxsparse[{package}]'") from None
+
+
+def _timm_model(timm, name: str, num_classes: int, in_chans: int | None) -> nn.Module:
+    if not timm.is_model(name):
+        raise ValueError(f"no timm model {name!r}; list them with: python -c \"import timm; "
+                         f"print(timm.list_models('*{name[:4]}*'))\"")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=3 if in_chans is None else in_chans)
+
+
+def _torchvision_model(torchvision, name: str, num_classes: int, in_chans: int | None) -> nn.Module:
+    models = torchvision.models
+    if name not in models.list_models():
+        raise ValueError(f"no torchvision model {name!r}; list them with: python -c \"import torchvision; "
+                         "print(torchvision.models.list_models())\"")
+    model = models.get_model(name, weights=None, num_classes=num_classes)
+    if in_chans is not None and in_chans != 3:
+        _replace_stem(model, name, in_chans)
+    return model
+
+
+def _replace_stem(model: nn.Module, name: str, in_chans: int) -> None:
+    """Swap the first ``nn.Conv2d`` (registration order) for a fresh one with ``in_chans`` inputs."""
+    path, conv = next(((p, m) for p, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if conv is None or conv.in_channels != 3 or conv.groups != 1:
+        raise ValueError(f"torchvision:{name} has no plain 3-channel first convolution to give {in_chans} input "
+                         "channels; use a 3-channel data set or a timm: model (timm takes in_chans)")
+    parent_path, _, attr = path.rpartition(".")
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    setattr(model.get_submodule(parent_path), attr, new)
 
 
 # Import every family module so that registration happens on ``import fxsparse.zoo``.

@@ -93,6 +93,9 @@ class SparseModel(nn.Module):
         self.compilations = 0  # graphs compiled by torch.compile for this model (see _backend)
         self.rebuilds = 0  # capacity changes after construction (each one recompiles the step)
         self.on_rebuild = []  # callables fn(sparse_model), called after each capacity change (before its recompile)
+        # data parallel: fn(tensors) averages them in place over the processes (set by the trainer);
+        # the step averages its loss and its gradients, losses() its K losses
+        self.reduce_mean = None
         self._shrinks = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.plan = Plan(graph, align=align)
@@ -358,11 +361,15 @@ class SparseModel(nn.Module):
         fn = self.compiled_fns.get(("losses", len(indexes), loss_fn))
         if fn is None:
             def many_losses(dense, indexes, target, *inputs):
-                return torch.stack([loss_fn(self._forward_no_write_back(dense, index, *inputs), target).float()
+                return torch.stack([loss_fn(self._forward_no_write_back(dense, index, *inputs), target)
                                     for index in indexes])
             fn = self.compile_fn(many_losses) if self.use_compile else many_losses
             self.compiled_fns[("losses", len(indexes), loss_fn)] = fn
-        return fn(self.dense_tensors(), indexes, target, *inputs)
+        out = fn(self.dense_tensors(), indexes, target, *inputs)
+        if self.reduce_mean is not None:  # the losses of the whole batch (each process holds a shard),
+            out = out.clone()             # averaged in the loss's own precision
+            self.reduce_mean([out])
+        return out.float()
 
     def _forward_no_write_back(self, dense, index, *inputs):
         """The capacity model's forward on gathered copies of every tensor: in train mode BN

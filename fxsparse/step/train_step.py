@@ -67,28 +67,48 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         if update is None:
             loss = fl(sp.dense_tensors(), index, target, *inputs)
             loss.backward()
-            if skip_nonfinite and not all_finite(loss):
+            loss = averaged(sp, loss)
+            if skip_nonfinite and not all_finite(loss):  # host-device sync: the skip decision
                 step.skipped += 1
-                return loss.detach()
+                return loss
+            if sp.reduce_mean is not None:
+                sp.reduce_mean([p.grad for p in sp.model.parameters() if p.grad is not None])
             fallback.step()
-            return loss.detach()
+            return loss
         gathered, slots, weights = gather_leaves(sp, index, gather_fn, empty)
         loss = fl(gathered, index, target, *inputs)
         loss.backward()
-        if skip_nonfinite and not all_finite(loss):  # before any write: nothing changes
+        loss = averaged(sp, loss)
+        # before any write: nothing changes. Host-device sync (the step's only one): whether to
+        # update is a decision on the loss's value
+        if skip_nonfinite and not all_finite(loss):
             step.skipped += 1
-            return loss.detach()
+            return loss
         compact = [(by_name[n], gathered[n], weights[n], slots[n]) for n in slots if n in by_name]
+        if sp.reduce_mean is not None:  # data parallel: every process updates with the mean gradient
+            leaves = {id(p): leaf for p, leaf, _, _ in compact}  # the kept weights' gradients; the rest in .grad
+            grads = [leaves[id(p)].grad if id(p) in leaves else p.grad for p in sp.model.parameters()]
+            sp.reduce_mean([g for g in grads if g is not None])
         arguments, eager = update.arguments(base, compact)
         if arguments is not None:
             with torch.no_grad():
                 (update.kernel if eager else kernel)(*arguments)
         write_back_buffers(sp, gathered, index, slots=slots)
-        return loss.detach()
+        return loss
 
     step.optimizer = base
     step.skipped = 0
     return step
+
+
+def averaged(sp, loss):
+    """The loss, detached; with ``sp.reduce_mean`` (data parallel) its mean over the
+    processes, so that every process takes the same skip decision."""
+    loss = loss.detach()
+    if sp.reduce_mean is not None:
+        loss = loss.clone()
+        sp.reduce_mean([loss])
+    return loss
 
 
 def slots_of(sp, index, name, device):

@@ -26,6 +26,11 @@ def write_json_atomic(obj, path: str) -> None:
     _write_atomic(path, "w", lambda f: json.dump(obj, f, indent=1))
 
 
+def write_text_atomic(path: str, write) -> None:
+    """``write(f)`` into a text file at ``path`` atomically."""
+    _write_atomic(path, "w", write)
+
+
 def _write_atomic(path: str, mode: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)

@@ -18,7 +18,12 @@ FLOPs so far, wall time), ``history.json``, and an atomic checkpoint ``last.pt``
 scores, optimizer and scheduler states, the method's state, every RNG state). ``resume``
 restarts the epoch that was interrupted from that checkpoint, so the run continues
 bit-identically. At the end: ``model.pt`` (the exported model, ``torch.load`` it) and
-``summary.json``.
+``summary.json``. ``history.csv`` and ``steps.csv`` (a row per step) follow the checkpoints
+(``fxsparse.training.logs``, with TensorBoard scalars under ``log_dir``).
+
+Where and how: ``device`` / ``precision`` / ``channels_last`` (``fxsparse.training.device``);
+under ``torchrun`` each process trains on its share of every batch and process 0 writes
+(``fxsparse.training.distributed``).
 """
 from __future__ import annotations
 
@@ -42,6 +47,9 @@ from fxsparse.rewrite.export import export
 from fxsparse.analysis.flops import TRAIN_FACTOR, SubnetFlops
 from fxsparse.analysis.masks import all_finite, check_fraction
 from fxsparse.methods import DEFAULT_METHOD, TRAINER_PHASES, RunContext, TrainState, get_method
+from fxsparse.training.device import Precision, check_precision, resolve_device, to_device
+from fxsparse.training.distributed import Group, shard_loader
+from fxsparse.training.logs import NullLogs, RunLogs, check_tensorboard
 
 
 @dataclasses.dataclass
@@ -72,6 +80,10 @@ class TrainConfig:
     limit_batches: Optional[int] = None  # per epoch, for quick runs
     augment: Optional[bool] = None
     out: str = "runs/fxsparse"
+    device: str = "auto"                 # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: str = "fp32"              # fp32, bf16 or fp16 (autocast; fp16 adds a gradient scaler, CUDA only)
+    channels_last: bool = False          # the model's and the inputs' memory format
+    log_dir: Optional[str] = None        # TensorBoard scalars there (needs tensorboard); the CSV files are always written
     # the method's own options (the default method's: score_lr, granularity, final, form,
     # samples, reuse_loss, weight_average, final_tries, final_batches, compile_update; the
     # ``fxsparse train`` flags of the chosen method land here)
@@ -97,6 +109,9 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
         if self.limit_batches is not None and self.limit_batches < 1:
             raise ValueError(f"--limit-batches must be >= 1, got {self.limit_batches}")
+        check_precision(self.precision, resolve_device(self.device))
+        if self.log_dir is not None:
+            check_tensorboard()
 
 
 class Trainer:
@@ -108,9 +123,19 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, loaders=None,
                  callbacks=(), resume: bool = False, log: Callable[[str], None] | None = print, progress: bool = True):
         config.validate()
+        self.device = resolve_device(config.device)
+        self.group = Group(self.device)  # torchrun's processes (one process: no group)
+        if self.group.active and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", self.group.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.writer = self.group.rank == 0  # the process that writes files and logs
+        if not self.writer:
+            log, progress = None, False
         self.config, self.callbacks, self.log, self.progress = config, list(callbacks), log or (lambda s: None), progress
         self.out = config.out
         self.ckpt_path = os.path.join(self.out, "last.pt")
+        self.precision = Precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         from fxsparse.training.data import make_loaders
 
@@ -121,14 +146,17 @@ class Trainer:
             raise FileExistsError(f"{self.out!r} already holds a run (last.pt); pass --resume to continue it, "
                                   "or choose another --out")
         self.train_loader, self.test_loader, self.info = loaders
+        # the training loop reads this process's share of every global batch
+        self._shard = shard_loader(self.train_loader, self.group.rank, self.group.world) if self.group.active \
+            else self.train_loader
         if model is None:
             from fxsparse.zoo import load_model
 
             model = load_model(config.model, num_classes=self.info["num_classes"], in_chans=self.info["in_chans"])
-        self.model = model
+        self.model = self._placed(model)
         self.loss_fn = F.cross_entropy
         x0, _ = next(iter(self.test_loader))
-        self.example = (x0[:2].clone(),)
+        self.example = (self._to_device(x0[:2].clone()),)
         self.method = get_method(config.method).for_run(config.keep, config.budget, dict(config.method_options))
         self.graph = None
         if self.method.level != "none":
@@ -138,7 +166,8 @@ class Trainer:
                                  f"{config.method!r} cannot run; see `fxsparse analyze {config.model}` for the reasons")
         self.flops = SubnetFlops(self.graph or analyze(model, self.example))
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.state = TrainState(model=model, graph=self.graph, loss_fn=self.loss_fn, batches=lambda: iter(self.train_loader),
+        self.state = TrainState(model=model, graph=self.graph, loss_fn=self.loss_fn,
+                                batches=lambda: map(self._to_device, self.train_loader),  # whole batches: alike everywhere
                                 num_classes=self.info["num_classes"], example_inputs=self.example, generator=self.generator,
                                 steps_per_epoch=self._steps_per_epoch())
         self.state.total_steps = self._step_of(config.epochs + config.finetune_epochs)
@@ -176,8 +205,23 @@ class Trainer:
 
             apply_weight_masks(self.model, self.method.weight_masks())
         self.phases = self._plan_phases()  # after init: whether a channel method has decided yet
+        own = [name for name, _ in self.phases if name not in TRAINER_PHASES]
+        if self.precision.scaler is not None and own:
+            raise ValueError(f"--precision fp16: method {config.method!r} trains in a step of its own ({own[0]}), "
+                             "which has no gradient scaler; use --precision bf16 (fp16 works for the fixed-mask "
+                             "and dense methods)")
+        self.logs = RunLogs(self.out, config.log_dir, resume=saved is not None,
+                            step=saved["step"] if saved is not None else 0) if self.writer else NullLogs()
         if saved is not None:
             self._resume(saved)
+
+    # ----- device and memory format ---------------------------------------------------
+    def _placed(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.config.channels_last else model
+
+    def _to_device(self, batch):
+        return to_device(batch, self.device, self.config.channels_last)
 
     # ----- plan ----------------------------------------------------------------------
     def _steps_per_epoch(self) -> int:
@@ -235,7 +279,7 @@ class Trainer:
         elif phase in ("fixed", "finetune"):
             if self.masks is None:
                 self.masks = self._choose_masks()
-            self.small = export(self.model, self.graph, self.masks)
+            self.small = self._placed(export(self.model, self.graph, self.masks))
             self.optimizer = self._sgd(self.small.parameters(), c.lr)
             self._schedules = [self._weight_schedule(self.optimizer, phase, start, steps)]
             self.step_fn = self._plain_step(self.small, bn_eval=phase == "finetune" and c.finetune_bn_eval)
@@ -248,8 +292,12 @@ class Trainer:
         self._compile_pending = bool(c.compile)  # the phase's first step compiles its graphs
         if self.sp is not None and self._on_rebuild not in self.sp.on_rebuild:
             self.sp.on_rebuild.append(self._on_rebuild)
+        if self.sp is not None and self.group.active:  # the sparse step's and the score forwards' averaging
+            self.sp.reduce_mean = self.group.reduce_mean
         fixed = phase in ("fixed", "finetune")  # per-sample forward FLOPs of a fixed-mask step
         self._step_flops = float(self.flops(self.flops.flat(self.masks))) if fixed else self.flops.dense
+        self._step_keep = (float(self.flops.flat(self.masks).double().mean()), self._step_flops / self.flops.dense) \
+            if fixed else (1.0, 1.0)
 
     def _choose_masks(self) -> dict:
         return self.method.final_masks(self.run_context)
@@ -260,13 +308,19 @@ class Trainer:
         ds = self.train_loader.dataset
         n = min(len(ds), batches * self.config.batch_size)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=self.config.batch_size)
-        return list(loader)
+        return [self._to_device(b) for b in loader]
 
     def _plain_step(self, model: nn.Module, bn_eval: bool = False, hooks: bool = False):
         """Forward, loss, backward, SGD step on an ordinary module (dense or exported).
         A non-finite loss skips the step and restores the running statistics it touched."""
-        fwd = torch.compile(model, dynamic=False) if self.config.compile else model
+        net = model
+        if self.group.active:  # gradients averaged over the processes during the backward
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        fwd = torch.compile(net, dynamic=False) if self.config.compile else net
         frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if bn_eval else []
+
+        scaler = self.precision.scaler
 
         def step(x, y):
             model.train()  # evaluation in between switches modes
@@ -274,20 +328,31 @@ class Trainer:
                 mod.eval()
             saved = [b.clone() for b in model.buffers()]
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(fwd(x), y)
-            if not all_finite(loss):
+            with self.precision.autocast():
+                loss = self.loss_fn(fwd(x), y)
+            mean = loss.detach().clone()  # the whole batch's loss: every process decides alike
+            self.group.reduce_mean([mean] if self.group.active else [])
+            if not all_finite(mean):  # host-device sync: the skip is a decision on the loss's value
                 with torch.no_grad():
                     for b, s in zip(model.buffers(), saved):
                         b.copy_(s)
                 step.skipped += 1
-                return loss.detach()
-            loss.backward()
+                return mean
+            if scaler is not None:  # fp16: scaled backward; the hooks and the step see unscaled gradients
+                scaler.scale(loss).backward()
+                scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
             if hooks:
                 self.method.after_backward(self.state)
-            self.optimizer.step()
+            if scaler is not None:
+                scaler.step(self.optimizer)  # skipped when a gradient overflowed (the scaler's own sync)
+                scaler.update()
+            else:
+                self.optimizer.step()
             if hooks:
                 self.method.after_step(self.state)
-            return loss.detach()
+            return mean
 
         step.skipped = 0
         return step
@@ -297,10 +362,13 @@ class Trainer:
     def _accuracy(self, model, batches) -> float:
         was = model.training
         model.eval()
-        correct = total = 0
+        correct, total = torch.zeros((), dtype=torch.long, device=self.device), 0
         for x, y in batches:
-            correct += int((model(x).argmax(1) == y).sum())
+            x, y = self._to_device((x, y))
+            with self.precision.autocast():
+                correct += (model(x).argmax(1) == y).sum()  # summed on the device: one sync per evaluation
             total += len(y)
+        correct = int(correct)
         model.train(was)
         return correct / max(total, 1)
 
@@ -334,16 +402,19 @@ class Trainer:
             return summary
         if self.state.step == 0 and not self.history:
             self.log(self._header())
-        while self.state.step < self.state.total_steps:
-            self._train_epoch()
-        return self._finish()
+        try:
+            while self.state.step < self.state.total_steps:
+                self._train_epoch()
+            return self._finish()
+        finally:
+            self.group.close()
 
     def _batches(self, epoch: int, limit: int):
-        self.train_loader.sampler.set_epoch(epoch)
-        for i, batch in enumerate(self.train_loader):
+        (self._shard.batch_sampler if self.group.active else self._shard.sampler).set_epoch(epoch)
+        for i, batch in enumerate(self._shard):
             if i >= limit:
                 break
-            yield batch
+            yield self._to_device(batch)
 
     def _train_epoch(self):
         """One pass over the data (the last one may be cut short by a fractional total); a
@@ -363,17 +434,24 @@ class Trainer:
                     self._build_phase(now, start, n)
                 phase, stats = now, _MaskStats(self)
                 dense_seen = dense_seen or phase == "dense"
-            b = len(y)
+            b = len(y) * self.group.world  # the global batch
             self._set_lr(st.step)
             t_step = self._before_step(phase)
             if phase not in TRAINER_PHASES:
-                loss, masks, extra_flops = self.method.phase_step(phase, x, y)
-                for mask in masks:
-                    stats.add(mask, b)
+                with self.precision.autocast():  # the sparse step's and the score forwards' ops
+                    loss, masks, extra_flops = self.method.phase_step(phase, x, y)
+                flops_before = self.train_flops
+                kept = [stats.add(mask, b) for mask in masks]  # masks live on the host: no device sync
                 self.train_flops += extra_flops * b
+                keep, flops_frac = (sum(k) / len(kept) for k in zip(*kept)) if kept else (1.0, 1.0)
             else:
+                flops_before = self.train_flops
                 loss = self.step_fn(x, y)
                 self.train_flops += TRAIN_FACTOR * self._step_flops * b
+                keep, flops_frac = self._step_keep
+            # host-device sync, one per step: whether to count the step as skipped is a decision
+            # on the loss's value (the step itself already decided the same way); float(loss)
+            # below then reads a value already on its way to the host
             if not all_finite(loss):
                 stats.skipped += 1
                 warnings.warn(f"epoch {epoch + 1}: non-finite loss ({float(loss)}), step skipped (weights, "
@@ -381,6 +459,9 @@ class Trainer:
             else:
                 stats.losses.append(float(loss))
             st.step += 1
+            self.logs.step({"step": st.step, "epoch": epoch + 1, "phase": phase, "loss": float(loss), "realised_keep": keep,
+                            "realised_flops_frac": flops_frac, "train_tflop": (self.train_flops - flops_before) / 1e12,
+                            "step_time_s": time.perf_counter() - t_step})
             self._after_step(t_step)
             self._bar.update()
             for cb in self.callbacks:
@@ -408,6 +489,7 @@ class Trainer:
                "wall_s": self.elapsed}
         row.update(self._keep_stats(phase, masks, stats))
         self.history.append(row)
+        self.logs.epoch(row)
         self._say(self._row_text(row))
         if self._bar is not None:  # mid-epoch: the evaluation is not training time
             self._bar.restart()
@@ -484,16 +566,22 @@ class Trainer:
                  "model": self.model.state_dict(), "masks": self.masks, "phase_built": self._phase_built,
                  "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                  "method": self.method.state_dict(), "generator": self.generator.get_state(),
-                 "rng": checkpoint.rng_state()}
+                 "rng": checkpoint.rng_state(),
+                 "scaler": self.precision.scaler.state_dict() if self.precision.scaler is not None else None}
         if self.small is not None:
             state["small"] = self.small.state_dict()
-        checkpoint.save_atomic(state, self.ckpt_path)
-        checkpoint.write_json_atomic(self.history, os.path.join(self.out, "history.json"))
+        if self.writer:
+            self.logs.flush(self.history)  # before the checkpoint: a resume drops the steps past it
+            checkpoint.save_atomic(state, self.ckpt_path)
+            checkpoint.write_json_atomic(self.history, os.path.join(self.out, "history.json"))
+        self.group.barrier()  # no process runs ahead of the checkpoint it would resume from
 
     def _resume(self, state: dict):
         saved = state["config"]
         mine = dataclasses.asdict(self.config)
-        differ = [k for k in saved if k not in ("out",) and saved[k] != mine.get(k)]
+        # a checkpoint resumes on another device (it is loaded to the CPU, then copied into
+        # the model and the optimizer where they live) and logs anywhere
+        differ = [k for k in saved if k not in ("out", "device", "log_dir") and saved[k] != mine.get(k)]
         if differ:
             raise ValueError(f"--resume with different settings than the checkpoint in {self.out!r}: "
                              + ", ".join(f"{k}={mine.get(k)!r} (checkpoint: {saved[k]!r})" for k in differ))
@@ -520,6 +608,8 @@ class Trainer:
             elif phase not in TRAINER_PHASES:  # the next phase needs the method's phase to pick the final mask
                 self._build_phase(phase, *self._phase_at(step - 1)[1:])
         checkpoint.set_rng_state(state["rng"])
+        if self.precision.scaler is not None and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
         if not self.finished:
             self.log(f"resumed {self.out} at epoch {self.epoch + 1}")
 
@@ -539,7 +629,7 @@ class Trainer:
         return self.model
 
     def _finish(self) -> dict:
-        final = self._final_model().eval()
+        final = self._final_model().eval().cpu()  # model.pt loads on any machine
         example = self.example[0]
         info = self.info
         names = info.get("classes")
@@ -547,7 +637,8 @@ class Trainer:
                            class_names=names if names and len(names) == info["num_classes"] else None,
                            input_shape=example.shape[1:])
         files = {name: os.path.join(self.out, name) for name in ("model.pt", "summary.json", "history.json", "last.pt")}
-        checkpoint.save_atomic(final, files["model.pt"])
+        if self.writer:
+            checkpoint.save_atomic(final, files["model.pt"])
         last = self.history[-1]
         params = sum(p.numel() for p in final.parameters())
         dense_params = sum(p.numel() for p in self.model.parameters())
@@ -560,12 +651,16 @@ class Trainer:
                    "params": params, "dense_params": dense_params,
                    "wall_s": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
                    "units": UNITS, "files": files, "preprocessing": final.preprocessing()}
-        checkpoint.write_json_atomic(summary, files["summary.json"])
+        if self.writer:
+            checkpoint.write_json_atomic(summary, files["summary.json"])
+        self.group.barrier()
+        self.logs.close()
         shown = [[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, dict)]
         self.log("\n" + tabulate(shown, headers=["summary", ""]))
         self.log(f"files in {self.out}: model.pt (the trained model; it takes raw images scaled to [0, 1], see the "
                  "README's 'Using the trained model'), summary.json (this summary and the preprocessing), "
-                 "history.json (a row per epoch), last.pt (the checkpoint --resume reads)")
+                 "history.json (a row per epoch; history.csv the same as CSV), steps.csv (a row per step), last.pt (the "
+                 "checkpoint --resume reads)")
         return summary
 
     # ----- printing ------------------------------------------------------------------
@@ -591,14 +686,17 @@ class _MaskStats:
         self.trainer, self.count, self.channels, self.flops, self.kept = trainer, 0, 0.0, 0.0, 0.0
         self.losses, self.skipped = [], 0
 
-    def add(self, mask, batch_size):
+    def add(self, mask, batch_size) -> tuple[float, float]:
+        """Tally a sampled mask; its (realised keep, FLOPs fraction)."""
         tr = self.trainer
         f = float(tr.flops(mask))
         tr.train_flops += TRAIN_FACTOR * f * batch_size
         self.count += 1
-        self.channels += float(mask.double().mean())
+        keep = float(mask.double().mean())
+        self.channels += keep
         self.flops += f / tr.flops.dense
         self.kept = self.kept + mask.double()
+        return keep, f / tr.flops.dense
 
 
 # the units of history.json's rows and summary.json (also written into summary.json)

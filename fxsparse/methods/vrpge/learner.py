@@ -331,6 +331,8 @@ class StructureLearner:
             losses, used = rest, (draws if mean else draws[1:])
         self.last_forward_flops = float(sum(float(self.flops(m)) for m in scored)) / max(len(scored), 1)
         self.last_forwards = len(scored)
+        # host-device sync: the K losses come to the host, where the scores and the masks live
+        # (the budget projection and the next masks are host decisions); one copy per step
         if all_finite(losses):
             self.score_update(losses, used)
         elif all_finite(loss):  # the weight step's own non-finite loss is the caller's to report
