@@ -8,31 +8,51 @@ from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
 from fxsparse.passes.channel_propagation import ChannelPropagation
 from fxsparse.passes.fuse_channel_shuffle import FuseChannelShuffle
 from fxsparse.passes.shape_prop import FLOPS, ShapeProp
-from fxsparse.analysis.capture import export_capture
+from fxsparse.analysis.capture import export_capture, is_transformers_model, opaque_calls
 from fxsparse.core.errors import InputError, TraceError
 from fxsparse.core.tracing import runs_eagerly, trace
 
 
-def _capture(model, example_inputs, leaf_modules, flops):
+def _capture(model, example_inputs, leaf_modules, flops, rules=None):
     """The graph with shapes and FLOPs recorded: symbolic tracing first, torch.export where
-    tracing fails or traces code that differs from what the model runs (see fxsparse.analysis.capture)."""
+    tracing fails, traces code that differs from what the model runs, or leaves a wrapped
+    function without a rule opaque (see fxsparse.analysis.capture)."""
+    if not leaf_modules and is_transformers_model(model):  # symbolic tracing always fails on them
+        try:
+            return _export_graph(model, example_inputs, flops), []
+        except TraceError as exc:
+            if not runs_eagerly(model, example_inputs):  # the inputs are the user's to fix
+                raise InputError(f"{type(model).__name__} fails on the example inputs "
+                                 f"{[tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]}"
+                                 ". Pass inputs the model accepts (e.g. token ids [batch, sequence]).") from exc
+            raise
     try:
         gm, auto_leaves = trace(model, leaf_modules)
         ShapeProp(example_inputs, count_flops=flops)(gm)  # one forward gives shapes and FLOPs
-        return gm, auto_leaves
     except (TraceError, InputError) as exc:
         if leaf_modules or (isinstance(exc, InputError) and not runs_eagerly(model, example_inputs)):
             raise  # leaves only exist for symbolic tracing; inputs the model rejects are the user's to fix
-        traced_error = exc
+        return _export_graph(model, example_inputs, flops, traced_error=exc), []
+    if not leaf_modules and opaque_calls(gm, rules):
+        # a torch.fx.wrap-ed function with no rule would block every channel it touches:
+        # torch.export runs its Python and sees through it; where it cannot, the traced graph stays
+        try:
+            return _export_graph(model, example_inputs, flops), []
+        except TraceError:
+            pass
+    return gm, auto_leaves
+
+
+def _export_graph(model, example_inputs, flops, traced_error=None):
     try:
         gm = export_capture(model, example_inputs)
     except TraceError as exc:
-        raise _blame_capture(traced_error, exc) from exc
+        raise (exc if traced_error is None else _blame_capture(traced_error, exc)) from exc
     try:
         ShapeProp(example_inputs, count_flops=flops)(gm)
     except InputError as exc:
         raise _blame_capture(exc) from exc
-    return gm, []
+    return gm
 
 
 def _blame_capture(exc, export_exc=None):
@@ -64,7 +84,7 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops)
+    gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules)
     FuseChannelShuffle()(gm)
     propagation = ChannelPropagation(rules)
     propagation(gm)

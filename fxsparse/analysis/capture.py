@@ -24,7 +24,10 @@ graph or a precise error.
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
+import math
+import operator
 
 import torch
 import torch.fx as fx
@@ -32,6 +35,34 @@ import torch.nn as nn
 
 from fxsparse.core.errors import TraceError
 from fxsparse.passes.aten_to_torch import AtenToTorch
+from fxsparse.rules.registry import lookup
+
+_KNOWN_MODULES = ("torch", "operator", "_operator", "builtins", "math", "_functools", "functools")
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``transformers.PreTrainedModel`` (read off its class MRO, so
+    transformers is never imported): torch.fx cannot trace their forwards, so they go to
+    torch.export directly."""
+    return any(cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers.")
+               for cls in type(model).__mro__)
+
+
+def _library_function(target) -> bool:
+    if target in (getattr, operator.getitem) or isinstance(target, type(builtins.len)) and target.__module__ in (None, "builtins"):
+        return True
+    module = getattr(target, "__module__", None) or ""
+    return module.split(".")[0] in _KNOWN_MODULES or target in vars(math).values()
+
+
+def opaque_calls(gm: fx.GraphModule, rules=None) -> list[fx.Node]:
+    """The call_function nodes of a traced graph that call a function torch.fx did not trace
+    into (a ``torch.fx.wrap``-ed user or library function) and that no rule (registered or
+    per call) describes: every channel entering one would be left unpruned."""
+    modules = dict(gm.named_modules())
+    return [node for node in gm.graph.nodes
+            if node.op == "call_function" and not _library_function(node.target)
+            and lookup(node, modules, rules) is None]
 
 
 @contextlib.contextmanager
