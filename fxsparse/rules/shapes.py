@@ -218,6 +218,10 @@ def expand_export(ectx, node):
     if node.target == "expand_as":
         return
     pruned = ectx.pruned_shape(node)
+    if all(p is None for p in pruned):  # a parameter expanded to constant sizes (not its broadcast dims)
+        src_shape = ectx.shape(node.args[0])
+        src_shape = (1,) * (len(pruned) - len(src_shape)) + tuple(src_shape)
+        pruned = [p if src_shape[d] != 1 else None for d, p in enumerate(_pruned_from_params(ectx, node))]
     args = list(node.args[1:])
     if len(args) == 1 and isinstance(args[0], (list, tuple)):
         args = list(args[0])
