@@ -81,8 +81,11 @@ def _without_kv_cache(model: nn.Module):
 
 
 def _dynamic_batch(example_inputs):
-    batch = torch.export.Dim("batch")
-    return tuple({0: batch} if isinstance(x, torch.Tensor) and x.dim() > 0 else None for x in example_inputs)
+    """Dim 0 of every input as a dynamic batch where the model allows it (``Dim.AUTO``: a model
+    that specialises on its batch size is captured static in the same call). A batch of 1
+    cannot be dynamic (torch.export specialises sizes 0 and 1): captured static."""
+    return tuple({0: torch.export.Dim.AUTO} if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] > 1 else None
+                 for x in example_inputs)
 
 
 def export_capture(model: nn.Module, example_inputs) -> fx.GraphModule:
