@@ -8,12 +8,14 @@ from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
 from fxsparse.passes.channel_propagation import ChannelPropagation
 from fxsparse.passes.fuse_channel_shuffle import FuseChannelShuffle
 from fxsparse.passes.shape_prop import FLOPS, ShapeProp
-from fxsparse.analysis.capture import export_capture, is_transformers_model, opaque_calls
+from fxsparse.analysis.capture import export_capture, is_transformers_model, opaque_calls, weight_transformed_convs
+from fxsparse.rules.layers import WEIGHT_TRANSFORMED_CONV
+from fxsparse.rules.registry import registered_targets
 from fxsparse.core.errors import InputError, TraceError
 from fxsparse.core.tracing import runs_eagerly, trace
 
 
-def _capture(model, example_inputs, leaf_modules, flops, rules=None):
+def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves=()):
     """The graph with shapes and FLOPs recorded: symbolic tracing first, torch.export where
     tracing fails, traces code that differs from what the model runs, or leaves a wrapped
     function without a rule opaque (see fxsparse.analysis.capture)."""
@@ -27,7 +29,7 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None):
                                  ". Pass inputs the model accepts (e.g. token ids [batch, sequence]).") from exc
             raise
     try:
-        gm, auto_leaves = trace(model, leaf_modules)
+        gm, auto_leaves = trace(model, tuple(leaf_modules) + tuple(rule_leaves))
         ShapeProp(example_inputs, count_flops=flops)(gm)  # one forward gives shapes and FLOPs
     except (TraceError, InputError) as exc:
         if leaf_modules or (isinstance(exc, InputError) and not runs_eagerly(model, example_inputs)):
@@ -69,6 +71,17 @@ def _blame_capture(exc, export_exc=None):
     )
 
 
+def _with_weight_transformed_convs(model, leaf_modules, rules):
+    """The per-call rules with the weight-standardised convs' classes added (unless the user
+    has a rule for them), and those convs' paths, traced as leaves."""
+    found = weight_transformed_convs(model, skip={p for p in leaf_modules if isinstance(p, str)})
+    classes = {cls for cls in found.values() if cls not in (rules or {}) and cls not in registered_targets()}
+    if not classes:
+        return rules, []
+    return ({**{cls: WEIGHT_TRANSFORMED_CONV for cls in classes}, **(rules or {})},
+            [p for p, cls in found.items() if cls in classes])
+
+
 def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, flops=True) -> ChannelGraph:
     """Find the channel groups of ``model``.
 
@@ -84,7 +97,8 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules)
+    rules, rule_leaves = _with_weight_transformed_convs(model, leaf_modules, rules)
+    gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules, rule_leaves)
     FuseChannelShuffle()(gm)
     propagation = ChannelPropagation(rules)
     propagation(gm)

@@ -32,6 +32,7 @@ import operator
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fxsparse.core.errors import TraceError
 from fxsparse.passes.aten_to_torch import AtenToTorch
@@ -46,6 +47,41 @@ def is_transformers_model(model: nn.Module) -> bool:
     torch.export directly."""
     return any(cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers.")
                for cls in type(model).__mro__)
+
+
+_CONV_FORWARDS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+
+
+def weight_transformed_convs(model: nn.Module, skip=()) -> dict[str, type]:
+    """{path: class} of the convs whose class overrides ``forward`` as ``conv(x, f(params))``:
+    ``x`` goes straight into the one conv call and the weight is computed from parameters
+    only (weight standardisation, timm's StdConv2d / ScaledStdConv2d). They are traced as
+    leaves with :data:`fxsparse.rules.layers.WEIGHT_TRANSFORMED_CONV` (their channels prune;
+    traced into, the computed weight would block them)."""
+    found = {}
+    for path, module in model.named_modules():
+        base = next((b for b in _CONV_FORWARDS if type(module) is not b and isinstance(module, b)), None)
+        if base is None or type(module).forward is base.forward or module.groups != 1 or path in skip:
+            continue
+        try:
+            graph = fx.symbolic_trace(module).graph
+        except Exception:
+            continue
+        inputs = [n for n in graph.nodes if n.op == "placeholder"]
+        convs = [n for n in graph.nodes if n.op == "call_function" and n.target is _CONV_FORWARDS[base]]
+        if len(inputs) != 1 or len(convs) != 1 or list(inputs[0].users) != convs[0:1] or convs[0].args[0] is not inputs[0]:
+            continue
+        seen, stack = set(), [a for a in convs[0].all_input_nodes if a is not inputs[0]]
+        while stack:  # the weight, bias...: computed from parameters, never from the input
+            n = stack.pop()
+            if n is inputs[0]:
+                break
+            if n not in seen:
+                seen.add(n)
+                stack += n.all_input_nodes
+        else:
+            found[path] = type(module)
+    return found
 
 
 def _library_function(target) -> bool:
