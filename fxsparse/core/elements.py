@@ -61,8 +61,10 @@ class ElementTable:
         """The same array with every element replaced by its class representative."""
         if ids.size == 0:
             return ids
-        parent = self._synced()
         has = ids >= 0
+        if not has.any():
+            return np.full(ids.shape, NO_ELEMENT, dtype=np.int64)
+        parent = self._synced()
         roots = parent[np.where(has, ids, 0)]
         while True:  # pointer jumping, vectorised: a root is its own parent
             up = parent[roots]
