@@ -1,6 +1,8 @@
 """``fxsparse.analyze``: trace, normalise, propagate channels, group them."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -29,19 +31,24 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves
                                  ". Pass inputs the model accepts (e.g. token ids [batch, sequence]).") from exc
             raise
     try:
-        gm, auto_leaves = trace(model, tuple(leaf_modules) + tuple(rule_leaves))
+        with warnings.catch_warnings(record=True) as leaf_warnings:
+            warnings.simplefilter("always")
+            gm, auto_leaves = trace(model, tuple(leaf_modules) + tuple(rule_leaves))
         ShapeProp(example_inputs, count_flops=flops)(gm)  # one forward gives shapes and FLOPs
     except (TraceError, InputError) as exc:
         if leaf_modules or (isinstance(exc, InputError) and not runs_eagerly(model, example_inputs)):
             raise  # leaves only exist for symbolic tracing; inputs the model rejects are the user's to fix
         return _export_graph(model, example_inputs, flops, traced_error=exc), []
-    if not leaf_modules and opaque_calls(gm, rules):
-        # a torch.fx.wrap-ed function with no rule would block every channel it touches:
-        # torch.export runs its Python and sees through it; where it cannot, the traced graph stays
+    if not leaf_modules and (auto_leaves or opaque_calls(gm, rules)):
+        # an untraceable submodule or a torch.fx.wrap-ed function with no rule would block every
+        # channel it touches: torch.export runs its Python and sees through it; where it
+        # cannot, the traced graph stays
         try:
             return _export_graph(model, example_inputs, flops), []
         except TraceError:
             pass
+    for w in leaf_warnings:  # the traced graph stays: its opaque leaves are reported
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return gm, auto_leaves
 
 
