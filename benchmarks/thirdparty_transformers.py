@@ -98,11 +98,14 @@ def _first_tensor(out):
 
 
 def _flops(model, inputs):
-    # with gradients on: under no_grad, FlopCounterMode's module tracker fails on a module
-    # called with a view of a parameter (CaiT's expanded class token)
     counter = FlopCounterMode(display=False)
-    with counter:
-        model(*inputs)
+    try:
+        with counter, torch.no_grad():
+            model(*inputs)
+    except AssertionError:  # FlopCounterMode's module tracker under no_grad, on a module called
+        counter = FlopCounterMode(display=False)  # with a view of a parameter (CaiT's class token)
+        with counter:
+            model(*inputs)
     return float(counter.get_total_flops())
 
 
