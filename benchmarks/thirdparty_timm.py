@@ -67,10 +67,20 @@ def import_timm():
     """The timm module, or None where it is not installed."""
     if importlib.util.find_spec("timm") is None:
         return None
-    if importlib.util.find_spec("torchvision") is None and not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.append(_Finder())
-    import timm
+    if "timm" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+        import timm
 
+        return timm
+    # the placeholders exist only while timm imports: other libraries (transformers) must
+    # keep seeing that torchvision is absent
+    finder = _Finder()
+    sys.meta_path.append(finder)
+    try:
+        import timm
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
     return timm
 
 
