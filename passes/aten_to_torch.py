@@ -175,6 +175,40 @@ _TABLE = {
     aten.max_pool2d.default: _same(F.max_pool2d),
     aten.sym_size.int: _method("size"),
 }
+# In-place ops of the training IR (``x.silu_()``, ``result += input``) become their
+# out-of-place form where nothing else reads the mutated tensor (then the two are the same).
+_IN_PLACE = {
+    aten.add_.Tensor: _binary(operator.add),
+    aten.sub_.Tensor: _binary(operator.sub),
+    aten.mul_.Tensor: _binary(operator.mul),
+    aten.mul_.Scalar: _binary(operator.mul),
+    aten.div_.Tensor: _binary(operator.truediv),
+    aten.silu_.default: _same(F.silu),
+    aten.gelu_.default: _same(F.gelu),
+    aten.hardswish_.default: _same(F.hardswish),
+    aten.hardsigmoid_.default: _same(F.hardsigmoid),
+    aten.sigmoid_.default: _same(torch.sigmoid),
+    aten.tanh_.default: _same(torch.tanh),
+    aten.hardtanh_.default: _same(F.hardtanh),
+}
+
+
+def _index(args, kwargs):
+    """``aten.index(x, [None, idx])`` -> ``x[:, idx]`` (the same advanced-indexing rules)."""
+    x, indices = args[:2]
+    return operator.getitem, (x, tuple(slice(None) if i is None else i for i in indices)), {}
+
+
+def _new_tensor(name):
+    """``aten.new_zeros(x, size, dtype=...)`` -> ``x.new_zeros(size, dtype=...)`` (a fresh tensor)."""
+    def convert(args, kwargs):
+        kw = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "requires_grad")}
+        return name, tuple(args), kw
+    return convert
+
+
+_TABLE.update({aten.index.Tensor: _index, aten.new_zeros.default: _new_tensor("new_zeros"), aten.new_ones.default: _new_tensor("new_ones"),
+               aten.new_empty.default: _new_tensor("new_empty"), aten.new_full.default: _new_tensor("new_full")})
 _NEEDS_NDIM = {aten.select.int: _index_select_like("select"), aten.slice.Tensor: _index_select_like("slice")}
 _SIDE_EFFECT_ONLY = {aten._assert_tensor_metadata.default}
 
@@ -208,7 +242,9 @@ def _rewrite(gm: fx.GraphModule) -> bool:
             modified = True
             continue
         converted = None
-        if node.target in _TABLE:
+        if node.target in _IN_PLACE and isinstance(node.args[0], fx.Node) and len(node.args[0].users) == 1:
+            converted = _IN_PLACE[node.target](tuple(node.args), dict(node.kwargs))
+        elif node.target in _TABLE:
             converted = _TABLE[node.target](tuple(node.args), dict(node.kwargs))
         elif node.target in _NEEDS_NDIM and _ndim(node.args[0]) is not None:
             converted = _NEEDS_NDIM[node.target](tuple(node.args), dict(node.kwargs), _ndim(node.args[0]))

@@ -12,6 +12,8 @@ Unlike torch.fx's ShapeProp it leaves the model exactly as it found it: buffers
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
@@ -88,13 +90,17 @@ class _Recorder(fx.Interpreter):
 
     current = None
 
+    counter: FlopCounterMode | None = None  # one counter around the whole run (one per node is slow)
+
+    def _flops_so_far(self) -> int:
+        return sum(self.counter.flop_counts["Global"].values())
+
     def run_node(self, n):
         self.current = n
         if self.count_flops and n.op in ("call_module", "call_function", "call_method"):
-            counter = FlopCounterMode(display=False)
-            with counter:
-                result = super().run_node(n)
-            n.meta[FLOPS] = float(counter.get_total_flops())
+            before = self._flops_so_far()
+            result = super().run_node(n)
+            n.meta[FLOPS] = float(self._flops_so_far() - before)
         else:
             result = super().run_node(n)
         n.meta[SHAPE] = _shape_of(result)
@@ -129,8 +135,11 @@ class ShapeProp(PassBase):
             with torch.no_grad():
                 recorder = _Recorder(gm)
                 recorder.count_flops = self.count_flops
+                if self.count_flops:
+                    recorder.counter = FlopCounterMode(display=False)
                 try:
-                    recorder.run(*example_inputs)
+                    with recorder.counter if self.count_flops else contextlib.nullcontext():
+                        recorder.run(*example_inputs)
                 except Exception as exc:
                     node = recorder.current
                     shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]

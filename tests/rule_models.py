@@ -39,6 +39,16 @@ def channel_scale(x):
 torch.fx.wrap("channel_scale")
 
 
+def signed_channel_scale(x):
+    """A wrapped user op that torch.export cannot see through either (an ``if`` on a value)."""
+    if x.sum() > 0:
+        return x * 1.5
+    return x * 0.5
+
+
+torch.fx.wrap("signed_channel_scale")
+
+
 # ----------------------------------------------------------------------------------------
 # conv / linear chains
 # ----------------------------------------------------------------------------------------
@@ -698,6 +708,14 @@ class CustomOpNet(nn.Module):
 
     def forward(self, x):
         x = channel_scale(F.relu(self.conv1(x)))
+        return self.conv3(F.relu(self.conv2(x)))
+
+
+class OpaqueOpNet(CustomOpNet):
+    """signed_channel_scale: a wrapped function that neither torch.fx nor torch.export sees through."""
+
+    def forward(self, x):
+        x = signed_channel_scale(F.relu(self.conv1(x)))
         return self.conv3(F.relu(self.conv2(x)))
 
 

@@ -567,10 +567,17 @@ def _custom_case():
 def test_user_registered_rule():
     model, inputs = _custom_case()
     assert R.channel_scale not in _RULES
+    # a torch.fx.wrap-ed function with no rule is seen through (captured with torch.export)
     graph = fxsparse.analyze(model, inputs)
+    assert sorted(g.size for g in graph.prunable_groups) == [6, 8]
+    assert not any(n.target is R.channel_scale for n in graph.gm.graph.nodes)
+    check_export(model, inputs, n_masks=2, ratios=None, graph=graph)
+    # one torch.export cannot see through either stays an opaque leaf that blocks its channels
+    opaque = R.build(R.RuleCase("opaque", R.OpaqueOpNet, R.IMG, [], 0))
+    graph = fxsparse.analyze(opaque, inputs)
     assert sorted(g.size for g in graph.prunable_groups) == [6]
     (blocked,) = [g for g in graph.groups if any(m.param == "conv1.weight" for m in g.members)]
-    assert not blocked.prunable and "channel_scale" in blocked.reason and "register_rule" in blocked.reason
+    assert not blocked.prunable and "signed_channel_scale" in blocked.reason and "register_rule" in blocked.reason
     try:
         fxsparse.register_rule(R.channel_scale)(passthrough)
         with pytest.raises(ValueError, match="already registered"):
@@ -579,12 +586,14 @@ def test_user_registered_rule():
         assert sorted(g.size for g in graph.prunable_groups) == [6, 8]
         (g8,) = [g for g in graph.prunable_groups if g.size == 8]
         assert {m.layer for m in g8.members} == {"conv1", "conv2"}
+        # a function with a rule stays one traced node: the rule describes it
+        assert [n.target for n in graph.gm.graph.nodes if n.op == "call_function"].count(R.channel_scale) == 1
         check_export(model, inputs, n_masks=5, ratios=None, graph=graph)
     finally:
         _RULES.pop(R.channel_scale, None)
-    # the registry is restored
+    # the registry is restored: the function is seen through again, not a leaf
     graph = fxsparse.analyze(model, inputs)
-    assert sorted(g.size for g in graph.prunable_groups) == [6]
+    assert not any(n.target is R.channel_scale for n in graph.gm.graph.nodes)
 
 
 def test_per_call_rules():
@@ -593,6 +602,8 @@ def test_per_call_rules():
     assert sorted(g.size for g in graph.prunable_groups) == [6, 8]
     graph = fxsparse.analyze(model, inputs, rules={R.channel_scale: fxsparse.Rule(analyze=passthrough)})
     assert sorted(g.size for g in graph.prunable_groups) == [6, 8]
+    assert any(n.target is R.channel_scale for n in graph.gm.graph.nodes)  # a leaf with its per-call rule
     check_export(model, inputs, n_masks=3, ratios=None, graph=graph)
     assert R.channel_scale not in _RULES
-    assert sorted(g.size for g in fxsparse.analyze(model, inputs).prunable_groups) == [6]
+    opaque = R.build(R.RuleCase("opaque", R.OpaqueOpNet, R.IMG, [], 0))
+    assert sorted(g.size for g in fxsparse.analyze(opaque, inputs).prunable_groups) == [6]

@@ -20,3 +20,28 @@ def test_thirdparty_model(name):
         graph = fxsparse.analyze(model, inputs)
         check_export(model, inputs, n_masks=2, ratios=(0.5, 0.3), graph=graph)
     assert graph.prunable_groups, f"{name}: nothing prunable"
+
+
+def _flops(model, inputs):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(*inputs)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name", ["tv_swin_t", "tv_efficientnet_b0"])
+def test_wrapped_functions_are_seen_through(name):
+    """torchvision's torch.fx.wrap-ed helpers (shifted_window_attention, the relative position
+    bias, stochastic_depth) would be opaque traced nodes blocking their channels; analyze
+    captures such a model with torch.export instead, so attention heads, the window MLPs and
+    the residual stream prune: keep 0.5 reaches FLOPs <= 0.35 of dense (0.78 / 0.40 traced)."""
+    model, inputs = MODELS[name]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = fxsparse.analyze(model, inputs)
+    assert not any(n.op == "call_function" and getattr(n.target, "__module__", "").startswith("thirdparty")
+                   for n in graph.gm.graph.nodes)
+    small = fxsparse.export(model, graph, fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(0)))
+    assert _flops(small, inputs) <= 0.35 * _flops(model, inputs)

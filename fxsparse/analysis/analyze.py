@@ -1,6 +1,8 @@
 """``fxsparse.analyze``: trace, normalise, propagate channels, group them."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -8,31 +10,58 @@ from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
 from fxsparse.passes.channel_propagation import ChannelPropagation
 from fxsparse.passes.fuse_channel_shuffle import FuseChannelShuffle
 from fxsparse.passes.shape_prop import FLOPS, ShapeProp
-from fxsparse.analysis.capture import export_capture
+from fxsparse.analysis.capture import export_capture, is_transformers_model, opaque_calls, weight_transformed_convs
+from fxsparse.rules.layers import WEIGHT_TRANSFORMED_CONV
+from fxsparse.rules.registry import registered_targets
 from fxsparse.core.errors import InputError, TraceError
 from fxsparse.core.tracing import runs_eagerly, trace
 
 
-def _capture(model, example_inputs, leaf_modules, flops):
+def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves=()):
     """The graph with shapes and FLOPs recorded: symbolic tracing first, torch.export where
-    tracing fails or traces code that differs from what the model runs (see fxsparse.analysis.capture)."""
+    tracing fails, traces code that differs from what the model runs, or leaves a wrapped
+    function without a rule opaque (see fxsparse.analysis.capture)."""
+    if not leaf_modules and is_transformers_model(model):  # symbolic tracing always fails on them
+        try:
+            return _export_graph(model, example_inputs, flops), []
+        except TraceError as exc:
+            if not runs_eagerly(model, example_inputs):  # the inputs are the user's to fix
+                raise InputError(f"{type(model).__name__} fails on the example inputs "
+                                 f"{[tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]}"
+                                 ". Pass inputs the model accepts (e.g. token ids [batch, sequence]).") from exc
+            raise
     try:
-        gm, auto_leaves = trace(model, leaf_modules)
+        with warnings.catch_warnings(record=True) as leaf_warnings:
+            warnings.simplefilter("always")
+            gm, auto_leaves = trace(model, tuple(leaf_modules) + tuple(rule_leaves))
         ShapeProp(example_inputs, count_flops=flops)(gm)  # one forward gives shapes and FLOPs
-        return gm, auto_leaves
     except (TraceError, InputError) as exc:
         if leaf_modules or (isinstance(exc, InputError) and not runs_eagerly(model, example_inputs)):
             raise  # leaves only exist for symbolic tracing; inputs the model rejects are the user's to fix
-        traced_error = exc
+        return _export_graph(model, example_inputs, flops, traced_error=exc), []
+    if not leaf_modules and (auto_leaves or opaque_calls(gm, rules)):
+        # an untraceable submodule or a torch.fx.wrap-ed function with no rule would block every
+        # channel it touches: torch.export runs its Python and sees through it; where it
+        # cannot, the traced graph stays
+        try:
+            return _export_graph(model, example_inputs, flops), []
+        except TraceError:
+            pass
+    for w in leaf_warnings:  # the traced graph stays: its opaque leaves are reported
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return gm, auto_leaves
+
+
+def _export_graph(model, example_inputs, flops, traced_error=None):
     try:
         gm = export_capture(model, example_inputs)
     except TraceError as exc:
-        raise _blame_capture(traced_error, exc) from exc
+        raise (exc if traced_error is None else _blame_capture(traced_error, exc)) from exc
     try:
         ShapeProp(example_inputs, count_flops=flops)(gm)
     except InputError as exc:
         raise _blame_capture(exc) from exc
-    return gm, []
+    return gm
 
 
 def _blame_capture(exc, export_exc=None):
@@ -47,6 +76,17 @@ def _blame_capture(exc, export_exc=None):
         "fxsparse with this message.",
         location=exc.location,
     )
+
+
+def _with_weight_transformed_convs(model, leaf_modules, rules):
+    """The per-call rules with the weight-standardised convs' classes added (unless the user
+    has a rule for them), and those convs' paths, traced as leaves."""
+    found = weight_transformed_convs(model, skip={p for p in leaf_modules if isinstance(p, str)})
+    classes = {cls for cls in found.values() if cls not in (rules or {}) and cls not in registered_targets()}
+    if not classes:
+        return rules, []
+    return ({**{cls: WEIGHT_TRANSFORMED_CONV for cls in classes}, **(rules or {})},
+            [p for p, cls in found.items() if cls in classes])
 
 
 def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, flops=True) -> ChannelGraph:
@@ -64,7 +104,8 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops)
+    rules, rule_leaves = _with_weight_transformed_convs(model, leaf_modules, rules)
+    gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules, rule_leaves)
     FuseChannelShuffle()(gm)
     propagation = ChannelPropagation(rules)
     propagation(gm)

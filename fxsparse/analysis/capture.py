@@ -24,14 +24,81 @@ graph or a precise error.
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
+import math
+import operator
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fxsparse.core.errors import TraceError
 from fxsparse.passes.aten_to_torch import AtenToTorch
+from fxsparse.rules.registry import lookup
+
+_KNOWN_MODULES = ("torch", "operator", "_operator", "builtins", "math", "_functools", "functools")
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``transformers.PreTrainedModel`` (read off its class MRO, so
+    transformers is never imported): torch.fx cannot trace their forwards, so they go to
+    torch.export directly."""
+    return any(cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers.")
+               for cls in type(model).__mro__)
+
+
+_CONV_FORWARDS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+
+
+def weight_transformed_convs(model: nn.Module, skip=()) -> dict[str, type]:
+    """{path: class} of the convs whose class overrides ``forward`` as ``conv(x, f(params))``:
+    ``x`` goes straight into the one conv call and the weight is computed from parameters
+    only (weight standardisation, timm's StdConv2d / ScaledStdConv2d). They are traced as
+    leaves with :data:`fxsparse.rules.layers.WEIGHT_TRANSFORMED_CONV` (their channels prune;
+    traced into, the computed weight would block them)."""
+    found = {}
+    for path, module in model.named_modules():
+        base = next((b for b in _CONV_FORWARDS if type(module) is not b and isinstance(module, b)), None)
+        if base is None or type(module).forward is base.forward or module.groups != 1 or path in skip:
+            continue
+        try:
+            graph = fx.symbolic_trace(module).graph
+        except Exception:
+            continue
+        inputs = [n for n in graph.nodes if n.op == "placeholder"]
+        convs = [n for n in graph.nodes if n.op == "call_function" and n.target is _CONV_FORWARDS[base]]
+        if len(inputs) != 1 or len(convs) != 1 or list(inputs[0].users) != convs[0:1] or convs[0].args[0] is not inputs[0]:
+            continue
+        seen, stack = set(), [a for a in convs[0].all_input_nodes if a is not inputs[0]]
+        while stack:  # the weight, bias...: computed from parameters, never from the input
+            n = stack.pop()
+            if n is inputs[0]:
+                break
+            if n not in seen:
+                seen.add(n)
+                stack += n.all_input_nodes
+        else:
+            found[path] = type(module)
+    return found
+
+
+def _library_function(target) -> bool:
+    if target in (getattr, operator.getitem) or isinstance(target, type(builtins.len)) and target.__module__ in (None, "builtins"):
+        return True
+    module = getattr(target, "__module__", None) or ""
+    return module.split(".")[0] in _KNOWN_MODULES or target in vars(math).values()
+
+
+def opaque_calls(gm: fx.GraphModule, rules=None) -> list[fx.Node]:
+    """The call_function nodes of a traced graph that call a function torch.fx did not trace
+    into (a ``torch.fx.wrap``-ed user or library function) and that no rule (registered or
+    per call) describes: every channel entering one would be left unpruned."""
+    modules = dict(gm.named_modules())
+    return [node for node in gm.graph.nodes
+            if node.op == "call_function" and not _library_function(node.target)
+            and lookup(node, modules, rules) is None]
 
 
 @contextlib.contextmanager
@@ -50,8 +117,11 @@ def _without_kv_cache(model: nn.Module):
 
 
 def _dynamic_batch(example_inputs):
-    batch = torch.export.Dim("batch")
-    return tuple({0: batch} if isinstance(x, torch.Tensor) and x.dim() > 0 else None for x in example_inputs)
+    """Dim 0 of every input as a dynamic batch where the model allows it (``Dim.AUTO``: a model
+    that specialises on its batch size is captured static in the same call). A batch of 1
+    cannot be dynamic (torch.export specialises sizes 0 and 1): captured static."""
+    return tuple({0: torch.export.Dim.AUTO} if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] > 1 else None
+                 for x in example_inputs)
 
 
 def export_capture(model: nn.Module, example_inputs) -> fx.GraphModule:

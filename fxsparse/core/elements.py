@@ -20,6 +20,15 @@ class ElementTable:
     def __init__(self):
         self._parent: list[int] = []
         self._reason: dict[int, str] = {}
+        self._array = np.zeros(0, dtype=np.int64)  # a numpy copy of _parent for canonical()
+        self._changed: list[int] = []  # roots re-parented since the copy was synced
+
+    def __getstate__(self):
+        return {"_parent": self._parent, "_reason": self._reason}
+
+    def __setstate__(self, state):
+        self.__init__()
+        self._parent, self._reason = state["_parent"], state["_reason"]
 
     def __len__(self):
         return len(self._parent)
@@ -43,6 +52,7 @@ class ElementTable:
         if rb < ra:
             ra, rb = rb, ra
         self._parent[rb] = ra
+        self._changed.append(rb)
         moved = self._reason.pop(rb, None)
         if moved is not None:
             self._reason.setdefault(ra, moved)
@@ -51,9 +61,28 @@ class ElementTable:
         """The same array with every element replaced by its class representative."""
         if ids.size == 0:
             return ids
-        values, inverse = np.unique(ids, return_inverse=True)
-        roots = np.array([self.find(int(v)) if v >= 0 else NO_ELEMENT for v in values], dtype=np.int64)
-        return roots[inverse].reshape(ids.shape)
+        has = ids >= 0
+        if not has.any():
+            return np.full(ids.shape, NO_ELEMENT, dtype=np.int64)
+        parent = self._synced()
+        roots = parent[np.where(has, ids, 0)]
+        while True:  # pointer jumping, vectorised: a root is its own parent
+            up = parent[roots]
+            if np.array_equal(up, roots):
+                break
+            roots = up
+        return np.where(has, roots, NO_ELEMENT).astype(np.int64, copy=False)
+
+    def _synced(self) -> np.ndarray:
+        """The parent array as numpy: new elements appended, re-parented roots copied over
+        (path compression in find only shortcuts to ancestors, so the copy stays valid)."""
+        if len(self._array) < len(self._parent):
+            self._array = np.concatenate([self._array, np.arange(len(self._array), len(self._parent), dtype=np.int64)])
+        if self._changed:
+            idx = np.array(self._changed, dtype=np.int64)
+            self._array[idx] = [self._parent[i] for i in self._changed]
+            self._changed = []
+        return self._array
 
     def union_pairs(self, a: np.ndarray, b: np.ndarray) -> None:
         """Union a[i] with b[i] wherever both hold an element (arrays broadcast)."""
@@ -61,7 +90,11 @@ class ElementTable:
         keep = (a >= 0) & (b >= 0)
         if not keep.any():
             return
-        pairs = np.unique(np.stack([a[keep], b[keep]], axis=1), axis=0)
+        a, b = self.canonical(a[keep]), self.canonical(b[keep])
+        differ = a != b  # pairs already in one class need no union
+        if not differ.any():
+            return
+        pairs = np.unique(np.stack([a[differ], b[differ]], axis=1), axis=0)
         for x, y in pairs.tolist():
             self.union(x, y)
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .context import node_arg
-from .registry import register_rule
+from .registry import Rule, register_rule
 
 CONV_META = "fxsparse_conv"  # node.meta: "dense" | "depthwise" | "grouped"
 
@@ -209,4 +209,36 @@ def embedding_function(ctx, node):
     out = ctx.new_elements(out_shape[-1])
     ctx.member(*width, out)
     return ctx.along(len(out_shape), -1, out)
-del torch
+
+
+# ----- a conv whose forward transforms its weight (weight standardisation) ----------------
+def weight_transformed_conv(ctx, node):
+    """A ConvNd subclass whose forward is ``conv(x, f(weight, ...))`` (timm's StdConv2d:
+    the weight standardised per output channel). Its channels are those of the conv; ``f``
+    mixes each output channel's weights over the input channels, so removing an input
+    channel changes the kept weights: zeroing one is not removing it (masked form below)."""
+    out = conv_module(ctx, node)
+    if ctx.ids(node.args[0]) is not None:
+        ctx.mark_mixing(node, "its weight is transformed over its input channels (weight standardisation)")
+    mod = ctx.modules[node.target]
+    if out is not None:  # per-output-channel parameters of f (ScaledStdConv2d's gain) prune with the output
+        line = out.reshape(-1)
+        for name, p in mod.named_parameters(recurse=False):
+            if name not in ("weight", "bias") and p.dim() >= 1 and p.shape[0] == mod.out_channels == len(line) \
+                    and p[0].numel() == 1:
+                ctx.member(f"{node.target}.{name}", 0, line)
+    return out
+
+
+def weight_transformed_conv_masked(op, m, x):
+    """The conv computed as if the input channels where ``m`` is 0 were removed: the module's
+    own forward on the kept input channels and the weight sliced to them (so ``f`` sees
+    only kept weights, as in the exported model)."""
+    kept = torch.nonzero(m.transpose(0, 1).reshape(m.shape[1], -1).amax(dim=1) > 0).flatten()
+    params = dict(op.named_parameters(recurse=False))
+    params["weight"] = params["weight"].index_select(1, kept)
+    return torch.func.functional_call(op, params, (x.index_select(1, kept),))
+
+
+WEIGHT_TRANSFORMED_CONV = Rule(analyze=weight_transformed_conv, export=conv_module_export,
+                               masked=weight_transformed_conv_masked, name="weight_transformed_conv")

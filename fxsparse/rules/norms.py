@@ -57,20 +57,55 @@ def per_channel_norm_function(ctx, node):
 
 def group_norm(ctx, node):
     mod, t = ctx.modules[node.target], node.target
-    loc = f"GroupNorm at {ctx.where(node)}"
-    line = ctx.axis(node.args[0], 1, f"{loc}: channels must run along dim 1")
+    params = [f"{t}.weight", f"{t}.bias"] if mod.affine else []
+    return _group_norm(ctx, node, node.args[0], mod.num_groups, params, "GroupNorm")
+
+
+def _group_norm(ctx, node, x, num_groups, params, what):
+    """``params``: qualnames of the per-channel weight and bias (tied along the channels)."""
+    loc = f"{what} at {ctx.where(node)}"
+    line = ctx.axis(x, 1, f"{loc}: channels must run along dim 1")
     if line is None:
         return None
-    if mod.num_groups == 1:
+    if num_groups == 1:
         ctx.unprunable(line, f"{loc}: GroupNorm with one group normalises over all channels together")
-    for row in line.reshape(mod.num_groups, -1):
+    for row in line.reshape(num_groups, -1):
         ctx.elements.union_all(row)  # a group is the unit
         if (row < 0).any():
             ctx.unprunable(row, f"{loc}: a group mixes fixed and prunable channels")
-    if mod.affine:
-        ctx.member(f"{t}.weight", 0, line)
-        ctx.member(f"{t}.bias", 0, line)
-    return ctx.ids(node.args[0])
+    for qualname in params:
+        ctx.member(qualname, 0, line)
+    return ctx.ids(x)
+
+
+def _group_norm_signature(input, num_groups, weight=None, bias=None, eps=1e-5):
+    return input, num_groups, weight, bias, eps
+
+
+def group_norm_function(ctx, node):
+    x, num_groups, weight, bias, _ = _group_norm_signature(*node.args, **node.kwargs)
+    params = []
+    for name, arg in (("weight", weight), ("bias", bias)):
+        if isinstance(arg, fx.Node):
+            refs = ctx.free(arg)
+            if not refs or len(refs) != 1 or ctx.ids(arg) is not None:
+                ctx.unprunable(ctx.ids(x), f"group norm at {ctx.where(node)}: '{name}' is not a plain parameter")
+                return ctx.ids(x)
+            params.append(refs[0].qualname)
+    return _group_norm(ctx, node, x, num_groups, params, "group norm")
+
+
+def group_norm_function_export(ectx, node):
+    x, num_groups, *_ = _group_norm_signature(*node.args, **node.kwargs)
+    per_group = ectx.shape(x)[1] // num_groups
+    groups = ectx.pruned_size(x, 1) // per_group
+    if len(node.args) > 1:
+        node.args = (node.args[0], groups) + tuple(node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "num_groups": groups}
+
+
+register_rule(F.group_norm, export=group_norm_function_export)(group_norm_function)
 
 
 def group_norm_export(ectx, node):

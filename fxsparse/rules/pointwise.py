@@ -157,6 +157,15 @@ for _t in BINARY_FUNCTIONS + BINARY_METHODS:
     register_rule(_t)(nary)
 
 
+def new_tensor(ctx, node):
+    """``x.new_zeros(size)`` and alike: a fresh tensor of constant sizes; only ``x``'s dtype
+    and device carry over, none of its channels."""
+    return None
+
+
+register_rule("new_zeros", "new_ones", "new_empty", "new_full")(new_tensor)
+
+
 def prelu(ctx, node):
     mod = ctx.modules[node.target]
     ids = ctx.ids(node.args[0])

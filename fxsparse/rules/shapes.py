@@ -31,6 +31,9 @@ def _dim_map(in_shape, out_shape):
     mapping = [None] * len(out_shape)
     i = j = 0
     while i < len(in_shape) and j < len(out_shape):
+        if in_shape[i] != out_shape[j] and 1 in (in_shape[i], out_shape[j]):  # a unit dim added or dropped
+            i, j = (i + 1, j) if in_shape[i] == 1 else (i, j + 1)
+            continue
         if in_shape[i] == out_shape[j]:
             mapping[j] = i
             i += 1
@@ -110,6 +113,7 @@ def reshape_export(ectx, node):
 
 
 register_rule("view", "reshape", torch.reshape, export=reshape_export)(reshape_rule)
+register_rule("reshape_as", "view_as")(reshape_rule)  # to another value's (pruned) shape: no constant
 register_rule(torch.flatten, "flatten", nn.Flatten)(reshape_rule)
 
 
@@ -218,6 +222,10 @@ def expand_export(ectx, node):
     if node.target == "expand_as":
         return
     pruned = ectx.pruned_shape(node)
+    if all(p is None for p in pruned):  # a parameter expanded to constant sizes (not its broadcast dims)
+        src_shape = ectx.shape(node.args[0])
+        src_shape = (1,) * (len(pruned) - len(src_shape)) + tuple(src_shape)
+        pruned = [p if src_shape[d] != 1 else None for d, p in enumerate(_pruned_from_params(ectx, node))]
     args = list(node.args[1:])
     if len(args) == 1 and isinstance(args[0], (list, tuple)):
         args = list(args[0])

@@ -1,0 +1,32 @@
+"""Real `timm` models built by name from their configs (random weights, nothing downloaded):
+analyze -> export at 2 random keep-0.5 masks -> forward/backward -> equality with the masked
+reference -> a sparse step, with no per-model configuration. Skipped when timm is not
+installed (it is no extra: ``pip install --no-deps timm huggingface_hub pyyaml safetensors``,
+see benchmarks/thirdparty_timm.py)."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from thirdparty_timm import MODELS, build, import_timm  # noqa: E402
+from thirdparty_transformers import run_one  # noqa: E402  (the pipeline the benchmark reports on)
+
+if import_timm() is None:
+    pytest.skip("timm is not installed", allow_module_level=True)
+
+# one of each family in the default run; the rest are slow
+FAST = {"resnet18", "resnetv2_50x1_bit", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto",
+        "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(single_thread):
+    yield
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
+def test_timm_model(name):
+    status, why, flops, _ = run_one(name, models={name: lambda: build(name)})
+    assert status == "pass", why
+    assert flops is not None and flops < 1.0
