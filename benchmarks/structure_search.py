@@ -29,7 +29,7 @@ recorded is skipped, so a table can be completed over several sittings. Runs, pe
   (``@wall``, from their own ``@flops`` time).
 
 The fixed runs of a seed take the training FLOPs and the time of that seed's reference
-(``vrpge-width``) run; the default (``vrpge-width-mean``) costs 2-6% more FLOPs and 3-15%
+(``vrpge-width``) run; the default (``vrpge-width-mean``) costs 5-9% more FLOPs and 3-18%
 more time than it (two fresh score forwards instead of one), so against the default the
 fixed runs have slightly less of both. The comparisons the targets name run first, for every seed.
 * dense, one seed (a reference, not a contender).
