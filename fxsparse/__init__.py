@@ -5,15 +5,15 @@
     small = fxsparse.export(model, graph, keep)       # physically smaller nn.Module
 """
 from . import rules  # noqa: F401  (registers the built-in channel rules)
-from fxsparse.analysis.analyze import analyze
-from fxsparse.training.classifier import Classifier
-from fxsparse.core.errors import ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, TraceError
-from fxsparse.rewrite.export import export
-from fxsparse.analysis.graph import ChannelGraph, ChannelGroup, Member, count_flops
-from fxsparse.analysis.masks import normalize_keep, random_keep, topk_keep
-from fxsparse.step.optim import MaskedOptimizer
-from fxsparse.step.sparse import SparseModel, compile
+from .analysis.analyze import analyze
+from .analysis.graph import ChannelGraph, ChannelGroup, Member, count_flops
+from .analysis.masks import normalize_keep, random_keep, topk_keep
+from .core.errors import ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, TraceError
+from .rewrite.export import export
 from .rules.registry import Rule, register_rule
+from .step.optim import MaskedOptimizer
+from .step.sparse import SparseModel, compile
+from .training.classifier import Classifier
 
 __all__ = [
     "analyze", "export", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
