@@ -59,6 +59,7 @@ def _worker(rank, world, port, path):
     state = train(model, x, y, rank, world)
     if rank == 0:
         torch.save(state, path)
+    dist.barrier()  # a rank that destroys its group while a peer still talks to it aborts (gloo)
     dist.destroy_process_group()
 
 
