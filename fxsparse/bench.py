@@ -1,7 +1,7 @@
 """Training-step time of dense vs sparse execution, measured side by side in one run.
 
-    fxsparse bench [--models vgg11_bn resnet20] [--batch 64] [--keep 0.5] [--steps 10] [--precision bf16]
-                   [--json out.json]
+    fxsparse bench [--models vgg11_bn resnet20] [--batch 64] [--keep 0.5] [--steps 10]
+                   [--precision fp32 bf16] [--variants dense sparse exported ...] [--json out.json]
     (also: python benchmarks/step_time.py ...)
 
 Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep ratio):
@@ -11,15 +11,18 @@ Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep rat
   sparse eager / compiled: fxsparse.compile (capacity "exact": random masks keeping
     round(keep * size) channels per group, as the timing target asks);
   sparse compiled (Bernoulli): capacity "auto", masks drawn Bernoulli(keep) per channel;
+  sparse dynamic (exact counts / Bernoulli masks): capacity "dynamic", one graph whose kept
+    counts are symbolic sizes, run at each mask's exact counts (no padding);
   exported eager / compiled: the physically smaller model for one fixed mask.
 Time: every variant is built and warmed up (3 steps; compilation happens in the first, with
 a fresh compile cache unless --warm-cache), then all are timed round-robin, one step of
-each per round (--block K: K steps in a row, the step before them untimed), --steps
-rounds; the median per variant is reported, and for sparse vs
-exported compiled (timed back to back) also the median and quartiles of the per-round
-ratio, which the machine's drift between rounds does not move.
+each per round, the order reversed every other round (--block K: K steps in a row, the
+step before them untimed), --steps rounds; the median per variant is reported, and for
+the pairs in PAIRS (sparse / exported compiled, dynamic / static sparse, ...) the median
+and quartiles of the per-round ratio, which the machine's drift between rounds does not move.
 Precision: ``--precision bf16`` runs every variant's steps (and the memory count) under
-``torch.autocast("cpu", torch.bfloat16)``, as ``fxsparse train --precision bf16`` does.
+``torch.autocast("cpu", torch.bfloat16)``, as ``fxsparse train --precision bf16`` does;
+``--precision fp32 bf16`` measures both in one run, one after the other.
 Memory: parameters + gradients + optimizer state + the activations autograd saves for the
 backward (counted with torch.autograd.graph.saved_tensors_hooks on the eager step).
 """
@@ -107,9 +110,30 @@ def make_masked_dense_step(model, graph, x, y, keep, compile_):
     return step
 
 
-def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32"):
-    """Build every variant (first calls compile), then time them round-robin, one step of
-    each per round, so that machine drift hits all variants alike."""
+# name -> label; the order is the order they are built and timed in
+VARIANTS = {
+    "dense-eager": "dense eager", "dense": "dense compiled",
+    "masked-eager": "masked-dense eager", "masked": "masked-dense compiled",
+    "sparse-eager": "sparse eager", "sparse": "sparse compiled",
+    "sparse-bernoulli": "sparse compiled (Bernoulli masks)",
+    "dynamic": "sparse dynamic (exact counts)", "dynamic-bernoulli": "sparse dynamic (Bernoulli masks)",
+    "exported-eager": "exported eager", "exported": "exported compiled",
+}
+# (numerator, denominator): ratios of step times taken within each round (drift cancels)
+PAIRS = [("sparse compiled", "exported compiled"), ("sparse dynamic (exact counts)", "sparse compiled"),
+         ("sparse dynamic (Bernoulli masks)", "sparse compiled"),
+         ("sparse compiled (Bernoulli masks)", "sparse compiled"),
+         ("sparse dynamic (exact counts)", "exported compiled")]
+# sparse variants: (compile, capacity, masks drawn per channel (Bernoulli) or exact counts)
+SPARSE = {"sparse-eager": (False, "exact", False), "sparse": (True, "exact", False),
+          "sparse-bernoulli": (True, "auto", True), "dynamic": (True, "dynamic", False),
+          "dynamic-bernoulli": (True, "dynamic", True)}
+
+
+def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", variants=tuple(VARIANTS)):
+    """Build the chosen ``variants`` (first calls compile), then time them round-robin, one
+    step of each per round (the order reversed every other round), so that machine drift
+    hits all variants alike."""
     amp = Precision(precision, torch.device("cpu"))
 
     def in_precision(fn):
@@ -120,7 +144,7 @@ def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32"):
 
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    variants, first, info = {}, {}, {}
+    built, first, info = {}, {}, {}
 
     def fresh():
         torch.manual_seed(0)
@@ -133,61 +157,50 @@ def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32"):
         first[label] = time.perf_counter() - t
         for _ in range(2):
             fn()
-        variants[label] = fn
+        built[label] = fn
 
     graph = fxsparse.analyze(fresh(), x)
-    for compile_ in (False, True):
-        m = fresh()
-        step, opt = make_dense_step(m, x, y, compile_)
-        add(f"dense {'compiled' if compile_ else 'eager'}", step)
-        if not compile_:
-            info["_mem dense"] = saved_bytes(in_precision(lambda: F.cross_entropy(m(x), y))) + state_bytes(m.parameters(), opt)
-    for compile_ in (False, True):
-        add(f"masked-dense {'compiled' if compile_ else 'eager'}", make_masked_dense_step(fresh(), graph, x, y, keep, compile_))
-    for compile_, capacity, label in ((False, "exact", "sparse eager"), (True, "exact", "sparse compiled"),
-                                      (True, "auto", "sparse compiled (Bernoulli masks)")):
-        m = fresh()
-        sp = fxsparse.compile(m, x, keep=keep, compile=compile_, capacity=capacity, graph=fxsparse.analyze(m, x))
-        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        step = sp.make_train_step(F.cross_entropy, opt)
-        sp.train()
-        if capacity == "exact":
-            def run(sp=sp, step=step):
-                sp.masks = fxsparse.random_keep(sp.channel_graph, keep, sp.generator)
-                step(x, y)
-        else:
-            def run(sp=sp, step=step):
-                sp.sample_masks(keep)
-                step(x, y)
-        add(label, run)
-        info[f"_compilations {label}"] = sp
-        if label == "sparse eager":
-            plan = sp.step_inputs()
-            gathered, _, _ = gather_leaves(sp, plan)
-            act = saved_bytes(in_precision(lambda: F.cross_entropy(forward_gathered(sp, gathered, plan, x,
-                                                                                 empty_zeroed=True), y)))
-            compact_grads = sum(g.numel() * g.element_size() for g in gathered.values() if g.requires_grad)
-            dense_params = sum(p.numel() * p.element_size() for p in m.parameters())
-            state = state_bytes(m.parameters(), opt) - dense_params  # weights + optimizer state, grads compact
-            info["_mem sparse"] = act + state + compact_grads
     fixed = fxsparse.random_keep(graph, keep, torch.Generator().manual_seed(1))
-    for compile_ in (False, True):
-        small = fxsparse.export(fresh(), graph, fixed).train()
-        step, opt = make_dense_step(small, x, y, compile_)
-        add(f"exported {'compiled' if compile_ else 'eager'}", step)
-        if not compile_:
-            info["_mem exported"] = saved_bytes(in_precision(lambda: F.cross_entropy(small(x), y))) + state_bytes(small.parameters(), opt)
-    times = {k: [] for k in variants}
-    per_round = {k: [] for k in variants}
-    pair = ["sparse compiled", "exported compiled"]
-    others = [k for k in variants if k not in pair]
+    for key in variants:
+        label = VARIANTS[key]
+        compile_ = not key.endswith("-eager")
+        if key.startswith("dense") or key.startswith("exported"):
+            m = fresh() if key.startswith("dense") else fxsparse.export(fresh(), graph, fixed).train()
+            step, opt = make_dense_step(m, x, y, compile_)
+            add(label, step)
+            if not compile_:
+                info[f"_mem {key.split('-')[0]}"] = saved_bytes(in_precision(lambda: F.cross_entropy(m(x), y))) + \
+                    state_bytes(m.parameters(), opt)
+        elif key.startswith("masked"):
+            add(label, make_masked_dense_step(fresh(), graph, x, y, keep, compile_))
+        else:
+            compile_, capacity, bernoulli = SPARSE[key]
+            m = fresh()
+            sp = fxsparse.compile(m, x, keep=keep, compile=compile_, capacity=capacity, graph=fxsparse.analyze(m, x))
+            opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            step = sp.make_train_step(F.cross_entropy, opt)
+            sp.train()
+            if bernoulli:
+                def run(sp=sp, step=step):
+                    sp.sample_masks(keep)
+                    step(x, y)
+            else:
+                def run(sp=sp, step=step):
+                    sp.masks = fxsparse.random_keep(sp.channel_graph, keep, sp.generator)
+                    step(x, y)
+            add(label, run)
+            info[f"_compilations {label}"] = sp
+            if key == "sparse-eager":
+                info["_mem sparse"] = sparse_bytes(sp, m, opt, x, y, in_precision)
+    times = {k: [] for k in built}
+    per_round = {k: [] for k in built}
+    order = list(built)
     for r in range(steps):
-        # the pair back to back, which of the two goes first alternating (no order effect)
-        for label in others + (pair if r % 2 == 0 else pair[::-1]):
+        for label in (order if r % 2 == 0 else order[::-1]):
             block = []
             for i in range(block_steps + (block_steps > 1)):
                 t = time.perf_counter()
-                variants[label]()
+                built[label]()
                 if block_steps == 1 or i:  # in blocks, the first step (after another model's) is not timed
                     block.append(time.perf_counter() - t)
             times[label] += block
@@ -195,15 +208,45 @@ def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32"):
     rows = {k: (statistics.median(v), first[k]) for k, v in times.items()}
     for k, v in info.items():
         rows[k] = v.compilations if k.startswith("_compilations") else v
-    # the pair runs back to back: the ratio within a round cancels the machine's drift
-    rows["_ratio rounds"] = [s / e for s, e in zip(per_round["sparse compiled"], per_round["exported compiled"])]
+    for a, b in PAIRS:
+        if a in per_round and b in per_round:
+            rows[f"_ratio {a} / {b}"] = [s / e for s, e in zip(per_round[a], per_round[b])]
     return rows
+
+
+def sparse_bytes(sp, m, opt, x, y, in_precision):
+    """Training memory of the sparse step: activations saved for the backward, compact
+    gradients, dense weights and optimizer state."""
+    plan = sp.step_inputs()
+    gathered, _, _ = gather_leaves(sp, plan)
+    act = saved_bytes(in_precision(lambda: F.cross_entropy(forward_gathered(sp, gathered, plan, x, empty_zeroed=True), y)))
+    compact_grads = sum(g.numel() * g.element_size() for g in gathered.values() if g.requires_grad)
+    dense_params = sum(p.numel() * p.element_size() for p in m.parameters())
+    return act + state_bytes(m.parameters(), opt) - dense_params + compact_grads  # weights + state, grads compact
 
 
 def quartiles(values):
     """(first quartile, median, third quartile)."""
     q = statistics.quantiles(values, n=4) if len(values) > 1 else list(values) * 3
     return q[0], statistics.median(values), q[2]
+
+
+def print_rows(name, rows, args, precision):
+    base = rows.get("dense compiled", (None,))[0]
+    table = [[k, f"{v[0] * 1e3:.1f}", f"{base / v[0]:.2f}x" if base else "", f"{v[1]:.1f}"]
+             for k, v in rows.items() if not k.startswith("_")]
+    how = f"{args.steps} rounds of {args.block} steps in a row" if args.block > 1 else f"{args.steps} round-robin steps"
+    print(f"\n{name}, batch {args.batch}, keep {args.keep}, {precision}, {args.threads} threads, median of {how}")
+    print(tabulate(table, headers=["variant", "step ms", "speed-up vs dense compiled", "first call s (compile)"]))
+    for k, v in rows.items():
+        if k.startswith("_ratio "):
+            q1, mid, q3 = quartiles(v)
+            print(f"{k[7:]}: per round {mid:.3f}x (quartiles {q1:.3f}-{q3:.3f})")
+    if "_mem sparse" in rows and "_mem dense" in rows:
+        print(f"training memory sparse / dense: {rows['_mem sparse'] / rows['_mem dense']:.2f} "
+              f"({rows['_mem sparse'] / 2**20:.1f} MiB vs {rows['_mem dense'] / 2**20:.1f} MiB)")
+    compiled = {k[14:]: v for k, v in rows.items() if k.startswith("_compilations ")}
+    print("compilations: " + ", ".join(f"{k}: {v}" for k, v in compiled.items()))
 
 
 def main(argv=None):
@@ -217,8 +260,11 @@ def main(argv=None):
                         help="steps of a variant in a row per round (default 1: strict round-robin, every step "
                              "follows another model's, caches cold); with K > 1 each block runs K + 1 steps and "
                              "times the last K, as in a training loop")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="autocast dtype of every variant's step (default %(default)s; the bench runs on the CPU)")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="autocast dtype of every variant's step; several: each timed in the same run, "
+                             "one after the other (default %(default)s; the bench runs on the CPU)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
+                        help=f"which variants to build and time (default all: {' '.join(VARIANTS)})")
     parser.add_argument("--json", default="step_time.json")
     parser.add_argument("--warm-cache", action="store_true",
                         help="reuse torch.compile's on-disk cache (default: a fresh one, so compile times are cold)")
@@ -241,22 +287,10 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     results = {}
     for name in args.models:
-        rows = bench_model(name, args.batch, args.keep, args.steps, args.block, args.precision)
-        results[name] = rows
-        base = rows["dense compiled"][0]
-        table = [[k, f"{v[0] * 1e3:.1f}", f"{base / v[0]:.2f}x", f"{v[1]:.1f}"] for k, v in rows.items() if not k.startswith("_")]
-        how = f"{args.steps} rounds of {args.block} steps in a row" if args.block > 1 else f"{args.steps} round-robin steps"
-        print(f"\n{name}, batch {args.batch}, keep {args.keep}, {args.precision}, {args.threads} threads, median of {how}")
-        print(tabulate(table, headers=["variant", "step ms", "speed-up vs dense compiled", "first call s (compile)"]))
-        sc, ec = rows["sparse compiled"][0], rows["exported compiled"][0]
-        best_dense = min(rows["dense eager"][0], rows["dense compiled"][0])
-        q1, mid, q3 = quartiles(rows["_ratio rounds"])
-        print(f"sparse compiled vs the faster dense variant: {best_dense / sc:.2f}x; sparse compiled / exported compiled: "
-              f"{sc / ec:.2f}x (ratio of medians), per round {mid:.3f}x (quartiles {q1:.3f}-{q3:.3f}); "
-              f"training memory sparse / dense: {rows['_mem sparse'] / rows['_mem dense']:.2f} "
-              f"({rows['_mem sparse'] / 2**20:.1f} MiB vs {rows['_mem dense'] / 2**20:.1f} MiB; exported "
-              f"{rows['_mem exported'] / 2**20:.1f} MiB); compilations (sparse compiled): {rows['_compilations sparse compiled']}, "
-              f"(Bernoulli): {rows['_compilations sparse compiled (Bernoulli masks)']}")
+        for precision in args.precision:
+            rows = bench_model(name, args.batch, args.keep, args.steps, args.block, precision, args.variants)
+            results[name if len(args.precision) == 1 else f"{name} {precision}"] = rows
+            print_rows(name, rows, args, precision)
     with open(args.json, "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
     print(f"\nwrote {args.json}")

@@ -35,7 +35,7 @@ def rel_err(a, b):
 
 
 def check_steps(model, inputs, target, loss_fn, *, steps=3, keep=0.5, bernoulli=True, compile=False, tol=1e-5,
-                optimizer="sgd", seed=0, train=True, dtype=None):
+                optimizer="sgd", seed=0, train=True, dtype=None, align=None):
     """Runs ``steps`` sparse training steps; before each optimizer step compares output,
     loss and kept gradients with the exported model; after it checks pruned entries."""
     torch.manual_seed(seed)
@@ -43,7 +43,7 @@ def check_steps(model, inputs, target, loss_fn, *, steps=3, keep=0.5, bernoulli=
         model = model.to(dtype)
         inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in inputs)
     model.train(train)  # `if self.training` branches are fixed when the graph is traced
-    sp = fxsparse.compile(model, inputs, keep=keep, compile=compile, seed=seed)
+    sp = fxsparse.compile(model, inputs, keep=keep, compile=compile, seed=seed, align=align)
     sp.train(train)
     if optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)

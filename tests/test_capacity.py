@@ -21,7 +21,7 @@ def _sparse(compile=False, keep=0.5):
     torch.manual_seed(0)
     model = ConvBNNet(64, 48)
     x = torch.randn(8, 3, 6, 6)
-    return model, x, fxsparse.compile(model, x, keep=keep, compile=compile)
+    return model, x, fxsparse.compile(model, x, keep=keep, compile=compile, capacity="auto")
 
 
 def _probs(sp, fill):
@@ -68,7 +68,7 @@ def test_full_blocks_never_rebuild_and_growth_is_geometric():
     torch.manual_seed(0)
     model = ConvBNNet(16, 24)
     x = torch.randn(4, 3, 8, 8)
-    sp = fxsparse.compile(model, x, keep=0.5, compile=False)
+    sp = fxsparse.compile(model, x, keep=0.5, compile=False, capacity="auto")
     groups = sp.channel_graph.prunable_groups
     high = {g.id: torch.full((g.size,), 0.97) for g in groups}
     sp.fit_capacity(high)
@@ -77,7 +77,7 @@ def test_full_blocks_never_rebuild_and_growth_is_geometric():
     for _ in range(5):
         assert not sp.fit_capacity(high, shrink=False)
     assert sp.rebuilds == rebuilds and sp.plan.caps == full
-    sp2 = fxsparse.compile(ConvBNNet(16, 24), x, keep=0.1, compile=False)
+    sp2 = fxsparse.compile(ConvBNNet(16, 24), x, keep=0.1, compile=False, capacity="auto")
     before = sp2.rebuilds
     for p in torch.linspace(0.1, 0.9, 81):
         sp2.fit_capacity({g.id: torch.full((g.size,), float(p)) for g in groups}, shrink=False)
@@ -169,7 +169,7 @@ def test_vectorised_gather_index_equals_the_per_dim_definition():
 
     torch.manual_seed(0)
     model = zoo.create("resnet20")
-    sp = fxsparse.compile(model, torch.randn(2, 3, 32, 32), keep=0.5, compile=False)
+    sp = fxsparse.compile(model, torch.randn(2, 3, 32, 32), keep=0.5, compile=False, capacity="auto")
     layouts = {f"{n}|{d}": l for n, dims in sp.members.items() for d, l in dims}
     fast = GatherIndex(layouts)
     for _ in range(5):
@@ -189,7 +189,7 @@ def test_align_rounds_slots_up_and_padding_stays_exact():
     model = ConvBNNet(64, 45)
     x = torch.randn(8, 3, 6, 6)
     assert fxsparse.compile(model, x, keep=0.5, compile=False).align == 1  # CPU default
-    sp = fxsparse.compile(model, x, keep=0.5, compile=False, align=8)
+    sp = fxsparse.compile(model, x, keep=0.5, compile=False, align=8, capacity="auto")
     for cap, block, prunable in zip(sp.plan.caps, sp.plan.blocks, sp.plan.prunable):
         if prunable:
             assert cap % 8 == 0 or cap == len(block.classes)

@@ -87,9 +87,9 @@ def test_compiled_step_bounded_compilations_and_equal():
         sp.sample_masks(0.5)
         loss = step(x, y)
         assert torch.isfinite(loss)
-    # gather, forward + backward, update: 3 graphs per capacity set, at most one growth on top
-    assert 3 <= sp.compilations <= 6, sp.compilations
-    assert sp.compilations == 3 * (1 + sp.rebuilds), (sp.compilations, sp.rebuilds)
+    # gather, forward + backward, update: 3 graphs, the kept counts symbolic (dynamic capacities)
+    assert sp.capacity_mode == "dynamic"
+    assert sp.compilations == 3 and sp.rebuilds == 0, (sp.compilations, sp.rebuilds)
     sp.eval()
     small = sp.export().eval()
     out = sp(x)

@@ -75,20 +75,24 @@ class Plan:
 
     def set_initial_caps(self, keep: float, capacity="auto", headroom: float = 3.0) -> None:
         """``capacity``: "auto" (the expected kept count of a Bernoulli(keep) mask plus
-        ``headroom`` standard deviations), "exact" (round(keep * size)) or {block: slots}."""
+        ``headroom`` standard deviations), "exact" (round(keep * size)), {block: slots}, or
+        "dynamic" (every slot: the capacity model is the whole model, and each step keeps
+        only its real slots, see :class:`GatherIndex`)."""
         caps = list(self.caps)
         for i, b in enumerate(self.blocks):
             n = len(b.classes)
             if not self.prunable[i]:
                 continue
-            if capacity == "auto":
+            if capacity == "dynamic":
+                want = n
+            elif capacity == "auto":
                 want = keep * n + headroom * math.sqrt(n * keep * (1 - keep))
             elif capacity == "exact":
                 want = round(keep * n)
             elif isinstance(capacity, dict):
                 want = capacity.get(i, n)
             else:
-                raise ValueError(f"capacity must be 'auto', 'exact' or {{block: slots}}, got {capacity!r}")
+                raise ValueError(f"capacity must be 'auto', 'exact', 'dynamic' or {{block: slots}}, got {capacity!r}")
             caps[i] = self.round_cap(math.ceil(want), n)
         self.set_caps(caps)
 
@@ -183,6 +187,16 @@ class Plan:
             valid[self.offsets[i] : self.offsets[i] + len(kept)] = 1.0
         return classes, valid
 
+    def present_slots(self, masks) -> np.ndarray:
+        """Dynamic capacities: per global slot, whether this step runs it: each block's kept
+        count rounded up to ``align`` and to at least 2 (the rest are empty slots), at most
+        the block's size. torch.compile specialises sizes 0 and 1 (a graph of their own):
+        an empty slot for a count below 2 costs less than a recompile."""
+        present = np.zeros(self.offsets[-1], dtype=bool)
+        for i, count in enumerate(self.block_counts(masks)):
+            present[self.offsets[i]: self.offsets[i] + self.round_cap(max(count, 2), self.caps[i])] = True
+        return present
+
     def dim_layout(self, dense_classes: np.ndarray) -> DimLayout:
         """Layout of a capacity-model dim whose dense (unpruned) dim holds ``dense_classes``."""
         cap_kept = set()
@@ -226,6 +240,7 @@ class GatherIndex:
         self.fixed = np.concatenate([l.fixed for l in parts]) if parts else np.zeros(0, np.int64)
         gslot = np.concatenate([l.gslot for l in parts]) if parts else np.zeros(0, np.int64)
         self.live = np.flatnonzero(gslot >= 0)
+        self.segment = np.repeat(np.arange(len(parts)), self.lengths)  # the layout of each position
         self.gslot = gslot[self.live]
         occ = np.concatenate([l.occ for l in parts])[self.live] if parts else np.zeros(0, np.int64)
         # one sorted key per (layout, class) row of every layout's table: key = layout * K + class
@@ -238,7 +253,7 @@ class GatherIndex:
             rows.append(np.pad(pos, ((0, 0), (0, width - pos.shape[1]))))
         self.row_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         self.rows = np.concatenate(rows).reshape(-1) if rows else np.zeros(0, np.int64)
-        owner = np.repeat(np.arange(len(parts)), self.lengths)[self.live]
+        owner = self.segment[self.live]
         self.owner_key = owner * self.K
         self.width, self.occ = width, occ
         # first position of each layout (clipped for empty ones), for the per-layout "all real" flags
@@ -257,9 +272,11 @@ class GatherIndex:
                 self.lut[bases[i] + classes - lows[i]] = first_row[i] + np.arange(len(classes))
             self.owner_shift = (bases - lows)[owner]
 
-    def __call__(self, slot_class: np.ndarray, slot_valid: np.ndarray) -> dict:
+    def __call__(self, slot_class: np.ndarray, slot_valid: np.ndarray, present: np.ndarray | None = None) -> dict:
         """{key: (gather index, validity, real, full)}: int64 / float32 / bool tensors, and
-        whether every slot is real (a Python bool)."""
+        whether every slot is real (a Python bool). ``present`` (bool per global slot): only
+        the positions of present slots (dynamic capacities: each layout's length is then its
+        blocks' present counts)."""
         idx = self.fixed.copy()
         valid = np.ones(len(idx), dtype=np.float32)
         if len(self.live):
@@ -269,6 +286,18 @@ class GatherIndex:
                 row = np.searchsorted(self.row_keys, self.owner_key + slot_class[self.gslot])
             idx[self.live] = self.rows[row * self.width + self.occ]
             valid[self.live] = slot_valid[self.gslot]
+        if present is not None:
+            keep = np.ones(len(idx), dtype=bool)
+            keep[self.live] = present[self.gslot]
+            lengths = np.bincount(self.segment[keep], minlength=len(self.keys))
+            cuts = np.cumsum(lengths)[:-1]
+            # tensors of their own, not views: a view's storage offset would be one more
+            # symbolic size for torch.compile (and views of one storage alias each other)
+            out = {}
+            for key, i, v in zip(self.keys, np.split(idx[keep], cuts), np.split(valid[keep], cuts)):
+                i, v = torch.from_numpy(i.copy()), torch.from_numpy(v.copy())
+                out[key] = (i, v, v > 0, bool(v.all()))
+            return out
         idx_t, valid_t = torch.from_numpy(idx), torch.from_numpy(valid)
         full = [True] * len(self.keys)
         if len(valid):

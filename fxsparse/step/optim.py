@@ -179,7 +179,7 @@ def _entries(opt, compact):
             if id(p) in kept:
                 leaf, w, where = kept[id(p)]
                 if leaf.grad is not None:
-                    out.append((group, p, w.detach(), leaf.grad, where))
+                    out.append((group, p, w.detach() if w.requires_grad else w, leaf.grad, where))
             elif p.grad is not None:
                 out.append((group, p, p.detach(), p.grad, None))
     return out

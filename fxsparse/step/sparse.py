@@ -17,7 +17,9 @@ recompile limit never silently sends the step back to eager.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import time
 import types
 
 import numpy as np
@@ -29,16 +31,18 @@ from fxsparse.core.broadcast import left_pad
 from fxsparse.core.errors import NoPrunableGroupError
 from fxsparse.rewrite.export import export, tied_names
 from fxsparse.rewrite.run_check import check_runs, inputs_on_device_of
+from fxsparse.rewrite.shape_free import count_dependence
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.rewrite.layout import GatherIndex, Plan
 from fxsparse.step.train_step import device_of, forward_gathered, make_train_step, write_back_buffers
 from fxsparse.analysis.masks import check_fraction, normalize_keep, random_keep
 from fxsparse.passes.channel_propagation import IDS
 from fxsparse.passes.masked_mixing import MaskMixingOps
+from fxsparse.step.opaque_conv import OpaqueConvolutions
 from fxsparse.passes.shape_prop import SHAPE
 
 
-def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: bool = True, capacity="auto",
+def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: bool = True, capacity=None,
             headroom: float = 3.0, align: int | None = None, graph: ChannelGraph | None = None, leaf_modules=(), seed: int = 0,
             compile_update: bool = True):
     """Wrap ``model`` for sparse training. See :class:`SparseModel`."""
@@ -47,6 +51,22 @@ def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: boo
     graph = graph or analyze(model, example_inputs, leaf_modules=leaf_modules)
     return SparseModel(model, graph, keep=keep, compile=compile, capacity=capacity, headroom=headroom, align=align,
                        seed=seed, compile_update=compile_update)
+
+
+def resolve_capacity(model, graph, capacity):
+    """(the capacity policy to use, why the model needs static capacities or None).
+    ``None`` (the default): "dynamic" when one capacity model serves every count
+    (:func:`fxsparse.rewrite.shape_free.count_dependence`), else "auto"."""
+    if capacity is not None and capacity != "dynamic":
+        return capacity, None
+    reason = count_dependence(model, graph)
+    if reason is None:
+        return "dynamic", None
+    if capacity == "dynamic":
+        raise ValueError(f"capacity='dynamic' needs a model whose computation depends on channel counts only "
+                         f"through its tensors' shapes, but {reason}; use capacity=None (the default: static "
+                         f"capacities for such a model) or 'auto'")
+    return "auto", reason
 
 
 class SparseModel(nn.Module):
@@ -72,7 +92,7 @@ class SparseModel(nn.Module):
     (the compiled step functions of the current capacities, by key; emptied by a rebuild).
     """
 
-    def __init__(self, model, graph, *, keep=0.5, compile=True, capacity="auto", headroom=3.0, align=None, seed=0,
+    def __init__(self, model, graph, *, keep=0.5, compile=True, capacity=None, headroom=3.0, align=None, seed=0,
                  compile_update=True):
         super().__init__()
         if not graph.prunable_groups:
@@ -88,6 +108,12 @@ class SparseModel(nn.Module):
         if isinstance(align, bool) or not isinstance(align, int) or align < 1:
             raise ValueError(f"align must be a positive int (or None for 8 on GPU, 1 on CPU), got {align!r}")
         self.align = align
+        # dynamic capacities: the capacity model is the whole model and each step runs at its
+        # exact kept counts, compiled once with the counts as symbolic sizes (no padding)
+        capacity, self.static_reason = resolve_capacity(model, graph, capacity)
+        self.dynamic = capacity == "dynamic"
+        self.capacity_mode = capacity if isinstance(capacity, str) else "given"
+        self.compile_seconds = 0.0  # wall time of the steps that compiled a graph (see timed_compiles)
         self.use_compile = compile
         self.compile_update = bool(compile and compile_update)
         self.compilations = 0  # graphs compiled by torch.compile for this model (see _backend)
@@ -147,6 +173,8 @@ class SparseModel(nn.Module):
         policy (:meth:`fxsparse.rewrite.layout.Plan.fitted_caps`) changes them: grow before masks
         overflow, shrink once the probabilities sharpened (at most ``max_shrinks`` times once
         compiled). Returns whether it rebuilt."""
+        if self.dynamic:  # every count fits, and the step runs at the exact counts
+            return False
         compiled = bool(self.compiled_fns)
         caps, shrank = self.plan.fitted_caps(probs, self._masks, self._cap_flops, headroom=headroom, grow_at=grow_at,
                                              slack=slack, shrink_gain=shrink_gain, shrink=shrink and not (
@@ -170,9 +198,14 @@ class SparseModel(nn.Module):
         graph = self.channel_graph
         cap = export(self.model, graph, self.plan.cap_keep())
         # its own (capacity-sized) weights are never used: every step passes gathered ones
-        masking = MaskMixingOps(graph, self._tensor_layout_of(cap))
+        layout_of = self._tensor_layout_of(cap)
+        masking = MaskMixingOps(graph, layout_of)
         masking(cap)
         self._valid_buffers = masking.valid_buffers
+        # the layouts of the validity vectors, read now: they name nodes of this graph
+        self._valid_layouts = {buf: layout_of(node, dim) for buf, (node, dim) in self._valid_buffers.items()}
+        if self.dynamic and self.use_compile:  # inductor would read every convolution's channel counts as constants
+            OpaqueConvolutions()(cap)
         # not a registered submodule: its own (capacity-sized) weights are never used, and
         # DDP / state_dict / optimizers must only see the dense model's parameters
         placeholders = {}  # one per tensor: tied weights stay tied (functional_call fills them by one name)
@@ -224,7 +257,6 @@ class SparseModel(nn.Module):
             line = np.moveaxis(np.broadcast_to(ids, shape), dim, 0).reshape(shape[dim], -1)[:, 0]
             return self.plan.dim_layout(line)
 
-        self._layout_of = layout_of
         return layout_of
 
     # ----- masks ---------------------------------------------------------------------
@@ -271,17 +303,33 @@ class SparseModel(nn.Module):
         slot_class, slot_valid = self.plan.slot_classes(self._masks)
         if self._gather_index is None:  # built once per capacity set
             layouts = {f"{name}|{dim}": layout for name, dims in self.members.items() for dim, layout in dims}
-            layouts.update({buf: self._layout_of(node_name, dim) for buf, (node_name, dim) in self._valid_buffers.items()})
+            layouts.update(self._valid_layouts)
             self._gather_index = GatherIndex(layouts)
         out, empty = {}, set()
-        for key, (idx, valid, real, full) in self._gather_index(slot_class, slot_valid).items():
+        present = self.plan.present_slots(self._masks) if self.dynamic else None
+        for key, (idx, valid, real, full) in self._gather_index(slot_class, slot_valid, present).items():
             if key in self._valid_buffers:
                 out[f"{key}|valid"] = valid
             else:
                 out[f"{key}|idx"], out[f"{key}|valid"], out[f"{key}|real"] = idx, valid, real
                 if not full:
                     empty.add(key)
+        self.mark_counts(out)
         return (out, empty) if with_empty else out
+
+    def mark_counts(self, index: dict | None = None, tensors: dict | None = None) -> None:
+        """Dynamic capacities, compiled: mark the sizes that are kept counts (every index
+        vector's length, the gathered dims of member ``tensors``) as symbolic, so that the
+        first compile already covers every count (torch.compile would otherwise compile a
+        static graph first, then once more per size it sees change)."""
+        if not (self.dynamic and self.use_compile) or torch.compiler.is_compiling():  # marks are for inputs
+            return
+        mark = torch._dynamo.maybe_mark_dynamic
+        for t in (index or {}).values():
+            mark(t, 0)
+        for name, t in (tensors or {}).items():
+            for dim, _ in self.members.get(name, ()):
+                mark(t, dim)
 
     def keep_lines(self, index: dict) -> dict:
         """{parameter: [(dim, bool line of kept indices, ndim)]} for the masked optimizer."""
@@ -337,7 +385,8 @@ class SparseModel(nn.Module):
             fn = self.compiled_fns.get("forward")
             if fn is None:
                 fn = self.compiled_fns["forward"] = self.compile_fn(self.forward_dense)
-        return fn(self.dense_tensors(), index, *inputs)
+        with self.timed_compiles():
+            return fn(self.dense_tensors(), index, *inputs)
 
     @torch.no_grad()
     def losses(self, loss_fn, masks, *args) -> torch.Tensor:
@@ -365,7 +414,8 @@ class SparseModel(nn.Module):
                                     for index in indexes])
             fn = self.compile_fn(many_losses) if self.use_compile else many_losses
             self.compiled_fns[("losses", len(indexes), loss_fn)] = fn
-        out = fn(self.dense_tensors(), indexes, target, *inputs)
+        with self.timed_compiles():
+            out = fn(self.dense_tensors(), indexes, target, *inputs)
         if self.reduce_mean is not None:  # the losses of the whole batch (each process holds a shard),
             out = out.clone()             # averaged in the loss's own precision
             self.reduce_mean([out])
@@ -394,10 +444,35 @@ class SparseModel(nn.Module):
         compilations counted in ``self.compilations``. ``fn`` is compiled as a copy with its
         own code object: torch.compile caches graphs (and counts its recompile limit) per
         code object, so with shared code one model's rebuild would drop another model's
-        graphs, and several models together could reach the limit and run eagerly."""
+        graphs, and several models together could reach the limit and run eagerly.
+        Dynamic capacities: the sizes :meth:`mark_counts` marked are symbolic, and no two
+        are assumed equal because they are equal once (duck shaping would recompile when
+        two counts part)."""
         fn = _private_copy(fn)
         self._codes.add(fn.__code__ if not inspect.ismethod(fn) else fn.__func__.__code__)
-        return torch.compile(fn, backend=self._backend, dynamic=False)
+        if not self.dynamic:
+            return torch.compile(fn, backend=self._backend, dynamic=False)
+        compiled = torch.compile(fn, backend=self._backend, dynamic=None)
+
+        def run(*args, **kwargs):
+            # functional_call installs the gathered tensors as the module's parameters, which
+            # torch.compile would otherwise treat as static shapes
+            with torch.fx.experimental._config.patch(use_duck_shape=False), torch._dynamo.config.patch(
+                    force_parameter_static_shapes=False, force_nn_module_property_static_shapes=False):
+                return compiled(*args, **kwargs)
+
+        return run
+
+    @contextlib.contextmanager
+    def timed_compiles(self):
+        """Adds the block's wall time to ``compile_seconds`` when it compiled a graph (the
+        backward's graph compiles in the first backward, inside the same step)."""
+        before, start = self.compilations, time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.compilations != before:
+                self.compile_seconds += time.perf_counter() - start
 
     def _drop_compiled(self):
         """Forget the graphs compiled for the previous capacities: their shapes never come

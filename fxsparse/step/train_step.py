@@ -47,6 +47,10 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
         return loss_fn(sp.forward_dense(dense, index, *inputs), target)
 
     def step(*args):
+        with sp.timed_compiles():
+            return run_step(*args)
+
+    def run_step(*args):
         *inputs, target = args
         sp.buffers_to(device_of(inputs))
         index, empty = sp.step_inputs(with_empty=True)
@@ -85,6 +89,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
             step.skipped += 1
             return loss
         compact = [(by_name[n], gathered[n], weights[n], slots[n]) for n in slots if n in by_name]
+        sp.mark_counts(tensors={n: gathered[n].grad for n in slots if n in by_name and gathered[n].grad is not None})
         if sp.reduce_mean is not None:  # data parallel: every process updates with the mean gradient
             leaves = {id(p): leaf for p, leaf, _, _ in compact}  # the kept weights' gradients; the rest in .grad
             grads = [leaves[id(p)].grad if id(p) in leaves else p.grad for p in sp.model.parameters()]
@@ -113,8 +118,12 @@ def averaged(sp, loss):
 
 def slots_of(sp, index, name, device):
     """[(dim, gather index, real-slot line)] for a member tensor of the capacity model."""
-    return [(dim, index[f"{name}|{dim}|idx"].to(device), index[f"{name}|{dim}|real"].to(device))
-            for dim, _ in sp.members[name]]
+    out = []
+    for dim, _ in sp.members[name]:
+        where = {"idx": index[f"{name}|{dim}|idx"].to(device), "real": index[f"{name}|{dim}|real"].to(device)}
+        sp.mark_counts(where)  # a copy on another device carries no mark
+        out.append((dim, where["idx"], where["real"]))
+    return out
 
 
 def gather_all(tensors, wheres):
@@ -147,8 +156,12 @@ def gather_leaves(sp, index, gather_fn=gather_all, empty=None):
             if g.is_floating_point() and (has_empty_slot(index, name, dims) if empty is None
                                           else any(f"{name}|{dim}" in empty for dim, _ in dims)):
                 g = g.masked_fill(~real_slots(slots[name], g.dim()), 0)  # a copy: weights[name] stays
+            else:
+                g = g.detach()  # the leaf: weights[name] stays a plain tensor for the update
             g.requires_grad_(t.requires_grad)
         tensors[name] = g
+    sp.mark_counts(tensors=tensors)
+    sp.mark_counts(tensors=weights)
     return tensors, slots, weights
 
 

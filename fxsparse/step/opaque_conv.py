@@ -1,0 +1,131 @@
+"""Convolutions that torch.compile keeps as calls, so that their channel counts stay symbolic.
+
+Inductor lowers ``aten.convolution`` and its backward by reading the weight's sizes as
+concrete integers (it picks a kernel template per shape), so a graph whose kept channel
+counts are symbolic would be recompiled for every count a convolution sees. Wrapped in
+custom ops (``fxsparse::convolution`` and its backward), the convolutions run the same ATen
+kernels eagerly from inside the compiled graph, and every other op (BatchNorm, activations,
+pooling, the loss, the optimizer update) is still fused by inductor around them, with the
+counts symbolic. :class:`OpaqueConvolutions` rewrites a GraphModule's convolutions to them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+
+@torch.library.custom_op("fxsparse::convolution", mutates_args=())
+def convolution(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
+                padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+
+
+@convolution.register_fake
+def _(x, weight, bias, stride, padding, dilation, groups):
+    return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+
+
+@torch.library.custom_op("fxsparse::convolution_backward", mutates_args=())
+def convolution_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
+                         padding: list[int], dilation: list[int], groups: int,
+                         mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gx, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]], stride, padding, dilation,
+                                                     False, [0] * len(stride), groups, mask)
+    # a custom op returns tensors: an unneeded gradient is an empty one (never read)
+    return tuple(g if g is not None else grad.new_empty(0) for g in (gx, gw, gb))
+
+
+@convolution_backward.register_fake
+def _(grad, x, weight, stride, padding, dilation, groups, mask):
+    return (x.new_empty(x.shape) if mask[0] else grad.new_empty(0),
+            weight.new_empty(weight.shape) if mask[1] else grad.new_empty(0),
+            grad.new_empty(weight.shape[0]) if mask[2] else grad.new_empty(0))
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.conv = (stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [bool(needs[0]), bool(needs[1]), bool(ctx.has_bias and needs[2])]
+    gx, gw, gb = convolution_backward(grad, x, weight, *ctx.conv, mask)
+    return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None)
+
+
+convolution.register_autograd(_backward, setup_context=_setup)
+
+def autocast_convolution(x, weight, bias, stride, padding, dilation, groups):
+    """:func:`convolution` under the caller's autocast as ``F.conv2d`` would be: a custom op
+    is not on autocast's lists, so the inputs are cast here to the autocast dtype."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    return torch.ops.fxsparse.convolution(x, weight, bias, stride, padding, dilation, groups)
+
+
+_FUNCTIONS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _expand(value, n):
+    return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * n
+
+
+class OpaqueConvolutions(PassBase):
+    """Every convolution of the graph (``nn.ConvNd`` with zero padding mode, ``F.convNd``
+    with numeric padding) as a call to :func:`convolution`; the others stay as they are."""
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        modified = False
+        for node in list(gm.graph.nodes):
+            replacement = self._conv_args(gm, node)
+            if replacement is None:
+                continue
+            with gm.graph.inserting_before(node):
+                args = [gm.graph.get_attr(a) if isinstance(a, str) else a for a in replacement[:3]]
+                new = gm.graph.call_function(autocast_convolution, (*args, *replacement[3:]))
+            new.meta.update(node.meta)
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            modified = True
+        if modified:
+            gm.graph.lint()
+            gm.recompile()
+        return PassResult(gm, modified)
+
+    @staticmethod
+    def _conv_args(gm, node):
+        """(input, weight, bias, stride, padding, dilation, groups) of a convolution node
+        (weight/bias as attribute names for a module), None for anything else."""
+        if node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            if type(mod) not in _MODULES or mod.padding_mode != "zeros" or isinstance(mod.padding, str) \
+                    or len(node.args) != 1 or node.kwargs:
+                return None
+            n = len(mod.kernel_size)
+            bias = f"{node.target}.bias" if mod.bias is not None else None
+            return (node.args[0], f"{node.target}.weight", bias, _expand(mod.stride, n), _expand(mod.padding, n),
+                    _expand(mod.dilation, n), mod.groups)
+        if node.op == "call_function" and node.target in _FUNCTIONS:
+            n = _FUNCTIONS[node.target]
+            names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+            defaults = [None, None, None, 1, 0, 1, 1]
+            values = dict(zip(names, defaults))
+            values.update(zip(names, node.args))
+            values.update(node.kwargs)
+            if isinstance(values["padding"], str) or any(isinstance(values[k], fx.Node)
+                                                           for k in ("stride", "padding", "dilation", "groups")):
+                return None
+            return (values["input"], values["weight"], values["bias"], _expand(values["stride"], n),
+                    _expand(values["padding"], n), _expand(values["dilation"], n), int(values["groups"]))
+        return None

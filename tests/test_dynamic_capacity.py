@@ -1,0 +1,157 @@
+"""Dynamic capacities: one compiled graph per step function whose kept-channel counts are
+symbolic sizes; every step runs at its mask's own counts and equals the exported model."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxsparse
+from fxsparse.methods.vrpge.learner import StructureLearner
+from fxsparse.rewrite.shape_free import count_dependence
+from sparse_checks import ConvBNNet, check_steps
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c3, self.b3 = nn.Conv2d(16, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(x + self.b2(self.c2(x)))
+        x = F.relu(self.b3(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class FlattenByConstant(nn.Module):  # LeNet's way: the flattened width is a literal
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.c(x)).view(-1, 8 * 6 * 6))
+
+
+class Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.dw, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.dw(F.relu(self.c(x))).mean((2, 3)))
+
+
+class ChannelNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = nn.Linear(6, 16), nn.LayerNorm(16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.b(self.norm(F.relu(self.a(x))))
+
+
+def _data(shape=(8, 3, 8, 8), classes=5):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(*shape, generator=g), torch.randint(0, classes, (shape[0],), generator=g)
+
+
+@pytest.mark.parametrize("model, word", [(FlattenByConstant(), "constant"), (Depthwise(), "groups"),
+                                         (ChannelNorm(), "normalized_shape")])
+def test_what_pins_a_count_is_named_and_the_default_falls_back_to_static(model, word):
+    x = torch.randn(2, 6) if isinstance(model, ChannelNorm) else torch.randn(2, 3, 8, 8)
+    graph = fxsparse.analyze(model, x)
+    assert word in count_dependence(model, graph)
+    sp = fxsparse.compile(model, x, compile=False, graph=graph)
+    assert sp.capacity_mode == "auto" and word in sp.static_reason
+    with pytest.raises(ValueError, match="capacity=None"):
+        fxsparse.compile(model, x, compile=False, capacity="dynamic", graph=graph)
+
+
+def test_models_without_count_constants_default_to_dynamic():
+    for model in (Residual(), ConvBNNet()):
+        x, _ = _data()
+        assert count_dependence(model, fxsparse.analyze(model, x)) is None
+        assert fxsparse.compile(model, x, compile=False).capacity_mode == "dynamic"
+
+
+@pytest.mark.parametrize("align", [1, 4])
+def test_eager_dynamic_steps_equal_the_exported_model(align):
+    """Outputs, losses, kept gradients and untouched pruned entries against the exported
+    model, masks of a new size every step (align 4: counts rounded up, empty slots)."""
+    x, _ = _data()
+    y = torch.randint(0, 4, (8,))
+    sp = check_steps(ConvBNNet(), (x,), y, F.cross_entropy, steps=4, align=align)
+    assert sp.dynamic
+
+
+def _exported_loss(sp, x, y):
+    small = sp.export().train()
+    with torch.no_grad():
+        return float(F.cross_entropy(small(x), y))
+
+
+def test_compiled_dynamic_step_one_graph_per_function_at_every_count():
+    """Keep probabilities from 0.15 to 0.95: the counts change every step, the step
+    compiles once (gather, forward + backward, update) and each loss equals the exported
+    model's for that mask at the pre-step weights; the weights equal an eager twin's."""
+    torch.manual_seed(0)
+    x, y = _data()
+    model, twin = Residual(), Residual()
+    twin.load_state_dict(model.state_dict())
+    sp = fxsparse.compile(model, x, keep=0.5, compile=True, seed=3)
+    eager = fxsparse.compile(twin, x, keep=0.5, compile=False, seed=3)
+    step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    twin_step = eager.make_train_step(F.cross_entropy, torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9))
+    sp.train(), eager.train()
+    seen = set()
+    for i in range(9):
+        masks = sp.sample_masks(0.15 + 0.1 * i)
+        eager.masks = masks
+        seen.add(tuple(sp.plan.block_counts(sp.current_masks)))
+        ref = _exported_loss(sp, x, y)
+        loss = float(step(x, y))
+        assert abs(loss - ref) <= 1e-5 * max(1.0, abs(ref)), (i, loss, ref)
+        assert abs(loss - float(twin_step(x, y))) <= 1e-5 * max(1.0, abs(ref))
+    assert len(seen) == 9
+    # gather, forward + backward, update: once each (twice at most: torch.compile's on-disk
+    # caches have been seen to add one recompile)
+    assert 3 <= sp.compilations <= 6, sp.compilations
+    assert sp.rebuilds == 0
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
+    for (name, b), c in zip(model.named_buffers(), twin.buffers()):
+        assert torch.allclose(b.float(), c.float(), rtol=1e-4, atol=1e-6), name
+    assert sp.compile_seconds > 0
+
+
+def test_a_search_whose_scores_move_compiles_each_function_once():
+    """1,000 structure-search steps (score forwards + weight step) with the scores moving:
+    one graph for the score forwards, one per training-step function; every training
+    loss equals the exported model's for its mask."""
+    torch.manual_seed(0)
+    x, y = _data((16, 3, 8, 8))
+    model = Residual()
+    sp = fxsparse.compile(model, x, keep=0.5, compile=True)
+    step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9))
+    learner = StructureLearner(sp, keep=0.5, budget="channels", lr=0.05, granularity="channel", steps=1000)
+    sp.train()
+    start = learner.probs().clone()
+    counts = set()
+
+    def checked_step(*batch):
+        counts.add(tuple(sp.plan.block_counts(sp.current_masks)))
+        ref = _exported_loss(sp, x, y)
+        loss = step(*batch)
+        assert abs(float(loss) - ref) <= 1e-4 * max(1.0, abs(ref))
+        return loss
+
+    for _ in range(1000):
+        learner.step(checked_step, F.cross_entropy, x, y)
+    assert float((learner.probs() - start).abs().max()) > 0.3  # the scores moved
+    assert len(counts) > 20  # many capacities visited
+    assert sp.compilations <= 8, sp.compilations  # gather, forward + backward, update, score forwards: <= 2 each
+    assert sp.rebuilds == 0
