@@ -371,7 +371,8 @@ def test_compiles_are_announced_before_the_wait(data_dir, tmp_path):
     said = []
     cfg = _config(data_dir, tmp_path / "c", method="random", epochs=0.5, finetune_epochs=0, compile=True)
     tr = Trainer(cfg, log=said.append, progress=False)
-    tr.run()
+    summary = tr.run()
+    assert 0 < summary["compile_s"] <= summary["wall_s"]  # the summary reports the compile time
     first = next(i for i, s in enumerate(said) if s.startswith("compiling the training step of the exported model"))
     done = next(i for i, s in enumerate(said) if s.startswith("compiled in "))
     row = next(i for i, s in enumerate(said) if s.split()[:2] == ["0.5", "fixed"])

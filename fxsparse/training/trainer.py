@@ -188,6 +188,7 @@ class Trainer:
         self._bar = None            # the epoch's progress bar
         self._compile_pending = self._recompiling = False  # the next step compiles / recompiles
         self._compile_s = {}        # how long the first step's compile took, per step kind
+        self.compile_s = 0.0        # wall time of this process's training steps that compiled
         self._compiles_before = 0
         self._compiling = dict(self._TRAINER_COMPILING)  # what a phase's first step compiles, for the log
         self.run_context = RunContext(model=model, graph=self.graph, loss_fn=self.loss_fn, keep=config.keep,
@@ -534,6 +535,7 @@ class Trainer:
         if not compiled or not self.config.compile:
             return
         took = time.perf_counter() - t_step
+        self.compile_s += took
         if self._compile_pending:
             self._compile_s[self._compiling.get(self._phase_built)] = took
             self._say(f"compiled in {took:.0f} s")
@@ -649,7 +651,7 @@ class Trainer:
                    "train_tflop_dense": TRAIN_FACTOR * self.flops.dense * self.state.total_steps * self.config.batch_size / 1e12,
                    "final_keep": last["realised_keep"], "final_flops_frac": last["realised_flops_frac"],
                    "params": params, "dense_params": dense_params,
-                   "wall_s": self.elapsed, "compilations": getattr(self.sp, "compilations", None),
+                   "wall_s": self.elapsed, "compile_s": self.compile_s, "compilations": getattr(self.sp, "compilations", None),
                    "units": UNITS, "files": files, "preprocessing": final.preprocessing()}
         if self.writer:
             checkpoint.write_json_atomic(summary, files["summary.json"])
