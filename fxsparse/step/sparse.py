@@ -456,9 +456,12 @@ class SparseModel(nn.Module):
 
         def run(*args, **kwargs):
             # functional_call installs the gathered tensors as the module's parameters, which
-            # torch.compile would otherwise treat as static shapes
+            # torch.compile would otherwise treat as static shapes; every other size stays
+            # static: automatic dynamic shapes keeps a profile per code location, so sizes of
+            # another model compiled from the same code would turn dense tensors dynamic here
             with torch.fx.experimental._config.patch(use_duck_shape=False), torch._dynamo.config.patch(
-                    force_parameter_static_shapes=False, force_nn_module_property_static_shapes=False):
+                    force_parameter_static_shapes=False, force_nn_module_property_static_shapes=False,
+                    automatic_dynamic_shapes=False):
                 return compiled(*args, **kwargs)
 
         return run
