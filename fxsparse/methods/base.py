@@ -71,6 +71,7 @@ class RunContext:
     weight_schedule: Callable            # weight_schedule(optimizer, phase, start, steps) -> a schedule
     train_batches: Callable              # train_batches(n) -> the first n training batches (a list)
     accuracy: Callable                   # accuracy(masks, batches) -> accuracy of the exported model
+    scaler: object = None                # fp16: the run's torch.amp.GradScaler, for a phase's own step
 
 
 @dataclasses.dataclass
@@ -118,6 +119,11 @@ class Method:
         """Set up the method's own phase ``phase`` (not one of ``TRAINER_PHASES``), which
         runs ``steps`` steps from the run's step ``start``."""
         raise NotImplementedError(f"method {self.name!r} has no phase {phase!r}")
+
+    def scales_loss(self, phase: str) -> bool:
+        """Whether the method's own phase ``phase`` trains with the run's gradient scaler
+        (``RunContext.scaler``, fp16) when it has one; the trainer refuses fp16 otherwise."""
+        return False
 
     def phase_step(self, phase: str, x, y) -> tuple:
         """One step of the method's own phase: (loss, [the channel masks it trained],

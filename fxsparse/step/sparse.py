@@ -435,9 +435,10 @@ class SparseModel(nn.Module):
             gathered[name] = t
         return forward_gathered(self, gathered, index, *inputs)
 
-    def make_train_step(self, loss_fn, optimizer, skip_nonfinite: bool = True):
-        """``step(*inputs, target) -> loss``: see :func:`fxsparse.step.train_step.make_train_step`."""
-        return make_train_step(self, loss_fn, optimizer, skip_nonfinite=skip_nonfinite)
+    def make_train_step(self, loss_fn, optimizer, skip_nonfinite: bool = True, scaler=None):
+        """``step(*inputs, target) -> loss``: see :func:`fxsparse.step.train_step.make_train_step`
+        (``scaler``: a ``torch.amp.GradScaler`` for fp16 loss scaling)."""
+        return make_train_step(self, loss_fn, optimizer, skip_nonfinite=skip_nonfinite, scaler=scaler)
 
     def compile_fn(self, fn):
         """``torch.compile`` for this model's step functions: static shapes (the capacities),

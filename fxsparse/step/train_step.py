@@ -6,6 +6,10 @@ backward produces gradients of kept weights only; SGD / Adam / AdamW then read a
 only the kept entries of the weights and of their optimizer state (pruned entries stay
 bit-identical, no dense-size gradient exists). Any other optimizer runs on dense
 gradients through :class:`~fxsparse.step.optim.MaskedOptimizer`.
+
+With a gradient scaler (fp16) the backward runs on the scaled loss and the gradients are
+unscaled before the update; a step whose gradients overflowed updates nothing and backs
+the scale off (:class:`LossScaling`).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ def device_of(inputs):
     return next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
 
 
-def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
+def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True, scaler=None):
     """``step(*inputs, target) -> loss``: forward, loss, backward and optimizer step for
     the current masks, compiled when the model was built with compile=True.
 
@@ -32,9 +36,16 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
     (pruned ones stay bit-identical; no dense-size gradient is materialised). Any other
     optimizer runs on dense gradients wrapped in :class:`MaskedOptimizer`.
 
-    ``skip_nonfinite``: a step whose loss is NaN/inf updates no weight and no optimizer
-    state (on the compact path no running statistic either) and counts in
-    ``step.skipped``; the loss is returned so the caller can warn."""
+    ``skip_nonfinite``: a step whose loss is NaN/inf updates no weight, no optimizer
+    state and no running statistic, and counts in ``step.skipped``; the loss is returned
+    so the caller can warn.
+
+    ``scaler``: a ``torch.amp.GradScaler`` (or an object with its public API) for fp16
+    autocast: the backward runs on ``scaler.scale(loss)``, the gradients the update reads
+    (the kept weights' and the plain ``.grad`` of the rest) are unscaled, and a step whose
+    gradients hold an inf/NaN updates nothing (as a non-finite loss does), backs the scale
+    off and counts in ``step.overflows``; the scale grows after the scaler's growth
+    interval of good steps (:class:`LossScaling`, ``step.loss_scaling``)."""
     base = optimizer.optimizer if isinstance(optimizer, MaskedOptimizer) else optimizer
     update = compact_update_for(base)
     fallback = None if update is not None else MaskedOptimizer(base, sp)
@@ -45,6 +56,32 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
 
     def dense_forward_loss(dense, index, target, *inputs):
         return loss_fn(sp.forward_dense(dense, index, *inputs), target)
+
+    scaling = LossScaling(scaler)
+
+    def decided(loss, grads) -> bool:
+        """Whether to update: the gradients averaged (data parallel: every process updates
+        with the mean gradient) and unscaled, the loss and, with a scaler, the gradients
+        checked. Host-device sync, the step's only one: whether to update is a decision on
+        the loss's (and the gradients') values, alike on every process (both are means)."""
+        if scaling.scaler is None:
+            if skip_nonfinite and not all_finite(loss):
+                step.skipped += 1
+                return False
+            if sp.reduce_mean is not None:
+                sp.reduce_mean(grads)
+            return True
+        if sp.reduce_mean is not None:  # the scaled gradients: unscaling commutes with the mean
+            sp.reduce_mean(grads)
+        found_inf = scaling.unscale_(grads, loss.device)
+        nonfinite_loss, overflow = (bool(v) for v in torch.cat(
+            [(~torch.isfinite(loss)).reshape(1).to(found_inf.dtype), found_inf.reshape(1) > 0]).tolist())
+        if skip_nonfinite and nonfinite_loss:  # not the scale's doing: the scale stays
+            step.skipped += 1
+            return False
+        scaling.update(overflow)
+        step.overflows = scaling.overflows
+        return not overflow
 
     def step(*args):
         with sp.timed_compiles():
@@ -68,32 +105,34 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
             sp.compiled_fns["step"] = cached = (sp.capacity_model, fl, kernel, gather_fn)
         _, fl, kernel, gather_fn = cached
         base.zero_grad(set_to_none=True)
+        # what the forward updates in place on the dense model (the dense path: every running
+        # statistic; the compact one: those not gathered, e.g. BN's batch counters): copies
+        # put back when the step is skipped
+        dense = sp.dense_tensors()
+        touched = [dense[n] for n in sp.buffer_names if update is None or n not in sp.members]
+        saved = [b.clone() for b in touched]
         if update is None:
-            loss = fl(sp.dense_tensors(), index, target, *inputs)
-            loss.backward()
+            loss = fl(dense, index, target, *inputs)
+            scaling.backward(loss)
             loss = averaged(sp, loss)
-            if skip_nonfinite and not all_finite(loss):  # host-device sync: the skip decision
-                step.skipped += 1
+            if not decided(loss, [p.grad for p in sp.model.parameters() if p.grad is not None]):
+                restore_(touched, saved)
                 return loss
-            if sp.reduce_mean is not None:
-                sp.reduce_mean([p.grad for p in sp.model.parameters() if p.grad is not None])
             fallback.step()
             return loss
         gathered, slots, weights = gather_leaves(sp, index, gather_fn, empty)
         loss = fl(gathered, index, target, *inputs)
-        loss.backward()
+        scaling.backward(loss)
         loss = averaged(sp, loss)
-        # before any write: nothing changes. Host-device sync (the step's only one): whether to
-        # update is a decision on the loss's value
-        if skip_nonfinite and not all_finite(loss):
-            step.skipped += 1
-            return loss
         compact = [(by_name[n], gathered[n], weights[n], slots[n]) for n in slots if n in by_name]
         sp.mark_counts(tensors={n: gathered[n].grad for n in slots if n in by_name and gathered[n].grad is not None})
-        if sp.reduce_mean is not None:  # data parallel: every process updates with the mean gradient
-            leaves = {id(p): leaf for p, leaf, _, _ in compact}  # the kept weights' gradients; the rest in .grad
-            grads = [leaves[id(p)].grad if id(p) in leaves else p.grad for p in sp.model.parameters()]
-            sp.reduce_mean([g for g in grads if g is not None])
+        leaves = {id(p): leaf for p, leaf, _, _ in compact}  # the kept weights' gradients; the rest in .grad
+        grads = [leaves[id(p)].grad if id(p) in leaves else p.grad for p in sp.model.parameters()]
+        # before any write: a skipped step changes nothing (no weight, optimizer state or
+        # running statistic: those are written back below)
+        if not decided(loss, [g for g in grads if g is not None]):
+            restore_(touched, saved)
+            return loss
         arguments, eager = update.arguments(base, compact)
         if arguments is not None:
             with torch.no_grad():
@@ -103,7 +142,80 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True):
 
     step.optimizer = base
     step.skipped = 0
+    step.overflows = 0
+    step.loss_scaling = scaling
     return step
+
+
+class LossScaling:
+    """Loss scaling of the compact step with a ``torch.amp.GradScaler`` (or an object with
+    its public API: ``scale``, ``update(new_scale)``, ``get_growth_factor``,
+    ``get_backoff_factor``, ``get_growth_interval``). The scaler's own ``unscale_`` /
+    ``step`` work on an optimizer's ``p.grad``, and the compact step's gradients are on
+    gathered leaves, so the unscaling and the growth/backoff are done here: the scale is
+    set through ``update(new_scale=...)``, and the count of good steps since the last
+    change is kept here (``state_dict``: a checkpoint of the step saves it with the
+    scaler's)."""
+
+    def __init__(self, scaler=None):
+        enabled = scaler is not None and getattr(scaler, "is_enabled", lambda: True)()
+        self.scaler = scaler if enabled else None
+        self.good_steps = 0   # unskipped steps since the scale last changed
+        self.overflows = 0    # steps skipped because a gradient overflowed
+        self.scale = None     # this step's scale, a 0-dim tensor on the device
+
+    def backward(self, loss):
+        if self.scaler is None:
+            loss.backward()
+            return
+        # the scale as a tensor (get_scale() would sync with the device)
+        self.scale = self.scaler.scale(torch.ones((), device=loss.device, dtype=torch.float32))
+        self.scaler.scale(loss).backward()
+
+    @torch.no_grad()
+    def unscale_(self, grads, device) -> torch.Tensor:
+        """``grads`` divided by the scale in place (the fused kernel GradScaler.unscale_
+        runs); a 1-element tensor, nonzero when one of them holds an inf/NaN. No sync."""
+        found_inf = torch.zeros(1, device=device, dtype=torch.float32)
+        inv_scale = self.scale.double().reciprocal().float()
+        by_dtype = {}
+        for g in grads:
+            by_dtype.setdefault(g.dtype, []).append(g)
+        for group in by_dtype.values():
+            torch._amp_foreach_non_finite_check_and_unscale_(group, found_inf, inv_scale)
+        return found_inf
+
+    def update(self, overflow: bool):
+        """GradScaler's schedule: back off at an overflow, grow after ``growth_interval``
+        good steps in a row (not to an inf)."""
+        if overflow:
+            self.overflows += 1
+            self.good_steps = 0
+            self.scaler.update(new_scale=self.scale * self.scaler.get_backoff_factor())
+            return
+        self.good_steps += 1
+        if self.good_steps >= self.scaler.get_growth_interval():
+            self.good_steps = 0
+            grown = self.scale * self.scaler.get_growth_factor()
+            self.scaler.update(new_scale=torch.where(torch.isfinite(grown), grown, self.scale))
+
+    def state_dict(self) -> dict:
+        return {"good_steps": self.good_steps, "overflows": self.overflows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.good_steps, self.overflows = int(state["good_steps"]), int(state["overflows"])
+
+
+def load_scaling_state(step, state: dict) -> None:
+    """Restore a step's :meth:`LossScaling.state_dict` (and its ``step.overflows``)."""
+    step.loss_scaling.load_state_dict(state)
+    step.overflows = step.loss_scaling.overflows
+
+
+@torch.no_grad()
+def restore_(buffers, saved):
+    for b, s in zip(buffers, saved):
+        b.copy_(s)
 
 
 def averaged(sp, loss):

@@ -8,8 +8,10 @@
   copied to the device with ``non_blocking=True`` (``fxsparse.step``).
 * :class:`Precision`: ``torch.autocast`` around the forward passes of every training step
   (the sparse step, the structure search's score forwards, the fixed-mask and dense
-  phases) and of the evaluation; ``fp16`` adds a ``torch.amp.GradScaler`` (the fixed-mask
-  and dense phases; CUDA only).
+  phases) and of the evaluation; ``fp16`` adds a ``torch.amp.GradScaler`` (CUDA only): the
+  fixed-mask and dense phases step through it, and the sparse step of VR-PGE's search
+  scales its loss and unscales its compact gradients with it
+  (``fxsparse.step.train_step.LossScaling``).
 """
 from __future__ import annotations
 

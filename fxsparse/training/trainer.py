@@ -195,7 +195,7 @@ class Trainer:
                                       budget=config.budget, seed=config.seed, compile=config.compile,
                                       sgd=lambda params: self._sgd(params, config.lr),
                                       weight_schedule=self._weight_schedule, train_batches=self._first_batches,
-                                      accuracy=self._accuracy_sparse)
+                                      accuracy=self._accuracy_sparse, scaler=self.precision.scaler)
         saved = checkpoint.load(self.ckpt_path) if resume else None
         if saved is not None:
             self.method.load_state_dict(saved["method"])
@@ -206,11 +206,12 @@ class Trainer:
 
             apply_weight_masks(self.model, self.method.weight_masks())
         self.phases = self._plan_phases()  # after init: whether a channel method has decided yet
-        own = [name for name, _ in self.phases if name not in TRAINER_PHASES]
-        if self.precision.scaler is not None and own:
-            raise ValueError(f"--precision fp16: method {config.method!r} trains in a step of its own ({own[0]}), "
+        # fp16 needs the method's own phases to scale the loss (VR-PGE's search does, in the sparse step)
+        unscaled = [name for name, _ in self.phases if name not in TRAINER_PHASES and not self.method.scales_loss(name)]
+        if self.precision.scaler is not None and unscaled:
+            raise ValueError(f"--precision fp16: method {config.method!r} trains in a step of its own ({unscaled[0]}), "
                              "which has no gradient scaler; use --precision bf16 (fp16 works for the fixed-mask "
-                             "and dense methods)")
+                             "and dense methods and VR-PGE's search without --weight-average)")
         self.logs = RunLogs(self.out, config.log_dir, resume=saved is not None,
                             step=saved["step"] if saved is not None else 0) if self.writer else NullLogs()
         if saved is not None:

@@ -14,6 +14,7 @@ import torch
 
 from fxsparse.step.optim import MaskedOptimizer
 from fxsparse.step.sparse import SparseModel
+from fxsparse.step.train_step import load_scaling_state
 from ..base import Method, PhaseSetup, RunContext
 from ..options import check_number
 from ..registry import register_method
@@ -99,7 +100,7 @@ class VRPGE(Method):
         self.sparse = SparseModel(run.model, run.graph, keep=run.keep, compile=run.compile, seed=run.seed,
                                   compile_update=compile_update)
         optimizer = run.sgd(run.model.parameters())
-        self.step_fn = self.sparse.make_train_step(run.loss_fn, optimizer)
+        self.step_fn = self.sparse.make_train_step(run.loss_fn, optimizer, scaler=run.scaler)
         self.loss_fn = run.loss_fn
         self.learner = StructureLearner(self.sparse, keep=run.keep, budget=self.budget, lr=self.score_lr,
                                         form=self.form, samples=self.samples, seed=run.seed + 1,
@@ -112,9 +113,16 @@ class VRPGE(Method):
         if self._saved is not None:  # resumed: the search's state as the checkpoint left it
             self.learner.load_state_dict(self._saved["learner"])
             self.sparse.generator.set_state(self._saved["sp_generator"])
+            if self._saved.get("loss_scaling"):  # fp16: the good steps toward the scale's next growth
+                load_scaling_state(self.step_fn, self._saved["loss_scaling"])
             self._saved = None
         return PhaseSetup(optimizer=optimizer, schedules=schedules, sparse=self.sparse,
                           compiling="the sparse training step")
+
+    def scales_loss(self, phase: str) -> bool:
+        # the sparse step scales its loss; the authors' weight averaging steps a MaskedOptimizer
+        # of its own, unscaled
+        return phase == SEARCH and not self.weight_average
 
     def phase_step(self, phase: str, x, y) -> tuple:
         """Score forwards, weight step, score update: all at the same weights."""
@@ -148,7 +156,8 @@ class VRPGE(Method):
     def state_dict(self) -> dict:
         if self.learner is None:
             return {}
-        return {"learner": self.learner.state_dict(), "sp_generator": self.sparse.generator.get_state()}
+        return {"learner": self.learner.state_dict(), "sp_generator": self.sparse.generator.get_state(),
+                "loss_scaling": self.step_fn.loss_scaling.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self._saved = state if state else None
