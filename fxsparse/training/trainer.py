@@ -206,12 +206,11 @@ class Trainer:
 
             apply_weight_masks(self.model, self.method.weight_masks())
         self.phases = self._plan_phases()  # after init: whether a channel method has decided yet
-        # fp16 needs the method's own phases to scale the loss (VR-PGE's search does, in the sparse step)
+        # fp16 needs the method's own phases to scale the loss (Method.scales_loss)
         unscaled = [name for name, _ in self.phases if name not in TRAINER_PHASES and not self.method.scales_loss(name)]
         if self.precision.scaler is not None and unscaled:
             raise ValueError(f"--precision fp16: method {config.method!r} trains in a step of its own ({unscaled[0]}), "
-                             "which has no gradient scaler; use --precision bf16 (fp16 works for the fixed-mask "
-                             "and dense methods and VR-PGE's search without --weight-average)")
+                             "which has no gradient scaler with these options; use --precision bf16")
         self.logs = RunLogs(self.out, config.log_dir, resume=saved is not None,
                             step=saved["step"] if saved is not None else 0) if self.writer else NullLogs()
         if saved is not None:
