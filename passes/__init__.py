@@ -14,5 +14,6 @@ a pass writes are constants declared in its own module (``shape_prop.SHAPE``,
 
 ``aten_to_torch`` (torch.export graphs -> torch-level calls), ``shape_prop``,
 ``fuse_channel_shuffle``, ``channel_propagation`` (analyze), ``slice_channels`` (export)
-and ``masked_mixing`` (the capacity model of the compiled step).
+``masked_mixing`` and ``opaque_conv`` (the capacity model of the compiled step; the latter
+for dynamic capacities: convolutions as custom ops whose channel counts stay symbolic).
 """

@@ -2,6 +2,12 @@
 forward and the backward pass, with masks that change every step and a bounded number
 of compilations.
 
+Dynamic capacities (the default where the model allows it): the capacity model below is
+the whole model (every slot), each step keeps only the slots its mask fills, and the kept
+counts are symbolic sizes of one compiled graph per step function (see
+:meth:`SparseModel.mark_counts`, :meth:`SparseModel.compile_fn` and
+``passes/opaque_conv.py``). Static capacities (otherwise):
+
 How: the channel groups are cut into blocks with a fixed number of slots (capacities).
 A *capacity model* (the exported model for a keep pattern that fills every slot) has
 static shapes. Each step, the full dense parameters are gathered into it: slot s of a
@@ -38,7 +44,7 @@ from fxsparse.step.train_step import device_of, forward_gathered, make_train_ste
 from fxsparse.analysis.masks import check_fraction, normalize_keep, random_keep
 from fxsparse.passes.channel_propagation import IDS
 from fxsparse.passes.masked_mixing import MaskMixingOps
-from fxsparse.step.opaque_conv import OpaqueConvolutions
+from fxsparse.passes.opaque_conv import OpaqueConvolutions
 from fxsparse.passes.shape_prop import SHAPE
 
 
@@ -73,9 +79,15 @@ class SparseModel(nn.Module):
     """Holds the dense model (``.model``, whose parameters are the ones to optimise) and one
     keep mask per prunable group (``.masks``: {group id: bool tensor}, settable).
 
-    ``capacity``: "auto" (slots for the expected kept count plus ``headroom`` standard
-    deviations of a Bernoulli(keep) mask, rounded up to ``align``), "exact" (slots for
-    exactly round(keep * size) channels, for fixed-count masks), or {block: slots}.
+    ``capacity``: None (the default: "dynamic" when the model allows it, else "auto"),
+    "dynamic" (one compiled graph with the kept counts as symbolic sizes; each step runs
+    its mask's exact counts, rounded up to ``align``: no padding, no recompile; needs a
+    model whose computation depends on channel counts only through tensor shapes, see
+    :func:`fxsparse.rewrite.shape_free.count_dependence`), "auto" (static slots for the
+    expected kept count plus ``headroom`` standard deviations of a Bernoulli(keep) mask,
+    rounded up to ``align``), "exact" (static slots for exactly round(keep * size)
+    channels, for fixed-count masks), or {block: slots}. ``capacity_mode`` says which one
+    the model got, ``static_reason`` why a default one is static.
     ``align``: slot counts are rounded up to a multiple of this (never past the group size).
     None: 8 when the model's parameters are on a GPU when it is wrapped (tensor-core
     friendly shapes), 1 on CPU, where any padding slot is pure extra work; move the model
