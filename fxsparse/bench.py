@@ -12,7 +12,8 @@ Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep rat
     round(keep * size) channels per group, as the timing target asks);
   sparse compiled (Bernoulli): capacity "auto", masks drawn Bernoulli(keep) per channel;
   sparse dynamic (exact counts / Bernoulli masks): capacity "dynamic", one graph whose kept
-    counts are symbolic sizes, run at each mask's exact counts (no padding);
+    counts are symbolic sizes, run at each mask's exact counts (no padding); "counts
+    rounded up to 16": align=16 (fewer distinct shapes, a few empty slots);
   exported eager / compiled: the physically smaller model for one fixed mask.
 Time: every variant is built and warmed up (3 steps; compilation happens in the first, with
 a fresh compile cache unless --warm-cache), then all are timed round-robin, one step of
@@ -117,17 +118,19 @@ VARIANTS = {
     "sparse-eager": "sparse eager", "sparse": "sparse compiled",
     "sparse-bernoulli": "sparse compiled (Bernoulli masks)",
     "dynamic": "sparse dynamic (exact counts)", "dynamic-bernoulli": "sparse dynamic (Bernoulli masks)",
+    "dynamic-bernoulli-16": "sparse dynamic (Bernoulli masks, counts rounded up to 16)",
     "exported-eager": "exported eager", "exported": "exported compiled",
 }
 # (numerator, denominator): ratios of step times taken within each round (drift cancels)
 PAIRS = [("sparse compiled", "exported compiled"), ("sparse dynamic (exact counts)", "sparse compiled"),
          ("sparse dynamic (Bernoulli masks)", "sparse compiled"),
          ("sparse compiled (Bernoulli masks)", "sparse compiled"),
+         ("sparse dynamic (Bernoulli masks, counts rounded up to 16)", "sparse compiled"),
          ("sparse dynamic (exact counts)", "exported compiled")]
-# sparse variants: (compile, capacity, masks drawn per channel (Bernoulli) or exact counts)
-SPARSE = {"sparse-eager": (False, "exact", False), "sparse": (True, "exact", False),
-          "sparse-bernoulli": (True, "auto", True), "dynamic": (True, "dynamic", False),
-          "dynamic-bernoulli": (True, "dynamic", True)}
+# sparse variants: (compile, capacity, masks drawn per channel (Bernoulli) or exact counts, align)
+SPARSE = {"sparse-eager": (False, "exact", False, None), "sparse": (True, "exact", False, None),
+          "sparse-bernoulli": (True, "auto", True, None), "dynamic": (True, "dynamic", False, None),
+          "dynamic-bernoulli": (True, "dynamic", True, None), "dynamic-bernoulli-16": (True, "dynamic", True, 16)}
 
 
 def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", variants=tuple(VARIANTS)):
@@ -174,9 +177,10 @@ def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", varia
         elif key.startswith("masked"):
             add(label, make_masked_dense_step(fresh(), graph, x, y, keep, compile_))
         else:
-            compile_, capacity, bernoulli = SPARSE[key]
+            compile_, capacity, bernoulli, align = SPARSE[key]
             m = fresh()
-            sp = fxsparse.compile(m, x, keep=keep, compile=compile_, capacity=capacity, graph=fxsparse.analyze(m, x))
+            sp = fxsparse.compile(m, x, keep=keep, compile=compile_, capacity=capacity, align=align,
+                                  graph=fxsparse.analyze(m, x))
             opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
             step = sp.make_train_step(F.cross_entropy, opt)
             sp.train()
