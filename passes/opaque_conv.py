@@ -17,15 +17,17 @@ import torch.nn.functional as F
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 
+def _aten_convolution(x, weight, bias, stride, padding, dilation, groups):
+    return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+
+
 @torch.library.custom_op("fxsparse::convolution", mutates_args=())
 def convolution(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
                 padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
-    return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+    return _aten_convolution(x, weight, bias, stride, padding, dilation, groups)
 
 
-@convolution.register_fake
-def _(x, weight, bias, stride, padding, dilation, groups):
-    return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+convolution.register_fake(_aten_convolution)  # ATen's meta kernel: symbolic sizes in, symbolic sizes out
 
 
 @torch.library.custom_op("fxsparse::convolution_backward", mutates_args=())

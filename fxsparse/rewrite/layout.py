@@ -187,15 +187,17 @@ class Plan:
             valid[self.offsets[i] : self.offsets[i] + len(kept)] = 1.0
         return classes, valid
 
-    def present_slots(self, masks) -> np.ndarray:
-        """Dynamic capacities: per global slot, whether this step runs it: each block's kept
-        count rounded up to ``align`` and to at least 2 (the rest are empty slots), at most
-        the block's size. torch.compile specialises sizes 0 and 1 (a graph of their own):
-        an empty slot for a count below 2 costs less than a recompile."""
-        present = np.zeros(self.offsets[-1], dtype=bool)
-        for i, count in enumerate(self.block_counts(masks)):
-            present[self.offsets[i]: self.offsets[i] + self.round_cap(max(count, 2), self.caps[i])] = True
-        return present
+    def present_slots(self, slot_valid: np.ndarray) -> np.ndarray:
+        """Dynamic capacities: per global slot, whether this step runs it, from
+        :meth:`slot_classes`' validity (kept slots come first in each block): each block's
+        kept count rounded up to ``align`` and to at least 2 (the rest are empty slots), at
+        most the block's size. torch.compile specialises sizes 0 and 1 (a graph of their
+        own): an empty slot for a count below 2 costs less than a recompile."""
+        counts = np.add.reduceat(slot_valid, self.offsets[:-1]) if len(slot_valid) else np.zeros(0)
+        caps = np.asarray(self.caps)
+        run = np.minimum(caps, np.ceil(np.maximum(counts, 2) / self.align) * self.align).astype(np.int64)
+        within = np.arange(self.offsets[-1]) - np.repeat(self.offsets[:-1], caps)  # slot index within its block
+        return within < np.repeat(run, caps)
 
     def dim_layout(self, dense_classes: np.ndarray) -> DimLayout:
         """Layout of a capacity-model dim whose dense (unpruned) dim holds ``dense_classes``."""

@@ -318,7 +318,7 @@ class SparseModel(nn.Module):
             layouts.update(self._valid_layouts)
             self._gather_index = GatherIndex(layouts)
         out, empty = {}, set()
-        present = self.plan.present_slots(self._masks) if self.dynamic else None
+        present = self.plan.present_slots(slot_valid) if self.dynamic else None
         for key, (idx, valid, real, full) in self._gather_index(slot_class, slot_valid, present).items():
             if key in self._valid_buffers:
                 out[f"{key}|valid"] = valid

@@ -120,7 +120,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True, scaler=
                 return loss
             fallback.step()
             return loss
-        gathered, slots, weights = gather_leaves(sp, index, gather_fn, empty)
+        gathered, slots, weights = gather_leaves(sp, index, gather_fn, empty, dense)
         loss = fl(gathered, index, target, *inputs)
         scaling.backward(loss)
         loss = averaged(sp, loss)
@@ -232,9 +232,11 @@ def slots_of(sp, index, name, device):
     """[(dim, gather index, real-slot line)] for a member tensor of the capacity model."""
     out = []
     for dim, _ in sp.members[name]:
-        where = {"idx": index[f"{name}|{dim}|idx"].to(device), "real": index[f"{name}|{dim}|real"].to(device)}
-        sp.mark_counts(where)  # a copy on another device carries no mark
-        out.append((dim, where["idx"], where["real"]))
+        idx, real = index[f"{name}|{dim}|idx"], index[f"{name}|{dim}|real"]
+        if idx.device != device:  # a copy carries no mark (step_inputs marked the originals)
+            idx, real = idx.to(device), real.to(device)
+            sp.mark_counts({"idx": idx, "real": real})
+        out.append((dim, idx, real))
     return out
 
 
@@ -243,7 +245,7 @@ def gather_all(tensors, wheres):
     return [gather(t, where) for t, where in zip(tensors, wheres)]
 
 
-def gather_leaves(sp, index, gather_fn=gather_all, empty=None):
+def gather_leaves(sp, index, gather_fn=gather_all, empty=None, dense=None):
     """Kept entries of every member parameter as leaf tensors (compact gradients land
     there), member buffers gathered, the rest as is; per gathered tensor its slots; and per
     member parameter the gathered weights as they are in the dense model.
@@ -253,8 +255,9 @@ def gather_leaves(sp, index, gather_fn=gather_all, empty=None):
     A leaf's entries in an empty slot are set to 0 here, outside autograd, so the forward
     needs no validity multiply (a weight-sized product in the forward and in the backward:
     ~1% of a VGG-11 step). Their gradients are then not zero, but no update reads them (it
-    writes real slots only, and the old weights of the other slots from the third dict)."""
-    dense = sp.dense_tensors()
+    writes real slots only, and the old weights of the other slots from the third dict).
+    ``dense``: ``sp.dense_tensors()`` when the caller has it."""
+    dense = dense if dense is not None else sp.dense_tensors()
     tensors = {name: t for name, t in dense.items() if name not in sp.members}
     slots = {name: slots_of(sp, index, name, t.device) for name, t in dense.items() if name in sp.members}
     with torch.no_grad():
