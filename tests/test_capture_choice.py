@@ -62,3 +62,31 @@ def test_wrong_inputs_of_a_transformers_model_blame_the_inputs():
     with pytest.raises(fxsparse.FxsparseError, match="example inputs") as info:
         fxsparse.analyze(TinyLM().eval(), torch.randn(2, 5, 3))
     assert isinstance(info.value, ValueError)  # InputError: the user's to fix
+
+
+class TinyLMWithFixedMix(TinyLM):
+    """A cumulative sum along fc1's channels: they are unprunable, with a reason."""
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return x + self.fc2(torch.cumsum(torch.relu(self.fc1(x)), -1))
+
+
+def test_transformers_captures_name_the_module_not_the_line():
+    """transformers models are captured without Python stack traces (a third of the capture
+    time): the reasons and errors name the module a node runs in instead of file:line."""
+    graph = fxsparse.analyze(TinyLMWithFixedMix().eval(), torch.randint(0, 20, (2, 5)))
+    assert all(n.meta.get("stack_trace") is None for n in graph.gm.graph.nodes)
+    assert not torch.fx.config.do_not_emit_stack_traces  # the process-wide switch is restored
+    reasons = [g.reason for g in graph.groups if not g.prunable]
+    assert any("in module" in r or "(TinyLMWithFixedMix)" in r for r in reasons), reasons
+
+
+def test_where_names_the_module_path_without_a_stack_trace():
+    from fxsparse.rules.context import where
+
+    graph = torch.fx.Graph()
+    node = graph.placeholder("x")
+    assert where(node) == "node 'x'"
+    node.meta["nn_module_stack"] = {"a": ("", "pkg.Root"), "b": ("blocks.0.attn", "pkg.mod.Attention")}
+    assert where(node) == "node 'x' in module 'blocks.0.attn' (Attention)"

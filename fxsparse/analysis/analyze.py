@@ -23,7 +23,8 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves
     function without a rule opaque (see fxsparse.analysis.capture)."""
     if not leaf_modules and is_transformers_model(model):  # symbolic tracing always fails on them
         try:
-            return _export_graph(model, example_inputs, flops), []
+            # the library's code lines say less than the module path: no stack traces (faster)
+            return _export_graph(model, example_inputs, flops, stack_traces=False), []
         except TraceError as exc:
             if not runs_eagerly(model, example_inputs):  # the inputs are the user's to fix
                 raise InputError(f"{type(model).__name__} fails on the example inputs "
@@ -52,9 +53,9 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves
     return gm, auto_leaves
 
 
-def _export_graph(model, example_inputs, flops, traced_error=None):
+def _export_graph(model, example_inputs, flops, traced_error=None, stack_traces=True):
     try:
-        gm = export_capture(model, example_inputs)
+        gm = export_capture(model, example_inputs, stack_traces=stack_traces)
     except TraceError as exc:
         raise (exc if traced_error is None else _blame_capture(traced_error, exc)) from exc
     try:

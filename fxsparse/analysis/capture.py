@@ -124,10 +124,23 @@ def _dynamic_batch(example_inputs):
                  for x in example_inputs)
 
 
-def export_capture(model: nn.Module, example_inputs) -> fx.GraphModule:
-    """The model's graph from ``torch.export`` (non-strict), rewritten to torch-level ops."""
+@contextlib.contextmanager
+def _stack_traces(record: bool):
+    """Whether FX records each node's Python stack (torch.fx.config is process-wide)."""
+    old = torch.fx.config.do_not_emit_stack_traces
+    torch.fx.config.do_not_emit_stack_traces = not record
+    try:
+        yield
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = old
+
+
+def export_capture(model: nn.Module, example_inputs, stack_traces: bool = True) -> fx.GraphModule:
+    """The model's graph from ``torch.export`` (non-strict), rewritten to torch-level ops.
+    ``stack_traces=False`` skips recording each node's Python stack (a third of the capture
+    time of a 12-layer transformer); nodes then name their module path instead of file:line."""
     example_inputs = tuple(example_inputs)
-    with _without_kv_cache(model):
+    with _without_kv_cache(model), _stack_traces(stack_traces):
         try:
             program = torch.export.export(model, example_inputs, strict=False, dynamic_shapes=_dynamic_batch(example_inputs))
         except Exception:  # a model that specialises on its batch size: capture it static

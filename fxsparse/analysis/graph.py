@@ -327,32 +327,89 @@ def _escape(text: str) -> str:
     return text.replace('"', '\\"')
 
 
-def _positions(ids: np.ndarray) -> dict[int, np.ndarray]:
-    """class -> the positions where it occurs in a member's ids."""
-    order = np.argsort(ids, kind="stable")
-    values, starts = np.unique(ids[order], return_index=True)
-    bounds = list(starts[1:]) + [len(ids)]
-    return {int(v): order[a:b] for v, a, b in zip(values, starts, bounds) if v >= 0}
+def _member_rows(elements: ElementTable, members: dict):
+    """One row per (member, position) that holds an element: member number, canonical
+    class and position, sorted by class, then member (graph order), then position."""
+    canon = [elements.canonical(np.asarray(ids).ravel()) for ids in members.values()]
+    member = np.repeat(np.arange(len(canon)), [len(c) for c in canon])
+    cls = np.concatenate(canon) if canon else np.zeros(0, dtype=np.int64)
+    pos = np.concatenate([np.arange(len(c)) for c in canon]) if canon else cls
+    held = cls >= 0
+    member, cls, pos = member[held], cls[held], pos[held]
+    order = np.lexsort((pos, member, cls))
+    return member[order], cls[order], pos[order]
+
+
+def _signatures(member, cls_row, n_classes, n_members, reason_codes):
+    """Per class, a label shared exactly by the classes that touch the same members and have
+    the same reason: the members as a bit row (64 per word) and the reason's code, sorted
+    column by column (np.unique over rows sorts a void dtype, 50x slower)."""
+    words = np.zeros((n_classes, (n_members + 63) // 64), dtype=np.uint64)
+    np.bitwise_or.at(words, (cls_row, member // 64), np.left_shift(np.uint64(1), (member % 64).astype(np.uint64)))
+    rows = np.concatenate([words, reason_codes.astype(np.uint64)[:, None]], axis=1)
+    order = np.lexsort(rows.T[::-1])
+    changed = np.r_[True, (rows[order][1:] != rows[order][:-1]).any(axis=1)]
+    label = np.empty(n_classes, dtype=np.int64)
+    label[order] = np.cumsum(changed) - 1
+    return label
+
+
+def _reason_codes(elements: ElementTable, classes: np.ndarray):
+    """(texts, code per class): code 0 = no reason (prunable)."""
+    reasons = elements.reasons()
+    texts = [""] + sorted(set(reasons.values()))
+    number = {text: i for i, text in enumerate(texts)}
+    roots = np.fromiter(reasons, dtype=np.int64, count=len(reasons))
+    code = np.fromiter((number[t] for t in reasons.values()), dtype=np.int64, count=len(reasons))
+    at = np.clip(np.searchsorted(classes, roots), 0, max(len(classes) - 1, 0))
+    found = classes[at] == roots
+    codes = np.zeros(len(classes), dtype=np.int64)
+    codes[at[found]] = code[found]
+    return texts, codes
 
 
 def build_groups(elements: ElementTable, members: dict) -> list[ChannelGroup]:
-    """Classes that touch the same members (and share prunability) form one group."""
-    keys_in_order = list(members)
-    positions = {key: _positions(elements.canonical(ids)) for key, ids in members.items()}
-    touches: dict[int, list] = {}
-    for key in keys_in_order:
-        for cls in positions[key]:
-            touches.setdefault(cls, []).append(key)
-    buckets: dict[tuple, list[int]] = {}
-    for cls, keys in touches.items():  # insertion order follows the graph
-        buckets.setdefault((tuple(keys), elements.reason(cls) or ""), []).append(cls)
+    """Classes that touch the same members (and share prunability) form one group. Groups
+    come in graph order (of the first member a class touches, then class id); a group's
+    channels in the order of their first position in its first member. Vectorised: a
+    12-layer transformer has ~10^5 classes over ~200 members."""
+    keys = list(members)
+    member, cls, pos = _member_rows(elements, members)
+    classes, cls_row = np.unique(cls, return_inverse=True)
+    if not len(classes):
+        return []
+    first_row = np.searchsorted(cls, classes)  # each class's first row: its first member, first position
+    reason_names, reason_codes = _reason_codes(elements, classes)
+    label = _signatures(member, cls_row, len(classes), len(keys), reason_codes)
+    # a pair (class, member) is a run of rows: its positions are the channel's indices there
+    pair_start = np.flatnonzero(np.r_[True, (cls[1:] != cls[:-1]) | (member[1:] != member[:-1])])
+    pair_end = np.r_[pair_start[1:], len(cls)]
+    pair_member = member[pair_start]
+    pair_bounds = np.searchsorted(cls_row[pair_start], np.arange(len(classes) + 1))  # pairs by class, members in order
+    # group order: by the first member a class touches, then class id (classes are sorted)
+    labels_in_order = label[np.lexsort((classes, member[first_row]))]
+    _, first_seen = np.unique(labels_in_order, return_index=True)
     groups = []
-    for (keys, reason), classes in buckets.items():
-        first = positions[keys[0]]
-        classes = sorted(classes, key=lambda c: int(first[c][0]))  # channel order = layout order
-        mems = [Member(param=k[0], dim=k[1], index=[positions[k][c] for c in classes]) for k in keys]
-        groups.append(ChannelGroup(id=len(groups), size=len(classes), members=mems, prunable=not reason,
-                                   reason=reason, classes=np.array(classes, dtype=np.int64)))
+    by_label = np.argsort(label, kind="stable")
+    bounds = np.searchsorted(label[by_label], np.arange(label.max() + 2))
+    for lab in labels_in_order[np.sort(first_seen)].tolist():
+        rows = by_label[bounds[lab]:bounds[lab + 1]]
+        rows = rows[np.argsort(pos[first_row[rows]], kind="stable")]  # channel order = layout order
+        first = rows[0]
+        # every class of the group has one pair per member of the group, members in graph order
+        width = pair_bounds[first + 1] - pair_bounds[first]
+        table = (pair_bounds[rows][:, None] + np.arange(width)).reshape(len(rows), width)
+        mems = []
+        for col, m in enumerate(pair_member[table[0]].tolist()):
+            starts, ends = pair_start[table[:, col]], pair_end[table[:, col]]
+            if (ends - starts == 1).all():
+                index = list(pos[starts][:, None])
+            else:
+                index = [pos[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+            mems.append(Member(param=keys[m][0], dim=keys[m][1], index=index))
+        reason = reason_names[reason_codes[first]]
+        groups.append(ChannelGroup(id=len(groups), size=len(rows), members=mems, prunable=not reason,
+                                   reason=reason, classes=classes[rows].astype(np.int64)))
     return groups
 
 

@@ -112,6 +112,10 @@ class ElementTable:
     def reason(self, e: int) -> str | None:
         return self._reason.get(self.find(e))
 
+    def reasons(self) -> dict[int, str]:
+        """{class root: reason} for every class that must never be pruned."""
+        return {self.find(root): text for root, text in self._reason.items()}
+
 
 def varying_dims(ids: np.ndarray) -> list[int]:
     """Dims along which ``ids`` (already canonical) is not constant."""

@@ -26,7 +26,8 @@ class FreeRef:
 
 
 def where(node: fx.Node) -> str:
-    """'file:line' of the user code that created the node, when FX recorded it."""
+    """'file:line' of the user code that created the node, when FX recorded it; else the
+    module it runs in (torch.export records that even without stack traces)."""
     trace = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
     lines = [ln for ln in lines if not _internal_line(ln)] or lines
@@ -38,6 +39,11 @@ def where(node: fx.Node) -> str:
             return f"{path}:{lineno}"
         except IndexError:
             return last
+    modules = node.meta.get("nn_module_stack")
+    if modules:
+        path, cls = list(modules.values())[-1]
+        cls = cls.rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", cls)
+        return f"node '{node.name}' in module '{path}' ({cls})" if path else f"node '{node.name}' ({cls})"
     return f"node '{node.name}'"
 
 
