@@ -12,7 +12,8 @@ a pass writes are constants declared in its own module (``shape_prop.SHAPE``,
     propagation(gm)
     propagation.context.mixing               # the analysis (an AnalysisContext)
 
-``aten_to_torch`` (torch.export graphs -> torch-level calls), ``shape_prop``,
+``aten_to_torch`` (torch.export graphs -> torch-level calls), ``training_mode`` (their
+dropout and batch-norm flags follow ``.train()`` / ``.eval()``), ``shape_prop``,
 ``fuse_channel_shuffle``, ``channel_propagation`` (analyze), ``slice_channels`` (export)
 ``masked_mixing`` and ``opaque_conv`` (the capacity model of the compiled step; the latter
 for dynamic capacities: convolutions as custom ops whose channel counts stay symbolic).

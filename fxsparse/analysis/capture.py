@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from fxsparse.core.errors import TraceError
 from fxsparse.passes.aten_to_torch import AtenToTorch
+from fxsparse.passes.training_mode import FollowTrainingMode
 from fxsparse.rules.registry import lookup
 
 _KNOWN_MODULES = ("torch", "operator", "_operator", "builtins", "math", "_functools", "functools")
@@ -135,23 +136,53 @@ def _stack_traces(record: bool):
         torch.fx.config.do_not_emit_stack_traces = old
 
 
+@contextlib.contextmanager
+def _in_eval_mode(model: nn.Module):
+    """The model in eval mode, every module's own flag restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _export(model: nn.Module, example_inputs):
+    """The program of the model in eval mode: Python-level training branches (stochastic
+    depth, attention dropout decided in Python) are frozen into a captured graph, and their
+    eval branch is the deterministic network, right for evaluation and export; dropout and
+    batch norm ops then follow the captured module's mode (fxsparse.passes.training_mode).
+    Dynamic batch first; a model that specialises on its batch size is captured static."""
+    dynamic = _dynamic_batch(example_inputs)
+    attempts = [dynamic] + ([None] if any(d is not None for d in dynamic) else [])
+    with _in_eval_mode(model):
+        for dynamic_shapes in attempts:
+            try:
+                return torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic_shapes)
+            except Exception as exc:  # the next attempt, or the error below
+                last = exc
+    raise TraceError(
+        f"neither torch.fx nor torch.export can capture the forward of {type(model).__name__}: "
+        f"{type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}. Fix: make the "
+        "untraceable code a submodule and pass it in leaf_modules=[...] (its channels are then "
+        "left unpruned), or remove data-dependent control flow on tensor values."
+    ) from last
+
+
 def export_capture(model: nn.Module, example_inputs, stack_traces: bool = True) -> fx.GraphModule:
-    """The model's graph from ``torch.export`` (non-strict), rewritten to torch-level ops.
+    """The model's graph from ``torch.export`` (non-strict), rewritten to torch-level ops,
+    in the model's mode (``.train()`` / ``.eval()`` on it switch dropout and batch norm).
     ``stack_traces=False`` skips recording each node's Python stack (a third of the capture
     time of a 12-layer transformer); nodes then name their module path instead of file:line."""
     example_inputs = tuple(example_inputs)
     with _without_kv_cache(model), _stack_traces(stack_traces):
-        try:
-            program = torch.export.export(model, example_inputs, strict=False, dynamic_shapes=_dynamic_batch(example_inputs))
-        except Exception:  # a model that specialises on its batch size: capture it static
-            try:
-                program = torch.export.export(model, example_inputs, strict=False)
-            except Exception as exc:
-                raise TraceError(
-                    f"neither torch.fx nor torch.export can capture the forward of {type(model).__name__}: "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Fix: make the "
-                    "untraceable code a submodule and pass it in leaf_modules=[...] (its channels are then "
-                    "left unpruned), or remove data-dependent control flow on tensor values."
-                ) from exc
+        program = _export(model, example_inputs)
     gm = program.module()
-    return AtenToTorch()(gm).graph_module
+    AtenToTorch()(gm)
+    FollowTrainingMode(captured_training=False)(gm)
+    # torch.export blocks train()/eval() on the module (its flags were frozen); now they follow it
+    for name in ("train", "eval"):
+        vars(gm).pop(name, None)
+    gm.train(model.training)
+    return gm
