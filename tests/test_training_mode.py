@@ -19,15 +19,13 @@ class SizeCheckedNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.q, self.k, self.v, self.fc = (nn.Linear(8, n) for n in (8, 8, 8, 4))
         self.drop = nn.Dropout(0.3)
-        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
-        self.fc = nn.Linear(8, 4)
 
     def forward(self, x):
         if x.shape[-1] > 2:
-            x = self.bn(self.conv(x)).relu()
+            x = self.stem(x).relu()
         t = x.flatten(2).transpose(1, 2)  # [b, tokens, 8]
         shape = (t.shape[0], t.shape[1], 2, 4)
         q, k, v = (f(t).view(shape).transpose(1, 2) for f in (self.q, self.k, self.v))
@@ -64,7 +62,7 @@ def test_exported_model_follows_train_and_eval(capture_mode):
     model.train(), small.train()
     out_model, out_small = run(model, x, 1), run(small, x, 1)
     torch.testing.assert_close(out_small, out_model, rtol=0, atol=1e-6)  # same dropout draws, batch statistics
-    torch.testing.assert_close(small.get_buffer("bn.running_mean"), model.bn.running_mean)  # statistics updated alike
+    torch.testing.assert_close(small.get_buffer("stem.1.running_mean"), model.stem[1].running_mean)  # statistics updated alike
     assert not torch.equal(run(small, x, 2), out_small)  # dropout is on
 
 
