@@ -17,7 +17,6 @@ import traceback
 import warnings
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import fxsparse
 from fxsparse.rewrite.reference import masked_reference
@@ -98,15 +97,7 @@ def _first_tensor(out):
 
 
 def _flops(model, inputs):
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
-            model(*inputs)
-    except AssertionError:  # FlopCounterMode's module tracker under no_grad, on a module called
-        counter = FlopCounterMode(display=False)  # with a view of a parameter (CaiT's class token)
-        with counter:
-            model(*inputs)
-    return float(counter.get_total_flops())
+    return fxsparse.count_flops(model, inputs)[0]
 
 
 def run_one(name, keep=0.5, n_masks=2, atol=1e-4, models=None, verbose=False):

@@ -57,6 +57,31 @@ def _mean(args, kwargs):
     return "mean", (x, dims, keepdim), extra
 
 
+def _reduce(name):
+    """``aten.sum.dim_IntList(x, dims, keepdim)`` / ``aten.amax`` -> ``x.sum(dims, keepdim)``."""
+    def convert(args, kwargs):
+        x, dims = args[0], args[1] if len(args) > 1 else kwargs.get("dim")
+        if dims is None:
+            return None
+        keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+        extra = {"dtype": kwargs["dtype"]} if kwargs.get("dtype") is not None else {}
+        return name, (x, dims, keepdim), extra
+    return convert
+
+
+def _upsample(mode, has_align_corners):
+    """``aten.upsample_*.vec(x, output_size, [align_corners,] scale_factors)`` -> ``F.interpolate``."""
+    def convert(args, kwargs):
+        x, size = args[0], args[1]
+        align = args[2] if has_align_corners else None
+        scale = args[3] if has_align_corners else args[2]
+        kw = {"size": size, "scale_factor": scale, "mode": mode}
+        if has_align_corners:
+            kw["align_corners"] = align
+        return F.interpolate, (x,), kw
+    return convert
+
+
 def _to(args, kwargs):
     """``x.to(...)`` takes dtype / device but not aten's layout / pin_memory flags."""
     kw = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "non_blocking", "copy", "memory_format")}
@@ -174,6 +199,16 @@ _TABLE = {
     aten.avg_pool2d.default: _same(F.avg_pool2d),
     aten.max_pool2d.default: _same(F.max_pool2d),
     aten.sym_size.int: _method("size"),
+    aten.swapaxes.default: _same(torch.transpose),
+    aten.einsum.default: lambda args, kwargs: (torch.einsum, (args[0], *args[1]), {}),
+    aten.sum.dim_IntList: _reduce("sum"),
+    aten.amax.default: _reduce("amax"),
+    aten.expand_as.default: _method("expand_as"),
+    aten.upsample_nearest1d.vec: _upsample("nearest", False),
+    aten.upsample_nearest2d.vec: _upsample("nearest", False),
+    aten.upsample_linear1d.vec: _upsample("linear", True),
+    aten.upsample_bilinear2d.vec: _upsample("bilinear", True),
+    aten.upsample_bicubic2d.vec: _upsample("bicubic", True),
 }
 # In-place ops of the training IR (``x.silu_()``, ``result += input``) become their
 # out-of-place form where nothing else reads the mutated tensor (then the two are the same).

@@ -130,7 +130,8 @@ class LinearChain(nn.Module):
 # ----------------------------------------------------------------------------------------
 class GroupNormNet(nn.Module):
     """GroupNorm(4 groups, 8 channels): a group of 2 conv channels is one unit (4 units).
-    GroupNorm(1 group) normalises over all channels: nothing behind it can go."""
+    GroupNorm(1 group) normalises over all channels: each channel can go (statistics over
+    the kept ones, a mixing op like LayerNorm)."""
 
     def __init__(self):
         super().__init__()
@@ -556,8 +557,9 @@ class ShuffleUnitNet(nn.Module):
 # attention
 # ----------------------------------------------------------------------------------------
 class MHANet(nn.Module):
-    """nn.MultiheadAttention has no channel rule: it is opaque (what enters it stays),
-    the layers after it are still pruned."""
+    """nn.MultiheadAttention: analyze captures the model with torch.export, which decomposes
+    it (packed in-projection, views, SDPA): the embedding into it and the width out of its
+    out-projection prune; its heads stay (q/k/v are picked out of one packed tensor)."""
 
     def __init__(self, embed=8, heads=2, hidden=12, out=3):
         super().__init__()
@@ -581,9 +583,11 @@ class QKVAttentionNet(nn.Module):
     style); otherwise explicit ``self.heads, self.hd`` (what a hand-built pruned copy uses).
     """
 
-    def __init__(self, inp=6, embed=8, heads=2, hd=4, out=3, sdpa=False, size_from_input=False, causal=False):
+    def __init__(self, inp=6, embed=8, heads=2, hd=4, out=3, sdpa=False, size_from_input=False, causal=False,
+                 einsum=False):
         super().__init__()
         self.heads, self.hd, self.sdpa, self.size_from_input, self.causal = heads, hd, sdpa, size_from_input, causal
+        self.einsum = einsum
         self.register_buffer("allowed", torch.tril(torch.ones(5, 5, dtype=torch.bool)), persistent=False)
         self.embed = nn.Linear(inp, embed)
         self.q = nn.Linear(embed, heads * hd)
@@ -604,6 +608,9 @@ class QKVAttentionNet(nn.Module):
         v = self.v(x).reshape(*shape).transpose(1, 2)
         if self.sdpa:
             o = F.scaled_dot_product_attention(q, k, v)
+        elif self.einsum:  # torchvision MaxViT style
+            attn = torch.einsum("b h i d, b h j d -> b h i j", q, k) * (self.hd ** -0.5)
+            o = torch.einsum("bhij,bhjd->bhid", attn.softmax(dim=-1), v)
         else:
             attn = (q @ k.transpose(-2, -1)) * (self.hd ** -0.5)
             if self.causal:  # GPT-style: masked_fill the future with -inf
@@ -854,10 +861,10 @@ CASES = [
              same=[("conv1.weight:0", "up.weight:0"), ("up.weight:1", "up.bias:0", "bn.weight:0", "conv2.weight:1")]),
     RuleCase("linear_chain", LinearChain, (2, 5, 10), prunable=[8, 12], unprunable=1,
              same=[("fc1.weight:0", "fc1.bias:0", "fc2.weight:1"), ("fc2.weight:0", "fc3.weight:1")]),
-    RuleCase("group_norm", GroupNormNet, IMG, prunable=[4], unprunable=2,
-             same=[("conv1.weight:0", "gn1.weight:0", "gn1.bias:0", "conv2.weight:1")],
-             index=[("gn1.weight:0", "conv1.weight:0", blocks(4, 2)), ("gn1.weight:0", "conv2.weight:1", blocks(4, 2))],
-             blocked=[("gn2.weight:0", "one group")]),
+    RuleCase("group_norm", GroupNormNet, IMG, prunable=[4, 6], unprunable=1, zero_preserving=False,
+             same=[("conv1.weight:0", "gn1.weight:0", "gn1.bias:0", "conv2.weight:1"),
+                   ("conv2.weight:0", "gn2.weight:0", "gn2.bias:0", "conv3.weight:1")],
+             index=[("gn1.weight:0", "conv1.weight:0", blocks(4, 2)), ("gn1.weight:0", "conv2.weight:1", blocks(4, 2))]),
     RuleCase("instance_norm", InstanceNormNet, IMG, prunable=[6, 8], unprunable=1,
              same=[("conv1.weight:0", "in1.weight:0", "in1.bias:0", "conv2.weight:1"), ("conv2.weight:0", "conv3.weight:1")]),
     RuleCase("layer_norm_channels_last", ConvNeXtBlockNet, IMG, prunable=[8, 16], unprunable=1, zero_preserving=False,
@@ -949,9 +956,10 @@ CASES = [
              apart=[("b_conv1.weight:1", "head.weight:1")],
              index=[("b_conv1.weight:1", "stem.weight:0", blocks(4, 1, 4)),
                     ("b_bn3.weight:0", "head.weight:1", [[1], [3], [5], [7]])]),
-    RuleCase("multihead_attention", MHANet, TOK, prunable=[12], unprunable=2,
-             same=[("fc1.weight:0", "fc1.bias:0", "fc2.weight:1")],
-             blocked=[("inp.weight:0", "MultiheadAttention")]),
+    RuleCase("multihead_attention", MHANet, TOK, prunable=[8, 8, 12], unprunable=2,
+             same=[("fc1.weight:0", "fc1.bias:0", "fc2.weight:1"), ("inp.weight:0", "attn.in_proj_weight:1"),
+                   ("attn.out_proj.weight:0", "attn.out_proj.bias:0", "fc1.weight:1")],
+             blocked=[("attn.in_proj_weight:0", "picks one channel")]),
     RuleCase("qkv_attention", QKVAttentionNet, TOK, prunable=[2, 8], unprunable=1,
              same=[("q.weight:0", "q.bias:0", "k.weight:0", "v.weight:0", "proj.weight:1"),
                    ("embed.weight:0", "q.weight:1", "k.weight:1", "v.weight:1", "proj.weight:0", "head.weight:1")],
@@ -961,6 +969,10 @@ CASES = [
              same=[("q.weight:0", "k.weight:0", "v.bias:0", "proj.weight:1"),
                    ("embed.weight:0", "q.weight:1", "proj.weight:0", "head.weight:1")],
              index=[("v.weight:0", "k.weight:0", blocks(2, 4))]),
+    RuleCase("qkv_attention_einsum", lambda: QKVAttentionNet(einsum=True), TOK, prunable=[2, 8], unprunable=1,
+             same=[("q.weight:0", "q.bias:0", "k.weight:0", "v.weight:0", "proj.weight:1"),
+                   ("embed.weight:0", "q.weight:1", "k.weight:1", "v.weight:1", "proj.weight:0", "head.weight:1")],
+             index=[("q.weight:0", "q.weight:0", blocks(2, 4)), ("q.weight:0", "proj.weight:1", blocks(2, 4))]),
     RuleCase("qkv_attention_causal", lambda: QKVAttentionNet(causal=True), TOK, prunable=[2, 8], unprunable=1,
              same=[("q.weight:0", "k.weight:0", "v.weight:0", "proj.weight:1")]),
     RuleCase("fused_qkv_attention", FusedQKVAttentionNet, (2, 5, 8), prunable=[2, 8], unprunable=1,

@@ -42,3 +42,15 @@ def test_bad_vector_length():
     counter = SubnetFlops(fxsparse.analyze(model, (torch.randn(1, 1, 28, 28),)))
     with pytest.raises(ValueError, match="prunable channels"):
         counter(torch.ones(3))
+
+
+def test_count_flops_sees_the_attention_fast_path():
+    """nn.MultiheadAttention / nn.TransformerEncoderLayer in eval mode under no_grad run one
+    fused op that FlopCounterMode does not count: count_flops must count what train mode
+    counts (dropout 0: the same computation)."""
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    x = torch.randn(2, 5, 16)
+    train_flops, _ = fxsparse.count_flops(layer.train(), (x,))
+    eval_flops, _ = fxsparse.count_flops(layer.eval(), (x,))
+    assert train_flops > 0 and eval_flops == train_flops
+    assert torch.backends.mha.get_fastpath_enabled()  # restored

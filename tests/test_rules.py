@@ -196,19 +196,44 @@ def test_layer_norm_channels_last_hand_built():
     assert changed
 
 
+class _MHAWrittenOut(nn.Module):
+    """R.MHANet's computation written out (packed in-projection, 2 heads of 4, SDPA) with
+    the embedding width ``e``, the out-projection width ``o`` and the hidden width ``h``."""
+
+    def __init__(self, e, o, h):
+        super().__init__()
+        self.inp, self.out_proj = nn.Linear(6, e), nn.Linear(8, o)
+        self.in_proj_weight, self.in_proj_bias = nn.Parameter(torch.empty(24, e)), nn.Parameter(torch.empty(24))
+        self.fc1, self.fc2 = nn.Linear(o, h), nn.Linear(h, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.inp(x))
+        B, N, _ = x.shape
+        q, k, v = (t.reshape(B, N, 2, 4).transpose(1, 2)
+                   for t in nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, -1))
+        a = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, 8)
+        return self.fc2(torch.relu(self.fc1(self.out_proj(a))))
+
+
 def test_multihead_attention_hand_built():
+    """nn.MultiheadAttention decomposed by torch.export: its input and output widths prune
+    (the embedding into it, the width out of its out-projection), its heads stay."""
     case = R.CASES_BY_NAME["multihead_attention"]
     model, graph, _ = analyze_case(case)
-    (g,) = graph.prunable_groups
-    assert {m.layer for m in g.members} == {"fc1", "fc2"}  # nothing inside the attention moves
     P = dict(model.named_parameters())
     for keep in _random_keeps(graph, 4):
+        e = kept_indices(graph, keep, "inp.weight", 0, 8)
+        o = kept_indices(graph, keep, "attn.out_proj.weight", 0, 8)
         h = kept_indices(graph, keep, "fc1.weight", 0, 12)
-        small = R.MHANet(hidden=len(h))
-        tensors = {name: _slice(p) for name, p in P.items() if name.startswith(("inp.", "attn."))}
-        tensors.update({"fc1.weight": _slice(P["fc1.weight"], h), "fc1.bias": _slice(P["fc1.bias"], h),
-                        "fc2.weight": _slice(P["fc2.weight"], None, h), "fc2.bias": _slice(P["fc2.bias"])})
-        _compare_hand_built(model, graph, keep, _load(small, tensors), case.inputs())
+        assert len(e) < 8 or len(o) < 8 or len(h) < 12
+        small = _load(_MHAWrittenOut(len(e), len(o), len(h)), {
+            "inp.weight": _slice(P["inp.weight"], e), "inp.bias": _slice(P["inp.bias"], e),
+            "in_proj_weight": _slice(P["attn.in_proj_weight"], None, e), "in_proj_bias": _slice(P["attn.in_proj_bias"]),
+            "out_proj.weight": _slice(P["attn.out_proj.weight"], o), "out_proj.bias": _slice(P["attn.out_proj.bias"], o),
+            "fc1.weight": _slice(P["fc1.weight"], h, o), "fc1.bias": _slice(P["fc1.bias"], h),
+            "fc2.weight": _slice(P["fc2.weight"], None, h), "fc2.bias": _slice(P["fc2.bias"]),
+        })
+        _compare_hand_built(model, graph, keep, small, case.inputs())
 
 
 @pytest.mark.parametrize("name", ["qkv_attention", "qkv_attention_sdpa", "qkv_attention_causal"])
@@ -607,3 +632,22 @@ def test_per_call_rules():
     assert R.channel_scale not in _RULES
     opaque = R.build(R.RuleCase("opaque", R.OpaqueOpNet, R.IMG, [], 0))
     assert sorted(g.size for g in fxsparse.analyze(opaque, inputs).prunable_groups) == [6]
+
+
+class _EinsumProductNet(nn.Module):
+    """An einsum that is no matrix product (an element-wise square written as einsum)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.fc1(x)
+        return self.fc2(torch.einsum("bnc,bnc->bnc", y, y))
+
+
+def test_einsum_that_is_no_matrix_product_keeps_its_channels():
+    graph = fxsparse.analyze(_EinsumProductNet(), torch.randn(2, 5, 6))
+    assert not graph.prunable_groups
+    (g,) = [g for g in graph if g.size == 8]
+    assert "einsum 'bnc,bnc->bnc'" in g.reason and "not a two-operand matrix product" in g.reason

@@ -25,8 +25,15 @@ def _one_thread(single_thread):
     yield
 
 
+# FLOPs of the exported model at keep 0.5, as a fraction of dense: at most 0.35 (a quarter of
+# a conv or linear's cost at half width on both sides, plus what cannot be pruned), except
+# where the architecture keeps a large unprunable share
+FLOPS_BOUND = 0.35
+FLOPS_BOUND_EXCEPT = {"mixer_s16_224": 0.55}  # token-mixing MLPs run along the patch dim
+
+
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
 def test_timm_model(name):
     status, why, flops, _ = run_one(name, models={name: lambda: build(name)})
     assert status == "pass", why
-    assert flops is not None and flops < 1.0
+    assert flops is not None and flops <= FLOPS_BOUND_EXCEPT.get(name, FLOPS_BOUND), f"FLOPs at keep 0.5: {flops:.2f}"

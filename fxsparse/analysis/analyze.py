@@ -10,7 +10,8 @@ from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
 from fxsparse.passes.channel_propagation import ChannelPropagation
 from fxsparse.passes.fuse_channel_shuffle import FuseChannelShuffle
 from fxsparse.passes.shape_prop import FLOPS, ShapeProp
-from fxsparse.analysis.capture import export_capture, is_transformers_model, opaque_calls, weight_transformed_convs
+from fxsparse.analysis.capture import (export_capture, is_transformers_model, modules_export_sees_through, opaque_calls,
+                                        weight_transformed_convs)
 from fxsparse.rules.layers import WEIGHT_TRANSFORMED_CONV
 from fxsparse.rules.registry import registered_targets
 from fxsparse.core.errors import InputError, TraceError
@@ -40,10 +41,10 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves
         if leaf_modules or (isinstance(exc, InputError) and not runs_eagerly(model, example_inputs)):
             raise  # leaves only exist for symbolic tracing; inputs the model rejects are the user's to fix
         return _export_graph(model, example_inputs, flops, traced_error=exc), []
-    if not leaf_modules and (auto_leaves or opaque_calls(gm, rules)):
-        # an untraceable submodule or a torch.fx.wrap-ed function with no rule would block every
-        # channel it touches: torch.export runs its Python and sees through it; where it
-        # cannot, the traced graph stays
+    if not leaf_modules and (auto_leaves or opaque_calls(gm, rules) or modules_export_sees_through(gm)):
+        # an untraceable submodule, a torch.fx.wrap-ed function with no rule or an
+        # nn.MultiheadAttention would block every channel it touches: torch.export runs its
+        # Python and sees through it; where it cannot, the traced graph stays
         try:
             return _export_graph(model, example_inputs, flops), []
         except TraceError:

@@ -102,6 +102,20 @@ def opaque_calls(gm: fx.GraphModule, rules=None) -> list[fx.Node]:
             and lookup(node, modules, rules) is None]
 
 
+# Modules symbolic tracing keeps as one node although torch.export sees through them into ops
+# the rules prune: nn.MultiheadAttention packs q/k/v in one parameter and needs embed_dim ==
+# its input width, so as a module it blocks the residual stream around it; decomposed
+# (linear, views, SDPA) the stream and its projections prune.
+_EXPORT_SEES_THROUGH = (nn.MultiheadAttention,)
+
+
+def modules_export_sees_through(gm: fx.GraphModule) -> list[fx.Node]:
+    """The call_module nodes of a traced graph better captured by ``torch.export``."""
+    modules = dict(gm.named_modules())
+    return [node for node in gm.graph.nodes
+            if node.op == "call_module" and isinstance(modules.get(node.target), _EXPORT_SEES_THROUGH)]
+
+
 @contextlib.contextmanager
 def _without_kv_cache(model: nn.Module):
     """A ``transformers`` model returns its key/value cache (an object torch.export cannot

@@ -435,11 +435,22 @@ def count_flops(module: torch.nn.Module, example_inputs) -> tuple[float, dict]:
 
     rng = torch.get_rng_state()
     buffers = {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items() if not isinstance(v, torch.nn.Parameter)}
-    counter = FlopCounterMode(display=False)
+    # nn.MultiheadAttention's inference fast path (eval, no grad) is one fused op the
+    # counter does not count: the dense model would look cheaper than its pruned export
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), counter:
-            module(*example_inputs)
+        try:
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                module(*example_inputs)
+        except AssertionError:  # the counter's module hooks under no_grad, on a module called with
+            torch.set_rng_state(rng)  # a parameter itself (CaiT's class token): count with grad on
+            counter = FlopCounterMode(display=False)
+            with counter:
+                module(*example_inputs)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         torch.set_rng_state(rng)
         state = module.state_dict(keep_vars=True)
         with torch.no_grad():

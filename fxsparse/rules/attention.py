@@ -86,6 +86,73 @@ def matmul_rule(ctx, node):
     return product_ids(ctx, node, a, b, a_shape, b_shape, ctx.ids(a), ctx.ids(b), "matmul")
 
 
+def einsum_operands(args):
+    """``(equation, [operands])`` of ``torch.einsum(eq, a, b)`` or ``torch.einsum(eq, [a, b])``."""
+    eq, rest = args[0], args[1:]
+    return eq, list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else list(rest)
+
+
+def _einsum_as_matmul(eq: str):
+    """``(a_order, b_order, out_order)`` that turn a two-operand einsum into a batched ``a @ b``
+    (``a`` as [batch, a-row, contracted], ``b`` as [batch, contracted, b-column], the product
+    as [batch, a-row, b-column]; -1 stands for an inserted size-1 dim), or None for an
+    equation that is no such product (ellipsis, repeated or summed-out letters, several
+    row / column / contracted letters)."""
+    eq = eq.replace(" ", "")
+    if "..." in eq or "->" not in eq:
+        return None
+    ins, out = eq.split("->")
+    if ins.count(",") != 1:
+        return None
+    a, b = ins.split(",")
+    if any(len(set(t)) != len(t) for t in (a, b, out)) or set(out) - set(a + b) or (set(a) ^ set(b)) - set(out):
+        return None
+    batch = [c for c in out if c in a and c in b]
+    contracted = [c for c in a if c in b and c not in out]
+    rows, cols = [c for c in a if c not in b], [c for c in b if c not in a]
+    if len(contracted) != 1 or len(rows) > 1 or len(cols) > 1:
+        return None
+    a_order = [a.index(c) for c in batch] + [a.index(rows[0]) if rows else -1, a.index(contracted[0])]
+    b_order = [b.index(c) for c in batch] + [b.index(contracted[0]), b.index(cols[0]) if cols else -1]
+    product = batch + [rows[0] if rows else None, cols[0] if cols else None]
+    return a_order, b_order, [product.index(c) for c in out]
+
+
+def _reordered(ids, shape, order):
+    """ids (aligned to ``shape``) and shape with the dims in ``order`` (-1: a new size-1 dim)."""
+    full = left_pad(ids, len(shape)) if ids is not None else None
+    new_shape = tuple(1 if d < 0 else shape[d] for d in order)
+    if full is None:
+        return None, new_shape
+    picked = [d for d in order if d >= 0]
+    moved = np.transpose(full, picked)
+    for i, d in enumerate(order):
+        if d < 0:
+            moved = np.expand_dims(moved, i)
+    return moved, new_shape
+
+
+@register_rule(torch.einsum)
+def einsum_rule(ctx, node):
+    """A two-operand einsum that is a batched matrix product (attention written with einsum,
+    as in torchvision's MaxViT): the rule of ``a @ b`` on the operands reordered."""
+    eq, operands = einsum_operands(node.args)
+    orders = _einsum_as_matmul(eq) if len(operands) == 2 and all(isinstance(o, fx.Node) for o in operands) else None
+    if orders is None:
+        ctx.opaque(node, f"einsum '{eq}' at {ctx.where(node)} is not a two-operand matrix product")
+        return None
+    (a, b), (a_order, b_order, out_order) = operands, orders
+    a_ids, a_shape = _reordered(ctx.ids(a), ctx.shape(a), a_order)
+    b_ids, b_shape = _reordered(ctx.ids(b), ctx.shape(b), b_order)
+    out = product_ids(ctx, node, a, b, a_shape, b_shape, a_ids, b_ids, f"einsum '{eq}'")
+    if out is None:
+        return None
+    n = len(a_order)
+    inserted = [i for i in range(n) if i not in out_order]  # the size-1 row / column dims
+    out = np.transpose(left_pad(out, n), out_order + inserted)
+    return out.reshape(out.shape[:len(out_order)])
+
+
 def sdpa_rule(ctx, node):
     q, k, v = node.args[:3]
     qs, ks, vs = ctx.shape(q), ctx.shape(k), ctx.shape(v)

@@ -1,10 +1,10 @@
 """Normalisation layers.
 
 BatchNorm and InstanceNorm are per channel. GroupNorm normalises within groups of
-channels, so a whole group is the unit (GroupNorm with one group: nothing can go).
-LayerNorm over the channel dim mixes channels through its statistics: removing a
-channel is then a different model from zeroing it; its masked form computes the
-statistics over the kept channels only (what the exported model computes).
+channels, so a whole group is the unit. LayerNorm over the channel dim, and GroupNorm with
+one group (PoolFormer's norm), mix channels through their statistics: removing a channel
+is then a different model from zeroing it; their masked forms compute the statistics over
+the kept channels only (what the exported model computes).
 """
 from __future__ import annotations
 
@@ -67,8 +67,11 @@ def _group_norm(ctx, node, x, num_groups, params, what):
     line = ctx.axis(x, 1, f"{loc}: channels must run along dim 1")
     if line is None:
         return None
-    if num_groups == 1:
-        ctx.unprunable(line, f"{loc}: GroupNorm with one group normalises over all channels together")
+    if num_groups == 1:  # channel by channel, with statistics over the kept ones
+        ctx.mark_mixing(node, "GroupNorm with one group normalises over all channels together")
+        for qualname in params:
+            ctx.member(qualname, 0, line)
+        return ctx.ids(x)
     for row in line.reshape(num_groups, -1):
         ctx.elements.union_all(row)  # a group is the unit
         if (row < 0).any():
@@ -80,6 +83,32 @@ def _group_norm(ctx, node, x, num_groups, params, what):
 
 def _group_norm_signature(input, num_groups, weight=None, bias=None, eps=1e-5):
     return input, num_groups, weight, bias, eps
+
+
+def masked_standardize(x, m, dims, eps):
+    """``(x - mean) / sqrt(var + eps)`` with mean and variance over the entries of ``dims``
+    where the 0/1 mask ``m`` (``x``'s shape) is 1: the statistics of the pruned model."""
+    cnt = m.sum(dims, keepdim=True)
+    mean = (x * m).sum(dims, keepdim=True) / cnt
+    var = (((x - mean) * m) ** 2).sum(dims, keepdim=True) / cnt
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+def group_norm_masked(op, m, *args, **kwargs):
+    """GroupNorm with one group (module or ``F.group_norm``) with its statistics over the
+    channels where ``m`` is 1 only."""
+    if isinstance(op, nn.Module):
+        x, weight, bias, eps = args[0], op.weight, op.bias, op.eps
+    else:
+        x, _, weight, bias, eps = _group_norm_signature(*args, **kwargs)
+    m = m.to(x.dtype)
+    y = masked_standardize(x, m, tuple(range(1, x.dim())), eps)
+    per_channel = (-1,) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(per_channel)
+    if bias is not None:
+        y = y + bias.reshape(per_channel)
+    return y * m
 
 
 def group_norm_function(ctx, node):
@@ -98,24 +127,24 @@ def group_norm_function(ctx, node):
 def group_norm_function_export(ectx, node):
     x, num_groups, *_ = _group_norm_signature(*node.args, **node.kwargs)
     per_group = ectx.shape(x)[1] // num_groups
-    groups = ectx.pruned_size(x, 1) // per_group
+    groups = 1 if num_groups == 1 else ectx.pruned_size(x, 1) // per_group
     if len(node.args) > 1:
         node.args = (node.args[0], groups) + tuple(node.args[2:])
     else:
         node.kwargs = {**node.kwargs, "num_groups": groups}
 
 
-register_rule(F.group_norm, export=group_norm_function_export)(group_norm_function)
+register_rule(F.group_norm, export=group_norm_function_export, masked=group_norm_masked)(group_norm_function)
 
 
 def group_norm_export(ectx, node):
     mod = ectx.module(node.target)
     per_group = mod.num_channels // mod.num_groups
     mod.num_channels = ectx.pruned_size(node.args[0], 1)
-    mod.num_groups = mod.num_channels // per_group
+    mod.num_groups = 1 if mod.num_groups == 1 else mod.num_channels // per_group
 
 
-register_rule(nn.GroupNorm, export=group_norm_export)(group_norm)
+register_rule(nn.GroupNorm, export=group_norm_export, masked=group_norm_masked)(group_norm)
 
 
 def _layer_norm(ctx, node, x, ndims_normed, params):
@@ -162,12 +191,8 @@ def layer_norm_masked(op, m, *args, **kwargs):
     else:
         x, normalized_shape, weight, bias, eps = layer_norm_args(args, kwargs)
         k = _normalized_ndim(normalized_shape)
-    dims = tuple(range(x.dim() - k, x.dim()))
     m = m.to(x.dtype)
-    cnt = m.sum(dims, keepdim=True)
-    mean = (x * m).sum(dims, keepdim=True) / cnt
-    var = (((x - mean) * m) ** 2).sum(dims, keepdim=True) / cnt
-    y = (x - mean) * torch.rsqrt(var + eps)
+    y = masked_standardize(x, m, tuple(range(x.dim() - k, x.dim())), eps)
     if weight is not None:
         y = y * weight
     if bias is not None:
