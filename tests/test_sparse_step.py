@@ -18,7 +18,7 @@ CASES = {
     "efficientnet_b0": {"dropout": 0.0, "drop_path_rate": 0.0},
     "convnext_tiny": {"depths": (1, 1, 1, 1), "drop_path_rate": 0.0}, "googlenet": {"dropout": 0.0},
     "vit_tiny": {"depth": 2}, "densenet_bc_100": {"depth": 40}, "unet": {"base_width": 8},
-    "vgg11_bn": {}, "lenet5": {}, "resnet50": {},
+    "vgg11_bn": {}, "lenet5": {}, "resnet50": {"width": 16},  # all 16 bottlenecks, 1/4 of the width
 }
 FP32_WELL_CONDITIONED = {"resnet20", "vit_tiny", "convnext_tiny", "densenet_bc_100", "unet", "vgg11_bn"}
 
