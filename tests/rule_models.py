@@ -558,8 +558,8 @@ class ShuffleUnitNet(nn.Module):
 # ----------------------------------------------------------------------------------------
 class MHANet(nn.Module):
     """nn.MultiheadAttention: analyze captures the model with torch.export, which decomposes
-    it (packed in-projection, views, SDPA): the embedding into it and the width out of its
-    out-projection prune; its heads stay (q/k/v are picked out of one packed tensor)."""
+    it (packed in-projection, views, SDPA): its heads, the embedding into it and the width
+    out of its out-projection prune."""
 
     def __init__(self, embed=8, heads=2, hidden=12, out=3):
         super().__init__()
@@ -956,10 +956,12 @@ CASES = [
              apart=[("b_conv1.weight:1", "head.weight:1")],
              index=[("b_conv1.weight:1", "stem.weight:0", blocks(4, 1, 4)),
                     ("b_bn3.weight:0", "head.weight:1", [[1], [3], [5], [7]])]),
-    RuleCase("multihead_attention", MHANet, TOK, prunable=[8, 8, 12], unprunable=2,
+    RuleCase("multihead_attention", MHANet, TOK, prunable=[2, 8, 8, 12], unprunable=1,
              same=[("fc1.weight:0", "fc1.bias:0", "fc2.weight:1"), ("inp.weight:0", "attn.in_proj_weight:1"),
-                   ("attn.out_proj.weight:0", "attn.out_proj.bias:0", "fc1.weight:1")],
-             blocked=[("attn.in_proj_weight:0", "picks one channel")]),
+                   ("attn.out_proj.weight:0", "attn.out_proj.bias:0", "fc1.weight:1"),
+                   ("attn.in_proj_weight:0", "attn.in_proj_bias:0", "attn.out_proj.weight:1")],
+             index=[("attn.out_proj.weight:1", "attn.in_proj_weight:0",
+                     [[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19], [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23]])]),
     RuleCase("qkv_attention", QKVAttentionNet, TOK, prunable=[2, 8], unprunable=1,
              same=[("q.weight:0", "q.bias:0", "k.weight:0", "v.weight:0", "proj.weight:1"),
                    ("embed.weight:0", "q.weight:1", "k.weight:1", "v.weight:1", "proj.weight:0", "head.weight:1")],

@@ -197,39 +197,45 @@ def test_layer_norm_channels_last_hand_built():
 
 
 class _MHAWrittenOut(nn.Module):
-    """R.MHANet's computation written out (packed in-projection, 2 heads of 4, SDPA) with
-    the embedding width ``e``, the out-projection width ``o`` and the hidden width ``h``."""
+    """R.MHANet's computation written out (packed in-projection, heads of 4, SDPA) with the
+    embedding width ``e``, ``heads`` heads, the out-projection width ``o`` and the hidden
+    width ``h``."""
 
-    def __init__(self, e, o, h):
+    def __init__(self, e, heads, o, h):
         super().__init__()
-        self.inp, self.out_proj = nn.Linear(6, e), nn.Linear(8, o)
-        self.in_proj_weight, self.in_proj_bias = nn.Parameter(torch.empty(24, e)), nn.Parameter(torch.empty(24))
+        self.heads = heads
+        self.inp, self.out_proj = nn.Linear(6, e), nn.Linear(4 * heads, o)
+        self.in_proj_weight = nn.Parameter(torch.empty(12 * heads, e))
+        self.in_proj_bias = nn.Parameter(torch.empty(12 * heads))
         self.fc1, self.fc2 = nn.Linear(o, h), nn.Linear(h, 3)
 
     def forward(self, x):
         x = torch.relu(self.inp(x))
         B, N, _ = x.shape
-        q, k, v = (t.reshape(B, N, 2, 4).transpose(1, 2)
+        q, k, v = (t.reshape(B, N, self.heads, 4).transpose(1, 2)
                    for t in nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, -1))
-        a = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, 8)
+        a = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, 4 * self.heads)
         return self.fc2(torch.relu(self.fc1(self.out_proj(a))))
 
 
 def test_multihead_attention_hand_built():
-    """nn.MultiheadAttention decomposed by torch.export: its input and output widths prune
-    (the embedding into it, the width out of its out-projection), its heads stay."""
+    """nn.MultiheadAttention decomposed by torch.export: its heads (q, k and v of a head
+    together), its input width and its output width prune."""
     case = R.CASES_BY_NAME["multihead_attention"]
     model, graph, _ = analyze_case(case)
     P = dict(model.named_parameters())
     for keep in _random_keeps(graph, 4):
         e = kept_indices(graph, keep, "inp.weight", 0, 8)
+        c = kept_indices(graph, keep, "attn.out_proj.weight", 1, 8)  # the kept heads' channels
         o = kept_indices(graph, keep, "attn.out_proj.weight", 0, 8)
         h = kept_indices(graph, keep, "fc1.weight", 0, 12)
-        assert len(e) < 8 or len(o) < 8 or len(h) < 12
-        small = _load(_MHAWrittenOut(len(e), len(o), len(h)), {
+        assert len(c) % 4 == 0 and (len(e) < 8 or len(c) < 8 or len(o) < 8 or len(h) < 12)
+        rows = torch.cat([c + 8 * part for part in range(3)])  # q, k and v rows of those heads
+        small = _load(_MHAWrittenOut(len(e), len(c) // 4, len(o), len(h)), {
             "inp.weight": _slice(P["inp.weight"], e), "inp.bias": _slice(P["inp.bias"], e),
-            "in_proj_weight": _slice(P["attn.in_proj_weight"], None, e), "in_proj_bias": _slice(P["attn.in_proj_bias"]),
-            "out_proj.weight": _slice(P["attn.out_proj.weight"], o), "out_proj.bias": _slice(P["attn.out_proj.bias"], o),
+            "in_proj_weight": _slice(P["attn.in_proj_weight"], rows, e),
+            "in_proj_bias": _slice(P["attn.in_proj_bias"], rows),
+            "out_proj.weight": _slice(P["attn.out_proj.weight"], o, c), "out_proj.bias": _slice(P["attn.out_proj.bias"], o),
             "fc1.weight": _slice(P["fc1.weight"], h, o), "fc1.bias": _slice(P["fc1.bias"], h),
             "fc2.weight": _slice(P["fc2.weight"], None, h), "fc2.bias": _slice(P["fc2.bias"]),
         })
@@ -651,3 +657,21 @@ def test_einsum_that_is_no_matrix_product_keeps_its_channels():
     assert not graph.prunable_groups
     (g,) = [g for g in graph if g.size == 8]
     assert "einsum 'bnc,bnc->bnc'" in g.reason and "not a two-operand matrix product" in g.reason
+
+
+def test_multihead_attention_export_runs_at_every_batch_size():
+    """F.multi_head_attention_forward views [L, batch, E] as [L, batch * heads, head_dim]: the
+    exported model must scale that size with the kept heads and keep the batch symbolic."""
+    case = R.CASES_BY_NAME["multihead_attention"]
+    model, graph, _ = analyze_case(case)
+    (x,) = case.inputs()
+    for keep in _random_keeps(graph, 3):
+        small = fxsparse.export(model, graph, keep).eval()
+        for batch in (1, 4, 6):
+            xb = torch.randn(batch, *x.shape[1:])
+            with torch.no_grad():
+                out = small(xb)
+                ref = torch.cat([masked_reference(graph, keep, c) for c in xb.split(x.shape[0])]) if batch > 1 else None
+            assert out.shape[0] == batch and torch.isfinite(out).all()
+            if ref is not None:
+                assert_close(out, ref)

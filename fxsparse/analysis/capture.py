@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from fxsparse.core.errors import TraceError
 from fxsparse.passes.aten_to_torch import AtenToTorch
+from fxsparse.passes.packed_qkv import SplitPackedQKV
 from fxsparse.passes.training_mode import FollowTrainingMode
 from fxsparse.rules.registry import lookup
 
@@ -194,6 +195,7 @@ def export_capture(model: nn.Module, example_inputs, stack_traces: bool = True) 
         program = _export(model, example_inputs)
     gm = program.module()
     AtenToTorch()(gm)
+    SplitPackedQKV()(gm)
     FollowTrainingMode(captured_training=False)(gm)
     # torch.export blocks train()/eval() on the module (its flags were frozen); now they follow it
     for name in ("train", "eval"):

@@ -88,6 +88,20 @@ def _pruned_from_params(ectx, node):
     return out
 
 
+def _scaled_symbolic_size(node, size, before: int, after: int):
+    """A dim that merges the batch with channels (``view(L, batch * heads, hd)`` in
+    ``F.multi_head_attention_forward``): its size ``batch * heads`` is a graph value. The
+    constant factor scales with the pruning (``batch * kept_heads``) so the batch stays
+    symbolic; where the size is no such product, the pruned size is fixed (as recorded)."""
+    if size.op == "call_function" and size.target is operator.mul and not size.kwargs and len(size.args) == 2:
+        a, b = size.args
+        sym, factor = (a, b) if isinstance(b, int) else (b, a)
+        if isinstance(factor, int) and isinstance(sym, fx.Node) and factor * after % before == 0:
+            with node.graph.inserting_before(node):
+                return node.graph.call_function(operator.mul, (sym, factor * after // before))
+    return after
+
+
 def reshape_export(ectx, node):
     """Rewrite the target shape: channel dims get their pruned size, other dims keep the
     original argument (so a dynamic batch size stays dynamic)."""
@@ -106,6 +120,9 @@ def reshape_export(ectx, node):
     # a size computed from a channel count (C // heads) is stale after pruning: use the
     # recorded size there; other sizes (the batch) stay symbolic
     new = [p if p is not None else (static[d] if ectx.reads_channel_count(o) else o) for d, (p, o) in enumerate(zip(pruned, orig))]
+    for d, (p, o) in enumerate(zip(pruned, orig)):
+        if p is not None and isinstance(o, fx.Node):
+            new[d] = _scaled_symbolic_size(node, o, static[d], p)
     if node.op == "call_function":
         node.args = (node.args[0], new)
     else:
