@@ -136,6 +136,40 @@ def test_rebuilds_beyond_recompile_limit_stay_compiled():
     assert len(calls) == 3 * (limit + 4), len(calls)
 
 
+def test_capacities_that_come_back_reuse_their_compiled_graphs():
+    """The builds of the last few capacity sets are kept: A -> B -> A -> B compiles A and B
+    once each (3 graphs per set), every step's loss equals the exported model's for its
+    mask; a set pushed out of the cache (size 2: A -> B -> C -> A) compiles again."""
+    model, x, sp = _sparse(compile=True)
+    calls = []
+
+    def counting_backend(gm, example_inputs):
+        calls.append(1)
+        return gm.forward
+
+    sp._backend = counting_backend
+    step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.01))
+    y = torch.randint(0, 4, (8,))
+    caps = {k: [k if p else c for c, p in zip(sp.plan.caps, sp.plan.prunable)] for k in (12, 16, 20)}
+    seen = []
+    sp.sample_masks(0.1)  # masks that fit every capacity set below
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in (12, 16, 12, 16, 20, 12):
+            if k == 20:
+                sp.build_cache_size = 2  # keeps the current set and one more: 12 is pushed out
+            sp._set_caps(caps[k])
+            seen.append((k, sp.reused_build))
+            sp.sample_masks(0.1)
+            with torch.no_grad():
+                ref = F.cross_entropy(export(model, sp.channel_graph, sp.masks).train()(x), y)
+            loss = step(x, y)
+            torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)
+            seen[-1] += (len(calls),)
+    assert [r for _, r, _ in seen] == [False, False, True, True, False, False]
+    assert [n for _, _, n in seen] == [3, 6, 6, 6, 9, 12]
+
+
 def test_learner_state_restores_capacities():
     model, x, sp = _sparse()
     learner = StructureLearner(sp, keep=0.5, lr=0.05)

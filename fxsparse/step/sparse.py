@@ -23,6 +23,7 @@ recompile limit never silently sends the step back to eager.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import time
@@ -101,7 +102,9 @@ class SparseModel(nn.Module):
     name: [(dim, DimLayout)]} of the tensors the step gathers), ``buffer_names`` (the dense
     model's buffers the capacity model uses), :attr:`valid_buffers`, :attr:`current_masks`,
     :meth:`dense_tensors`, :meth:`buffers_to`, :meth:`forward_dense` and ``compiled_fns``
-    (the compiled step functions of the current capacities, by key; emptied by a rebuild).
+    (the compiled step functions of the current capacities, by key). The builds of the last
+    ``build_cache_size`` capacity sets are kept: capacities that come back reuse their
+    compiled graphs (``reused_build`` says whether the last change did).
     """
 
     def __init__(self, model, graph, *, keep=0.5, compile=True, capacity=None, headroom=3.0, align=None, seed=0,
@@ -129,8 +132,13 @@ class SparseModel(nn.Module):
         self.use_compile = compile
         self.compile_update = bool(compile and compile_update)
         self.compilations = 0  # graphs compiled by torch.compile for this model (see _backend)
-        self.rebuilds = 0  # capacity changes after construction (each one recompiles the step)
+        self.rebuilds = 0  # capacity changes after construction
         self.on_rebuild = []  # callables fn(sparse_model), called after each capacity change (before its recompile)
+        # static capacities: the builds (capacity model and its compiled graphs) of the last
+        # few capacity sets are kept, so capacities that come back recompile nothing
+        self.build_cache_size = 4
+        self.reused_build = False  # whether the last capacity change found its build kept
+        self._builds = collections.OrderedDict()  # capacity tuple -> {attribute: value}
         # data parallel: fn(tensors) averages them in place over the processes (set by the trainer);
         # the step averages its loss and its gradients, losses() its K losses
         self.reduce_mean = None
@@ -206,7 +214,32 @@ class SparseModel(nn.Module):
         return float(self._flops(self._flops.flat(self.plan.cap_keep(caps))))
 
     # ----- building the capacity model ------------------------------------------------
+    # what one capacity set's build consists of (kept per capacity set, see _build)
+    _BUILD_STATE = ("capacity_model", "_valid_buffers", "_valid_layouts", "members", "_param_names", "buffer_names",
+                    "_buffer_set", "_tensor_refs", "_step_fn", "_gather_index", "compiled_fns", "_codes")
+
     def _build(self):
+        """The capacity model for the plan's capacities, or the kept build of an earlier
+        capacity set equal to them (its compiled graphs included)."""
+        caps = tuple(self.plan.caps)
+        built = getattr(self, "_built_caps", None)
+        if built is not None and built != caps:
+            self._builds[built] = {name: getattr(self, name) for name in self._BUILD_STATE}
+            self._builds.move_to_end(built)
+        kept = self._builds.pop(caps, None)
+        while len(self._builds) > max(0, self.build_cache_size - 1):  # the current build counts too
+            _, old = self._builds.popitem(last=False)
+            self._drop_compiled(old["_codes"])
+        self._built_caps = caps
+        self.reused_build = kept is not None
+        if kept is not None:
+            for name, value in kept.items():
+                object.__setattr__(self, name, value)
+            self.capacity_model.train(self.training)
+            return
+        self._build_new()
+
+    def _build_new(self):
         graph = self.channel_graph
         cap = export(self.model, graph, self.plan.cap_keep())
         # its own (capacity-sized) weights are never used: every step passes gathered ones
@@ -247,7 +280,7 @@ class SparseModel(nn.Module):
         self._tensor_refs += [(n, *self._owner_of(n, "_buffers")) for n in self.buffer_names]
         self._step_fn = None
         self._gather_index = None
-        self._drop_compiled()
+        self._codes = set()  # the code objects of this build's compiled functions (see compile_fn)
         self.compiled_fns = {}
         self._check_capacity_model()
 
@@ -490,16 +523,15 @@ class SparseModel(nn.Module):
             if self.compilations != before:
                 self.compile_seconds += time.perf_counter() - start
 
-    def _drop_compiled(self):
-        """Forget the graphs compiled for the previous capacities: their shapes never come
-        back, and left in place they count towards torch.compile's recompile limit (8 per
-        function), after which it silently runs the step eagerly."""
-        codes = getattr(self, "_codes", set())
+    @staticmethod
+    def _drop_compiled(codes):
+        """Forget the graphs compiled for a capacity set no longer kept (``codes``: its
+        functions' code objects): left in place they would hold memory for shapes that
+        are not coming back."""
         reset = getattr(torch._C._dynamo.eval_frame, "reset_code", None)
         if reset is not None:
             for code in codes - {None}:
                 reset(code)
-        self._codes = set()
 
     def _backend(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx

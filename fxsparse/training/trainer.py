@@ -519,8 +519,8 @@ class Trainer:
         return time.perf_counter()
 
     def _on_rebuild(self, sp):
-        """A capacity change drops the compiled graphs: the next step recompiles."""
-        if not self.config.compile or not sp.compilations:
+        """A capacity change to capacities not seen lately: the next step recompiles."""
+        if not self.config.compile or not sp.compilations or sp.reused_build:
             return
         took = self._compile_s.get(self._compiling.get(self._phase_built))
         self._say("recompiling: channel capacities changed (the compiled step's channel slots follow the scores"
