@@ -109,13 +109,9 @@ def test_capacity_model_still_equals_export_after_rebuilds():
         torch.testing.assert_close(sp(x), ref(x), rtol=1e-5, atol=1e-6)
 
 
-def test_rebuilds_beyond_recompile_limit_stay_compiled():
-    """torch.compile keeps at most 8 graphs per function, then runs it eagerly without an
-    error. Every capacity change drops the stale graphs, so 12 capacity sets give 12
-    compiled steps, each three graphs: the gather, forward + backward, and the optimizer update (an eager
-    backend counts them without the cost of inductor)."""
-    limit = torch._dynamo.config.recompile_limit
-    model, x, sp = _sparse(compile=True)
+def _counted_step(model, sp):
+    """(train step, list growing by one per compiled graph, targets): an eager backend counts
+    the graphs without the cost of inductor."""
     calls = []
 
     def counting_backend(gm, example_inputs):
@@ -124,7 +120,17 @@ def test_rebuilds_beyond_recompile_limit_stay_compiled():
 
     sp._backend = counting_backend
     step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.01))
-    y = torch.randint(0, 4, (8,))
+    return step, calls, torch.randint(0, 4, (8,))
+
+
+def test_rebuilds_beyond_recompile_limit_stay_compiled():
+    """torch.compile keeps at most 8 graphs per function, then runs it eagerly without an
+    error. Each capacity set compiles its own copies of the step functions (builds beyond
+    the last few are dropped), so 12 capacity sets give 12 compiled steps, each three
+    graphs: the gather, forward + backward, and the optimizer update."""
+    limit = torch._dynamo.config.recompile_limit
+    model, x, sp = _sparse(compile=True)
+    step, calls, y = _counted_step(model, sp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for k in range(limit + 4):
@@ -141,15 +147,7 @@ def test_capacities_that_come_back_reuse_their_compiled_graphs():
     once each (3 graphs per set), every step's loss equals the exported model's for its
     mask; a set pushed out of the cache (size 2: A -> B -> C -> A) compiles again."""
     model, x, sp = _sparse(compile=True)
-    calls = []
-
-    def counting_backend(gm, example_inputs):
-        calls.append(1)
-        return gm.forward
-
-    sp._backend = counting_backend
-    step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.01))
-    y = torch.randint(0, 4, (8,))
+    step, calls, y = _counted_step(model, sp)
     caps = {k: [k if p else c for c, p in zip(sp.plan.caps, sp.plan.prunable)] for k in (12, 16, 20)}
     seen = []
     sp.sample_masks(0.1)  # masks that fit every capacity set below
