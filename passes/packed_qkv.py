@@ -24,7 +24,7 @@ def _only_user(node: fx.Node, target, args_tail) -> fx.Node | None:
     if len(node.users) != 1:
         return None
     user = next(iter(node.users))
-    if user.target is not target and user.target != target or user.kwargs or tuple(user.args[1:]) != args_tail:
+    if user.target != target or user.kwargs or tuple(user.args[1:]) != args_tail:
         return None
     return user
 

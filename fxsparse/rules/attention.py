@@ -86,7 +86,7 @@ def matmul_rule(ctx, node):
     return product_ids(ctx, node, a, b, a_shape, b_shape, ctx.ids(a), ctx.ids(b), "matmul")
 
 
-def einsum_operands(args):
+def _einsum_operands(args):
     """``(equation, [operands])`` of ``torch.einsum(eq, a, b)`` or ``torch.einsum(eq, [a, b])``."""
     eq, rest = args[0], args[1:]
     return eq, list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else list(rest)
@@ -136,7 +136,7 @@ def _reordered(ids, shape, order):
 def einsum_rule(ctx, node):
     """A two-operand einsum that is a batched matrix product (attention written with einsum,
     as in torchvision's MaxViT): the rule of ``a @ b`` on the operands reordered."""
-    eq, operands = einsum_operands(node.args)
+    eq, operands = _einsum_operands(node.args)
     orders = _einsum_as_matmul(eq) if len(operands) == 2 and all(isinstance(o, fx.Node) for o in operands) else None
     if orders is None:
         ctx.opaque(node, f"einsum '{eq}' at {ctx.where(node)} is not a two-operand matrix product")

@@ -69,13 +69,11 @@ def _group_norm(ctx, node, x, num_groups, params, what):
         return None
     if num_groups == 1:  # channel by channel, with statistics over the kept ones
         ctx.mark_mixing(node, "GroupNorm with one group normalises over all channels together")
-        for qualname in params:
-            ctx.member(qualname, 0, line)
-        return ctx.ids(x)
-    for row in line.reshape(num_groups, -1):
-        ctx.elements.union_all(row)  # a group is the unit
-        if (row < 0).any():
-            ctx.unprunable(row, f"{loc}: a group mixes fixed and prunable channels")
+    else:
+        for row in line.reshape(num_groups, -1):
+            ctx.elements.union_all(row)  # a group is the unit
+            if (row < 0).any():
+                ctx.unprunable(row, f"{loc}: a group mixes fixed and prunable channels")
     for qualname in params:
         ctx.member(qualname, 0, line)
     return ctx.ids(x)

@@ -119,10 +119,9 @@ def reshape_export(ectx, node):
     static = ectx.shape(node)
     # a size computed from a channel count (C // heads) is stale after pruning: use the
     # recorded size there; other sizes (the batch) stay symbolic
-    new = [p if p is not None else (static[d] if ectx.reads_channel_count(o) else o) for d, (p, o) in enumerate(zip(pruned, orig))]
-    for d, (p, o) in enumerate(zip(pruned, orig)):
-        if p is not None and isinstance(o, fx.Node):
-            new[d] = _scaled_symbolic_size(node, o, static[d], p)
+    # a pruned size given as a graph value (batch * heads) is scaled, not fixed
+    new = [(_scaled_symbolic_size(node, o, static[d], p) if isinstance(o, fx.Node) else p) if p is not None
+           else (static[d] if ectx.reads_channel_count(o) else o) for d, (p, o) in enumerate(zip(pruned, orig))]
     if node.op == "call_function":
         node.args = (node.args[0], new)
     else:

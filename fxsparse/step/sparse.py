@@ -139,6 +139,7 @@ class SparseModel(nn.Module):
         self.build_cache_size = 4
         self.reused_build = False  # whether the last capacity change found its build kept
         self._builds = collections.OrderedDict()  # capacity tuple -> {attribute: value}
+        self._built_caps = None  # the capacities the current build is for
         # data parallel: fn(tensors) averages them in place over the processes (set by the trainer);
         # the step averages its loss and its gradients, losses() its K losses
         self.reduce_mean = None
@@ -214,15 +215,14 @@ class SparseModel(nn.Module):
         return float(self._flops(self._flops.flat(self.plan.cap_keep(caps))))
 
     # ----- building the capacity model ------------------------------------------------
-    # what one capacity set's build consists of (kept per capacity set, see _build)
-    _BUILD_STATE = ("capacity_model", "_valid_buffers", "_valid_layouts", "members", "_param_names", "buffer_names",
-                    "_buffer_set", "_tensor_refs", "_step_fn", "_gather_index", "compiled_fns", "_codes")
+    # what differs between the builds of two capacity sets (kept per capacity set, see _build)
+    _BUILD_STATE = ("capacity_model", "_valid_buffers", "_valid_layouts", "members", "_gather_index", "compiled_fns",
+                    "_codes")
 
     def _build(self):
         """The capacity model for the plan's capacities, or the kept build of an earlier
         capacity set equal to them (its compiled graphs included)."""
-        caps = tuple(self.plan.caps)
-        built = getattr(self, "_built_caps", None)
+        caps, built = tuple(self.plan.caps), self._built_caps
         if built is not None and built != caps:
             self._builds[built] = {name: getattr(self, name) for name in self._BUILD_STATE}
             self._builds.move_to_end(built)
@@ -278,7 +278,6 @@ class SparseModel(nn.Module):
         # step (named_parameters() walks the module tree: ~0.5 ms per call on a VGG-11)
         self._tensor_refs = [(n, *self._owner_of(n, "_parameters")) for n in self._param_names]
         self._tensor_refs += [(n, *self._owner_of(n, "_buffers")) for n in self.buffer_names]
-        self._step_fn = None
         self._gather_index = None
         self._codes = set()  # the code objects of this build's compiled functions (see compile_fn)
         self.compiled_fns = {}
