@@ -6,9 +6,16 @@ counts are symbolic would be recompiled for every count a convolution sees. Wrap
 custom ops (``fxsparse::convolution`` and its backward), the convolutions run the same ATen
 kernels eagerly from inside the compiled graph, and every other op (BatchNorm, activations,
 pooling, the loss, the optimizer update) is still fused by inductor around them, with the
-counts symbolic. :class:`OpaqueConvolutions` rewrites a GraphModule's convolutions to them.
+counts symbolic. :class:`OpaqueConvolutions` rewrites a GraphModule's convolutions (plain and
+transposed) to them.
+
+``groups=0`` means "as many groups as the input has channels per weight input channel"
+(``x.shape[1] // weight.shape[1]``): a depthwise convolution whose channel count changes
+from step to step keeps one graph.
 """
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import torch
 import torch.fx as fx
@@ -17,40 +24,53 @@ import torch.nn.functional as F
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 
-def _aten_convolution(x, weight, bias, stride, padding, dilation, groups):
-    return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+def _groups(x, weight, transposed, groups):
+    return groups if groups or transposed else x.shape[1] // weight.shape[1]
+
+
+def _aten_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding,
+                                      _groups(x, weight, transposed, groups))
 
 
 @torch.library.custom_op("fxsparse::convolution", mutates_args=())
 def convolution(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
-                padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
-    return _aten_convolution(x, weight, bias, stride, padding, dilation, groups)
+                padding: list[int], dilation: list[int], transposed: bool, output_padding: list[int],
+                groups: int) -> torch.Tensor:
+    return _aten_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
 
 
 convolution.register_fake(_aten_convolution)  # ATen's meta kernel: symbolic sizes in, symbolic sizes out
 
 
+def _bias_size(weight, transposed, groups):
+    return weight.shape[1] * groups if transposed else weight.shape[0]
+
+
 @torch.library.custom_op("fxsparse::convolution_backward", mutates_args=())
 def convolution_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
-                         padding: list[int], dilation: list[int], groups: int,
-                         mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gx, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]], stride, padding, dilation,
-                                                     False, [0] * len(stride), groups, mask)
+                         padding: list[int], dilation: list[int], transposed: bool, output_padding: list[int],
+                         groups: int, mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    groups = _groups(x, weight, transposed, groups)
+    gx, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, [_bias_size(weight, transposed, groups)],
+                                                     stride, padding, dilation, transposed, output_padding, groups,
+                                                     mask)
     # a custom op returns tensors: an unneeded gradient is an empty one (never read)
     return tuple(g if g is not None else grad.new_empty(0) for g in (gx, gw, gb))
 
 
 @convolution_backward.register_fake
-def _(grad, x, weight, stride, padding, dilation, groups, mask):
+def _(grad, x, weight, stride, padding, dilation, transposed, output_padding, groups, mask):
+    groups = _groups(x, weight, transposed, groups)
     return (x.new_empty(x.shape) if mask[0] else grad.new_empty(0),
             weight.new_empty(weight.shape) if mask[1] else grad.new_empty(0),
-            grad.new_empty(weight.shape[0]) if mask[2] else grad.new_empty(0))
+            grad.new_empty(_bias_size(weight, transposed, groups)) if mask[2] else grad.new_empty(0))
 
 
 def _setup(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, groups = inputs
+    x, weight, bias, *conv = inputs
     ctx.save_for_backward(x, weight)
-    ctx.conv = (stride, padding, dilation, groups)
+    ctx.conv = conv
     ctx.has_bias = bias is not None
 
 
@@ -59,12 +79,13 @@ def _backward(ctx, grad):
     needs = ctx.needs_input_grad
     mask = [bool(needs[0]), bool(needs[1]), bool(ctx.has_bias and needs[2])]
     gx, gw, gb = convolution_backward(grad, x, weight, *ctx.conv, mask)
-    return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None)
+    return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None) + (None,) * len(ctx.conv)
 
 
 convolution.register_autograd(_backward, setup_context=_setup)
 
-def autocast_convolution(x, weight, bias, stride, padding, dilation, groups):
+
+def autocast_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     """:func:`convolution` under the caller's autocast as ``F.conv2d`` would be: a custom op
     is not on autocast's lists, so the inputs are cast here to the autocast dtype."""
     device = x.device.type
@@ -72,11 +93,16 @@ def autocast_convolution(x, weight, bias, stride, padding, dilation, groups):
         dtype = torch.get_autocast_dtype(device)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    return torch.ops.fxsparse.convolution(x, weight, bias, stride, padding, dilation, groups)
+    return torch.ops.fxsparse.convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding,
+                                          groups)
 
 
 _FUNCTIONS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+_TRANSPOSED_FUNCTIONS = {F.conv_transpose1d: 1, F.conv_transpose2d: 2, F.conv_transpose3d: 3}
 _MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_SIGNATURE = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+_TRANSPOSED_SIGNATURE = ["input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"]
 
 
 def _expand(value, n):
@@ -84,8 +110,13 @@ def _expand(value, n):
 
 
 class OpaqueConvolutions(PassBase):
-    """Every convolution of the graph (``nn.ConvNd`` with zero padding mode, ``F.convNd``
-    with numeric padding) as a call to :func:`convolution`; the others stay as they are."""
+    """Every convolution of the graph (``nn.ConvNd`` / ``nn.ConvTransposeNd`` with zero
+    padding mode, ``F.convNd`` / ``F.conv_transposeNd`` with numeric padding) as a call to
+    :func:`convolution`; the others stay as they are. ``groups_from_shapes``: names of the
+    (non-transposed) convolution nodes whose groups follow the input's channel count."""
+
+    def __init__(self, groups_from_shapes: Collection[str] = ()):
+        self.groups_from_shapes = set(groups_from_shapes)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
@@ -93,6 +124,10 @@ class OpaqueConvolutions(PassBase):
             replacement = self._conv_args(gm, node)
             if replacement is None:
                 continue
+            if node.name in self.groups_from_shapes:
+                if replacement[6]:
+                    raise ValueError(f"{node.name}: a transposed convolution's groups cannot follow its input")
+                replacement = (*replacement[:-1], 0)
             with gm.graph.inserting_before(node):
                 args = [gm.graph.get_attr(a) if isinstance(a, str) else a for a in replacement[:3]]
                 new = gm.graph.call_function(autocast_convolution, (*args, *replacement[3:]))
@@ -107,27 +142,29 @@ class OpaqueConvolutions(PassBase):
 
     @staticmethod
     def _conv_args(gm, node):
-        """(input, weight, bias, stride, padding, dilation, groups) of a convolution node
-        (weight/bias as attribute names for a module), None for anything else."""
+        """(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+        of a convolution node (weight/bias as attribute names for a module), None for anything
+        else."""
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
-            if type(mod) not in _MODULES or mod.padding_mode != "zeros" or isinstance(mod.padding, str) \
-                    or len(node.args) != 1 or node.kwargs:
+            if type(mod) not in _MODULES + _TRANSPOSED_MODULES or mod.padding_mode != "zeros" \
+                    or isinstance(mod.padding, str) or len(node.args) != 1 or node.kwargs:
                 return None
             n = len(mod.kernel_size)
             bias = f"{node.target}.bias" if mod.bias is not None else None
             return (node.args[0], f"{node.target}.weight", bias, _expand(mod.stride, n), _expand(mod.padding, n),
-                    _expand(mod.dilation, n), mod.groups)
-        if node.op == "call_function" and node.target in _FUNCTIONS:
-            n = _FUNCTIONS[node.target]
-            names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
-            defaults = [None, None, None, 1, 0, 1, 1]
-            values = dict(zip(names, defaults))
-            values.update(zip(names, node.args))
-            values.update(node.kwargs)
-            if isinstance(values["padding"], str) or any(isinstance(values[k], fx.Node)
-                                                           for k in ("stride", "padding", "dilation", "groups")):
-                return None
-            return (values["input"], values["weight"], values["bias"], _expand(values["stride"], n),
-                    _expand(values["padding"], n), _expand(values["dilation"], n), int(values["groups"]))
-        return None
+                    _expand(mod.dilation, n), mod.transposed, _expand(mod.output_padding, n), mod.groups)
+        if node.op != "call_function" or node.target not in {**_FUNCTIONS, **_TRANSPOSED_FUNCTIONS}:
+            return None
+        transposed = node.target in _TRANSPOSED_FUNCTIONS
+        n = (_TRANSPOSED_FUNCTIONS if transposed else _FUNCTIONS)[node.target]
+        names = _TRANSPOSED_SIGNATURE if transposed else _SIGNATURE
+        values = {"bias": None, "stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1}
+        values.update(zip(names, node.args))
+        values.update(node.kwargs)
+        if isinstance(values["padding"], str) or any(isinstance(values[k], fx.Node) for k in
+                                                     ("stride", "padding", "output_padding", "dilation", "groups")):
+            return None
+        return (values["input"], values["weight"], values["bias"], _expand(values["stride"], n),
+                _expand(values["padding"], n), _expand(values["dilation"], n), transposed,
+                _expand(values["output_padding"], n), int(values["groups"]))

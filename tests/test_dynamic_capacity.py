@@ -36,7 +36,7 @@ class FlattenByConstant(nn.Module):  # LeNet's way: the flattened width is a lit
         return self.fc(F.relu(self.c(x)).view(-1, 8 * 6 * 6))
 
 
-class Depthwise(nn.Module):
+class Depthwise(nn.Module):  # MobileNet's way: as many groups as channels
     def __init__(self):
         super().__init__()
         self.c, self.dw, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Linear(8, 5)
@@ -45,7 +45,7 @@ class Depthwise(nn.Module):
         return self.fc(self.dw(F.relu(self.c(x))).mean((2, 3)))
 
 
-class ChannelNorm(nn.Module):
+class ChannelNorm(nn.Module):  # a LayerNorm over the pruned channels (ConvNeXt's way)
     def __init__(self):
         super().__init__()
         self.a, self.norm, self.b = nn.Linear(6, 16), nn.LayerNorm(16), nn.Linear(16, 5)
@@ -54,28 +54,91 @@ class ChannelNorm(nn.Module):
         return self.b(self.norm(F.relu(self.a(x))))
 
 
+class Heads(nn.Module):  # an attention whose head count is a literal in its reshape (ViT's way)
+    def __init__(self, dim=8, heads=4):
+        super().__init__()
+        self.heads, self.qkv, self.proj, self.fc = heads, nn.Linear(dim, 3 * dim * 2), nn.Linear(2 * dim, dim), \
+            nn.Linear(dim, 5)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        a = (q @ k.transpose(-2, -1) * 0.5).softmax(-1)
+        y = (a @ v).transpose(1, 2).reshape(b, n, self.heads * 4)
+        return self.fc(x + self.proj(y)).mean(1)
+
+
+class UpDown(nn.Module):  # a U-Net's way up: transposed convolution, depthwise on the way
+    def __init__(self):
+        super().__init__()
+        self.down, self.bn = nn.Conv2d(3, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12)
+        self.dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.up = nn.ConvTranspose2d(12, 8, 2, stride=2)
+        self.out = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.down(x)))
+        return self.out(F.relu(self.up(F.relu(self.dw(x))))).mean((2, 3))
+
+
+class MobileStyle(nn.Module):  # depthwise, a LayerNorm over channels, a transposed convolution
+    def __init__(self):
+        super().__init__()
+        self.down, self.bn = nn.Conv2d(3, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12)
+        self.dw, self.norm = nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.LayerNorm(12)
+        self.up, self.out = nn.ConvTranspose2d(12, 8, 2, stride=2), nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        x = self.dw(F.relu(self.bn(self.down(x))))
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.out(F.relu(self.up(x))).mean((2, 3))
+
+
+class TwoWaySplit(nn.Module):  # ShuffleNet's way: a split into two separately pruned parts
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1)
+        self.c, self.d, self.fc = nn.Conv2d(6, 6, 1), nn.Conv2d(6, 6, 1), nn.Linear(12, 5)
+
+    def forward(self, x):
+        left, right = torch.cat([self.a(x), self.b(x)], 1).split([6, 6], 1)
+        return self.fc(torch.cat([self.c(left), self.d(right)], 1).mean((2, 3)))
+
+
 def _data(shape=(8, 3, 8, 8), classes=5):
     g = torch.Generator().manual_seed(0)
     return torch.randn(*shape, generator=g), torch.randint(0, classes, (shape[0],), generator=g)
 
 
-@pytest.mark.parametrize("model, word", [(FlattenByConstant(), "constant"), (Depthwise(), "groups"),
-                                         (ChannelNorm(), "normalized_shape")])
-def test_what_pins_a_count_is_named_and_the_default_falls_back_to_static(model, word):
-    x = torch.randn(2, 6) if isinstance(model, ChannelNorm) else torch.randn(2, 3, 8, 8)
+def _example(model):
+    return torch.randn(2, 6) if isinstance(model, ChannelNorm) else torch.randn(2, 5, 8) \
+        if isinstance(model, Heads) else torch.randn(2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("model, words", [(FlattenByConstant(), ("view", "288")), (TwoWaySplit(), ("split", "[6, 6]"))])
+def test_what_pins_a_count_is_named_and_the_default_falls_back_to_static(model, words):
+    x = _example(model)
     graph = fxsparse.analyze(model, x)
-    assert word in count_dependence(model, graph)
+    reason = count_dependence(model, graph)
+    assert reason is not None and all(w in reason for w in words), reason
     sp = fxsparse.compile(model, x, compile=False, graph=graph)
-    assert sp.capacity_mode == "auto" and word in sp.static_reason
+    assert sp.capacity_mode == "auto" and sp.static_reason == reason
     with pytest.raises(ValueError, match="capacity=None"):
         fxsparse.compile(model, x, compile=False, capacity="dynamic", graph=graph)
 
 
-def test_models_without_count_constants_default_to_dynamic():
-    for model in (Residual(), ConvBNNet()):
-        x, _ = _data()
-        assert count_dependence(model, fxsparse.analyze(model, x)) is None
-        assert fxsparse.compile(model, x, compile=False).capacity_mode == "dynamic"
+@pytest.mark.parametrize("model", [Residual(), ConvBNNet(), Depthwise(), ChannelNorm(), Heads(), UpDown(),
+                                   MobileStyle()],
+                         ids=lambda m: type(m).__name__)
+def test_models_whose_counts_follow_their_shapes_default_to_dynamic(model):
+    """Depthwise groups, a LayerNorm over pruned channels, a head count in a reshape and a
+    transposed convolution follow the kept counts; every step equals the exported model
+    (eager, float64, a new Bernoulli mask each step)."""
+    x = _example(model)
+    assert count_dependence(model, fxsparse.analyze(model, x)) is None
+    y = torch.randint(0, model(x).shape[-1], (x.shape[0],))
+    sp = check_steps(model, (x,), y, F.cross_entropy, steps=3, dtype=torch.float64, tol=1e-9)
+    assert sp.capacity_mode == "dynamic"
 
 
 @pytest.mark.parametrize("align", [1, 4])
@@ -94,13 +157,15 @@ def _exported_loss(sp, x, y):
         return float(F.cross_entropy(small(x), y))
 
 
-def test_compiled_dynamic_step_one_graph_per_function_at_every_count():
+@pytest.mark.parametrize("net", [Residual, MobileStyle])
+def test_compiled_dynamic_step_one_graph_per_function_at_every_count(net):
     """Keep probabilities from 0.15 to 0.95: the counts change every step, the step
     compiles once (gather, forward + backward, update) and each loss equals the exported
-    model's for that mask at the pre-step weights; the weights equal an eager twin's."""
+    model's for that mask at the pre-step weights; the weights equal an eager twin's.
+    MobileStyle: depthwise groups, a LayerNorm and a transposed convolution follow the counts."""
     torch.manual_seed(0)
     x, y = _data()
-    model, twin = Residual(), Residual()
+    model, twin = net(), net()
     twin.load_state_dict(model.state_dict())
     sp = fxsparse.compile(model, x, keep=0.5, compile=True, seed=3)
     eager = fxsparse.compile(twin, x, keep=0.5, compile=False, seed=3)

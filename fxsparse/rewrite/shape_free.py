@@ -1,14 +1,26 @@
-"""Whether one capacity model can serve every kept-channel count (dynamic capacities).
+"""Whether one capacity model can serve every kept-channel count (dynamic capacities), and
+the rewrites that make it so.
 
 The dynamic step runs the whole model's capacity model on tensors gathered at each step's
 exact counts. That is the exported model of the step's mask only when nothing in the graph
 or its modules depends on a channel count other than the shapes of the tensors it is
-given: no constant reshape size (LeNet's ``view(-1, 16 * 5 * 5)``), no ``groups`` of a
-depthwise convolution, no ``normalized_shape`` of a LayerNorm, no buffer of its own whose
-length is a channel count. Two exports (every channel, and about half) tell: their code and
-their modules' settings must be the same, up to the sizes listed in ``SHAPE_ONLY``.
+given. Two exports (every channel, and about half) tell: their code and their modules'
+settings must be the same, up to
+
+- sizes that only describe a module's own tensors (``SHAPE_ONLY``: the step passes them in);
+- modules the capacity model calls through their masked form (a LayerNorm over pruned
+  channels: see :mod:`fxsparse.passes.masked_mixing`), which reads no count;
+- the ``groups`` of a depthwise convolution: the capacity model reads it from its input's
+  channel count (:class:`fxsparse.passes.opaque_conv.OpaqueConvolutions`);
+- one size of a ``view``/``reshape`` (heads of an attention, a flattened width): the
+  capacity model infers it (``-1``).
+
+What is left (a ``split`` into two pruned parts, a constant in arithmetic, a buffer whose
+length is a channel count) pins a count, and the model keeps static capacities.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -20,34 +32,136 @@ from fxsparse.rewrite.export import export
 
 # module attributes that only describe the shapes of the module's own tensors, which the
 # step passes in (their values never reach the computation)
+_CONV_SIZES = ("in_channels", "out_channels")
 SHAPE_ONLY = {
-    nn.Conv1d: ("in_channels", "out_channels"), nn.Conv2d: ("in_channels", "out_channels"),
-    nn.Conv3d: ("in_channels", "out_channels"), nn.Linear: ("in_features", "out_features"),
+    nn.Conv1d: _CONV_SIZES, nn.Conv2d: _CONV_SIZES, nn.Conv3d: _CONV_SIZES,
+    nn.ConvTranspose1d: _CONV_SIZES, nn.ConvTranspose2d: _CONV_SIZES, nn.ConvTranspose3d: _CONV_SIZES,
+    nn.Linear: ("in_features", "out_features"),
     nn.BatchNorm1d: ("num_features",), nn.BatchNorm2d: ("num_features",), nn.BatchNorm3d: ("num_features",),
 }
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_RESHAPES = {"view", "reshape", torch.reshape}
+
+
+@dataclass
+class ShapeFree:
+    """``reason``: what pins a kept count (None: one capacity model serves every count).
+    ``inferred_sizes``: {view/reshape node: position of its one count-dependent size};
+    ``groups_from_shapes``: depthwise convolution nodes (see the module docstring)."""
+    reason: str | None = None
+    inferred_sizes: dict[str, int] = field(default_factory=dict)
+    groups_from_shapes: set[str] = field(default_factory=set)
+
+    def apply(self, cap: fx.GraphModule) -> None:
+        """Write ``-1`` at each inferred size of ``cap`` (the export with every channel kept)."""
+        for node in cap.graph.nodes:
+            if node.name in self.inferred_sizes:
+                sizes, write = _reshape_sizes(node)
+                sizes[self.inferred_sizes[node.name]] = -1
+                write(sizes)
+        cap.recompile()
+
+
+def shape_free(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> ShapeFree:
+    """How the capacity model of every count is one model (or the reason it cannot be)."""
+    full = export(model, graph, {g.id: torch.ones(g.size, dtype=torch.bool) for g in graph.groups})
+    half = export(model, graph, random_keep(graph, 0.5, torch.Generator().manual_seed(seed)))
+    result = ShapeFree()
+    result.reason = _code_dependence(full, half, result) or _module_dependence(model, graph, full, half, result)
+    return result
 
 
 def count_dependence(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> str | None:
     """None when the capacity model does not depend on the kept counts beyond its tensors'
-    shapes, else what does (the first difference found, for the error or the log)."""
-    full = export(model, graph, {g.id: torch.ones(g.size, dtype=torch.bool) for g in graph.groups})
-    half = export(model, graph, random_keep(graph, 0.5, torch.Generator().manual_seed(seed)))
-    dense = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    shapes (after :class:`ShapeFree`'s rewrites), else what does (for the error or the log)."""
+    return shape_free(model, graph, seed).reason
+
+
+def _reshape_sizes(node):
+    """(the target sizes of a view/reshape node as a list, a function writing them back)."""
+    if node.op == "call_function" or (len(node.args) == 2 and isinstance(node.args[1], (list, tuple))):
+        def write(sizes):
+            node.args = (node.args[0], sizes, *node.args[2:])
+        return list(node.args[1]), write
+
+    def write(sizes):
+        node.args = (node.args[0], *sizes)
+    return list(node.args[1:]), write
+
+
+def _code_dependence(full, half, result) -> str | None:
     halves = dict(half.named_modules())
     for name, mod in full.named_modules():
+        if not isinstance(mod, fx.GraphModule):
+            continue
         other = halves.get(name)
-        if isinstance(mod, fx.GraphModule):  # (a class of its own per instance)
-            if not isinstance(other, fx.GraphModule) or mod.code != other.code:
-                return f"submodule {name!r} holds a constant that depends on a channel count"
+        if not isinstance(other, fx.GraphModule):
+            return f"module {name!r} differs between two exports"
+        other_nodes = {n.name: n for n in other.graph.nodes}
+        for node in mod.graph.nodes:
+            twin = other_nodes.get(node.name)
+            if twin is None or twin.target != node.target:
+                return f"submodule {name!r} holds a constant that depends on a channel count (node {node.name})"
+            if _by_name(node) == _by_name(twin):
+                continue
+            position = _one_differing_size(node, twin)
+            if position is None:
+                where = f" in submodule {name!r}" if name else ""
+                return (f"the call {_call_text(node)}{where} holds a constant that depends on a channel count "
+                        f"(with other channels kept: {_call_text(twin)})")
+            result.inferred_sizes[node.name] = position
+    return None
+
+
+def _call_text(node) -> str:
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    args, kwargs = _by_name(node)
+    return f"{target}({', '.join([str(a) for a in args] + [f'{k}={v}' for k, v in kwargs.items()])})"
+
+
+def _by_name(node):
+    """A node's arguments with nodes as their names (comparable across two graphs)."""
+    return fx.node.map_arg((node.args, node.kwargs), lambda n: n.name)
+
+
+def _one_differing_size(node, twin) -> int | None:
+    """The position of the only size that differs between two exports of a view/reshape
+    (None when it is not one, or another size is already inferred)."""
+    if node.target not in _RESHAPES or node.kwargs or twin.kwargs:
+        return None
+    sizes, twin_sizes = (fx.node.map_arg(_reshape_sizes(n)[0], lambda a: a.name) for n in (node, twin))
+    if len(sizes) != len(twin_sizes) or -1 in sizes:
+        return None
+    differing = [i for i, (a, b) in enumerate(zip(sizes, twin_sizes)) if a != b]
+    if len(differing) != 1 or not isinstance(sizes[differing[0]], int):
+        return None
+    return differing[0]
+
+
+def _module_dependence(model, graph, full, half, result) -> str | None:
+    dense = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    halves = dict(half.named_modules())
+    calls = {}  # module name -> the nodes calling it
+    for node in full.graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node.name)
+    mixing = {name for name, _ in graph.mixing}
+    for name, mod in full.named_modules():
+        other = halves.get(name)
+        if isinstance(mod, fx.GraphModule):
             continue
         if type(other) is not type(mod):
             return f"module {name!r} differs between two exports"
+        if calls.get(name) and set(calls[name]) <= mixing:
+            continue  # called through its masked form only, which reads no count
         skip = SHAPE_ONLY.get(type(mod), ())
         for key, value in vars(mod).items():
-            if key.startswith("_") or key in skip or key == "training":
+            if key.startswith("_") or key in skip or key == "training" or _same(value, getattr(other, key, None)):
                 continue
-            if not _same(value, getattr(other, key, None)):
-                return f"{type(mod).__name__} {name!r} has {key}={value!r}, which depends on its channel count"
+            if key == "groups" and isinstance(mod, _CONVOLUTIONS) and mod.weight.shape[1] == other.weight.shape[1]:
+                result.groups_from_shapes.update(calls.get(name, ()))  # depthwise: as many groups as channels
+                continue
+            return f"{type(mod).__name__} {name!r} has {key}={value!r}, which depends on its channel count"
         for key, buf in mod._buffers.items():
             full_name = f"{name}.{key}" if name else key
             if buf is not None and full_name not in dense and buf.shape != other._buffers[key].shape:

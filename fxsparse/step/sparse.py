@@ -38,7 +38,7 @@ from fxsparse.core.broadcast import left_pad
 from fxsparse.core.errors import NoPrunableGroupError
 from fxsparse.rewrite.export import export, tied_names
 from fxsparse.rewrite.run_check import check_runs, inputs_on_device_of
-from fxsparse.rewrite.shape_free import count_dependence
+from fxsparse.rewrite.shape_free import ShapeFree, shape_free
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.rewrite.layout import GatherIndex, Plan
 from fxsparse.step.train_step import device_of, forward_gathered, make_train_step, write_back_buffers
@@ -61,19 +61,20 @@ def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: boo
 
 
 def resolve_capacity(model, graph, capacity):
-    """(the capacity policy to use, why the model needs static capacities or None).
-    ``None`` (the default): "dynamic" when one capacity model serves every count
-    (:func:`fxsparse.rewrite.shape_free.count_dependence`), else "auto"."""
+    """(the capacity policy to use, how one capacity model serves every count: a
+    :class:`fxsparse.rewrite.shape_free.ShapeFree`, whose ``reason`` says why a model needs
+    static capacities). ``None`` (the default): "dynamic" when one capacity model serves
+    every count, else "auto"."""
     if capacity is not None and capacity != "dynamic":
-        return capacity, None
-    reason = count_dependence(model, graph)
-    if reason is None:
-        return "dynamic", None
+        return capacity, ShapeFree()
+    free = shape_free(model, graph)
+    if free.reason is None:
+        return "dynamic", free
     if capacity == "dynamic":
         raise ValueError(f"capacity='dynamic' needs a model whose computation depends on channel counts only "
-                         f"through its tensors' shapes, but {reason}; use capacity=None (the default: static "
+                         f"through its tensors' shapes, but {free.reason}; use capacity=None (the default: static "
                          f"capacities for such a model) or 'auto'")
-    return "auto", reason
+    return "auto", free
 
 
 class SparseModel(nn.Module):
@@ -125,7 +126,8 @@ class SparseModel(nn.Module):
         self.align = align
         # dynamic capacities: the capacity model is the whole model and each step runs at its
         # exact kept counts, compiled once with the counts as symbolic sizes (no padding)
-        capacity, self.static_reason = resolve_capacity(model, graph, capacity)
+        capacity, self._shape_free = resolve_capacity(model, graph, capacity)
+        self.static_reason = self._shape_free.reason
         self.dynamic = capacity == "dynamic"
         self.capacity_mode = capacity if isinstance(capacity, str) else "given"
         self.compile_seconds = 0.0  # wall time of the steps that compiled a graph (see timed_compiles)
@@ -242,6 +244,8 @@ class SparseModel(nn.Module):
     def _build_new(self):
         graph = self.channel_graph
         cap = export(self.model, graph, self.plan.cap_keep())
+        if self.dynamic:  # sizes and groups that follow the counts are read from the tensors
+            self._shape_free.apply(cap)
         # its own (capacity-sized) weights are never used: every step passes gathered ones
         layout_of = self._tensor_layout_of(cap)
         masking = MaskMixingOps(graph, layout_of)
@@ -249,8 +253,8 @@ class SparseModel(nn.Module):
         self._valid_buffers = masking.valid_buffers
         # the layouts of the validity vectors, read now: they name nodes of this graph
         self._valid_layouts = {buf: layout_of(node, dim) for buf, (node, dim) in self._valid_buffers.items()}
-        if self.dynamic and self.use_compile:  # inductor would read every convolution's channel counts as constants
-            OpaqueConvolutions()(cap)
+        if self.dynamic:  # inductor would read every convolution's channel counts as constants
+            OpaqueConvolutions(self._shape_free.groups_from_shapes)(cap)
         # not a registered submodule: its own (capacity-sized) weights are never used, and
         # DDP / state_dict / optimizers must only see the dense model's parameters
         placeholders = {}  # one per tensor: tied weights stay tied (functional_call fills them by one name)
