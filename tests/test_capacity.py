@@ -12,6 +12,7 @@ import numpy as np
 
 import fxsparse
 from fxsparse import zoo
+from fxsparse.analysis.flops import SubnetFlops
 from fxsparse.rewrite.export import export
 from fxsparse.methods.vrpge import StructureLearner
 from sparse_checks import ConvBNNet
@@ -49,6 +50,33 @@ def test_planned_caps_cover_mean_plus_headroom_and_shrink_when_sharp():
     assert all(s < w for s, w in zip(_prunable_caps(sp), wide))
     # nothing changed: no rebuild
     assert not sp.fit_capacity(sharp)
+
+
+def test_a_shrink_must_repay_its_recompile_over_the_steps_left():
+    """Once the step has run (its graphs exist), a shrink priced at ``recompile_steps``
+    happens only when its FLOPs cut times the steps left pays for them; before the first
+    step it is free; growing is never priced."""
+    model, x, sp = _sparse()
+    half = _probs(sp, lambda n: torch.full((n,), 0.5))
+    sharp = _probs(sp, lambda n: (torch.arange(n) < n // 2).double() * 0.99 + 0.005)
+    sp.fit_capacity(half)
+    step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.1))
+    step(x, torch.randint(0, 4, (8,)))  # the step's functions now exist for these capacities
+    caps = list(sp.plan.caps)
+    planned = sp.planned_caps(sharp, headroom=3.5)
+    flops = SubnetFlops(sp.channel_graph)
+    cost = [float(flops(flops.flat(sp.plan.cap_keep(c)))) for c in (planned, caps)]
+    cut = 1 - cost[0] / cost[1]
+    assert 0.1 < cut < 0.9, cut
+    too_few = int(200 / cut) - 5  # steps left that would not repay a 200-step recompile
+    assert not sp.fit_capacity(sharp, remaining_steps=too_few, recompile_steps=200)
+    assert sp.plan.caps == caps
+    assert sp.fit_capacity(sharp, remaining_steps=int(200 / cut) + 5, recompile_steps=200)
+    assert sp.plan.caps != caps
+    # a fresh model whose step has not run shrinks whatever the steps left
+    _, _, fresh = _sparse()
+    fresh.fit_capacity(half)
+    assert fresh.fit_capacity(sharp, remaining_steps=1, recompile_steps=200)
 
 
 def test_grows_before_overflow_and_keeps_current_masks():

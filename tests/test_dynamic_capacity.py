@@ -45,6 +45,13 @@ class Depthwise(nn.Module):  # MobileNet's way: as many groups as channels
         return self.fc(self.dw(F.relu(self.c(x))).mean((2, 3)))
 
 
+class FunctionalDepthwise(Depthwise):  # timm's way: F.conv2d with groups in the call
+    def forward(self, x):
+        x = F.relu(self.c(x))
+        x = F.conv2d(x, self.dw.weight, self.dw.bias, 1, 1, 1, 8)
+        return self.fc(x.mean((2, 3)))
+
+
 class ChannelNorm(nn.Module):  # a LayerNorm over the pruned channels (ConvNeXt's way)
     def __init__(self):
         super().__init__()
@@ -127,8 +134,8 @@ def test_what_pins_a_count_is_named_and_the_default_falls_back_to_static(model, 
         fxsparse.compile(model, x, compile=False, capacity="dynamic", graph=graph)
 
 
-@pytest.mark.parametrize("model", [Residual(), ConvBNNet(), Depthwise(), ChannelNorm(), Heads(), UpDown(),
-                                   MobileStyle()],
+@pytest.mark.parametrize("model", [Residual(), ConvBNNet(), Depthwise(), FunctionalDepthwise(), ChannelNorm(),
+                                   Heads(), UpDown(), MobileStyle()],
                          ids=lambda m: type(m).__name__)
 def test_models_whose_counts_follow_their_shapes_default_to_dynamic(model):
     """Depthwise groups, a LayerNorm over pruned channels, a head count in a reshape and a

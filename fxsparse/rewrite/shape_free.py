@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import random_keep
@@ -41,6 +42,7 @@ SHAPE_ONLY = {
 }
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _RESHAPES = {"view", "reshape", torch.reshape}
+_CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
 
 
 @dataclass
@@ -104,6 +106,9 @@ def _code_dependence(full, half, result) -> str | None:
                 return f"submodule {name!r} holds a constant that depends on a channel count (node {node.name})"
             if _by_name(node) == _by_name(twin):
                 continue
+            if _differs_in_groups_only(node, twin):
+                result.groups_from_shapes.add(node.name)  # a functional depthwise convolution
+                continue
             position = _one_differing_size(node, twin)
             if position is None:
                 where = f" in submodule {name!r}" if name else ""
@@ -122,6 +127,18 @@ def _call_text(node) -> str:
 def _by_name(node):
     """A node's arguments with nodes as their names (comparable across two graphs)."""
     return fx.node.map_arg((node.args, node.kwargs), lambda n: n.name)
+
+
+def _differs_in_groups_only(node, twin) -> bool:
+    """A functional convolution whose two exports differ in ``groups`` only."""
+    if node.op != "call_function" or node.target not in _CONV_FUNCTIONS:
+        return False
+
+    def without_groups(n):
+        args, kwargs = _by_name(n)
+        return args[:6], {k: v for k, v in kwargs.items() if k != "groups"}
+
+    return without_groups(node) == without_groups(twin)
 
 
 def _one_differing_size(node, twin) -> int | None:

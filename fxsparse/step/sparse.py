@@ -190,15 +190,23 @@ class SparseModel(nn.Module):
         return self.plan.planned_caps(probs, headroom, slack, moments)
 
     def fit_capacity(self, probs, *, headroom: float = 3.5, grow_at: float = 3.0, slack: float = 0.02,
-                     shrink_gain: float = 0.1, max_shrinks: int = 6, shrink: bool = True) -> bool:
+                     shrink_gain: float = 0.1, max_shrinks: int = 6, shrink: bool = True,
+                     remaining_steps: int | None = None, recompile_steps: float = 200.0) -> bool:
         """Re-plan the capacities for masks drawn from Bernoulli(``probs``) ({group: keep
         probabilities}); cheap to call every step. Rebuilds (one recompile) when the plan's
         policy (:meth:`fxsparse.rewrite.layout.Plan.fitted_caps`) changes them: grow before masks
         overflow, shrink once the probabilities sharpened (at most ``max_shrinks`` times once
-        compiled). Returns whether it rebuilt."""
+        compiled). ``remaining_steps`` (the steps still to run at these capacities, when the
+        caller knows): once compiled, a shrink must also repay its recompile, priced at
+        ``recompile_steps`` steps (a capacity set compiles in ~40-90 s on a 2-core CPU, about
+        200 steps of a small CNN): it must cut the FLOPs by ``recompile_steps / remaining_steps``
+        at least. Counted in steps, not seconds, so that a seeded run decides the same way
+        every time. Returns whether it rebuilt."""
         if self.dynamic:  # every count fits, and the step runs at the exact counts
             return False
         compiled = bool(self.compiled_fns)
+        if compiled and remaining_steps is not None:
+            shrink_gain = max(shrink_gain, recompile_steps / max(remaining_steps, 1))
         caps, shrank = self.plan.fitted_caps(probs, self._masks, self._cap_flops, headroom=headroom, grow_at=grow_at,
                                              slack=slack, shrink_gain=shrink_gain, shrink=shrink and not (
                                                  compiled and self._shrinks >= max_shrinks))

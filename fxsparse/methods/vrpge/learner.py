@@ -220,8 +220,10 @@ class StructureLearner:
     def fit_capacity(self) -> bool:
         """Keep the compiled step's capacities matched to the scores: grow before they
         overflow (checked every step), shrink once the scores have sharpened (checked every
-        50 steps). Returns whether the step was rebuilt."""
-        return self.sparse.fit_capacity(self.group_probs(), shrink=self._steps % 50 == 0)
+        50 steps) by enough to repay the recompile over the search's steps left. Returns
+        whether the step was rebuilt."""
+        remaining = max(self.steps - self._steps, 0) if self.steps else None
+        return self.sparse.fit_capacity(self.group_probs(), shrink=self._steps % 50 == 0, remaining_steps=remaining)
 
     # ----- budget --------------------------------------------------------------------
     def expected_keep(self) -> float:
