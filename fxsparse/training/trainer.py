@@ -512,7 +512,7 @@ class Trainer:
     def _before_step(self, phase) -> float:
         if self._compile_pending:
             took = self._compile_s.get(self._compiling.get(phase))
-            guess = f"about {took:.0f} s, like the last time" if took else "typically 10-90 s on a CPU"
+            guess = f"about {took:.0f} s, like the last time" if took else "10-90 s for a small CNN on a CPU, minutes for a deep one"
             self._say(f"compiling {self._compiling.get(phase, 'the training step')} with torch.compile "
                       f"(the first step waits for it: {guess}; --no-compile runs eagerly)")
         self._compiles_before = getattr(self.sp, "compilations", 0)
