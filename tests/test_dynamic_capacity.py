@@ -168,7 +168,7 @@ def _exported_loss(sp, x, y):
 
 def test_compiled_dynamic_step_one_graph_per_function_at_every_count():
     """Keep probabilities from 0.15 to 0.95: the counts change every step, the step
-    compiles once (gather, forward + backward, update) and each loss equals the exported
+    compiles once (forward + backward, update; the gather runs eagerly) and each loss equals the exported
     model's for that mask at the pre-step weights; the weights equal an eager twin's.
     A residual add, depthwise groups, a LayerNorm over channels and a transposed
     convolution all follow the counts."""
@@ -191,9 +191,9 @@ def test_compiled_dynamic_step_one_graph_per_function_at_every_count():
         assert abs(loss - ref) <= 1e-5 * max(1.0, abs(ref)), (i, loss, ref)
         assert abs(loss - float(twin_step(x, y))) <= 1e-5 * max(1.0, abs(ref))
     assert len(seen) == 9
-    # gather, forward + backward, update: once each (twice at most: torch.compile's on-disk
+    # forward + backward, update: once each (twice at most: torch.compile's on-disk
     # caches have been seen to add one recompile)
-    assert 3 <= sp.compilations <= 6, sp.compilations
+    assert 2 <= sp.compilations <= 4, sp.compilations
     assert sp.rebuilds == 0
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
@@ -227,5 +227,5 @@ def test_a_search_whose_scores_move_compiles_each_function_once():
         learner.step(checked_step, F.cross_entropy, x, y)
     assert float((learner.probs() - start).abs().max()) > 0.3  # the scores moved
     assert len(counts) > 20  # many capacities visited
-    assert sp.compilations <= 8, sp.compilations  # gather, forward + backward, update, score forwards: <= 2 each
+    assert sp.compilations <= 6, sp.compilations  # forward + backward, update, score forwards: <= 2 each
     assert sp.rebuilds == 0

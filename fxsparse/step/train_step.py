@@ -96,10 +96,13 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True, scaler=
             fl = forward_loss if update is not None else dense_forward_loss
             kernel = update.kernel if update is not None else None
             gather_fn = gather_all
-            if sp.use_compile:  # graphs (static shapes): gather, forward + backward, and the update
+            if sp.use_compile:  # graphs: forward + backward, the update, and (static shapes) the gather
                 fl = sp.compile_fn(fl)
-                # one fused pass per tensor instead of one copy per gathered dim: 3.0 -> 1.4 ms on a VGG-11
-                gather_fn = sp.compile_fn(gather_all)
+                if not sp.dynamic:
+                    # one fused pass per tensor instead of one copy per gathered dim: 3.0 -> 1.4 ms on a
+                    # VGG-11. With symbolic counts the fused gather is one huge kernel that compiles for
+                    # ~20-70 s and ran no faster than eager (benchmarks/cold_start.py): eager there
+                    gather_fn = sp.compile_fn(gather_all)
             if kernel is not None and sp.compile_update:
                 kernel = sp.compile_fn(kernel)
             sp.compiled_fns["step"] = cached = (sp.capacity_model, fl, kernel, gather_fn)
