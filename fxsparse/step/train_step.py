@@ -101,7 +101,7 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True, scaler=
                 if not sp.dynamic:
                     # one fused pass per tensor instead of one copy per gathered dim: 3.0 -> 1.4 ms on a
                     # VGG-11. With symbolic counts the fused gather is one huge kernel that compiles for
-                    # ~20-70 s and ran no faster than eager (benchmarks/cold_start.py): eager there
+                    # ~20-70 s (benchmarks/cold_start.py) and ran no faster than eager: eager there
                     gather_fn = sp.compile_fn(gather_all)
             if kernel is not None and sp.compile_update:
                 kernel = sp.compile_fn(kernel)
