@@ -106,10 +106,11 @@ def _code_dependence(full, half, result) -> str | None:
                 return f"submodule {name!r} holds a constant that depends on a channel count (node {node.name})"
             if _by_name(node) == _by_name(twin):
                 continue
-            if _differs_in_groups_only(node, twin):
+            # the rewrites name nodes of the top graph (OpaqueConvolutions and apply run there)
+            if not name and _differs_in_groups_only(node, twin):
                 result.groups_from_shapes.add(node.name)  # a functional depthwise convolution
                 continue
-            position = _one_differing_size(node, twin)
+            position = _one_differing_size(node, twin) if not name else None
             if position is None:
                 where = f" in submodule {name!r}" if name else ""
                 return (f"the call {_call_text(node)}{where} holds a constant that depends on a channel count "
