@@ -127,7 +127,6 @@ class SparseModel(nn.Module):
         # dynamic capacities: the capacity model is the whole model and each step runs at its
         # exact kept counts, compiled once with the counts as symbolic sizes (no padding)
         capacity, self._shape_free = resolve_capacity(model, graph, capacity)
-        self.static_reason = self._shape_free.reason
         self.dynamic = capacity == "dynamic"
         self.capacity_mode = capacity if isinstance(capacity, str) else "given"
         self.compile_seconds = 0.0  # wall time of the steps that compiled a graph (see timed_compiles)
@@ -164,6 +163,11 @@ class SparseModel(nn.Module):
         self._build()
         for fn in self.on_rebuild:
             fn(self)
+
+    @property
+    def static_reason(self) -> str | None:
+        """Why the default gave this model static capacities (None: it did not, or the caller chose)."""
+        return self._shape_free.reason
 
     @property
     def shrinks(self) -> int:
