@@ -1,18 +1,26 @@
-"""Where the dynamic step's extra time with Bernoulli masks goes: counts that change every step.
+"""Where the dynamic step's extra time with Bernoulli masks goes: counts that change every
+step, and counts that are not multiples of the convolution's channel block.
 
     python benchmarks/shape_variation.py [--model vgg11_bn] [--threads 2] [--steps 12] [--warmup 40]
+                                         [--align 16] [--no-compile]
 
-One dynamic-capacity SparseModel (compiled; ``--no-compile`` for eager), timed round-robin
-with masks of three kinds: ``exact-random`` (round(keep * size) channels per group, a new
-random choice every step: the shapes never change), ``bernoulli-fixed`` (one Bernoulli(keep)
-mask, repeated: odd counts, fixed shapes) and ``bernoulli-fresh`` (a new Bernoulli mask every
-step: the shapes change every step); then ``bernoulli-fresh`` again on a model whose counts
-are rounded up to multiples of ``--align`` (few distinct shapes, a little padding). Medians
-of ``--steps`` rounds after ``--warmup`` steps of each.
+Two dynamic-capacity SparseModels (compiled; ``--no-compile`` for eager), one running every
+mask at its exact counts (align 1), one at counts rounded up to ``--align``, timed
+round-robin with masks of five kinds:
+  exact-random: round(keep * size) channels per group, a new random choice every step (the
+    shapes never change; at keep 0.5 the zoo's widths give multiples of 16);
+  bernoulli-fixed: one Bernoulli(keep) mask, repeated (odd counts, fixed shapes);
+  bernoulli-fresh: a new Bernoulli mask every step (the shapes change every step);
+  and the last two again with the counts rounded up to ``--align`` (few distinct shapes).
+Medians of ``--steps`` rounds after ``--warmup`` steps of each. Next to each time: the
+forward FLOPs of the counts the step runs at, relative to exact-random's, and of those
+counts rounded up to 16 channels, the block oneDNN's AVX-512 convolutions compute in
+(a count of 33 costs as much as 48 there), both averaged over the masks timed.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 import warnings
@@ -22,6 +30,9 @@ import torch.nn.functional as F
 
 import fxsparse
 from fxsparse import zoo
+from fxsparse.analysis.flops import SubnetFlops
+
+ONEDNN_BLOCK = 16  # channels per block of oneDNN's blocked (aBcd16b) AVX-512 formats
 
 
 def build(name, x, compile_, align):
@@ -30,6 +41,15 @@ def build(name, x, compile_, align):
     sp = fxsparse.compile(model, x, keep=0.5, compile=compile_, align=align, capacity="dynamic")
     step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
     return sp, step
+
+
+def rounded_flops(flops, graph, masks, align):
+    """FLOPs of the sub-network whose every group keeps its count rounded up to ``align``."""
+    keep = []
+    for g in graph.prunable_groups:
+        n = min(g.size, math.ceil(int(masks[g.id].sum()) / align) * align)
+        keep.append(torch.arange(g.size) < n)
+    return float(flops(torch.cat(keep)))
 
 
 def main(argv=None):
@@ -46,31 +66,41 @@ def main(argv=None):
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
     sp, step = build(args.model, x, not args.no_compile, 1)
     rounded, rounded_step = build(args.model, x, not args.no_compile, args.align)
-    fixed = sp.sample_masks(0.5)
-    kinds = {
-        "exact-random": (sp, step, lambda: fxsparse.random_keep(sp.channel_graph, 0.5, sp.generator)),
-        "bernoulli-fixed": (sp, step, lambda: fixed),
-        "bernoulli-fresh": (sp, step, lambda: sp.sample_masks(0.5)),
-        f"bernoulli-fresh, counts rounded up to {args.align}": (rounded, rounded_step, lambda: rounded.sample_masks(0.5)),
+    fixed, fixed_rounded = sp.sample_masks(0.5), rounded.sample_masks(0.5)
+    a = args.align
+    kinds = {  # label: (model, step, new masks, align the step runs at)
+        "exact-random": (sp, step, lambda: fxsparse.random_keep(sp.channel_graph, 0.5, sp.generator), 1),
+        "bernoulli-fixed": (sp, step, lambda: fixed, 1),
+        "bernoulli-fresh": (sp, step, lambda: sp.sample_masks(0.5), 1),
+        f"bernoulli-fixed, counts rounded up to {a}": (rounded, rounded_step, lambda: fixed_rounded, a),
+        f"bernoulli-fresh, counts rounded up to {a}": (rounded, rounded_step, lambda: rounded.sample_masks(0.5), a),
     }
-    for model, fn, masks in kinds.values():
+    for model, fn, masks, _ in kinds.values():
         for _ in range(args.warmup):
             model.masks = masks()
             fn(x, y)
+    flops = SubnetFlops(sp.channel_graph)
     times = {k: [] for k in kinds}
+    run_flops = {k: [] for k in kinds}
+    block_flops = {k: [] for k in kinds}
     order = list(kinds)
     for r in range(args.steps):
         for k in (order if r % 2 == 0 else order[::-1]):
-            model, fn, masks = kinds[k]
-            model.masks = masks()
+            model, fn, masks, align = kinds[k]
+            model.masks = m = masks()
             t = time.perf_counter()
             fn(x, y)
             times[k].append(time.perf_counter() - t)
+            run_flops[k].append(rounded_flops(flops, sp.channel_graph, m, align))
+            block_flops[k].append(rounded_flops(flops, sp.channel_graph, m, max(align, ONEDNN_BLOCK)))
     base = statistics.median(times["exact-random"])
+    base_flops = statistics.mean(run_flops["exact-random"])
     print(f"{args.model}, batch 64, keep 0.5, {args.threads} threads, "
           f"{'eager' if args.no_compile else 'compiled'}, median of {args.steps} rounds after {args.warmup} warm-up steps")
+    print(f"  {'masks':45s} {'step':>9s} {'ratio':>6s}   FLOPs ratio: run counts, in blocks of {ONEDNN_BLOCK}")
     for k, v in times.items():
-        print(f"  {k:45s} {statistics.median(v) * 1e3:7.1f} ms  {statistics.median(v) / base:5.2f}x")
+        print(f"  {k:45s} {statistics.median(v) * 1e3:6.1f} ms  {statistics.median(v) / base:5.2f}x"
+              f"   {statistics.mean(run_flops[k]) / base_flops:5.2f}x  {statistics.mean(block_flops[k]) / base_flops:5.2f}x")
     print(f"  compilations: {sp.compilations} and {rounded.compilations}")
 
 

@@ -12,6 +12,14 @@ transposed) to them.
 ``groups=0`` means "as many groups as the input has channels per weight input channel"
 (``x.shape[1] // weight.shape[1]``): a depthwise convolution whose channel count changes
 from step to step keeps one graph.
+
+``channels_last=True`` (what the pass sets for 2-D convolutions) runs them channels-last
+(NHWC), as inductor lays out the convolutions it lowers itself: oneDNN then reads and writes
+the activations as they are, where NCHW tensors cost a reorder in and out of its blocked
+layout at every call (about 40 ms of a 290 ms ResNet-18 step). Each op's outputs have
+exactly the strides its fake (meta) version promises, which inductor trusts when it compiles
+the code around the call. Inductor's compile cache keys on the graph, not on the fakes: a
+change to what an op returns must change its schema (as ``channels_last`` did).
 """
 from __future__ import annotations
 
@@ -28,19 +36,50 @@ def _groups(x, weight, transposed, groups):
     return groups if groups or transposed else x.shape[1] // weight.shape[1]
 
 
-def _aten_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
-    return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding,
+def _dense_strides(shape, channels_last: bool):
+    """The strides of a dense tensor of ``shape`` (NCHW or NHWC order); symbolic sizes welcome."""
+    order = [1, 3, 2, 0] if channels_last else list(range(len(shape)))[::-1]  # innermost first
+    strides, step = [0] * len(shape), 1
+    for d in order:
+        strides[d] = step
+        step = step * shape[d]
+    return strides
+
+
+def _restrided(t, strides):
+    """``t`` with exactly ``strides`` (what the fake version promised inductor); a copy when
+    they differ (also in the strides of size-1 dims only: a custom op's output must not be
+    a view, which an in-place activation after it would modify)."""
+    if list(t.stride()) == list(strides):
+        return t
+    return t.new_empty_strided(t.shape, strides).copy_(t)
+
+
+def _layout(channels_last: bool):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _aten_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups,
+                      channels_last):
+    return torch.ops.aten.convolution(x.contiguous(memory_format=_layout(channels_last)), weight, bias, stride,
+                                      padding, dilation, transposed, output_padding,
                                       _groups(x, weight, transposed, groups))
 
 
 @torch.library.custom_op("fxsparse::convolution", mutates_args=())
 def convolution(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
                 padding: list[int], dilation: list[int], transposed: bool, output_padding: list[int],
-                groups: int) -> torch.Tensor:
-    return _aten_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+                groups: int, channels_last: bool) -> torch.Tensor:
+    out = _aten_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups,
+                            channels_last)
+    return _restrided(out, _dense_strides(out.shape, channels_last))
 
 
-convolution.register_fake(_aten_convolution)  # ATen's meta kernel: symbolic sizes in, symbolic sizes out
+@convolution.register_fake
+def _(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups, channels_last):
+    out = _aten_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups,
+                            channels_last)
+    return out.new_empty_strided(out.shape, _dense_strides(out.shape, channels_last))
 
 
 def _bias_size(weight, transposed, groups):
@@ -50,20 +89,24 @@ def _bias_size(weight, transposed, groups):
 @torch.library.custom_op("fxsparse::convolution_backward", mutates_args=())
 def convolution_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
                          padding: list[int], dilation: list[int], transposed: bool, output_padding: list[int],
-                         groups: int, mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         groups: int, channels_last: bool,
+                         mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     groups = _groups(x, weight, transposed, groups)
-    gx, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, [_bias_size(weight, transposed, groups)],
-                                                     stride, padding, dilation, transposed, output_padding, groups,
-                                                     mask)
+    layout = _layout(channels_last)
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        grad.contiguous(memory_format=layout), x.contiguous(memory_format=layout), weight,
+        [_bias_size(weight, transposed, groups)], stride, padding, dilation, transposed, output_padding, groups, mask)
     # a custom op returns tensors: an unneeded gradient is an empty one (never read)
-    return tuple(g if g is not None else grad.new_empty(0) for g in (gx, gw, gb))
+    return (_restrided(gx, x.stride()) if mask[0] else grad.new_empty(0),
+            _restrided(gw, weight.stride()) if mask[1] else grad.new_empty(0),
+            gb if mask[2] else grad.new_empty(0))
 
 
 @convolution_backward.register_fake
-def _(grad, x, weight, stride, padding, dilation, transposed, output_padding, groups, mask):
+def _(grad, x, weight, stride, padding, dilation, transposed, output_padding, groups, channels_last, mask):
     groups = _groups(x, weight, transposed, groups)
-    return (x.new_empty(x.shape) if mask[0] else grad.new_empty(0),
-            weight.new_empty(weight.shape) if mask[1] else grad.new_empty(0),
+    return (x.new_empty_strided(x.shape, x.stride()) if mask[0] else grad.new_empty(0),
+            weight.new_empty_strided(weight.shape, weight.stride()) if mask[1] else grad.new_empty(0),
             grad.new_empty(_bias_size(weight, transposed, groups)) if mask[2] else grad.new_empty(0))
 
 
@@ -85,7 +128,8 @@ def _backward(ctx, grad):
 convolution.register_autograd(_backward, setup_context=_setup)
 
 
-def autocast_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+def autocast_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups,
+                         channels_last):
     """:func:`convolution` under the caller's autocast as ``F.conv2d`` would be: a custom op
     is not on autocast's lists, so the inputs are cast here to the autocast dtype."""
     device = x.device.type
@@ -94,7 +138,7 @@ def autocast_convolution(x, weight, bias, stride, padding, dilation, transposed,
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     return torch.ops.fxsparse.convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding,
-                                          groups)
+                                          groups, channels_last)
 
 
 _FUNCTIONS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
@@ -128,9 +172,11 @@ class OpaqueConvolutions(PassBase):
                 if replacement[6]:
                     raise ValueError(f"{node.name}: a transposed convolution's groups cannot follow its input")
                 replacement = (*replacement[:-1], 0)
+            stride, transposed = replacement[3], replacement[6]
+            channels_last = len(stride) == 2 and not transposed  # 2-D: see the module docstring
             with gm.graph.inserting_before(node):
                 args = [gm.graph.get_attr(a) if isinstance(a, str) else a for a in replacement[:3]]
-                new = gm.graph.call_function(autocast_convolution, (*args, *replacement[3:]))
+                new = gm.graph.call_function(autocast_convolution, (*args, *replacement[3:], channels_last))
             new.meta.update(node.meta)
             node.replace_all_uses_with(new)
             gm.graph.erase_node(node)

@@ -1,6 +1,8 @@
 """Checks shared by the sparse-step tests: a step equals the exported model for the same masks."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,7 +39,10 @@ def rel_err(a, b):
 def check_steps(model, inputs, target, loss_fn, *, steps=3, keep=0.5, bernoulli=True, compile=False, tol=1e-5,
                 optimizer="sgd", seed=0, train=True, dtype=None, align=None):
     """Runs ``steps`` sparse training steps; before each optimizer step compares output,
-    loss and kept gradients with the exported model; after it checks pruned entries."""
+    loss and kept gradients with the exported model; after it checks pruned entries. A
+    float32 step is compared with the exported model in float64 (a float32 reference has
+    rounding errors of its own, 1e-3 relative in some of DenseNet's BatchNorm gradients,
+    which agree with the step's only when both sum in the same order)."""
     torch.manual_seed(seed)
     if dtype is not None:
         model = model.to(dtype)
@@ -60,7 +65,10 @@ def check_steps(model, inputs, target, loss_fn, *, steps=3, keep=0.5, bernoulli=
         kept = kept_indices(sp.channel_graph, sp.masks)
         small = sp.export().train(train)
         # reference: the physically smaller model
-        ref_out = small(*inputs)
+        ref_dtype = torch.float64 if next(model.parameters()).dtype == torch.float32 else None
+        if ref_dtype is not None:
+            small = copy.deepcopy(small).to(ref_dtype)
+        ref_out = small(*(x.to(ref_dtype) if ref_dtype and x.is_floating_point() else x for x in inputs))
         ref_loss = loss_fn(ref_out, target)
         ref_loss.backward()
         # the sparse step
@@ -68,21 +76,23 @@ def check_steps(model, inputs, target, loss_fn, *, steps=3, keep=0.5, bernoulli=
         out = sp(*inputs)
         loss = loss_fn(out, target)
         loss.backward()
+        out = out.to(ref_out.dtype)
         assert rel_err(out.detach(), ref_out.detach()) <= tol, f"output differs: {rel_err(out.detach(), ref_out.detach())}"
         assert abs(float(loss) - float(ref_loss)) <= tol * max(1.0, abs(float(ref_loss)))
         small_params = dict(small.named_parameters())
         scale = max(float(q.grad.abs().max()) for q in small_params.values() if q.grad is not None)
         for name, p in params.items():
             sub = gather_kept(p.grad if p.grad is not None else torch.zeros_like(p), kept.get(name, {}))
+            sub = sub.to(ref_dtype) if ref_dtype else sub
             ref = small_params[name].grad
             ref = torch.zeros_like(sub) if ref is None else ref
             assert sub.shape == ref.shape, name
             # relative to the larger of this gradient and (a share of) the largest one: a gradient
             # that is zero in exact arithmetic (a conv bias before BN) is rounding noise, whose size
-            # follows the summed terms, not the result (1.4e-7 against a 1.7e-7 gradient in fp32 on
-            # VGG-11 with some CPU kernels)
+            # follows the summed terms, not the result (fp32 VGG-11, channels-last convolutions:
+            # 1.4e-6 against a float64 gradient of 3e-16, the largest gradient being 1.0)
             err = float((sub - ref).abs().max())
-            assert err <= tol * max(float(ref.abs().max()), 1e-1 * scale), f"grad of {name}: {err} (max {float(ref.abs().max())})"
+            assert err <= tol * max(float(ref.abs().max()), 0.5 * scale), f"grad of {name}: {err} (max {float(ref.abs().max())})"
         # pruned entries must not move during the optimizer step
         before_p = {n: p.detach().clone() for n, p in params.items()}
         before_b = {n: b.detach().clone() for n, b in buffers.items()}

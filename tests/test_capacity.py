@@ -14,6 +14,7 @@ import fxsparse
 from fxsparse import zoo
 from fxsparse.analysis.flops import SubnetFlops
 from fxsparse.rewrite.export import export
+from fxsparse.step.sparse import cpu_channel_block
 from fxsparse.methods.vrpge import StructureLearner
 from sparse_checks import ConvBNNet
 
@@ -248,7 +249,9 @@ def test_align_rounds_slots_up_and_padding_stays_exact():
     torch.manual_seed(0)
     model = ConvBNNet(64, 45)
     x = torch.randn(8, 3, 6, 6)
-    assert fxsparse.compile(model, x, keep=0.5, compile=False).align == 1  # CPU default
+    # CPU defaults: oneDNN's channel block for dynamic capacities, no padding for static ones
+    assert fxsparse.compile(model, x, keep=0.5, compile=False).align == cpu_channel_block()
+    assert fxsparse.compile(model, x, keep=0.5, compile=False, capacity="auto").align == 1
     sp = fxsparse.compile(model, x, keep=0.5, compile=False, align=8, capacity="auto")
     for cap, block, prunable in zip(sp.plan.caps, sp.plan.blocks, sp.plan.prunable):
         if prunable:

@@ -153,10 +153,12 @@ def test_models_whose_counts_follow_their_shapes_default_to_dynamic(model):
 @pytest.mark.parametrize("align", [1, 4])
 def test_eager_dynamic_steps_equal_the_exported_model(align):
     """Outputs, losses, kept gradients and untouched pruned entries against the exported
-    model, masks of a new size every step (align 4: counts rounded up, empty slots)."""
+    model, masks of a new size every step (align 4: counts rounded up, empty slots). In
+    float64: the bias of a conv before a BatchNorm has a zero gradient whose fp32 rounding
+    noise depends on the summation order, which differs channels-last."""
     x, _ = _data()
     y = torch.randint(0, 4, (8,))
-    sp = check_steps(ConvBNNet(), (x,), y, F.cross_entropy, steps=4, align=align)
+    sp = check_steps(ConvBNNet(), (x,), y, F.cross_entropy, steps=4, align=align, dtype=torch.float64, tol=1e-9)
     assert sp.dynamic
 
 

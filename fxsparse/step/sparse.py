@@ -60,6 +60,11 @@ def compile(model: nn.Module, example_inputs, *, keep: float = 0.5, compile: boo
                        seed=seed, compile_update=compile_update)
 
 
+def cpu_channel_block() -> int:
+    """Channels per block of oneDNN's convolution layouts on this CPU: 16 with AVX-512, else 8."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+
 def resolve_capacity(model, graph, capacity):
     """(the capacity policy to use, how one capacity model serves every count: a
     :class:`fxsparse.rewrite.shape_free.ShapeFree`, whose ``reason`` says why a model needs
@@ -92,8 +97,11 @@ class SparseModel(nn.Module):
     the model got, ``static_reason`` why a default one is static.
     ``align``: slot counts are rounded up to a multiple of this (never past the group size).
     None: 8 when the model's parameters are on a GPU when it is wrapped (tensor-core
-    friendly shapes), 1 on CPU, where any padding slot is pure extra work; move the model
-    to the GPU before ``fxsparse.compile`` or pass ``align=8``.
+    friendly shapes; move the model to the GPU before ``fxsparse.compile`` or pass
+    ``align=8``); on a CPU, :func:`cpu_channel_block` for dynamic capacities (oneDNN computes
+    convolutions in blocks of that many channels, so rounding up costs them little, and it
+    bounds the distinct shapes: a new shape costs oneDNN a kernel build every step), 1 for
+    static ones, where any padding slot is pure extra work.
     ``compile``: run the step through torch.compile (the eager path is the same code).
     ``compile_update``: with ``compile``, also compile the optimizer update of
     :meth:`make_train_step` (one more graph per capacity set, ~10-40 s cold on a 2-core CPU;
@@ -118,16 +126,17 @@ class SparseModel(nn.Module):
         self.model = model
         self.channel_graph = graph
         self.keep = float(keep)
-        if align is None:
-            on_gpu = any(p.device.type == "cuda" for p in model.parameters())
-            align = 8 if on_gpu else 1
-        if isinstance(align, bool) or not isinstance(align, int) or align < 1:
-            raise ValueError(f"align must be a positive int (or None for 8 on GPU, 1 on CPU), got {align!r}")
-        self.align = align
+        if align is not None and (isinstance(align, bool) or not isinstance(align, int) or align < 1):
+            raise ValueError(f"align must be a positive int (or None: 8 on GPU, see the docstring for CPU), "
+                             f"got {align!r}")
         # dynamic capacities: the capacity model is the whole model and each step runs at its
-        # exact kept counts, compiled once with the counts as symbolic sizes (no padding)
+        # kept counts (rounded up to align), compiled once with the counts as symbolic sizes
         capacity, self._shape_free = resolve_capacity(model, graph, capacity)
         self.dynamic = capacity == "dynamic"
+        if align is None:
+            on_gpu = any(p.device.type == "cuda" for p in model.parameters())
+            align = 8 if on_gpu else cpu_channel_block() if self.dynamic else 1
+        self.align = align
         self.capacity_mode = capacity if isinstance(capacity, str) else "given"
         self.compile_seconds = 0.0  # wall time of the steps that compiled a graph (see timed_compiles)
         self.use_compile = compile
