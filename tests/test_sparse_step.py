@@ -20,7 +20,10 @@ CASES = {
     "vit_tiny": {"depth": 2}, "densenet_bc_100": {"depth": 40}, "unet": {"base_width": 8},
     "vgg11_bn": {}, "lenet5": {}, "resnet50": {"width": 16},  # all 16 bottlenecks, 1/4 of the width
 }
-FP32_WELL_CONDITIONED = {"resnet20", "vit_tiny", "convnext_tiny", "densenet_bc_100", "unet", "vgg11_bn"}
+# float32 checked at 1e-5 against a float64 export; not DenseNet-BC at batch 4, whose own fp32
+# gradients are 1.5e-3 (relative) off float64 by its third step (an ill-conditioned BatchNorm):
+# any summation order passes or fails there by luck (float64 checks it at 1e-9)
+FP32_WELL_CONDITIONED = {"resnet20", "vit_tiny", "convnext_tiny", "unet", "vgg11_bn"}
 
 
 def _data(name, batch=4):

@@ -3,6 +3,7 @@
 string), ``--precision bf16`` (the sparse step equals the exported model under the same
 autocast; a short run trains), ``--channels-last``, and the logs other tools read
 (history.csv, steps.csv, TensorBoard with ``--log-dir``)."""
+import copy
 import csv
 import json
 import os
@@ -174,8 +175,12 @@ def test_bf16_sparse_step_equals_the_exported_model(name):
         out_sp, out_small = sp(x), small(x)
     assert out_sp.dtype == out_small.dtype == torch.bfloat16
     assert _rel(out_sp, out_small) < BF16_TOL
-    # one training step of each under the same autocast: the same loss, the same update
+    # one training step of each under the same autocast: the same loss, and an update as close
+    # to the exact (float64) one as the exported model's. Not the two bf16 updates against each
+    # other: ResNet-20's first-conv gradient is 34 % off float64 in both (cancellation), with
+    # errors that agree only when both sum in the same order (NCHW vs channels-last: 20 % apart)
     sp.train(), small.train()
+    exact = copy.deepcopy(small).double()
     w0 = {n: p.detach().clone() for n, p in small.named_parameters()}
     step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.1))
     opt = torch.optim.SGD(small.parameters(), lr=0.1)
@@ -184,11 +189,14 @@ def test_bf16_sparse_step_equals_the_exported_model(name):
         loss_small = F.cross_entropy(small(x), y)
         loss_small.backward()
     opt.step()
+    F.cross_entropy(exact(x.double()), y).backward()
     assert abs(float(loss_sp) - float(loss_small)) < BF16_TOL * abs(float(loss_small))
     trained = dict(sp.export().named_parameters())
-    for n, p in small.named_parameters():
-        d_sp, d_small = trained[n].detach() - w0[n], p.detach() - w0[n]
-        assert float((d_sp - d_small).norm()) <= 0.1 * float(d_small.norm()) + 1e-6, n
+    for n, p in exact.named_parameters():
+        d_exact = -0.1 * p.grad.float()
+        d_sp, d_small = trained[n].detach() - w0[n], small.get_parameter(n).detach() - w0[n]
+        err_sp, err_small = float((d_sp - d_exact).norm()), float((d_small - d_exact).norm())
+        assert err_sp <= 1.5 * err_small + 0.02 * float(d_exact.norm()) + 1e-6, (n, err_sp, err_small)
 
 
 def test_bf16_compiled_sparse_step_equals_the_exported_model():
