@@ -114,6 +114,19 @@ class TwoWaySplit(nn.Module):  # ShuffleNet's way: a split into two separately p
         return self.fc(torch.cat([self.c(left), self.d(right)], 1).mean((2, 3)))
 
 
+class Shuffle(nn.Module):  # a channel shuffle with no split: a permutation of the kept channels
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.a(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(F.relu(self.b(x)).mean((2, 3)))
+
+
 def _data(shape=(8, 3, 8, 8), classes=5):
     g = torch.Generator().manual_seed(0)
     return torch.randn(*shape, generator=g), torch.randint(0, classes, (shape[0],), generator=g)
@@ -124,7 +137,8 @@ def _example(model):
         if isinstance(model, Heads) else torch.randn(2, 3, 8, 8)
 
 
-@pytest.mark.parametrize("model, words", [(FlattenByConstant(), ("view", "288")), (TwoWaySplit(), ("split", "[6, 6]"))])
+@pytest.mark.parametrize("model, words", [(FlattenByConstant(), ("view", "288")), (TwoWaySplit(), ("split", "[6, 6]")),
+                                          (Shuffle(), ("buffer", "channel-count length"))])
 def test_what_pins_a_count_is_named_and_the_default_falls_back_to_static(model, words):
     x = _example(model)
     graph = fxsparse.analyze(model, x)

@@ -166,24 +166,34 @@ def _module_dependence(model, graph, full, half, result) -> str | None:
     mixing = {name for name, _ in graph.mixing}
     for name, mod in full.named_modules():
         other = halves.get(name)
-        if isinstance(mod, fx.GraphModule):
-            continue
-        if type(other) is not type(mod):
+        graphs = isinstance(mod, fx.GraphModule), isinstance(other, fx.GraphModule)  # a class per instance
+        if graphs != (True, True) and type(other) is not type(mod):
             return f"module {name!r} differs between two exports"
         if calls.get(name) and set(calls[name]) <= mixing:
             continue  # called through its masked form only, which reads no count
-        skip = SHAPE_ONLY.get(type(mod), ())
-        for key, value in vars(mod).items():
-            if key.startswith("_") or key in skip or key == "training" or _same(value, getattr(other, key, None)):
-                continue
-            if key == "groups" and isinstance(mod, _CONVOLUTIONS) and mod.weight.shape[1] == other.weight.shape[1]:
-                result.groups_from_shapes.update(calls.get(name, ()))  # depthwise: as many groups as channels
-                continue
-            return f"{type(mod).__name__} {name!r} has {key}={value!r}, which depends on its channel count"
-        for key, buf in mod._buffers.items():
+        if not isinstance(mod, fx.GraphModule):  # a graph's settings are its code (compared above)
+            reason = _setting_dependence(name, mod, other, calls, result)
+            if reason:
+                return reason
+        for key, buf in mod._buffers.items():  # a graph's own too: a channel shuffle's permutation
             full_name = f"{name}.{key}" if name else key
-            if buf is not None and full_name not in dense and buf.shape != other._buffers[key].shape:
+            twin = other._buffers.get(key)
+            if buf is not None and full_name not in dense and (twin is None or buf.shape != twin.shape):
                 return f"buffer {full_name!r} of the rewritten model has a channel-count length"
+    return None
+
+
+def _setting_dependence(name, mod, other, calls, result) -> str | None:
+    """A module setting that differs between the two exports (None: every one follows the
+    counts; depthwise groups are recorded in ``result``)."""
+    skip = SHAPE_ONLY.get(type(mod), ())
+    for key, value in vars(mod).items():
+        if key.startswith("_") or key in skip or key == "training" or _same(value, getattr(other, key, None)):
+            continue
+        if key == "groups" and isinstance(mod, _CONVOLUTIONS) and mod.weight.shape[1] == other.weight.shape[1]:
+            result.groups_from_shapes.update(calls.get(name, ()))  # depthwise: as many groups as channels
+            continue
+        return f"{type(mod).__name__} {name!r} has {key}={value!r}, which depends on its channel count"
     return None
 
 
