@@ -14,8 +14,9 @@ round-robin with masks of five kinds:
   and the last two again with the counts rounded up to ``--align`` (few distinct shapes).
 Medians of ``--steps`` rounds after ``--warmup`` steps of each. Next to each time: the
 forward FLOPs of the counts the step runs at, relative to exact-random's, and of those
-counts rounded up to 16 channels, the block oneDNN's AVX-512 convolutions compute in
-(a count of 33 costs as much as 48 there), both averaged over the masks timed.
+counts rounded up to the block oneDNN's convolutions compute in on this CPU
+(``cpu_channel_block()``, 16 with AVX-512: a count of 33 costs as much as 48 there), both
+averaged over the masks timed. ``--align`` defaults to that block too.
 """
 from __future__ import annotations
 
@@ -31,8 +32,7 @@ import torch.nn.functional as F
 import fxsparse
 from fxsparse import zoo
 from fxsparse.analysis.flops import SubnetFlops
-
-ONEDNN_BLOCK = 16  # channels per block of oneDNN's blocked (aBcd16b) AVX-512 formats
+from fxsparse.step.sparse import cpu_channel_block
 
 
 def build(name, x, compile_, align):
@@ -58,7 +58,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=40)
-    p.add_argument("--align", type=int, default=16)
+    p.add_argument("--align", type=int, default=cpu_channel_block())
     p.add_argument("--no-compile", action="store_true")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -79,7 +79,7 @@ def main(argv=None):
         for _ in range(args.warmup):
             model.masks = masks()
             fn(x, y)
-    flops = SubnetFlops(sp.channel_graph)
+    flops, block = SubnetFlops(sp.channel_graph), cpu_channel_block()
     times = {k: [] for k in kinds}
     run_flops = {k: [] for k in kinds}
     block_flops = {k: [] for k in kinds}
@@ -92,12 +92,12 @@ def main(argv=None):
             fn(x, y)
             times[k].append(time.perf_counter() - t)
             run_flops[k].append(rounded_flops(flops, sp.channel_graph, m, align))
-            block_flops[k].append(rounded_flops(flops, sp.channel_graph, m, max(align, ONEDNN_BLOCK)))
+            block_flops[k].append(rounded_flops(flops, sp.channel_graph, m, max(align, block)))
     base = statistics.median(times["exact-random"])
     base_flops = statistics.mean(run_flops["exact-random"])
     print(f"{args.model}, batch 64, keep 0.5, {args.threads} threads, "
           f"{'eager' if args.no_compile else 'compiled'}, median of {args.steps} rounds after {args.warmup} warm-up steps")
-    print(f"  {'masks':45s} {'step':>9s} {'ratio':>6s}   FLOPs ratio: run counts, in blocks of {ONEDNN_BLOCK}")
+    print(f"  {'masks':45s} {'step':>9s} {'ratio':>6s}   FLOPs ratio: run counts, in blocks of {block}")
     for k, v in times.items():
         print(f"  {k:45s} {statistics.median(v) * 1e3:6.1f} ms  {statistics.median(v) / base:5.2f}x"
               f"   {statistics.mean(run_flops[k]) / base_flops:5.2f}x  {statistics.mean(block_flops[k]) / base_flops:5.2f}x")
