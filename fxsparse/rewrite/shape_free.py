@@ -166,8 +166,7 @@ def _module_dependence(model, graph, full, half, result) -> str | None:
     mixing = {name for name, _ in graph.mixing}
     for name, mod in full.named_modules():
         other = halves.get(name)
-        graphs = isinstance(mod, fx.GraphModule), isinstance(other, fx.GraphModule)  # a class per instance
-        if graphs != (True, True) and type(other) is not type(mod):
+        if not _same_kind(mod, other):
             return f"module {name!r} differs between two exports"
         if calls.get(name) and set(calls[name]) <= mixing:
             continue  # called through its masked form only, which reads no count
@@ -181,6 +180,12 @@ def _module_dependence(model, graph, full, half, result) -> str | None:
             if buf is not None and full_name not in dense and (twin is None or buf.shape != twin.shape):
                 return f"buffer {full_name!r} of the rewritten model has a channel-count length"
     return None
+
+
+def _same_kind(mod, other) -> bool:
+    """The same module class (every GraphModule instance has a class of its own)."""
+    graphs = isinstance(mod, fx.GraphModule) and isinstance(other, fx.GraphModule)
+    return graphs or type(other) is type(mod)
 
 
 def _setting_dependence(name, mod, other, calls, result) -> str | None:

@@ -127,8 +127,8 @@ class SparseModel(nn.Module):
         self.channel_graph = graph
         self.keep = float(keep)
         if align is not None and (isinstance(align, bool) or not isinstance(align, int) or align < 1):
-            raise ValueError(f"align must be a positive int (or None: 8 on GPU, see the docstring for CPU), "
-                             f"got {align!r}")
+            raise ValueError(f"align must be a positive int, got {align!r}; or None: 8 on a GPU, on a CPU "
+                             f"{cpu_channel_block()} for dynamic capacities and 1 for static ones")
         # dynamic capacities: the capacity model is the whole model and each step runs at its
         # kept counts (rounded up to align), compiled once with the counts as symbolic sizes
         capacity, self._shape_free = resolve_capacity(model, graph, capacity)
