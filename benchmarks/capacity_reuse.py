@@ -11,8 +11,8 @@ FLOPs by ``recompile_steps`` / steps left). The search is simulated (eager, ever
 counted as compiled so that the policies act as in a compiled run): keep probabilities start
 at ``--keep`` and drift, each channel towards its own random target (0 or 1) with noise,
 as scores that sharpen do; every step ``fit_capacity`` re-plans and a mask is drawn.
-ShuffleNetV2 is the zoo model that keeps static capacities by default; others are forced
-onto them.
+Every zoo model gets dynamic capacities by default; this forces static ones
+(``capacity="auto"``), which a model whose computation pins a channel count still gets.
 
     python benchmarks/capacity_reuse.py [--model shufflenetv2] [--steps 1000] [--seeds 3]
 """

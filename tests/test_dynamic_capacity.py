@@ -88,17 +88,27 @@ class UpDown(nn.Module):  # a U-Net's way up: transposed convolution, depthwise 
         return self.out(F.relu(self.up(F.relu(self.dw(x))))).mean((2, 3))
 
 
-class MobileStyle(nn.Module):  # a residual block, depthwise, a LayerNorm over channels, a transposed conv
+def channel_shuffle(x, groups=2):
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class MobileStyle(nn.Module):
+    """A residual block, a ShuffleNet unit (split, branch, concatenation, channel shuffle),
+    depthwise, a LayerNorm over channels, a transposed conv."""
     def __init__(self):
         super().__init__()
         self.down, self.bn = nn.Conv2d(3, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12)
         self.c, self.bc = nn.Conv2d(12, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.branch = nn.Conv2d(6, 6, 1)
         self.dw, self.norm = nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.LayerNorm(12)
         self.up, self.out = nn.ConvTranspose2d(12, 8, 2, stride=2), nn.Conv2d(8, 5, 1)
 
     def forward(self, x):
         x = F.relu(self.bn(self.down(x)))
-        x = self.dw(F.relu(x + self.bc(self.c(x))))
+        x = F.relu(x + self.bc(self.c(x)))
+        kept, branched = x.chunk(2, dim=1)
+        x = self.dw(channel_shuffle(torch.cat((kept, F.relu(self.branch(branched))), 1)))
         x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.out(F.relu(self.up(x))).mean((2, 3))
 
@@ -121,10 +131,17 @@ class Shuffle(nn.Module):  # a channel shuffle with no split: a permutation of t
         self.fc = nn.Linear(8, 5)
 
     def forward(self, x):
-        x = F.relu(self.a(x))
-        n, c, h, w = x.shape
-        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
-        return self.fc(F.relu(self.b(x)).mean((2, 3)))
+        return self.fc(F.relu(self.b(channel_shuffle(F.relu(self.a(x))))).mean((2, 3)))
+
+
+class Narrowed(nn.Module):  # a narrow into pruned channels: its start and length are counts
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1)
+        self.c, self.fc = nn.Conv2d(6, 6, 1), nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.fc(self.c(torch.cat([self.a(x), self.b(x)], 1).narrow(1, 6, 6)).mean((2, 3)))
 
 
 def _data(shape=(8, 3, 8, 8), classes=5):
@@ -137,8 +154,7 @@ def _example(model):
         if isinstance(model, Heads) else torch.randn(2, 3, 8, 8)
 
 
-@pytest.mark.parametrize("model, words", [(FlattenByConstant(), ("view", "288")), (TwoWaySplit(), ("split", "[6, 6]")),
-                                          (Shuffle(), ("buffer", "channel-count length"))])
+@pytest.mark.parametrize("model, words", [(FlattenByConstant(), ("view", "288")), (Narrowed(), ("narrow", "6, 6"))])
 def test_what_pins_a_count_is_named_and_the_default_falls_back_to_static(model, words):
     x = _example(model)
     graph = fxsparse.analyze(model, x)
@@ -150,30 +166,21 @@ def test_what_pins_a_count_is_named_and_the_default_falls_back_to_static(model, 
         fxsparse.compile(model, x, compile=False, capacity="dynamic", graph=graph)
 
 
-@pytest.mark.parametrize("model", [Residual(), ConvBNNet(), Depthwise(), FunctionalDepthwise(), ChannelNorm(),
-                                   Heads(), UpDown(), MobileStyle()],
-                         ids=lambda m: type(m).__name__)
-def test_models_whose_counts_follow_their_shapes_default_to_dynamic(model):
-    """Depthwise groups, a LayerNorm over pruned channels, a head count in a reshape and a
-    transposed convolution follow the kept counts; every step equals the exported model
-    (eager, float64, a new Bernoulli mask each step)."""
+@pytest.mark.parametrize("model_class", [Residual, ConvBNNet, Depthwise, FunctionalDepthwise, ChannelNorm, Heads, UpDown,
+                                         TwoWaySplit, Shuffle, MobileStyle], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("align", [1, 4])
+def test_models_whose_counts_follow_their_shapes_default_to_dynamic(model_class, align):
+    """Depthwise groups, a LayerNorm over pruned channels, a head count in a reshape, a
+    transposed convolution, a split into pruned pieces and a channel shuffle follow the kept
+    counts; every step equals the exported model (eager, float64, a new Bernoulli mask each
+    step; align 4: counts rounded up, empty slots among the shuffled and split channels)."""
+    torch.manual_seed(0)
+    model = model_class()
     x = _example(model)
     assert count_dependence(model, fxsparse.analyze(model, x)) is None
     y = torch.randint(0, model(x).shape[-1], (x.shape[0],))
-    sp = check_steps(model, (x,), y, F.cross_entropy, steps=3, dtype=torch.float64, tol=1e-9)
+    sp = check_steps(model, (x,), y, F.cross_entropy, steps=3, align=align, dtype=torch.float64, tol=1e-9)
     assert sp.capacity_mode == "dynamic"
-
-
-@pytest.mark.parametrize("align", [1, 4])
-def test_eager_dynamic_steps_equal_the_exported_model(align):
-    """Outputs, losses, kept gradients and untouched pruned entries against the exported
-    model, masks of a new size every step (align 4: counts rounded up, empty slots). In
-    float64: the bias of a conv before a BatchNorm has a zero gradient whose fp32 rounding
-    noise depends on the summation order, which differs channels-last."""
-    x, _ = _data()
-    y = torch.randint(0, 4, (8,))
-    sp = check_steps(ConvBNNet(), (x,), y, F.cross_entropy, steps=4, align=align, dtype=torch.float64, tol=1e-9)
-    assert sp.dynamic
 
 
 def _exported_loss(sp, x, y):
@@ -186,14 +193,15 @@ def test_compiled_dynamic_step_one_graph_per_function_at_every_count():
     """Keep probabilities from 0.15 to 0.95: the counts change every step, the step
     compiles once (forward + backward, update; the gather runs eagerly) and each loss equals the exported
     model's for that mask at the pre-step weights; the weights equal an eager twin's.
-    A residual add, depthwise groups, a LayerNorm over channels and a transposed
-    convolution all follow the counts."""
+    A residual add, a split into pruned pieces, a channel shuffle, depthwise groups, a
+    LayerNorm over channels and a transposed convolution all follow the counts."""
     torch.manual_seed(0)
     x, y = _data()
     model, twin = MobileStyle(), MobileStyle()
     twin.load_state_dict(model.state_dict())
-    sp = fxsparse.compile(model, x, keep=0.5, compile=True, seed=3)
-    eager = fxsparse.compile(twin, x, keep=0.5, compile=False, seed=3)
+    # align 1: every count runs as it is (the CPU default rounds 12 channels up to 16 or 8)
+    sp = fxsparse.compile(model, x, keep=0.5, compile=True, seed=3, align=1)
+    eager = fxsparse.compile(twin, x, keep=0.5, compile=False, seed=3, align=1)
     step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
     twin_step = eager.make_train_step(F.cross_entropy, torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9))
     sp.train(), eager.train()

@@ -30,6 +30,11 @@ class DimLayout:
     def __len__(self):
         return len(self.gslot)
 
+    def part(self, start: int, stop: int) -> "DimLayout":
+        """The layout of positions ``start:stop`` only (a piece of a split)."""
+        return dataclasses.replace(self, gslot=self.gslot[start:stop], occ=self.occ[start:stop],
+                                   fixed=self.fixed[start:stop])
+
     def table(self):
         """(sorted classes, [class row, occurrence] -> position), built once."""
         if getattr(self, "_table", None) is None:
@@ -306,3 +311,16 @@ class GatherIndex:
             full = [n == 0 or bool(m) for n, m in zip(self.lengths, np.minimum.reduceat(valid, self.starts) > 0)]
         parts = (idx_t.split(self.lengths), valid_t.split(self.lengths), (valid_t > 0).split(self.lengths), full)
         return dict(zip(self.keys, zip(*parts)))
+
+
+def kept_permutation(full: torch.Tensor, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """A channel shuffle's permutation of the positions a step runs: ``full`` reads input
+    position full[j] at output position j (every channel kept); ``source`` and ``output``
+    are the full positions the step runs in the input and the output, in their order."""
+    where = np.full(len(full), -1, dtype=np.int64)
+    where[source.numpy()] = np.arange(len(source))
+    perm = where[full.numpy()[output.numpy()]]
+    if len(source) != len(output) or (perm < 0).any():
+        raise AssertionError("fxsparse: a channel shuffle's input and output run different channels "
+                             "(a bug in fxsparse's capacity layouts, please report it)")
+    return torch.from_numpy(perm)

@@ -13,10 +13,14 @@ settings must be the same, up to
 - the ``groups`` of a depthwise convolution: the capacity model reads it from its input's
   channel count (:class:`fxsparse.passes.opaque_conv.OpaqueConvolutions`);
 - one size of a ``view``/``reshape`` (heads of an attention, a flattened width): the
-  capacity model infers it (``-1``).
+  capacity model infers it (``-1``);
+- the sizes of a ``split`` into separately pruned pieces (ShuffleNet's halves): the
+  capacity model reads each from the length of a per-step buffer (a :class:`Piece`);
+- a channel shuffle's permutation (a buffer of the fused ``channel_permute``): the step
+  passes the permutation of its kept channels (a :class:`Permutation`).
 
-What is left (a ``split`` into two pruned parts, a constant in arithmetic, a buffer whose
-length is a channel count) pins a count, and the model keeps static capacities.
+What is left (a ``narrow`` or slice of pruned channels, a constant in arithmetic, another
+buffer whose length is a channel count) pins a count, and the model keeps static capacities.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import random_keep
 from fxsparse.rewrite.export import export
+from fxsparse.rules.shapes import channel_permute
 
 # module attributes that only describe the shapes of the module's own tensors, which the
 # step passes in (their values never reach the computation)
@@ -43,25 +48,68 @@ SHAPE_ONLY = {
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _RESHAPES = {"view", "reshape", torch.reshape}
 _CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
+_SPLITS = {"split", torch.split}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One piece of a split whose sizes are kept counts: positions ``start:stop`` of the
+    split's input ``source`` along ``dim`` (every channel kept). Its buffer's length is the
+    piece's size in a step: the step passes a vector of as many positions."""
+    source: str
+    dim: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Permutation:
+    """A channel shuffle (``channel_permute`` node ``node`` of ``source`` along ``dim``) whose
+    buffer the step replaces by the permutation of the positions it runs; ``full``: the
+    permutation with every channel kept (output position j reads input position full[j])."""
+    source: str
+    node: str
+    dim: int
+    full: torch.Tensor = field(compare=False)
 
 
 @dataclass
 class ShapeFree:
     """``reason``: what pins a kept count (None: one capacity model serves every count).
     ``inferred_sizes``: {view/reshape node: position of its one count-dependent size};
-    ``groups_from_shapes``: depthwise convolution nodes (see the module docstring)."""
+    ``groups_from_shapes``: depthwise convolution nodes; ``split_dims``: {split node whose
+    sizes are kept counts: its dim}; ``step_buffers``: {capacity-model buffer: the
+    :class:`Piece` or :class:`Permutation` the step passes in it} (see the module docstring)."""
     reason: str | None = None
     inferred_sizes: dict[str, int] = field(default_factory=dict)
     groups_from_shapes: set[str] = field(default_factory=set)
+    split_dims: dict[str, int] = field(default_factory=dict)
+    step_buffers: dict[str, Piece | Permutation] = field(default_factory=dict)
 
     def apply(self, cap: fx.GraphModule) -> None:
-        """Write ``-1`` at each inferred size of ``cap`` (the export with every channel kept)."""
-        for node in cap.graph.nodes:
+        """Rewrite ``cap`` (the export with every channel kept): ``-1`` at each inferred size,
+        and each count-dependent split reads its sizes from the lengths of buffers of its own
+        (recorded in ``step_buffers``)."""
+        for node in list(cap.graph.nodes):
             if node.name in self.inferred_sizes:
                 sizes, write = _reshape_sizes(node)
                 sizes[self.inferred_sizes[node.name]] = -1
                 write(sizes)
+            elif node.name in self.split_dims:
+                self._split_by_buffers(cap, node)
         cap.recompile()
+
+    def _split_by_buffers(self, cap, node):
+        source, sizes = node.args[0], list(node.args[1])
+        lengths, start = [], 0
+        for i, size in enumerate(sizes):
+            name = f"_fxsparse_piece_{node.name}_{i}"
+            cap.register_buffer(name, torch.zeros(size, dtype=torch.long), persistent=False)
+            self.step_buffers[name] = Piece(source.name, self.split_dims[node.name], start, start + size)
+            start += size
+            with cap.graph.inserting_before(node):
+                lengths.append(cap.graph.call_method("size", (cap.graph.get_attr(name), 0)))
+        node.args = (source, lengths, *node.args[2:])
 
 
 def shape_free(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> ShapeFree:
@@ -110,6 +158,9 @@ def _code_dependence(full, half, result) -> str | None:
             if not name and _differs_in_groups_only(node, twin):
                 result.groups_from_shapes.add(node.name)  # a functional depthwise convolution
                 continue
+            if not name and _split_dim(node, twin) is not None:
+                result.split_dims[node.name] = _split_dim(node, twin)
+                continue
             position = _one_differing_size(node, twin) if not name else None
             if position is None:
                 where = f" in submodule {name!r}" if name else ""
@@ -142,6 +193,18 @@ def _differs_in_groups_only(node, twin) -> bool:
     return without_groups(node) == without_groups(twin)
 
 
+def _split_dim(node, twin) -> int | None:
+    """The dim of a split (call or method) whose two exports differ in their int sizes only."""
+    if node.target not in _SPLITS or len(node.args) < 2 or not isinstance(node.args[1], (list, tuple)):
+        return None
+    args, kwargs = _by_name(node)
+    twin_args, twin_kwargs = _by_name(twin)
+    sizes_only = args[0] == twin_args[0] and args[2:] == twin_args[2:] and kwargs == twin_kwargs
+    if not sizes_only or not all(isinstance(s, int) for s in [*args[1], *twin_args[1]]):
+        return None
+    return args[2] if len(args) > 2 else kwargs.get("dim", 0)
+
+
 def _one_differing_size(node, twin) -> int | None:
     """The position of the only size that differs between two exports of a view/reshape
     (None when it is not one, or another size is already inferred)."""
@@ -164,6 +227,8 @@ def _module_dependence(model, graph, full, half, result) -> str | None:
         if node.op == "call_module":
             calls.setdefault(node.target, []).append(node.name)
     mixing = {name for name, _ in graph.mixing}
+    permutes = {n.args[2].target: n for n in full.graph.nodes
+                if n.op == "call_function" and n.target is channel_permute and n.args[2].op == "get_attr"}
     for name, mod in full.named_modules():
         other = halves.get(name)
         if not _same_kind(mod, other):
@@ -177,8 +242,13 @@ def _module_dependence(model, graph, full, half, result) -> str | None:
         for key, buf in mod._buffers.items():  # a graph's own too: a channel shuffle's permutation
             full_name = f"{name}.{key}" if name else key
             twin = other._buffers.get(key)
-            if buf is not None and full_name not in dense and (twin is None or buf.shape != twin.shape):
-                return f"buffer {full_name!r} of the rewritten model has a channel-count length"
+            if buf is None or full_name in dense or (twin is not None and buf.shape == twin.shape):
+                continue
+            if full_name in permutes:  # a channel shuffle's: the step passes it
+                node = permutes[full_name]
+                result.step_buffers[full_name] = Permutation(node.args[0].name, node.name, node.args[1], buf.clone())
+                continue
+            return f"buffer {full_name!r} of the rewritten model has a channel-count length"
     return None
 
 

@@ -38,9 +38,9 @@ from fxsparse.core.broadcast import left_pad
 from fxsparse.core.errors import NoPrunableGroupError
 from fxsparse.rewrite.export import export, tied_names
 from fxsparse.rewrite.run_check import check_runs, inputs_on_device_of
-from fxsparse.rewrite.shape_free import ShapeFree, shape_free
+from fxsparse.rewrite.shape_free import Piece, ShapeFree, shape_free
 from fxsparse.analysis.graph import ChannelGraph
-from fxsparse.rewrite.layout import GatherIndex, Plan
+from fxsparse.rewrite.layout import GatherIndex, Plan, kept_permutation
 from fxsparse.step.train_step import device_of, forward_gathered, make_train_step, write_back_buffers
 from fxsparse.analysis.masks import check_fraction, normalize_keep, random_keep
 from fxsparse.passes.channel_propagation import IDS
@@ -239,8 +239,8 @@ class SparseModel(nn.Module):
 
     # ----- building the capacity model ------------------------------------------------
     # what differs between the builds of two capacity sets (kept per capacity set, see _build)
-    _BUILD_STATE = ("capacity_model", "_valid_buffers", "_valid_layouts", "members", "_gather_index", "compiled_fns",
-                    "_codes")
+    _BUILD_STATE = ("capacity_model", "_valid_buffers", "_valid_layouts", "_step_layouts", "members", "_gather_index",
+                    "compiled_fns", "_codes")
 
     def _build(self):
         """The capacity model for the plan's capacities, or the kept build of an earlier
@@ -274,6 +274,7 @@ class SparseModel(nn.Module):
         self._valid_buffers = masking.valid_buffers
         # the layouts of the validity vectors, read now: they name nodes of this graph
         self._valid_layouts = {buf: layout_of(node, dim) for buf, (node, dim) in self._valid_buffers.items()}
+        self._step_layouts = self._step_buffer_layouts(layout_of)
         if self.dynamic:  # inductor would read every convolution's channel counts as constants
             OpaqueConvolutions(self._shape_free.groups_from_shapes)(cap)
         # not a registered submodule: its own (capacity-sized) weights are never used, and
@@ -317,6 +318,17 @@ class SparseModel(nn.Module):
             check_runs(lambda: self._forward_no_write_back(self.dense_tensors(), self.step_inputs(), *inputs),
                        self.capacity_model, "the capacity model of fxsparse.compile")
 
+    def _step_buffer_layouts(self, layout_of) -> dict:
+        """Dynamic capacities: {(buffer, part): layout} of the positions each per-step buffer
+        of the shape-free rewrite reads (a split's piece, a shuffle's input and output)."""
+        layouts = {}
+        for buf, spec in self._shape_free.step_buffers.items():
+            if isinstance(spec, Piece):
+                layouts[buf, "piece"] = layout_of(spec.source, spec.dim).part(spec.start, spec.stop)
+            else:
+                layouts[buf, "in"], layouts[buf, "out"] = layout_of(spec.source, spec.dim), layout_of(spec.node, spec.dim)
+        return layouts
+
     def _tensor_layout_of(self, cap):
         def layout_of(node_name, dim):
             node = next(n for n in cap.graph.nodes if n.name == node_name)
@@ -344,6 +356,15 @@ class SparseModel(nn.Module):
         """{capacity-model buffer: (node, dim)}: the validity vectors a step passes to the
         masked mixing ops (fxsparse.passes.masked_mixing)."""
         return self._valid_buffers
+
+    @property
+    def step_buffers(self) -> dict[str, str]:
+        """{capacity-model buffer: its key in :meth:`step_inputs`}: what a step installs
+        as the capacity model's buffers (validity vectors; with dynamic capacities, the
+        split pieces and shuffle permutations of its counts)."""
+        keys = {buf: f"{buf}|valid" for buf in self._valid_buffers}
+        keys.update({buf: f"{buf}|step" for buf in self._shape_free.step_buffers})
+        return keys
 
     @masks.setter
     def masks(self, keep):
@@ -373,16 +394,23 @@ class SparseModel(nn.Module):
         if self._gather_index is None:  # built once per capacity set
             layouts = {f"{name}|{dim}": layout for name, dims in self.members.items() for dim, layout in dims}
             layouts.update(self._valid_layouts)
+            layouts.update(self._step_layouts)
             self._gather_index = GatherIndex(layouts)
         out, empty = {}, set()
         present = self.plan.present_slots(slot_valid) if self.dynamic else None
-        for key, (idx, valid, real, full) in self._gather_index(slot_class, slot_valid, present).items():
+        gathered = self._gather_index(slot_class, slot_valid, present)
+        for key, (idx, valid, real, full) in gathered.items():
             if key in self._valid_buffers:
                 out[f"{key}|valid"] = valid
-            else:
+            elif key not in self._step_layouts:
                 out[f"{key}|idx"], out[f"{key}|valid"], out[f"{key}|real"] = idx, valid, real
                 if not full:
                     empty.add(key)
+        for buf, spec in self._shape_free.step_buffers.items():
+            if isinstance(spec, Piece):  # only its length is read: the piece's size
+                out[f"{buf}|step"] = gathered[buf, "piece"][0]
+            else:
+                out[f"{buf}|step"] = kept_permutation(spec.full, gathered[buf, "in"][0], gathered[buf, "out"][0])
         self.mark_counts(out)
         return (out, empty) if with_empty else out
 

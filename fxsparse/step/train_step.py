@@ -298,8 +298,8 @@ def forward_gathered(sp, tensors, index, *inputs, empty_zeroed: bool = False):
     else:  # buffers (running statistics) stay as gathered: BN updates them in place
         buffers = set(sp.buffer_names)
         scaled = {name: t if name in buffers else times_validity(sp, name, t, index) for name, t in tensors.items()}
-    for buf in sp.valid_buffers:
-        scaled[buf] = index[f"{buf}|valid"].to(inputs[0].device)
+    for buf, key in sp.step_buffers.items():
+        scaled[buf] = index[key].to(inputs[0].device)
     return functional_call(sp.capacity_model, scaled, inputs)
 
 
