@@ -20,6 +20,12 @@ layout at every call (about 40 ms of a 290 ms ResNet-18 step). Each op's outputs
 exactly the strides its fake (meta) version promises, which inductor trusts when it compiles
 the code around the call. Inductor's compile cache keys on the graph, not on the fakes: a
 change to what an op returns must change its schema (as ``channels_last`` did).
+
+oneDNN's channels-last weight gradient of a strided 1x1 convolution over fewer input
+channels than its channel block is broken (uxlfoundation/oneDNN#6035; a crash, a hang or
+wrong gradients on an AVX2 CPU): the op runs that backward NCHW, and with static shapes
+(``only_onednn_hazards``) the pass makes only such convolutions opaque, so that inductor's
+own channels-last lowering never meets them.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from .shape_prop import SHAPE
 
 
 def _groups(x, weight, transposed, groups):
@@ -53,6 +61,15 @@ def _restrided(t, strides):
     if list(t.stride()) == list(strides):
         return t
     return t.new_empty_strided(t.shape, strides).copy_(t)
+
+
+def _strided_1x1_on_few_channels(weight_shape, stride, transposed) -> bool:
+    """A strided 1x1 convolution over fewer input channels than oneDNN's channel block (16
+    at most) on a CPU: oneDNN's channels-last weight gradient of it writes past its
+    workspace (uxlfoundation/oneDNN#6035: a crash with one thread, a hang or wrong gradients
+    with more; seen with torch 2.13 on an AVX2 CPU), so its backward runs NCHW."""
+    return not transposed and all(k == 1 for k in weight_shape[2:]) and any(s > 1 for s in stride) \
+        and weight_shape[1] < 16
 
 
 def _layout(channels_last: bool):
@@ -92,7 +109,8 @@ def convolution_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
                          groups: int, channels_last: bool,
                          mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     groups = _groups(x, weight, transposed, groups)
-    layout = _layout(channels_last)
+    on_cpu = x.device.type == "cpu"
+    layout = _layout(channels_last and not (on_cpu and _strided_1x1_on_few_channels(weight.shape, stride, transposed)))
     gx, gw, gb = torch.ops.aten.convolution_backward(
         grad.contiguous(memory_format=layout), x.contiguous(memory_format=layout), weight,
         [_bias_size(weight, transposed, groups)], stride, padding, dilation, transposed, output_padding, groups, mask)
@@ -159,14 +177,17 @@ class OpaqueConvolutions(PassBase):
     :func:`convolution`; the others stay as they are. ``groups_from_shapes``: names of the
     (non-transposed) convolution nodes whose groups follow the input's channel count."""
 
-    def __init__(self, groups_from_shapes: Collection[str] = ()):
+    def __init__(self, groups_from_shapes: Collection[str] = (), only_onednn_hazards: bool = False):
         self.groups_from_shapes = set(groups_from_shapes)
+        # static shapes: inductor's own convolutions are fine, except where oneDNN's weight
+        # gradient is broken (see _strided_1x1_on_few_channels), which the op runs NCHW
+        self.only_onednn_hazards = only_onednn_hazards
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
         for node in list(gm.graph.nodes):
             replacement = self._conv_args(gm, node)
-            if replacement is None:
+            if replacement is None or (self.only_onednn_hazards and not self._hazard(gm, replacement)):
                 continue
             if node.name in self.groups_from_shapes:
                 if replacement[6]:
@@ -185,6 +206,12 @@ class OpaqueConvolutions(PassBase):
             gm.graph.lint()
             gm.recompile()
         return PassResult(gm, modified)
+
+    @staticmethod
+    def _hazard(gm, replacement) -> bool:
+        weight, stride, transposed = replacement[1], replacement[3], replacement[6]
+        shape = gm.get_parameter(weight).shape if isinstance(weight, str) else weight.meta.get(SHAPE)
+        return shape is not None and _strided_1x1_on_few_channels(shape, stride, transposed)
 
     @staticmethod
     def _conv_args(gm, node):

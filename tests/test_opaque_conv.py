@@ -95,3 +95,46 @@ def test_the_pass_runs_2d_convolutions_channels_last_only():
     layouts = [n.args[-1] for n in gm.graph.nodes if n.op == "call_function" and "convolution" in str(n.target)]
     assert layouts == [True, False, False]
     torch.testing.assert_close(gm(x), ref)
+
+
+@pytest.mark.parametrize("in_channels", [3, 4, 7])
+def test_strided_1x1_on_few_channels_has_right_gradients(in_channels, single_thread):
+    """oneDNN's channels-last weight gradient of a strided 1x1 convolution over fewer input
+    channels than its channel block writes past its workspace (uxlfoundation/oneDNN#6035:
+    on an AVX2 CPU a crash with one thread, wrong gradients or a hang with more); the op runs
+    that backward NCHW. float32, the dtype oneDNN computes (float64 never reaches it)."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # the overflow corrupts the heap: one call can survive it
+        x = torch.randn(2, in_channels, 32, 32, generator=g, requires_grad=True)
+        w = torch.randn(24, in_channels, 1, 1, generator=g, requires_grad=True)
+        b = torch.randn(24, generator=g, requires_grad=True)
+        out = convolution(x, w, b, [2, 2], [0, 0], [1, 1], False, [0, 0], 1, True)
+        grad = torch.randn(out.shape, generator=g)
+        got = torch.autograd.grad(out, [x, w, b], grad)
+        ref = F.conv2d(x.double(), w.double(), b.double(), stride=2)
+        want = torch.autograd.grad(ref, [x, w, b], grad.double())
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a.double(), e.double(), rtol=1e-4, atol=1e-4)
+
+
+def test_static_shapes_make_only_the_onednn_hazards_opaque():
+    """Static capacities keep inductor's own convolutions except the strided 1x1 ones over
+    fewer than 16 input channels, whose backward the op runs NCHW."""
+    import torch.fx as fx
+    import torch.nn as nn
+    from fxsparse.passes.opaque_conv import OpaqueConvolutions
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.few, self.wide = nn.Conv2d(4, 32, 1, stride=2), nn.Conv2d(32, 16, 1, stride=2)
+            self.unit_stride, self.three = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 8, 3, stride=2)
+
+        def forward(self, x):
+            return self.three(self.unit_stride(self.wide(self.few(x))))
+
+    gm = fx.symbolic_trace(Net())
+    OpaqueConvolutions(only_onednn_hazards=True)(gm)
+    opaque = [n.args[1].target for n in gm.graph.nodes if n.op == "call_function"]
+    kept = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    assert opaque == ["few.weight"] and kept == ["wide", "unit_stride", "three"]

@@ -277,6 +277,8 @@ class SparseModel(nn.Module):
         self._step_layouts = self._step_buffer_layouts(layout_of)
         if self.dynamic:  # inductor would read every convolution's channel counts as constants
             OpaqueConvolutions(self._shape_free.groups_from_shapes)(cap)
+        else:  # only those whose channels-last weight gradient oneDNN gets wrong
+            OpaqueConvolutions(only_onednn_hazards=True)(cap)
         # not a registered submodule: its own (capacity-sized) weights are never used, and
         # DDP / state_dict / optimizers must only see the dense model's parameters
         placeholders = {}  # one per tensor: tied weights stay tied (functional_call fills them by one name)
