@@ -134,14 +134,15 @@ class Shuffle(nn.Module):  # a channel shuffle with no split: a permutation of t
         return self.fc(F.relu(self.b(channel_shuffle(F.relu(self.a(x))))).mean((2, 3)))
 
 
-class Narrowed(nn.Module):  # a narrow into pruned channels: its start and length are counts
+class Narrowed(nn.Module):  # a narrow into pruned channels (its start and length are counts), shuffled
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1)
         self.c, self.fc = nn.Conv2d(6, 6, 1), nn.Linear(6, 5)
 
     def forward(self, x):
-        return self.fc(self.c(torch.cat([self.a(x), self.b(x)], 1).narrow(1, 6, 6)).mean((2, 3)))
+        x = channel_shuffle(torch.cat([self.a(x), self.b(x)], 1))
+        return self.fc(self.c(x.narrow(1, 6, 6)).mean((2, 3)))
 
 
 def _data(shape=(8, 3, 8, 8), classes=5):
@@ -164,6 +165,9 @@ def test_what_pins_a_count_is_named_and_the_default_falls_back_to_static(model, 
     assert sp.capacity_mode == "auto" and sp.static_reason == reason
     with pytest.raises(ValueError, match="capacity=None"):
         fxsparse.compile(model, x, compile=False, capacity="dynamic", graph=graph)
+    y = torch.randint(0, 5, (x.shape[0],))  # static capacities: every step equals the exported model
+    sp = check_steps(model, (x,), y, F.cross_entropy, steps=2, dtype=torch.float64, tol=1e-9)
+    assert sp.capacity_mode == "auto"
 
 
 @pytest.mark.parametrize("model_class", [Residual, ConvBNNet, Depthwise, FunctionalDepthwise, ChannelNorm, Heads, UpDown,

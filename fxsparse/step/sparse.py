@@ -79,7 +79,7 @@ def resolve_capacity(model, graph, capacity):
         raise ValueError(f"capacity='dynamic' needs a model whose computation depends on channel counts only "
                          f"through its tensors' shapes, but {free.reason}; use capacity=None (the default: static "
                          f"capacities for such a model) or 'auto'")
-    return "auto", free
+    return "auto", ShapeFree(reason=free.reason)  # none of the rewrites: they are for dynamic capacities
 
 
 class SparseModel(nn.Module):
