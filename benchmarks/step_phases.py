@@ -1,9 +1,11 @@
 """Where the time of one compiled sparse training step goes, phase by phase.
 
     python benchmarks/step_phases.py [--model vgg11_bn] [--batch 64] [--keep 0.5] [--steps 12]
+                                     [--capacity exact|dynamic]
 
 Runs the pieces of ``SparseModel.make_train_step`` one at a time (SGD momentum 0.9,
-weight decay 5e-4, random masks of exactly round(keep x size) channels per group) and
+weight decay 5e-4, random masks of exactly round(keep x size) channels per group; static capacities, or
+the default dynamic ones with ``--capacity dynamic``, whose gather runs eagerly) and
 prints the median milliseconds of each: setting the masks, the per-step gather indices,
 the gather of kept weights, the compiled forward, the backward, the compact update
 (arguments + compiled kernel), and the write-back of BN statistics. Next to them, timed
@@ -26,11 +28,13 @@ from fxsparse.step.train_step import gather_leaves, write_back_buffers
 
 
 def main(argv=None):
-    args = bench_args.parser(__doc__, model="vgg11_bn", keep=0.5, batch=64, steps=12).parse_args(argv)
+    parser = bench_args.parser(__doc__, model="vgg11_bn", keep=0.5, batch=64, steps=12)
+    parser.add_argument("--capacity", choices=["exact", "dynamic"], default="exact")
+    args = parser.parse_args(argv)
     bench_args.start(args)
     model = zoo.create(args.model).train()
     x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
-    sp = fxsparse.compile(model, x, keep=args.keep, capacity="exact")
+    sp = fxsparse.compile(model, x, keep=args.keep, capacity=args.capacity)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     step = sp.make_train_step(F.cross_entropy, opt)
     sp.train()
@@ -108,7 +112,8 @@ def main(argv=None):
     rows = [[k, f"{med(v):.2f}", f"{med(exported[k]):.2f}" if k in exported else ""] for k, v in sparse.items()]
     rows.append(["sum of phases", f"{sum(med(v) for v in sparse.values()):.2f}", f"{sum(med(v) for v in exported.values()):.2f}"])
     q1, mid, q3 = quartiles(ratios)
-    print(f"{args.model}, batch {args.batch}, keep {args.keep}: median ms per phase over {args.steps} rounds")
+    print(f"{args.model}, batch {args.batch}, keep {args.keep}, {args.capacity} capacities: median ms per phase "
+          f"over {args.steps} rounds")
     print(tabulate(rows, headers=["phase", "sparse compiled", "exported compiled"]))
     print(f"whole steps, sparse / exported per round: median {mid:.3f}x (quartiles {q1:.3f}-{q3:.3f})")
 
