@@ -158,8 +158,9 @@ def _code_dependence(full, half, result) -> str | None:
             if not name and _differs_in_groups_only(node, twin):
                 result.groups_from_shapes.add(node.name)  # a functional depthwise convolution
                 continue
-            if not name and _split_dim(node, twin) is not None:
-                result.split_dims[node.name] = _split_dim(node, twin)
+            split_dim = _split_dim(node, twin) if not name else None
+            if split_dim is not None:
+                result.split_dims[node.name] = split_dim
                 continue
             position = _one_differing_size(node, twin) if not name else None
             if position is None:

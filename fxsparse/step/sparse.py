@@ -239,8 +239,8 @@ class SparseModel(nn.Module):
 
     # ----- building the capacity model ------------------------------------------------
     # what differs between the builds of two capacity sets (kept per capacity set, see _build)
-    _BUILD_STATE = ("capacity_model", "_valid_buffers", "_valid_layouts", "_step_layouts", "members", "_gather_index",
-                    "compiled_fns", "_codes")
+    _BUILD_STATE = ("capacity_model", "_valid_buffers", "_valid_layouts", "_step_layouts", "_step_buffer_keys",
+                    "members", "_gather_index", "compiled_fns", "_codes")
 
     def _build(self):
         """The capacity model for the plan's capacities, or the kept build of an earlier
@@ -275,6 +275,9 @@ class SparseModel(nn.Module):
         # the layouts of the validity vectors, read now: they name nodes of this graph
         self._valid_layouts = {buf: layout_of(node, dim) for buf, (node, dim) in self._valid_buffers.items()}
         self._step_layouts = self._step_buffer_layouts(layout_of)
+        # read by every forward: built once per build
+        self._step_buffer_keys = {buf: f"{buf}|valid" for buf in self._valid_buffers}
+        self._step_buffer_keys.update({buf: f"{buf}|step" for buf in self._shape_free.step_buffers})
         if self.dynamic:  # inductor would read every convolution's channel counts as constants
             OpaqueConvolutions(self._shape_free.groups_from_shapes)(cap)
         else:  # only those whose channels-last weight gradient oneDNN gets wrong
@@ -364,9 +367,7 @@ class SparseModel(nn.Module):
         """{capacity-model buffer: its key in :meth:`step_inputs`}: what a step installs
         as the capacity model's buffers (validity vectors; with dynamic capacities, the
         split pieces and shuffle permutations of its counts)."""
-        keys = {buf: f"{buf}|valid" for buf in self._valid_buffers}
-        keys.update({buf: f"{buf}|step" for buf in self._shape_free.step_buffers})
-        return keys
+        return self._step_buffer_keys
 
     @masks.setter
     def masks(self, keep):
