@@ -219,9 +219,9 @@ def test_compiled_dynamic_step_one_graph_per_function_at_every_count():
         assert abs(loss - ref) <= 1e-5 * max(1.0, abs(ref)), (i, loss, ref)
         assert abs(loss - float(twin_step(x, y))) <= 1e-5 * max(1.0, abs(ref))
     assert len(seen) == 9
-    # forward + backward, update: once each (twice at most: torch.compile's on-disk
+    # gather, forward + backward, update: once each (twice at most: torch.compile's on-disk
     # caches have been seen to add one recompile)
-    assert 2 <= sp.compilations <= 4, sp.compilations
+    assert 3 <= sp.compilations <= 6, sp.compilations
     assert sp.rebuilds == 0
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
@@ -232,7 +232,7 @@ def test_compiled_dynamic_step_one_graph_per_function_at_every_count():
 
 def test_a_search_whose_scores_move_compiles_each_function_once():
     """1,000 structure-search steps (score forwards + weight step) with the scores moving:
-    one graph for the score forwards, one per training-step function; every training
+    one graph for the score forwards, one per training-step function (at most two); every training
     loss equals the exported model's for its mask."""
     torch.manual_seed(0)
     x, y = _data((16, 3, 8, 8))
@@ -255,5 +255,5 @@ def test_a_search_whose_scores_move_compiles_each_function_once():
         learner.step(checked_step, F.cross_entropy, x, y)
     assert float((learner.probs() - start).abs().max()) > 0.3  # the scores moved
     assert len(counts) > 20  # many capacities visited
-    assert sp.compilations <= 6, sp.compilations  # forward + backward, update, score forwards: <= 2 each
+    assert sp.compilations <= 8, sp.compilations  # gather, forward + backward, update, score forwards: <= 2 each
     assert sp.rebuilds == 0

@@ -425,7 +425,7 @@ class SparseModel(nn.Module):
         if not (self.dynamic and self.use_compile) or torch.compiler.is_compiling():  # marks are for inputs
             return
         mark = torch._dynamo.maybe_mark_dynamic
-        for t in (index or {}).values():
+        for t in {id(t): t for t in (index or {}).values()}.values():  # keys of equal layouts share tensors
             mark(t, 0)
         for name, t in (tensors or {}).items():
             for dim, _ in self.members.get(name, ()):
@@ -540,9 +540,10 @@ class SparseModel(nn.Module):
         (``scaler``: a ``torch.amp.GradScaler`` for fp16 loss scaling)."""
         return make_train_step(self, loss_fn, optimizer, skip_nonfinite=skip_nonfinite, scaler=scaler)
 
-    def compile_fn(self, fn):
+    def compile_fn(self, fn, inductor_options: dict | None = None):
         """``torch.compile`` for this model's step functions: static shapes (the capacities),
-        compilations counted in ``self.compilations``. ``fn`` is compiled as a copy with its
+        compilations counted in ``self.compilations``; ``inductor_options``: inductor config
+        for this function's graphs only. ``fn`` is compiled as a copy with its
         own code object: torch.compile caches graphs (and counts its recompile limit) per
         code object, so with shared code one model's rebuild would drop another model's
         graphs, and several models together could reach the limit and run eagerly.
@@ -551,9 +552,16 @@ class SparseModel(nn.Module):
         two counts part)."""
         fn = _private_copy(fn)
         self._codes.add(fn.__code__ if not inspect.ismethod(fn) else fn.__func__.__code__)
+
+        def backend(gm, example_inputs):
+            from torch._inductor import config  # loaded by then: torch.compile is compiling
+
+            with config.patch(inductor_options or {}):
+                return self._backend(gm, example_inputs)
+
         if not self.dynamic:
-            return torch.compile(fn, backend=self._backend, dynamic=False)
-        compiled = torch.compile(fn, backend=self._backend, dynamic=None)
+            return torch.compile(fn, backend=backend, dynamic=False)
+        compiled = torch.compile(fn, backend=backend, dynamic=None)
 
         def run(*args, **kwargs):
             # functional_call installs the gathered tensors as the module's parameters, which

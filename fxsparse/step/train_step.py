@@ -19,7 +19,8 @@ from torch.func import functional_call
 
 from fxsparse.core.broadcast import along
 from fxsparse.analysis.masks import all_finite
-from fxsparse.step.optim import MaskedOptimizer, compact_update_for, gather, real_slots, scatter_
+from fxsparse.step.optim import (INDEXED_KERNEL_OPTIONS, MaskedOptimizer, compact_update_for, gather,
+                                 real_slots, scatter_)
 
 
 def device_of(inputs):
@@ -96,15 +97,12 @@ def make_train_step(sp, loss_fn, optimizer, skip_nonfinite: bool = True, scaler=
             fl = forward_loss if update is not None else dense_forward_loss
             kernel = update.kernel if update is not None else None
             gather_fn = gather_all
-            if sp.use_compile:  # graphs: forward + backward, the update, and (static shapes) the gather
+            if sp.use_compile:  # graphs: forward + backward, the gather, the update
                 fl = sp.compile_fn(fl)
-                if not sp.dynamic:
-                    # one fused pass per tensor instead of one copy per gathered dim: 3.0 -> 1.4 ms on a
-                    # VGG-11. With symbolic counts the fused gather is one huge kernel that compiles for
-                    # ~20-70 s (benchmarks/cold_start.py) and ran no faster than eager: eager there
-                    gather_fn = sp.compile_fn(gather_all)
+                # one fused pass per tensor instead of one copy per gathered dim
+                gather_fn = sp.compile_fn(gather_all, inductor_options=INDEXED_KERNEL_OPTIONS)
             if kernel is not None and sp.compile_update:
-                kernel = sp.compile_fn(kernel)
+                kernel = sp.compile_fn(kernel, inductor_options=INDEXED_KERNEL_OPTIONS)
             sp.compiled_fns["step"] = cached = (sp.capacity_model, fl, kernel, gather_fn)
         _, fl, kernel, gather_fn = cached
         base.zero_grad(set_to_none=True)
