@@ -224,23 +224,35 @@ def gather_index(layout, slot_class, slot_valid):
     return idx, valid
 
 
-def test_vectorised_gather_index_equals_the_per_dim_definition():
-    """GatherIndex (all dims in one numpy pass) gives exactly the per-dim definition."""
+@pytest.mark.parametrize("capacity", ["auto", "dynamic"])
+def test_vectorised_gather_index_equals_the_per_dim_definition(capacity):
+    """GatherIndex (all dims in one numpy pass) gives exactly the per-dim definition (dynamic
+    capacities: at the present slots only), and keys with equal layouts (a conv's output
+    dim, the BN after it) share one set of tensors."""
     from fxsparse.rewrite.layout import GatherIndex
 
     torch.manual_seed(0)
     model = zoo.create("resnet20")
-    sp = fxsparse.compile(model, torch.randn(2, 3, 32, 32), keep=0.5, compile=False, capacity="auto")
+    sp = fxsparse.compile(model, torch.randn(2, 3, 32, 32), keep=0.5, compile=False, capacity=capacity, align=4)
     layouts = {f"{n}|{d}": l for n, dims in sp.members.items() for d, l in dims}
     fast = GatherIndex(layouts)
     for _ in range(5):
         sp.sample_masks(0.5)
         slot_class, slot_valid = sp.plan.slot_classes(sp.current_masks)
-        got = fast(slot_class, slot_valid)
+        present = sp.plan.present_slots(slot_valid) if capacity == "dynamic" else None
+        got = fast(slot_class, slot_valid, present)
         for key, layout in layouts.items():
             idx, valid = gather_index(layout, slot_class, slot_valid)
+            if present is not None:
+                at = (layout.gslot < 0) | present[np.maximum(layout.gslot, 0)]
+                idx, valid = idx[at], valid[at]
             assert np.array_equal(got[key][0].numpy(), idx) and np.array_equal(got[key][1].numpy(), valid), key
             assert np.array_equal(got[key][2].numpy(), valid > 0), key
+            assert got[key][3] == bool((valid > 0).all()), key
+        distinct = {l.signature() for l in layouts.values()}
+        assert len({id(v[0]) for v in got.values()}) == len(distinct) < len(layouts)
+        conv, bn = "layer1.0.conv1.weight|0", "layer1.0.bn1.weight|0"
+        assert got[conv][0] is got[bn][0] and got[conv][2] is got[bn][2]
 
 
 def test_align_rounds_slots_up_and_padding_stays_exact():
