@@ -7,6 +7,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # the test helpers (harness, sparse_checks, thirdparty)
 
+# pytest -n (pytest-xdist): the workers share the cores instead of each taking all of them
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    torch.set_num_threads(max(1, torch.get_num_threads() // _workers))
+
 
 @pytest.fixture(scope="module")
 def single_thread():
