@@ -5,7 +5,7 @@
 
 Runs the pieces of ``SparseModel.make_train_step`` one at a time (SGD momentum 0.9,
 weight decay 5e-4, random masks of exactly round(keep x size) channels per group; static capacities, or
-the default dynamic ones with ``--capacity dynamic``, whose gather runs eagerly) and
+the default dynamic ones with ``--capacity dynamic``) and
 prints the median milliseconds of each: setting the masks, the per-step gather indices,
 the gather of kept weights, the compiled forward, the backward, the compact update
 (arguments + compiled kernel), and the write-back of BN statistics. Next to them, timed
