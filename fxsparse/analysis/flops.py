@@ -82,6 +82,14 @@ class SubnetFlops:
         """Forward FLOPs of the sub-network as a fraction of the dense model's."""
         return float(self.forward(keep)) / self.dense
 
+    def marginal(self) -> torch.Tensor:
+        """Per-sample forward FLOPs that removing each prunable channel alone saves from the
+        dense model (flat, prunable-group order). FLOPs are multilinear in the keep vector, so
+        the gradient at the dense model is exactly F(dense) - F(dense without channel j)."""
+        ones = torch.ones(self.num_channels, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(self.forward(ones), ones)
+        return grad.detach()
+
     def flat(self, masks: dict) -> torch.Tensor:
         """{group id: mask} -> flat keep vector in prunable-group order."""
         return torch.cat([torch.as_tensor(masks[g.id]).reshape(-1).to(torch.float64) for g in self.graph.prunable_groups])

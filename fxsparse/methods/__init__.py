@@ -12,6 +12,7 @@ from . import magnitude  # noqa: E402,F401
 from . import l1_filter  # noqa: E402,F401
 from . import slimming  # noqa: E402,F401
 from . import random_channels  # noqa: E402,F401
+from . import taylor, obd, allocation_search, l0_gates  # noqa: E402,F401  (criteria for trained weights)
 from . import dense, vrpge  # noqa: F401,E402  (registration)
 from . import unstructured  # noqa: E402,F401  (weight masks, ERK densities)
 from . import dropback  # noqa: E402,F401  (registers "dropback", "dropback_channel")

@@ -102,7 +102,12 @@ class Method:
     @classmethod
     def for_run(cls, keep: float, budget: str, options: dict) -> "Method":
         """The method for ``fxsparse train`` (``budget``: the run's ``--budget``, which a method
-        that meets it itself takes as an option)."""
+        that meets it itself takes as an option; one that cannot meet a FLOPs budget refuses it)."""
+        if budget != "channels" and cls.level != "none":
+            raise ValueError(f"--budget {budget}: method {cls.name!r} keeps a fraction of its "
+                             f"{'weights' if cls.level == 'weight' else 'channels'} and cannot meet a FLOPs budget; "
+                             "use --budget channels, or a channel method that fills a FLOPs budget "
+                             "(`fxsparse train --list-methods`)")
         return cls(keep=keep, **options)
 
     # ----- phases --------------------------------------------------------------------

@@ -14,6 +14,8 @@ as Li et al. prune a fixed fraction of each layer. Channel level only.
 """
 from __future__ import annotations
 
+import torch
+
 from .base import TrainState
 from .options import check_choices
 from .registry import register_method
@@ -38,3 +40,36 @@ class L1Filter(ScoreMethod):
     def init(self, state: TrainState) -> None:
         self.scores = filter_l1(self.channel_graph(state), state.model, side=self.side, reduce=self.reduce)
         self._keep_masks = self.select_channels(self.channel_graph(state), self.scores)
+
+
+@register_method("l1_global")
+class L1Global(ScoreMethod):
+    """L1 filter norm ranked globally with FLOPs-normalised scores: a channel's score is its
+    filters' mean |W| (``l1_filter`` with ``reduce="mean"``) divided by its group's mean
+    (so that layers of different weight scales compare), divided by the FLOPs its removal
+    saves relative to the average channel's (:meth:`SubnetFlops.marginal`): per FLOP, the
+    weakest filters anywhere in the network go first. Fills the run's budget in that order.
+    Options: ``budget``."""
+    paper = "Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017 (global, FLOPs-normalised)"
+    level = "channel"
+    supported_levels = ("channel",)
+    default_scope = {"channel": "global"}
+
+    def validate_options(self) -> None:
+        if self.scope != "global":
+            raise ValueError("l1_global ranks all channels together (scope='global'); for a uniform ratio per layer "
+                             "use l1_filter")
+
+    def init(self, state: TrainState) -> None:
+        from fxsparse.analysis.flops import SubnetFlops
+
+        graph = self.channel_graph(state)
+        l1 = filter_l1(graph, state.model, side="out", reduce="mean")
+        counter = SubnetFlops(graph)
+        saved = torch.split(counter.marginal(), [g.size for g in graph.prunable_groups])
+        saved = {g.id: part for g, part in zip(graph.prunable_groups, saved)}
+        mean_saved = float(torch.cat(list(saved.values())).mean())
+        # the weakest filters per FLOP first; a group whose filters are all zero scores 0
+        self.scores = {gid: (v / float(v.mean()) if float(v.mean()) > 0 else v) / (saved[gid] / mean_saved).clamp_min(1e-12)
+                       for gid, v in l1.items()}
+        self._keep_masks = self.select_channels(graph, self.scores)

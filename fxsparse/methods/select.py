@@ -427,6 +427,21 @@ class ScoreMethod(Method):
         self._weight_masks: Optional[dict] = None
         self.scores: Optional[dict] = None  # the last scores: {gid: tensor} or {param name: tensor}
 
+    @classmethod
+    def for_run(cls, keep: float, budget: str, options: dict) -> "ScoreMethod":
+        """At channel level the selection meets the run's ``--budget`` (channels or FLOPs),
+        as the default method's search does; weight-level masks count weights."""
+        level = options.get("level", cls.level)
+        if level != "channel":
+            if budget != "channels":
+                raise ValueError(f"--budget {budget}: method {cls.name!r} at level {level!r} keeps a fraction of the "
+                                 "weights and cannot meet a FLOPs budget; use --budget channels, or level 'channel'")
+            return cls(keep=keep, **options)
+        if options.get("budget", budget) != budget:
+            raise ValueError(f"method {cls.name!r}: its option budget={options['budget']!r} contradicts the run's "
+                             f"--budget {budget}; set one of them")
+        return cls(keep=keep, **{**options, "budget": budget})
+
     def validate_options(self) -> None:
         """Subclasses check their ``extra_options`` here (raise ValueError)."""
 

@@ -22,6 +22,16 @@ def save_atomic(obj, path: str) -> None:
     _write_atomic(path, "wb", lambda f: torch.save(obj, f))
 
 
+def save_safetensors_atomic(state: dict, path: str) -> None:
+    """A state_dict as a safetensors file at ``path``, atomically (a file of tensors only:
+    it loads without running code, unlike a pickle)."""
+    from safetensors.torch import save
+
+    # contiguous private copies: safetensors refuses tensors that share storage
+    data = save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})
+    _write_atomic(path, "wb", lambda f: f.write(data))
+
+
 def write_json_atomic(obj, path: str) -> None:
     _write_atomic(path, "w", lambda f: json.dump(obj, f, indent=1))
 

@@ -43,18 +43,23 @@ from fxsparse.training import checkpoint
 from fxsparse.analysis.analyze import analyze
 from fxsparse.training.classifier import Classifier
 from fxsparse.core.errors import NoPrunableGroupError
+from fxsparse.rewrite.batchnorm import recalibrate_batchnorm
 from fxsparse.rewrite.export import export
 from fxsparse.analysis.flops import TRAIN_FACTOR, SubnetFlops
 from fxsparse.analysis.masks import all_finite, check_fraction
 from fxsparse.methods import DEFAULT_METHOD, TRAINER_PHASES, RunContext, TrainState, get_method
 from fxsparse.training.device import Precision, check_precision, resolve_device, to_device
 from fxsparse.training.distributed import Group, shard_loader
+from fxsparse.training.init_weights import RUN_WEIGHTS
 from fxsparse.training.logs import NullLogs, RunLogs, check_tensorboard
 
 
 @dataclasses.dataclass
 class TrainConfig:
     model: str = "zoo:lenet5"
+    # trained weights to start from (a state_dict or safetensors file, or an earlier run's --out;
+    # fxsparse.training.init_weights): compress a trained model instead of training from scratch
+    init: Optional[str] = None
     data: str = "fashion-mnist"
     data_root: Optional[str] = None
     method: str = DEFAULT_METHOD
@@ -84,6 +89,9 @@ class TrainConfig:
     precision: str = "fp32"              # fp32, bf16 or fp16 (autocast; fp16 adds a gradient scaler, CUDA only)
     channels_last: bool = False          # the model's and the inputs' memory format
     log_dir: Optional[str] = None        # TensorBoard scalars there (needs tensorboard); the CSV files are always written
+    # training batches the BatchNorm statistics of the pruned model are re-estimated on before
+    # its first step and its one-shot evaluation (0: keep the statistics it inherits)
+    bn_batches: int = 50
     # the method's own options (the default method's: score_lr, granularity, final, form,
     # samples, reuse_loss, weight_average, final_tries, final_batches, compile_update; the
     # ``fxsparse train`` flags of the chosen method land here)
@@ -107,6 +115,12 @@ class TrainConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
+        if isinstance(self.bn_batches, bool) or not isinstance(self.bn_batches, int) or self.bn_batches < 0:
+            raise ValueError(f"--bn-batches must be an integer >= 0, got {self.bn_batches!r}")
+        if self.init is not None:
+            from fxsparse.training.init_weights import weights_path
+
+            weights_path(self.init)  # a missing file is said before any data is read
         if self.limit_batches is not None and self.limit_batches < 1:
             raise ValueError(f"--limit-batches must be >= 1, got {self.limit_batches}")
         check_precision(self.precision, resolve_device(self.device))
@@ -153,6 +167,10 @@ class Trainer:
             from fxsparse.zoo import load_model
 
             model = load_model(config.model, num_classes=self.info["num_classes"], in_chans=self.info["in_chans"])
+        if config.init is not None:
+            from fxsparse.training.init_weights import load_init_weights
+
+            load_init_weights(model, config.init)
         self.model = self._placed(model)
         self.loss_fn = F.cross_entropy
         x0, _ = next(iter(self.test_loader))
@@ -180,6 +198,7 @@ class Trainer:
         self.elapsed = 0.0
         self.masks = None           # the fixed channel mask once chosen
         self.small = None           # the exported model trained in fixed-mask phases
+        self.oneshot_acc = None     # its test accuracy before any training (BN statistics re-estimated)
         self.sp = self.step_fn = None  # sp: the SparseModel a method's phase compiles, if any
         self.optimizer = None
         self._schedules = []
@@ -281,6 +300,12 @@ class Trainer:
             if self.masks is None:
                 self.masks = self._choose_masks()
             self.small = self._placed(export(self.model, self.graph, self.masks))
+            if self.oneshot_acc is None:  # entered afresh (a resume loads the small model's state after this)
+                self._recalibrate(self.small)
+                self.oneshot_acc = self._accuracy(self.small, self.test_loader)
+                self._say(f"pruned to {self.flops.fraction(self.flops.flat(self.masks)):.3f} of the dense FLOPs: one-shot "
+                          f"test accuracy {100 * self.oneshot_acc:.2f} % (BatchNorm statistics re-estimated on "
+                          f"{c.bn_batches} training batches), before any training")
             self.optimizer = self._sgd(self.small.parameters(), c.lr)
             self._schedules = [self._weight_schedule(self.optimizer, phase, start, steps)]
             self.step_fn = self._plain_step(self.small, bn_eval=phase == "finetune" and c.finetune_bn_eval)
@@ -299,6 +324,17 @@ class Trainer:
         self._step_flops = float(self.flops(self.flops.flat(self.masks))) if fixed else self.flops.dense
         self._step_keep = (float(self.flops.flat(self.masks).double().mean()), self._step_flops / self.flops.dense) \
             if fixed else (1.0, 1.0)
+
+    def _recalibrate(self, model: nn.Module):
+        """Re-estimate the BatchNorm statistics of a freshly pruned model on the first
+        ``bn_batches`` training batches (stale statistics would mislead every one-shot figure)."""
+        if self.config.bn_batches:
+            recalibrate_batchnorm(model, self._first_batches(self.config.bn_batches),
+                                  forward=lambda m, x: self._autocast_forward(m, x))
+
+    def _autocast_forward(self, model, x):
+        with self.precision.autocast():
+            return model(x)
 
     def _choose_masks(self) -> dict:
         return self.method.final_masks(self.run_context)
@@ -566,6 +602,7 @@ class Trainer:
         state = {"config": dataclasses.asdict(self.config), "epoch": self.epoch, "history": self.history,
                  "train_flops": self.train_flops, "elapsed": self.elapsed, "step": self.state.step,
                  "model": self.model.state_dict(), "masks": self.masks, "phase_built": self._phase_built,
+                 "oneshot_acc": self.oneshot_acc,
                  "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                  "method": self.method.state_dict(), "generator": self.generator.get_state(),
                  "rng": checkpoint.rng_state(),
@@ -591,6 +628,7 @@ class Trainer:
         self.epoch, self.history = state["epoch"], state["history"]
         self.train_flops, self.elapsed, self.state.step = state["train_flops"], state["elapsed"], state["step"]
         self.masks = state["masks"]
+        self.oneshot_acc = state.get("oneshot_acc")
         self.generator.set_state(state["generator"])
         phase, step = state["phase_built"], self.state.step
         self.finished = step >= self.state.total_steps
@@ -638,16 +676,20 @@ class Trainer:
         final = Classifier(final, info.get("mean"), info.get("std"),
                            class_names=names if names and len(names) == info["num_classes"] else None,
                            input_shape=example.shape[1:])
-        files = {name: os.path.join(self.out, name) for name in ("model.pt", "summary.json", "history.json", "last.pt")}
+        files = {name: os.path.join(self.out, name) for name in
+                 ("model.pt", RUN_WEIGHTS, "summary.json", "history.json", "history.csv", "steps.csv", "last.pt")}
         if self.writer:
             checkpoint.save_atomic(final, files["model.pt"])
+            checkpoint.save_safetensors_atomic(final.net.state_dict(), files[RUN_WEIGHTS])
         last = self.history[-1]
         params = sum(p.numel() for p in final.parameters())
         dense_params = sum(p.numel() for p in self.model.parameters())
         summary = {"model": self.config.model, "method": self.config.method, "data": self.config.data,
                    "keep": self.config.keep, "budget": self.config.budget,
                    "epochs": round(self.state.total_steps / self.state.steps_per_epoch, 3),
-                   "test_acc_pct": last["test_acc_pct"], "train_tflop": self.train_flops / 1e12,
+                   "test_acc_pct": last["test_acc_pct"],
+                   "oneshot_test_acc_pct": None if self.oneshot_acc is None else 100 * self.oneshot_acc,
+                   "train_tflop": self.train_flops / 1e12,
                    "train_tflop_dense": TRAIN_FACTOR * self.flops.dense * self.state.total_steps * self.config.batch_size / 1e12,
                    "final_keep": last["realised_keep"], "final_flops_frac": last["realised_flops_frac"],
                    "params": params, "dense_params": dense_params,
@@ -660,7 +702,8 @@ class Trainer:
         shown = [[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, dict)]
         self.log("\n" + tabulate(shown, headers=["summary", ""]))
         self.log(f"files in {self.out}: model.pt (the trained model; it takes raw images scaled to [0, 1], see the "
-                 "README's 'Using the trained model'), summary.json (this summary and the preprocessing), "
+                 f"README's 'Using the trained model'), {RUN_WEIGHTS} (its network's weights, no code: `--init` "
+                 "reads them), summary.json (this summary and the preprocessing), "
                  "history.json (a row per epoch; history.csv the same as CSV), steps.csv (a row per step), last.pt (the "
                  "checkpoint --resume reads)")
         return summary

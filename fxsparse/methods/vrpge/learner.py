@@ -73,7 +73,7 @@ class StructureLearner:
                  form: str = "exact", samples: int = 2, seed: int = 0, granularity: str = "channel",
                  steps: int | None = None, lr_scale: float | None = None, reuse_loss: bool = True,
                  final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100, perturb: str = "all",
-                 weight_masks: str = "sampled"):
+                 weight_masks: str = "sampled", budget_ramp: float = 0.0):
         check_fraction(keep, "keep")
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
                       perturb=perturb, weight_masks=weight_masks)
@@ -81,13 +81,21 @@ class StructureLearner:
             raise ValueError("lr=None calibrates the score learning rate to the search length: pass steps=")
         if not 0 < width_fraction < 1:
             raise ValueError(f"width_fraction must be in (0, 1), got {width_fraction!r}")
+        if isinstance(budget_ramp, bool) or not isinstance(budget_ramp, (int, float)) or not 0 <= budget_ramp <= 1:
+            raise ValueError(f"budget_ramp must be a fraction of the search in [0, 1], got {budget_ramp!r}")
+        if budget_ramp and not steps:
+            raise ValueError("budget_ramp tightens the budget over the search: pass steps=")
         self.sparse = sparse
         self.groups = sparse.channel_graph.prunable_groups
         self.sizes = [g.size for g in self.groups]
         n = sum(self.sizes)
-        self.kind, self.keep = budget, float(keep)
+        self.kind, self.target = budget, float(keep)
         self.flops = SubnetFlops(sparse.channel_graph)
-        self.budget = keep * n if budget == "channels" else keep * self.flops.dense
+        # gradual: the budget starts at the dense model and tightens to the target over the
+        # first ``budget_ramp`` of the search (cubic, Zhu & Gupta 2017), then holds
+        self.budget_ramp = float(budget_ramp)
+        self.keep = self.target if not self.budget_ramp else 1.0
+        self.budget = self.keep * n if budget == "channels" else self.keep * self.flops.dense
         self.form, self.samples, self.reuse_loss, self.final = form, int(samples), bool(reuse_loss), final
         self.perturb, self.weight_masks = perturb, weight_masks
         self.granularity, self.steps, self.width_fraction = granularity, steps, float(width_fraction)
@@ -102,12 +110,12 @@ class StructureLearner:
         self.group_budget = None  # per-group expected channel counts in the channel stage of width+channel
         if budget == "flops":
             floor = float(self.flops(torch.zeros(n)))
-            if floor > self.budget:
+            if floor > self.target * self.flops.dense:
                 raise ValueError(f"a FLOPs budget of {keep:g} is below what the unprunable layers alone cost "
                                  f"({floor / self.flops.dense:.3f} of dense); raise --keep")
             init = _bisect(lambda r: float(self.flops(torch.full((n,), r))) - self.budget, 0.0, 1.0)
         else:
-            init = float(keep)
+            init = float(self.keep)
         size = n if self.stage == "channel" else len(self.sizes)
         self.scores = torch.nn.Parameter(torch.full((size,), init, dtype=torch.float64))  # float64: the budget holds to rounding
         self.optimizer = torch.optim.Adam([self.scores], lr=self.lr)
@@ -121,7 +129,7 @@ class StructureLearner:
                 "generator": self.generator.get_state(), "caps": list(self.sparse.plan.caps),
                 "shrinks": self.sparse.shrinks, "steps": self._steps, "redrawn": self.redrawn,
                 "stage": self.stage, "group_budget": self.group_budget, "split": self._split.clone(),
-                "order": self._order}
+                "order": self._order, "keep": self.keep}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("stage", self.stage) != self.stage:
@@ -133,6 +141,7 @@ class StructureLearner:
         self._steps, self.redrawn = state.get("steps", 0), state.get("redrawn", 0)
         self._split = state.get("split", self._split)
         self._order = state.get("order")
+        self._set_keep(state.get("keep", self.keep))
         # the same capacities as the run that saved it: padding changes float summation order
         self.sparse.restore_capacity(state.get("caps"), state.get("shrinks", 0))
 
@@ -357,9 +366,29 @@ class StructureLearner:
                 rank[idx[torch.sort(p[idx], descending=True, stable=True).indices]] = torch.arange(len(idx))
         return rank < counts[self._owner]
 
+    @property
+    def steps_done(self) -> int:
+        """Search steps taken so far."""
+        return self._steps
+
+    def _set_keep(self, keep: float) -> None:
+        """The budget the projection holds the scores to, as a fraction of the dense model's."""
+        self.keep = float(keep)
+        self.budget = self.keep * (sum(self.sizes) if self.kind == "channels" else self.flops.dense)
+
+    def scheduled_keep(self, step: int) -> float:
+        """The budget at search step ``step``: the target, or on the gradual ramp from dense."""
+        if not self.budget_ramp:
+            return self.target
+        frac = min(1.0, step / max(1.0, self.budget_ramp * self.steps))
+        return self.target + (1.0 - self.target) * (1.0 - frac) ** 3
+
     def _advance(self):
-        """Per step: the stage switch of width+channel, then the capacities."""
+        """Per step: the budget's schedule, the stage switch of width+channel, then the capacities."""
         self._steps += 1
+        if self.budget_ramp and self.keep != self.scheduled_keep(self._steps):
+            self._set_keep(self.scheduled_keep(self._steps))
+            self._project()
         if self.granularity == "width+channel" and self.stage == "width" and \
                 self._steps > self.width_fraction * (self.steps or 0):
             self._enter_channel_stage()
@@ -396,6 +425,24 @@ class StructureLearner:
         losses, draws = self.sample_losses(loss_fn, *batch, k=self.samples)
         self.last_forward_flops = float(sum(float(self.flops(self.mask_of(d))) for d in draws)) / len(draws)
         return self.score_update(losses, draws)
+
+    @torch.no_grad()
+    def forward_only_step(self, loss_fn, *batch) -> torch.Tensor:
+        """A search step at fixed weights (compressing a trained model): K fresh samples
+        scored by the forward-only graph, the estimate, Adam, the projection; no backward
+        and no weight update. Returns the samples' mean loss (non-finite: the update is
+        skipped with a warning, the scores unchanged)."""
+        self._advance()
+        losses, draws = self.sample_losses(loss_fn, *batch, k=self.samples)
+        masks = self.mask_of(draws)
+        self.last_forward_flops = float(sum(float(self.flops(m)) for m in masks)) / len(masks)
+        self.last_forwards = len(masks)
+        if all_finite(losses):
+            self.score_update(losses, draws)
+        else:
+            warnings.warn(f"score update skipped: non-finite loss among the samples ({losses.tolist()})",
+                          RuntimeWarning, stacklevel=2)
+        return losses.mean()
 
     def averaged_step(self, loss_fn, masked_optimizer, *batch):
         """The authors' weight step: K sampled sub-networks on the same minibatch, the weight

@@ -66,7 +66,8 @@ class VRPGE(Method):
     def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
                  score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
                  granularity: str = "width", final: str = "topk", weight_masks: str = "mean",
-                 weight_average: bool = False, final_batches: int = 10, compile_update: bool | None = None, **options):
+                 weight_average: bool = False, final_batches: int = 10, compile_update: bool | None = None,
+                 weight_every: int = 1, budget_ramp: float = 0.0, **options):
         super().__init__(keep, **options)
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
                       weight_masks=weight_masks)
@@ -75,6 +76,14 @@ class VRPGE(Method):
             raise ValueError(f"--score-lr must be a positive number, got {score_lr!r}")
         check_number("vrpge", "final_tries", final_tries, lo=1, integer=True)
         check_number("vrpge", "final_batches", final_batches, lo=1, integer=True)
+        # weight_every: a weight step every that many search steps (0: the weights stay fixed and
+        # every step is forward-only, for a trained model); budget_ramp: the fraction of the
+        # search over which the budget tightens from the dense model to the target
+        check_number("vrpge", "weight_every", weight_every, lo=0, integer=True)
+        check_number("vrpge", "budget_ramp", budget_ramp, lo=0, hi=1)
+        if weight_average and weight_every != 1:
+            raise ValueError("vrpge: weight_average trains the weights every step; it needs weight_every=1")
+        self.weight_every, self.budget_ramp = int(weight_every), float(budget_ramp)
         self.budget, self.form, self.samples = budget, form, int(samples)
         self.score_lr = None if score_lr is None else float(score_lr)
         self.reuse_loss, self.final_tries = bool(reuse_loss), int(final_tries)
@@ -105,7 +114,7 @@ class VRPGE(Method):
         self.learner = StructureLearner(self.sparse, keep=run.keep, budget=self.budget, lr=self.score_lr,
                                         form=self.form, samples=self.samples, seed=run.seed + 1,
                                         granularity=self.granularity, steps=steps, reuse_loss=self.reuse_loss,
-                                        final=self.final, weight_masks=self.weight_masks)
+                                        final=self.final, weight_masks=self.weight_masks, budget_ramp=self.budget_ramp)
         schedules = [run.weight_schedule(optimizer, phase, start, steps),  # scores: cosine over the search
                      (lambda: self.learner.optimizer, self.learner.lr, start, steps)]
         if self.weight_average:
@@ -129,6 +138,9 @@ class VRPGE(Method):
         if self.weight_average:
             loss, masks = self.learner.averaged_step(self.loss_fn, self.masked_optimizer, x, y)
             return loss, list(masks), 0.0
+        if not self.weight_every or self.learner.steps_done % self.weight_every:  # a forward-only step
+            loss = self.learner.forward_only_step(self.loss_fn, x, y)
+            return loss, [], self.learner.last_forwards * self.learner.last_forward_flops
         loss, mask = self.learner.step(self.step_fn, self.loss_fn, x, y)
         return loss, [mask], self.learner.last_forwards * self.learner.last_forward_flops
 
@@ -140,9 +152,13 @@ class VRPGE(Method):
             return {}
         s = self.learner.probs()
         n = max(tally.count, 1)
-        return dict(expected_keep=float(s.mean()), expected_flops_frac=self.learner.flops.fraction(s),
-                    realised_keep=tally.channels / n, realised_flops_frac=tally.flops / n,
-                    group_keep=[float(v.mean()) for v in torch.split(tally.kept / n, self.learner.sizes)],
+        if not tally.count:  # forward-only steps trained no mask: the policy's expectation stands for it
+            realised = dict(realised_keep=float(s.mean()), realised_flops_frac=self.learner.flops.fraction(s),
+                            group_keep=[float(v.mean()) for v in torch.split(s, self.learner.sizes)])
+        else:
+            realised = dict(realised_keep=tally.channels / n, realised_flops_frac=tally.flops / n,
+                            group_keep=[float(v.mean()) for v in torch.split(tally.kept / n, self.learner.sizes)])
+        return dict(expected_keep=float(s.mean()), expected_flops_frac=self.learner.flops.fraction(s), **realised,
                     score_hist=torch.histc(s.float(), bins=20, min=0, max=1).tolist(),
                     search=self.learner.diagnostics())
 
