@@ -3,21 +3,70 @@
     graph = fxsparse.analyze(model, example_inputs)   # channel groups (torch.fx)
     keep = fxsparse.random_keep(graph, 0.5)           # or topk_keep(graph, scores, 0.5)
     small = fxsparse.export(model, graph, keep)       # physically smaller nn.Module
+
+The names below are imported on first use (``fxsparse.analyze`` imports torch and the
+analysis then), so that ``import fxsparse`` and ``fxsparse --version`` / ``--help`` take no
+time; ``from fxsparse import analyze`` and ``fxsparse.analyze`` work as with eager imports.
 """
-from . import rules  # noqa: F401  (registers the built-in channel rules)
-from .analysis.analyze import analyze
-from .analysis.graph import ChannelGraph, ChannelGroup, Member, count_flops
-from .analysis.masks import normalize_keep, random_keep, topk_keep
-from .core.errors import ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, TraceError
-from .rewrite.export import export
-from .rules.registry import Rule, register_rule
-from .step.optim import MaskedOptimizer
-from .step.sparse import SparseModel, compile
-from .training.classifier import Classifier
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "analyze": "fxsparse.analysis.analyze",
+    "ChannelGraph": "fxsparse.analysis.graph", "ChannelGroup": "fxsparse.analysis.graph",
+    "Member": "fxsparse.analysis.graph", "count_flops": "fxsparse.analysis.graph",
+    "normalize_keep": "fxsparse.analysis.masks", "random_keep": "fxsparse.analysis.masks",
+    "topk_keep": "fxsparse.analysis.masks",
+    "ExportError": "fxsparse.core.errors", "FxsparseError": "fxsparse.core.errors", "InputError": "fxsparse.core.errors",
+    "KeepMaskError": "fxsparse.core.errors", "NoPrunableGroupError": "fxsparse.core.errors",
+    "TraceError": "fxsparse.core.errors",
+    "export": "fxsparse.rewrite.export",
+    "Rule": "fxsparse.rules.registry", "register_rule": "fxsparse.rules.registry",
+    "MaskedOptimizer": "fxsparse.step.optim",
+    "SparseModel": "fxsparse.step.sparse", "compile": "fxsparse.step.sparse",
+    "Classifier": "fxsparse.training.classifier",
+}
 
 __all__ = [
     "analyze", "export", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
     "ChannelGraph", "ChannelGroup", "Member", "count_flops",
     "FxsparseError", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        importlib.import_module("fxsparse.rules")  # registers the built-in channel rules, as before
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("__"):  # a subpackage: fxsparse.zoo, fxsparse.training, ...
+        try:
+            value = importlib.import_module(f"fxsparse.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"fxsparse.{name}":
+                raise
+            raise AttributeError(f"module 'fxsparse' has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module 'fxsparse' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from .analysis.analyze import analyze
+    from .analysis.graph import ChannelGraph, ChannelGroup, Member, count_flops
+    from .analysis.masks import normalize_keep, random_keep, topk_keep
+    from .core.errors import ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, TraceError
+    from .rewrite.export import export
+    from .rules.registry import Rule, register_rule
+    from .step.optim import MaskedOptimizer
+    from .step.sparse import SparseModel, compile
+    from .training.classifier import Classifier

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import warnings
 
-import torch
 from tabulate import tabulate
 
-from .zoo import load_model
+# torch, fxsparse.zoo and the trainer are imported by the commands that use them: `fxsparse
+# --version` and `fxsparse --help` must not wait seconds for torch
 
 
 def parse_input(text: str) -> tuple[int, ...]:
@@ -23,26 +24,43 @@ def parse_input(text: str) -> tuple[int, ...]:
     return dims
 
 
-def cmd_analyze(args) -> int:
-    import fxsparse
+def default_input(spec: str) -> tuple[int, ...]:
+    """``fxsparse analyze``'s input shape without ``--input``: a zoo model's own input size
+    (``zoo.info(NAME).default_input``, batch 1), else 1x3x32x32."""
+    from . import zoo
 
-    in_chans = args.input[1] if len(args.input) > 1 else None
+    prefix, _, name = spec.partition(":")
+    if prefix == "zoo" and name in zoo.names():
+        return (1,) + tuple(zoo.info(name).default_input)
+    return (1, 3, 32, 32)
+
+
+def cmd_analyze(args) -> int:
+    import torch
+
+    import fxsparse
+    from .zoo import load_model
+
+    shape = args.input or default_input(args.model)
+    in_chans = shape[1] if len(shape) > 1 else None
     model = load_model(args.model, in_chans=in_chans).eval()
-    x = torch.randn(*args.input)
+    x = torch.randn(*shape)
     t = time.perf_counter()
     try:
         graph = fxsparse.analyze(model, (x,))
     except fxsparse.FxsparseError as exc:
+        CtrlC.check()  # an error a swallowed Ctrl-C caused is no error to report
         print(f"error: {exc}", file=sys.stderr)
         return 2
     took = time.perf_counter() - t
     print(graph.summary())
-    print(f"\nanalysed in {took:.2f} s; forward {graph.flops['total'] / 1e6:.1f} MFLOPs at input {tuple(args.input)}")
+    default = "" if args.input else " (the model's default; --input sets another)"
+    print(f"\nanalysed in {took:.2f} s; forward {graph.flops['total'] / 1e6:.1f} MFLOPs at input {shape}{default}")
     if args.dot:
         graph.to_dot(args.dot)
         svg = args.dot.rsplit(".", 1)[0] + ".svg"
-        print(f"wrote {args.dot} (the data flow, layers coloured by channel group; render it with Graphviz: "
-              f"dot -Tsvg {args.dot} -o {svg})")
+        print(f"wrote {args.dot} (the data flow, layers coloured by channel group; render it with Graphviz, a "
+              f"separate install (apt-get install graphviz): dot -Tsvg {args.dot} -o {svg})")
     if args.json:
         graph.to_json(args.json)
         print(f"wrote {args.json}")
@@ -50,6 +68,8 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_zoo(args) -> int:
+    import torch
+
     import fxsparse
     from . import zoo
 
@@ -92,6 +112,8 @@ def cmd_zoo(args) -> int:
 
 
 def _check(model, graph, x) -> str:
+    import torch
+
     import fxsparse
     from fxsparse.rewrite.reference import masked_reference
 
@@ -175,8 +197,8 @@ def cmd_train(args) -> int:
     if args.list_methods:
         from .methods import DEFAULT_METHOD, get_method
 
-        rows = [[name + (" (default)" if name == DEFAULT_METHOD else ""), get_method(name).level, get_method(name).paper]
-                for name in list_methods()]
+        rows = [[name + (" (default)" if name == DEFAULT_METHOD else ""), " or ".join(method_levels(get_method(name))),
+                 get_method(name).paper] for name in list_methods()]
         print(tabulate(rows, headers=["method", "level", "paper"]))
         return 0
     if args.nproc is not None and args.nproc < 1:
@@ -184,6 +206,8 @@ def cmd_train(args) -> int:
     if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch(args.nproc, args.argv)
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
     from fxsparse.core.errors import FxsparseError
 
@@ -191,16 +215,47 @@ def cmd_train(args) -> int:
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
                              method_options=method_options_from(args, args.method))
-        Trainer(config, resume=args.resume, progress=args.progress).run()
+        Trainer(config, resume=args.resume, progress=args.progress, callbacks=[CtrlC.check]).run()
     except (FxsparseError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+        CtrlC.check()  # an error a swallowed Ctrl-C caused is no error to report
         print(f"fxsparse train: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     return 0
 
 
+def method_levels(cls) -> list:
+    """The levels a method class runs at, its default first (``ScoreMethod``s take ``--level``)."""
+    return [cls.level] + [lv for lv in getattr(cls, "supported_levels", ()) if lv != cls.level]
+
+
+def interrupted_message(argv: list, out: str, resumed: bool) -> str:
+    """What ``fxsparse train`` prints on Ctrl-C (one line): whether ``out`` holds a checkpoint
+    (``last.pt``, written atomically at each epoch's end, so an interrupt never leaves a broken
+    one) and the command that continues the run, or that the run must start over."""
+    import shlex
+
+    ckpt = os.path.join(out, "last.pt")
+    if not os.path.isfile(ckpt):
+        rest = [a for a in argv if a != "--resume"]
+        return (f"fxsparse train: interrupted before the first checkpoint, so nothing was saved ({ckpt} does not "
+                f"exist); the run must start over: {shlex.join(['fxsparse', *rest])}")
+    where = ""
+    try:  # the epoch it holds; mmap: only the pickle is read, not the tensors
+        import torch
+
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        where = f": epoch {saved['epoch']}, step {saved['step']}"
+    except Exception:  # the line must come out whatever the file holds
+        pass
+    rest = list(argv) if resumed else [*argv, "--resume"]
+    return (f"fxsparse train: interrupted; the last checkpoint ({ckpt}{where}) is intact, the steps after it are "
+            f"lost; continue with: {shlex.join(['fxsparse', *rest])}")
+
+
 def launch(nproc: int, argv: list) -> int:
     """Run ``fxsparse train`` (``argv`` without ``--nproc``) in ``nproc`` processes under torchrun."""
     import subprocess
+    import threading
 
     rest, skip = [], False
     for a in argv:
@@ -211,7 +266,34 @@ def launch(nproc: int, argv: list) -> int:
         elif not a.startswith("--nproc="):
             rest.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "fxsparse", *rest]
-    return subprocess.call(cmd)
+    # OMP_NUM_THREADS set here (torchrun's own default, 1 thread per process, unless the caller set
+    # one): torchrun then prints no banner about setting it through the progress bar.
+    # FXSPARSE_LAUNCHER: the processes leave the Ctrl-C line to this one, which knows the command
+    # line with --nproc; torchrun's stderr passes through here so that its shutdown warnings and
+    # traceback after a Ctrl-C can be left out.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "FXSPARSE_LAUNCHER": "1"}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+
+    def forward():
+        out = getattr(sys.stderr, "buffer", None)
+        while chunk := os.read(proc.stderr.fileno(), 1 << 16):
+            if not CtrlC.seen:
+                if out is not None:
+                    out.write(chunk)
+                else:
+                    sys.stderr.write(chunk.decode(errors="replace"))
+                sys.stderr.flush()
+
+    forwarder = threading.Thread(target=forward, daemon=True)
+    forwarder.start()
+    try:
+        code = proc.wait()
+        forwarder.join()
+        return code
+    except KeyboardInterrupt:  # Ctrl-C reached torchrun and its processes too: let them end, then main's line
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        proc.wait()
+        raise
 
 
 def cmd_report(args) -> int:
@@ -226,7 +308,40 @@ def cmd_report(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+class CtrlC:
+    """Ctrl-C raises KeyboardInterrupt, as with Python's own handler, and is remembered: torch's
+    C++ code clears a KeyboardInterrupt that lands in a Python import it triggers (torch.fx's
+    first trace imports torch._inductor from inside ``symbolize_tracebacks``), after which the
+    command would go on as if nothing happened, or fail on the half-imported modules with a
+    misleading error. The commands call :meth:`check` where they would report an error or go
+    on (``fxsparse train``: at every step), and :func:`main` before it reports success."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls, *args, **kwargs):  # also a Trainer callback: cb(trainer, event, **info)
+        if cls.seen:
+            raise KeyboardInterrupt
+
+
+def _close_progress_bars() -> None:
+    """Close the live tqdm bars (the trainer's clears its line), so that the Ctrl-C line is the last."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", None) or ()):
+        try:
+            bar.close()
+        except Exception:  # a bar that cannot close must not hide the line
+            pass
+
+
+def build_parser(argv: list) -> argparse.ArgumentParser:
+    """The ``fxsparse`` parser; ``train``'s flags only when ``argv`` runs ``train`` (building
+    them imports torch and the methods, which ``--version`` and ``--help`` must not wait for)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="fxsparse", description="Channel-level sparse training that is fast for real.")
@@ -234,9 +349,10 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("analyze", help="find the channel groups of a model and print them")
     p.add_argument("model", help="zoo:NAME, timm:NAME, torchvision:NAME or module.path:factory")
-    p.add_argument("--input", type=parse_input, default=(1, 3, 32, 32), help="example input shape, e.g. 2x3x32x32")
+    p.add_argument("--input", type=parse_input, default=None, help="example input shape, e.g. 2x3x32x32 (default: "
+                   "a zoo model's own input size at batch 1, e.g. 1x1x28x28 for zoo:lenet5; 1x3x32x32 otherwise)")
     p.add_argument("--dot", help="write the data flow with the channel groups as Graphviz DOT "
-                   "(render: dot -Tsvg FILE -o groups.svg)")
+                   "(render it with Graphviz, a separate install (apt-get install graphviz): dot -Tsvg FILE -o groups.svg)")
     p.add_argument("--json", help="write the groups as compact JSON (schema: fxsparse.ChannelGraph.to_json)")
     p.set_defaults(func=cmd_analyze)
     z = sub.add_parser("zoo", help="list the model zoo (params, FLOPs, prunable groups)")
@@ -245,27 +361,69 @@ def main(argv=None) -> int:
     z.add_argument("models", nargs="*", help="only these zoo models (default: all; all take about 2 min on 2 cores)")
     z.set_defaults(func=cmd_zoo)
     t = sub.add_parser("train", help="sparse training on real data: search, fine-tune, export")
-    add_train_arguments(t)
+    if next((a for a in argv if not a.startswith("-")), None) == "train":  # its flags import torch and the methods
+        add_train_arguments(t)
     t.set_defaults(func=cmd_train)
     r = sub.add_parser("report", help="plots (PNG) of a training run: curves, keep per layer, score histograms")
     r.add_argument("dir", help="the --out directory of a run")
     r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="training-step time: dense vs masked-dense vs sparse vs exported", add_help=False)
     b.set_defaults(func=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    import threading
+
+    console = argv is None  # the fxsparse command itself, not a call from Python
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] == "bench":
-        from .bench import main as bench_main
-
-        bench_main(argv[1:])
-        return 0
-    args = parser.parse_args(argv)
-    args.argv = argv
+    args = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT)
+    if in_main_thread:
+        CtrlC.seen = False
+        signal.signal(signal.SIGINT, CtrlC.handler)
     try:
-        return args.func(args)
-    except ValueError as err:
-        print(f"fxsparse {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        if argv and argv[0] == "bench":
+            from .bench import main as bench_main
+
+            bench_main(argv[1:])
+            return 0
+        args = build_parser(argv).parse_args(argv)
+        args.argv = argv
+        code = args.func(args)
+        CtrlC.check()
+        return code
+    except KeyboardInterrupt:
+        pass
+    except Exception as err:  # after a swallowed Ctrl-C, whatever broke is no error to report
+        if CtrlC.seen:
+            pass
+        elif isinstance(err, ValueError) and args is not None:
+            print(f"fxsparse {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        else:
+            raise
+    finally:  # the process that was interrupted ends ignoring Ctrl-C; a caller from Python gets its handler back
+        if in_main_thread and not (console and CtrlC.seen):
+            signal.signal(signal.SIGINT, previous)
+    # Ctrl-C: one line, no traceback
+    if in_main_thread and console:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line short
+    command = args.command if args is not None else (argv[0] if argv and argv[0] in ("bench", "train") else "")
+    if command != "train" or getattr(args, "list_methods", False):
+        print(f"fxsparse{' ' + command if command else ''}: interrupted", file=sys.stderr, flush=True)
+    elif args is None:
+        import shlex
+
+        print("fxsparse train: interrupted while starting, before anything was written; run the same command to "
+              f"start again: {shlex.join(['fxsparse', *argv])}", file=sys.stderr, flush=True)
+    elif os.environ.get("FXSPARSE_LAUNCHER") is None and os.environ.get("RANK", "0") == "0":
+        # one process says it (under --nproc, the launcher: it knows the command line with --nproc)
+        _close_progress_bars()
+        print(interrupted_message(args.argv, args.out, args.resume), file=sys.stderr, flush=True)
+    return 130
 
 
 if __name__ == "__main__":

@@ -140,8 +140,19 @@ def test_nproc_launches_torchrun(monkeypatch):
     import sys
 
     calls = []
+
+    class Popen:  # torchrun, which runs nothing; its stderr passes through the launcher
+        def __init__(self, cmd, env, stderr):
+            calls.append(cmd)
+            read, write = os.pipe()
+            os.close(write)
+            self.stderr = os.fdopen(read, "rb")
+
+        def wait(self):
+            return 0
+
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(subprocess, "Popen", Popen)
     assert cli_main(["train", "--nproc", "2", "--model", "zoo:lenet5", "--nproc=2", "--out", "x"]) == 0
     assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
                       "fxsparse", "train", "--model", "zoo:lenet5", "--out", "x"]]

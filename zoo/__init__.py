@@ -93,9 +93,11 @@ def load_model(spec: str, num_classes: int = 10, in_chans: int | None = None) ->
 
     * ``zoo:NAME``: this zoo (:func:`create`);
     * ``timm:NAME``: ``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=...)``
-      (``pip install 'fxsparse[timm]'``);
+      (``pip install --no-deps timm``; where torchvision is not installed, timm is imported
+      with a stand-in for the few torchvision names it imports, see ``_timm_import``);
     * ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=None, num_classes=...)``
-      (``pip install 'fxsparse[torchvision]'``); torchvision's models take 3 channels, so for
+      (the torchvision release built for the installed torch, installed with ``--no-deps``:
+      ``_timm_import.torchvision_install_hint()``); torchvision's models take 3 channels, so for
       another ``in_chans`` the first convolution (in registration order: the stem of every
       torchvision classifier) is replaced by a freshly initialised one with ``in_chans`` inputs;
     * ``package.module:factory``: ``factory()``, called with no arguments.
@@ -127,12 +129,26 @@ def _checked(model, spec: str) -> nn.Module:
 
 
 def _import_extra(package: str, spec: str):
-    """The model library ``package``, or a ValueError naming the extra that installs it."""
+    """The model library ``package``, or a one-line ValueError that says how to install it
+    without letting pip replace the installed torch."""
+    from ._timm_import import import_timm, torchvision_install_hint
+
+    if package == "timm":
+        try:
+            return import_timm()
+        except ImportError as exc:  # its message says what to install, and how
+            raise ValueError(f"MODEL {spec!r} needs timm: {exc}") from None
     try:
         return importlib.import_module(package)
-    except ImportError as exc:  # absent, or installed without a dependency it needs (timm needs torchvision)
-        raise ValueError(f"MODEL {spec!r} needs the {package} package, which cannot be imported ({exc}); "
-                         f"install it with: pip install 'fxsparse[{package}]'") from None
+    except ModuleNotFoundError as exc:
+        if exc.name != package:
+            raise ValueError(f"MODEL {spec!r} needs torchvision, which is installed but cannot be imported "
+                             f"({exc}); {torchvision_install_hint()}") from None
+        raise ValueError(f"MODEL {spec!r} needs torchvision, which is not installed: {torchvision_install_hint()}") \
+            from None
+    except Exception as exc:  # installed, but built for another torch (RuntimeError or ImportError)
+        raise ValueError(f"MODEL {spec!r} needs torchvision, which is installed but cannot be imported "
+                         f"({type(exc).__name__}: {exc}); {torchvision_install_hint()}") from None
 
 
 def _timm_model(timm, name: str, num_classes: int, in_chans: int | None) -> nn.Module:

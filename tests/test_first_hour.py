@@ -1,0 +1,404 @@
+"""A user's first hour (issue #29): ``timm:`` models after the README's install (timm without
+torchvision), install hints that never let pip replace torch, Ctrl-C during ``fxsparse train``
+(one line: the checkpoint and the command that continues), ``fxsparse analyze``'s default
+input, a fast ``--version`` / ``--help``, every level in ``--list-methods``, and torchrun's OMP
+banner under ``--nproc``. The command-line checks run ``python -m fxsparse`` in fresh
+interpreters: no stand-in or stub of the test suite is loaded there."""
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxsparse
+from fxsparse import cli
+from fxsparse.cli import main as cli_main
+from fxsparse.zoo import _timm_import
+from test_data import make_idx_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(**extra):
+    """The environment of a fresh ``python``: one thread, no PYTHONPATH (nothing of tests/)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _fxsparse(*args):
+    return [sys.executable, "-m", "fxsparse", *args]
+
+
+def _has_timm():
+    try:
+        importlib.metadata.version("timm")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+needs_timm = pytest.mark.skipif(not _has_timm(), reason="timm is not installed (pip install --no-deps timm)")
+
+
+# ----- timm without torchvision --------------------------------------------------------------
+
+@needs_timm
+def test_analyze_a_timm_model_in_a_fresh_interpreter(tmp_path):
+    """What a user runs right after the README's install. ResNet-18 (4 stages of 2 basic blocks,
+    widths 64/128/256/512, 10 classes): one group per stage's residual stream (64+128+256+512)
+    and one inside each of the 8 blocks (2 x (64+128+256+512)) are prunable, 12 groups and
+    2880 channels; the logits' group (10) is not."""
+    r = subprocess.run(_fxsparse("analyze", "timm:resnet18", "--input", "1x3x32x32"), cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("13 channel groups, 12 prunable (2880 prunable channels)"), r.stdout[:300]
+    assert "torchvision" not in r.stderr
+
+
+_STAND_IN_PROBE = r"""
+import importlib.util, json, sys
+import torch
+from fxsparse.zoo import _timm_import
+real_tv = importlib.util.find_spec("torchvision") is not None
+timm = _timm_import.import_timm()
+import timm.layers._fx, timm.data.transforms, timm.utils.model
+out = {"real_torchvision": real_tv,
+       "torchvision_modules_left": sorted(n for n in sys.modules if n.split(".")[0] == "torchvision"),
+       "torchvision_findable": importlib.util.find_spec("torchvision") is not None,
+       "fx_feature_extraction": timm.layers._fx.has_fx_feature_extraction,
+       "interp": timm.data.transforms.str_to_interp_mode("bicubic").value}
+try:
+    timm.data.transforms.MaybeToTensor()
+except Exception as exc:
+    out["to_tensor"] = [type(exc).__name__, str(exc)]
+# timm's own freeze (BN -> FrozenBatchNorm2d) against the unfrozen model in eval mode
+torch.manual_seed(0)
+model = timm.create_model("resnet10t", pretrained=False, num_classes=4)
+for m in model.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.normal_(); m.running_var.uniform_(0.5, 2); m.weight.data.normal_(); m.bias.data.normal_()
+model.eval()
+x = torch.randn(2, 3, 32, 32)
+ref = model(x)
+frozen = timm.utils.model.freeze_batch_norm_2d(model)
+kinds = {type(m).__name__ for m in frozen.modules()}
+out["frozen_kinds"] = sorted(k for k in kinds if "Norm" in k)
+out["frozen_err"] = float((frozen(x) - ref).abs().max() / ref.abs().max())
+print(json.dumps(out))
+"""
+
+
+@needs_timm
+def test_timm_imports_with_a_stand_in_that_leaves_nothing_behind(tmp_path):
+    r = subprocess.run([sys.executable, "-c", _STAND_IN_PROBE], cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if out["real_torchvision"]:
+        pytest.skip("torchvision is installed: timm imports the real one")
+    assert out["torchvision_modules_left"] == [] and not out["torchvision_findable"]
+    assert out["fx_feature_extraction"] is False  # timm's own no-torchvision fallback, not a stand-in
+    assert out["interp"] == "bicubic"
+    kind, text = out["to_tensor"]
+    assert kind == "TorchvisionAbsentError"
+    assert "torchvision.transforms.ToTensor" in text and "pip install --no-deps" in text
+    assert out["frozen_kinds"] == ["FrozenBatchNorm2d"]  # every BatchNorm2d was frozen
+    assert out["frozen_err"] < 1e-5
+
+
+def test_frozen_batchnorm_equals_batchnorm_in_eval_mode():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(6, eps=1e-3)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.normal_()
+    bn.bias.data.normal_()
+    bn.eval()
+    frozen = _timm_import.FrozenBatchNorm2d(6, eps=1e-3)
+    frozen.load_state_dict(bn.state_dict())  # num_batches_tracked is dropped, as in torchvision
+    x = torch.randn(3, 6, 5, 5)
+    torch.testing.assert_close(frozen(x), bn(x), rtol=1e-5, atol=1e-6)
+    assert sorted(dict(frozen.named_buffers())) == ["bias", "running_mean", "running_var", "weight"]
+    assert not list(frozen.parameters())
+
+
+# ----- install hints ------------------------------------------------------------------------
+
+# torch -> torchvision, from torchvision's compatibility table (github.com/pytorch/vision#installation)
+PUBLISHED_PAIRS = [("2.0.1", "0.15"), ("2.1.2", "0.16"), ("2.3.1", "0.18"), ("2.4.0", "0.19"), ("2.5.1", "0.20"),
+                   ("2.6.0", "0.21"), ("2.7.1", "0.22")]
+# packages a hint may install with their dependencies: none of them requires torch
+TORCH_FREE = {"huggingface_hub", "pyyaml", "safetensors", "pillow"}
+
+
+def _pip_commands(text):
+    return [shlex.split(seg.split("(")[0]) for seg in re.findall(r"pip install [^&;]*", text)]
+
+
+def _check_safe(text):
+    commands = _pip_commands(text)
+    assert commands, text
+    for cmd in commands:
+        names = [a for a in cmd[2:] if not a.startswith("-") and not a.startswith("http")]
+        if "--no-deps" not in cmd:
+            assert {re.split(r"[=<>]", n)[0].lower() for n in names} <= TORCH_FREE, cmd
+        assert not any("fxsparse[" in n for n in names), cmd
+
+
+@pytest.mark.parametrize("torch_version, local", [(t, loc) for t, _ in PUBLISHED_PAIRS for loc in ("cpu", "cu121", "")])
+def test_torchvision_hint_pins_the_release_of_the_installed_torch(monkeypatch, torch_version, local):
+    monkeypatch.setattr(_timm_import.torch, "__version__", torch_version + (f"+{local}" if local else ""))
+    hint = _timm_import.torchvision_install_hint()
+    _check_safe(hint)
+    (cmd,) = [c for c in _pip_commands(hint) if any(a.startswith("torchvision") for a in c)]
+    assert "--no-deps" in cmd
+    assert f"torchvision=={dict(PUBLISHED_PAIRS)[torch_version]}.*" in cmd
+    if local:
+        assert cmd[cmd.index("--index-url") + 1] == f"https://download.pytorch.org/whl/{local}"
+    else:
+        assert "--index-url" not in cmd
+
+
+def test_timm_hint_keeps_torch():
+    hint = _timm_import.timm_install_hint()
+    _check_safe(hint)
+    assert ["pip", "install", "--no-deps", "timm"] in _pip_commands(hint)
+    # the packages installed with their dependencies really do not depend on torch (where installed)
+    for name in TORCH_FREE:
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        assert not [r for r in requires if re.match(r"torch\b", r) and "extra ==" not in r], (name, requires)
+
+
+def test_cli_hints_for_absent_model_libraries_keep_torch(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    assert cli_main(["analyze", "timm:resnet18"]) == 2
+    assert cli_main(["analyze", "torchvision:resnet18"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    for line in err:
+        _check_safe(line)
+    assert "pip install --no-deps timm" in err[0]
+    assert "torchvision" in err[1] and torch.__version__ in err[1]
+
+
+# ----- Ctrl-C during fxsparse train ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idx")
+    make_idx_dir(str(root), n_train=8192, n_test=1024, gz=False, seed=1)  # epochs of ~1.5 s: time to signal
+    return str(root)
+
+
+class _Run:
+    """``python -m fxsparse train ...`` in a fresh interpreter, its output read as it comes."""
+
+    def __init__(self, args, cwd):
+        self.proc = subprocess.Popen(_fxsparse(*args), cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.out, self.err = [], []
+        self._threads = [threading.Thread(target=self._read, args=(s, lines), daemon=True)
+                         for s, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _read(stream, lines):
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def wait_for(self, condition, timeout=240):
+        end = time.time() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"the run ended first: {self.err}"
+            assert time.time() < end, "timed out"
+            time.sleep(0.02)
+
+    def interrupt(self):
+        before = len(self.err)
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=120)
+        for t in self._threads:
+            t.join(timeout=30)
+        return code, self.err[before:]
+
+
+def _train_args(idx_dir, out):
+    return ["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", idx_dir, "--batch-size", "32",
+            "--epochs", "3", "--finetune-epochs", "0", "--method", "random", "--no-compile", "--threads", "1",
+            "--no-progress", "--out", str(out)]
+
+
+def test_ctrl_c_after_a_checkpoint_names_it_and_the_command_that_continues(idx_dir, tmp_path):
+    out = tmp_path / "run"
+    run = _Run(_train_args(idx_dir, out), tmp_path)
+    run.wait_for(lambda: (out / "last.pt").exists())
+    code, after = run.interrupt()
+    assert code == 130
+    assert 1 <= len(after) <= 3 and not any("Traceback" in line for line in run.err), run.err
+    line = after[-1]
+    assert "interrupted" in line and str(out / "last.pt") in line and "epoch 1" in line
+    command = shlex.split(line.split("continue with: ", 1)[1])
+    assert command == ["fxsparse", *_train_args(idx_dir, out), "--resume"]
+    # the command really continues the run from that checkpoint
+    resumed = subprocess.run(_fxsparse(*command[1:]), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed {out} at epoch 2" in resumed.stdout
+    assert [row["epoch"] for row in json.load(open(out / "history.json"))] == [1, 2, 3]
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(idx_dir, tmp_path):
+    out = tmp_path / "run"
+    run = _Run(_train_args(idx_dir, out), tmp_path)
+    run.wait_for(lambda: any(line.startswith("pruned to") for line in run.out))  # training has begun
+    code, after = run.interrupt()
+    assert not (out / "last.pt").exists(), "the first epoch ended before the signal: make it longer"
+    assert code == 130
+    assert len(after) == 1 and not any("Traceback" in line for line in run.err), run.err
+    assert "nothing was saved" in after[0] and "start over" in after[0] and "--resume" not in after[0]
+    assert shlex.split(after[0].split("start over: ", 1)[1]) == ["fxsparse", *_train_args(idx_dir, out)]
+
+
+def test_interrupted_message_of_a_resumed_run_adds_no_second_resume(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"epoch": 4, "step": 40}, out / "last.pt")
+    argv = ["train", "--out", str(out), "--resume"]
+    text = cli.interrupted_message(argv, str(out), resumed=True)
+    assert "epoch 4, step 40" in text and text.endswith(shlex.join(["fxsparse", *argv]))
+
+
+def test_a_ctrl_c_that_torch_swallows_still_ends_the_command(monkeypatch, capsys):
+    """torch's C++ code can clear a KeyboardInterrupt raised inside an import it triggers; the
+    command must still stop with the interrupt, not report the broken import as an error."""
+    def analyze(*a, **k):
+        cli.CtrlC.seen = True  # the handler ran, and its KeyboardInterrupt was cleared
+        raise fxsparse.TraceError("module 'sympy' has no attribute 'core'")
+
+    monkeypatch.setattr(fxsparse, "analyze", analyze)
+    handler = signal.getsignal(signal.SIGINT)
+    assert cli_main(["analyze", "zoo:lenet5"]) == 130
+    err = capsys.readouterr().err
+    assert err == "fxsparse analyze: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is handler  # a caller from Python gets its handler back
+
+
+# ----- analyze's default input, --version, --help, --list-methods, --dot ---------------------
+
+def test_analyze_uses_a_zoo_models_own_input(capsys):
+    """LeNet-5 at 1x28x28 (its zoo default): conv1 20x1x5x5 on 24x24, conv2 50x20x5x5 on 8x8,
+    fc1 800->500, fc2 500->10: 2,293,000 multiply-adds, 4.59 MFLOPs (at 3x32x32 it would be
+    8.6)."""
+    assert cli_main(["analyze", "zoo:lenet5"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "at input (1, 1, 28, 28)" in last and "--input sets another" in last
+    assert abs(float(re.search(r"forward ([\d.]+) MFLOPs", last).group(1)) - 4.586) < 0.06
+    assert cli.default_input("zoo:resnet20") == (1, 3, 32, 32)
+    assert cli.default_input("zoo:no_such_model") == (1, 3, 32, 32)  # load_model names the error
+    assert cli.default_input("timm:resnet18") == (1, 3, 32, 32)
+    assert cli_main(["analyze", "zoo:lenet5", "--input", "2x3x32x32"]) == 0  # --input still rules
+    assert "at input (2, 3, 32, 32)\n" in capsys.readouterr().out
+
+
+def test_dot_hint_says_graphviz_is_a_separate_install(tmp_path, capsys):
+    dot = str(tmp_path / "g.dot")
+    assert cli_main(["analyze", "zoo:lenet5", "--dot", dot]) == 0
+    assert "apt-get install graphviz" in capsys.readouterr().out
+    assert os.path.getsize(dot) > 0
+
+
+_IMPORTS_PROBE = ("import sys, fxsparse, fxsparse.cli; "
+                  "print(sorted(m for m in ('torch', 'numpy', 'fxsparse.zoo', 'fxsparse.analysis') if m in sys.modules))")
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_version_and_help_are_fast_and_do_not_import_torch(tmp_path, flag):
+    best = float("inf")
+    for _ in range(2):  # the faster of two: a busy machine may stall one start
+        t = time.perf_counter()
+        r = subprocess.run(_fxsparse(flag), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+        best = min(best, time.perf_counter() - t)
+        assert r.returncode == 0, r.stderr
+    assert (r.stdout.strip() == f"fxsparse {fxsparse.__version__}") if flag == "--version" else "train" in r.stdout
+    assert best < 1.5, f"fxsparse {flag} took {best:.2f} s"
+    probe = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE + f"; fxsparse.cli.build_parser(['{flag}'])"],
+                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[]"
+
+
+def test_lazy_package_keeps_every_public_name():
+    import importlib
+
+    for name in fxsparse.__all__:
+        module = importlib.import_module(fxsparse._EXPORTS[name])
+        assert getattr(fxsparse, name) is getattr(module, name), name
+    from fxsparse import analyze, zoo  # noqa: F401  (a name and a subpackage)
+
+    assert fxsparse.zoo is zoo and fxsparse.rules.registry.lookup is not None
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        fxsparse.no_such_name
+
+
+def _readme_method_levels():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    rows = re.findall(r"^\| `(\w+)`(?: \(default\))? \| ([^|]+) \|", text, flags=re.M)
+    return {name: level.strip() for name, level in rows}
+
+
+def test_list_methods_shows_every_level_the_readme_table_gives(capsys):
+    assert cli_main(["train", "--list-methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    level_col, paper_col = lines[0].index("level"), lines[0].index("paper")
+    shown = {ln.split()[0]: ln[level_col:paper_col].strip() for ln in lines[2:]}
+    readme = _readme_method_levels()
+    assert set(readme) <= set(shown), set(readme) - set(shown)
+    for name, level in readme.items():
+        expected = {"-": "none", "weight (per channel)": "weight"}.get(level, level)
+        assert shown[name] == expected, (name, shown[name], level)
+    assert shown["snip"] == "channel or weight" and shown["magnitude"] == "weight"
+
+
+# ----- --nproc ------------------------------------------------------------------------------
+
+def test_launch_sets_omp_threads_so_torchrun_prints_no_banner(monkeypatch):
+    seen = []
+
+    class FakePopen:
+        def __init__(self, cmd, env, stderr):
+            seen.append((cmd, env))
+            read, write = os.pipe()
+            os.write(write, b"worker output\n")
+            os.close(write)
+            self.stderr = os.fdopen(read, "rb")
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cli.launch(2, ["train", "--nproc", "2", "--epochs", "1"]) == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cli.launch(2, ["train", "--nproc=2"]) == 0
+    (cmd1, env1), (cmd2, env2) = seen
+    assert env1["OMP_NUM_THREADS"] == "1" and env2["OMP_NUM_THREADS"] == "3"  # the caller's setting wins
+    assert cmd1[-3:] == ["train", "--epochs", "1"] and cmd2[-1] == "train"  # --nproc is left out
+    # torchrun prints the banner exactly when OMP_NUM_THREADS is unset (and several processes run)
+    src = open(importlib.util.find_spec("torch.distributed.run").origin).read()
+    assert 'if "OMP_NUM_THREADS" not in os.environ and nproc_per_node > 1:' in src
