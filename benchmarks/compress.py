@@ -63,6 +63,9 @@ VRPGE_VARIANTS = {
     "vrpge-fixed-width-k4": dict(weight_every=0, granularity="width", samples=4),
     "vrpge-joint-width": dict(weight_every=1, granularity="width"),
     "vrpge-joint-width-ramp": dict(weight_every=1, granularity="width", budget_ramp=0.5),
+    "vrpge-fixed-channel-ramp": dict(weight_every=0, granularity="channel", budget_ramp=0.5),
+    "vrpge-fixed-channel-k4": dict(weight_every=0, granularity="channel", samples=4),
+    "vrpge-joint-channel-ramp": dict(weight_every=1, granularity="channel", budget_ramp=0.5),
 }
 VRPGE_CHOSEN = "vrpge-fixed-width-ramp"  # set from the pilot's table (README)
 SEARCH_EPOCHS = 0.25

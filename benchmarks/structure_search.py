@@ -62,6 +62,9 @@ TABLES = {
     # a small CNN whose uniform cut leaves ~5 channels in its first conv (LeNet-5 diverges at lr 0.05)
     "lenet5-high": dict(model="zoo:lenet5", keep=0.08, lr=0.01),
     "lenet5-extreme": dict(model="zoo:lenet5", keep=0.03, lr=0.01),  # uniform: 3 of conv1's 20 channels
+    # depthwise/pointwise blocks whose layers differ in cost: where learned allocations should pay
+    "mobilenetv2-tenth": dict(model="zoo:mobilenetv2", keep=0.1),
+    "mobilenetv2-twentieth": dict(model="zoo:mobilenetv2", keep=0.05),
 }
 REFERENCE = "vrpge-width"  # the run whose training FLOPs and time the fixed runs get
 # label: (method, config overrides, method options); "@flops"/"@wall" runs get their epochs later
@@ -83,16 +86,19 @@ FIXED = {
     "random-uniform@flops": ("random", {}, dict(scope="per_group", budget="flops")),
     "random-learned-alloc@flops": ("random", {}, dict(allocation="learned")),
     "l1-filter@flops": ("l1_filter", {}, dict(scope="per_group", budget="flops")),
+    # Li et al. 2022's random allocation search, at initialisation (one-shot scores of untrained weights)
+    "random-search@flops": ("random_search", {}, dict(budget="flops")),
     "snip@flops": ("snip", {}, dict(scope="global", budget="flops")),
     "synflow@flops": ("synflow", {}, dict(scope="global", budget="flops")),
     "random-uniform@wall": ("random", {}, dict(scope="per_group", budget="flops")),
     "l1-filter@wall": ("l1_filter", {}, dict(scope="per_group", budget="flops")),
+    "random-search@wall": ("random_search", {}, dict(budget="flops")),
 }
 
 
 # the comparisons the targets name first (every seed), then the rest (every seed)
 ORDER = [["vrpge-width", "vrpge-width-mean", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
-          "l1-filter@wall"], ["vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel",
+          "l1-filter@wall", "random-search@flops", "random-search@wall"], ["vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel",
                                                                     "vrpge-width-short", "vrpge-channel-lr0.1"]]
 
 

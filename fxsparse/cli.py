@@ -133,6 +133,11 @@ def add_train_arguments(p):
 
     d = TrainConfig()
     p.add_argument("--model", default=d.model, help=f"zoo:NAME, timm:NAME, torchvision:NAME or module.path:factory (default {d.model})")
+    p.add_argument("--init", default=None, metavar="PATH", help="start from these trained weights of --model: a "
+                   "state_dict (torch.save) or safetensors file, or the --out directory of an earlier run (e.g. "
+                   "--method dense); the run then compresses the trained model")
+    p.add_argument("--bn-batches", type=int, default=d.bn_batches, help="training batches the pruned model's "
+                   "BatchNorm statistics are re-estimated on before its first step (default %(default)s; 0: keep them)")
     p.add_argument("--data", default=d.data, help="fashion-mnist, mnist, cifar10, cifar100 or folder (default %(default)s)")
     p.add_argument("--data-root", default=None, help="data directory (Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
     p.add_argument("--method", default=d.method, help="training method, see `fxsparse train --list-methods` (default %(default)s)")
