@@ -4,84 +4,31 @@ nothing downloaded), input 2x3x32x32, then the same pipeline as
 ``benchmarks/thirdparty_transformers.py``: analyze -> export at two keep-0.5 masks ->
 forward/backward -> equality with the masked reference -> a sparse step; FLOPs at keep 0.5.
 
-timm is not an extra of fxsparse: its metadata requires torchvision (GBs with CUDA, and no
-CPU build here). Install it without: ``pip install --no-deps timm huggingface_hub pyyaml
-safetensors``. timm's models never call torchvision; it imports it at module level for its
-data pipeline and ``FrozenBatchNorm2d`` isinstance checks, so where torchvision is absent
-:func:`import_timm` serves those imports with placeholder modules (calling one raises).
+timm is installed without its dependencies (``pip install --no-deps timm && pip install
+huggingface_hub pyyaml safetensors``): its metadata asks for torchvision, whose PyPI build would
+replace a CPU torch. timm is imported as ``fxsparse train --model timm:NAME`` imports it,
+through :func:`fxsparse.zoo.import_timm` (where torchvision is absent: with a stand-in for the
+few torchvision names timm imports at module level), so these models run exactly the import a
+user's run does.
 
     OMP_NUM_THREADS=1 python benchmarks/thirdparty_timm.py [name ...]
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import sys
-import types
 
 import torch
 
+from fxsparse.zoo import import_timm as _import_timm
 from thirdparty_transformers import report
 
 
-class _PlaceholderMeta(type):
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _placeholder(f"{cls.__qualname__}.{name}")
-
-
-def _placeholder(name):
-    def fail(*args, **kwargs):
-        raise RuntimeError(f"torchvision is not installed: {name} is a placeholder (benchmarks/thirdparty_timm.py)")
-
-    return _PlaceholderMeta(name.rpartition(".")[2], (), {"__init__": fail, "__qualname__": name})
-
-
-class _PlaceholderModule(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = _placeholder(f"{self.__name__}.{name}")
-        setattr(self, name, value)
-        return value
-
-
-class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname == "torchvision" or fullname.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _PlaceholderModule(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
 def import_timm():
-    """The timm module, or None where it is not installed."""
+    """The timm module (:func:`fxsparse.zoo.import_timm`), or None where timm is not installed."""
     if importlib.util.find_spec("timm") is None:
         return None
-    if "timm" in sys.modules or importlib.util.find_spec("torchvision") is not None:
-        import timm
-
-        return timm
-    # the placeholders exist only while timm imports: other libraries (transformers) must
-    # keep seeing that torchvision is absent
-    finder = _Finder()
-    sys.meta_path.append(finder)
-    try:
-        import timm
-    finally:
-        sys.meta_path.remove(finder)
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-    return timm
+    return _import_timm()
 
 
 # name -> create_model keywords (small inputs: 32x32 images, patch / window sizes to match)

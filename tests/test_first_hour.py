@@ -183,6 +183,69 @@ def test_timm_hint_keeps_torch():
         assert not [r for r in requires if re.match(r"torch\b", r) and "extra ==" not in r], (name, requires)
 
 
+def _requires_torch(dist, seen=None) -> list:
+    """The chain of installed distributions from ``dist`` to torch or torchvision through
+    requirements without an ``extra`` marker ([] where there is none, or it is not installed)."""
+    seen = set() if seen is None else seen
+    name = re.split(r"[\s\[=<>!~;(]", dist, maxsplit=1)[0].lower().replace("_", "-")
+    if name in ("torch", "torchvision"):
+        return [name]
+    if name in seen:
+        return []
+    seen.add(name)
+    try:
+        requires = importlib.metadata.requires(name) or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    for req in requires:
+        if "extra ==" not in req and (chain := _requires_torch(req, seen)):
+            return [name, *chain]
+    return []
+
+
+def _readme_pip_commands():
+    """Every ``pip install`` of the README: in its code blocks (comments included) and in its
+    inline code, each as an argv."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    code_blocks = re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.S | re.M)
+    prose = re.sub(r"^```[a-z]*\n.*?^```", "", text, flags=re.S | re.M)
+    snippets = [ln for b in code_blocks for ln in b.splitlines()] + re.findall(r"`([^`]+)`", prose)
+    return [shlex.split(m) for sn in snippets for m in re.findall(r"pip install [^&;#]*", sn)]
+
+
+def test_readme_installs_and_extras_never_replace_torch(monkeypatch):
+    """No documented install can pull another torch: every README ``pip install`` either pins
+    torch itself, uses --no-deps, installs fxsparse extras, or packages that do not require torch;
+    no extra of pyproject.toml requires torch or torchvision (through installed metadata)."""
+    import tomllib
+
+    extras = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]["optional-dependencies"]
+    for extra, reqs in extras.items():
+        for req in reqs:
+            assert not _requires_torch(req), (extra, req, _requires_torch(req))
+    commands = _readme_pip_commands()
+    assert len(commands) >= 5, commands  # the set-up, timm (2), torchvision (2), tensorboard, hf
+    for cmd in commands:
+        args = [a for i, a in enumerate(cmd[2:]) if not a.startswith("-") and cmd[1 + i] != "--index-url"]
+        if "--no-deps" in cmd:
+            continue
+        for a in args:
+            if a.startswith("torch=="):  # the set-up pins the CPU torch itself
+                continue
+            m = re.fullmatch(r"(?:\.|fxsparse)\[([\w,]+)\]", a)
+            if m:
+                assert set(m.group(1).split(",")) <= set(extras), (cmd, sorted(extras))
+            else:
+                assert a.lower() in TORCH_FREE, cmd
+    # the README's torchvision command is the hint's for the torch the set-up pins
+    pinned = next(a.split("==")[1] for c in commands for a in c if a.startswith("torch=="))
+    monkeypatch.setattr(_timm_import.torch, "__version__", pinned + "+cpu")
+    hinted = [c for c in _pip_commands(_timm_import.torchvision_install_hint()) if "--no-deps" in c]
+    assert hinted and hinted[0] in commands, (hinted, commands)
+    assert ["pip", "install", "--no-deps", "timm"] in commands and \
+        ["pip", "install", "huggingface_hub", "pyyaml", "safetensors"] in commands
+
+
 def test_cli_hints_for_absent_model_libraries_keep_torch(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "timm", None)
     monkeypatch.setitem(sys.modules, "torchvision", None)

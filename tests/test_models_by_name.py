@@ -77,8 +77,8 @@ def test_unknown_name_is_a_one_line_error(monkeypatch, prefix, capsys):
 
 @pytest.mark.parametrize("prefix", ["timm", "torchvision"])
 def test_absent_package_names_an_install_that_keeps_torch(monkeypatch, prefix, tmp_path, capsys):
-    """The hint installs the package with --no-deps: the extras (fxsparse[timm] needs
-    torchvision, which pins one torch) would let pip replace a CPU torch with a CUDA build."""
+    """The hint installs the package with --no-deps: with its dependencies (timm needs
+    torchvision, which pins one torch) pip would replace a CPU torch with a CUDA build."""
     monkeypatch.setitem(sys.modules, prefix, None)  # `import prefix` now fails, installed or not
     with pytest.raises(ValueError, match=rf"pip install --no-deps '?{prefix}"):
         load_model(f"{prefix}:resnet18")

@@ -1,8 +1,10 @@
 """Real `timm` models built by name from their configs (random weights, nothing downloaded):
 analyze -> export at 2 random keep-0.5 masks -> forward/backward -> equality with the masked
-reference -> a sparse step, with no per-model configuration. Skipped when timm is not
-installed (it is no extra: ``pip install --no-deps timm huggingface_hub pyyaml safetensors``,
-see benchmarks/thirdparty_timm.py)."""
+reference -> a sparse step, with no per-model configuration. timm is imported as a user's
+``timm:NAME`` run imports it (``fxsparse.zoo.import_timm``: where torchvision is absent, with
+fxsparse's stand-in for the torchvision names timm imports; the tests add no stub of their
+own). Skipped when timm is not installed (``pip install --no-deps timm && pip install
+huggingface_hub pyyaml safetensors``, see benchmarks/thirdparty_timm.py)."""
 import os
 import sys
 

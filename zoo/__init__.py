@@ -14,6 +14,7 @@ Usage::
     zoo.names()                        # sorted names
     model = zoo.create("resnet20", num_classes=10)
     zoo.info("resnet20")               # ModelInfo(name, family, paper, default_input)
+    timm = zoo.import_timm()           # timm, also where torchvision is not installed
 
 Widths and depths follow the papers at the default arguments; the parameter counts are
 checked against the published numbers in ``tests/test_zoo_architectures.py``.
@@ -27,7 +28,9 @@ from typing import Callable, Dict, Tuple
 
 import torch.nn as nn
 
-__all__ = ["ModelInfo", "register", "create", "names", "list_models", "info", "load_model"]
+from ._timm_import import import_timm
+
+__all__ = ["ModelInfo", "register", "create", "names", "list_models", "info", "load_model", "import_timm"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def _checked(model, spec: str) -> nn.Module:
 def _import_extra(package: str, spec: str):
     """The model library ``package``, or a one-line ValueError that says how to install it
     without letting pip replace the installed torch."""
-    from ._timm_import import import_timm, torchvision_install_hint
+    from ._timm_import import torchvision_install_hint
 
     if package == "timm":
         try:
