@@ -41,6 +41,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_args import records, run_child  # noqa: E402
+
 MODELS = ["resnet20", "vgg11_bn", "mobilenetv2"]
 RECOVERY_LR = 0.01
 DEFAULT = "vrpge"  # the label whose total time the @wall runs get
@@ -71,13 +74,6 @@ VRPGE_CHOSEN = "vrpge-fixed-width-ramp"  # set from the pilot's table (README)
 SEARCH_EPOCHS = 0.25
 
 
-def records(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def find(recs, **key):
     return [r for r in recs if all(r.get(k) == v for k, v in key.items())]
 
@@ -87,21 +83,6 @@ def dense_dir(args, model, seed):
 
 
 # ----------------------------------------------------------------------------- one run
-
-def run_child(spec: dict, out: str) -> dict:
-    path = out + ".spec.json"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(spec, f)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", path])
-    if proc.returncode != 0:
-        raise SystemExit(f"run {spec['record']} failed (exit {proc.returncode})")
-    with open(out + ".record.json") as f:
-        rec = json.load(f)
-    rec["process_wall_s"] = time.perf_counter() - t0
-    return rec
-
 
 def child(path):
     import torch
@@ -156,7 +137,7 @@ def run(args, rec_key: dict, cfg: dict):
     if find(records(path), **rec_key):
         return find(records(path), **rec_key)[0]
     print(f"== {rec_key} {time.strftime('%H:%M:%S')}", flush=True)
-    rec = run_child({"config": cfg, "record": rec_key}, cfg["out"])
+    rec = run_child(__file__, {"config": cfg, "record": rec_key}, cfg["out"], str(rec_key))
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
     return rec

@@ -49,11 +49,12 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_args import records, run_child  # noqa: E402
 
 TABLES = {
     "vgg11-high": dict(model="zoo:vgg11_bn", keep=0.08),
@@ -102,31 +103,8 @@ ORDER = [["vrpge-width", "vrpge-width-mean", "random-uniform@flops", "l1-filter@
                                                                     "vrpge-width-short", "vrpge-channel-lr0.1"]]
 
 
-def records(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def find(recs, table, label, seed=None):
     return [r for r in recs if r["table"] == table and r["label"] == label and (seed is None or r["seed"] == seed)]
-
-
-def run_child(spec: dict) -> dict:
-    """One run in its own process; returns its record."""
-    path = os.path.join(spec["config"]["out"] + ".spec.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(spec, f)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", path])
-    if proc.returncode != 0:
-        raise SystemExit(f"run {spec['label']} seed {spec['seed']} failed (exit {proc.returncode})")
-    with open(spec["config"]["out"] + ".record.json") as f:
-        rec = json.load(f)
-    rec["process_s"] = time.perf_counter() - t0
-    return rec
 
 
 def child(path):
@@ -216,7 +194,7 @@ def main(argv=None):
         print(f"== {table} {label} seed {seed} ({epochs:.3f} epochs)", flush=True)
         spec = base_config(args, table, label, seed, method, overrides, options, epochs, search)
         spec["match_flops"] = match_flops
-        rec = run_child(spec)
+        rec = run_child(__file__, spec, spec["config"]["out"], f"{spec['label']} seed {spec['seed']}")
         with open(path, "a") as f:
             f.write(json.dumps(rec) + "\n")
 

@@ -14,6 +14,16 @@ if _workers > 1:
 
 
 @pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny MNIST-format data set (IDX files, gzip): 192 training and 48 test images."""
+    from test_data import make_idx_dir
+
+    root = tmp_path_factory.mktemp("idx")
+    make_idx_dir(str(root), n_train=192, n_test=48, gz=True, seed=3)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
 def single_thread():
     """Tiny models run faster on one thread than on two busy ones."""
     n = torch.get_num_threads()

@@ -26,20 +26,10 @@ from fxsparse.rewrite.batchnorm import recalibrate_batchnorm
 from fxsparse.training.init_weights import InitWeightsError, load_init_weights
 from fxsparse.training.trainer import TrainConfig, Trainer
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_data import make_idx_dir  # noqa: E402
-
 CHANNEL_METHODS = ["snip", "grasp", "synflow", "l1_filter", "l1_global", "slimming", "random", "taylor", "obd",
                    "random_search", "l0", "vrpge"]
 SMALL_OPTIONS = {"taylor": {"batches": 2}, "obd": {"batches": 2},
                  "random_search": {"samples": 3, "bn_batches": 1, "eval_batches": 1}}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("idx")
-    make_idx_dir(str(root), n_train=128, n_test=32, gz=True, seed=5)
-    return str(root)
 
 
 def _cli(data_dir, out, *extra):

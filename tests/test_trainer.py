@@ -23,13 +23,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_data import make_idx_dir  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("idx")
-    make_idx_dir(str(root), n_train=192, n_test=48, gz=True, seed=3)
-    return str(root)
-
-
 def _args(data_dir, out, *extra):
     return ["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", data_dir, "--batch-size", "32",
             "--epochs", "2", "--finetune-epochs", "1", "--no-compile", "--threads", "1", "--no-progress",
@@ -310,7 +303,8 @@ def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path, capsys):
     assert cli_main(args) == 0
     capsys.readouterr()
     before = _snapshot(out)
-    assert set(before) == {"last.pt", "history.json", "summary.json", "model.pt", "history.csv", "steps.csv"}
+    assert set(before) == {"last.pt", "history.json", "summary.json", "model.pt", "model.safetensors", "history.csv",
+                           "steps.csv"}
     summary = json.loads(before["summary.json"][0])
     small = torch.load(out / "model.pt", weights_only=False)
     assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
@@ -349,7 +343,7 @@ def test_files_follow_the_umask(data_dir, tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes == {"last.pt": 0o640, "history.json": 0o640, "summary.json": 0o640, "model.pt": 0o640,
-                     "history.csv": 0o640, "steps.csv": 0o640}, modes
+                     "model.safetensors": 0o640, "history.csv": 0o640, "steps.csv": 0o640}, modes
 
 
 def test_zoo_names_the_input_and_reports_progress(capsys):

@@ -15,36 +15,22 @@ ranked globally and the selection meets the run's budget. Meant for trained weig
 """
 from __future__ import annotations
 
-from .base import TrainState
-from .gradients import parameter_values, per_batch_gradients
-from .options import check_number
+from .gradients import BatchGradientCriterion
 from .registry import register_method
-from .select import ScoreMethod, group_scores, take_batches
+from .select import group_scores
 
 
 @register_method("obd")
-class OBD(ScoreMethod):
+class OBD(BatchGradientCriterion):
     """Optimal Brain Damage (LeCun et al., 1990) with the diagonal empirical Fisher, summed per
     channel: keep the channels with the largest sum of F_ii w_i^2 / 2. Options: ``scope``
     ("global"), ``budget``, ``batches`` (64)."""
     paper = "LeCun et al., Optimal Brain Damage, NeurIPS 1990 (diagonal empirical Fisher, per channel group)"
-    level = "channel"
-    supported_levels = ("channel",)
-    default_scope = {"channel": "global"}
-    extra_options = {"batches": 64}
 
-    def validate_options(self) -> None:
-        check_number("obd", "batches", self.batches, lo=1, integer=True)
+    def accumulate(self, total, graph, grads, values):
+        sq = {n: grads[n].double().square() for n in values}
+        return sq if total is None else {n: total[n] + v for n, v in sq.items()}
 
-    def init(self, state: TrainState) -> None:
-        graph = self.channel_graph(state)
-        names = [n for n, p in state.model.named_parameters() if p.requires_grad]
-        values = parameter_values(state.model, names)
-        batches = take_batches(state, self.batches, "obd")
-        fisher = {n: 0.0 for n in names}
-        for grads in per_batch_gradients(state.model, batches, state.loss_fn, names, generator=state.generator):
-            for n in names:
-                fisher[n] = fisher[n] + grads[n].double().square()
-        saliency = {n: 0.5 * (fisher[n] / len(batches)) * values[n].double().square() for n in names}
-        self.scores = group_scores(graph, saliency, reduce="sum")
-        self._keep_masks = self.select_channels(graph, self.scores)
+    def finish(self, total, graph, values, batches):
+        saliency = {n: 0.5 * (total[n] / batches) * values[n].double().square() for n in values}
+        return group_scores(graph, saliency, reduce="sum")

@@ -96,16 +96,12 @@ def load_init_weights(model: nn.Module, path: str) -> nn.Module:
     where = weights_path(path)
     missing = [k for k in own if k not in state]
     if missing:
-        raise InitWeightsError(f"--init {where!r} does not fit the model: it has no {missing[0]!r} (shape "
-                               f"{tuple(own[missing[0]].shape)}), the first of the model's keys it lacks"
-                               + (f" ({len(missing) - 1} more are missing)" if len(missing) > 1 else "")
-                               + "; is it the weights of another model?")
+        raise _unmatched(where, f"it has no {missing[0]!r} (shape {tuple(own[missing[0]].shape)}), the first of the "
+                         "model's keys it lacks", len(missing) - 1, "missing")
     extra = [k for k in state if k not in own]
     if extra:
-        raise InitWeightsError(f"--init {where!r} does not fit the model: the file has {extra[0]!r} (shape "
-                               f"{tuple(state[extra[0]].shape)}), which the model has not"
-                               + (f", and {len(extra) - 1} more such keys" if len(extra) > 1 else "")
-                               + "; is it the weights of another model?")
+        raise _unmatched(where, f"the file has {extra[0]!r} (shape {tuple(state[extra[0]].shape)}), which the model "
+                         "has not", len(extra) - 1, "such keys in the file")
     for name, tensor in own.items():
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise InitWeightsError(f"--init {where!r} does not fit the model: {name!r} has shape "
@@ -113,6 +109,11 @@ def load_init_weights(model: nn.Module, path: str) -> nn.Module:
                                    f"{_hint(state, own)}")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _unmatched(where: str, first: str, more: int, kind: str) -> InitWeightsError:
+    return InitWeightsError(f"--init {where!r} does not fit the model: {first}" + (f" ({more} more {kind})" if more else "")
+                            + "; is it the weights of another model?")
 
 
 def _hint(state: dict, own: dict) -> str:
