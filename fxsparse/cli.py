@@ -369,7 +369,7 @@ def build_parser(argv: list) -> argparse.ArgumentParser:
     if next((a for a in argv if not a.startswith("-")), None) == "train":  # its flags import torch and the methods
         add_train_arguments(t)
     t.set_defaults(func=cmd_train)
-    r = sub.add_parser("report", help="plots (PNG) of a training run: curves, keep per layer, score histograms")
+    r = sub.add_parser("report", help="plots (PNG) of a training run: curves, keep per layer, learned widths")
     r.add_argument("dir", help="the --out directory of a run")
     r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="training-step time: dense vs masked-dense vs sparse vs exported", add_help=False)

@@ -6,9 +6,12 @@
 * ``keep_per_layer.png``: which layers kept how much? The kept fraction of every prunable
   channel group, named by its layer, for every epoch (during a search: the mean of the masks
   sampled in that epoch; afterwards the fixed mask).
-* ``scores.png``: how did the channel scores (keep probabilities) evolve during the search?
-  The share of scores that are decided (near 0 or 1) or still undecided per epoch, and the
-  mean keep probability of each layer's channels.
+* ``scores.png``: what did the search learn? Each layer's learned width (the expected kept
+  fraction of its channel group under the search's scores, ``search.group_expected_keep``
+  of the search rows) at every search row: a layer-by-epoch grid with the values written in.
+
+Every text label stays inside its axes (:func:`_fit_labels` moves or wraps the ones that
+would cross an edge).
 """
 from __future__ import annotations
 
@@ -39,15 +42,20 @@ def report(run_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     history = _load(run_dir)
-    written = [_curves(plt, history, run_dir)]
+    written = [_save(_curves(plt, history), run_dir, "curves.png")]
     if any(r.get("group_keep") for r in history):
-        written.append(_keep_per_layer(plt, history, run_dir))
-    if any(r.get("score_hist") for r in history):
-        written.append(_scores(plt, history, run_dir))
+        written.append(_save(_keep_per_layer(plt, history), run_dir, "keep_per_layer.png"))
+    if _search_rows(history):
+        written.append(_save(_scores(plt, history), run_dir, "scores.png"))
     return written
 
 
-def _curves(plt, history, run_dir):
+def _search_rows(history) -> list:
+    """The rows that carry the search's learned widths (VR-PGE's ``search`` diagnostics)."""
+    return [r for r in history if (r.get("search") or {}).get("group_expected_keep")]
+
+
+def _curves(plt, history):
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(epochs, [r["loss"] for r in history], "o-", color="tab:red")
@@ -69,10 +77,11 @@ def _curves(plt, history, run_dir):
         ax.legend(fontsize=8, loc="best")
     axes[2].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    return _save(fig, run_dir, "curves.png")
+    _fit_labels(fig)
+    return fig
 
 
-def _keep_per_layer(plt, history, run_dir):
+def _keep_per_layer(plt, history):
     rows = [r for r in history if r.get("group_keep")]
     names = rows[-1].get("group_names") or [f"group {i}" for i in range(len(rows[-1]["group_keep"]))]
     n, k = len(names), len(rows)
@@ -89,46 +98,36 @@ def _keep_per_layer(plt, history, run_dir):
            xlabel="kept fraction of the group's channels", xlim=(0, 1.05))
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return _save(fig, run_dir, "keep_per_layer.png")
+    return fig
 
 
-def _scores(plt, history, run_dir):
+def _scores(plt, history):
+    """Each layer's learned width at each search row: a grid, layers down, search rows across."""
     import numpy as np
 
-    rows = [r for r in history if r.get("score_hist")]
-    epochs = [r["epoch"] for r in rows]
-    counts = np.array([r["score_hist"] for r in rows], dtype=float)  # 20 bins over [0, 1]
-    counts /= np.maximum(counts.sum(1, keepdims=True), 1)
-    bands = [("near 0 (< 0.05): pruned", counts[:, :1].sum(1), "#d62728"),
-             ("0.05 - 0.5", counts[:, 1:10].sum(1), "#ff9896"),
-             ("0.5 - 0.95", counts[:, 10:19].sum(1), "#98df8a"),
-             ("near 1 (>= 0.95): kept", counts[:, 19:].sum(1), "#2ca02c")]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
-    ax = axes[0]
-    ax.stackplot(epochs, *[b[1] for b in bands], labels=[b[0] for b in bands], colors=[b[2] for b in bands])
-    if len(epochs) == 1:  # a single search row: show it as a bar
-        ax.cla()
-        bottom = 0.0
-        for label, value, colour in bands:
-            ax.bar(epochs, value, bottom=bottom, width=0.3, color=colour, label=label)
-            bottom += value
-    ax.set(title="channel scores (keep probabilities) at the end of each search epoch", xlabel="epoch",
-           ylabel="share of channels", ylim=(0, 1))
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
-    _integer_epochs(ax, epochs)
-    ax = axes[1]
-    with_groups = [r for r in rows if r.get("group_keep")]
-    names = (with_groups[-1].get("group_names") if with_groups else None) or []
-    for g, name in enumerate(names or range(len(with_groups[-1]["group_keep"]) if with_groups else 0)):
-        ax.plot([r["epoch"] for r in with_groups], [r["group_keep"][g] for r in with_groups], "o-",
-                label=name if names else f"group {g}")
-    ax.set(title="mean keep probability per layer (masks sampled in the epoch)", xlabel="epoch",
-           ylabel="kept fraction", ylim=(0, 1.05))
-    if with_groups:
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=min(4, max(1, len(names))))
-    _integer_epochs(ax, epochs)
+    rows = _search_rows(history)
+    widths = np.array([r["search"]["group_expected_keep"] for r in rows], dtype=float).T  # layers x rows
+    n, k = widths.shape
+    names = rows[-1].get("group_names") or [f"group {g}" for g in range(n)]
+    label_in = 0.065 * max(len(str(name)) for name in names)  # the layer names at 8 pt
+    fig, ax = plt.subplots(figsize=(min(max(5.0, label_in + 0.6 * k + 2.5), 18.0), max(2.5, 0.32 * n + 1.6)))
+    image = ax.imshow(widths, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    if k <= 20 and n * k <= 400:  # the values themselves, where they fit
+        for g in range(n):
+            for i in range(k):
+                ax.text(i, g, f"{widths[g, i]:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if widths[g, i] > 0.6 else "white")
+    ax.set_xticks(range(k), [f"{r['epoch']:g}" for r in rows])
+    ax.set_yticks(range(n), names, fontsize=8)
+    stages = sorted({r["search"].get("stage") for r in rows} - {None})
+    ax.set_title("learned width per layer\nduring the search" + (f" ({', '.join(stages)})" if stages else ""),
+                 fontsize=10)
+    ax.set_xlabel("epoch (end of each search row)")
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02,
+                 label="expected kept fraction of the\nlayer's channels under the scores")
     fig.tight_layout()
-    return _save(fig, run_dir, "scores.png")
+    _fit_labels(fig)
+    return fig
 
 
 def _phases(ax, history):
@@ -143,11 +142,41 @@ def _phases(ax, history):
         ax.axvspan(a, b, color=_PHASE_COLOURS.get(phase, "#eeeeee"), alpha=0.6, lw=0, zorder=0,
                    label=None if phase in seen else f"phase: {phase}")
         seen.add(phase)
-    for phase, a, _ in spans[1:]:
+    for i, (phase, a, _) in enumerate(spans[1:]):
         ax.axvline(a, color="#555555", lw=0.9, ls=":", zorder=1)
-        ax.text(a, 0.99, f" {phase} from epoch {a:g}", transform=ax.get_xaxis_transform(), ha="left", va="top",
-                fontsize=7, color="#555555")
+        # staggered down, so that close hand-overs do not write over each other
+        ax.text(a, 0.99 - 0.09 * (i % 3), f" {phase} from epoch {a:g} ", transform=ax.get_xaxis_transform(),
+                ha="left", va="top", fontsize=7, color="#555555", gid="phase-label")
     ax.set_xlim(0, max(r["epoch"] for r in history) * 1.02)
+
+
+def _fit_labels(fig):
+    """Keep every text of the figure's axes inside its axes: a label that crosses an edge goes
+    to the other side of its anchor; one too wide for either side is wrapped onto two lines
+    (on the side with more room), then made smaller until it fits."""
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        box = ax.get_window_extent(renderer)
+
+        def fits(text):
+            bb = text.get_window_extent(renderer)
+            return (bb.x0 >= box.x0 - 0.5 and bb.x1 <= box.x1 + 0.5 and bb.y0 >= box.y0 - 0.5
+                    and bb.y1 <= box.y1 + 0.5)
+
+        for text in ax.texts:
+            if fits(text):
+                continue
+            if text.get_ha() in ("left", "right"):
+                text.set_ha("right" if text.get_ha() == "left" else "left")
+                if fits(text):
+                    continue
+                anchor = text.get_transform().transform(text.get_position())[0]
+                text.set_ha("right" if anchor - box.x0 > box.x1 - anchor else "left")
+                words = text.get_text().strip().split(" ", 1)
+                pad = " " if len(words) > 1 else ""
+                text.set_text("\n".join(pad + w + pad for w in words))
+            while not fits(text) and text.get_fontsize() > 4:
+                text.set_fontsize(text.get_fontsize() * 0.9)
 
 
 def _integer_epochs(ax, epochs):
