@@ -177,6 +177,8 @@ def stage_pilot(args):
     if not need_dense(args, model, seed):
         return
     for label, opts in VRPGE_VARIANTS.items():
+        if args.only and label not in args.only:
+            continue
         out = os.path.join(args.out, "pilot", f"{label}_{model}_s{seed}_b{budget}")
         run(args, dict(stage="pilot", label=label, model=model, seed=seed, budget=budget),
             config(args, model, seed, budget, "vrpge", opts, SEARCH_EPOCHS, 1.0, out))
@@ -272,11 +274,13 @@ def report(args):
     for model, accs in dense.items():
         if accs:
             print(f"| {model} | {len(accs)} | {fmt(accs)} |")
-    pilot = [r for r in recs if r["stage"] == "pilot"]
-    if pilot:
+    for model in MODELS:
+        pilot = [r for r in recs if r["stage"] == "pilot" and r["model"] == model]
+        if not pilot:
+            continue
         r0 = pilot[0]
-        print(f"\n## pilot: VR-PGE on trained weights ({r0['model']}, seed {r0['seed']}, FLOPs {r0['budget']})\n")
-        print("| variant | one-shot % | after 1 epoch % | search CPU s | total CPU s |\n|---|---|---|---|---|")
+        print(f"\n## pilot: VR-PGE on trained weights ({model}, seed {r0['seed']}, FLOPs {r0['budget']})\n")
+        print("| variant | after search % | after 1 epoch % | search CPU s | total CPU s |\n|---|---|---|---|---|")
         for r in pilot:
             print(f"| {r['label']} | {r['oneshot_acc']:.2f} | {r['test_acc']:.2f} | {r['select_cpu_s']:.0f} | {r['cpu_s']:.0f} |")
     for budget in sorted({r["budget"] for r in recs if r["stage"] == "table"}):

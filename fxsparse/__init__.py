@@ -30,11 +30,12 @@ _EXPORTS = {
     "MaskedOptimizer": "fxsparse.step.optim",
     "SparseModel": "fxsparse.step.sparse", "compile": "fxsparse.step.sparse",
     "Classifier": "fxsparse.training.classifier",
+    "load": "fxsparse.training.saved",
 }
 
 __all__ = [
     "analyze", "export", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
-    "ChannelGraph", "ChannelGroup", "Member", "count_flops",
+    "ChannelGraph", "ChannelGroup", "Member", "count_flops", "load",
     "FxsparseError", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError",
 ]
 
@@ -70,3 +71,4 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .step.optim import MaskedOptimizer
     from .step.sparse import SparseModel, compile
     from .training.classifier import Classifier
+    from .training.saved import load

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tabulate import tabulate
 
-from fxsparse.training import checkpoint
+from fxsparse.training import checkpoint, saved
 from fxsparse.analysis.analyze import analyze
 from fxsparse.training.classifier import Classifier
 from fxsparse.core.errors import NoPrunableGroupError
@@ -163,6 +163,7 @@ class Trainer:
         # the training loop reads this process's share of every global batch
         self._shard = shard_loader(self.train_loader, self.group.rank, self.group.world) if self.group.active \
             else self.train_loader
+        self.model_spec = config.model if model is None else None  # None: a model object, not rebuildable by name
         if model is None:
             from fxsparse.zoo import load_model
 
@@ -654,22 +655,24 @@ class Trainer:
             self.log(f"resumed {self.out} at epoch {self.epoch + 1}")
 
     # ----- the end -------------------------------------------------------------------
-    def _final_model(self) -> nn.Module:
-        """What the run delivers, the model its last history row evaluated: the exported
-        model of a fixed-mask phase, the exported deterministic mask of a search that ends
-        the run, or the dense model (dense and weight-level methods)."""
+    def _final_model(self) -> tuple:
+        """What the run delivers, the model its last history row evaluated, and its channel
+        mask: the exported model of a fixed-mask phase, the exported deterministic mask of a
+        search that ends the run, or the dense model (dense and weight-level methods: no mask)."""
         if self.small is not None:
-            return self.small
+            return self.small, self.masks
         if self._phase_built not in TRAINER_PHASES and self._phase_built is not None:
-            return export(self.model, self.graph, self.method.phase_masks(self._phase_built))
+            masks = self.method.phase_masks(self._phase_built)
+            return export(self.model, self.graph, masks), masks
         if self.method.level == "weight":
             from fxsparse.methods.unstructured import remove_weight_masks
 
             remove_weight_masks(self.model)
-        return self.model
+        return self.model, None
 
     def _finish(self) -> dict:
-        final = self._final_model().eval().cpu()  # model.pt loads on any machine
+        final, masks = self._final_model()
+        final = final.eval().cpu()  # model.pt loads on any machine
         example = self.example[0]
         info = self.info
         names = info.get("classes")
@@ -677,10 +680,13 @@ class Trainer:
                            class_names=names if names and len(names) == info["num_classes"] else None,
                            input_shape=example.shape[1:])
         files = {name: os.path.join(self.out, name) for name in
-                 ("model.pt", RUN_WEIGHTS, "summary.json", "history.json", "history.csv", "steps.csv", "last.pt")}
+                 ("model.pt", RUN_WEIGHTS, saved.RECIPE, "summary.json", "history.json", "history.csv", "steps.csv",
+                  "last.pt")}
         if self.writer:
             checkpoint.save_atomic(final, files["model.pt"])
             checkpoint.save_safetensors_atomic(final.net.state_dict(), files[RUN_WEIGHTS])
+            checkpoint.write_json_atomic(saved.recipe(self.model_spec, info["num_classes"], info["in_chans"], example.shape,
+                                                      masks, final, files[RUN_WEIGHTS]), files[saved.RECIPE])
         last = self.history[-1]
         params = sum(p.numel() for p in final.parameters())
         dense_params = sum(p.numel() for p in self.model.parameters())
@@ -702,8 +708,9 @@ class Trainer:
         shown = [[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, dict)]
         self.log("\n" + tabulate(shown, headers=["summary", ""]))
         self.log(f"files in {self.out}: model.pt (the trained model; it takes raw images scaled to [0, 1], see the "
-                 f"README's 'Using the trained model'), {RUN_WEIGHTS} (its network's weights, no code: `--init` "
-                 "reads them), summary.json (this summary and the preprocessing), "
+                 f"README's 'Using the trained model'), {RUN_WEIGHTS} and {saved.RECIPE} (the same model as weights "
+                 "and a recipe, no code: fxsparse.load(OUT) rebuilds it, `--init OUT` reads the weights), summary.json "
+                 "(this summary and the preprocessing), "
                  "history.json (a row per epoch; history.csv the same as CSV), steps.csv (a row per step), last.pt (the "
                  "checkpoint --resume reads)")
         return summary
