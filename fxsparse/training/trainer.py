@@ -547,11 +547,19 @@ class Trainer:
                           "finetune": "the training step of the exported model", "dense": "the dense training step"}
 
     def _before_step(self, phase) -> float:
+        """Before a step; before the first step of a phase (it compiles) say so, and keep the
+        bar counting the seconds of the wait (the compile shows no other sign of life)."""
         if self._compile_pending:
+            import sys
+
             took = self._compile_s.get(self._compiling.get(phase))
-            guess = f"about {took:.0f} s, like the last time" if took else "10-90 s for a small CNN on a CPU, minutes for a deep one"
+            guess = f"about {took:.0f} s, like the last time" if took else \
+                "from seconds to minutes, depending on the model and the CPU, and longer on a busy CPU"
+            shown = "; the progress bar counts its seconds" if self._bar.bar is not None else ""
             self._say(f"compiling {self._compiling.get(phase, 'the training step')} with torch.compile "
-                      f"(the first step waits for it: {guess}; --no-compile runs eagerly)")
+                      f"(the first step waits for it: {guess}{shown}; --no-compile runs eagerly)")
+            # until _after_step, or until an exception or Ctrl-C leaves the training loop's frame
+            self._bar.tick("compiling", sys._getframe(1))
         self._compiles_before = getattr(self.sp, "compilations", 0)
         return time.perf_counter()
 
@@ -567,6 +575,7 @@ class Trainer:
     def _after_step(self, t_step: float):
         """After a step that compiled: say how long it took, and restart the bar's clock so
         its rate and ETA count steps, not the compile."""
+        self._bar.stop_ticking()
         compiled = self._compile_pending or self._recompiling or \
             getattr(self.sp, "compilations", 0) != self._compiles_before
         if not compiled or not self.config.compile:
@@ -772,10 +781,17 @@ def _fmt(v):
 
 class _Progress:
     """The epoch's tqdm bar (or nothing when disabled). ``restart`` forgets the timing so far
-    (a compile stalled it), so the rate and the ETA count training steps only."""
+    (a compile stalled it), so the rate and the ETA count training steps only. ``tick`` keeps
+    a long first step visibly alive: the bar's postfix counts its seconds (``compiling, 12 s``),
+    refreshed by a background thread about once a second, until ``stop_ticking`` (the step
+    returned) or until the watched frame (the training loop's) is no longer on its thread's
+    stack: an exception or Ctrl-C went through it, and nobody will call ``stop_ticking``."""
+
+    TICKER = "fxsparse-progress-ticker"  # the background thread's name
 
     def __init__(self, total: int, desc: str, enabled: bool):
         self.total, self.desc, self.n, self.bar = total, desc, 0, None
+        self._ticker = self._stop = None
         if enabled:
             self.bar = self._new()
 
@@ -784,12 +800,54 @@ class _Progress:
 
         return tqdm(total=self.total, initial=self.n, desc=self.desc, leave=False, dynamic_ncols=True)
 
+    def tick(self, label: str, frame) -> None:
+        """Count seconds in the bar's postfix while ``frame`` (on the calling thread) runs;
+        nothing without a bar."""
+        if self.bar is None:
+            return
+        import threading
+
+        self.stop_ticking()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name=self.TICKER, daemon=True,
+                                        args=(self.bar, label, frame, threading.get_ident(), self._stop))
+        self._ticker.start()
+
+    @staticmethod
+    def _tick(bar, label, frame, ident, stop) -> None:
+        import sys
+
+        def running() -> bool:  # is ``frame`` still on the watched thread's stack?
+            f = sys._current_frames().get(ident)
+            while f is not None and f is not frame:
+                f = f.f_back
+            return f is not None
+
+        start, shown = time.monotonic(), 0
+        while not stop.wait(0.1):
+            if not running():
+                return
+            seconds = int(time.monotonic() - start)
+            if seconds > shown:  # the elapsed time in the bar's [..] moves with each refresh too
+                shown = seconds
+                bar.set_postfix_str(f"{label}, {seconds} s")  # tqdm's lock: safe beside the loop's writes
+
+    def stop_ticking(self) -> None:
+        if self._ticker is not None:
+            self._stop.set()
+            self._ticker.join()
+            self._ticker = self._stop = None
+            if self.bar is not None:
+                self.bar.set_postfix_str("", refresh=False)
+
     def update(self):
+        self.stop_ticking()
         self.n += 1
         if self.bar is not None:
             self.bar.update(1)
 
     def restart(self):
+        self.stop_ticking()
         if self.bar is not None:
             self.bar.close()
             self.bar = self._new()
@@ -803,6 +861,7 @@ class _Progress:
             log(text)
 
     def close(self):
+        self.stop_ticking()
         if self.bar is not None:
             self.bar.close()
             self.bar = None
