@@ -69,6 +69,11 @@ VRPGE_VARIANTS = {
     "vrpge-fixed-channel-ramp": dict(weight_every=0, granularity="channel", budget_ramp=0.5),
     "vrpge-fixed-channel-k4": dict(weight_every=0, granularity="channel", samples=4),
     "vrpge-joint-channel-ramp": dict(weight_every=1, granularity="channel", budget_ramp=0.5),
+    # the budget scales every width by one factor (the allocation moves only with the loss signal)
+    "vrpge-fixed-width-ramp-scale": dict(weight_every=0, granularity="width", budget_ramp=0.5, projection="scale"),
+    "vrpge-joint-width-scale": dict(weight_every=1, granularity="width", projection="scale"),
+    "vrpge-joint-width-ramp-scale": dict(weight_every=1, granularity="width", budget_ramp=0.5, projection="scale"),
+    "vrpge-fixed-channel-ramp-scale": dict(weight_every=0, granularity="channel", budget_ramp=0.5, projection="scale"),
 }
 VRPGE_CHOSEN = "vrpge-fixed-width-ramp"  # set from the pilot's table (README)
 SEARCH_EPOCHS = 0.25

@@ -399,3 +399,27 @@ def test_forward_only_search_leaves_the_weights_and_follows_the_budget_ramp(data
     assert all(used <= k + 1e-6 for k, used in keeps)
     assert keeps[-1][0] == pytest.approx(0.3)
     assert tr.history[-1]["realised_flops_frac"] <= 0.3 + 1e-9
+
+
+def test_scale_projection_keeps_the_allocation_without_a_signal():
+    """With no loss signal (every sample's loss equal) the scale projection leaves the widths
+    uniform while the ramp tightens the budget, and spends the budget exactly; the gradient
+    projection moves the allocation by the channels' costs alone."""
+    from fxsparse.methods.vrpge import StructureLearner
+
+    torch.manual_seed(0)
+    model = zoo.create("resnet20", in_chans=1)
+    x = torch.randn(4, 1, 28, 28)
+    sp = fxsparse.compile(model, x, keep=0.5, compile=False)
+    constant = lambda out, y: out.sum() * 0.0  # noqa: E731  (no signal: every sample's loss is 0)
+    widths = {}
+    for projection in ("scale", "gradient"):
+        learner = StructureLearner(sp, keep=0.2, budget="flops", granularity="width", lr=None, steps=8,
+                                   budget_ramp=0.5, projection=projection)
+        for _ in range(8):
+            learner.forward_only_step(constant, x, torch.zeros(4, dtype=torch.long))
+            if projection == "scale":
+                assert learner.expected_keep() == pytest.approx(learner.keep, rel=1e-9)
+        widths[projection] = learner.scores.detach()
+    assert torch.allclose(widths["scale"], widths["scale"][0].expand_as(widths["scale"]))
+    assert float(widths["gradient"].max() - widths["gradient"].min()) > 0.1

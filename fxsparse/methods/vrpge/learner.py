@@ -49,6 +49,7 @@ from .estimator import project_budget, sample_grouped_mask, vrpge_gradient
 GRANULARITIES = ("channel", "width", "width+channel")
 FINALS = ("topk", "sample")
 PERTURBS = ("all", "group")
+PROJECTIONS = ("gradient", "scale")
 WEIGHT_MASKS = ("sampled", "mean")
 # lr * sqrt(search steps) when the learning rate is calibrated to the search (lr=None)
 LR_SCALE = {"channel": 0.3, "width": 0.3, "width+channel": 0.3}
@@ -73,7 +74,7 @@ class StructureLearner:
                  form: str = "exact", samples: int = 2, seed: int = 0, granularity: str = "channel",
                  steps: int | None = None, lr_scale: float | None = None, reuse_loss: bool = True,
                  final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100, perturb: str = "all",
-                 weight_masks: str = "sampled", budget_ramp: float = 0.0):
+                 weight_masks: str = "sampled", budget_ramp: float = 0.0, projection: str = "gradient"):
         check_fraction(keep, "keep")
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
                       perturb=perturb, weight_masks=weight_masks)
@@ -85,6 +86,8 @@ class StructureLearner:
             raise ValueError(f"budget_ramp must be a fraction of the search in [0, 1], got {budget_ramp!r}")
         if budget_ramp and not steps:
             raise ValueError("budget_ramp tightens the budget over the search: pass steps=")
+        check_choices("vrpge", projection=(projection, PROJECTIONS))
+        self.projection = projection
         self.sparse = sparse
         self.groups = sparse.channel_graph.prunable_groups
         self.sizes = [g.size for g in self.groups]
@@ -254,7 +257,9 @@ class StructureLearner:
         found by bisection so the expected FLOPs meet the budget (to 1e-6 relative)."""
         with torch.no_grad():
             s64 = self.scores.detach().double().clamp(0, 1)
-            if self.group_budget is not None:
+            if self.projection == "scale" and self.group_budget is None:
+                s64 = self._scale_to_budget(s64)
+            elif self.group_budget is not None:
                 parts = [project_budget(p, float(b))[0] for p, b in zip(torch.split(s64, self.sizes), self.group_budget)]
                 s64 = torch.cat(parts)
             elif self.kind == "channels":
@@ -268,6 +273,26 @@ class StructureLearner:
                 v = _bisect(lambda v: self.budget - float(self.flops(self._expand(at(v)))), 0.0, hi, rel=1e-13)
                 s64 = at(v)
             self.scores.copy_(s64.to(self.scores.dtype))
+
+    def _scale_to_budget(self, s64: torch.Tensor) -> torch.Tensor:
+        """``projection="scale"``: every parameter scaled by one factor, s <- clamp(a s, 0, 1),
+        with the a that spends the budget exactly (a > 1 when the scores fell below it): the
+        budget keeps the allocation's proportions, so only the loss signal moves it away from
+        where it started (the uniform allocation), where the gradient projection shrinks
+        fastest the groups whose channels cost the most, signal or not."""
+        cost = (lambda v: float(self.flops(self._expand(v)))) if self.kind == "flops" \
+            else (lambda v: float(self._expand(v).sum()))
+        positive = s64[s64 > 0]
+        if positive.numel() == 0:
+            return s64
+        hi = 1.0 / float(positive.min())  # every positive score at 1 beyond this
+        if cost((s64 > 0).double()) <= self.budget:
+            return (s64 * hi).clamp(0, 1)  # even all of them full fit: keep what can be kept
+        lo = 0.0  # the largest factor that fits: the cost grows with it
+        while hi - lo > 1e-12 * max(1.0, hi):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if cost((s64 * mid).clamp(0, 1)) <= self.budget else (lo, mid)
+        return (s64 * lo).clamp(0, 1)
 
     def budget_direction(self) -> torch.Tensor:
         """Unit vector along the gradient of the budget's cost (expected FLOPs or channels)

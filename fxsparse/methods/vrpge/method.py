@@ -67,7 +67,7 @@ class VRPGE(Method):
                  score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
                  granularity: str = "width", final: str = "topk", weight_masks: str = "mean",
                  weight_average: bool = False, final_batches: int = 10, compile_update: bool | None = None,
-                 weight_every: int = 1, budget_ramp: float = 0.0, **options):
+                 weight_every: int = 1, budget_ramp: float = 0.0, projection: str = "gradient", **options):
         super().__init__(keep, **options)
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
                       weight_masks=weight_masks)
@@ -83,7 +83,7 @@ class VRPGE(Method):
         check_number("vrpge", "budget_ramp", budget_ramp, lo=0, hi=1)
         if weight_average and weight_every != 1:
             raise ValueError("vrpge: weight_average trains the weights every step; it needs weight_every=1")
-        self.weight_every, self.budget_ramp = int(weight_every), float(budget_ramp)
+        self.weight_every, self.budget_ramp, self.projection = int(weight_every), float(budget_ramp), projection
         self.budget, self.form, self.samples = budget, form, int(samples)
         self.score_lr = None if score_lr is None else float(score_lr)
         self.reuse_loss, self.final_tries = bool(reuse_loss), int(final_tries)
@@ -114,7 +114,8 @@ class VRPGE(Method):
         self.learner = StructureLearner(self.sparse, keep=run.keep, budget=self.budget, lr=self.score_lr,
                                         form=self.form, samples=self.samples, seed=run.seed + 1,
                                         granularity=self.granularity, steps=steps, reuse_loss=self.reuse_loss,
-                                        final=self.final, weight_masks=self.weight_masks, budget_ramp=self.budget_ramp)
+                                        final=self.final, weight_masks=self.weight_masks, budget_ramp=self.budget_ramp,
+                                        projection=self.projection)
         schedules = [run.weight_schedule(optimizer, phase, start, steps),  # scores: cosine over the search
                      (lambda: self.learner.optimizer, self.learner.lr, start, steps)]
         if self.weight_average:
