@@ -159,7 +159,10 @@ def add_train_arguments(p):
     p.add_argument("--limit-batches", type=int, default=None, help="at most this many batches per epoch")
     p.add_argument("--out", default=d.out, help="run directory: checkpoints, history, exported model (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch's CPU threads (default: the CPUs this process "
+                   "may use less those busy with other work at the start, at most torch's default, which follows "
+                   "OMP_NUM_THREADS; where CPUs are busy, OpenMP threads also sleep while they wait: "
+                   "OMP_WAIT_POLICY=PASSIVE, unless set)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"],
                    help="autocast dtype of the training steps; fp16 adds a gradient scaler and needs CUDA (default %(default)s)")
@@ -210,22 +213,74 @@ def cmd_train(args) -> int:
         raise ValueError(f"--nproc must be at least 1 (the number of training processes), got {args.nproc}")
     if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch(args.nproc, args.argv)
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
     from fxsparse.core.errors import FxsparseError
+    from fxsparse.training import threads
 
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    before = torch.get_num_threads()  # given back at the end: a caller from Python keeps its own
+    plan = threads.apply(getattr(args, "thread_plan", None) or threads.plan(args.threads))
+    if os.environ.get("RANK", "0") == "0":
+        print(plan.describe(), flush=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
                              method_options=method_options_from(args, args.method))
-        Trainer(config, resume=args.resume, progress=args.progress, callbacks=[CtrlC.check]).run()
+        trainer = Trainer(config, resume=args.resume, progress=args.progress, callbacks=[CtrlC.check])
+        finished = trainer.finished  # a finished run changes nothing, its summary.json included
+        trainer.run()
+        if not finished and trainer.writer:
+            record_threads(os.path.join(trainer.out, "summary.json"), plan)
     except (FxsparseError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         CtrlC.check()  # an error a swallowed Ctrl-C caused is no error to report
         print(f"fxsparse train: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(before)
     return 0
+
+
+def record_threads(summary_path: str, plan) -> None:
+    """Add the thread choice (``threads`` of :mod:`fxsparse.training.threads`) to summary.json."""
+    import json
+
+    from fxsparse.training import checkpoint
+
+    with open(summary_path) as f:
+        summary = json.load(f)
+    summary["threads"] = plan.record()
+    checkpoint.write_json_atomic(summary, summary_path)
+
+
+def thread_plan_for(argv: list):
+    """The thread plan of ``fxsparse train ARGS`` (:func:`fxsparse.training.threads.plan`), made
+    before anything imports torch: libgomp reads OMP_WAIT_POLICY once, when torch loads it. None
+    for other commands, --help, --list-methods and the launcher of --nproc (its processes plan
+    their own)."""
+    if next((a for a in argv if not a.startswith("-")), None) != "train" or \
+            {"-h", "--help", "--list-methods"} & set(argv):
+        return None
+
+    def value(flag):
+        for i, a in enumerate(argv):
+            if a == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(flag + "="):
+                return a.split("=", 1)[1]
+        return None
+
+    try:
+        nproc = int(value("--nproc") or 1)
+        requested = int(value("--threads")) if value("--threads") is not None else None
+    except ValueError:  # argparse says what is wrong
+        return None
+    if (nproc > 1 and "WORLD_SIZE" not in os.environ) or (requested is not None and requested < 1):
+        return None
+    from fxsparse.training import threads  # imports no torch
+
+    return threads.plan(requested)
 
 
 def method_levels(cls) -> list:
@@ -395,8 +450,10 @@ def main(argv=None) -> int:
 
             bench_main(argv[1:])
             return 0
+        plan = thread_plan_for(argv)  # before build_parser: train's flags import torch
         args = build_parser(argv).parse_args(argv)
         args.argv = argv
+        args.thread_plan = plan
         code = args.func(args)
         CtrlC.check()
         return code
