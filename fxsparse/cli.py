@@ -129,6 +129,7 @@ def _check(model, graph, x) -> str:
 
 
 def add_train_arguments(p):
+    from fxsparse.methods import default_method
     from fxsparse.training.trainer import TrainConfig
 
     d = TrainConfig()
@@ -140,7 +141,8 @@ def add_train_arguments(p):
                    "BatchNorm statistics are re-estimated on before its first step (default %(default)s; 0: keep them)")
     p.add_argument("--data", default=d.data, help="fashion-mnist, mnist, cifar10, cifar100 or folder (default %(default)s)")
     p.add_argument("--data-root", default=None, help="data directory (Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--method", default=d.method, help="training method, see `fxsparse train --list-methods` (default %(default)s)")
+    p.add_argument("--method", default=None, help="training method, see `fxsparse train --list-methods` (default: "
+                   f"{default_method(False)}; with --init, {default_method(True)})")
     p.add_argument("--list-methods", action="store_true", help="list the registered methods and exit")
     p.add_argument("--keep", type=float, default=d.keep, help="budget as a fraction of the dense model, in (0, 1] (default %(default)s)")
     p.add_argument("--budget", choices=["channels", "flops"], default=d.budget, help="what --keep counts (default %(default)s)")
@@ -193,19 +195,24 @@ def method_options_from(args, method: str) -> dict:
     """The ``method_options`` the flags of ``method`` (its ``cli_options``) set."""
     from .methods import get_method
 
-    return {kw["dest"]: getattr(args, kw["dest"]) for _, kw in get_method(method).cli_options}
+    # a flag left at None was not given: the method's default for the setting applies
+    return {kw["dest"]: getattr(args, kw["dest"]) for _, kw in get_method(method).cli_options
+            if getattr(args, kw["dest"]) is not None}
 
 
 def cmd_train(args) -> int:
     import dataclasses
 
-    from .methods import list_methods
+    from .methods import default_method, list_methods
     from fxsparse.training.trainer import TrainConfig, Trainer
 
     if args.list_methods:
-        from .methods import DEFAULT_METHOD, get_method
+        from .methods import get_method
 
-        rows = [[name + (" (default)" if name == DEFAULT_METHOD else ""), " or ".join(method_levels(get_method(name))),
+        marks = {default_method(False): " (default)", default_method(True): " (default with --init)"}
+        if default_method(False) == default_method(True):
+            marks = {default_method(False): " (default)"}
+        rows = [[name + marks.get(name, ""), " or ".join(method_levels(get_method(name))),
                  get_method(name).paper] for name in list_methods()]
         print(tabulate(rows, headers=["method", "level", "paper"]))
         return 0
@@ -225,6 +232,7 @@ def cmd_train(args) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(plan.describe(), flush=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    args.method = args.method or default_method(trained=args.init is not None)
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
                              method_options=method_options_from(args, args.method))

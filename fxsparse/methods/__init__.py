@@ -3,7 +3,14 @@
 from .base import TRAINER_PHASES, Method, PhaseSetup, RunContext, TrainState
 from .registry import create, get_method, list_methods, register_method, unregister_method
 
-DEFAULT_METHOD = "vrpge"
+DEFAULT_METHOD = "vrpge"          # training from scratch
+DEFAULT_METHOD_TRAINED = "vrpge"  # compressing trained weights (``fxsparse train --init``)
+
+
+def default_method(trained: bool) -> str:
+    """The method ``fxsparse train`` runs without ``--method``: the one the README's tables
+    show best for the setting (from scratch, or from trained weights)."""
+    return DEFAULT_METHOD_TRAINED if trained else DEFAULT_METHOD
 from . import select  # noqa: E402,F401  (shared helpers of the score-based methods)
 from . import snip  # noqa: E402,F401
 from . import grasp  # noqa: E402,F401

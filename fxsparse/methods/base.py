@@ -100,9 +100,10 @@ class Method:
         self.options = options
 
     @classmethod
-    def for_run(cls, keep: float, budget: str, options: dict) -> "Method":
+    def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "Method":
         """The method for ``fxsparse train`` (``budget``: the run's ``--budget``, which a method
-        that meets it itself takes as an option; one that cannot meet a FLOPs budget refuses it)."""
+        that meets it itself takes as an option; one that cannot meet a FLOPs budget refuses it;
+        ``trained``: the run starts from trained weights, for a method whose defaults differ there)."""
         if budget != "channels" and cls.level != "none":
             raise ValueError(f"--budget {budget}: method {cls.name!r} keeps a fraction of its "
                              f"{'weights' if cls.level == 'weight' else 'channels'} and cannot meet a FLOPs budget; "

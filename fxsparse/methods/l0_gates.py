@@ -121,7 +121,7 @@ class L0Gates(Method):
         self._saved = None
 
     @classmethod
-    def for_run(cls, keep: float, budget: str, options: dict) -> "L0Gates":
+    def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "L0Gates":
         return cls(keep=keep, **{**options, "budget": budget})  # the gates meet the run's --budget
 
     def phases(self, first: int, total: int) -> list:

@@ -428,7 +428,7 @@ class ScoreMethod(Method):
         self.scores: Optional[dict] = None  # the last scores: {gid: tensor} or {param name: tensor}
 
     @classmethod
-    def for_run(cls, keep: float, budget: str, options: dict) -> "ScoreMethod":
+    def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "ScoreMethod":
         """At channel level the selection meets the run's ``--budget`` (channels or FLOPs),
         as the default method's search does; weight-level masks count weights."""
         level = options.get("level", cls.level)

@@ -47,7 +47,7 @@ from fxsparse.rewrite.batchnorm import recalibrate_batchnorm
 from fxsparse.rewrite.export import export
 from fxsparse.analysis.flops import TRAIN_FACTOR, SubnetFlops
 from fxsparse.analysis.masks import all_finite, check_fraction
-from fxsparse.methods import DEFAULT_METHOD, TRAINER_PHASES, RunContext, TrainState, get_method
+from fxsparse.methods import TRAINER_PHASES, RunContext, TrainState, default_method, get_method
 from fxsparse.training.device import Precision, check_precision, resolve_device, to_device
 from fxsparse.training.distributed import Group, shard_loader
 from fxsparse.training.init_weights import RUN_WEIGHTS
@@ -62,7 +62,7 @@ class TrainConfig:
     init: Optional[str] = None
     data: str = "fashion-mnist"
     data_root: Optional[str] = None
-    method: str = DEFAULT_METHOD
+    method: Optional[str] = None         # None: the default for the setting (from scratch, or --init)
     keep: float = 0.5
     budget: str = "channels"             # "channels" or "flops"
     # search epochs (all epochs of single-phase methods but fine-tune); fractions are steps:
@@ -96,6 +96,10 @@ class TrainConfig:
     # samples, reuse_loss, weight_average, final_tries, final_batches, compile_update; the
     # ``fxsparse train`` flags of the chosen method land here)
     method_options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method is None:
+            self.method = default_method(trained=self.init is not None)
 
     def validate(self):
         check_fraction(self.keep, "--keep", ValueError)
@@ -176,7 +180,8 @@ class Trainer:
         self.loss_fn = F.cross_entropy
         x0, _ = next(iter(self.test_loader))
         self.example = (self._to_device(x0[:2].clone()),)
-        self.method = get_method(config.method).for_run(config.keep, config.budget, dict(config.method_options))
+        self.method = get_method(config.method).for_run(config.keep, config.budget, dict(config.method_options),
+                                                         trained=config.init is not None)
         self.graph = None
         if self.method.level != "none":
             self.graph = analyze(model, self.example)
@@ -411,9 +416,12 @@ class Trainer:
         return correct / max(total, 1)
 
     def _accuracy_sparse(self, masks, batches) -> float:
-        """Accuracy of the exported model for ``masks``: eager and physically small, so
-        evaluation adds no compiled graph and no capacity growth to the search step."""
-        return self._accuracy(export(self.model, self.graph, masks), batches)
+        """Accuracy of the exported model for ``masks`` (its BatchNorm statistics re-estimated
+        first: the dense model's are stale for it): eager and physically small, so evaluation
+        adds no compiled graph and no capacity growth to the search step."""
+        small = export(self.model, self.graph, masks)
+        self._recalibrate(small)
+        return self._accuracy(small, batches)
 
     def _current_eval(self) -> tuple[float, dict | None]:
         """Test accuracy of what the run would deliver now, and its channel mask."""

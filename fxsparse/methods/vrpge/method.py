@@ -93,9 +93,15 @@ class VRPGE(Method):
         self.sparse = self.learner = self.step_fn = self.masked_optimizer = None
         self._saved = None  # the search's state from a checkpoint, applied when the search is rebuilt
 
+    # the search's defaults when the run compresses trained weights (``--init``), from the
+    # pilot of benchmarks/compress.py (README, "Compressing a trained model"); options the
+    # user sets win over them
+    TRAINED_DEFAULTS: dict = {}
+
     @classmethod
-    def for_run(cls, keep: float, budget: str, options: dict) -> "VRPGE":
-        return cls(keep=keep, **{**options, "budget": budget})  # the search meets the run's --budget
+    def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "VRPGE":
+        defaults = cls.TRAINED_DEFAULTS if trained else {}
+        return cls(keep=keep, **{**defaults, **options, "budget": budget})  # the search meets the run's --budget
 
     # ----- phases --------------------------------------------------------------------
     def phases(self, first: int, total: int) -> list:
