@@ -325,16 +325,20 @@ def test_allocation_search_against_brute_force_enumeration():
                if all(c[i] == sizes[i] or cost(c[:i] + [c[i] + 1] + c[i + 1:]) > limit for i in range(len(c)))}
     gen = torch.Generator().manual_seed(0)
     drawn = [sample_allocation(sizes, cost, limit, gen) for _ in range(400)]
-    assert {tuple(d) for d in drawn} == maximal  # every draw is feasible and maximal, and all of them occur
+    distinct = {tuple(d) for d in drawn}
+    assert distinct <= maximal  # every draw is feasible, and no channel could be added to it
+    assert len(distinct) >= len(maximal) // 2, (len(distinct), len(maximal))  # a real spread of allocations
     score = lambda c: math.sin(3 * c[0]) + 0.1 * sum(c)  # noqa: E731  (any function of the counts)
     best, value, scored = best_allocation(drawn, score)
-    assert value == min(score(list(c)) for c in maximal) and score(best) == value
-    assert len(scored) == len(maximal)  # duplicates scored once
+    assert value == max(score(list(c)) for c in distinct) and score(best) == value
+    assert len(scored) == len(distinct)  # duplicates scored once
+    _, top, _ = best_allocation(sorted(maximal), score)  # over the whole enumeration
+    assert top == max(score(list(c)) for c in maximal)
     # the method: its choice is the lowest loss of its candidates, each re-scored independently here
     method = get_method("random_search").for_run(keep, "flops", {"samples": 6, "bn_batches": 2, "eval_batches": 1})
     method.init(state)
-    losses = []
-    for counts, loss in method.candidates:
+    accuracies = []
+    for counts, accuracy in method.candidates:
         masks = {g.id: torch.zeros(g.size, dtype=torch.bool) for g in groups}
         l1 = filter_l1(graph, model)
         for g, k in zip(groups, counts):
@@ -343,11 +347,11 @@ def test_allocation_search_against_brute_force_enumeration():
         recalibrate_batchnorm(small, [x for x, _ in batches[:2]])
         small.eval()
         with torch.no_grad():
-            ref = float(F.cross_entropy(small(batches[2][0]), batches[2][1]))
-        assert loss == pytest.approx(ref, rel=1e-9)
+            ref = float((small(batches[2][0]).argmax(1) == batches[2][1]).double().mean())
+        assert accuracy == pytest.approx(ref, rel=1e-12)
         assert tuple(counts) in maximal
-        losses.append(ref)
-    assert method.allocation == method.candidates[min(range(len(losses)), key=lambda i: (losses[i], i))][0]
+        accuracies.append(ref)
+    assert method.allocation == method.candidates[min(range(len(accuracies)), key=lambda i: (-accuracies[i], i))][0]
     assert cost(method.allocation) <= limit
 
 

@@ -6,16 +6,19 @@ budget, score each one-shot after re-estimating BatchNorm statistics on a few tr
 batches, keep the best. With enough samples it matches many published criteria, so it is
 the fair baseline for any learned allocation at equal search cost.
 
-Here, per candidate: each prunable group g draws a ratio r_g ~ U(0, 1); the counts
+Here, per candidate: each prunable group g draws a ratio r_g ~ U(1/4, 1) (bounded, so that no
+layer is drawn hundreds of times narrower than another: a one-channel bottleneck); the counts
 ``k_g = clamp(round(a r_g n_g), 1, n_g)`` take the largest common scale ``a`` that meets
 the budget (bisection), then single channels are added to groups in random order while
 they fit, so no candidate leaves room for one more channel (:func:`sample_allocation`).
 Within a group the channels kept are the first k_g by the L1 norm of their filters (the
 order of the ``l1_filter`` method and of VR-PGE's width search). A candidate is scored by
-the exported model's mean loss on ``eval_batches`` training batches after its BatchNorm
-statistics were re-estimated on ``bn_batches`` other training batches (the loss: finer than
-an accuracy on a few batches); the lowest loss wins (:func:`best_allocation`). ``samples``
-candidates (N) are drawn; duplicates are scored once.
+the exported model's accuracy on ``eval_batches`` training batches after its BatchNorm
+statistics were re-estimated on ``bn_batches`` other training batches, as Li et al. do; the
+highest wins, ties to the earlier candidate (:func:`best_allocation`). Not the loss: near
+chance, a collapsed network that predicts the class prior has a lower loss (log 10) than a
+pruned network that is confidently wrong, so the loss prefers the worst candidates.
+``samples`` candidates (N) are drawn; duplicates are scored once.
 """
 from __future__ import annotations
 
@@ -35,13 +38,13 @@ def sample_allocation(sizes: list, cost, limit: float, generator: torch.Generato
     """Random per-group channel counts (each in [1, n_g]) with ``cost(counts) <= limit``, to
     which no single channel can be added without exceeding it. ``cost`` must grow with every
     count. Raises ValueError when one channel per group already exceeds ``limit``."""
-    r = torch.rand(len(sizes), generator=generator, dtype=torch.float64).clamp_min(1e-6)
+    r = 0.25 + 0.75 * torch.rand(len(sizes), generator=generator, dtype=torch.float64)
 
     def counts_at(a: float) -> list:
         return [min(n, max(1, round(a * float(ri) * n))) for n, ri in zip(sizes, r)]
 
-    if cost(counts_at(0.0)) > limit:
-        raise ValueError(f"the budget is below what one channel per group costs ({cost(counts_at(0.0)):.4g} > "
+    if cost([1] * len(sizes)) > limit:
+        raise ValueError(f"the budget is below what one channel per group costs ({cost([1] * len(sizes)):.4g} > "
                          f"{limit:.4g}); raise keep")
     hi = 1.0 / float(r.min())
     if cost(counts_at(hi)) <= limit:
@@ -67,7 +70,7 @@ def sample_allocation(sizes: list, cost, limit: float, generator: torch.Generato
 
 def best_allocation(candidates: list, evaluate) -> tuple:
     """(best counts, its score, [(counts, score)] of each distinct candidate in order):
-    the candidate with the lowest ``evaluate(counts)`` (ties: the earlier one)."""
+    the candidate with the highest ``evaluate(counts)`` (ties: the earlier one)."""
     seen, scored = set(), []
     for counts in candidates:
         key = tuple(counts)
@@ -75,7 +78,7 @@ def best_allocation(candidates: list, evaluate) -> tuple:
             continue
         seen.add(key)
         scored.append((list(counts), float(evaluate(list(counts)))))
-    best = min(range(len(scored)), key=lambda i: (scored[i][1], i))
+    best = min(range(len(scored)), key=lambda i: (-scored[i][1], i))
     return scored[best][0], scored[best][1], scored
 
 
@@ -83,7 +86,7 @@ def best_allocation(candidates: list, evaluate) -> tuple:
 class RandomAllocationSearch(ScoreMethod):
     """Random allocation search (Li et al., CVPR 2022): the best of ``samples`` random
     per-layer widths meeting the budget, each scored one-shot (BN statistics re-estimated on
-    ``bn_batches`` training batches, loss on ``eval_batches`` others); channels within a layer
+    ``bn_batches`` training batches, accuracy on ``eval_batches`` others); channels within a layer
     by L1 order. Options: ``budget``, ``samples`` (32), ``bn_batches`` (10), ``eval_batches`` (5)."""
     paper = "Li et al., Revisiting Random Channel Pruning for Neural Network Compression, CVPR 2022"
     level = "channel"
@@ -126,11 +129,11 @@ class RandomAllocationSearch(ScoreMethod):
             recalibrate_batchnorm(small, [to_device(x, device) for x, _ in calib])
             small.eval()
             with torch.no_grad():
-                losses = [float(state.loss_fn(first_output(small(to_device(x, device))), to_device(y, device)))
-                          for x, y in held]
-            return sum(losses) / len(losses)
+                right = sum(int((first_output(small(to_device(x, device))).argmax(1) == to_device(y, device)).sum())
+                            for x, y in held)
+            return right / sum(len(y) for _, y in held)
 
-        best, loss, scored = best_allocation(candidates, evaluate)
+        best, accuracy, scored = best_allocation(candidates, evaluate)
         self.allocation, self.candidates = best, scored
         self.scores = None
         self._keep_masks = masks_of(best)
