@@ -427,3 +427,26 @@ def test_scale_projection_keeps_the_allocation_without_a_signal():
         widths[projection] = learner.scores.detach()
     assert torch.allclose(widths["scale"], widths["scale"][0].expand_as(widths["scale"]))
     assert float(widths["gradient"].max() - widths["gradient"].min()) > 0.1
+
+
+def test_the_default_method_follows_the_setting(data_dir, tmp_path, monkeypatch, capsys):
+    """Without --method a run from scratch runs DEFAULT_METHOD and a run with --init runs
+    DEFAULT_METHOD_TRAINED, whose own options for trained weights apply unless the user sets them."""
+    import fxsparse.methods as methods
+    from fxsparse.methods.vrpge import VRPGE
+
+    assert TrainConfig().method == methods.DEFAULT_METHOD
+    assert TrainConfig(init="w.pt").method == methods.DEFAULT_METHOD_TRAINED
+    assert TrainConfig(init="w.pt", method="random").method == "random"
+    monkeypatch.setattr(VRPGE, "TRAINED_DEFAULTS", {"weight_every": 0, "granularity": "channel"})
+    trained = VRPGE.for_run(0.3, "flops", {"granularity": "width"}, trained=True)
+    assert (trained.weight_every, trained.granularity) == (0, "width")  # the user's option wins
+    assert VRPGE.for_run(0.3, "flops", {}, trained=False).weight_every == 1
+    monkeypatch.setattr(methods, "DEFAULT_METHOD_TRAINED", "l1_filter")
+    assert cli_main(["train", "--list-methods"]) == 0
+    out = capsys.readouterr().out
+    assert "l1_filter (default with --init)" in out and f"{methods.DEFAULT_METHOD} (default)" in out
+    assert _cli(data_dir, tmp_path / "dense", "--method", "dense", "--epochs", "0.5", "--finetune-epochs", "0") == 0
+    assert _cli(data_dir, tmp_path / "c", "--init", str(tmp_path / "dense"), "--keep", "0.3", "--budget", "flops",
+                "--epochs", "0", "--finetune-epochs", "0.5") == 0
+    assert json.load(open(tmp_path / "c" / "summary.json"))["method"] == "l1_filter"
