@@ -293,6 +293,7 @@ def report(args):
             rows = [r for r in recs if r["stage"] == "table" and r["budget"] == budget and r["model"] == model]
             if not rows:
                 continue
+            allocations = []
             print(f"\n## {model}, FLOPs budget {budget} (mean ± s.e. over seeds; dense {fmt(dense[model])} %)\n")
             print("| method | seeds | one-shot % | 1 epoch % | equal time % (epochs) | select CPU s | total CPU s "
                   "| FLOPs | allocation rank corr. |\n|---|---|---|---|---|---|---|---|---|")
@@ -307,10 +308,14 @@ def report(args):
                 eq = f"{fmt([r['test_acc'] for r in wall])} ({statistics.mean(r['recovery_epochs'] for r in wall):.2f})" \
                     if wall else ""
                 fracs = [[c / n for c, n in zip(r["group_counts"], r["group_sizes"])] for r in rs if r["group_counts"]]
+                allocations.extend((label, r["seed"], fr) for r, fr in zip([r for r in rs if r["group_counts"]], fracs))
                 print(f"| {label} | {len(rs)} | {fmt([r['oneshot_acc'] for r in rs])} | {fmt([r['test_acc'] for r in rs])} "
                       f"| {eq} | {statistics.mean(r['select_cpu_s'] or 0 for r in rs):.0f} "
                       f"| {statistics.mean(r['cpu_s'] for r in rs):.0f} | {statistics.mean(r['final_flops'] for r in rs):.3f} "
                       f"| {rank_corr(fracs):.2f} |")
+            print("\nkept fraction per prunable group (group order of `fxsparse analyze`), per method and seed:\n")
+            for label, seed, fr in allocations:
+                print(f"- {label} s{seed}: " + " ".join(f"{v:.2f}" for v in fr))
 
 
 def main(argv=None):
