@@ -96,7 +96,7 @@ class VRPGE(Method):
     # the search's defaults when the run compresses trained weights (``--init``), from the
     # pilot of benchmarks/compress.py (README, "Compressing a trained model"); options the
     # user sets win over them
-    TRAINED_DEFAULTS: dict = {}
+    TRAINED_DEFAULTS: dict = {"projection": "scale"}
 
     @classmethod
     def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "VRPGE":
