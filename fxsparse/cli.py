@@ -467,6 +467,10 @@ def main(argv=None) -> int:
         return code
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # `fxsparse ... | head`: the reader has what it wanted
+        if console:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except Exception as err:  # after a swallowed Ctrl-C, whatever broke is no error to report
         if CtrlC.seen:
             pass

@@ -465,3 +465,14 @@ def test_launch_sets_omp_threads_so_torchrun_prints_no_banner(monkeypatch):
     # torchrun prints the banner exactly when OMP_NUM_THREADS is unset (and several processes run)
     src = open(importlib.util.find_spec("torch.distributed.run").origin).read()
     assert 'if "OMP_NUM_THREADS" not in os.environ and nproc_per_node > 1:' in src
+
+
+def test_output_cut_short_by_a_pipe_is_no_error():
+    """`fxsparse train --list-methods | head -1`: the reader is gone before the table is written
+    (here: the pipe's read end closed before the command prints anything)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fxsparse", "train", "--list-methods"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
