@@ -158,9 +158,10 @@ def stage_dense(args):
             out = dense_dir(args, model, seed)
             if os.path.isfile(os.path.join(out, "model.safetensors")):
                 continue
-            if os.path.isdir(out):
+            resume = os.path.isfile(os.path.join(out, "last.pt"))  # an interrupted run continues from its checkpoint
+            if os.path.isdir(out) and not resume:
                 shutil.rmtree(out)
-            print(f"== dense {model} seed {seed} {time.strftime('%H:%M:%S')}", flush=True)
+            print(f"== dense {model} seed {seed}{' (resumed)' if resume else ''} {time.strftime('%H:%M:%S')}", flush=True)
             code = ("import sys, torch; torch.set_flush_denormal(True); from fxsparse.cli import main; "
                     "sys.exit(main(sys.argv[1:]))")
             cmd = [sys.executable, "-c", code, "train", "--model", f"zoo:{model}", "--method", "dense", "--epochs",
@@ -168,6 +169,8 @@ def stage_dense(args):
                    "--seed", str(seed), "--out", out, "--no-progress"]
             if args.data_root:
                 cmd += ["--data-root", args.data_root]
+            if resume:
+                cmd.append("--resume")
             if subprocess.call(cmd) != 0:
                 raise SystemExit(f"dense training of {model} seed {seed} failed")
 
