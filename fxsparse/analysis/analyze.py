@@ -10,7 +10,7 @@ from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
 from fxsparse.passes.channel_propagation import ChannelPropagation
 from fxsparse.passes.fuse_channel_shuffle import FuseChannelShuffle
 from fxsparse.passes.shape_prop import FLOPS, ShapeProp
-from fxsparse.analysis.capture import (export_capture, is_transformers_model, modules_export_sees_through, opaque_calls,
+from fxsparse.analysis.capture import (export_capture, python_state_kept, is_transformers_model, modules_export_sees_through, opaque_calls,
                                         weight_transformed_convs)
 from fxsparse.rules.layers import WEIGHT_TRANSFORMED_CONV
 from fxsparse.rules.registry import registered_targets
@@ -107,7 +107,8 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     rules, rule_leaves = _with_weight_transformed_convs(model, leaf_modules, rules)
-    gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules, rule_leaves)
+    with python_state_kept(model):
+        gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules, rule_leaves)
     FuseChannelShuffle()(gm)
     propagation = ChannelPropagation(rules)
     propagation(gm)

@@ -151,6 +151,36 @@ def _stack_traces(record: bool):
         torch.fx.config.do_not_emit_stack_traces = old
 
 
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))  # _parameters, _buffers, _modules, hooks, training...
+
+
+@contextlib.contextmanager
+def python_state_kept(model: nn.Module):
+    """The Python attributes of every module restored after the model ran: a forward may
+    cache (timm's LeViT keeps its attention biases in a dict in eval mode), and a tensor
+    cached by one capture (or by a failed attempt of it) would be a constant in the next
+    one, cut from its parameters: the same model would give other groups each time."""
+    saved = []
+    for module in model.modules():
+        own = {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
+        saved.append((module, own, {k: (type(v)(v) if isinstance(v, (dict, list, set)) else None)
+                                    for k, v in own.items()}))
+    try:
+        yield
+    finally:
+        for module, own, copies in saved:
+            for k in [k for k in vars(module) if k not in _MODULE_INTERNALS and k not in own]:
+                delattr(module, k)  # attributes the forward created
+            for k, v in own.items():
+                vars(module)[k] = v
+                if copies[k] is not None:  # a container refilled in place (others may hold it)
+                    v.clear()
+                    if isinstance(v, list):
+                        v.extend(copies[k])
+                    else:
+                        v.update(copies[k])
+
+
 @contextlib.contextmanager
 def _in_eval_mode(model: nn.Module):
     """The model in eval mode, every module's own flag restored afterwards."""
@@ -174,7 +204,8 @@ def _export(model: nn.Module, example_inputs):
     with _in_eval_mode(model):
         for dynamic_shapes in attempts:
             try:
-                return torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic_shapes)
+                with python_state_kept(model):  # a failed attempt leaves no cache for the next
+                    return torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic_shapes)
             except Exception as exc:  # the next attempt, or the error below
                 last = exc
     raise TraceError(
