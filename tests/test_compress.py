@@ -44,17 +44,10 @@ def _config(data_dir, out, **kw):
     return TrainConfig(**base)
 
 
-class ConvNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
-        self.conv2, self.bn2 = nn.Conv2d(6, 5, 3, padding=1), nn.BatchNorm2d(5)
-        self.fc = nn.Linear(5, 4)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
+def ConvNet():
+    """conv-BN-ReLU twice, global pooling, a linear classifier (1 input channel, 4 classes)."""
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1),
+                         nn.BatchNorm2d(5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))
 
 
 # ----------------------------------------------------------------------------- --init
@@ -255,13 +248,19 @@ def _scaled_loss(model, graph, gid, j, eps, x, y):
     return float(F.cross_entropy(torch.func.functional_call(model, {**params, **buffers}, (x,)), y))
 
 
-def test_taylor_importance_equals_the_finite_difference_of_a_channel_gate():
+def _criterion(name, batches):
+    """(model, state, method) with ``name`` scored on ``batches`` of ConvNet in float64."""
     torch.manual_seed(0)
     model = ConvNet().double()
-    batches = _batches(1)
     state = _state(model, batches)
-    method = get_method("taylor").for_run(0.5, "channels", {"batches": 1})
+    method = get_method(name).for_run(0.5, "channels", {"batches": len(batches)})
     method.init(state)
+    return model, state, method
+
+
+def test_taylor_importance_equals_the_finite_difference_of_a_channel_gate():
+    batches = _batches(1)
+    model, state, method = _criterion("taylor", batches)
     (x, y), eps = batches[0], 1e-6
     for g in state.graph.prunable_groups:
         for j in range(g.size):
@@ -271,12 +270,8 @@ def test_taylor_importance_equals_the_finite_difference_of_a_channel_gate():
 
 
 def test_obd_saliency_equals_a_plain_backward_loop():
-    torch.manual_seed(0)
-    model = ConvNet().double()
     batches = _batches(3)
-    state = _state(model, batches)
-    method = get_method("obd").for_run(0.5, "channels", {"batches": 3})
-    method.init(state)
+    model, state, method = _criterion("obd", batches)
     ref = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     copy = ConvNet().double()
     copy.load_state_dict(model.state_dict())

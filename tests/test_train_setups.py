@@ -18,14 +18,7 @@ import fxsparse
 from fxsparse import zoo
 from fxsparse.cli import main as cli_main
 from fxsparse.training.trainer import TrainConfig, Trainer
-from test_data import make_idx_dir, write_idx
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("idx")
-    make_idx_dir(str(root), n_train=192, n_test=48, gz=True, seed=3)
-    return str(root)
+from test_data import write_idx
 
 
 @pytest.fixture(scope="module")
