@@ -6,6 +6,8 @@ Fashion-MNIST, at equal budgets, equal recovery and equal wall time, several see
     python benchmarks/compress.py table --budgets 0.1 0.25    # every method, 1 epoch of recovery
     python benchmarks/compress.py wall  --budgets 0.1         # recovery at the default's wall time
     python benchmarks/compress.py report                      # the tables (markdown) from the records
+    python benchmarks/compress.py snapshot                    # records + dense accuracies -> benchmarks/compress_records.jsonl
+    python benchmarks/compress.py report --records benchmarks/compress_records.jsonl   # the README's tables
 
 Stages (each appends one JSON record per finished run to ``OUT/records.jsonl``; a run
 already recorded is skipped, so a stage can be stopped and run again to continue):
@@ -276,7 +278,7 @@ def rank_corr(rows):
 
 
 def report(args):
-    recs = records(os.path.join(args.out, "records.jsonl"))
+    recs = records(args.records or os.path.join(args.out, "records.jsonl"))
     dense = {}
     for model in MODELS:
         accs = []
@@ -285,7 +287,7 @@ def report(args):
             if os.path.isfile(p):
                 with open(p) as f:
                     accs.append(json.load(f)["test_acc_pct"])
-        dense[model] = accs
+        dense[model] = accs or [r["test_acc"] for r in recs if r["stage"] == "dense" and r["model"] == model]
     print("## trained dense models (Fashion-MNIST test accuracy %, mean ± s.e. over seeds)\n")
     print("| model | seeds | accuracy |\n|---|---|---|")
     for model, accs in dense.items():
@@ -330,12 +332,30 @@ def report(args):
                 print(f"- {label} s{seed}: " + " ".join(f"{v:.2f}" for v in fr))
 
 
+def snapshot(args):
+    """The records with the dense models' accuracies, into one file that the report reads alone
+    (``--records``): what the README's tables come from."""
+    recs = [r for r in records(os.path.join(args.out, "records.jsonl")) if r["stage"] != "dense"]
+    for model in MODELS:
+        for seed in range(5):
+            p = os.path.join(dense_dir(args, model, seed), "summary.json")
+            if os.path.isfile(p):
+                with open(p) as f:
+                    summary = json.load(f)
+                recs.append(dict(stage="dense", model=model, seed=seed, test_acc=summary["test_acc_pct"],
+                                 wall_s=summary["wall_s"], epochs=summary["epochs"]))
+    target = args.records or os.path.join(os.path.dirname(os.path.abspath(__file__)), "compress_records.jsonl")
+    with open(target, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    print(f"wrote {len(recs)} records to {target}")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return child(argv[1])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["dense", "pilot", "table", "wall", "report"])
+    p.add_argument("stage", choices=["dense", "pilot", "table", "wall", "report", "snapshot"])
     p.add_argument("--models", nargs="+", default=MODELS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25])
@@ -344,9 +364,12 @@ def main(argv=None):
     p.add_argument("--pilot-model", default="resnet20")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="runs/compress")
+    p.add_argument("--records", default=None, help="report: the records file (default OUT/records.jsonl; the "
+                   "README's tables: benchmarks/compress_records.jsonl)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    {"dense": stage_dense, "pilot": stage_pilot, "table": stage_table, "wall": stage_wall, "report": report}[args.stage](args)
+    {"dense": stage_dense, "pilot": stage_pilot, "table": stage_table, "wall": stage_wall, "report": report,
+     "snapshot": snapshot}[args.stage](args)
 
 
 if __name__ == "__main__":
