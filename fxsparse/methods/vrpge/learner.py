@@ -52,7 +52,7 @@ PERTURBS = ("all", "group")
 PROJECTIONS = ("gradient", "scale")
 WEIGHT_MASKS = ("sampled", "mean")
 # lr * sqrt(search steps) when the learning rate is calibrated to the search (lr=None)
-LR_SCALE = {"channel": 0.3, "width": 0.3, "width+channel": 0.3}
+LR_SCALE = 0.3
 
 
 def check_options(*, budget="channels", form="exact", samples=2, granularity="channel", final="topk",
@@ -103,7 +103,7 @@ class StructureLearner:
         self.perturb, self.weight_masks = perturb, weight_masks
         self.granularity, self.steps, self.width_fraction = granularity, steps, float(width_fraction)
         self.reorder_every = int(reorder_every)
-        self.lr = lr if lr is not None else (lr_scale or LR_SCALE[granularity]) / math.sqrt(steps)
+        self.lr = lr if lr is not None else (lr_scale or LR_SCALE) / math.sqrt(steps)
         self.generator = torch.Generator().manual_seed(seed)
         self.redrawn = 0  # sampled masks redrawn because they overflowed a block's capacity
         self._steps = 0
