@@ -185,7 +185,8 @@ def test_nproc_2_runs_torchrun_end_to_end(tmp_path):
     two = subprocess.run([sys.executable, "-m", "fxsparse", *args, "--nproc", "2", "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert {"model.pt", "summary.json", "history.json", "history.csv", "steps.csv", "last.pt"} == \
+    assert {"model.pt", "model.safetensors", "model.json", "summary.json", "history.json", "history.csv", "steps.csv",
+            "last.pt"} == \
         set(os.listdir(tmp_path / "two"))
     assert cli_main(args + ["--out", str(tmp_path / "one")]) == 0
     a = torch.load(tmp_path / "one" / "model.pt", weights_only=False).state_dict()

@@ -303,8 +303,8 @@ def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path, capsys):
     assert cli_main(args) == 0
     capsys.readouterr()
     before = _snapshot(out)
-    assert set(before) == {"last.pt", "history.json", "summary.json", "model.pt", "model.safetensors", "history.csv",
-                           "steps.csv"}
+    assert set(before) == {"last.pt", "history.json", "summary.json", "model.pt", "model.safetensors", "model.json",
+                           "history.csv", "steps.csv"}
     summary = json.loads(before["summary.json"][0])
     small = torch.load(out / "model.pt", weights_only=False)
     assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
@@ -343,7 +343,7 @@ def test_files_follow_the_umask(data_dir, tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes == {"last.pt": 0o640, "history.json": 0o640, "summary.json": 0o640, "model.pt": 0o640,
-                     "model.safetensors": 0o640, "history.csv": 0o640, "steps.csv": 0o640}, modes
+                     "model.safetensors": 0o640, "model.json": 0o640, "history.csv": 0o640, "steps.csv": 0o640}, modes
 
 
 def test_zoo_names_the_input_and_reports_progress(capsys):
