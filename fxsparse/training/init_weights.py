@@ -22,7 +22,7 @@ import re
 import torch
 import torch.nn as nn
 
-RUN_WEIGHTS = "model.safetensors"  # what every `fxsparse train` run writes beside model.pt
+from fxsparse.training.saved import WEIGHTS as RUN_WEIGHTS  # what every `fxsparse train` run writes
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")
 
 

@@ -50,7 +50,6 @@ from fxsparse.analysis.masks import all_finite, check_fraction
 from fxsparse.methods import TRAINER_PHASES, RunContext, TrainState, default_method, get_method
 from fxsparse.training.device import Precision, check_precision, resolve_device, to_device
 from fxsparse.training.distributed import Group, shard_loader
-from fxsparse.training.init_weights import RUN_WEIGHTS
 from fxsparse.training.logs import NullLogs, RunLogs, check_tensorboard
 
 
@@ -697,13 +696,13 @@ class Trainer:
                            class_names=names if names and len(names) == info["num_classes"] else None,
                            input_shape=example.shape[1:])
         files = {name: os.path.join(self.out, name) for name in
-                 ("model.pt", RUN_WEIGHTS, saved.RECIPE, "summary.json", "history.json", "history.csv", "steps.csv",
+                 ("model.pt", saved.WEIGHTS, saved.RECIPE, "summary.json", "history.json", "history.csv", "steps.csv",
                   "last.pt")}
         if self.writer:
             checkpoint.save_atomic(final, files["model.pt"])
-            checkpoint.save_safetensors_atomic(final.net.state_dict(), files[RUN_WEIGHTS])
+            checkpoint.save_safetensors_atomic(final.net.state_dict(), files[saved.WEIGHTS])
             checkpoint.write_json_atomic(saved.recipe(self.model_spec, info["num_classes"], info["in_chans"], example.shape,
-                                                      masks, final, files[RUN_WEIGHTS]), files[saved.RECIPE])
+                                                      masks, final, files[saved.WEIGHTS]), files[saved.RECIPE])
         last = self.history[-1]
         params = sum(p.numel() for p in final.parameters())
         dense_params = sum(p.numel() for p in self.model.parameters())
@@ -725,7 +724,7 @@ class Trainer:
         shown = [[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, dict)]
         self.log("\n" + tabulate(shown, headers=["summary", ""]))
         self.log(f"files in {self.out}: model.pt (the trained model; it takes raw images scaled to [0, 1], see the "
-                 f"README's 'Using the trained model'), {RUN_WEIGHTS} and {saved.RECIPE} (the same model as weights "
+                 f"README's 'Using the trained model'), {saved.WEIGHTS} and {saved.RECIPE} (the same model as weights "
                  "and a recipe, no code: fxsparse.load(OUT) rebuilds it, `--init OUT` reads the weights), summary.json "
                  "(this summary and the preprocessing), "
                  "history.json (a row per epoch; history.csv the same as CSV), steps.csv (a row per step), last.pt (the "

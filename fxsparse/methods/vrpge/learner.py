@@ -447,9 +447,15 @@ class StructureLearner:
     def score_step(self, loss_fn, *batch) -> torch.Tensor:
         """K fresh samples at the current weights, VR-PGE estimate, Adam, projection. A
         non-finite loss raises FloatingPointError before anything changes."""
-        losses, draws = self.sample_losses(loss_fn, *batch, k=self.samples)
-        self.last_forward_flops = float(sum(float(self.flops(self.mask_of(d))) for d in draws)) / len(draws)
+        losses, draws = self._score_forwards(loss_fn, *batch)
         return self.score_update(losses, draws)
+
+    def _score_forwards(self, loss_fn, *batch):
+        """K fresh samples and their losses at the current weights; records what they cost."""
+        losses, draws = self.sample_losses(loss_fn, *batch, k=self.samples)
+        self.last_forward_flops = float(sum(float(self.flops(m)) for m in self.mask_of(draws))) / len(draws)
+        self.last_forwards = len(draws)
+        return losses, draws
 
     @torch.no_grad()
     def forward_only_step(self, loss_fn, *batch) -> torch.Tensor:
@@ -458,10 +464,7 @@ class StructureLearner:
         and no weight update. Returns the samples' mean loss (non-finite: the update is
         skipped with a warning, the scores unchanged)."""
         self._advance()
-        losses, draws = self.sample_losses(loss_fn, *batch, k=self.samples)
-        masks = self.mask_of(draws)
-        self.last_forward_flops = float(sum(float(self.flops(m)) for m in masks)) / len(masks)
-        self.last_forwards = len(masks)
+        losses, draws = self._score_forwards(loss_fn, *batch)
         if all_finite(losses):
             self.score_update(losses, draws)
         else:
