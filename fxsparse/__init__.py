@@ -25,7 +25,8 @@ _EXPORTS = {
     "ExportError": "fxsparse.core.errors", "FxsparseError": "fxsparse.core.errors", "InputError": "fxsparse.core.errors",
     "KeepMaskError": "fxsparse.core.errors", "NoPrunableGroupError": "fxsparse.core.errors",
     "TraceError": "fxsparse.core.errors",
-    "export": "fxsparse.rewrite.export",
+    "export": "fxsparse.rewrite.export", "prune": "fxsparse.rewrite.inplace",
+    "save_pretrained": "fxsparse.rewrite.pretrained", "load_pretrained": "fxsparse.rewrite.pretrained",
     "Rule": "fxsparse.rules.registry", "register_rule": "fxsparse.rules.registry",
     "MaskedOptimizer": "fxsparse.step.optim",
     "SparseModel": "fxsparse.step.sparse", "compile": "fxsparse.step.sparse",
@@ -34,7 +35,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "analyze", "export", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
+    "analyze", "export", "prune", "save_pretrained", "load_pretrained", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
     "ChannelGraph", "ChannelGroup", "Member", "count_flops", "load",
     "FxsparseError", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError",
 ]
@@ -67,6 +68,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .analysis.masks import normalize_keep, random_keep, topk_keep
     from .core.errors import ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, TraceError
     from .rewrite.export import export
+    from .rewrite.inplace import prune
+    from .rewrite.pretrained import load_pretrained, save_pretrained
     from .rules.registry import Rule, register_rule
     from .step.optim import MaskedOptimizer
     from .step.sparse import SparseModel, compile

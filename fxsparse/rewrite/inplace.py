@@ -1,0 +1,248 @@
+"""``fxsparse.prune``: the user's own model, sliced in place.
+
+Where :func:`fxsparse.export` returns a new ``torch.fx.GraphModule``, ``prune`` keeps the
+model object: each module's parameters and buffers are replaced by their kept slices (new,
+smaller ``nn.Parameter``s; BatchNorm statistics sliced alike) and the size attributes its
+code reads are recomputed (:mod:`fxsparse.rewrite.size_attributes`), so the class, its
+methods, hooks, ``generate()`` of a ``transformers`` model and ``isinstance`` checks stay.
+
+The model's own forward then runs on the example inputs and must give what the masked
+reference gives (:mod:`fxsparse.rewrite.reference`). It fails where the code pins a size
+that pruning changed (a reshape to a constant, a size read from somewhere fxsparse does not
+update): every change is then undone, and ``prune`` either returns the ``GraphModule`` of
+``fxsparse.export`` with a warning naming the module and why (``fallback="graphmodule"``)
+or raises :class:`~fxsparse.core.errors.ExportError` (``fallback="raise"``).
+"""
+from __future__ import annotations
+
+import contextlib
+import traceback
+import warnings
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.analysis.masks import kept_indices, normalize_keep
+from fxsparse.core.errors import ExportError
+from fxsparse.core.tracing import untouched
+from fxsparse.rewrite.export import export
+from fxsparse.rewrite.reference import masked_reference
+from fxsparse.rewrite.size_attributes import SlicedDim, block_changes, config_changes, layer_changes
+
+__all__ = ["prune", "PruneCheckError", "tensor_owners"]
+
+FALLBACKS = ("graphmodule", "raise")
+
+
+class PruneCheckError(ExportError):
+    """The model sliced in place does not compute what the masked reference computes."""
+
+
+class _Journal:
+    """Every change made to the model, undone in reverse order when the check fails."""
+
+    def __init__(self):
+        self.undo_log = []
+
+    def set_tensor(self, module: nn.Module, name: str, value):
+        table = module._parameters if name in module._parameters else module._buffers
+        self.undo_log.append(lambda t=table, n=name, old=table[name]: t.__setitem__(n, old))
+        table[name] = value
+
+    def set_attr(self, obj, name: str, value):
+        had, old = hasattr(obj, name), getattr(obj, name, None)
+        self.undo_log.append(lambda: setattr(obj, name, old) if had else delattr(obj, name))
+        setattr(obj, name, value)
+
+    def undo(self):
+        for step in reversed(self.undo_log):
+            step()
+        self.undo_log.clear()
+
+
+def prune(model: nn.Module, graph: ChannelGraph, keep, *, example_inputs=None, fallback: str = "graphmodule",
+          atol: float = 1e-4, rtol: float = 1e-4):
+    """Slice ``model`` in place to the channels ``keep`` selects and return it (the same object).
+
+    ``graph``: ``fxsparse.analyze(model, example_inputs)``. ``keep``: {group id: bool mask or
+    index tensor} (groups not named stay whole). ``example_inputs``: what the check runs on
+    (default: the graph's). The pruned model must match the masked reference there (outputs
+    within ``atol``/``rtol`` of their scale); if it does not, the model is left as it was and
+    ``fallback="graphmodule"`` returns ``fxsparse.export(model, graph, keep)`` with a warning
+    naming the module that failed, ``fallback="raise"`` raises :class:`PruneCheckError`.
+
+    After ``prune`` the graph describes the dense model: analyze the pruned model again to
+    prune it further.
+    """
+    if not isinstance(graph, ChannelGraph):
+        raise TypeError("prune(model, graph, keep): graph must be the ChannelGraph returned by fxsparse.analyze(model, ...)")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"prune(..., fallback={fallback!r}): use 'graphmodule' (return fxsparse.export's model when "
+                         "the model cannot be sliced in place) or 'raise'")
+    inputs = graph.example_inputs if example_inputs is None else example_inputs
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs or ())
+    if not inputs:
+        raise ValueError("prune() checks the pruned model on example inputs: pass example_inputs=(...) "
+                         "(the graph holds none)")
+    masks = normalize_keep(graph, keep or {})
+    with _eval_mode(model, graph.gm), untouched(model):  # before slicing: a traced graph shares the modules
+        reference = masked_reference(graph, masks, *inputs)
+    journal = _Journal()
+    try:
+        _slice_in_place(model, graph, masks, journal)
+        with _eval_mode(model), untouched(model):
+            try:
+                out = model(*inputs)
+            except Exception as exc:
+                raise PruneCheckError(f"the pruned {type(model).__name__} fails on the example inputs in "
+                                      f"{_failing_module(model, exc)}: {type(exc).__name__}: "
+                                      f"{_first_line(exc)}") from exc
+        _compare(out, reference, atol, rtol, type(model).__name__)
+    except ExportError as exc:
+        journal.undo()
+        if fallback == "raise":
+            raise PruneCheckError(f"{exc} The model was left unchanged. {_HINT}") from exc
+        warnings.warn(f"fxsparse.prune: {exc} The model was left unchanged; returning fxsparse.export's "
+                      f"GraphModule instead. {_HINT}", stacklevel=2)
+        return export(model, graph, masks)
+    return model
+
+
+_HINT = ("The model's code pins a size that pruning changed (a constant in its forward, or an attribute fxsparse "
+         "does not know): compute it from the input (x.shape, -1 in a reshape), keep that group whole, or use "
+         "fxsparse.export.")
+
+
+def _first_line(exc) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
+
+
+def _slice_in_place(model: nn.Module, graph: ChannelGraph, masks, journal: _Journal):
+    """Replace every member tensor by its kept slice (tied names stay one tensor) and apply
+    the size attribute changes that follow from the new shapes."""
+    kept = kept_indices(graph, masks)
+    owners = tensor_owners(model)
+    old_shapes = {}
+    for name, per_dim in kept.items():
+        if name not in owners:
+            raise ExportError(f"the model has no parameter or buffer '{name}' (the graph has it): prune(model, graph, "
+                              "keep) needs the model the graph was built from")
+        first_module, attr = owners[name][0]
+        old = getattr(first_module, attr)
+        old_shapes[name] = tuple(old.shape)
+        new = old.detach()
+        for dim in sorted(per_dim):
+            new = torch.index_select(new, dim, per_dim[dim].to(new.device))
+        new = nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
+        for module, attr in owners[name]:
+            journal.set_tensor(module, attr, new)
+    changed_modules = {id(m): m for name in kept for m, _ in owners[name]}
+    changes = []
+    for module in changed_modules.values():
+        changes += layer_changes(module, old_shapes)
+    dims = _sliced_dims(graph, owners, old_shapes)
+    changes += block_changes(model, dims) + config_changes(model, dims)
+    for obj, attr, value in changes:
+        journal.set_attr(obj, attr, value)
+
+
+def tensor_owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """{name of a parameter or buffer: every (module, attribute) holding that tensor}."""
+    by_tensor: dict[int, list] = {}
+    names: dict[str, int] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for table in (module._parameters, module._buffers):
+            for attr, t in table.items():
+                if t is None:
+                    continue
+                by_tensor.setdefault(id(t), [])
+                if (module, attr) not in by_tensor[id(t)]:
+                    by_tensor[id(t)].append((module, attr))
+                names[f"{prefix}.{attr}" if prefix else attr] = id(t)
+    return {name: by_tensor[key] for name, key in names.items()}
+
+
+def _sliced_dims(graph: ChannelGraph, owners, old_shapes) -> list[SlicedDim]:
+    """Every member dim of every group, with its old and new size, for the block attributes."""
+    dims = []
+    for g in graph.groups:
+        layers = frozenset(m.layer for m in g.members)
+        for m in g.members:
+            if m.param not in owners:
+                continue
+            module, attr = owners[m.param][0]
+            new = getattr(module, attr).shape[m.dim]
+            old = old_shapes.get(m.param, _old_shape_of(m.param, owners, old_shapes))
+            old = old[m.dim] if old is not None else new
+            dims.append(SlicedDim(m.layer, int(old), int(new), layers))
+    return dims
+
+
+def _old_shape_of(name, owners, old_shapes):
+    """The old shape of a tied alias: recorded under the tensor's first name."""
+    first = owners[name][0]
+    for other, shape in old_shapes.items():
+        if owners[other][0] == first:
+            return shape
+    return None
+
+
+def _compare(out, reference, atol, rtol, what):
+    got, want = _tensors(out), _tensors(reference)
+    common = [k for k in want if k in got]
+    if not common:
+        raise PruneCheckError(f"the pruned {what} returns {sorted(got)}, the masked reference {sorted(want)}: "
+                              "no output to compare")
+    for key in common:
+        a, b = got[key].detach().float(), want[key].detach().float()
+        if a.shape != b.shape:
+            raise PruneCheckError(f"output {key or '0'} of the pruned {what} has shape {tuple(a.shape)}, the masked "
+                                  f"reference {tuple(b.shape)}")
+        scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+        if not torch.allclose(a, b, atol=atol * scale, rtol=rtol):
+            err = float((a - b).abs().max())
+            raise PruneCheckError(f"output {key or '0'} of the pruned {what} differs from the masked reference by "
+                                  f"{err:.3g} (scale {scale:.3g})")
+
+
+def _tensors(out) -> dict[str, torch.Tensor]:
+    """The tensors of a model output by key (a ModelOutput or dict) or position."""
+    if isinstance(out, torch.Tensor):
+        return {"0": out}
+    if isinstance(out, Mapping):
+        return {str(k): v for k, v in out.items() if isinstance(v, torch.Tensor)}
+    if isinstance(out, (tuple, list)):
+        return {str(i): v for i, v in enumerate(out) if isinstance(v, torch.Tensor)}
+    return {}
+
+
+def _failing_module(model: nn.Module, exc: BaseException) -> str:
+    """'module PATH (Class.forward at file:line)' of the innermost module forward that raised."""
+    paths = {id(m): p for p, m in model.named_modules()}
+    for frame, line in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        me = frame.f_locals.get("self")
+        if isinstance(me, nn.Module) and id(me) in paths and type(me).__module__.split(".")[0] != "torch":
+            code = frame.f_code
+            return (f"module '{paths[id(me)] or '(the model)'}' ({type(me).__name__}.{code.co_name} at "
+                    f"{code.co_filename}:{line})")
+    for frame, line in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        me = frame.f_locals.get("self")
+        if isinstance(me, nn.Module) and id(me) in paths:
+            return f"module '{paths[id(me)] or '(the model)'}' ({type(me).__name__})"
+    return "the model's forward"
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module):
+    """Eval mode for the check (dropout off, BatchNorm on its statistics), each flag restored."""
+    modes = {m: m.training for root in modules for m in root.modules()}
+    for root in modules:
+        root.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

@@ -1,0 +1,154 @@
+"""Saving and loading a model pruned in place (``fxsparse.prune``), no pickle of code.
+
+A ``transformers`` config holds one size per field for all layers; a model whose layers were
+pruned to different head counts or MLP widths cannot be rebuilt from it alone. So
+:func:`save_pretrained` writes the model's own files (``model.save_pretrained(path)`` where the
+model has it, else ``model.safetensors``) plus ``fxsparse_sizes.json``: the shape of every
+parameter and buffer and the size attributes of every module. :func:`load_pretrained`
+builds the dense model from the class (or a factory), slices it to the recorded shapes
+and attributes and loads the weights: the logits are those of the saved model.
+
+Where every layer has the same new sizes, ``prune`` has already written them into the
+config and ``cls.from_pretrained(path)`` loads the model too.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import torch
+import torch.nn as nn
+
+from fxsparse.core.errors import InputError
+from fxsparse.rewrite.inplace import tensor_owners
+from fxsparse.rewrite.size_attributes import SIZE_ATTRIBUTES
+
+__all__ = ["save_pretrained", "load_pretrained", "SIZES_FILE"]
+
+SIZES_FILE = "fxsparse_sizes.json"
+SCHEMA = "fxsparse.sizes/1"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_pretrained(model: nn.Module, path) -> None:
+    """Write ``model`` (pruned by :func:`fxsparse.prune`, or any module) to directory ``path``:
+    its weights as safetensors (``model.save_pretrained`` for a ``transformers`` model, which
+    also writes its config) and the sizes :func:`load_pretrained` rebuilds it to."""
+    os.makedirs(path, exist_ok=True)
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(path)
+    else:
+        from safetensors.torch import save_model
+
+        save_model(model, os.path.join(path, WEIGHTS_FILE))  # tied tensors once
+    record = {"schema": SCHEMA, "class": f"{type(model).__module__}.{type(model).__qualname__}",
+              "tensors": {name: list(owners_shape) for name, owners_shape in _shapes(model).items()},
+              "attributes": _attributes(model)}
+    with open(os.path.join(path, SIZES_FILE), "w") as f:
+        json.dump(record, f, indent=1)
+
+
+def load_pretrained(cls_or_factory, path) -> nn.Module:
+    """The model saved by :func:`save_pretrained` in ``path``, rebuilt without pickle.
+
+    ``cls_or_factory``: a ``transformers`` model class (built from the config in ``path``), or
+    a callable that returns the dense model (its class, a zoo factory, a lambda). The model is
+    built dense, sliced to the recorded shapes and size attributes, then loaded (every saved
+    tensor must fit, every model tensor must be saved or tied to a saved one); in eval mode.
+    """
+    sizes_file = os.path.join(path, SIZES_FILE)
+    if not os.path.exists(sizes_file):
+        raise InputError(f"{path} has no {SIZES_FILE}: save the pruned model with fxsparse.save_pretrained(model, path)")
+    with open(sizes_file) as f:
+        record = json.load(f)
+    if record.get("schema") != SCHEMA:
+        raise InputError(f"{sizes_file} has schema {record.get('schema')!r}, this fxsparse reads {SCHEMA!r}")
+    model = _build(cls_or_factory, path)
+    _resize(model, record, sizes_file)
+    _load_weights(model, path)
+    return model.eval()
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple]:
+    out = {name: tuple(t.shape) for name, t in model.named_parameters(remove_duplicate=False)}
+    out.update({name: tuple(t.shape) for name, t in model.named_buffers(remove_duplicate=False)})
+    return out
+
+
+def _attributes(model: nn.Module) -> dict[str, dict]:
+    """{module path: {size attribute: value}} of every module (ints and tuples of ints)."""
+    out = {}
+    for path, module in model.named_modules():
+        own = vars(module)
+        found = {a: (list(v) if isinstance(v, tuple) else v) for a in SIZE_ATTRIBUTES if a in own
+                 for v in [own[a]] if _is_size(v)}
+        if found:
+            out[path] = found
+    return out
+
+
+def _is_size(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) or (isinstance(v, tuple) and all(isinstance(x, int) for x in v))
+
+
+def _build(cls_or_factory, path) -> nn.Module:
+    config_class = getattr(cls_or_factory, "config_class", None)
+    if isinstance(cls_or_factory, type) and config_class is not None and hasattr(config_class, "from_pretrained"):
+        model = cls_or_factory(config_class.from_pretrained(path))  # the config prune kept in step
+    elif callable(cls_or_factory):
+        model = cls_or_factory()
+    else:
+        raise TypeError("load_pretrained(cls_or_factory, path): pass a transformers model class or a callable that "
+                        f"returns the dense model, got {type(cls_or_factory).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_pretrained: the factory returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _resize(model: nn.Module, record: dict, sizes_file: str) -> None:
+    """Set the recorded size attributes and replace each tensor whose shape differs by an
+    empty one of the recorded shape (tied names stay one tensor); the weights come next."""
+    modules = dict(model.named_modules())
+    for path, attrs in record["attributes"].items():
+        if path not in modules:
+            raise InputError(f"{sizes_file} names module '{path}', which the rebuilt {type(model).__name__} does not "
+                             "have: was it saved from another model?")
+        for attr, value in attrs.items():
+            setattr(modules[path], attr, tuple(value) if isinstance(value, list) else value)
+    owners = tensor_owners(model)
+    done = set()
+    for name, shape in record["tensors"].items():
+        if name not in owners:
+            raise InputError(f"{sizes_file} names tensor '{name}', which the rebuilt {type(model).__name__} does not "
+                             "have: was it saved from another model?")
+        module, attr = owners[name][0]
+        old = getattr(module, attr)
+        if tuple(old.shape) == tuple(shape) or (id(module), attr) in done:
+            continue
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        new = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+        for m, a in owners[name]:
+            (m._parameters if a in m._parameters else m._buffers)[a] = new
+            done.add((id(m), a))
+
+
+def _load_weights(model: nn.Module, path) -> None:
+    from safetensors.torch import load_file
+
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise InputError(f"{path} has no .safetensors weights")
+    state = {}
+    for file in files:
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    owners = tensor_owners(model)
+    loaded = {owners[k][0] for k in state if k in owners}
+    # a name left out of the file is fine when it is tied to a saved tensor (an LM head)
+    really_missing = [k for k in missing if owners.get(k, [None])[0] not in loaded]
+    if unexpected or really_missing:
+        raise InputError(f"the weights in {path} do not fit the rebuilt {type(model).__name__}: "
+                         f"missing {really_missing[:5]}, unexpected {unexpected[:5]}")
