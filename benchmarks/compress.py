@@ -76,6 +76,12 @@ VRPGE_VARIANTS = {
     "vrpge-joint-width-scale": dict(weight_every=1, granularity="width", projection="scale"),
     "vrpge-joint-width-ramp-scale": dict(weight_every=1, granularity="width", budget_ramp=0.5, projection="scale"),
     "vrpge-fixed-channel-ramp-scale": dict(weight_every=0, granularity="channel", budget_ramp=0.5, projection="scale"),
+    # widths drawn in equal units (16 or 32 per layer): wide layers perturbed as much as narrow ones
+    "vrpge-joint-width-scale-u16": dict(weight_every=1, granularity="width", projection="scale", width_units=16),
+    "vrpge-joint-width-scale-u32": dict(weight_every=1, granularity="width", projection="scale", width_units=32),
+    "vrpge-joint-width-u16": dict(weight_every=1, granularity="width", width_units=16),
+    "vrpge-joint-width-ramp-scale-u16": dict(weight_every=1, granularity="width", budget_ramp=0.5, projection="scale",
+                                             width_units=16),
 }
 # the pilot's choice (README): the weights train on the typical sub-network during the search, and
 # the budget scales every width by one factor; = VRPGE.TRAINED_DEFAULTS, what `--init` runs

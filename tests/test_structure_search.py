@@ -163,6 +163,71 @@ def test_width_masks_follow_the_l1_order_and_the_width():
     assert float(l1[g.id][first]) == float(l1[g.id].max())
 
 
+def test_width_units_draw_each_width_in_equal_shares():
+    """``width_units=u``: a group of n channels draws u Bernoulli units and keeps the first
+    round(c n / u) channels of its order for c units drawn, so every width's relative
+    spread is sqrt(w (1 - w) / u) whatever n (per channel it is sqrt(w (1 - w) / n))."""
+    model, sp, step, learner, x, y = _setup("width", keep=0.5, width_units=4)
+    assert learner.unit_sizes == [4, 4] and learner.sizes == [16, 24]
+    draws = learner.sample_draws(3000, fit=False)
+    assert draws.shape == (3000, 8)
+    masks, rank = learner.mask_of(draws), learner._ordered_rank()
+    start = unit = 0
+    for n, w in zip(learner.sizes, learner.scores.detach().tolist()):
+        m = masks[:, start:start + n]
+        c = draws[:, unit:unit + 4].sum(1)
+        width = torch.floor(c * n / 4 + 0.5).clamp(min=1).long()
+        assert torch.equal(m, rank[start:start + n].unsqueeze(0) < width.unsqueeze(1))  # a prefix of the order
+        frac = m.sum(1).double() / n
+        assert abs(float(frac.mean()) - w) < 0.03
+        assert abs(float(frac.std()) - (w * (1 - w) / 4) ** 0.5) < 0.03  # 0.25 here; per channel 0.10-0.125
+        start, unit = start + n, unit + 4
+
+
+def test_width_units_estimate_is_unbiased_by_enumeration():
+    """The learner's estimate with ``width_units`` (draws per unit, masks from the units'
+    counts) averaged over every pair of unit draws equals the exact gradient of
+    E[L(mask)] with respect to the widths, for a loss nonlinear in the kept channels."""
+    model, sp, step, learner, x, y = _setup("width", keep=0.5, width_units=3)
+    with torch.no_grad():
+        learner.scores.copy_(torch.tensor([0.35, 0.7], dtype=torch.float64))
+    rank = learner._ordered_rank().double()
+
+    def loss(mask):  # depends on which channels are kept, through the masks of mask_of
+        kept = mask.double()
+        return (kept[:16] * (rank[:16] + 1)).sum() ** 0.5 + torch.cos(kept[16:].sum() / 5.0) * kept[:16].sum() / 16
+
+    widths = learner.scores.detach().clone().requires_grad_(True)
+    owner = torch.tensor([0, 0, 0, 1, 1, 1])
+    patterns = [torch.tensor(q, dtype=torch.float64) for q in itertools.product([0.0, 1.0], repeat=6)]
+    p = widths[owner]
+    prob = [torch.prod(torch.where(d > 0, p, 1 - p)) for d in patterns]
+    losses = [loss(learner.mask_of(d.bool())) for d in patterns]
+    (exact,) = torch.autograd.grad(sum(q * f for q, f in zip(prob, losses)), widths)
+    mean = torch.zeros(2, dtype=torch.float64)
+    for (qa, da, fa), (qb, db, fb) in itertools.product(zip(prob, patterns, losses), repeat=2):
+        mean += float((qa * qb).detach()) * learner.gradient(torch.stack([fa, fb]).detach(), torch.stack([da, db]).bool())
+    assert torch.allclose(mean, exact, atol=1e-10), (mean, exact)
+    assert float(exact.abs().min()) > 1e-3  # the check has teeth
+
+
+def test_width_units_capacities_cover_the_wider_spread():
+    """The compiled step's capacities follow the units' spread (sqrt(n / u) times the
+    per-channel std), so fitted draws are not redrawn (which would bias the policy)."""
+    model, sp, step, learner, x, y = _setup("width", keep=0.5, width_units=2)
+    per_channel = sp.planned_caps(learner.group_probs(), headroom=3.5)
+    wide = [m + 3.5 * sd for m, sd in sp.plan.block_moments(learner.group_probs(), learner._count_spread())]
+    assert any(c < w for c, w in zip(per_channel, wide))  # the Binomial capacities would not hold them
+    learner.sample_draws(300)
+    assert learner.redrawn == 0
+
+
+def test_width_units_are_checked():
+    for bad in (1, 0, 2.5, True, "16"):
+        with pytest.raises(ValueError, match="width_units"):
+            _setup("width", width_units=bad)
+
+
 @pytest.mark.parametrize("budget,keep", [("channels", 0.4), ("flops", 0.3)])
 @pytest.mark.parametrize("granularity", ["channel", "width", "width+channel"])
 def test_topk_final_mask_meets_the_budget_exactly(granularity, budget, keep):

@@ -122,8 +122,10 @@ class Plan:
                 grew = True
         return caps if grew else None
 
-    def block_moments(self, probs: dict[int, torch.Tensor]) -> list[tuple[float, float]]:
-        """Per block: mean and standard deviation of the kept count of a Bernoulli(probs) mask."""
+    def block_moments(self, probs: dict[int, torch.Tensor], spread: dict[int, float] | None = None
+                      ) -> list[tuple[float, float]]:
+        """Per block: mean and standard deviation of the kept count of a Bernoulli(probs) mask
+        (the std times ``spread[group]`` where the masks vary more than independent draws)."""
         out = []
         for b, index in zip(self.blocks, self.block_index):
             p = probs.get(b.group)
@@ -131,7 +133,8 @@ class Plan:
                 out.append((float(len(index)), 0.0))
                 continue
             p = p.detach().double().cpu()[index].clamp(0, 1)
-            out.append((float(p.sum()), math.sqrt(float((p * (1 - p)).sum()))))
+            factor = (spread or {}).get(b.group, 1.0)
+            out.append((float(p.sum()), factor * math.sqrt(float((p * (1 - p)).sum()))))
         return out
 
     def planned_caps(self, probs, headroom: float = 3.0, slack: float = 0.02, moments=None) -> list[int]:
@@ -145,14 +148,15 @@ class Plan:
         return caps
 
     def fitted_caps(self, probs, masks, cost, *, headroom: float = 3.5, grow_at: float = 3.0, slack: float = 0.02,
-                    shrink_gain: float = 0.1, shrink: bool = True) -> tuple[list[int] | None, bool]:
+                    shrink_gain: float = 0.1, shrink: bool = True, spread: dict[int, float] | None = None
+                    ) -> tuple[list[int] | None, bool]:
         """(new capacities or None to keep them, whether a shrink passed the cost test) for masks drawn from
         Bernoulli(``probs``), never below what the current ``masks`` need. Grow when a block's
         expected count plus ``grow_at`` std no longer fits (the blocks that need it, by at
         least 25%; the others keep theirs); else, with ``shrink``, set every block to its
         planned capacity when that cuts ``cost(caps)`` (the capacity model's FLOPs) by
-        ``shrink_gain``."""
-        moments = self.block_moments(probs)
+        ``shrink_gain`` (``spread``: see :meth:`block_moments`)."""
+        moments = self.block_moments(probs, spread)
         needs = [self.prunable[i] and m + grow_at * sd > slots and slots < len(self.blocks[i].classes)
                  for i, ((m, sd), slots) in enumerate(zip(moments, self.caps))]  # a full block cannot grow
         grow = any(needs)

@@ -204,7 +204,8 @@ class SparseModel(nn.Module):
 
     def fit_capacity(self, probs, *, headroom: float = 3.5, grow_at: float = 3.0, slack: float = 0.02,
                      shrink_gain: float = 0.1, max_shrinks: int = 6, shrink: bool = True,
-                     remaining_steps: int | None = None, recompile_steps: float = 200.0) -> bool:
+                     remaining_steps: int | None = None, recompile_steps: float = 200.0,
+                     spread: dict[int, float] | None = None) -> bool:
         """Re-plan the capacities for masks drawn from Bernoulli(``probs``) ({group: keep
         probabilities}); cheap to call every step. Rebuilds (one recompile) when the plan's
         policy (:meth:`fxsparse.rewrite.layout.Plan.fitted_caps`) changes them: grow before masks
@@ -222,7 +223,7 @@ class SparseModel(nn.Module):
             shrink_gain = max(shrink_gain, recompile_steps / max(remaining_steps, 1))
         caps, shrank = self.plan.fitted_caps(probs, self._masks, self._cap_flops, headroom=headroom, grow_at=grow_at,
                                              slack=slack, shrink_gain=shrink_gain, shrink=shrink and not (
-                                                 compiled and self._shrinks >= max_shrinks))
+                                                 compiled and self._shrinks >= max_shrinks), spread=spread)
         self._shrinks += compiled and shrank
         if caps is None:
             return False

@@ -74,7 +74,8 @@ class StructureLearner:
                  form: str = "exact", samples: int = 2, seed: int = 0, granularity: str = "channel",
                  steps: int | None = None, lr_scale: float | None = None, reuse_loss: bool = True,
                  final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100, perturb: str = "all",
-                 weight_masks: str = "sampled", budget_ramp: float = 0.0, projection: str = "gradient"):
+                 weight_masks: str = "sampled", budget_ramp: float = 0.0, projection: str = "gradient",
+                 width_units: int | None = None):
         check_fraction(keep, "keep")
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
                       perturb=perturb, weight_masks=weight_masks)
@@ -87,6 +88,9 @@ class StructureLearner:
         if budget_ramp and not steps:
             raise ValueError("budget_ramp tightens the budget over the search: pass steps=")
         check_choices("vrpge", projection=(projection, PROJECTIONS))
+        if width_units is not None and (isinstance(width_units, bool) or not isinstance(width_units, int)
+                                        or width_units < 2):
+            raise ValueError(f"width_units must be an integer >= 2 (or None: one unit per channel), got {width_units!r}")
         self.projection = projection
         self.sparse = sparse
         self.groups = sparse.channel_graph.prunable_groups
@@ -108,6 +112,14 @@ class StructureLearner:
         self.redrawn = 0  # sampled masks redrawn because they overflowed a block's capacity
         self._steps = 0
         self._owner = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+        # widths: the Bernoulli draws are per *unit*, each a 1/u_g share of its group's width
+        # (u_g = min(n_g, width_units)), so a width's relative spread sqrt(w(1-w)/u_g) does not
+        # shrink with the layer's size; with one unit per channel (Binomial(n_g, w_g)) a
+        # 1280-wide layer moves by ~1 % per draw, its loss effect drowns in the other layers',
+        # and Adam's step (the same size for signal or noise) random-walks its width to 0
+        self.width_units = width_units
+        self.unit_sizes = [min(n, width_units) if width_units else n for n in self.sizes]
+        self._unit_owner = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.unit_sizes))
         self._order = None  # within-group channel order (widths): {position: rank}, refreshed
         self.stage = "channel" if granularity == "channel" else "width"
         self.group_budget = None  # per-group expected channel counts in the channel stage of width+channel
@@ -124,7 +136,7 @@ class StructureLearner:
         self.optimizer = torch.optim.Adam([self.scores], lr=self.lr)
         self._split = torch.zeros(2, size, dtype=torch.float64)  # summed estimates of even / odd steps
         self._project()
-        self.sparse.fit_capacity(self.group_probs())  # capacities for these scores, before any compile
+        self.sparse.fit_capacity(self.group_probs(), spread=self._count_spread())  # before any compile
 
     # ----- state ---------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -163,18 +175,29 @@ class StructureLearner:
     def as_group_masks(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
         return self._per_group(flat.bool())
 
+    def _draw_space(self) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+        """(probabilities, sizes per group, owner) of the Bernoulli draws: per channel, or
+        for widths per unit (one per channel unless ``width_units``)."""
+        if self.stage != "width":
+            return self.probs(), self.sizes, None
+        return self.scores.detach()[self._unit_owner], self.unit_sizes, self._unit_owner
+
     def _draws(self, k: int) -> torch.Tensor:
-        m, _ = sample_grouped_mask(self.probs(), self.sizes, self.generator, num_samples=k)
+        probs, sizes, _ = self._draw_space()
+        m, _ = sample_grouped_mask(probs, sizes, self.generator, num_samples=k)
         return m.bool()
 
     def mask_of(self, draws: torch.Tensor) -> torch.Tensor:
-        """The network's mask for Bernoulli ``draws`` [..., n]: the draws themselves for
+        """The network's mask for Bernoulli ``draws`` [..., draws]: the draws themselves for
         channel scores; for widths, each group's first k_g channels of the within-group
-        order, k_g the group's number of draws."""
+        order, k_g = round(c_g n_g / u_g) (at least 1) for c_g of its u_g units drawn."""
         if self.stage != "width":
             return draws
         counts = torch.zeros(*draws.shape[:-1], len(self.sizes), dtype=torch.long)
-        counts.index_add_(-1, self._owner, draws.long())
+        counts.index_add_(-1, self._unit_owner, draws.long())
+        if self.unit_sizes != self.sizes:
+            n, u = torch.tensor(self.sizes), torch.tensor(self.unit_sizes)
+            counts = torch.div(2 * counts * n + u, 2 * u, rounding_mode="floor").clamp(min=1)  # round half up
         return self._ordered_rank() < counts[..., self._owner]
 
     def _ordered_rank(self) -> torch.Tensor:
@@ -218,9 +241,10 @@ class StructureLearner:
     def _redraw_group(self, rows: torch.Tensor, group: int, redraw: int) -> torch.Tensor:
         """``rows`` with group ``group``'s channels drawn afresh (at least one kept), each row
         redrawn while its mask overflows the capacities (at most ``redraw`` times)."""
-        start = sum(self.sizes[:group])
-        sl = slice(start, start + self.sizes[group])
-        p = self.probs()[sl]
+        probs, sizes, _ = self._draw_space()
+        start = sum(sizes[:group])
+        sl = slice(start, start + sizes[group])
+        p = probs[sl]
         for row in range(len(rows)):
             for attempt in range(redraw + 1):
                 rows[row, sl] = sample_grouped_mask(p, [len(p)], self.generator)[0].bool()
@@ -235,7 +259,14 @@ class StructureLearner:
         50 steps) by enough to repay the recompile over the search's steps left. Returns
         whether the step was rebuilt."""
         remaining = max(self.steps - self._steps, 0) if self.steps else None
-        return self.sparse.fit_capacity(self.group_probs(), shrink=self._steps % 50 == 0, remaining_steps=remaining)
+        return self.sparse.fit_capacity(self.group_probs(), shrink=self._steps % 50 == 0, remaining_steps=remaining,
+                                        spread=self._count_spread())
+
+    def _count_spread(self) -> dict[int, float] | None:
+        """Widths drawn in units: per group, a kept count's std over the Binomial's, sqrt(n_g / u_g)."""
+        if self.stage != "width" or self.unit_sizes == self.sizes:
+            return None
+        return {g.id: math.sqrt(n / u) for g, n, u in zip(self.groups, self.sizes, self.unit_sizes)}
 
     # ----- budget --------------------------------------------------------------------
     def expected_keep(self) -> float:
@@ -317,7 +348,8 @@ class StructureLearner:
         """The VR-PGE estimate w.r.t. the parameters from K (loss, draw) samples of one
         minibatch: per channel, or summed over each group's channels for a width (the score
         of a Binomial count is the sum of its Bernoulli draws' scores)."""
-        grad = policy_gradient(losses, draws, self.probs(), self._owner if self.stage == "width" else None, self.form)
+        probs, _, owner = self._draw_space()
+        grad = policy_gradient(losses, draws, probs, owner, self.form)
         # one group perturbed, picked uniformly: scaled by the number of groups, the estimate
         # of the whole gradient stays unbiased (the other coordinates' terms cancel exactly)
         return grad * len(self.sizes) if self.perturb == "group" else grad

@@ -46,6 +46,9 @@ class VRPGE(Method):
                             "sampled masks (sample) (default %(default)s)")),
         (("--form",), dict(dest="form", choices=["exact", "preconditioned"], default="exact",
                            help="Bernoulli score form (default %(default)s)")),
+        (("--width-units",), dict(dest="width_units", type=int, default=None,
+                                  help="widths: draw each layer's width in this many equal units, so that wide and "
+                                  "narrow layers are perturbed alike (default: one unit per channel; with --init: 16)")),
         (("--samples",), dict(dest="samples", type=int, default=2, help="masks per score step (default %(default)s)")),
         (("--weight-masks",), dict(dest="weight_masks", choices=["mean", "sampled"], default="mean",
                                    help="what the weights train on during the search: the policy's typical "
@@ -67,7 +70,8 @@ class VRPGE(Method):
                  score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
                  granularity: str = "width", final: str = "topk", weight_masks: str = "mean",
                  weight_average: bool = False, final_batches: int = 10, compile_update: bool | None = None,
-                 weight_every: int = 1, budget_ramp: float = 0.0, projection: str = "gradient", **options):
+                 weight_every: int = 1, budget_ramp: float = 0.0, projection: str = "gradient",
+                 width_units: int | None = None, **options):
         super().__init__(keep, **options)
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
                       weight_masks=weight_masks)
@@ -84,6 +88,7 @@ class VRPGE(Method):
         if weight_average and weight_every != 1:
             raise ValueError("vrpge: weight_average trains the weights every step; it needs weight_every=1")
         self.weight_every, self.budget_ramp, self.projection = int(weight_every), float(budget_ramp), projection
+        self.width_units = width_units
         self.budget, self.form, self.samples = budget, form, int(samples)
         self.score_lr = None if score_lr is None else float(score_lr)
         self.reuse_loss, self.final_tries = bool(reuse_loss), int(final_tries)
@@ -121,7 +126,7 @@ class VRPGE(Method):
                                         form=self.form, samples=self.samples, seed=run.seed + 1,
                                         granularity=self.granularity, steps=steps, reuse_loss=self.reuse_loss,
                                         final=self.final, weight_masks=self.weight_masks, budget_ramp=self.budget_ramp,
-                                        projection=self.projection)
+                                        projection=self.projection, width_units=self.width_units)
         schedules = [run.weight_schedule(optimizer, phase, start, steps),  # scores: cosine over the search
                      (lambda: self.learner.optimizer, self.learner.lr, start, steps)]
         if self.weight_average:
