@@ -242,9 +242,30 @@ def _new_tensor(name):
     return convert
 
 
+def _like(fn):
+    """``aten.zeros_like(x, dtype=..., pin_memory=...)`` -> ``torch.zeros_like(x, dtype=...)``."""
+    def convert(args, kwargs):
+        kw = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "requires_grad", "memory_format")}
+        return fn, tuple(args), kw
+    return convert
+
+
+def _sort(args, kwargs):
+    """``aten.sort.stable(x, stable=..., dim=..., descending=...)`` -> ``torch.sort(x, dim, descending)``."""
+    kw = {k: kwargs[k] for k in ("dim", "descending", "stable") if kwargs.get(k) is not None}
+    return torch.sort, tuple(args), kw
+
+
+_TABLE.update({aten.topk.default: _same(torch.topk), aten.sort.default: _same(torch.sort), aten.sort.stable: _sort,
+               aten.argsort.default: _same(torch.argsort), aten.index_add.default: _same(torch.index_add),
+               aten.zeros_like.default: _like(torch.zeros_like), aten.ones_like.default: _like(torch.ones_like),
+               aten.empty_like.default: _like(torch.empty_like), aten.full_like.default: _like(torch.full_like)})
+_IN_PLACE[aten.index_add_.default] = _same(torch.index_add)
 _TABLE.update({aten.index.Tensor: _index, aten.new_zeros.default: _new_tensor("new_zeros"), aten.new_ones.default: _new_tensor("new_ones"),
                aten.new_empty.default: _new_tensor("new_empty"), aten.new_full.default: _new_tensor("new_full")})
-_NEEDS_NDIM = {aten.select.int: _index_select_like("select"), aten.slice.Tensor: _index_select_like("slice")}
+_NEEDS_NDIM = {aten.select.int: _index_select_like("select"), aten.slice.Tensor: _index_select_like("slice"),
+               # ``w.T``: every dim reversed
+               aten.numpy_T.default: lambda args, kwargs, ndim: (torch.permute, (args[0], list(range(ndim))[::-1]), {})}
 _SIDE_EFFECT_ONLY = {aten._assert_tensor_metadata.default}
 
 

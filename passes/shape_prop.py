@@ -20,6 +20,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.utils.flop_counter import FlopCounterMode
 
 from fxsparse.core.errors import InputError
+from fxsparse.core.flop_formulas import register_known
 from fxsparse.rules.context import TupleItem, where
 
 SHAPE = "fxsparse_shape"  # node.meta: output shape(s)
@@ -136,6 +137,7 @@ class ShapeProp(PassBase):
                 recorder = _Recorder(gm)
                 recorder.count_flops = self.count_flops
                 if self.count_flops:
+                    register_known()  # grouped matrix products (experts) count too
                     recorder.counter = FlopCounterMode(display=False)
                 try:
                     with recorder.counter if self.count_flops else contextlib.nullcontext():

@@ -433,6 +433,9 @@ def count_flops(module: torch.nn.Module, example_inputs) -> tuple[float, dict]:
     """Total forward FLOPs and per-module FLOPs (keys: module paths) via FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from fxsparse.core.flop_formulas import register_known
+
+    register_known()  # grouped matrix products (experts) count too
     rng = torch.get_rng_state()
     buffers = {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items() if not isinstance(v, torch.nn.Parameter)}
     # nn.MultiheadAttention's inference fast path (eval, no grad) is one fused op the

@@ -4,7 +4,9 @@ sliced at export, and its masked form where it mixes channels.
 A :class:`Rule` is registered for one or more *targets*: an ``nn.Module`` subclass
 (matched for ``call_module`` nodes), a function object such as ``torch.add`` or
 ``F.conv2d`` (``call_function`` nodes), or a method name such as ``"view"``
-(``call_method`` nodes; a method is only known by its name). Users add rules for their
+(``call_method`` nodes; a method is only known by its name), or the qualified name of a
+custom op (``"mylib::my_op"``: a ``torch.library`` op is known by its name, so its rule can
+be registered without importing the library that defines it). Users add rules for their
 own ops with :func:`register_rule`, globally or for one ``fxsparse.analyze`` call
 (``rules={target: Rule}``; those travel with the returned ChannelGraph). An op without a
 rule is treated as opaque: every channel that enters it becomes unprunable, with the op
@@ -103,7 +105,10 @@ def lookup(node, modules, extra: dict | None = None) -> Rule | None:
                 return table[base]
         return None
     if node.op == "call_function":
-        return table.get(node.target)
+        rule = table.get(node.target)
+        if rule is None and callable(getattr(node.target, "name", None)) and hasattr(node.target, "_schema"):
+            rule = table.get(node.target.name())  # a custom op (OpOverload), by its qualified name
+        return rule
     if node.op == "call_method":
         return table.get(node.target)
     return None

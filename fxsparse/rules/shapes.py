@@ -480,6 +480,7 @@ def index_rule(ctx, node, src, index):
     full = None if ids is None else _full(ids, shape)
     vd = [] if ids is None else varying_dims(left_pad(ids, len(shape)))
     np_index, mapping, d = [], [], 0
+    gathers = []  # (dim, index rank) of each tensor index
     for it in items:
         if it is None:
             np_index.append(None)
@@ -498,6 +499,7 @@ def index_rule(ctx, node, src, index):
                 return None
             np_index.append(slice(None))
             ishape = ctx.shape(it) if isinstance(it, fx.Node) else np.shape(it)
+            gathers.append((d, len(ishape) if ishape else 0))
             mapping += [None] * (len(ishape) - 1) if ishape else []
             mapping.append(None)
             d += 1
@@ -508,11 +510,44 @@ def index_rule(ctx, node, src, index):
         ctx.set_free(node, _refs_through(refs, mapping))
     if ids is None:
         return None
+    out_shape = ctx.shape(node)
     if any(not isinstance(i, (slice, int)) and i is not None for i in np_index):
         return None
+    if gathers:
+        return _gathered(ctx, node, left_pad(ids, len(shape)), items, gathers, out_shape)
     out = full[tuple(np_index)]
-    out_shape = ctx.shape(node)
     return out.reshape(out_shape) if out.size == math.prod(out_shape) else None
+
+
+def _gathered(ctx, node, ids, items, gathers, out_shape):
+    """Ids of ``x[..., idx, ...]`` with one tensor ``idx`` along a dim without channels (tokens
+    routed to an expert, rows put back in order): that dim becomes the index's dims, the
+    channels of every other dim pass through."""
+    if len(gathers) > 1:
+        ctx.unprunable(ids, f"indexing with several tensors at {ctx.where(node)}")
+        return None
+    sel, pos, out_dims, d = [], None, 0, 0
+    for it in items:
+        if it is None:
+            sel.append(None)
+            out_dims += 1
+            continue
+        if d == gathers[0][0]:
+            sel.append(slice(0, 1))  # no channel there: the ids are the same along the dim
+            pos = out_dims
+            out_dims += 1
+        elif isinstance(it, slice):
+            sel.append(slice(None) if ids.shape[d] == 1 else ctx.value(it))
+            out_dims += 1
+        else:
+            sel.append(0 if ids.shape[d] == 1 else int(ctx.value(it)))
+        d += 1
+    out = ids[tuple(sel)]
+    out = out.reshape(out.shape[:pos] + (1,) * gathers[0][1] + out.shape[pos + 1:])
+    if out.ndim != len(out_shape) or any(o not in (1, s) for o, s in zip(out.shape, out_shape)):
+        ctx.unprunable(ids, f"tensor indexing at {ctx.where(node)}: cannot follow its channels")
+        return None
+    return out
 
 
 def getitem_export(ectx, node):
