@@ -257,7 +257,7 @@ def _sort(args, kwargs):
 
 
 _TABLE.update({aten.topk.default: _same(torch.topk), aten.sort.default: _same(torch.sort), aten.sort.stable: _sort,
-               aten.argsort.default: _same(torch.argsort), aten.index_add.default: _same(torch.index_add),
+               aten.argsort.default: _same(torch.argsort), aten.repeat_interleave.self_int: _first(torch.repeat_interleave, 3), aten.index_add.default: _same(torch.index_add),
                aten.zeros_like.default: _like(torch.zeros_like), aten.ones_like.default: _like(torch.ones_like),
                aten.empty_like.default: _like(torch.empty_like), aten.full_like.default: _like(torch.full_like)})
 _IN_PLACE[aten.index_add_.default] = _same(torch.index_add)

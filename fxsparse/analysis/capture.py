@@ -132,6 +132,24 @@ def _without_kv_cache(model: nn.Module):
             config.use_cache = old
 
 
+@contextlib.contextmanager
+def _capturable_experts(model: nn.Module):
+    """A ``transformers`` mixture-of-experts layer in its "eager" form loops over the experts
+    the batch happens to hit (a data-dependent loop torch.export cannot capture); its
+    "grouped_mm" form computes the same with the routing in tensors: capture that one."""
+    switched = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_experts_implementation", None) == "eager" and all(config is not c for c in switched):
+            config._experts_implementation = "grouped_mm"
+            switched.append(config)
+    try:
+        yield
+    finally:
+        for config in switched:
+            config._experts_implementation = "eager"
+
+
 def _dynamic_batch(example_inputs):
     """Dim 0 of every input as a dynamic batch where the model allows it (``Dim.AUTO``: a model
     that specialises on its batch size is captured static in the same call). A batch of 1
@@ -222,7 +240,7 @@ def export_capture(model: nn.Module, example_inputs, stack_traces: bool = True) 
     ``stack_traces=False`` skips recording each node's Python stack (a third of the capture
     time of a 12-layer transformer); nodes then name their module path instead of file:line."""
     example_inputs = tuple(example_inputs)
-    with _without_kv_cache(model), _stack_traces(stack_traces):
+    with _without_kv_cache(model), _capturable_experts(model), _stack_traces(stack_traces):
         program = _export(model, example_inputs)
     gm = program.module()
     AtenToTorch()(gm)

@@ -80,10 +80,31 @@ def matmul_rule(ctx, node):
     if a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2:
         ctx.opaque(node, f"matmul of a vector at {ctx.where(node)}")
         return None
-    # x @ W with W a parameter [in, out]: a linear layer written by hand
-    if ctx.ids(b) is None and len(b_shape) == 2 and param_dim(ctx, b, 0) and param_dim(ctx, b, 1):
-        return linear_channels(ctx, node, a, param_dim(ctx, b, 1), param_dim(ctx, b, 0), None)
+    # x @ W with W a parameter [in, out]: a linear layer written by hand; W may be batched
+    # ([tokens, in, out]: each token's expert weights gathered from a 3-D parameter)
+    if ctx.ids(b) is None and param_dim(ctx, b, -2) and param_dim(ctx, b, -1) and (len(b_shape) == 2 or _no_batch_channels(ctx, a)):
+        return linear_channels(ctx, node, a, param_dim(ctx, b, -1), param_dim(ctx, b, -2), None)
+    # W @ x with W a (batched) parameter [out, in]: the same, x's channels on its rows
+    if ctx.ids(a) is None and param_dim(ctx, a, -2) and param_dim(ctx, a, -1) and ctx.ids(b) is not None:
+        return weight_times_x(ctx, node, b, param_dim(ctx, a, -2), param_dim(ctx, a, -1))
     return product_ids(ctx, node, a, b, a_shape, b_shape, ctx.ids(a), ctx.ids(b), "matmul")
+
+
+def _no_batch_channels(ctx, x):
+    """Whether ``x``'s channels (if any) run along its last dim only."""
+    ids = ctx.ids(x)
+    return ids is None or all(d == ids.ndim - 1 for d in varying_dims(ids))
+
+
+def weight_times_x(ctx, node, x, w_out, w_in):
+    """``W @ x``: x's rows (dim -2) are W's input channels, the output's rows W's output channels."""
+    xin = ctx.axis(x, -2, f"matmul at {ctx.where(node)}: input channels also vary along another dim")
+    if xin is not None:
+        ctx.member(*w_in, xin)
+    out_shape = ctx.shape(node)
+    out = ctx.new_elements(out_shape[-2])
+    ctx.member(*w_out, out)
+    return ctx.along(len(out_shape), -2, out)
 
 
 def _einsum_operands(args):

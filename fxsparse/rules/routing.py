@@ -65,6 +65,21 @@ register_rule(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_li
               torch.randn_like)(like_rule)
 
 
+@register_rule(torch.repeat_interleave, "repeat_interleave")
+def repeat_interleave_rule(ctx, node):
+    """``x.repeat_interleave(k, dim)``: each token copied once per expert it goes to; the
+    channels of the other dims pass through."""
+    src = node.args[0]
+    dim = node_arg(node, 2, "dim")
+    ids = ctx.padded_ids(src)
+    if ids is None:
+        return None
+    if dim is None or dim % ids.ndim in varying_dims(ids):
+        ctx.unprunable(ids, f"repeat_interleave at {ctx.where(node)} repeats channels")
+        return None
+    return np.take(ids, [0], axis=dim % ids.ndim)
+
+
 def _meet(ctx, node, a, b, what):
     """Couple two aligned ids arrays position by position; a channel that meets fixed values
     (a tensor without channels there) cannot go."""
@@ -131,4 +146,4 @@ _GROUPED_MM += [f for f in (getattr(torch, "_grouped_mm", None), getattr(F, "gro
 register_rule(*_GROUPED_MM)(grouped_mm_rule)
 
 
-__all__ = ["topk_rule", "sort_rule", "argsort_rule", "like_rule", "index_add_rule", "grouped_mm_rule"]
+__all__ = ["repeat_interleave_rule", "topk_rule", "sort_rule", "argsort_rule", "like_rule", "index_add_rule", "grouped_mm_rule"]
