@@ -107,6 +107,9 @@ def prune(model: nn.Module, graph: ChannelGraph, keep, *, example_inputs=None, f
         warnings.warn(f"fxsparse.prune: {exc} The model was left unchanged; returning fxsparse.export's "
                       f"GraphModule instead. {_HINT}", stacklevel=2)
         return export(model, graph, masks)
+    except BaseException:
+        journal.undo()  # an fxsparse bug or an interrupt: the model as it was
+        raise
     return model
 
 
@@ -126,6 +129,7 @@ def _slice_in_place(model: nn.Module, graph: ChannelGraph, masks, journal: _Jour
     kept = kept_indices(graph, masks)
     owners = tensor_owners(model)
     old_shapes = {}
+    own_old: dict[nn.Module, dict] = {}  # per sliced module: {its attribute: old shape}
     for name, per_dim in kept.items():
         if name not in owners:
             raise ExportError(f"the model has no parameter or buffer '{name}' (the graph has it): prune(model, graph, "
@@ -139,10 +143,10 @@ def _slice_in_place(model: nn.Module, graph: ChannelGraph, masks, journal: _Jour
         new = nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
         for module, attr in owners[name]:
             journal.set_tensor(module, attr, new)
-    changed_modules = {id(m): m for name in kept for m, _ in owners[name]}
+            own_old.setdefault(module, {})[attr] = old_shapes[name]
     changes = []
-    for module in changed_modules.values():
-        changes += layer_changes(module, old_shapes)
+    for module, old in own_old.items():
+        changes += layer_changes(module, old)
     dims = _sliced_dims(graph, owners, old_shapes)
     changes += block_changes(model, dims) + config_changes(model, dims)
     for obj, attr, value in changes:
@@ -177,7 +181,8 @@ def _sliced_dims(graph: ChannelGraph, owners, old_shapes) -> list[SlicedDim]:
             new = getattr(module, attr).shape[m.dim]
             old = old_shapes.get(m.param, _old_shape_of(m.param, owners, old_shapes))
             old = old[m.dim] if old is not None else new
-            dims.append(SlicedDim(m.layer, int(old), int(new), layers))
+            blocks = {len(ix) for ix in m.index}
+            dims.append(SlicedDim(m.layer, int(old), int(new), layers, blocks.pop() if len(blocks) == 1 else 0))
     return dims
 
 

@@ -12,7 +12,7 @@ Block attributes (heads, widths) are matched to the channel groups that run thro
 block: an attribute whose old value equals the old size of a sliced dim (times ``head_dim``
 for a head count) takes that dim's new size. Head counts and inner widths read only dims
 whose group stays inside the block's parent (one layer); residual widths (``hidden_size``,
-``embed_dim``) only dims whose group leaves the block (the residual stream).
+``embed_dim``) only dims whose group leaves it (the residual stream).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch.nn as nn
 # int attributes of blocks, by what they count
 HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads")
 HEAD_DIMS = ("head_dim", "attention_head_size", "head_size")
-INNER_WIDTHS = ("all_head_size", "inner_dim", "intermediate_size", "ffn_dim", "hidden_features")
+INNER_WIDTHS = ("all_head_size", "inner_dim", "intermediate_size", "ffn_dim", "hidden_features", "attn_dim", "val_attn_dim")
 RESIDUAL_WIDTHS = ("hidden_size", "embed_dim", "d_model", "n_embd")
 SPLIT_WIDTHS = ("split_size",)  # one of several equal parts of a packed projection (GPT-2's q|k|v)
 
@@ -42,12 +42,14 @@ CONFIG_INNER = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
 
 @dataclasses.dataclass(frozen=True)
 class SlicedDim:
-    """One dim of a member parameter: its module path, old and new size, and the module paths
-    of every member of its channel group."""
+    """One dim of a member parameter: its module path, old and new size, the module paths of
+    every member of its channel group, and how many indices of the dim one channel of the
+    group holds (a head's width for a group of heads; 0 when channels differ)."""
     layer: str
     old: int
     new: int
     group_layers: frozenset
+    block: int = 1
 
 
 def _inside(path: str, scope: str) -> bool:
@@ -96,6 +98,29 @@ def layer_changes(module: nn.Module, old: dict) -> list[tuple]:
     elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2 linear, weight [in, out]
         put("nx", w.shape[0])
         put("nf", w.shape[1])
+    else:
+        changes += _view_shapes(module, old)
+    return changes
+
+
+def _view_shapes(module: nn.Module, old: dict) -> list[tuple]:
+    """A tuple attribute that is the shape a 1-d parameter of the module is viewed to (timm's
+    ``Scale``: ``self.scale.view(self.shape)``, shape ``(dim, 1, 1)``): its one non-1 entry
+    follows the parameter's new size."""
+    changes = []
+    sizes = {}
+    for name, t in list(module._parameters.items()) + list(module._buffers.items()):
+        shape = old.get(name)
+        if t is not None and shape is not None and len(shape) == 1 and t.dim() == 1 and shape[0] != t.shape[0]:
+            sizes.setdefault(shape[0], set()).add(t.shape[0])
+    for attr, value in vars(module).items():
+        if not isinstance(value, tuple) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            continue
+        big = [i for i, v in enumerate(value) if v != 1]
+        if len(big) == 1 and len(sizes.get(value[big[0]], ())) == 1:
+            new = list(value)
+            new[big[0]] = next(iter(sizes[value[big[0]]]))
+            changes.append((module, attr, tuple(new)))
     return changes
 
 
@@ -109,22 +134,25 @@ def _vote(values: list):
     return counts[0][0]
 
 
-def _candidates(dims: list[SlicedDim], path: str, old_value: int, scale: int, residual: bool, multiple=False):
+def _candidates(dims: list[SlicedDim], path: str, old_value: int, scale, residual: bool, multiple=False):
     """New sizes (divided by ``scale``) of the dims under ``path`` whose old size is
     ``old_value * scale`` (or a multiple of it, for a packed projection): inner dims (group
-    within the parent block) or residual dims (group leaving the block)."""
+    within the parent block) or residual dims (group leaving the parent). ``scale="block"``:
+    each dim's own channel width (a head count where a channel of the group is a head)."""
     parent = path.rpartition(".")[0]
     out = []
     for d in dims:
         if not _inside(d.layer, path):
             continue
-        leaves = any(not _inside(p, path) for p in d.group_layers)
-        if residual != leaves or (not residual and not all(_inside(p, parent) for p in d.group_layers)):
+        if residual == all(_inside(p, parent) for p in d.group_layers):
             continue
-        target = old_value * scale
+        unit = d.block if scale == "block" else scale
+        if not unit or (scale == "block" and unit == 1):
+            continue
+        target = old_value * unit
         parts = d.old // target if multiple and d.old % target == 0 and d.old > target else (1 if d.old == target else 0)
-        if parts and (d.new % (parts * scale) == 0):
-            out.append(d.new // (parts * scale))
+        if parts and (d.new % (parts * unit) == 0):
+            out.append(d.new // (parts * unit))
     return out
 
 
@@ -142,8 +170,9 @@ def block_changes(model: nn.Module, dims: list[SlicedDim]) -> list[tuple]:
         for attr, value in own.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 continue
-            if attr in HEAD_COUNTS and head_dim:
-                new = _vote(_candidates(dims, path, value, head_dim, residual=False))
+            if attr in HEAD_COUNTS:  # scaled by head_dim where the block stores it, else by the heads' groups
+                new = _vote(_candidates(dims, path, value, head_dim, residual=False) if head_dim else
+                            _candidates(dims, path, value, "block", residual=False))
             elif attr in INNER_WIDTHS:
                 new = _vote(_candidates(dims, path, value, 1, residual=False))
             elif attr in SPLIT_WIDTHS:
@@ -175,14 +204,18 @@ def config_changes(model: nn.Module, dims: list[SlicedDim]) -> list[tuple]:
     if config is None or not hasattr(config, "to_dict"):
         return []
     changes = []
-    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        embed = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # a vision model has none
+        embed = None
     width = getattr(embed, "weight", None)
     old_hidden = _config_value(config, "hidden_size")
     if width is not None and isinstance(old_hidden, int) and width.shape[-1] != old_hidden:
         changes.append((config, "hidden_size", int(width.shape[-1])))
     head_dim = _config_value(config, "head_dim")
-    if not isinstance(head_dim, int) and isinstance(old_hidden, int) and _config_value(config, "num_attention_heads"):
-        head_dim = old_hidden // _config_value(config, "num_attention_heads")
+    heads = _config_value(config, "num_attention_heads")
+    if not isinstance(head_dim, int) and isinstance(old_hidden, int) and isinstance(heads, int) and heads:
+        head_dim = old_hidden // heads
     layers = {d.layer.rpartition(".")[0] for d in dims}  # blocks that hold a sliced layer
     for key, scale in [(k, head_dim) for k in CONFIG_HEADS] + [(k, 1) for k in CONFIG_INNER]:
         old = _config_value(config, key)
