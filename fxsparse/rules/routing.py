@@ -67,17 +67,21 @@ register_rule(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_li
 
 @register_rule(torch.repeat_interleave, "repeat_interleave")
 def repeat_interleave_rule(ctx, node):
-    """``x.repeat_interleave(k, dim)``: each token copied once per expert it goes to; the
-    channels of the other dims pass through."""
-    src = node.args[0]
+    """``x.repeat_interleave(k, dim)``: each token copied once per expert it goes to (the
+    channels of the other dims pass through), or each KV head once per query head it serves
+    (a channel's copies are that channel: they go with it)."""
+    src, repeats = node.args[0], node_arg(node, 1, "repeats")
     dim = node_arg(node, 2, "dim")
     ids = ctx.padded_ids(src)
     if ids is None:
         return None
-    if dim is None or dim % ids.ndim in varying_dims(ids):
-        ctx.unprunable(ids, f"repeat_interleave at {ctx.where(node)} repeats channels")
+    if dim is None or not isinstance(repeats, int):
+        ctx.unprunable(ids, f"repeat_interleave at {ctx.where(node)} without a dim or with per-item repeats")
         return None
-    return np.take(ids, [0], axis=dim % ids.ndim)
+    dim %= ids.ndim
+    if dim in varying_dims(ids):
+        return np.repeat(ids, repeats, axis=dim)
+    return np.take(ids, [0], axis=dim)
 
 
 def _meet(ctx, node, a, b, what):

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from fxsparse.core.broadcast import left_pad
 from fxsparse.core.elements import NO_ELEMENT, varying_dims
-from .context import FreeRef
+from .context import FreeRef, rectangularize
 from .pointwise import combine
 from .registry import register_rule
 
@@ -72,7 +72,42 @@ def reshape_rule(ctx, node):
     ids = ctx.ids(src)
     if ids is None:
         return None
-    return np.ascontiguousarray(_full(ids, in_shape)).reshape(out_shape)
+    out = np.ascontiguousarray(_full(ids, in_shape)).reshape(out_shape)
+    vd = varying_dims(ctx.elements.canonical(out))
+    if len(vd) > 2:
+        out = rectangularize(ctx.elements, out, [_grid_unit(node, vd, len(out_shape)), vd[-1]])
+    return out
+
+
+def _grid_unit(node, vd, ndim):
+    """The unit of a channel grid a reshape makes ([kv groups, q heads + k + v, head_dim]):
+    by default the dim just outside the innermost (``context.rectangularize``), but the
+    outermost dim no user picks from where users pick single slices (``fused[..., -2]``
+    takes the k slot of every group: the slot cannot be the unit, the group can)."""
+    picked = _picked_dims(node, ndim)
+    free = [d for d in vd[:-1] if d not in picked]
+    return vd[-2] if vd[-2] in free or not free else free[0]
+
+
+def _picked_dims(node, ndim):
+    """Dims that users of ``node`` index into (an int, a partial slice, a tensor) or cut."""
+    dims = set()
+    for user in node.users:
+        if user.target is operator.getitem and user.args[0] is node:
+            d = 0
+            for it in index_items(user.args[1], ndim):
+                if it is None:
+                    continue
+                if not (isinstance(it, slice) and it == slice(None)):
+                    dims.add(d)
+                d += 1
+        elif user.target in ("split", torch.split, "chunk", torch.chunk, "unbind", torch.unbind, "narrow",
+                             torch.narrow, "select", torch.select) and user.args[0] is node:
+            dim = user.args[1] if user.target in ("unbind", torch.unbind, "narrow", torch.narrow, "select", torch.select) \
+                and len(user.args) > 1 else split_dim(user) if user.target not in ("unbind", torch.unbind) else 0
+            if isinstance(dim, int):
+                dims.add(dim % ndim)
+    return dims
 
 
 def _pruned_from_params(ectx, node):
