@@ -4,7 +4,7 @@ A ``transformers`` config holds one size per field for all layers; a model whose
 pruned to different head counts or MLP widths cannot be rebuilt from it alone. So
 :func:`save_pretrained` writes the model's own files (``model.save_pretrained(path)`` where the
 model has it, else ``model.safetensors``) plus ``fxsparse_sizes.json``: the shape of every
-parameter and buffer and the size attributes of every module. :func:`load_pretrained`
+parameter and buffer and the numbers every module keeps (sizes, head counts, scales). :func:`load_pretrained`
 builds the dense model from the class (or a factory), slices it to the recorded shapes
 and attributes and loads the weights: the logits are those of the saved model.
 
@@ -22,7 +22,6 @@ import torch.nn as nn
 
 from fxsparse.core.errors import InputError
 from fxsparse.rewrite.inplace import tensor_owners
-from fxsparse.rewrite.size_attributes import SIZE_ATTRIBUTES
 
 __all__ = ["save_pretrained", "load_pretrained", "SIZES_FILE"]
 
@@ -77,21 +76,23 @@ def _shapes(model: nn.Module) -> dict[str, tuple]:
 
 
 def _attributes(model: nn.Module) -> dict[str, dict]:
-    """{module path: {size attribute: value}} of every module (ints and tuples of ints)."""
+    """{module path: {attribute: value}}: every public number (and tuple of numbers) a module
+    keeps in its own attributes. Not only the sizes: a value the constructor derived from a
+    size (GPT-2's ``scaling`` from ``head_dim``) must stay what the saved model computed with,
+    not what a rebuild from the config would derive."""
     out = {}
     for path, module in model.named_modules():
-        own = vars(module)
-        found = {a: (list(v) if isinstance(v, tuple) else v) for a in SIZE_ATTRIBUTES if a in own
-                 for v in [own[a]] if _is_size(v)}
+        found = {a: (list(v) if isinstance(v, tuple) else v) for a, v in vars(module).items()
+                 if not a.startswith("_") and a != "training" and _is_number(v)}
         if found:
             out[path] = found
     return out
 
 
-def _is_size(v) -> bool:
-    if isinstance(v, bool):
-        return False
-    return isinstance(v, int) or (isinstance(v, tuple) and all(isinstance(x, int) for x in v))
+def _is_number(v) -> bool:
+    if isinstance(v, tuple):
+        return bool(v) and all(_is_number(x) for x in v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _build(cls_or_factory, path) -> nn.Module:

@@ -28,13 +28,6 @@ INNER_WIDTHS = ("all_head_size", "inner_dim", "intermediate_size", "ffn_dim", "h
 RESIDUAL_WIDTHS = ("hidden_size", "embed_dim", "d_model", "n_embd")
 SPLIT_WIDTHS = ("split_size",)  # one of several equal parts of a packed projection (GPT-2's q|k|v)
 
-# every size attribute a pruned model's file records (fxsparse.save_pretrained)
-LAYER_SIZES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-               "normalized_shape", "num_channels", "num_groups", "num_embeddings", "embedding_dim", "num_parameters",
-               "nf", "nx")
-SIZE_ATTRIBUTES = LAYER_SIZES + HEAD_COUNTS + HEAD_DIMS + INNER_WIDTHS + RESIDUAL_WIDTHS + SPLIT_WIDTHS + (
-    "num_key_value_groups",)
-
 # config fields kept in step with the model when every layer has the same new value
 CONFIG_HEADS = ("num_attention_heads", "num_key_value_heads")
 CONFIG_INNER = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
