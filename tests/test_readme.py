@@ -34,11 +34,11 @@ def scratch(tmp_path_factory):
 
 
 def test_the_readme_has_its_blocks():
-    assert len(blocks("python")) == 4
+    assert len(blocks("python")) == 5
     assert blocks("bash")[0].startswith("apt-get update")  # the install command: not run here
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_python_block_runs_as_written(scratch, index, monkeypatch, capsys):
     monkeypatch.chdir(scratch)
     code = blocks("python")[index]
