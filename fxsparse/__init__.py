@@ -24,7 +24,7 @@ _EXPORTS = {
     "topk_keep": "fxsparse.analysis.masks",
     "ExportError": "fxsparse.core.errors", "FxsparseError": "fxsparse.core.errors", "InputError": "fxsparse.core.errors",
     "KeepMaskError": "fxsparse.core.errors", "NoPrunableGroupError": "fxsparse.core.errors",
-    "TraceError": "fxsparse.core.errors",
+    "TraceError": "fxsparse.core.errors", "PruneCheckError": "fxsparse.core.errors",
     "export": "fxsparse.rewrite.export", "prune": "fxsparse.rewrite.inplace",
     "save_pretrained": "fxsparse.rewrite.pretrained", "load_pretrained": "fxsparse.rewrite.pretrained",
     "Rule": "fxsparse.rules.registry", "register_rule": "fxsparse.rules.registry",
@@ -37,7 +37,7 @@ _EXPORTS = {
 __all__ = [
     "analyze", "export", "prune", "save_pretrained", "load_pretrained", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
     "ChannelGraph", "ChannelGroup", "Member", "count_flops", "load",
-    "FxsparseError", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError",
+    "FxsparseError", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError", "PruneCheckError",
 ]
 
 
@@ -66,7 +66,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .analysis.analyze import analyze
     from .analysis.graph import ChannelGraph, ChannelGroup, Member, count_flops
     from .analysis.masks import normalize_keep, random_keep, topk_keep
-    from .core.errors import ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, TraceError
+    from .core.errors import (ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, PruneCheckError,
+                              TraceError)
     from .rewrite.export import export
     from .rewrite.inplace import prune
     from .rewrite.pretrained import load_pretrained, save_pretrained

@@ -16,7 +16,6 @@ import torch.nn as nn
 import fxsparse
 from fxsparse import zoo
 from fxsparse.analysis.masks import kept_indices
-from fxsparse.rewrite.inplace import PruneCheckError
 from fxsparse.rewrite.reference import masked_reference
 
 
@@ -184,7 +183,7 @@ def test_pinned_size_falls_back_to_the_graphmodule_with_a_warning():
 
 def test_pinned_size_raises_when_asked():
     model, x, graph, keep = _pinned()
-    with pytest.raises(PruneCheckError, match=r"module 'head' \(PinnedHead.forward") as info:
+    with pytest.raises(fxsparse.PruneCheckError, match=r"module 'head' \(PinnedHead.forward") as info:
         fxsparse.prune(model, graph, keep, fallback="raise")
     assert isinstance(info.value, fxsparse.ExportError)
     assert model.conv.weight.shape[0] == 16 and model.head.fc.in_features == 16  # left unchanged

@@ -10,6 +10,8 @@ fxsparse.FxsparseError`` catches them all); those about a bad argument are also
 * :class:`NoPrunableGroupError` (``ValueError``): the model has no prunable channel group
   (``fxsparse.analyze(model, x).summary()`` says why for each group).
 * :class:`ExportError`: a keep pattern cannot be realised as a physically smaller model.
+* :class:`PruneCheckError` (an ``ExportError``): ``fxsparse.prune(..., fallback="raise")``: the
+  model sliced in place does not compute what the masked reference computes (its code pins a size).
 """
 
 
@@ -32,6 +34,11 @@ class KeepMaskError(FxsparseError, ValueError):
 
 class ExportError(FxsparseError):
     """A keep pattern cannot be realised as a physically smaller model."""
+
+
+class PruneCheckError(ExportError):
+    """The model sliced in place (``fxsparse.prune``) does not compute what the masked reference
+    computes: its code pins a size that pruning changed."""
 
 
 class InputError(FxsparseError, ValueError):

@@ -11,7 +11,7 @@ reference gives (:mod:`fxsparse.rewrite.reference`). It fails where the code pin
 that pruning changed (a reshape to a constant, a size read from somewhere fxsparse does not
 update): every change is then undone, and ``prune`` either returns the ``GraphModule`` of
 ``fxsparse.export`` with a warning naming the module and why (``fallback="graphmodule"``)
-or raises :class:`~fxsparse.core.errors.ExportError` (``fallback="raise"``).
+or raises :class:`~fxsparse.core.errors.PruneCheckError` (``fallback="raise"``).
 """
 from __future__ import annotations
 
@@ -25,19 +25,16 @@ import torch.nn as nn
 
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import kept_indices, normalize_keep
-from fxsparse.core.errors import ExportError
+from fxsparse.core.errors import ExportError, PruneCheckError
 from fxsparse.core.tracing import untouched
 from fxsparse.rewrite.export import export
 from fxsparse.rewrite.reference import masked_reference
+from fxsparse.rewrite.run_check import inputs_on_device_of
 from fxsparse.rewrite.size_attributes import SlicedDim, block_changes, config_changes, layer_changes
 
-__all__ = ["prune", "PruneCheckError", "tensor_owners"]
+__all__ = ["prune", "tensor_owners"]
 
 FALLBACKS = ("graphmodule", "raise")
-
-
-class PruneCheckError(ExportError):
-    """The model sliced in place does not compute what the masked reference computes."""
 
 
 class _Journal:
@@ -86,6 +83,7 @@ def prune(model: nn.Module, graph: ChannelGraph, keep, *, example_inputs=None, f
     if not inputs:
         raise ValueError("prune() checks the pruned model on example inputs: pass example_inputs=(...) "
                          "(the graph holds none)")
+    inputs = inputs_on_device_of(model, inputs)  # the model may have moved since it was analysed
     masks = normalize_keep(graph, keep or {})
     with _eval_mode(model, graph.gm), untouched(model):  # before slicing: a traced graph shares the modules
         reference = masked_reference(graph, masks, *inputs)
