@@ -191,6 +191,36 @@ def test_pinned_size_raises_when_asked():
         model(x)
 
 
+class SilentlyPinned(nn.Module):
+    """A pinned reshape whose numbers still fit: no error, other numbers (the mean over half rows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = nn.Linear(1, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = x.reshape(x.shape[0], 16, -1).mean(-1).sum(1, keepdim=True)
+        return self.fc(x)
+
+
+def test_silently_pinned_size_names_the_first_layer_that_differs():
+    torch.manual_seed(0)
+    model = SilentlyPinned().eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = fxsparse.analyze(model, x)
+    (group,) = graph.prunable_groups
+    keep = {group.id: torch.arange(16) % 2 == 0}
+    ref = masked_reference(graph, keep, x)
+    small, why = _prune_quietly(model, graph, keep)
+    assert isinstance(small, fx.GraphModule) and model.conv.out_channels == 16
+    assert len(why) == 1 and "differs from the masked reference" in why[0]
+    assert "first layer whose output differs is module 'fc' (Linear)" in why[0] and "SilentlyPinned" in why[0]
+    with torch.no_grad():
+        _close(small(x), ref)
+
+
 def test_bad_arguments_are_named():
     model, x, graph, keep = _pinned()
     with pytest.raises(ValueError, match="fallback"):

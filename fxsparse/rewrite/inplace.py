@@ -28,6 +28,7 @@ from fxsparse.analysis.masks import kept_indices, normalize_keep
 from fxsparse.core.errors import ExportError, PruneCheckError
 from fxsparse.core.tracing import untouched
 from fxsparse.rewrite.export import export
+from fxsparse.rewrite.first_divergence import OutputHooks, first_divergence, module_calls, record_reference
 from fxsparse.rewrite.reference import masked_reference
 from fxsparse.rewrite.run_check import inputs_on_device_of
 from fxsparse.rewrite.size_attributes import SlicedDim, block_changes, config_changes, layer_changes
@@ -97,12 +98,15 @@ def prune(model: nn.Module, graph: ChannelGraph, keep, *, example_inputs=None, f
                 raise PruneCheckError(f"the pruned {type(model).__name__} fails on the example inputs in "
                                       f"{_failing_module(model, exc)}: {type(exc).__name__}: "
                                       f"{_first_line(exc)}") from exc
-        _compare(out, reference, atol, rtol, type(model).__name__)
-    except ExportError as exc:
+        mismatch = _compare(out, reference, atol, rtol, type(model).__name__)
+        if mismatch:
+            raise PruneCheckError(mismatch + _diverging_layer(model, graph, masks, inputs, journal, atol, rtol))
+    except PruneCheckError as exc:
         journal.undo()
+        why = str(exc).rstrip(".")
         if fallback == "raise":
-            raise PruneCheckError(f"{exc} The model was left unchanged. {_HINT}") from exc
-        warnings.warn(f"fxsparse.prune: {exc} The model was left unchanged; returning fxsparse.export's "
+            raise PruneCheckError(f"{why}. The model was left unchanged. {_HINT}") from exc
+        warnings.warn(f"fxsparse.prune: {why}. The model was left unchanged; returning fxsparse.export's "
                       f"GraphModule instead. {_HINT}", stacklevel=2)
         return export(model, graph, masks)
     except BaseException:
@@ -111,9 +115,9 @@ def prune(model: nn.Module, graph: ChannelGraph, keep, *, example_inputs=None, f
     return model
 
 
-_HINT = ("The model's code pins a size that pruning changed (a constant in its forward, or an attribute fxsparse "
-         "does not know): compute it from the input (x.shape, -1 in a reshape), keep that group whole, or use "
-         "fxsparse.export.")
+_HINT = ("Where the model's code pins a size that pruning changed (a constant in its forward, or an attribute "
+         "fxsparse does not update), compute it from the input (x.shape, -1 in a reshape), keep that group whole, "
+         "or use fxsparse.export.")
 
 
 def _first_line(exc) -> str:
@@ -193,22 +197,46 @@ def _old_shape_of(name, owners, old_shapes):
     return None
 
 
-def _compare(out, reference, atol, rtol, what):
+def _compare(out, reference, atol, rtol, what) -> str | None:
+    """How the model's output differs from the masked reference's, or None."""
     got, want = _tensors(out), _tensors(reference)
     common = [k for k in want if k in got]
     if not common:
-        raise PruneCheckError(f"the pruned {what} returns {sorted(got)}, the masked reference {sorted(want)}: "
-                              "no output to compare")
+        return f"the pruned {what} returns {sorted(got)}, the masked reference {sorted(want)}: no output to compare"
     for key in common:
         a, b = got[key].detach().float(), want[key].detach().float()
         if a.shape != b.shape:
-            raise PruneCheckError(f"output {key or '0'} of the pruned {what} has shape {tuple(a.shape)}, the masked "
-                                  f"reference {tuple(b.shape)}")
+            return f"output {key} of the pruned {what} has shape {tuple(a.shape)}, the masked reference {tuple(b.shape)}"
         scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
         if not torch.allclose(a, b, atol=atol * scale, rtol=rtol):
-            err = float((a - b).abs().max())
-            raise PruneCheckError(f"output {key or '0'} of the pruned {what} differs from the masked reference by "
-                                  f"{err:.3g} (scale {scale:.3g})")
+            return (f"output {key} of the pruned {what} differs from the masked reference by "
+                    f"{float((a - b).abs().max()):.3g} (scale {scale:.3g})")
+    return None
+
+
+def _diverging_layer(model, graph, masks, inputs, journal: _Journal, atol, rtol) -> str:
+    """'; the first layer ... is PATH' for a model whose output differs without an error: the
+    pruned model's layer outputs, then (undone, the traced graph shares its modules) the
+    reference's. Empty where the graph has no module calls (torch.export)."""
+    paths = module_calls(graph)
+    if not paths:
+        return ""
+    hooks = OutputHooks(model, paths)
+    try:
+        with _eval_mode(model), untouched(model):
+            model(*inputs)
+    finally:
+        hooks.remove()
+    journal.undo()
+    with _eval_mode(model, graph.gm), untouched(model):
+        reference = record_reference(graph, masks, inputs)
+    path = first_divergence(reference, paths, hooks.outputs, atol, rtol)
+    if path is None:
+        return ""
+    caller = path.rpartition(".")[0]
+    return (f"; the first layer whose output differs is module '{path}' ({type(model.get_submodule(path)).__name__}): "
+            f"the code that computes its input, in the forward of {repr(caller) if caller else type(model).__name__}, "
+            "pins a size")
 
 
 def _tensors(out) -> dict[str, torch.Tensor]:
