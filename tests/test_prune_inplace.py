@@ -221,6 +221,37 @@ def test_silently_pinned_size_names_the_first_layer_that_differs():
         _close(small(x), ref)
 
 
+class WithMultiheadAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.out = nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + self.attn(h, h, h, need_weights=False)[0])
+
+
+def test_multihead_attention_falls_back_naming_it():
+    """torch's own multi-head attention needs its heads as wide as its input: pruned apart, the
+    model falls back (the export prunes them apart)."""
+    torch.manual_seed(0)
+    model = WithMultiheadAttention().eval()
+    x = torch.randn(2, 5, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = fxsparse.analyze(model, x)
+    keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(0))
+    ref = masked_reference(graph, keep, x)
+    small, why = _prune_quietly(model, graph, keep)
+    assert isinstance(small, fx.GraphModule) and model.attn.in_proj_weight.shape == (96, 32)
+    assert len(why) == 1 and "module 'attn' (MultiheadAttention.forward" in why[0]
+    assert "called from module '(the model)' (WithMultiheadAttention.forward" in why[0]
+    with torch.no_grad():
+        _close(small(x), ref)
+
+
 def test_bad_arguments_are_named():
     model, x, graph, keep = _pinned()
     with pytest.raises(ValueError, match="fallback"):

@@ -16,6 +16,7 @@ or raises :class:`~fxsparse.core.errors.PruneCheckError` (``fallback="raise"``).
 from __future__ import annotations
 
 import contextlib
+import os
 import traceback
 import warnings
 from collections.abc import Mapping
@@ -251,19 +252,29 @@ def _tensors(out) -> dict[str, torch.Tensor]:
 
 
 def _failing_module(model: nn.Module, exc: BaseException) -> str:
-    """'module PATH (Class.forward at file:line)' of the innermost module forward that raised."""
+    """"module PATH (Class.method at file:line)" of the innermost module code that raised, and
+    the innermost forward of the user's own code (not torch's) above it where that differs."""
     paths = {id(m): p for p, m in model.named_modules()}
+    frames = []  # (path, class, function, file, line), innermost first
     for frame, line in reversed(list(traceback.walk_tb(exc.__traceback__))):
         me = frame.f_locals.get("self")
-        if isinstance(me, nn.Module) and id(me) in paths and type(me).__module__.split(".")[0] != "torch":
-            code = frame.f_code
-            return (f"module '{paths[id(me)] or '(the model)'}' ({type(me).__name__}.{code.co_name} at "
-                    f"{code.co_filename}:{line})")
-    for frame, line in reversed(list(traceback.walk_tb(exc.__traceback__))):
-        me = frame.f_locals.get("self")
-        if isinstance(me, nn.Module) and id(me) in paths:
-            return f"module '{paths[id(me)] or '(the model)'}' ({type(me).__name__})"
-    return "the model's forward"
+        code = frame.f_code
+        if isinstance(me, nn.Module) and id(me) in paths and code.co_name not in ("_call_impl", "_wrapped_call_impl"):
+            frames.append((paths[id(me)] or "(the model)", type(me).__name__, code.co_name, code.co_filename, line))
+    if not frames:
+        return "the model's forward"
+
+    def describe(f):
+        return f"module '{f[0]}' ({f[1]}.{f[2]} at {f[3]}:{f[4]})"
+
+    own = next((f for f in frames if not _in_torch(f[3])), None)
+    if own is None or own is frames[0]:
+        return describe(frames[0])
+    return f"{describe(frames[0])}, called from {describe(own)}"
+
+
+def _in_torch(filename: str) -> bool:
+    return f"{os.sep}torch{os.sep}" in filename
 
 
 @contextlib.contextmanager
