@@ -133,6 +133,12 @@ def test_own_class_keeps_its_methods_hooks_and_attributes(tmp_path):
         assert torch.equal(again(x), small(x))
     with pytest.raises(fxsparse.InputError, match="another model"):
         fxsparse.load_pretrained(lambda: nn.Sequential(nn.Linear(3, 3)), tmp_path / "net")
+    small.double()  # the dtype comes back as saved
+    fxsparse.save_pretrained(small, tmp_path / "net64")
+    again = fxsparse.load_pretrained(Net, tmp_path / "net64")
+    assert {p.dtype for p in again.parameters()} == {torch.float64}
+    with torch.no_grad():
+        assert torch.equal(again(x.double()), small(x.double()))
 
 
 # ----- a size pinned by the model's code ---------------------------------------------------

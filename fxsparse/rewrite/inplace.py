@@ -73,8 +73,11 @@ def prune(model: nn.Module, graph: ChannelGraph, keep, *, example_inputs=None, f
     naming the module that failed, ``fallback="raise"`` raises :class:`PruneCheckError`.
 
     After ``prune`` the graph describes the dense model: analyze the pruned model again to
-    prune it further.
+    prune it further. The parameters are new objects: build the optimizer after pruning.
     """
+    if hasattr(model, "channel_graph"):  # a SparseModel holds the dense model and its masks
+        raise TypeError("prune() takes the model itself: for a SparseModel sp, fxsparse.prune(sp.model, "
+                        "sp.channel_graph, sp.masks)")
     if not isinstance(graph, ChannelGraph):
         raise TypeError("prune(model, graph, keep): graph must be the ChannelGraph returned by fxsparse.analyze(model, ...)")
     if fallback not in FALLBACKS:

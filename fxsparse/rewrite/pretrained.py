@@ -42,7 +42,8 @@ def save_pretrained(model: nn.Module, path) -> None:
 
         save_model(model, os.path.join(path, WEIGHTS_FILE))  # tied tensors once
     record = {"schema": SCHEMA, "class": f"{type(model).__module__}.{type(model).__qualname__}",
-              "tensors": {name: list(owners_shape) for name, owners_shape in _shapes(model).items()},
+              "tensors": {name: list(t.shape) for name, t in _tensors(model).items()},
+              "dtypes": {name: str(t.dtype).removeprefix("torch.") for name, t in _tensors(model).items()},
               "attributes": _attributes(model)}
     with open(os.path.join(path, SIZES_FILE), "w") as f:
         json.dump(record, f, indent=1)
@@ -64,14 +65,14 @@ def load_pretrained(cls_or_factory, path) -> nn.Module:
     if record.get("schema") != SCHEMA:
         raise InputError(f"{sizes_file} has schema {record.get('schema')!r}, this fxsparse reads {SCHEMA!r}")
     model = _build(cls_or_factory, path)
-    _resize(model, record, sizes_file)
-    _load_weights(model, path)
+    emptied = _resize(model, record, sizes_file)
+    _load_weights(model, path, emptied)
     return model.eval()
 
 
-def _shapes(model: nn.Module) -> dict[str, tuple]:
-    out = {name: tuple(t.shape) for name, t in model.named_parameters(remove_duplicate=False)}
-    out.update({name: tuple(t.shape) for name, t in model.named_buffers(remove_duplicate=False)})
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = dict(model.named_parameters(remove_duplicate=False))
+    out.update(dict(model.named_buffers(remove_duplicate=False)))
     return out
 
 
@@ -109,9 +110,10 @@ def _build(cls_or_factory, path) -> nn.Module:
     return model
 
 
-def _resize(model: nn.Module, record: dict, sizes_file: str) -> None:
+def _resize(model: nn.Module, record: dict, sizes_file: str) -> list[str]:
     """Set the recorded size attributes and replace each tensor whose shape differs by an
-    empty one of the recorded shape (tied names stay one tensor); the weights come next."""
+    empty one of the recorded shape (tied names stay one tensor; a dtype that differs is cast);
+    returns the names of the emptied tensors, which the weights must fill."""
     modules = dict(model.named_modules())
     for path, attrs in record["attributes"].items():
         if path not in modules:
@@ -120,23 +122,32 @@ def _resize(model: nn.Module, record: dict, sizes_file: str) -> None:
         for attr, value in attrs.items():
             setattr(modules[path], attr, tuple(value) if isinstance(value, list) else value)
     owners = tensor_owners(model)
-    done = set()
+    dtypes = record.get("dtypes", {})
+    done, emptied = set(), []
     for name, shape in record["tensors"].items():
         if name not in owners:
             raise InputError(f"{sizes_file} names tensor '{name}', which the rebuilt {type(model).__name__} does not "
                              "have: was it saved from another model?")
         module, attr = owners[name][0]
         old = getattr(module, attr)
-        if tuple(old.shape) == tuple(shape) or (id(module), attr) in done:
+        dtype = getattr(torch, dtypes.get(name, ""), old.dtype)  # as saved (a bfloat16 model stays one)
+        if not isinstance(dtype, torch.dtype):
+            raise InputError(f"{sizes_file} gives tensor '{name}' the dtype {dtypes.get(name)!r}, which is none")
+        if (tuple(old.shape) == tuple(shape) and old.dtype == dtype) or (id(module), attr) in done:
             continue
-        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        if tuple(old.shape) == tuple(shape):
+            new = old.detach().to(dtype)  # the values stay (a buffer the file does not hold)
+        else:
+            new = torch.empty(shape, dtype=dtype, device=old.device)
+            emptied.append(name)
         new = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
         for m, a in owners[name]:
             (m._parameters if a in m._parameters else m._buffers)[a] = new
             done.add((id(m), a))
+    return emptied
 
 
-def _load_weights(model: nn.Module, path) -> None:
+def _load_weights(model: nn.Module, path, emptied: list[str]) -> None:
     from safetensors.torch import load_file
 
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
@@ -145,11 +156,16 @@ def _load_weights(model: nn.Module, path) -> None:
     state = {}
     for file in files:
         state.update(load_file(file))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape that differs: the weights belong to another model
+        raise InputError(f"the weights in {path} do not fit the rebuilt {type(model).__name__} "
+                         f"({str(exc).splitlines()[-1].strip()}): were they saved from another model?") from exc
     owners = tensor_owners(model)
     loaded = {owners[k][0] for k in state if k in owners}
     # a name left out of the file is fine when it is tied to a saved tensor (an LM head)
-    really_missing = [k for k in missing if owners.get(k, [None])[0] not in loaded]
+    really_missing = [k for k in list(missing) + [e for e in emptied if e not in missing]
+                      if owners.get(k, [None])[0] not in loaded]  # an emptied buffer the file lacks too
     if unexpected or really_missing:
         raise InputError(f"the weights in {path} do not fit the rebuilt {type(model).__name__}: "
                          f"missing {really_missing[:5]}, unexpected {unexpected[:5]}")
