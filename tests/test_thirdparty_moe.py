@@ -54,6 +54,16 @@ def _qwen2_moe():
     return transformers.Qwen2MoeForCausalLM(cfg)
 
 
+def _qwen3_moe():
+    import transformers
+
+    cfg = transformers.Qwen3MoeConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, moe_intermediate_size=48,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      num_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+                                      decoder_sparse_step=1)
+    return transformers.Qwen3MoeForCausalLM(cfg)
+
+
 def _falcon():
     import transformers
 
@@ -63,7 +73,7 @@ def _falcon():
     return transformers.FalconForCausalLM(cfg)
 
 
-FAMILIES = {"mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "falcon_new_decoder": _falcon}
+FAMILIES = {"mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "qwen3_moe": _qwen3_moe, "falcon_new_decoder": _falcon}
 
 
 def _logits(out):
@@ -116,7 +126,7 @@ def test_family_prunes_and_exports(name):
     _chain(model, inputs, graph, compiled=name == "mixtral")  # one compiled step: tens of seconds
 
 
-@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "qwen3_moe"])
 def test_expert_widths_prune_and_the_router_does_not(name):
     pytest.importorskip("transformers")
     torch.manual_seed(0)

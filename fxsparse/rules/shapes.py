@@ -89,11 +89,18 @@ def _grid_unit(node, vd, ndim):
     return vd[-2] if vd[-2] in free or not free else free[0]
 
 
+# ops that cut a tensor along a dim: the position of that dim in their arguments
+_CUTS = {"split": 2, torch.split: 2, "chunk": 2, torch.chunk: 2, "narrow": 1, torch.narrow: 1,
+         "select": 1, torch.select: 1, "unbind": 1, torch.unbind: 1}
+
+
 def _picked_dims(node, ndim):
     """Dims that users of ``node`` index into (an int, a partial slice, a tensor) or cut."""
     dims = set()
     for user in node.users:
-        if user.target is operator.getitem and user.args[0] is node:
+        if not user.args or user.args[0] is not node:
+            continue
+        if user.target is operator.getitem:
             d = 0
             for it in index_items(user.args[1], ndim):
                 if it is None:
@@ -101,10 +108,9 @@ def _picked_dims(node, ndim):
                 if not (isinstance(it, slice) and it == slice(None)):
                     dims.add(d)
                 d += 1
-        elif user.target in ("split", torch.split, "chunk", torch.chunk, "unbind", torch.unbind, "narrow",
-                             torch.narrow, "select", torch.select) and user.args[0] is node:
-            dim = user.args[1] if user.target in ("unbind", torch.unbind, "narrow", torch.narrow, "select", torch.select) \
-                and len(user.args) > 1 else split_dim(user) if user.target not in ("unbind", torch.unbind) else 0
+        else:
+            i = _CUTS.get(user.target)
+            dim = None if i is None else user.args[i] if len(user.args) > i else user.kwargs.get("dim", 0)
             if isinstance(dim, int):
                 dims.add(dim % ndim)
     return dims
