@@ -9,8 +9,9 @@ Nothing is changed here: each function returns the changes as ``(object, attribu
 value)`` so that the caller can apply them and undo them if the pruned model fails its check.
 
 Block attributes (heads, widths) are matched to the channel groups that run through the
-block: an attribute whose old value equals the old size of a sliced dim (times ``head_dim``
-for a head count) takes that dim's new size. Head counts and inner widths read only dims
+block: an attribute whose old value equals the old size of a sliced dim (for a head count:
+times ``head_dim``, or where the block stores none, times the width one channel of the
+heads' group holds) takes that dim's new size, by majority where several dims answer. Head counts and inner widths read only dims
 whose group stays inside the block's parent (one layer); residual widths (``hidden_size``,
 ``embed_dim``) only dims whose group leaves it (the residual stream).
 """
