@@ -185,7 +185,8 @@ def sdpa_rule(ctx, node):
     kt_shape = tuple(ks[:-2]) + (ks[-1], ks[-2])
     scores = product_ids(ctx, node, q, k, qs, kt_shape, ctx.ids(q), kt_ids, "attention scores")
     mask = node_arg(node, 3, "attn_mask")
-    if isinstance(mask, fx.Node) and scores is not None:
+    # a mask node may hold None (timm passes an optional ``attn_mask`` input through)
+    if isinstance(mask, fx.Node) and scores is not None and ctx.shape(mask) is not None:
         ms = ctx.shape(mask)  # a per-head mask is rigid along the heads dim
         for d in varying_dims(scores):
             if len(ms) >= nd - d and ms[d - nd] > 1:
