@@ -119,7 +119,8 @@ def _index_select_like(kind):
             start = args[2] if len(args) > 2 else kwargs.get("start")
             end = args[3] if len(args) > 3 else kwargs.get("end")
             step = args[4] if len(args) > 4 else kwargs.get("step", 1)
-            item = slice(start, None if end is not None and end >= 2 ** 62 else end, None if step == 1 else step)
+            open_end = isinstance(end, int) and end >= 2 ** 62  # a symbolic end (a Node) is a real bound
+            item = slice(start, None if open_end else end, None if step == 1 else step)
         return operator.getitem, (x, (slice(None),) * dim + (item,)), {}
     return convert
 
