@@ -30,9 +30,9 @@ def _picked_dim(ctx, node, dim_index, dim_name, default=-1):
     dim = node_arg(node, dim_index, dim_name, default) % len(shape)
     ids = ctx.padded_ids(src)
     if ids is not None and dim in varying_dims(ids):
-        ctx.unprunable(ids, f"{node.target if isinstance(node.target, str) else getattr(node.target, '__name__', node.target)}"
-                            f" at {ctx.where(node)} ranks the values along dim {dim} against each other (a router's "
-                            "expert logits): they are choices, not channels")
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        ctx.unprunable(ids, f"{name} at {ctx.where(node)} ranks the values along dim {dim} against each other (a "
+                            "router's expert logits): they are choices, not channels")
         return None, dim
     return ids, dim
 
