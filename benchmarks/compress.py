@@ -85,7 +85,7 @@ VRPGE_VARIANTS = {
 }
 # the pilot's choice (README): the weights train on the typical sub-network during the search, and
 # the budget scales every width by one factor; = VRPGE.TRAINED_DEFAULTS, what `--init` runs
-VRPGE_CHOSEN = "vrpge-joint-width-scale"
+VRPGE_CHOSEN = "vrpge-joint-width-ramp-scale-u16"
 SEARCH_EPOCHS = 0.25
 
 
@@ -147,10 +147,33 @@ def config(args, model, seed, budget, method, options, search, recovery, out):
                 init=os.path.join(dense_dir(args, model, seed), "model.safetensors"), method_options=options)
 
 
+def current(rec: dict, cfg: dict) -> bool:
+    """Whether a record ran what ``cfg`` asks for now: the same method options (the pilot's
+    choice may have changed) and, within 5 %, the same recovery epochs (an equal-time run
+    follows the default's time)."""
+    epochs = cfg["finetune_epochs"]
+    return rec.get("options") == cfg["method_options"] and abs(rec["recovery_epochs"] - epochs) <= 0.05 * epochs
+
+
+def supersede(args, found: list) -> None:
+    """Moves records that no longer match what a stage runs to ``OUT/stale.jsonl``, out of the tables."""
+    if not found:
+        return
+    path = os.path.join(args.out, "records.jsonl")
+    recs = records(path)
+    with open(os.path.join(args.out, "stale.jsonl"), "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs if r in found)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs if r not in found)
+    print(f"superseded (options or recovery epochs changed): {[r['label'] for r in found]}", flush=True)
+
+
 def run(args, rec_key: dict, cfg: dict):
     path = os.path.join(args.out, "records.jsonl")
-    if find(records(path), **rec_key):
-        return find(records(path), **rec_key)[0]
+    found = find(records(path), **rec_key)
+    if found and current(found[0], cfg):
+        return found[0]
+    supersede(args, found)
     print(f"== {rec_key} {time.strftime('%H:%M:%S')}", flush=True)
     rec = run_child(__file__, {"config": cfg, "record": rec_key}, cfg["out"], str(rec_key))
     with open(path, "a") as f:
@@ -217,15 +240,17 @@ def stage_table(args):
                 for label in labels:
                     method, opts, search = methods[label]
                     key = dict(model=model, seed=seed, budget=budget)
-                    pilot = find(records(os.path.join(args.out, "records.jsonl")), stage="pilot", label=VRPGE_CHOSEN, **key)
-                    if label == DEFAULT and pilot and not find(records(os.path.join(args.out, "records.jsonl")),
-                                                               stage="table", label=label, **key):
-                        with open(os.path.join(args.out, "records.jsonl"), "a") as f:  # the same run: not run twice
+                    out = os.path.join(args.out, "table", f"{label}_{model}_s{seed}_b{budget}")
+                    cfg = config(args, model, seed, budget, method, opts, search, 1.0, out)
+                    path = os.path.join(args.out, "records.jsonl")
+                    pilot = find(records(path), stage="pilot", label=VRPGE_CHOSEN, **key)
+                    done = find(records(path), stage="table", label=label, **key)
+                    if label == DEFAULT and pilot and not (done and current(done[0], cfg)):
+                        supersede(args, done)
+                        with open(path, "a") as f:  # the same run: not run twice
                             f.write(json.dumps(dict(pilot[0], stage="table", label=label, from_pilot=True)) + "\n")
                         continue
-                    out = os.path.join(args.out, "table", f"{label}_{model}_s{seed}_b{budget}")
-                    run(args, dict(stage="table", label=label, model=model, seed=seed, budget=budget),
-                        config(args, model, seed, budget, method, opts, search, 1.0, out))
+                    run(args, dict(stage="table", label=label, **key), cfg)
 
 
 def stage_wall(args):

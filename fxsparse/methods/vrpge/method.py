@@ -99,9 +99,12 @@ class VRPGE(Method):
         self._saved = None  # the search's state from a checkpoint, applied when the search is rebuilt
 
     # the search's defaults when the run compresses trained weights (``--init``), from the
-    # pilot of benchmarks/compress.py (README, "Compressing a trained model"); options the
-    # user sets win over them
-    TRAINED_DEFAULTS: dict = {"projection": "scale"}
+    # pilot of benchmarks/compress.py (README, "Compressing a trained model"): the budget
+    # tightens from the dense model over the first half of the search (at the target from the
+    # first step every sample of a 0.1-FLOPs model is at chance loss, and the search learns to
+    # shrink the last layers toward a constant output), it scales every width by one factor,
+    # and widths are drawn in 16 units; options the user sets win over them
+    TRAINED_DEFAULTS: dict = {"projection": "scale", "budget_ramp": 0.5, "width_units": 16}
 
     @classmethod
     def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "VRPGE":
