@@ -78,6 +78,8 @@ VRPGE = {
     "vrpge-width+channel": ("vrpge", {}, dict(granularity="width+channel", weight_masks="sampled")),
     # the default: the weights train on the policy's typical sub-network, the samples only score (K fresh forwards)
     "vrpge-width-mean": ("vrpge", {}, dict(granularity="width", weight_masks="mean")),
+    # the default with each width drawn in 16 equal units (wide layers perturbed as much as narrow ones)
+    "vrpge-width-mean-u16": ("vrpge", {}, dict(granularity="width", weight_masks="mean", width_units=16)),
     # per-channel scores at a fixed score lr 0.1, the authors' final mask
     "vrpge-channel-lr0.1": ("vrpge", {}, dict(granularity="channel", score_lr=0.1, final="sample", weight_masks="sampled")),
     # the search's cost: half as long a search, the fine-tune longer by as much
@@ -100,7 +102,7 @@ FIXED = {
 # the comparisons the targets name first (every seed), then the rest (every seed)
 ORDER = [["vrpge-width", "vrpge-width-mean", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
           "l1-filter@wall", "random-search@flops", "random-search@wall"], ["vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel",
-                                                                    "vrpge-width-short", "vrpge-channel-lr0.1"]]
+                                                                    "vrpge-width-short", "vrpge-channel-lr0.1", "vrpge-width-mean-u16"]]
 
 
 def find(recs, table, label, seed=None):
