@@ -29,10 +29,12 @@ class ExportContext(GraphValues):
     """What an export hook sees: pruned sizes of graph values and the new module tree.
     ``class_kept``: {element class: kept?} (classes not named are kept)."""
 
-    def __init__(self, gm: fx.GraphModule, elements: ElementTable, class_kept: dict[int, bool]):
+    def __init__(self, gm: fx.GraphModule, elements: ElementTable, class_kept: dict[int, bool],
+                 param_kept: dict | None = None):
         self.gm = gm
         self.elements = elements
         self.class_kept = class_kept
+        self.param_kept = param_kept or {}  # {parameter name: {dim: kept indices}}
         self._cache: dict[str, np.ndarray] = {}
 
     @staticmethod
@@ -65,6 +67,20 @@ class ExportContext(GraphValues):
         if mask is None or mask.shape[dim] == 1:
             return np.ones(shape[dim], dtype=bool)
         return np.moveaxis(mask, dim, 0).reshape(mask.shape[dim], -1).any(axis=1)
+
+    def kept_along_param(self, node: fx.Node, dim: int):
+        """Kept positions along ``dim`` of a value that is a parameter seen through shape-only
+        ops (``qkv_bias.clone()[24:48]``: it has no channel ids, but its dim is a member's), or
+        None where no member dim runs along it."""
+        dim %= len(self.shape(node))
+        for ref in self.free(node) or ():
+            pdim = ref.dims[dim] if dim < len(ref.dims) else None
+            idx = self.param_kept.get(ref.qualname, {}).get(pdim) if pdim is not None else None
+            if idx is not None:
+                kept = np.zeros(self.shape(node)[dim], dtype=bool)
+                kept[np.asarray(idx)] = True
+                return kept
+        return None
 
     def pruned_shape(self, node: fx.Node) -> list:
         """Per dim: the pruned size where channels run along it, else None (unchanged)."""
@@ -139,7 +155,7 @@ class SliceChannels(PassBase):
         graph_module.graph.lint()
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        self.context = ExportContext(gm, self.elements, self.class_kept)
+        self.context = ExportContext(gm, self.elements, self.class_kept, self.kept)
         _slice_members(gm, self.kept)
         modules = dict(gm.named_modules())
         for node in list(gm.graph.nodes):

@@ -184,15 +184,51 @@ def sdpa_rule(ctx, node):
         kt_ids = np.swapaxes(kt_ids, -1, -2)
     kt_shape = tuple(ks[:-2]) + (ks[-1], ks[-2])
     scores = product_ids(ctx, node, q, k, qs, kt_shape, ctx.ids(q), kt_ids, "attention scores")
+    score_shape = tuple(qs[:-1]) + (ks[-2],)
     mask = node_arg(node, 3, "attn_mask")
     # a mask node may hold None (timm passes an optional ``attn_mask`` input through)
-    if isinstance(mask, fx.Node) and scores is not None and ctx.shape(mask) is not None:
-        ms = ctx.shape(mask)  # a per-head mask is rigid along the heads dim
-        for d in varying_dims(scores):
-            if len(ms) >= nd - d and ms[d - nd] > 1:
-                ctx.unprunable(scores, f"attention at {ctx.where(node)}: the mask is per head")
-    score_shape = tuple(qs[:-1]) + (ks[-2],)
+    if isinstance(mask, fx.Node) and ctx.shape(mask) is not None:
+        scores = _scores_plus_mask(ctx, node, scores, score_shape, mask)
     return product_ids(ctx, node, None, v, score_shape, vs, scores, ctx.ids(v), "attention output")
+
+
+class _Scores:
+    """The attention logits, an operand of ``scores + mask`` that is no graph node."""
+
+    name = "attention scores"
+
+    def __init__(self, ids, shape):
+        self.ids, self.shape = ids, shape
+
+
+class _WithScores:
+    """The analysis context, seeing :class:`_Scores` as a value with its shape and ids."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def shape(self, op):
+        return op.shape if isinstance(op, _Scores) else self._ctx.shape(op)
+
+    def ids(self, op):
+        return op.ids if isinstance(op, _Scores) else self._ctx.ids(op)
+
+    def free(self, op):
+        return None if isinstance(op, _Scores) else self._ctx.free(op)
+
+
+def _scores_plus_mask(ctx, node, scores, score_shape, mask):
+    """A float mask is added to the logits: a per-head bias (relative positions from a small
+    MLP with one output per head) is coupled to the heads like an add; a fixed one keeps them."""
+    from .pointwise import combine
+
+    if ctx.ids(mask) is None and scores is None:
+        return None
+    ids = combine(_WithScores(ctx), node, [_Scores(scores, score_shape), mask], score_shape, what="attention mask")
+    return None if ids is None or (ids < 0).all() else ids
 
 
 def sdpa_export(ectx, node):

@@ -35,7 +35,7 @@ UNARY_FUNCTIONS = (
     F.hardsigmoid, F.sigmoid, F.tanh, F.softplus, F.hardtanh, F.softsign, F.logsigmoid, F.threshold,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.abs,
-    torch.neg, torch.erf, torch.clamp, torch.clip, torch.square, torch.sign, torch.nan_to_num,
+    torch.neg, torch.erf, torch.clamp, torch.clamp_min, torch.clamp_max, torch.clip, torch.square, torch.sign, torch.nan_to_num,
     operator.neg, operator.pos, torch.clone, torch.detach,
 )
 UNARY_METHODS = (

@@ -605,8 +605,12 @@ def getitem_export(ectx, node):
         if it is None:
             new.append(it)
             continue
-        if d < len(shape) and pruned[d] is not None and (isinstance(it, (slice, int)) or isinstance(ectx.value(it), int)):
-            kept = ectx.kept_along(src, d)
+        # a constant index into a dim whose channels were pruned, of a value or of a parameter
+        # read through shape-only ops (Swin V2 zeroes the key part of its qkv bias by slice)
+        kept = None
+        if d < len(shape) and (isinstance(it, (slice, int)) or isinstance(ectx.value(it), int)):
+            kept = ectx.kept_along(src, d) if pruned[d] is not None else ectx.kept_along_param(src, d)
+        if kept is not None:
             pos = np.cumsum(kept) - 1  # original index -> index in the pruned tensor
             if isinstance(it, slice):
                 sel = np.arange(shape[d])[ectx.value(it)]

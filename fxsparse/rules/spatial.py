@@ -194,3 +194,49 @@ def pixel_shuffle_rule(ctx, node):
 
 
 register_rule(nn.PixelShuffle, F.pixel_shuffle)(pixel_shuffle_rule)
+
+
+def _zero_free_order(p) -> bool:
+    """Whether a p-norm ignores zero entries (p > 0, inf): the norm over kept channels is the
+    norm with removed channels zeroed, so a norm over a channel dim is not mixing."""
+    return isinstance(p, (int, float)) and p > 0
+
+
+def vector_norm_rule(ctx, node):
+    """``torch.linalg.vector_norm(x, ord, dim, keepdim)`` / ``torch.norm`` / ``x.norm``: a
+    reduction whose zeroed channels add nothing (ord > 0), like a sum."""
+    ids = ctx.padded_ids(node.args[0])
+    if ids is None:
+        return None
+    p = node.args[1] if len(node.args) > 1 else node.kwargs.get("ord", node.kwargs.get("p", 2))
+    p = 2 if p in (None, "fro") else p
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    keepdim = node.args[3] if len(node.args) > 3 else node.kwargs.get("keepdim", False)
+    nd = ids.ndim
+    dims = list(range(nd)) if dim is None else sorted(d % nd for d in ([dim] if isinstance(dim, int) else dim))
+    if set(dims) & set(varying_dims(ids)):
+        if not _zero_free_order(p):
+            ctx.unprunable(ids, f"{p}-norm at {ctx.where(node)} over a channel dim")
+        return None
+    out = ids
+    if not keepdim:
+        for d in sorted(dims, reverse=True):
+            out = np.take(out, 0, axis=d)
+    return out
+
+
+register_rule(torch.linalg.vector_norm, torch.norm, "norm")(vector_norm_rule)
+
+
+def normalize_rule(ctx, node):
+    """``F.normalize(x, p, dim)``: x divided by its p-norm along ``dim``; channels pass, and
+    over a channel dim a removed channel changes the norm no more than a zeroed one (p > 0)."""
+    ids = ctx.ids(node.args[0])
+    p = node.args[1] if len(node.args) > 1 else node.kwargs.get("p", 2.0)
+    if ids is not None and not _zero_free_order(p):
+        ctx.unprunable(ids, f"normalize with p={p} at {ctx.where(node)}")
+        return None
+    return ids
+
+
+register_rule(F.normalize)(normalize_rule)
