@@ -1,5 +1,5 @@
 """Op families: one file per family, all registered on import (see ``registry.Rule``)."""
-from . import attention, layers, norms, pointwise, routing, shapes, spatial  # noqa: F401  (registration)
+from . import attention, factories, layers, norms, pointwise, routing, scan, shapes, spatial  # noqa: F401  (registration)
 from .context import FreeRef
 from .registry import Rule, lookup, register_rule
 

@@ -32,10 +32,12 @@ def conv_channels(ctx, node, x, w_out, w_in, bias, groups):
     are (parameter, dim) pairs (None when the weight is not a plain parameter)."""
     loc = f"conv at {ctx.where(node)}"
     x_shape, out_shape = ctx.shape(x), ctx.shape(node)
-    if w_out is None or w_in is None:
+    cin, cout = x_shape[1], out_shape[1]
+    # a depthwise weight's input dim has size 1 and is never sliced (it may be squeezed away
+    # and back, as in a causal conv1d that takes the weight as [channels, kernel])
+    if w_out is None or (w_in is None and not (groups > 1 and cin == groups)):
         ctx.unprunable(ctx.ids(x), f"{loc}: its weight is computed in the graph, not a parameter")
         return None
-    cin, cout = x_shape[1], out_shape[1]
     xin = ctx.axis(x, 1, f"{loc}: input channels also vary along spatial dims")
     if groups == 1:
         node.meta[CONV_META] = "dense"

@@ -86,7 +86,7 @@ def combine(ctx, node, operands, out_shape, what="element-wise op"):
         shape = padded_shape(shape, nd)
         ids = ctx.ids(op)
         entries.append((getattr(op, "name", "a constant"), shape, None if ids is None else left_pad(ids, nd), ctx.free(op)))
-    tracked = [e for e in entries if e[2] is not None]
+    tracked = _outer_product(ctx, [e for e in entries if e[2] is not None], loc)
 
     # Free parameters (layer scale, positional embeddings) take the channels they meet.
     for _, shape, ids, refs in entries:
@@ -138,6 +138,26 @@ def combine(ctx, node, operands, out_shape, what="element-wise op"):
         o, s = np.broadcast_arrays(out, ids)
         out = np.where(o >= 0, o, s)
     return out
+
+
+def _outer_product(ctx, tracked, loc):
+    """Operands whose channels run along different dims, each broadcast along the other's
+    (``dt[:, :, None] * B[:, None, :]``, a state-space model's inner channels times its state
+    dim): every output position belongs to a channel of each, which one ids array cannot
+    hold. The operand with the most channels keeps them; the other's cannot be removed."""
+    def channels(entry):
+        return int(np.prod([entry[2].shape[d] for d in varying_dims(entry[2])]))
+
+    for a in sorted(tracked, key=channels, reverse=True):
+        for b in list(tracked):
+            va, vb = set(varying_dims(a[2])), set(varying_dims(b[2]))
+            if b is a or a not in tracked or not va or not vb or va & vb:
+                continue
+            if all(a[1][d] == 1 for d in vb) and all(b[1][d] == 1 for d in va):
+                ctx.unprunable(b[2], f"{loc}: an outer product of the channels of '{a[0]}' (dim {min(va)}) and "
+                                     f"'{b[0]}' (dim {min(vb)}); only the larger side, '{a[0]}', can be pruned")
+                tracked.remove(b)
+    return tracked
 
 
 def nary(ctx, node):

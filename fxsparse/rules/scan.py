@@ -1,0 +1,48 @@
+"""The ops of a state-space model's selective scan (Mamba) that no other family has.
+
+The scan itself needs no rule of its own: it is written with element-wise ops over the
+inner channels (each channel its own recurrence), an outer product with the state dim
+(``pointwise.combine``), a product with ``C`` that sums the state dim out (``matmul``),
+and a stack over time. What is left: cutting the sequence into a part scanned at once and
+a part stepped (``tensor_split`` along time) and ``softplus`` of the time steps, which
+torch.export leaves as an aten op.
+"""
+from __future__ import annotations
+
+import torch
+
+from fxsparse.core.elements import varying_dims
+from .context import node_arg
+from .pointwise import passthrough
+from .registry import register_rule
+
+aten = torch.ops.aten
+
+
+def tensor_split_rule(ctx, node):
+    """``torch.tensor_split(x, indices_or_sections, dim)``: pieces along a dim without channels
+    carry ``x``'s channels; a cut through a channel dim cannot follow pruning (its indices
+    are positions in the dense tensor)."""
+    src = node.args[0]
+    dim = node_arg(node, 2, "dim", 0) % len(ctx.shape(src))
+    cuts = node_arg(node, 1, "indices", node_arg(node, 1, "sections", node_arg(node, 1, "tensor_indices_or_sections")))
+    pieces = len(cuts) + 1 if isinstance(cuts, (list, tuple)) else cuts
+    if not isinstance(pieces, int):
+        ctx.opaque(node, f"tensor_split at {ctx.where(node)} with cuts computed in the graph")
+        return None
+    ids = ctx.padded_ids(src)
+    if ids is not None and dim in varying_dims(ids):
+        ctx.unprunable(ids, f"tensor_split at {ctx.where(node)} cuts dim {dim}, which carries channels, at fixed positions")
+        return tuple(None for _ in range(pieces))
+    refs = ctx.free(src)
+    if refs is not None and ids is None:
+        ctx.set_free(node, refs)
+    return tuple(ids for _ in range(pieces)) if ids is not None else tuple(None for _ in range(pieces))
+
+
+register_rule(torch.tensor_split, "tensor_split", aten.tensor_split.indices, aten.tensor_split.sections)(tensor_split_rule)
+
+# torch.export keeps softplus as an aten op (F.softplus is registered with the activations)
+register_rule(aten.softplus.default)(passthrough)
+
+__all__ = ["tensor_split_rule"]
