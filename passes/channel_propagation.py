@@ -62,13 +62,16 @@ class ChannelPropagation(PassBase):
 
 def _propagate(gm: fx.GraphModule, extra_rules=None) -> AnalysisContext:
     ctx = AnalysisContext(gm, ElementTable())
+    sliceable = _parameters_and_buffers(gm)
     for node in gm.graph.nodes:
         node.meta[IDS] = None
         if node.op == "placeholder":
             continue
         if node.op == "get_attr":
             value = ctx.param(node.target)
-            if isinstance(value, torch.Tensor):
+            # a tensor kept as a plain attribute (a cache an earlier forward filled, lifted by
+            # torch.export as a constant) is no parameter or buffer: a fixed value, never sliced
+            if isinstance(value, torch.Tensor) and node.target in sliceable:
                 node.meta[FREE] = [FreeRef(node.target, tuple(range(value.dim())))]
             continue
         if node.op == "output":
@@ -93,6 +96,12 @@ def _propagate(gm: fx.GraphModule, extra_rules=None) -> AnalysisContext:
             node.meta[IDS] = None
     _check_size_reads(ctx)
     return ctx
+
+
+def _parameters_and_buffers(gm: fx.GraphModule) -> set[str]:
+    """Every name of every parameter and buffer (tied ones under each name)."""
+    return ({name for name, _ in gm.named_parameters(remove_duplicate=False)}
+            | {name for name, _ in gm.named_buffers(remove_duplicate=False)})
 
 
 def _shape(node):

@@ -171,6 +171,17 @@ def _expand(value, n):
     return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * n
 
 
+def _numeric_padding(padding, kernel, dilation, n):
+    """``padding`` as one int per dim: 'valid' is 0, 'same' half the dilated kernel where that
+    is symmetric (an odd kernel, as ConvMixer's depthwise convs); None where it is not."""
+    if not isinstance(padding, str):
+        return _expand(padding, n)
+    if padding == "valid":
+        return [0] * n
+    total = [d * (k - 1) for k, d in zip(_expand(kernel, n), _expand(dilation, n))]
+    return [t // 2 for t in total] if padding == "same" and all(t % 2 == 0 for t in total) else None
+
+
 class OpaqueConvolutions(PassBase):
     """Every convolution of the graph (``nn.ConvNd`` / ``nn.ConvTransposeNd`` with zero
     padding mode, ``F.convNd`` / ``F.conv_transposeNd`` with numeric padding) as a call to
@@ -221,11 +232,14 @@ class OpaqueConvolutions(PassBase):
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
             if type(mod) not in _MODULES + _TRANSPOSED_MODULES or mod.padding_mode != "zeros" \
-                    or isinstance(mod.padding, str) or len(node.args) != 1 or node.kwargs:
+                    or len(node.args) != 1 or node.kwargs:
                 return None
             n = len(mod.kernel_size)
+            padding = _numeric_padding(mod.padding, mod.kernel_size, mod.dilation, n)
+            if padding is None:
+                return None
             bias = f"{node.target}.bias" if mod.bias is not None else None
-            return (node.args[0], f"{node.target}.weight", bias, _expand(mod.stride, n), _expand(mod.padding, n),
+            return (node.args[0], f"{node.target}.weight", bias, _expand(mod.stride, n), padding,
                     _expand(mod.dilation, n), mod.transposed, _expand(mod.output_padding, n), mod.groups)
         if node.op != "call_function" or node.target not in {**_FUNCTIONS, **_TRANSPOSED_FUNCTIONS}:
             return None
@@ -235,9 +249,14 @@ class OpaqueConvolutions(PassBase):
         values = {"bias": None, "stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1}
         values.update(zip(names, node.args))
         values.update(node.kwargs)
-        if isinstance(values["padding"], str) or any(isinstance(values[k], fx.Node) for k in
-                                                     ("stride", "padding", "output_padding", "dilation", "groups")):
+        if any(isinstance(values[k], fx.Node) for k in ("stride", "padding", "output_padding", "dilation", "groups")):
             return None
+        weight_shape = values["weight"].meta.get(SHAPE) if isinstance(values["weight"], fx.Node) else None
+        padding = values["padding"]
+        if isinstance(padding, str):
+            padding = None if weight_shape is None else _numeric_padding(padding, weight_shape[2:], values["dilation"], n)
+            if padding is None:
+                return None
         return (values["input"], values["weight"], values["bias"], _expand(values["stride"], n),
-                _expand(values["padding"], n), _expand(values["dilation"], n), transposed,
+                _expand(padding, n), _expand(values["dilation"], n), transposed,
                 _expand(values["output_padding"], n), int(values["groups"]))

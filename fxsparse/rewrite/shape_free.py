@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import random_keep
 from fxsparse.rewrite.export import export
+from fxsparse.passes.opaque_conv import OpaqueConvolutions
 from fxsparse.rules.shapes import channel_permute
 
 # module attributes that only describe the shapes of the module's own tensors, which the
@@ -117,8 +118,19 @@ def shape_free(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> ShapeFre
     full = export(model, graph, {g.id: torch.ones(g.size, dtype=torch.bool) for g in graph.groups})
     half = export(model, graph, random_keep(graph, 0.5, torch.Generator().manual_seed(seed)))
     result = ShapeFree()
-    result.reason = _code_dependence(full, half, result) or _module_dependence(model, graph, full, half, result)
+    result.reason = (_code_dependence(full, half, result) or _module_dependence(model, graph, full, half, result)
+                     or _groups_fixed(full, result))
     return result
+
+
+def _groups_fixed(full, result) -> str | None:
+    """A depthwise convolution whose groups must follow its input but that the capacity model
+    cannot call with groups read from it (its padding is no constant per dim, its padding
+    mode not zeros): its groups pin its channel count."""
+    for node in full.graph.nodes:
+        if node.name in result.groups_from_shapes and OpaqueConvolutions._conv_args(full, node) is None:
+            return f"the depthwise convolution {node.name!r} cannot take its groups from its input (its padding)"
+    return None
 
 
 def count_dependence(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> str | None:
