@@ -82,7 +82,12 @@ VRPGE_VARIANTS = {
     "vrpge-joint-width-u16": dict(weight_every=1, granularity="width", width_units=16),
     "vrpge-joint-width-ramp-scale-u16": dict(weight_every=1, granularity="width", budget_ramp=0.5, projection="scale",
                                              width_units=16),
+    # the same, half as long a search (0.125 epoch): the run's time against L1's
+    "vrpge-joint-width-ramp-scale-u16-half": dict(weight_every=1, granularity="width", budget_ramp=0.5,
+                                                  projection="scale", width_units=16),
 }
+# search epochs of the variants that do not search for SEARCH_EPOCHS
+VARIANT_SEARCH = {"vrpge-joint-width-ramp-scale-u16-half": 0.125}
 # the pilot's choice (README): the weights train on the typical sub-network during the search, and
 # the budget scales every width by one factor; = VRPGE.TRAINED_DEFAULTS, what `--init` runs
 VRPGE_CHOSEN = "vrpge-joint-width-ramp-scale-u16"
@@ -148,11 +153,12 @@ def config(args, model, seed, budget, method, options, search, recovery, out):
 
 
 def current(rec: dict, cfg: dict) -> bool:
-    """Whether a record ran what ``cfg`` asks for now: the same method options (the pilot's
-    choice may have changed) and, within 5 %, the same recovery epochs (an equal-time run
+    """Whether a record ran what ``cfg`` asks for now: the same method options and search
+    epochs (the pilot's choice may have changed) and, within 5 %, the same recovery epochs (an equal-time run
     follows the default's time)."""
     epochs = cfg["finetune_epochs"]
-    return rec.get("options") == cfg["method_options"] and abs(rec["recovery_epochs"] - epochs) <= 0.05 * epochs
+    return (rec.get("options") == cfg["method_options"] and rec["search_epochs"] == cfg["epochs"]
+            and abs(rec["recovery_epochs"] - epochs) <= 0.05 * epochs)
 
 
 def supersede(args, found: list) -> None:
@@ -222,11 +228,11 @@ def stage_pilot(args):
             continue
         out = os.path.join(args.out, "pilot", f"{label}_{model}_s{seed}_b{budget}")
         run(args, dict(stage="pilot", label=label, model=model, seed=seed, budget=budget),
-            config(args, model, seed, budget, "vrpge", opts, SEARCH_EPOCHS, 1.0, out))
+            config(args, model, seed, budget, "vrpge", opts, VARIANT_SEARCH.get(label, SEARCH_EPOCHS), 1.0, out))
 
 
 def table_methods():
-    return {**METHODS, DEFAULT: ("vrpge", VRPGE_VARIANTS[VRPGE_CHOSEN], SEARCH_EPOCHS)}
+    return {**METHODS, DEFAULT: ("vrpge", VRPGE_VARIANTS[VRPGE_CHOSEN], VARIANT_SEARCH.get(VRPGE_CHOSEN, SEARCH_EPOCHS))}
 
 
 def stage_table(args):
