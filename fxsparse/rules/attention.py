@@ -60,11 +60,20 @@ def product_ids(ctx, node, a, b, a_shape, b_shape, a_ids, b_ids, what):
             ctx.couple(la, lb)
         line = np.moveaxis(sides[0][0], d, 0).reshape(sides[0][0].shape[d], -1)[:, 0]
         out = np.maximum(out, along(line, d, nd))
-    if nd - 2 in va:  # rows of a
-        line = np.moveaxis(A, nd - 2, 0).reshape(A.shape[nd - 2], -1)[:, 0]
-        out = np.maximum(out, along(line, nd - 2, nd))
-    if nd - 1 in vb:  # columns of b
-        line = np.moveaxis(B, nd - 1, 0).reshape(B.shape[nd - 1], -1)[:, 0]
+    rows = np.moveaxis(A, nd - 2, 0).reshape(A.shape[nd - 2], -1)[:, 0] if nd - 2 in va else None
+    cols = np.moveaxis(B, nd - 1, 0).reshape(B.shape[nd - 1], -1)[:, 0] if nd - 1 in vb else None
+    if rows is not None and cols is not None:
+        # an outer product of two channel axes (EfficientViM's x [C, L] @ (a*b)^T [L, N]: the
+        # stream times a state dim): one ids array holds one of them, the larger
+        small, big = ("columns", "rows") if len(rows) >= len(cols) else ("rows", "columns")
+        ctx.unprunable(cols if small == "columns" else rows,
+                       f"{loc}: an outer product of channels along the {big} of one factor and the {small} of the "
+                       f"other; only the larger side, the {big}, can be pruned")
+        rows, cols = (rows, None) if small == "columns" else (None, cols)
+    if rows is not None:  # rows of a
+        out = np.maximum(out, along(rows, nd - 2, nd))
+    if cols is not None:  # columns of b
+        line = cols
         o, l = np.broadcast_arrays(out, along(line, nd - 1, nd))
         if ((o >= 0) & (l >= 0)).any():
             ctx.unprunable(np.concatenate([o.ravel(), l.ravel()]), f"{loc}: both factors carry channels into the output")

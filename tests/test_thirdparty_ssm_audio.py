@@ -1,0 +1,322 @@
+"""State-space, audio and the shallow-prune vision families of issue #31, from small configs
+written here (random weights, nothing downloaded): a Mamba decoder (transformers, the
+PyTorch path without the CUDA kernels) against a hand-written Mamba block sliced by hand,
+CLIP's vision tower with its projection, Wav2Vec2, and timm's TinyViT and EfficientViM.
+
+Chain per family: analyze -> export at two keep-0.5 masks -> forward/backward -> equal to
+the masked reference -> FLOPs <= 0.35 of dense where the structure allows -> the sparse
+model equal to the export. Where it does not, the test pins the reason per group."""
+import importlib.util
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxsparse
+from fxsparse.rewrite.reference import masked_reference
+
+FLOPS_BOUND = 0.35
+VOCAB = 100
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(single_thread):
+    yield
+
+
+def _first(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return next(v for v in out.values() if isinstance(v, torch.Tensor))
+    return out[0]
+
+
+def _analyze(model, inputs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fxsparse.analyze(model, inputs)
+
+
+def _flops_ratio(model, small, inputs):
+    return fxsparse.count_flops(small, inputs)[0] / fxsparse.count_flops(model, inputs)[0]
+
+
+def _chain(model, inputs, graph, bound=FLOPS_BOUND, compiled=False):
+    """Two keep-0.5 exports == masked reference, backward, FLOPs <= bound, sparse == export."""
+    model.zero_grad()
+    _first(model(*inputs)).sum().backward()
+    unused = {n for n, p in model.named_parameters() if p.grad is None}  # Wav2Vec2's masked_spec_embed
+    model.zero_grad()
+    gen = torch.Generator().manual_seed(0)
+    keeps = [fxsparse.random_keep(graph, 0.5, gen) for _ in range(2)]
+    assert any(not torch.equal(keeps[0][i], keeps[1][i]) for i in keeps[0])
+    ratios = []
+    for keep in keeps:
+        small = fxsparse.export(model, graph, keep).eval()
+        out = _first(small(*inputs))
+        ref = _first(masked_reference(graph, keep, *inputs))
+        torch.testing.assert_close(out.detach(), ref.detach(), atol=1e-4, rtol=1e-4)
+        out.sum().backward()
+        assert all(p.grad is not None for n, p in small.named_parameters() if p.requires_grad and n not in unused)
+        ratios.append(_flops_ratio(model, small, inputs))
+        assert ratios[-1] <= bound, ratios
+    sparse = fxsparse.compile(model, inputs, keep=0.5, compile=compiled, graph=graph)
+    sparse.eval()
+    sparse.masks = keeps[-1]
+    out = _first(sparse(*inputs))
+    torch.testing.assert_close(out.detach(), _first(small(*inputs)).detach(), atol=1e-4, rtol=1e-4)
+    out.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    return ratios
+
+
+def _groups_with(graph, suffix, dim):
+    return [g for g in graph.groups if any(m.param.endswith(suffix) and m.dim == dim for m in g.members)]
+
+
+def _rows(group, suffix, dim=0):
+    return [sorted(int(i) for i in ix) for m in group.members if m.param.endswith(suffix) and m.dim == dim
+            for ix in m.index]
+
+
+# ----- Mamba (transformers) ------------------------------------------------------------------
+def _mamba():
+    import transformers
+
+    cfg = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2,
+                                   conv_kernel=4, time_step_rank=4)
+    return transformers.MambaForCausalLM(cfg)
+
+
+def _tokens(batch=2, seq=8):
+    return (torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(0)),)
+
+
+def test_mamba_prunes_its_inner_channels_and_stream():
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model, inputs = _mamba().eval(), _tokens()
+    graph = _analyze(model, inputs)
+    prunable = {g.id for g in graph.prunable_groups}
+    for layer in range(2):
+        mixer = f"layers.{layer}.mixer"
+        (inner,) = _groups_with(graph, f"{mixer}.conv1d.weight", 0)
+        assert inner.id in prunable and inner.size == 64
+        # channel j: x row j and gate row 64 + j of in_proj, its conv, scan (A, D, dt) and out_proj column
+        assert _rows(inner, f"{mixer}.in_proj.weight") == [[j, 64 + j] for j in range(64)]
+        members = {(m.param.split(f"{mixer}.")[-1], m.dim) for m in inner.members}
+        assert {("x_proj.weight", 1), ("dt_proj.weight", 0), ("dt_proj.bias", 0), ("A_log", 0), ("D", 0),
+                ("out_proj.weight", 1)} <= members
+        # the state dim (B and C rows of x_proj) stays: an outer product with the inner channels
+        state = [g for g in _groups_with(graph, f"{mixer}.x_proj.weight", 0) if g.size == 8]
+        assert len(state) == 2 and all(g.id not in prunable for g in state)
+        assert any("outer product" in g.reason for g in state)
+    (stream,) = _groups_with(graph, "layers.0.mixer.in_proj.weight", 1)
+    assert stream.id in prunable
+    _chain(model, inputs, graph)
+
+
+# ----- a hand-written Mamba block ------------------------------------------------------------
+class MambaBlock(nn.Module):
+    """in_proj -> (x, z); causal depthwise conv over x; x_proj -> (dt, B, C); dt_proj; the
+    selective scan, one recurrence per inner channel over a state of size ``state``; D skip;
+    gated by silu(z); out_proj. Written from the paper's equations, not from transformers."""
+
+    def __init__(self, dim=16, inner=24, state=4, rank=3, kernel=3):
+        super().__init__()
+        self.inner, self.state, self.rank = inner, state, rank
+        self.norm_weight = nn.Parameter(torch.rand(dim) + 0.5)
+        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
+        self.conv = nn.Conv1d(inner, inner, kernel, groups=inner, padding=kernel - 1)
+        self.x_proj = nn.Linear(inner, rank + 2 * state, bias=False)
+        self.dt_proj = nn.Linear(rank, inner)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, state + 1, dtype=torch.float).repeat(inner, 1)))
+        self.D = nn.Parameter(torch.rand(inner) + 0.5)
+        self.out_proj = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, h):
+        batch, length, _ = h.shape
+        x = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = F.silu(self.conv(x.transpose(1, 2))[..., :length])  # [batch, inner, length]
+        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.rank, self.state, self.state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # [batch, inner, length]
+        A = -torch.exp(self.A_log)
+        decay = torch.exp(dt[..., None] * A[:, None, :])  # [batch, inner, length, state]
+        drive = dt[..., None] * B[:, None, :, :] * x[..., None]
+        s = torch.zeros(batch, self.inner, self.state)
+        ys = []
+        for t in range(length):
+            s = decay[:, :, t] * s + drive[:, :, t]
+            ys.append((s @ C[:, t, :, None])[..., 0])
+        y = (torch.stack(ys, dim=-1) + x * self.D[:, None]) * F.silu(z.transpose(1, 2))
+        return h + self.out_proj(y.transpose(1, 2))
+
+
+class MambaNet(nn.Module):
+    def __init__(self, dim=16, inner=24, length=6):
+        super().__init__()
+        self.length = length
+        self.embed = nn.Linear(5, dim)
+        self.block = MambaBlock(dim, inner)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        return self.head(self.block(self.embed(x)))
+
+
+def _kept(graph, keep, param, dim):
+    (group,) = _groups_with(graph, param, dim)
+    return keep[group.id].nonzero().flatten() if group.prunable else torch.arange(group.size)
+
+
+def test_handwritten_mamba_block_matches_a_reference_sliced_by_hand():
+    torch.manual_seed(0)
+    model, x = MambaNet().eval(), torch.randn(2, 6, 5)
+    graph = fxsparse.analyze(model, (x,))
+    (inner,) = _groups_with(graph, "block.conv.weight", 0)
+    assert inner.prunable and inner.size == 24
+    (stream,) = _groups_with(graph, "embed.weight", 0)
+    assert stream.prunable
+    _chain(model, (x,), graph, bound=0.45)  # B, C and the state (4 of 24 + 2*4 rows) stay
+
+    keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(1))
+    small = fxsparse.export(model, graph, keep).eval()
+    s = _kept(graph, keep, "embed.weight", 0)
+    i = _kept(graph, keep, "block.conv.weight", 0)
+    ref = MambaNet(dim=len(s), inner=len(i)).eval()
+    src, dst = model.block, ref.block
+    with torch.no_grad():
+        ref.embed.weight.copy_(model.embed.weight[s])
+        ref.embed.bias.copy_(model.embed.bias[s])
+        dst.norm_weight.copy_(src.norm_weight[s])
+        dst.in_proj.weight.copy_(src.in_proj.weight[torch.cat([i, i + 24])][:, s])
+        dst.conv.weight.copy_(src.conv.weight[i])
+        dst.conv.bias.copy_(src.conv.bias[i])
+        dst.x_proj.weight.copy_(src.x_proj.weight[:, i])
+        dst.dt_proj.weight.copy_(src.dt_proj.weight[i])
+        dst.dt_proj.bias.copy_(src.dt_proj.bias[i])
+        dst.A_log.copy_(src.A_log[i])
+        dst.D.copy_(src.D[i])
+        dst.out_proj.weight.copy_(src.out_proj.weight[s][:, i])
+        ref.head.weight.copy_(model.head.weight[:, s])
+        ref.head.bias.copy_(model.head.bias)
+        torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_handwritten_mamba_compiled_step_equals_the_export():
+    """The one torch.compile'd check of this file: a training step of the capacity model."""
+    torch.manual_seed(0)
+    model, x = MambaNet().eval(), torch.randn(2, 6, 5)
+    graph = fxsparse.analyze(model, (x,))
+    keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(2))
+    small = fxsparse.export(model, graph, keep).eval()
+    sparse = fxsparse.compile(model, (x,), keep=0.5, compile=True, graph=graph)
+    sparse.eval()
+    sparse.masks = keep
+    torch.testing.assert_close(sparse(x).detach(), small(x).detach(), atol=1e-4, rtol=1e-4)
+
+
+# ----- shallow prunes ---------------------------------------------------------------------------
+def _image(size=32):
+    return (torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)),)
+
+
+def _clip():
+    import transformers
+
+    cfg = transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, projection_dim=16)
+    return transformers.CLIPVisionModelWithProjection(cfg)
+
+
+class ImageEmbeds(nn.Module):
+    """What a retrieval user keeps of CLIP's vision tower: the projected embedding only."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, x):
+        return self.clip(x).image_embeds
+
+
+def test_clip_vision_with_projection():
+    """The tower returns its stream (``last_hidden_state``) next to the embedding, so the
+    stream cannot shrink there; asked for the embedding only, it does."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model, inputs = _clip().eval(), _image()
+    graph = _analyze(model, inputs)
+    (stream,) = _groups_with(graph, "encoder.layers.0.self_attn.q_proj.weight", 1)
+    assert not stream.prunable and "reaches the model output" in stream.reason
+    _chain(model, inputs, graph, bound=0.7)
+    embeds = ImageEmbeds(model).eval()
+    graph = _analyze(embeds, inputs)
+    (stream,) = _groups_with(graph, "encoder.layers.0.self_attn.q_proj.weight", 1)
+    assert stream.prunable
+    _chain(embeds, inputs, graph)
+
+
+def _wav2vec2(head=False):
+    import transformers
+
+    cfg = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                      conv_dim=(16, 16, 16), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
+                                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                                      feat_extract_norm="group", vocab_size=20)
+    return (transformers.Wav2Vec2ForCTC if head else transformers.Wav2Vec2Model)(cfg)
+
+
+def test_wav2vec2_prunes_heads_widths_and_the_feature_encoder():
+    """What stays, per group: the stream is the model's output and meets the weight-normed
+    positional conv (its norm runs over every channel of each kernel tap: removing one
+    rescales the others); the last feature conv's channels are an output too."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = _wav2vec2().eval()
+    inputs = (torch.randn(2, 800, generator=torch.Generator().manual_seed(0)),)
+    graph = _analyze(model, inputs)
+    (stream,) = _groups_with(graph, "encoder.layers.0.attention.q_proj.weight", 1)
+    assert not stream.prunable
+    assert _groups_with(graph, "feature_extractor.conv_layers.0.conv.weight", 0)[0].prunable
+    assert _groups_with(graph, "encoder.layers.0.feed_forward.intermediate_dense.weight", 0)[0].prunable
+    _chain(model, inputs, graph, bound=0.7)
+    ctc = _wav2vec2(head=True).eval()
+    graph = _analyze(ctc, inputs)
+    (stream,) = _groups_with(graph, "encoder.layers.0.attention.q_proj.weight", 1)
+    assert not stream.prunable and "computed in the graph" in stream.reason
+
+
+def _timm(name, **kw):
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed")
+    timm = fxsparse.zoo.import_timm()
+    return timm.create_model(name, pretrained=False, num_classes=10, **kw)
+
+
+def test_tiny_vit():
+    torch.manual_seed(0)
+    model = _timm("tiny_vit_5m_224", embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
+                  window_sizes=(2, 2, 2, 2)).eval()
+    inputs = _image(64)
+    graph = _analyze(model, inputs)
+    assert [g.reason for g in graph.groups if not g.prunable] == ["reaches the model output (node 'output')"]
+    _chain(model, inputs, graph)
+
+
+def test_efficientvim_prunes_its_stream_past_the_state_space_mixer():
+    """HSM-SSD's ``x @ (a * b)^T`` is an outer product of the stream and the state dim:
+    the stream is kept prunable, the (smaller) state dim stays, with that reason."""
+    torch.manual_seed(0)
+    model = _timm("efficientvim_m1", embed_dim=(16, 32, 48), depths=(1, 1, 1), state_dim=(8, 6, 4)).eval()
+    inputs = _image(64)
+    graph = _analyze(model, inputs)
+    fixed = [g for g in graph.groups if not g.prunable]
+    assert all(any(m.param.endswith("BCdt_proj.conv.weight") for m in g.members) for g in fixed[:-1])
+    assert any("outer product" in g.reason for g in fixed)
+    assert _groups_with(graph, "stages.0.blocks.0.mixer.hz_proj.conv.weight", 1)[0].prunable
+    _chain(model, inputs, graph)
