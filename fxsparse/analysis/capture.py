@@ -15,8 +15,10 @@ Why two frontends, in this order:
   dict keeps its names) and the graph's pytree codegen returns the model's own output
   structure. :mod:`fxsparse.passes.aten_to_torch` maps those ops onto the torch-level
   calls the channel rules are written for, so one rule set serves both frontends.
-  The batch dim of every input is captured as dynamic (the exported model runs at any
-  batch size); other sizes are those of the example inputs.
+  The batch and sequence dims of the inputs are captured as dynamic (the exported model
+  runs at any batch size and sequence length the model's code allows); a dim the code pins
+  is named in a warning (:mod:`fxsparse.analysis.dynamic_dims`, which also says why image
+  sizes stay the example's under torch.export).
 
 Dynamo capture (``torch.compile``'s frontend) was not chosen: it splits a model into
 several graphs at every unsupported construct, where ``torch.export`` either gives one
@@ -34,6 +36,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxsparse.analysis.dynamic_dims import dynamic_shapes, pinned_dims, static_image_dims, warn_fixed_sizes
 from fxsparse.core.errors import TraceError
 from fxsparse.passes.aten_to_torch import AtenToTorch
 from fxsparse.passes.packed_qkv import SplitPackedQKV
@@ -150,14 +153,6 @@ def _capturable_experts(model: nn.Module):
             config._experts_implementation = "eager"
 
 
-def _dynamic_batch(example_inputs):
-    """Dim 0 of every input as a dynamic batch where the model allows it (``Dim.AUTO``: a model
-    that specialises on its batch size is captured static in the same call). A batch of 1
-    cannot be dynamic (torch.export specialises sizes 0 and 1): captured static."""
-    return tuple({0: torch.export.Dim.AUTO} if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] > 1 else None
-                 for x in example_inputs)
-
-
 @contextlib.contextmanager
 def _stack_traces(record: bool):
     """Whether FX records each node's Python stack (torch.fx.config is process-wide)."""
@@ -216,16 +211,23 @@ def _export(model: nn.Module, example_inputs):
     depth, attention dropout decided in Python) are frozen into a captured graph, and their
     eval branch is the deterministic network, right for evaluation and export; dropout and
     batch norm ops then follow the captured module's mode (fxsparse.passes.training_mode).
-    Dynamic batch first; a model that specialises on its batch size is captured static."""
-    dynamic = _dynamic_batch(example_inputs)
-    attempts = [dynamic] + ([None] if any(d is not None for d in dynamic) else [])
+    Batch and sequence dynamic first, then the batch only, then static (a model whose code
+    breaks on a symbolic size is still captured); the dims left fixed are named in a warning."""
+    attempts = []
+    for dynamic in (dynamic_shapes(example_inputs), dynamic_shapes(example_inputs, batch_only=True), None):
+        if dynamic not in attempts and (dynamic is None or any(d is not None for d in dynamic)):
+            attempts.append(dynamic)
     with _in_eval_mode(model):
-        for dynamic_shapes in attempts:
+        for dynamic in attempts:
             try:
                 with python_state_kept(model):  # a failed attempt leaves no cache for the next
-                    return torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic_shapes)
+                    program = torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic)
             except Exception as exc:  # the next attempt, or the error below
                 last = exc
+                continue
+            warn_fixed_sizes(type(model).__name__, pinned_dims(program, example_inputs, attempts[0]),
+                             static_image_dims(example_inputs))
+            return program
     raise TraceError(
         f"neither torch.fx nor torch.export can capture the forward of {type(model).__name__}: "
         f"{type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}. Fix: make the "

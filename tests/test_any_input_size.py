@@ -1,0 +1,224 @@
+"""The exported (small) model runs at any batch size, and wherever the dense model does, at
+any sequence length and image size (issue #30, point 1).
+
+Each model is analysed at one input shape, exported at keep 0.5 and run at two other
+shapes; its output must equal the dense model's masked reference at those same inputs, and
+at keep 1 the exported model must equal the dense model itself (run eagerly, independent of
+the captured graph). Sizes the captured graph cannot follow (a dim the model's code pins; the
+image size of a model captured by torch.export) must be named in a ``PinnedSizeWarning``.
+"""
+import os
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxsparse
+from fxsparse.analysis.dynamic_dims import PinnedSizeWarning
+from fxsparse.rewrite.reference import masked_reference
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from thirdparty_transformers import MODELS as HF_MODELS, VOCAB, _first_tensor  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(single_thread):
+    yield
+
+
+def _tokens(batch, length, seed=1):
+    return (torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed)),)
+
+
+def _images(batch, size, seed=1):
+    return (torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)),)
+
+
+def _analyze(model, inputs):
+    """(graph, PinnedSizeWarning messages)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = fxsparse.analyze(model, inputs)
+    return graph, [str(w.message) for w in caught if issubclass(w.category, PinnedSizeWarning)]
+
+
+def _reference(graph, keep, inputs, chunk):
+    """The masked reference, run ``chunk`` samples at a time where given (a model that folds
+    the batch into a channel dim, MobileViT's patches, has masks of the example's batch)."""
+    if not chunk:
+        return _first_tensor(masked_reference(graph, keep, *inputs))
+    return torch.cat([_first_tensor(masked_reference(graph, keep, *(x[i:i + chunk] for x in inputs)))
+                      for i in range(0, inputs[0].shape[0], chunk)])
+
+
+def _check_sizes(model, graph, others, atol=1e-4, chunk=None):
+    """At every input of ``others``: the small model equals the masked reference (keep 0.5)
+    and, at keep 1, the dense model run eagerly."""
+    keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(0))
+    small = fxsparse.export(model, graph, keep).eval()
+    whole = fxsparse.export(model, graph, {}).eval()
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        for inputs in others:
+            out = _first_tensor(small(*inputs))
+            ref = _reference(graph, keep, inputs, chunk)
+            assert out.shape == ref.shape and out.shape[0] == inputs[0].shape[0]
+            torch.testing.assert_close(out, ref, atol=atol, rtol=atol)
+            torch.testing.assert_close(_first_tensor(whole(*inputs)), _first_tensor(model(*inputs)), atol=atol, rtol=atol)
+
+
+# ---- the issue's example: a transformers GPT-2 analysed at length 16 ---------------------------
+
+def test_gpt2_of_the_issue_runs_at_other_lengths_and_batches():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=64)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    graph, pinned = _analyze(model, _tokens(2, 16))
+    assert not pinned, pinned
+    _check_sizes(model, graph, [_tokens(2, 8), _tokens(2, 20), _tokens(3, 16), _tokens(1, 5)])
+
+
+# ---- every transformers model the tests build ---------------------------------------------------
+
+# captured by torch.export at the example image size (see fxsparse/analysis/dynamic_dims.py):
+# the warning names it; ViT and DeiT pin it in their own code too (the dense model fails elsewhere)
+IMAGE_MODELS = {"vit", "deit", "swin", "mobilevit", "convnext"}
+IMAGE_SIZE = {"mobilevit": 64}
+
+
+@pytest.mark.parametrize("name", sorted(HF_MODELS))
+def test_transformers_model_at_other_sizes(name):
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model, inputs = HF_MODELS[name]()
+    model.eval()
+    graph, pinned = _analyze(model, inputs)
+    if name in IMAGE_MODELS:
+        size = IMAGE_SIZE.get(name, 32)
+        assert len(pinned) == 1 and f"input 0 dims 2, 3 (size {size}x{size})" in pinned[0], pinned
+        # any batch at the captured size (MobileViT folds the batch into its patch dim: reference per 2)
+        _check_sizes(model, graph, [_images(4, size), _images(2, size, seed=2)], chunk=2)
+        if name == "convnext":  # no size in its code: the static graph runs at other sizes too
+            _check_sizes(model, graph, [_images(1, 48), _images(3, 64)])
+        return
+    assert not pinned, pinned
+    length = inputs[0].shape[1]
+    _check_sizes(model, graph, [_tokens(3, length - 3), _tokens(1, length + 5)])
+
+
+# ---- timm models, by name (the fast set of tests/test_thirdparty_timm.py) -----------------------
+
+TIMM_FAST = ["resnet18", "resnetv2_50x1_bit", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto",
+             "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"]
+TIMM_PINNED_BY_MODEL = {"vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"}  # img_size fixes their tokens
+
+
+@pytest.mark.parametrize("name", TIMM_FAST)
+def test_timm_model_at_other_sizes(name):
+    from thirdparty_timm import build, import_timm
+
+    if import_timm() is None:
+        pytest.skip("timm is not installed")
+    model, inputs = build(name)
+    graph, pinned = _analyze(model, inputs)
+    assert not pinned, pinned  # torch.fx traced: every size stays the input's
+    if name in TIMM_PINNED_BY_MODEL:  # the dense model itself runs only at its img_size
+        with pytest.raises(Exception):
+            model(*_images(1, 64))
+        _check_sizes(model, graph, [_images(3, 32), _images(1, 32)])
+        return
+    _check_sizes(model, graph, [_images(3, 64), _images(1, 48)])
+
+
+# ---- the mirrored timm / torchvision models of tests/thirdparty ---------------------------------
+
+MIRRORS_TRACED = ["tv_resnet18", "tv_shufflenet_v2", "tv_densenet", "tv_inception_v3", "timm_cbam_resnet",
+                  "timm_ghostnet", "timm_poolformer", "timm_pvt_v2"]
+
+
+@pytest.mark.parametrize("name", MIRRORS_TRACED)
+def test_mirrored_model_at_other_sizes(name):
+    from thirdparty import MODELS
+
+    model, inputs = MODELS[name]()
+    graph, pinned = _analyze(model, inputs)
+    assert not pinned, pinned
+    _check_sizes(model, graph, [_images(3, 64), _images(1, 48)])
+
+
+def test_mirrored_dynamic_size_vit_keeps_the_image_size_and_says_so():
+    from thirdparty import MODELS
+
+    model, inputs = MODELS["timm_vit_dynamic"]()  # torch.fx cannot trace it: torch.export
+    graph, pinned = _analyze(model, inputs)
+    assert len(pinned) == 1 and "dims 2, 3 (size 32x32)" in pinned[0], pinned
+    _check_sizes(model, graph, [_images(3, 32), _images(1, 32)])
+
+
+# ---- the zoo --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "vit_tiny"])
+def test_zoo_model_at_other_sizes(name):
+    model = fxsparse.zoo.load_model(f"zoo:{name}", num_classes=10).eval()
+    graph, pinned = _analyze(model, _images(2, 32))
+    assert not pinned, pinned
+    try:
+        model(*_images(1, 48))
+    except Exception:  # the zoo's ViT has a fixed position table: batches only
+        _check_sizes(model, graph, [_images(3, 32), _images(1, 32)])
+        return
+    _check_sizes(model, graph, [_images(3, 64), _images(1, 48)])
+
+
+# ---- model classes written here ---------------------------------------------------------------------
+
+class TinyAttention(nn.Module):
+    """Token ids -> heads by ``view(B, L, heads, -1)``: torch.fx keeps B and L as the input's."""
+
+    def __init__(self, vocab=50, width=32, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Embedding(vocab, width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.fc1, self.fc2 = nn.Linear(width, 64), nn.Linear(64, width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, -1))
+        x = x + self.fc2(torch.relu(self.fc1(x)))
+        return self.head(x)
+
+
+def test_own_attention_class_runs_at_other_lengths():
+    torch.manual_seed(0)
+    model = TinyAttention().eval()
+    ids = torch.randint(0, 50, (2, 12))
+    graph, pinned = _analyze(model, (ids,))
+    assert not pinned
+    _check_sizes(model, graph, [(torch.randint(0, 50, (3, 7)),), (torch.randint(0, 50, (1, 30)),)])
+
+
+class PinsItsLength(TinyAttention):
+    """Checks the length against a constant (torch.fx cannot trace the check: torch.export
+    specialises the length to 12) and reshapes with it."""
+
+    def forward(self, ids):
+        if ids.shape[1] != 12:
+            raise ValueError("this model takes 12 tokens")
+        return super().forward(ids).reshape(ids.shape[0], 12, -1)
+
+
+def test_a_length_the_code_pins_is_named_and_the_batch_stays_free():
+    torch.manual_seed(0)
+    model = PinsItsLength().eval()
+    graph, pinned = _analyze(model, (torch.randint(0, 50, (2, 12)),))
+    assert len(pinned) == 1 and "input 0 (ids) dim 1 (size 12)" in pinned[0] and "dim 0" not in pinned[0], pinned
+    _check_sizes(model, graph, [(torch.randint(0, 50, (3, 12)),), (torch.randint(0, 50, (5, 12)),)])
