@@ -312,3 +312,22 @@ def test_cached_constant_is_no_member():
     sp.masks = keep
     with torch.no_grad():
         assert torch.allclose(sp(*x), out, atol=1e-5)
+
+
+# 2b. timm's Swin V2 and BEiT pass F.linear a bias concatenated from q_bias, a zero k_bias
+# buffer and v_bias: each piece is sliced with the output channels (the heads) it covers
+@needs_timm
+@pytest.mark.parametrize("name,kwargs", [
+    ("swinv2_tiny_window8_256", dict(window_size=4, embed_dim=24, depths=(1, 1), num_heads=(3, 6))),
+    ("beit_base_patch16_224", dict(patch_size=8, depth=2, embed_dim=48, num_heads=3)),
+])
+def test_timm_concatenated_qkv_bias(name, kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, img_size=32, pretrained=False, num_classes=10, **kwargs).eval()
+    x = (torch.randn(2, 3, 32, 32),)
+    graph = fxsparse.analyze(model, x)
+    heads = [g for g in graph.groups if any(m.param.endswith("attn.q_bias") for m in g.members)]
+    assert len(heads) == 2 and all(g.prunable for g in heads), [g.reason for g in heads]
+    assert all({m.param.rsplit(".", 1)[1] for m in g.members} >= {"q_bias", "k_bias", "v_bias"} for g in heads)
+    check_export(model, x, n_masks=2, ratios=(0.5,), graph=graph)
+    assert flops_at(model, graph, x) <= 0.35

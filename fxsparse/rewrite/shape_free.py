@@ -11,7 +11,8 @@ settings must be the same, up to
 - modules the capacity model calls through their masked form (a LayerNorm over pruned
   channels: see :mod:`fxsparse.passes.masked_mixing`), which reads no count;
 - the ``groups`` of a depthwise convolution: the capacity model reads it from its input's
-  channel count (:class:`fxsparse.passes.opaque_conv.OpaqueConvolutions`);
+  channel count (:class:`fxsparse.passes.opaque_conv.OpaqueConvolutions`; its padding must
+  be one constant per dim, as ``'same'`` is for an odd kernel);
 - one size of a ``view``/``reshape`` (heads of an attention, a flattened width): the
   capacity model infers it (``-1``);
 - the sizes of a ``split`` into separately pruned pieces (ShuffleNet's halves): the

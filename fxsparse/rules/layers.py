@@ -169,10 +169,36 @@ register_rule(nn.Linear, export=linear_module_export)(linear_module)
 def linear_function(ctx, node):
     w, b = node_arg(node, 1, "weight"), node_arg(node, 2, "bias")
     bias = param_dim(ctx, b, 0) if isinstance(b, fx.Node) else None
+    pieces = concatenated_bias(ctx, b) if isinstance(b, fx.Node) and bias is None else None
     w_out = param_dim(ctx, w, 0)
-    if isinstance(b, fx.Node) and bias is None:
+    if isinstance(b, fx.Node) and bias is None and pieces is None:
         w_out = None
-    return linear_channels(ctx, node, node.args[0], w_out, param_dim(ctx, w, 1), bias)
+    out = linear_channels(ctx, node, node.args[0], w_out, param_dim(ctx, w, 1), bias)
+    if out is not None and pieces:
+        line, start = np.asarray(out).reshape(-1), 0
+        for ref, size in pieces:  # each piece is sliced with the output channels it covers
+            ctx.member(*ref, line[start:start + size])
+            start += size
+    return out
+
+
+def concatenated_bias(ctx, b):
+    """``[((parameter, dim), size)]`` of a 1-D bias concatenated from parameter or buffer views
+    (timm's BEiT, EVA and Swin V2 pass ``torch.cat((q_bias, k_bias, v_bias))``, ``k_bias`` a
+    zero buffer), or None for any other computed bias."""
+    if b.op != "call_function" or b.target not in (torch.cat, torch.concat, torch.concatenate):
+        return None
+    tensors = b.args[0] if b.args else b.kwargs.get("tensors")
+    dim = b.args[1] if len(b.args) > 1 else b.kwargs.get("dim", 0)
+    if not isinstance(tensors, (list, tuple)) or dim not in (0, -1):
+        return None
+    pieces = []
+    for t in tensors:
+        ref, shape = param_dim(ctx, t, 0), ctx.shape(t) if isinstance(t, fx.Node) else None
+        if ref is None or shape is None or len(shape) != 1:
+            return None
+        pieces.append((ref, shape[0]))
+    return pieces
 
 
 @register_rule(torch.addmm)
