@@ -57,6 +57,8 @@ MODELS = {
     "mobilevitv2_050": {},
     "efficientvit_b0": {},
     "mixer_s16_224": {"img_size": 32},
+    "tiny_vit_5m_224": {},
+    "efficientvim_m1": {},  # HSM-SSD: a state-space mixer over the stream (issue #31)
 }
 
 

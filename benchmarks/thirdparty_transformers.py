@@ -81,6 +81,16 @@ MODELS = {
                      hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], num_labels=10),
     "convnext": _hf("ConvNextConfig", "ConvNextForImageClassification", _image, hidden_sizes=[16, 32],
                     depths=[1, 1], num_stages=2, num_labels=10),
+    # mixture-of-experts, Falcon's parallel decoder and a state-space model (issue #31)
+    "mixtral": _decoder("MixtralConfig", "MixtralForCausalLM", num_local_experts=4, num_experts_per_tok=2, **_LLAMA),
+    "qwen2_moe": _decoder("Qwen2MoeConfig", "Qwen2MoeForCausalLM", moe_intermediate_size=48,
+                          shared_expert_intermediate_size=96, num_experts=4, num_experts_per_tok=2,
+                          decoder_sparse_step=1, **_LLAMA),
+    "falcon": _decoder("FalconConfig", "FalconForCausalLM", vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_kv_heads=2, new_decoder_architecture=True, parallel_attn=True,
+                       bias=True, max_position_embeddings=64),
+    "mamba": _decoder("MambaConfig", "MambaForCausalLM", vocab_size=VOCAB, hidden_size=32, state_size=8,
+                      num_hidden_layers=2, expand=2, conv_kernel=4, time_step_rank=4),
 }
 
 
@@ -100,9 +110,10 @@ def _flops(model, inputs):
     return fxsparse.count_flops(model, inputs)[0]
 
 
-def run_one(name, keep=0.5, n_masks=2, atol=1e-4, models=None, verbose=False):
+def run_one(name, keep=0.5, n_masks=2, atol=1e-4, models=None, verbose=False, timings=None):
     """(status, failure class / detail, FLOPs ratio at ``keep`` or None, seconds);
-    ``models``: {name: builder} (this file's MODELS by default)."""
+    ``models``: {name: builder} (this file's MODELS by default); ``timings``: a dict that
+    receives the seconds of ``fxsparse.analyze`` alone under "analyze"."""
     t0 = time.perf_counter()
     stage = "build"
     flops_ratio = None
@@ -113,7 +124,10 @@ def run_one(name, keep=0.5, n_masks=2, atol=1e-4, models=None, verbose=False):
         stage = "analyze"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            t_analyze = time.perf_counter()
             graph = fxsparse.analyze(model, inputs)
+            if timings is not None:
+                timings["analyze"] = time.perf_counter() - t_analyze
         if not graph.prunable_groups:
             return "fail", "no prunable group", None, time.perf_counter() - t0
         dense_flops = _flops(model, inputs)
