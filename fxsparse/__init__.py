@@ -31,13 +31,14 @@ _EXPORTS = {
     "MaskedOptimizer": "fxsparse.step.optim",
     "SparseModel": "fxsparse.step.sparse", "compile": "fxsparse.step.sparse",
     "Classifier": "fxsparse.training.classifier",
-    "load": "fxsparse.training.saved",
+    "load": "fxsparse.training.saved", "save": "fxsparse.training.saved",
+    "SavedModelError": "fxsparse.core.errors",
 }
 
 __all__ = [
     "analyze", "export", "prune", "save_pretrained", "load_pretrained", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
-    "ChannelGraph", "ChannelGroup", "Member", "count_flops", "load",
-    "FxsparseError", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError", "PruneCheckError",
+    "ChannelGraph", "ChannelGroup", "Member", "count_flops", "load", "save",
+    "FxsparseError", "SavedModelError", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError", "PruneCheckError",
 ]
 
 
@@ -67,7 +68,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .analysis.graph import ChannelGraph, ChannelGroup, Member, count_flops
     from .analysis.masks import normalize_keep, random_keep, topk_keep
     from .core.errors import (ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, PruneCheckError,
-                              TraceError)
+                              SavedModelError, TraceError)
     from .rewrite.export import export
     from .rewrite.inplace import prune
     from .rewrite.pretrained import load_pretrained, save_pretrained
@@ -75,4 +76,4 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .step.optim import MaskedOptimizer
     from .step.sparse import SparseModel, compile
     from .training.classifier import Classifier
-    from .training.saved import load
+    from .training.saved import load, save

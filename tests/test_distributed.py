@@ -8,6 +8,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from fxsparse.cli import main as cli_main
@@ -78,7 +79,7 @@ def _spawn(out, stop_at=0, resume=False, **kw):
 
 
 def _result(out):
-    model = torch.load(os.path.join(out, "model.pt"), weights_only=False).state_dict()
+    model = load_file(os.path.join(out, "model.safetensors"))  # the network given as an object: its weights
     last = torch.load(os.path.join(out, "last.pt"), weights_only=False)
     method = {k: v for k, v in _tensors(last["method"])}
     return model, method, last["history"]
@@ -117,7 +118,7 @@ def test_two_processes_equal_one_on_the_whole_batch_and_resume_bit_identically(t
 
     # killed mid second epoch (after the first epoch's checkpoint), then resumed: bit-identical
     _spawn(tmp_path / "cut", stop_at=6)
-    assert not (tmp_path / "cut" / "model.pt").exists()
+    assert not (tmp_path / "cut" / "model.json").exists()
     _spawn(tmp_path / "cut", resume=True)
     cut_model, cut_method, cut_hist = _result(tmp_path / "cut")
     for k in two_model:
@@ -185,11 +186,11 @@ def test_nproc_2_runs_torchrun_end_to_end(tmp_path):
     two = subprocess.run([sys.executable, "-m", "fxsparse", *args, "--nproc", "2", "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert {"model.pt", "model.safetensors", "model.json", "summary.json", "history.json", "history.csv", "steps.csv",
+    assert {"model.safetensors", "model.json", "summary.json", "history.json", "history.csv", "steps.csv",
             "last.pt"} == \
         set(os.listdir(tmp_path / "two"))
     assert cli_main(args + ["--out", str(tmp_path / "one")]) == 0
-    a = torch.load(tmp_path / "one" / "model.pt", weights_only=False).state_dict()
-    b = torch.load(tmp_path / "two" / "model.pt", weights_only=False).state_dict()
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model.safetensors")
     for k in a:  # float32 and a different summation order: close, not equal
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k

@@ -1,6 +1,7 @@
-"""The trained model of a run loads without running code (``fxsparse.load``): equal to the
-pickled ``model.pt`` for a pruned, a dense and a search-ending run; a changed weights file, a
-recipe of another model and a model passed as an object are clear errors."""
+"""The trained model of a run loads without running code (``fxsparse.load``): the model the
+run evaluated last, for a pruned, a dense and a search-ending run (the run writes no pickle);
+a changed weights file, a recipe of another model and a model passed as an object are clear
+errors."""
 import json
 import os
 
@@ -20,23 +21,24 @@ def _train(data_dir, out, *extra):
     return str(out)
 
 
-@pytest.mark.parametrize("extra", [("--method", "l1_filter", "--epochs", "0", "--finetune-epochs", "0.5"),
-                                   ("--method", "dense", "--epochs", "0.5", "--finetune-epochs", "0"),
-                                   ("--epochs", "0.5", "--finetune-epochs", "0")],  # vrpge, the search ends the run
+@pytest.mark.parametrize("kw", [dict(method="l1_filter", epochs=0, finetune_epochs=0.5),
+                                dict(method="dense", epochs=0.5, finetune_epochs=0),
+                                dict(epochs=0.5, finetune_epochs=0)],  # vrpge, the search ends the run
                          ids=["pruned", "dense", "search-ends"])
-def test_load_rebuilds_the_run_model_without_pickle(data_dir, tmp_path, extra):
-    out = _train(data_dir, tmp_path / "run", *extra)
-    model = fxsparse.load(out)
-    pickled = torch.load(os.path.join(out, "model.pt"), weights_only=False).eval()
+def test_load_rebuilds_the_run_model_without_pickle(data_dir, tmp_path, kw):
+    out = tmp_path / "run"
+    cfg = TrainConfig(model="zoo:lenet5", data="mnist", data_root=data_dir, batch_size=32, compile=False,
+                      out=str(out), bn_batches=2, **kw)
+    tr = Trainer(cfg, log=None, progress=False)
+    summary = tr.run()
+    assert not any(name.endswith((".pt", ".pth")) and name != "last.pt" for name in os.listdir(out))  # no pickled model
+    model = fxsparse.load(str(out))
     assert isinstance(model, fxsparse.Classifier) and not model.training
-    assert isinstance(model.net, torch.fx.GraphModule) == isinstance(pickled.net, torch.fx.GraphModule)
-    assert str(model.net) == str(pickled.net)  # the same layers at the same sizes
-    x = torch.rand(5, 1, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), pickled(x), rtol=0, atol=0)
-    assert sum(p.numel() for p in model.parameters()) == json.load(open(os.path.join(out, "summary.json")))["params"]
-    assert model.class_names == pickled.class_names
-    assert torch.equal(model.mean, pickled.mean) and torch.equal(model.std, pickled.std)
+    assert isinstance(model.net, torch.fx.GraphModule) == (kw.get("method") != "dense")
+    assert sum(p.numel() for p in model.parameters()) == summary["params"]
+    # the model the run's last history row evaluated, rebuilt from the files
+    assert 100 * tr._accuracy(model.net, tr.test_loader) == tr.history[-1]["test_acc_pct"]
+    assert model.preprocessing() == summary["preprocessing"]
 
 
 def test_load_refuses_changed_or_foreign_files(data_dir, tmp_path):

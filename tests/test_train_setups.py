@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import fxsparse
 from fxsparse import zoo
@@ -116,8 +117,8 @@ def test_checkpoint_resumes_under_another_device_setting(data_dir, tmp_path):
     resumed = Trainer(_config(data_dir, out, device="auto"), log=None, progress=False, resume=True)
     assert resumed.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resumed.run()
-    a = torch.load(tmp_path / "full" / "model.pt", weights_only=False).state_dict()
-    b = torch.load(out / "model.pt", weights_only=False).state_dict()
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
     timeless = lambda rows: [{k: v for k, v in r.items() if k not in ("train_time_s", "wall_s")} for r in rows]
     assert timeless(_csv(tmp_path / "full" / "history.csv")[1]) == timeless(_csv(out / "history.csv")[1])

@@ -46,7 +46,7 @@ def _run_cli(args, kill_at_step=None):
 
 
 def _final_state(out):
-    model = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+    model = fxsparse.load(out)  # model.safetensors + model.json, no pickle
     history = json.load(open(os.path.join(out, "history.json")))
     return model.state_dict(), [(r["loss"], r["test_acc_pct"], r["train_tflop"], r.get("score_hist")) for r in history]
 
@@ -196,7 +196,7 @@ def test_fixed_mask_method_flops_match_the_exported_model(data_dir, tmp_path):
     out = tmp_path / "random"
     tr = Trainer(_config(data_dir, out, method="random", epochs=1, finetune_epochs=0), log=None, progress=False)
     summary = tr.run()
-    small = torch.load(out / "model.pt", weights_only=False)
+    small = fxsparse.load(out)
     x = torch.zeros(1, 1, 28, 28)
     per_sample, _ = count_flops(small, (x,))
     steps = tr.state.steps_per_epoch
@@ -214,7 +214,7 @@ def test_vrpge_history_report_and_exported_model(data_dir, tmp_path):
     assert hist[1]["realised_flops_frac"] <= 0.4 + 1e-6  # the final mask meets the budget exactly
     assert hist[-1]["group_names"] == [f"{g.layers[0]} ({g.size} ch)" for g in tr.graph.prunable_groups]  # LeNet: no coupling
     assert len(hist[-1]["group_keep"]) == len(hist[-1]["group_names"])
-    model = torch.load(out / "model.pt", weights_only=False)
+    model = fxsparse.load(out)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert summary["params"] < summary["dense_params"]
     assert cli_main(["report", str(out)]) == 0
@@ -303,10 +303,10 @@ def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path, capsys):
     assert cli_main(args) == 0
     capsys.readouterr()
     before = _snapshot(out)
-    assert set(before) == {"last.pt", "history.json", "summary.json", "model.pt", "model.safetensors", "model.json",
+    assert set(before) == {"last.pt", "history.json", "summary.json", "model.safetensors", "model.json",
                            "history.csv", "steps.csv"}
     summary = json.loads(before["summary.json"][0])
-    small = torch.load(out / "model.pt", weights_only=False)
+    small = fxsparse.load(out)
     assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
     assert cli_main(args + ["--resume"]) == 0
     said = capsys.readouterr().out
@@ -314,10 +314,11 @@ def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path, capsys):
     assert _snapshot(out) == before  # bytes, modification times and modes
 
     # killed after the last checkpoint but before the export: the resume writes the exported model
-    (out / "model.pt").unlink()
+    (out / "model.json").unlink()
+    (out / "model.safetensors").unlink()
     (out / "summary.json").unlink()
     assert cli_main(args + ["--resume"]) == 0
-    again = torch.load(out / "model.pt", weights_only=False)
+    again = fxsparse.load(out)
     assert again.state_dict().keys() == small.state_dict().keys()
     for k, v in small.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
@@ -328,7 +329,7 @@ def test_a_run_that_ends_with_the_search_exports_its_mask(data_dir, tmp_path):
     out = tmp_path / "search_only"
     tr = Trainer(_config(data_dir, out, epochs=1, finetune_epochs=0), log=None, progress=False)
     summary = tr.run()
-    small = torch.load(out / "model.pt", weights_only=False)
+    small = fxsparse.load(out)
     assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
     # the exported model is the one the last history row evaluated
     assert 100 * tr._accuracy(small.net, tr.test_loader) == tr.history[-1]["test_acc_pct"]
@@ -342,7 +343,7 @@ def test_files_follow_the_umask(data_dir, tmp_path):
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
-    assert modes == {"last.pt": 0o640, "history.json": 0o640, "summary.json": 0o640, "model.pt": 0o640,
+    assert modes == {"last.pt": 0o640, "history.json": 0o640, "summary.json": 0o640,
                      "model.safetensors": 0o640, "model.json": 0o640, "history.csv": 0o640, "steps.csv": 0o640}, modes
 
 

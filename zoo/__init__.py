@@ -68,7 +68,19 @@ def _check(name: str) -> None:
 def create(name: str, num_classes: int = 10, in_chans: int = 3, **kw) -> nn.Module:
     """Build a freshly (randomly) initialised model by registry name."""
     _check(name)
-    return _FACTORIES[name](num_classes=num_classes, in_chans=in_chans, **kw)
+    return _tagged(_FACTORIES[name](num_classes=num_classes, in_chans=in_chans, **kw), f"zoo:{name}",
+                   dict(num_classes=num_classes, in_chans=in_chans, **kw))
+
+
+# The attribute fxsparse.rewrite.recipe.FACTORY_ATTR reads: how the model was built, so that
+# fxsparse.save can record it and fxsparse.load rebuild it (the zoo does not import rewrite/).
+_FACTORY_ATTR = "_fxsparse_factory"
+
+
+def _tagged(model, spec: str, kwargs: dict):
+    if isinstance(model, nn.Module):
+        vars(model)[_FACTORY_ATTR] = {"spec": spec, "kwargs": kwargs}
+    return model
 
 
 def names() -> list[str]:
@@ -115,14 +127,15 @@ def load_model(spec: str, num_classes: int = 10, in_chans: int | None = None) ->
     if prefix in EXTERNAL:
         lib = _import_extra(prefix, spec)
         build = _timm_model if prefix == "timm" else _torchvision_model
-        return _checked(build(lib, name, num_classes, in_chans), spec)
+        return _tagged(_checked(build(lib, name, num_classes, in_chans), spec), spec,
+                       {"num_classes": num_classes, "in_chans": in_chans})
     if not name:
         raise ValueError(f"MODEL must be 'zoo:NAME', 'timm:NAME', 'torchvision:NAME' or 'module.path:factory', got {spec!r}")
     try:
         factory = getattr(importlib.import_module(prefix), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load {spec!r}: {exc}") from None
-    return _checked(factory(), spec)
+    return _tagged(_checked(factory(), spec), spec, {})
 
 
 def _checked(model, spec: str) -> nn.Module:

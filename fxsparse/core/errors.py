@@ -12,6 +12,8 @@ fxsparse.FxsparseError`` catches them all); those about a bad argument are also
 * :class:`ExportError`: a keep pattern cannot be realised as a physically smaller model.
 * :class:`PruneCheckError` (an ``ExportError``): ``fxsparse.prune(..., fallback="raise")``: the
   model sliced in place does not compute what the masked reference computes (its code pins a size).
+* :class:`SavedModelError` (``ValueError``): a saved model (``fxsparse.load``) that cannot be
+  rebuilt: missing, altered, or not this model's.
 """
 
 
@@ -47,3 +49,8 @@ class InputError(FxsparseError, ValueError):
 
 class NoPrunableGroupError(FxsparseError, ValueError):
     """The model has no channel group that can be pruned, so there is nothing to sparsify."""
+
+
+class SavedModelError(FxsparseError, ValueError):
+    """A saved model that cannot be rebuilt: its files are missing, were altered, or belong to
+    another model."""

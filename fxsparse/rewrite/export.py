@@ -20,6 +20,7 @@ from fxsparse.core.errors import ExportError
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import kept_indices, normalize_keep
 from fxsparse.passes.slice_channels import SliceChannels, tied_names
+from fxsparse.rewrite.recipe import record
 from fxsparse.rewrite.run_check import check_runs, inputs_on_device_of
 
 __all__ = ["export", "kept_indices", "tied_names", "class_kept"]
@@ -47,6 +48,7 @@ def export(model, graph: ChannelGraph, keep=None) -> fx.GraphModule:
         inputs = inputs_on_device_of(gm, graph.example_inputs)
         # gm.forward, not gm(...): fx strips the traceback that names the failing node
         check_runs(lambda: gm.forward(*inputs), gm, "the exported model")
+    record(gm, model if model is not None else graph.gm, graph, masks, "export")  # what fxsparse.save writes
     return gm
 
 

@@ -30,6 +30,7 @@ from fxsparse.core.errors import ExportError, PruneCheckError
 from fxsparse.core.tracing import untouched
 from fxsparse.rewrite.export import export
 from fxsparse.rewrite.first_divergence import OutputHooks, first_divergence, module_calls, record_reference
+from fxsparse.rewrite.recipe import dense_factory, record
 from fxsparse.rewrite.reference import masked_reference
 from fxsparse.rewrite.run_check import inputs_on_device_of
 from fxsparse.rewrite.size_attributes import SlicedDim, block_changes, config_changes, layer_changes
@@ -90,6 +91,7 @@ def prune(model: nn.Module, graph: ChannelGraph, keep, *, example_inputs=None, f
                          "(the graph holds none)")
     inputs = inputs_on_device_of(model, inputs)  # the model may have moved since it was analysed
     masks = normalize_keep(graph, keep or {})
+    factory = dense_factory(model)  # before prune rewrites a transformers config
     with _eval_mode(model, graph.gm), untouched(model):  # before slicing: a traced graph shares the modules
         reference = masked_reference(graph, masks, *inputs)
     journal = _Journal()
@@ -116,6 +118,7 @@ def prune(model: nn.Module, graph: ChannelGraph, keep, *, example_inputs=None, f
     except BaseException:
         journal.undo()  # an fxsparse bug or an interrupt: the model as it was
         raise
+    record(model, model, graph, masks, "prune", factory)  # what fxsparse.save writes
     return model
 
 

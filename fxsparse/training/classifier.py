@@ -1,6 +1,6 @@
-"""A trained network together with its preprocessing: what ``fxsparse train`` saves as ``model.pt``.
+"""A trained network together with its preprocessing: what ``fxsparse.load`` gives for a run.
 
-    model = torch.load("runs/fxsparse/model.pt", weights_only=False)   # a Classifier
+    model = fxsparse.load("runs/fxsparse")     # a Classifier, from model.json + model.safetensors
     x = images_uint8.float().div(255)          # raw images scaled to [0, 1], [B, C, H, W]
     names = model.predict(x)                   # class names; model(x) gives the logits
     model.net                                  # the bare exported network (takes normalised inputs)
@@ -62,7 +62,7 @@ class Classifier(nn.Module):
         """The preprocessing as plain data (what ``summary.json`` records)."""
         return {"input": "float images scaled to [0, 1] (uint8 pixels / 255), shape [batch, C, H, W]",
                 "input_shape": list(self.input_shape) if self.input_shape else None,
-                "normalisation": "(x - mean) / std per channel, applied inside model.pt's forward; "
+                "normalisation": "(x - mean) / std per channel, applied inside the Classifier's forward; "
                                  "model.net is the network without it",
                 "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
                 "class_names": self.class_names,

@@ -17,8 +17,8 @@ Every epoch: a row of the table (loss, test accuracy, expected and realised keep
 FLOPs so far, wall time), ``history.json``, and an atomic checkpoint ``last.pt`` (weights,
 scores, optimizer and scheduler states, the method's state, every RNG state). ``resume``
 restarts the epoch that was interrupted from that checkpoint, so the run continues
-bit-identically. At the end: ``model.pt`` (the exported model, ``torch.load`` it) and
-``summary.json``. ``history.csv`` and ``steps.csv`` (a row per step) follow the checkpoints
+bit-identically. At the end: ``model.safetensors`` + ``model.json`` (the exported model as
+weights and a recipe, no pickle: ``fxsparse.load(out)`` rebuilds it) and ``summary.json``. ``history.csv`` and ``steps.csv`` (a row per step) follow the checkpoints
 (``fxsparse.training.logs``, with TensorBoard scalars under ``log_dir``).
 
 Where and how: ``device`` / ``precision`` / ``channels_last`` (``fxsparse.training.device``);
@@ -436,13 +436,13 @@ class Trainer:
     def run(self) -> dict:
         """Train to the end and export; on a finished run (resumed), change nothing."""
         summary_path = os.path.join(self.out, "summary.json")
-        if self.finished and os.path.isfile(summary_path) and os.path.isfile(os.path.join(self.out, "model.pt")):
+        if self.finished and os.path.isfile(summary_path) and os.path.isfile(os.path.join(self.out, saved.RECIPE)):
             import json
 
             with open(summary_path) as f:
                 summary = json.load(f)
             self.log(f"the run in {self.out} is finished ({self.state.step} of {self.state.total_steps} steps, test "
-                     f"accuracy {summary.get('test_acc_pct', float('nan')):.2f} %, model.pt and summary.json written); "
+                     f"accuracy {summary.get('test_acc_pct', float('nan')):.2f} %, {saved.RECIPE} and summary.json written); "
                      "nothing to do. To train more, start a new run with another --out.")
             return summary
         if self.state.step == 0 and not self.history:
@@ -688,7 +688,7 @@ class Trainer:
 
     def _finish(self) -> dict:
         final, masks = self._final_model()
-        final = final.eval().cpu()  # model.pt loads on any machine
+        final = final.eval().cpu()  # the saved weights load on any machine
         example = self.example[0]
         info = self.info
         names = info.get("classes")
@@ -696,10 +696,9 @@ class Trainer:
                            class_names=names if names and len(names) == info["num_classes"] else None,
                            input_shape=example.shape[1:])
         files = {name: os.path.join(self.out, name) for name in
-                 ("model.pt", saved.WEIGHTS, saved.RECIPE, "summary.json", "history.json", "history.csv", "steps.csv",
+                 (saved.WEIGHTS, saved.RECIPE, "summary.json", "history.json", "history.csv", "steps.csv",
                   "last.pt")}
         if self.writer:
-            checkpoint.save_atomic(final, files["model.pt"])
             checkpoint.save_safetensors_atomic(final.net.state_dict(), files[saved.WEIGHTS])
             checkpoint.write_json_atomic(saved.recipe(self.model_spec, info["num_classes"], info["in_chans"], example.shape,
                                                       masks, final, files[saved.WEIGHTS]), files[saved.RECIPE])
@@ -723,9 +722,9 @@ class Trainer:
         self.logs.close()
         shown = [[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, dict)]
         self.log("\n" + tabulate(shown, headers=["summary", ""]))
-        self.log(f"files in {self.out}: model.pt (the trained model; it takes raw images scaled to [0, 1], see the "
-                 f"README's 'Using the trained model'), {saved.WEIGHTS} and {saved.RECIPE} (the same model as weights "
-                 "and a recipe, no code: fxsparse.load(OUT) rebuilds it, `--init OUT` reads the weights), summary.json "
+        self.log(f"files in {self.out}: {saved.WEIGHTS} and {saved.RECIPE} (the trained model as weights and a "
+                 "recipe, no code: fxsparse.load(OUT) rebuilds it, taking raw images scaled to [0, 1], see the README's "
+                 "'Using the trained model'; `--init OUT` reads the weights), summary.json "
                  "(this summary and the preprocessing), "
                  "history.json (a row per epoch; history.csv the same as CSV), steps.csv (a row per step), last.pt (the "
                  "checkpoint --resume reads)")
