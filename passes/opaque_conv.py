@@ -182,6 +182,12 @@ def _numeric_padding(padding, kernel, dilation, n):
     return [t // 2 for t in total] if padding == "same" and all(t % 2 == 0 for t in total) else None
 
 
+def can_be_opaque(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether :class:`OpaqueConvolutions` rewrites this node (a convolution with zero padding
+    mode and a constant padding per dim), so that its groups can follow its input."""
+    return OpaqueConvolutions._conv_args(gm, node) is not None
+
+
 class OpaqueConvolutions(PassBase):
     """Every convolution of the graph (``nn.ConvNd`` / ``nn.ConvTransposeNd`` with zero
     padding mode, ``F.convNd`` / ``F.conv_transposeNd`` with numeric padding) as a call to

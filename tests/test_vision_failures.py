@@ -237,33 +237,37 @@ def test_convmixer_depthwise_in_the_capacity_model(kernel_size):
     assert flops_at(model, graph, x) <= 0.4
 
 
-# 5. a tensor cached as a plain attribute by an earlier forward is a constant to torch.export
+# 5. a tensor cached by an earlier eval forward (LeViT's attention biases) is a constant to
+# torch.export, cut from the parameter it was computed from
 class CachedBiasAttention(nn.Module):
     """LeViT's pattern: in eval mode the per-head attention biases, gathered from a parameter
-    table, are computed once and cached in a plain dict attribute."""
+    table, are computed once and cached, in a dict per device (``cache="dict"``, as timm) or
+    in a plain attribute (``cache="attribute"``)."""
 
-    def __init__(self, dim=32, heads=4, n=16):
+    def __init__(self, dim=32, heads=4, side=4, cache="dict"):
         super().__init__()
-        self.heads, self.hd = heads, dim // heads
+        self.heads, self.hd, self.cache = heads, dim // heads, cache
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        pts = list(itertools.product(range(4), range(4)))
+        points = list(itertools.product(range(side), range(side)))
         offsets, idxs = {}, []
-        for p1 in pts:
-            for p2 in pts:
-                off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
-                idxs.append(offsets.setdefault(off, len(offsets)))
+        for p1, p2 in itertools.product(points, points):
+            idxs.append(offsets.setdefault((abs(p1[0] - p2[0]), abs(p1[1] - p2[1])), len(offsets)))
         self.attention_biases = nn.Parameter(torch.randn(heads, len(offsets)))
-        self.register_buffer("attention_bias_idxs", torch.tensor(idxs).view(n, n), persistent=False)
-        self.bias_cache = {}
+        self.register_buffer("attention_bias_idxs", torch.tensor(idxs).view(len(points), len(points)),
+                             persistent=False)
+        self.bias_cache, self.cached_bias = {}, None
 
     def biases(self, device):
         if self.training:
             return self.attention_biases[:, self.attention_bias_idxs]
-        key = str(device)
-        if key not in self.bias_cache:
-            self.bias_cache[key] = self.attention_biases[:, self.attention_bias_idxs]
-        return self.bias_cache[key]
+        if self.cache == "attribute":
+            if self.cached_bias is None:
+                self.cached_bias = self.attention_biases[:, self.attention_bias_idxs]
+            return self.cached_bias
+        if str(device) not in self.bias_cache:
+            self.bias_cache[str(device)] = self.attention_biases[:, self.attention_bias_idxs]
+        return self.bias_cache[str(device)]
 
     def forward(self, x):
         B, N, C = x.shape
@@ -272,42 +276,52 @@ class CachedBiasAttention(nn.Module):
         x = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
         return self.proj(x)
 
+
 class CachedBiasNet(nn.Module):
-    def __init__(self, dim=32):
+    def __init__(self, dim=32, cache="dict"):
         super().__init__()
         self.embed = nn.Conv2d(3, dim, 8, stride=8)
-        self.block = CachedBiasAttention(dim)
+        self.block = CachedBiasAttention(dim, cache=cache)
         self.head = nn.Linear(dim, 10)
+
     def forward(self, x):
         if x.dim() != 4:  # a check torch.fx cannot trace: the capture goes to torch.export
-            raise ValueError("NCHW")
+            raise ValueError("expected NCHW images")
         x = self.embed(x).flatten(2).transpose(1, 2)
         x = x + self.block(x)
         return self.head(x.mean(1))
 
 
-def test_cached_constant_is_no_member():
+@pytest.mark.parametrize("cache", ["dict", "attribute"])
+def test_cached_tensor(cache):
+    """A dict cache is emptied while the graph is captured: the biases come from their table,
+    whose rows follow the heads. A plain attribute is captured as it is: a fixed value, no
+    member, so its heads stay (before: a member, and KeyError 'block.cached_bias' or
+    'block.lifted_tensor_0' at export)."""
     from fxsparse.rewrite.reference import masked_reference
 
     torch.manual_seed(0)
-    model = CachedBiasNet().eval()
+    model = CachedBiasNet(cache=cache).eval()
     x = (torch.randn(2, 3, 32, 32),)
     with torch.no_grad():
-        model(*x)  # fills the cache: the capture sees a constant, not the parameter table
+        model(*x)  # fills the cache, as evaluating the model before pruning it does
     graph = fxsparse.analyze(model, x)
-    names = {m.param for g in graph.groups for m in g.members}
-    assert not any("lifted" in n for n in names), names
-    heads = [g for g in graph.groups if any(m.param == "block.proj.weight" and m.dim == 1 for m in g.members)]
-    assert len(heads) == 1 and not heads[0].prunable and "lifted_tensor" in heads[0].reason
+    assert not any("lifted" in m.param for g in graph.groups for m in g.members)
+    (heads,) = [g for g in graph.groups if any(m.param == "block.proj.weight" and m.dim == 1 for m in g.members)]
+    if cache == "dict":
+        assert heads.prunable and ("block.attention_biases", 0) in {(m.param, m.dim) for m in heads.members}
+        assert list(model.block.bias_cache) == ["cpu"]  # the model's own cache is back
+        check_export(model, x, n_masks=2, ratios=(0.5,), graph=graph)
+    else:
+        assert not heads.prunable and "cached_bias" in heads.reason
     keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(0))
     small = fxsparse.export(model, graph, keep).eval()
     with torch.no_grad():
         out, ref = small(*x), masked_reference(graph, keep, *x)
     assert torch.allclose(out, ref, atol=1e-5)
-    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
-    # the sparse model prunes the same groups, and its forward is the export's
+    # the sparse model has the same groups, and its forward is the export's
     sp = fxsparse.compile(model, x, keep=0.5, compile=False)
-    assert [g.prunable for g in sp.channel_graph.groups] == [g.prunable for g in graph.groups]
+    assert [(g.size, g.prunable) for g in sp.channel_graph.groups] == [(g.size, g.prunable) for g in graph.groups]
     sp.eval()
     sp.masks = keep
     with torch.no_grad():

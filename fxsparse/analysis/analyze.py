@@ -6,6 +6,7 @@ import warnings
 import torch
 import torch.nn as nn
 
+from fxsparse.analysis.caches import tensor_caches, tensor_caches_emptied
 from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
 from fxsparse.passes.channel_propagation import ChannelPropagation
 from fxsparse.passes.fuse_channel_shuffle import FuseChannelShuffle
@@ -107,8 +108,15 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     rules, rule_leaves = _with_weight_transformed_convs(model, leaf_modules, rules)
+    caches = tensor_caches(model)
     with python_state_kept(model):
-        gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules, rule_leaves)
+        try:
+            with tensor_caches_emptied(caches):  # computed from parameters, not cached constants
+                gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules, rule_leaves)
+        except (TraceError, InputError):
+            if not caches:
+                raise
+            gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules, rule_leaves)
     FuseChannelShuffle()(gm)
     propagation = ChannelPropagation(rules)
     propagation(gm)

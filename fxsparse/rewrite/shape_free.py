@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import random_keep
 from fxsparse.rewrite.export import export
-from fxsparse.passes.opaque_conv import OpaqueConvolutions
+from fxsparse.passes.opaque_conv import can_be_opaque
 from fxsparse.rules.shapes import channel_permute
 
 # module attributes that only describe the shapes of the module's own tensors, which the
@@ -129,7 +129,7 @@ def _groups_fixed(full, result) -> str | None:
     cannot call with groups read from it (its padding is no constant per dim, its padding
     mode not zeros): its groups pin its channel count."""
     for node in full.graph.nodes:
-        if node.name in result.groups_from_shapes and OpaqueConvolutions._conv_args(full, node) is None:
+        if node.name in result.groups_from_shapes and not can_be_opaque(full, node):
             return f"the depthwise convolution {node.name!r} cannot take its groups from its input (its padding)"
     return None
 
