@@ -16,6 +16,8 @@ Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep rat
     (oneDNN's channel block on a CPU: 16 with AVX-512); "align 1": at the exact counts
     (every Bernoulli mask a new shape);
   exported eager / compiled: the physically smaller model for one fixed mask.
+  dense / exported inference: one forward of the model in eval mode under
+    torch.inference_mode() (eager), what deploying the small model instead of the dense one saves.
 Time: every variant is built and warmed up (3 steps; compilation happens in the first, with
 a fresh compile cache unless --warm-cache), then all are timed round-robin, one step of
 each per round, the order reversed every other round (--block K: K steps in a row, the
@@ -80,6 +82,17 @@ def make_dense_step(model, x, y, compile_):
     return step, opt
 
 
+def make_inference_step(model, x):
+    """One forward in eval mode, no autograd: a deployed model's step."""
+    model.eval()
+
+    def step():
+        with torch.inference_mode():
+            model(x)
+
+    return step
+
+
 def make_masked_dense_step(model, graph, x, y, keep, compile_):
     """Dense compute with weights multiplied by per-step channel masks (no saving)."""
     from torch.func import functional_call
@@ -121,13 +134,14 @@ VARIANTS = {
     "dynamic": "sparse dynamic (exact counts)", "dynamic-bernoulli": "sparse dynamic (Bernoulli masks)",
     "dynamic-bernoulli-align1": "sparse dynamic (Bernoulli masks, align 1)",
     "exported-eager": "exported eager", "exported": "exported compiled",
+    "dense-infer": "dense inference", "exported-infer": "exported inference",
 }
 # (numerator, denominator): ratios of step times taken within each round (drift cancels)
 PAIRS = [("sparse compiled", "exported compiled"), ("sparse dynamic (exact counts)", "sparse compiled"),
          ("sparse dynamic (Bernoulli masks)", "sparse compiled"),
          ("sparse compiled (Bernoulli masks)", "sparse compiled"),
          ("sparse dynamic (Bernoulli masks, align 1)", "sparse compiled"),
-         ("sparse dynamic (exact counts)", "exported compiled")]
+         ("sparse dynamic (exact counts)", "exported compiled"), ("exported inference", "dense inference")]
 # sparse variants: (compile, capacity, masks drawn per channel (Bernoulli) or exact counts, align)
 SPARSE = {"sparse-eager": (False, "exact", False, None), "sparse": (True, "exact", False, None),
           "sparse-bernoulli": (True, "auto", True, None), "dynamic": (True, "dynamic", False, None),
@@ -168,7 +182,9 @@ def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", varia
     for key in variants:
         label = VARIANTS[key]
         compile_ = not key.endswith("-eager")
-        if key.startswith("dense") or key.startswith("exported"):
+        if key.endswith("-infer"):
+            add(label, make_inference_step(fresh() if key.startswith("dense") else fxsparse.export(fresh(), graph, fixed), x))
+        elif key.startswith("dense") or key.startswith("exported"):
             m = fresh() if key.startswith("dense") else fxsparse.export(fresh(), graph, fixed).train()
             step, opt = make_dense_step(m, x, y, compile_)
             add(label, step)

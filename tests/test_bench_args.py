@@ -19,3 +19,16 @@ def test_quartiles():
     q1, mid, q3 = bench.quartiles([1.0, 2.0, 3.0, 4.0, 5.0])
     assert (q1, mid, q3) == (1.5, 3.0, 4.5)
     assert bench.quartiles([2.0]) == (2.0, 2.0, 2.0)
+
+
+def test_inference_of_the_small_model_beside_the_dense_one():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = bench.bench_model("resnet20", batch=4, keep=0.5, steps=2, variants=("dense-infer", "exported-infer"))
+    finally:
+        torch.set_num_threads(n)
+    assert rows["dense inference"][0] > 0 and rows["exported inference"][0] > 0
+    assert len(rows["_ratio exported inference / dense inference"]) == 2  # per round, drift cancels
