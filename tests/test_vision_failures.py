@@ -328,6 +328,28 @@ def test_cached_tensor(cache):
         assert torch.allclose(sp(*x), out, atol=1e-5)
 
 
+class TracedWrongNet(CachedBiasNet):
+    """The same, fresh, with a branch torch.fx takes wrongly (its proxy is no Tensor): the traced
+    graph fails, the model is run once to tell that from bad inputs, then torch.export captures."""
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            x = x.flatten(1)
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        return self.head((x + self.block(x)).mean(1))
+
+
+def test_cache_filled_during_analysis_is_not_captured():
+    torch.manual_seed(0)
+    model = TracedWrongNet().eval()
+    x = (torch.randn(2, 3, 32, 32),)
+    graph = fxsparse.analyze(model, x)
+    (heads,) = [g for g in graph.groups if any(m.param == "block.attention_biases" for m in g.members)]
+    assert heads.prunable and heads.size == 4, heads.reason
+    assert model.block.bias_cache == {}  # as before the analysis
+    check_export(model, x, n_masks=2, ratios=(0.5,), graph=graph)
+
+
 # 2b. timm's Swin V2 and BEiT pass F.linear a bias concatenated from q_bias, a zero k_bias
 # buffer and v_bias: each piece is sliced with the output channels (the heads) it covers
 @needs_timm

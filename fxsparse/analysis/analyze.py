@@ -28,7 +28,7 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves
             # the library's code lines say less than the module path: no stack traces (faster)
             return _export_graph(model, example_inputs, flops, stack_traces=False), []
         except TraceError as exc:
-            if not runs_eagerly(model, example_inputs):  # the inputs are the user's to fix
+            if not _runs_eagerly(model, example_inputs):  # the inputs are the user's to fix
                 raise InputError(f"{type(model).__name__} fails on the example inputs "
                                  f"{[tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]}"
                                  ". Pass inputs the model accepts (e.g. token ids [batch, sequence]).") from exc
@@ -39,7 +39,7 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves
             gm, auto_leaves = trace(model, tuple(leaf_modules) + tuple(rule_leaves))
         ShapeProp(example_inputs, count_flops=flops)(gm)  # one forward gives shapes and FLOPs
     except (TraceError, InputError) as exc:
-        if leaf_modules or (isinstance(exc, InputError) and not runs_eagerly(model, example_inputs)):
+        if leaf_modules or (isinstance(exc, InputError) and not _runs_eagerly(model, example_inputs)):
             raise  # leaves only exist for symbolic tracing; inputs the model rejects are the user's to fix
         return _export_graph(model, example_inputs, flops, traced_error=exc), []
     if not leaf_modules and (auto_leaves or opaque_calls(gm, rules) or modules_export_sees_through(gm)):
@@ -53,6 +53,13 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves
     for w in leaf_warnings:  # the traced graph stays: its opaque leaves are reported
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return gm, auto_leaves
+
+
+def _runs_eagerly(model, example_inputs) -> bool:
+    """:func:`runs_eagerly`, leaving no cache behind for the capture that may follow (a tensor
+    the run cached would be a constant to torch.export, cut from its parameters)."""
+    with python_state_kept(model):
+        return runs_eagerly(model, example_inputs)
 
 
 def _export_graph(model, example_inputs, flops, traced_error=None, stack_traces=True):
