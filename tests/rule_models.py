@@ -727,7 +727,7 @@ class OpaqueOpNet(CustomOpNet):
 
 
 class NoRuleNet(nn.Module):
-    """torch.cumsum has no channel rule: conv1's channels entering it stay."""
+    """torch.logcumsumexp has no channel rule: conv1's channels entering it stay."""
 
     def __init__(self):
         super().__init__()
@@ -736,7 +736,7 @@ class NoRuleNet(nn.Module):
         self.conv3 = nn.Conv2d(6, 4, 1)
 
     def forward(self, x):
-        x = torch.cumsum(self.conv1(x), dim=2)
+        x = torch.logcumsumexp(self.conv1(x), dim=2)
         return self.conv3(F.relu(self.conv2(x)))
 
 
@@ -990,7 +990,7 @@ CASES = [
              blocked=[("conv1.weight:0", "body.gate")], warns="body.gate"),
     RuleCase("no_rule_op", NoRuleNet, IMG, prunable=[6], unprunable=2,
              same=[("conv2.weight:0", "conv3.weight:1")],
-             blocked=[("conv1.weight:0", "cumsum")]),
+             blocked=[("conv1.weight:0", "logcumsumexp")]),
     RuleCase("size_arithmetic", SizeArithmeticNet, IMG, prunable=[6], unprunable=2,
              same=[("conv2.weight:0", "fc.weight:1")],
              index=[("conv2.weight:0", "fc.weight:1", blocks(6, 64))],

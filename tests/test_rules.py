@@ -652,11 +652,23 @@ class _EinsumProductNet(nn.Module):
         return self.fc2(torch.einsum("bnc,bnc->bnc", y, y))
 
 
-def test_einsum_that_is_no_matrix_product_keeps_its_channels():
-    graph = fxsparse.analyze(_EinsumProductNet(), torch.randn(2, 5, 6))
-    assert not graph.prunable_groups
+class _EinsumSumNet(_EinsumProductNet):
+    """An einsum that sums fc1's channels out: removing one changes the sum's operands."""
+
+    def forward(self, x):
+        y = self.fc1(x)
+        return self.fc2(y) + torch.einsum("bnc->bn", y)[..., None]
+
+
+def test_einsum_that_is_no_matrix_product_is_read_letter_by_letter():
+    x, model = torch.randn(2, 5, 6), _EinsumProductNet()
+    graph = fxsparse.analyze(model, x)
     (g,) = [g for g in graph if g.size == 8]
-    assert "einsum 'bnc,bnc->bnc'" in g.reason and "not a two-operand matrix product" in g.reason
+    assert g.prunable  # 'c' is in both operands and the output: an element-wise product
+    check_export(model, (x,), n_masks=2, graph=graph)
+    graph = fxsparse.analyze(_EinsumSumNet(), x)
+    (g,) = [g for g in graph if g.size == 8]
+    assert "einsum 'bnc->bn'" in g.reason and "summed over" in g.reason
 
 
 def test_multihead_attention_export_runs_at_every_batch_size():

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from fxsparse.core.broadcast import along, left_pad, padded_shape
 from fxsparse.core.elements import NO_ELEMENT, varying_dims
+from .einsum import general_einsum
+from .outer import keep_one_axis
 from .context import node_arg
 from .layers import linear_channels, param_dim
 from .registry import register_rule
@@ -64,12 +66,9 @@ def product_ids(ctx, node, a, b, a_shape, b_shape, a_ids, b_ids, what):
     cols = np.moveaxis(B, nd - 1, 0).reshape(B.shape[nd - 1], -1)[:, 0] if nd - 1 in vb else None
     if rows is not None and cols is not None:
         # an outer product of two channel axes (EfficientViM's x [C, L] @ (a*b)^T [L, N]: the
-        # stream times a state dim): one ids array holds one of them, the larger
-        small, big = ("columns", "rows") if len(rows) >= len(cols) else ("rows", "columns")
-        ctx.unprunable(cols if small == "columns" else rows,
-                       f"{loc}: an outer product of channels along the {big} of one factor and the {small} of the "
-                       f"other; only the larger side, the {big}, can be pruned")
-        rows, cols = (rows, None) if small == "columns" else (None, cols)
+        # stream times a state dim): one ids array holds one of them
+        kept = keep_one_axis(ctx, [("the rows of the first factor", rows), ("the columns of the second", cols)], loc)
+        rows, cols = (rows, None) if kept == 0 else (None, cols)
     if rows is not None:  # rows of a
         out = np.maximum(out, along(rows, nd - 2, nd))
     if cols is not None:  # columns of b
@@ -169,8 +168,7 @@ def einsum_rule(ctx, node):
     eq, operands = _einsum_operands(node.args)
     orders = _einsum_as_matmul(eq) if len(operands) == 2 and all(isinstance(o, fx.Node) for o in operands) else None
     if orders is None:
-        ctx.opaque(node, f"einsum '{eq}' at {ctx.where(node)} is not a two-operand matrix product")
-        return None
+        return general_einsum(ctx, node, eq, operands)
     (a, b), (a_order, b_order, out_order) = operands, orders
     a_ids, a_shape = _reordered(ctx.ids(a), ctx.shape(a), a_order)
     b_ids, b_shape = _reordered(ctx.ids(b), ctx.shape(b), b_order)

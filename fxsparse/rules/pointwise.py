@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from fxsparse.core.broadcast import left_pad, padded_shape
 from fxsparse.core.elements import NO_ELEMENT, varying_dims
 from .context import FreeRef
+from .outer import keep_one_axis
 from .registry import register_rule
 
 UNARY_MODULES = (
@@ -143,20 +144,18 @@ def combine(ctx, node, operands, out_shape, what="element-wise op"):
 def _outer_product(ctx, tracked, loc):
     """Operands whose channels run along different dims, each broadcast along the other's
     (``dt[:, :, None] * B[:, None, :]``, a state-space model's inner channels times its state
-    dim): every output position belongs to a channel of each, which one ids array cannot
-    hold. The operand with the most channels keeps them; the other's cannot be removed."""
-    def channels(entry):
-        return int(np.prod([entry[2].shape[d] for d in varying_dims(entry[2])]))
-
-    for a in sorted(tracked, key=channels, reverse=True):
+    dim): one of them keeps its channels (``outer.keep_one_axis``), the other's stay."""
+    for a in list(tracked):
         for b in list(tracked):
+            if a is b or a not in tracked or b not in tracked:
+                continue
             va, vb = set(varying_dims(a[2])), set(varying_dims(b[2]))
-            if b is a or a not in tracked or not va or not vb or va & vb:
+            if not va or not vb or va & vb:
                 continue
             if all(a[1][d] == 1 for d in vb) and all(b[1][d] == 1 for d in va):
-                ctx.unprunable(b[2], f"{loc}: an outer product of the channels of '{a[0]}' (dim {min(va)}) and "
-                                     f"'{b[0]}' (dim {min(vb)}); only the larger side, '{a[0]}', can be pruned")
-                tracked.remove(b)
+                lines = [np.moveaxis(e[2], min(v), 0).reshape(e[2].shape[min(v)], -1)[:, 0] for e, v in ((a, va), (b, vb))]
+                kept = keep_one_axis(ctx, [(f"'{a[0]}' (dim {min(va)})", lines[0]), (f"'{b[0]}' (dim {min(vb)})", lines[1])], loc)
+                tracked.remove(b if kept == 0 else a)
     return tracked
 
 

@@ -13,7 +13,7 @@ import torch
 
 from fxsparse.core.elements import varying_dims
 from .context import node_arg
-from .pointwise import passthrough
+from .pointwise import nary, passthrough
 from .registry import register_rule
 
 aten = torch.ops.aten
@@ -42,7 +42,27 @@ def tensor_split_rule(ctx, node):
 
 register_rule(torch.tensor_split, "tensor_split", aten.tensor_split.indices, aten.tensor_split.sections)(tensor_split_rule)
 
-# torch.export keeps softplus as an aten op (F.softplus is registered with the activations)
+def cumsum_rule(ctx, node):
+    """``x.cumsum(dim)``: a running sum along time (the summed decays of a chunked scan)
+    keeps the other dims' channels; along a channel dim it would add channels together."""
+    src = node.args[0]
+    dim = node_arg(node, 1, "dim") % len(ctx.shape(src))
+    ids = ctx.padded_ids(src)
+    if ids is not None and dim in varying_dims(ids):
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "cumsum").split(".")[0]
+        ctx.unprunable(ids, f"torch.{name} at {ctx.where(node)} runs along dim {dim}, which carries channels: it "
+                            "adds channels together")
+        return None
+    refs = ctx.free(src)
+    if refs is not None and ids is None:
+        ctx.set_free(node, refs)
+    return ids
+
+
+register_rule(torch.cumsum, "cumsum", aten.cumsum.default, torch.cumprod, "cumprod", aten.cumprod.default)(cumsum_rule)
+
+# torch.export keeps these as aten ops (their torch forms are registered with the element-wise ops)
 register_rule(aten.softplus.default)(passthrough)
+register_rule(aten.masked_fill.Scalar, aten.masked_fill.Tensor)(nary)
 
 __all__ = ["tensor_split_rule"]
