@@ -56,13 +56,19 @@ def _tests():
     def tokens(build):
         return lambda: (build(), moe._tokens())
 
+    def audio():
+        return (torch.randn(2, 800, generator=torch.Generator().manual_seed(0)),)
+
     def images(build, size):
         return lambda: (build(), ssm._image(size))
 
     return {
         "qwen3_moe": tokens(moe._qwen3_moe),
         "clip_vision_projection": images(ssm._clip, 32),
-        "wav2vec2": lambda: (ssm._wav2vec2(), (torch.randn(2, 800, generator=torch.Generator().manual_seed(0)),)),
+        "mamba2_heads_own_bc": tokens(lambda: ssm._mamba2(groups=8)),
+        "mamba2_shared_bc": tokens(lambda: ssm._mamba2(groups=1)),
+        "wav2vec2": lambda: (ssm._wav2vec2(), audio()),
+        "wav2vec2_ctc": lambda: (ssm._wav2vec2(head=True), audio()),
         "tiny_vit_small": images(lambda: ssm._timm("tiny_vit_5m_224", embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1),
                                                    num_heads=(1, 2, 3, 4), window_sizes=(2, 2, 2, 2)), 64),
         "efficientvim_small": images(lambda: ssm._timm("efficientvim_m1", embed_dim=(16, 32, 48), depths=(1, 1, 1),

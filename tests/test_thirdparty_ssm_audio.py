@@ -320,3 +320,44 @@ def test_efficientvim_prunes_its_stream_past_the_state_space_mixer():
     assert any("outer product" in g.reason for g in fixed)
     assert _groups_with(graph, "stages.0.blocks.0.mixer.hz_proj.conv.weight", 1)[0].prunable
     _chain(model, inputs, graph)
+
+
+# ----- Mamba2 (transformers' chunked scan on the CPU) ----------------------------------------------
+def _mamba2(groups):
+    import transformers
+
+    cfg = transformers.Mamba2Config(vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=1, expand=2,
+                                    conv_kernel=4, num_heads=8, head_dim=8, n_groups=groups, chunk_size=4)
+    return transformers.Mamba2ForCausalLM(cfg)
+
+
+def _heads(graph):
+    (heads,) = _groups_with(graph, "layers.0.mixer.out_proj.weight", 1)
+    return heads
+
+
+def test_mamba2_prunes_heads_that_have_their_own_B_and_C():
+    """n_groups == num_heads: a head's x, z, dt, A, D rows, its B and C group and its state all
+    go together; the chunked scan's einsums and cumulative sums keep them apart per head."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model, inputs = _mamba2(groups=8).eval(), _tokens()
+    graph = _analyze(model, inputs)
+    heads = _heads(graph)
+    assert heads.prunable and heads.size == 8
+    assert [len(ix) for ix in _rows(heads, "layers.0.mixer.out_proj.weight", 1)] == [8] * 8  # head_dim columns
+    _chain(model, inputs, graph)
+
+
+def test_mamba2_with_B_and_C_shared_by_all_heads_keeps_its_heads():
+    """n_groups == 1: B and C are copied to every head (repeat_interleave of the group dim) before
+    they meet the per-head decays; the copies carry no channels, so the heads stay. The state
+    dim (B and C rows) prunes instead."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model, inputs = _mamba2(groups=1).eval(), _tokens()
+    graph = _analyze(model, inputs)
+    assert not _heads(graph).prunable
+    state = [g for g in _groups_with(graph, "layers.0.mixer.in_proj.weight", 0) if g.prunable and g.size == 8]
+    assert state and not any(m.param.endswith("out_proj.weight") for m in state[0].members)
+    _chain(model, inputs, graph, bound=0.7)
