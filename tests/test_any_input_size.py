@@ -109,6 +109,18 @@ def test_transformers_model_at_other_sizes(name):
     _check_sizes(model, graph, [_tokens(3, length - 3), _tokens(1, length + 5)])
 
 
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "qwen3_moe", "falcon_new_decoder"])
+def test_transformers_mixture_of_experts_at_other_lengths(name):
+    pytest.importorskip("transformers")
+    import test_thirdparty_moe  # the families tests/test_thirdparty_moe.py builds
+
+    torch.manual_seed(0)
+    model = test_thirdparty_moe.FAMILIES[name]().eval()
+    graph, pinned = _analyze(model, _tokens(2, 8))
+    assert not pinned, pinned
+    _check_sizes(model, graph, [_tokens(3, 5), _tokens(1, 13)])
+
+
 # ---- timm models, by name (the fast set of tests/test_thirdparty_timm.py) -----------------------
 
 TIMM_FAST = ["resnet18", "resnetv2_50x1_bit", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto",
