@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import fxsparse
 from fxsparse.rewrite.reference import masked_reference
+from harness import check_export
 
 FLOPS_BOUND = 0.35
 VOCAB = 100
@@ -218,6 +219,35 @@ def test_handwritten_mamba_compiled_step_equals_the_export():
     sparse.eval()
     sparse.masks = keep
     torch.testing.assert_close(sparse(x).detach(), small(x).detach(), atol=1e-4, rtol=1e-4)
+
+
+class FillNet(nn.Module):
+    """Fresh tensors of one value and literal sizes meeting channels: an accumulator added to
+    and a zero history concatenated along time take the channels they meet (export writes the
+    kept counts into their sizes); one read through a slice keeps fixed values."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv1d(3, 8, 1), nn.Conv1d(8, 6, 3), nn.Conv1d(6, 4, 1)
+
+    def forward(self, x):  # [batch, 3, 5]
+        h = torch.zeros(x.shape[0], 8, 5) + self.a(x)
+        h = torch.cat([torch.zeros(x.shape[0], 8, 2), h], dim=2)  # causal history for the kernel of 3
+        g = self.b(h)
+        return self.c(g * torch.ones(6, 2)[:, :1])
+
+
+def test_constant_fills_take_the_channels_they_meet():
+    torch.manual_seed(0)
+    model, x = FillNet().eval(), torch.randn(2, 3, 5)
+    graph = fxsparse.analyze(model, (x,))
+    (a,) = _groups_with(graph, "a.weight", 0)
+    (b,) = _groups_with(graph, "b.weight", 0)
+    assert a.prunable and not b.prunable and "cannot be removed" in b.reason
+    check_export(model, (x,), graph=graph, n_masks=3)
+    keep = {a.id: torch.tensor([True, False] * 4)}
+    small = fxsparse.export(model, graph, keep)
+    assert small(x).shape == (2, 4, 5)
 
 
 # ----- shallow prunes ---------------------------------------------------------------------------
