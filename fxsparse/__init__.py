@@ -32,13 +32,13 @@ _EXPORTS = {
     "SparseModel": "fxsparse.step.sparse", "compile": "fxsparse.step.sparse",
     "Classifier": "fxsparse.training.classifier",
     "load": "fxsparse.training.saved", "save": "fxsparse.training.saved",
-    "SavedModelError": "fxsparse.core.errors",
+    "SavedModelError": "fxsparse.core.errors", "PinnedSizeWarning": "fxsparse.analysis.dynamic_dims",
 }
 
 __all__ = [
     "analyze", "export", "prune", "save_pretrained", "load_pretrained", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
     "ChannelGraph", "ChannelGroup", "Member", "count_flops", "load", "save",
-    "FxsparseError", "SavedModelError", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError", "PruneCheckError",
+    "FxsparseError", "SavedModelError", "PinnedSizeWarning", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError", "PruneCheckError",
 ]
 
 
@@ -65,6 +65,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .analysis.analyze import analyze
+    from .analysis.dynamic_dims import PinnedSizeWarning
     from .analysis.graph import ChannelGraph, ChannelGroup, Member, count_flops
     from .analysis.masks import normalize_keep, random_keep, topk_keep
     from .core.errors import (ExportError, FxsparseError, InputError, KeepMaskError, NoPrunableGroupError, PruneCheckError,
