@@ -158,9 +158,8 @@ class MambaBlock(nn.Module):
 
 
 class MambaNet(nn.Module):
-    def __init__(self, dim=16, inner=24, length=6):
+    def __init__(self, dim=16, inner=24):
         super().__init__()
-        self.length = length
         self.embed = nn.Linear(5, dim)
         self.block = MambaBlock(dim, inner)
         self.head = nn.Linear(dim, 3)
@@ -208,10 +207,12 @@ def test_handwritten_mamba_block_matches_a_reference_sliced_by_hand():
         torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # torch.compile of the step: ~40 s
 def test_handwritten_mamba_compiled_step_equals_the_export():
-    """The one torch.compile'd check of this file: a training step of the capacity model."""
+    """The one torch.compile'd check of this file: the capacity model's forward and one
+    training step (its loss is the export's; only kept channels' weights move)."""
     torch.manual_seed(0)
-    model, x = MambaNet().eval(), torch.randn(2, 6, 5)
+    model, x = MambaNet().eval(), torch.randn(2, 3, 5)  # 3 steps of the scan: a quicker compile
     graph = fxsparse.analyze(model, (x,))
     keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(2))
     small = fxsparse.export(model, graph, keep).eval()
@@ -219,6 +220,14 @@ def test_handwritten_mamba_compiled_step_equals_the_export():
     sparse.eval()
     sparse.masks = keep
     torch.testing.assert_close(sparse(x).detach(), small(x).detach(), atol=1e-4, rtol=1e-4)
+    target = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(3))
+    expected = float(F.mse_loss(small(x), target))
+    (inner,) = _groups_with(graph, "block.conv.weight", 0)
+    dropped, before = ~keep[inner.id], model.block.conv.weight.detach().clone()
+    step = sparse.make_train_step(F.mse_loss, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert abs(float(step(x, target)) - expected) <= 1e-4 * max(1.0, expected)
+    assert torch.equal(model.block.conv.weight[dropped], before[dropped])  # removed channels stay as they were
+    assert not torch.equal(model.block.conv.weight[~dropped], before[~dropped])
 
 
 class FillNet(nn.Module):
