@@ -129,8 +129,9 @@ def _check(model, graph, x) -> str:
 
 
 def add_train_arguments(p):
+    # all three torch-free: `fxsparse train --help` must not wait for torch and the methods
     from fxsparse.methods import default_method
-    from fxsparse.training.trainer import TrainConfig
+    from fxsparse.training.config import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--model", default=d.model, help=f"zoo:NAME, timm:NAME, torchvision:NAME or module.path:factory (default {d.model})")
@@ -179,15 +180,19 @@ def add_train_arguments(p):
 
 
 def method_cli_options() -> list:
-    """(flags, argparse keywords) of every registered method's ``cli_options``, each flag once."""
-    from .methods import get_method, list_methods
+    """(flags, argparse keywords) of every method's flags, each flag once: the built-ins' from
+    :mod:`fxsparse.methods.flags` (plain data, no torch), and those of methods registered from
+    Python so far (a user's ``cli_options``), without importing any method."""
+    from .methods import flags
 
+    registry = sys.modules.get("fxsparse.methods.registry")  # loaded: methods may be registered
+    declared = [*flags.FLAGS.values(), *(registry.registered_cli_options() if registry else ())]
     seen, out = set(), []
-    for name in list_methods():
-        for flags, kwargs in get_method(name).cli_options:
-            if not seen.intersection(flags):
-                seen.update(flags)
-                out.append((flags, kwargs))
+    for options in declared:
+        for flags_, kwargs in options:
+            if not seen.intersection(flags_):
+                seen.update(flags_)
+                out.append((flags_, kwargs))
     return out
 
 
@@ -408,8 +413,8 @@ def _close_progress_bars() -> None:
 
 
 def build_parser(argv: list) -> argparse.ArgumentParser:
-    """The ``fxsparse`` parser; ``train``'s flags only when ``argv`` runs ``train`` (building
-    them imports torch and the methods, which ``--version`` and ``--help`` must not wait for)."""
+    """The ``fxsparse`` parser; ``train``'s many flags only when ``argv`` runs ``train``. Building
+    it imports no torch: the commands import what they use."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="fxsparse", description="Channel-level sparse training that is fast for real.")
@@ -429,7 +434,7 @@ def build_parser(argv: list) -> argparse.ArgumentParser:
     z.add_argument("models", nargs="*", help="only these zoo models (default: all; all take about 2 min on 2 cores)")
     z.set_defaults(func=cmd_zoo)
     t = sub.add_parser("train", help="sparse training on real data: search, fine-tune, export")
-    if next((a for a in argv if not a.startswith("-")), None) == "train":  # its flags import torch and the methods
+    if next((a for a in argv if not a.startswith("-")), None) == "train":
         add_train_arguments(t)
     t.set_defaults(func=cmd_train)
     r = sub.add_parser("report", help="plots (PNG) of a training run: curves, keep per layer, learned widths")
@@ -458,7 +463,7 @@ def main(argv=None) -> int:
 
             bench_main(argv[1:])
             return 0
-        plan = thread_plan_for(argv)  # before build_parser: train's flags import torch
+        plan = thread_plan_for(argv)  # before anything imports torch (see thread_plan_for)
         args = build_parser(argv).parse_args(argv)
         args.argv = argv
         args.thread_plan = plan

@@ -406,6 +406,102 @@ def test_version_and_help_are_fast_and_do_not_import_torch(tmp_path, flag):
     assert probe.stdout.strip() == "[]"
 
 
+_TRAIN_HELP_PROBE = """
+import sys, time
+import fxsparse.cli
+t = time.perf_counter()
+try:
+    fxsparse.cli.main(["train", "--help"])
+except SystemExit as exc:
+    assert exc.code == 0, exc.code
+took = time.perf_counter() - t
+print("IMPORTED", sorted(m for m in ("torch", "numpy", "fxsparse.methods.registry", "fxsparse.training.trainer")
+                         if m in sys.modules), f"{took:.3f}")
+"""
+
+
+def test_train_help_is_fast_imports_no_torch_and_lists_every_method_flag(tmp_path):
+    """`fxsparse train --help` reads the methods' flags (fxsparse.methods.flags) and the
+    defaults (fxsparse.training.config) as plain data: 2-5 s when it imported every method."""
+    from fxsparse.methods import get_method, list_methods
+
+    r = subprocess.run([sys.executable, "-c", _TRAIN_HELP_PROBE], cwd=tmp_path, env=_env(COLUMNS="200"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    help_text, probe = r.stdout.rsplit("IMPORTED ", 1)
+    imported, took = probe.rsplit(" ", 1)
+    assert imported == "[]", imported
+    assert float(took) < 0.5, f"building and printing train's help took {took} s"
+    flags = [f for name in list_methods() for option, _ in get_method(name).cli_options for f in option]
+    assert "--score-lr" in flags and "--no-compile-update" in flags  # VR-PGE's, the default method's
+    for flag in flags + ["--model", "--method", "--keep", "--nproc", "--threads"]:
+        assert re.search(rf"^  {re.escape(flag)}\b", help_text, flags=re.M), flag
+    assert "(default: vrpge; with --init, l1_filter)" in " ".join(help_text.split())
+
+
+@pytest.mark.parametrize("command", ["analyze", "zoo", "report", "train"])
+def test_each_commands_help_is_fast(tmp_path, command):
+    best = float("inf")
+    for _ in range(2):  # the faster of two: a busy machine may stall one start
+        t = time.perf_counter()
+        r = subprocess.run(_fxsparse(command, "--help"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                           timeout=60)
+        best = min(best, time.perf_counter() - t)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"usage: fxsparse {command}")
+    assert best < 1.5, f"fxsparse {command} --help took {best:.2f} s"
+
+
+def test_method_flags_are_declared_once_in_the_flags_module():
+    """The CLI reads fxsparse.methods.flags; a method class that declares its own
+    ``cli_options`` too must declare the same ones (the registry sets the entry otherwise)."""
+    from fxsparse.methods import flags, get_method, list_methods
+
+    assert set(flags.FLAGS) <= set(list_methods())
+    for name in list_methods():
+        assert get_method(name).cli_options == flags.FLAGS.get(name, ()), \
+            f"method {name!r}: its flags differ from fxsparse/methods/flags.py, where the CLI reads them"
+
+
+_LAZY_METHODS_PROBE = """
+import sys
+import fxsparse.methods as methods
+from fxsparse.methods import flags, default_method
+assert "torch" not in sys.modules and "fxsparse.methods.registry" not in sys.modules
+from fxsparse.methods.vrpge import VRPGE   # one method module first: the look-up still finds all
+names = methods.list_methods()
+assert {"vrpge", "dense", "snip", "rigl", "l1_filter"} <= set(names), names
+assert methods.get_method("vrpge") is VRPGE and methods.snip.__name__ == "fxsparse.methods.snip"
+print("OK", default_method(False), len(names))
+"""
+
+
+def test_methods_package_loads_its_methods_on_the_first_look_up(tmp_path):
+    r = subprocess.run([sys.executable, "-c", _LAZY_METHODS_PROBE], cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("OK vrpge ")
+
+
+def test_a_method_registered_from_python_gets_its_flags_on_the_command_line():
+    from fxsparse.methods import Method, register_method, unregister_method
+
+    class _Flagged(Method):
+        level = "none"
+        cli_options = ((("--toy-rounds",), dict(dest="toy_rounds", type=int, default=None, help="rounds")),)
+
+    register_method("toy_flagged_for_test")(_Flagged)
+    try:
+        args = cli.build_parser(["train"]).parse_args(["train", "--toy-rounds", "3"])
+        assert cli.method_options_from(args, "toy_flagged_for_test") == {"toy_rounds": 3}
+        assert cli.method_options_from(args, "vrpge") == {k: v for k, v in vars(args).items() if k in (
+            "granularity", "final", "form", "samples", "weight_masks", "reuse_loss", "weight_average")}
+    finally:
+        unregister_method("toy_flagged_for_test")
+    with pytest.raises(SystemExit):  # unregistered: the flag is gone
+        cli.build_parser(["train"]).parse_args(["train", "--toy-rounds", "3"])
+
+
 def test_lazy_package_keeps_every_public_name():
     import importlib
 
