@@ -22,7 +22,9 @@ to build it (:meth:`Method.build_phase`, given a :class:`RunContext`), to take i
 for the history row's fields (:meth:`Method.report`). Methods keep everything they need to
 resume in ``state_dict()`` (a phase in progress included: ``load_state_dict`` runs before
 the phase is rebuilt, so a method applies its phase's state in ``build_phase``). Options a
-method takes from ``fxsparse train`` flags it declares in :attr:`Method.cli_options`.
+method takes from ``fxsparse train`` flags are declared in :mod:`fxsparse.methods.flags`
+under its name (plain data, which the CLI's help reads without torch); registering the
+method sets them as :attr:`Method.cli_options`.
 """
 from __future__ import annotations
 
@@ -91,7 +93,9 @@ class Method:
     level: str = "channel"               # "channel" or "weight"
     paper: str = ""
     # ``fxsparse train`` flags that set this method's options: (flags, argparse keywords), the
-    # keywords' ``dest`` the option's name; the CLI passes them as ``method_options``
+    # keywords' ``dest`` the option's name; the CLI passes them as ``method_options``. A built-in
+    # method's are its entry in fxsparse/methods/flags.py (set when it registers); a method
+    # registered from Python may set its own
     cli_options: tuple = ()
 
     def __init__(self, keep: float = 0.5, **options):
