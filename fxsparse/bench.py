@@ -1,38 +1,8 @@
-"""Training-step time of dense vs sparse execution, measured side by side in one run.
-
-    fxsparse bench [--models vgg11_bn resnet20] [--batch 64] [--keep 0.5] [--steps 10]
-                   [--precision fp32 bf16] [--variants dense sparse exported ...] [--json out.json]
-    (also: python benchmarks/step_time.py ...)
-
-Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep ratio):
-  dense eager / dense compiled: the model as is;
-  masked-dense eager / compiled: dense weights multiplied by the channel masks (what the
-    authors' code and most pruning methods do: no saving);
-  sparse eager / compiled: fxsparse.compile (capacity "exact": random masks keeping
-    round(keep * size) channels per group, as the timing target asks);
-  sparse compiled (Bernoulli): capacity "auto", masks drawn Bernoulli(keep) per channel;
-  sparse dynamic (exact counts / Bernoulli masks): capacity "dynamic", one graph whose kept
-    counts are symbolic sizes, run at each mask's counts rounded up to the default align
-    (oneDNN's channel block on a CPU: 16 with AVX-512); "align 1": at the exact counts
-    (every Bernoulli mask a new shape);
-  exported eager / compiled: the physically smaller model for one fixed mask.
-  dense / exported inference: one forward of the model in eval mode under
-    torch.inference_mode() (eager), what deploying the small model instead of the dense one saves.
-Time: every variant is built and warmed up (3 steps; compilation happens in the first, with
-a fresh compile cache unless --warm-cache), then all are timed round-robin, one step of
-each per round, the order reversed every other round (--block K: K steps in a row, the
-step before them untimed), --steps rounds; the median per variant is reported, and for
-the pairs in PAIRS (sparse / exported compiled, dynamic / static sparse, ...) the median
-and quartiles of the per-round ratio, which the machine's drift between rounds does not move.
-Precision: ``--precision bf16`` runs every variant's steps (and the memory count) under
-``torch.autocast("cpu", torch.bfloat16)``, as ``fxsparse train --precision bf16`` does;
-``--precision fp32 bf16`` measures both in one run, one after the other.
-Memory: parameters + gradients + optimizer state + the activations autograd saves for the
-backward (counted with torch.autograd.graph.saved_tensors_hooks on the eager step).
-"""
+"""Training-step time of dense vs sparse execution, measured side by side in one run: the
+variants, how they are timed and what the memory count counts are ``fxsparse bench --help``
+(:mod:`fxsparse.bench_args`, torch-free)."""
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -45,7 +15,7 @@ from tabulate import tabulate
 import fxsparse
 from fxsparse import zoo
 from fxsparse.core.broadcast import along
-from fxsparse.analysis.masks import check_fraction
+from fxsparse.bench_args import VARIANTS, parse_args
 from fxsparse.step.train_step import forward_gathered, gather_leaves
 from fxsparse.training.device import Precision
 
@@ -125,17 +95,6 @@ def make_masked_dense_step(model, graph, x, y, keep, compile_):
     return step
 
 
-# name -> label; the order is the order they are built and timed in
-VARIANTS = {
-    "dense-eager": "dense eager", "dense": "dense compiled",
-    "masked-eager": "masked-dense eager", "masked": "masked-dense compiled",
-    "sparse-eager": "sparse eager", "sparse": "sparse compiled",
-    "sparse-bernoulli": "sparse compiled (Bernoulli masks)",
-    "dynamic": "sparse dynamic (exact counts)", "dynamic-bernoulli": "sparse dynamic (Bernoulli masks)",
-    "dynamic-bernoulli-align1": "sparse dynamic (Bernoulli masks, align 1)",
-    "exported-eager": "exported eager", "exported": "exported compiled",
-    "dense-infer": "dense inference", "exported-infer": "exported inference",
-}
 # (numerator, denominator): ratios of step times taken within each round (drift cancels)
 PAIRS = [("sparse compiled", "exported compiled"), ("sparse dynamic (exact counts)", "sparse compiled"),
          ("sparse dynamic (Bernoulli masks)", "sparse compiled"),
@@ -271,32 +230,11 @@ def print_rows(name, rows, args, precision):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vgg11_bn", "resnet20", "resnet18_cifar"])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--keep", type=float, default=0.5)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--block", type=int, default=1,
-                        help="steps of a variant in a row per round (default 1: strict round-robin, every step "
-                             "follows another model's, caches cold); with K > 1 each block runs K + 1 steps and "
-                             "times the last K, as in a training loop")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
-                        help="autocast dtype of every variant's step; several: each timed in the same run, "
-                             "one after the other (default %(default)s; the bench runs on the CPU)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
-                        help=f"which variants to build and time (default all: {' '.join(VARIANTS)})")
-    parser.add_argument("--json", default="step_time.json")
-    parser.add_argument("--warm-cache", action="store_true",
-                        help="reuse torch.compile's on-disk cache (default: a fresh one, so compile times are cold)")
-    args = parser.parse_args(argv)
-    for flag in ("steps", "block", "batch", "threads"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    try:
-        check_fraction(args.keep, "--keep")
-    except ValueError as err:
-        parser.error(str(err))
+    run_bench(parse_args(argv))
+
+
+def run_bench(args):
+    """The bench of the parsed ``args`` (:func:`fxsparse.bench_args.parse_args`)."""
     if not args.warm_cache:
         import os
         import tempfile

@@ -459,9 +459,12 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, CtrlC.handler)
     try:
         if argv and argv[0] == "bench":
-            from .bench import main as bench_main
+            from .bench_args import parse_args  # torch-free: `fxsparse bench --help` is fast
 
-            bench_main(argv[1:])
+            bench_args = parse_args(argv[1:])
+            from .bench import run_bench  # torch, once the arguments are good
+
+            run_bench(bench_args)
             return 0
         plan = thread_plan_for(argv)  # before anything imports torch (see thread_plan_for)
         args = build_parser(argv).parse_args(argv)

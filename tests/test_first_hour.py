@@ -439,7 +439,7 @@ def test_train_help_is_fast_imports_no_torch_and_lists_every_method_flag(tmp_pat
     assert "(default: vrpge; with --init, l1_filter)" in " ".join(help_text.split())
 
 
-@pytest.mark.parametrize("command", ["analyze", "zoo", "report", "train"])
+@pytest.mark.parametrize("command", ["analyze", "zoo", "report", "train", "bench"])
 def test_each_commands_help_is_fast(tmp_path, command):
     best = float("inf")
     for _ in range(2):  # the faster of two: a busy machine may stall one start
