@@ -316,7 +316,7 @@ def interrupted_message(argv: list, out: str, resumed: bool) -> str:
     try:  # the epoch it holds; mmap: only the pickle is read, not the tensors
         import torch
 
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         where = f": epoch {saved['epoch']}, step {saved['step']}"
     except Exception:  # the line must come out whatever the file holds
         pass

@@ -85,6 +85,59 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
 
 
+class _RunsCode:
+    """A pickle that would create a file when loaded: what a tampered checkpoint could hold."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_loads_with_weights_only_and_restores_every_rng(tmp_path):
+    import random
+
+    import numpy as np
+
+    path = str(tmp_path / "last.pt")
+    torch.manual_seed(1), random.seed(2), np.random.seed(3)
+    np.random.standard_normal()  # numpy's state then holds a cached gaussian too
+    checkpoint.save_atomic({"rng": checkpoint.rng_state(), "epoch": 4}, path)
+    drawn = (torch.rand(3), random.random(), np.random.standard_normal(5), np.random.randint(1 << 30))
+    torch.load(path, weights_only=True)  # tensors and plain values only
+    checkpoint.set_rng_state(checkpoint.load(path)["rng"])
+    again = (torch.rand(3), random.random(), np.random.standard_normal(5), np.random.randint(1 << 30))
+    assert torch.equal(drawn[0], again[0]) and drawn[1] == again[1]
+    assert np.array_equal(drawn[2], again[2]) and drawn[3] == again[3]
+
+
+@pytest.mark.parametrize("content", ["numpy", "code"])
+def test_checkpoint_with_pickled_objects_is_refused_and_runs_nothing(tmp_path, content):
+    """An older fxsparse pickled numpy's RNG state (a numpy array): refused with what to do, as is
+    a file whose pickle would run code (it never runs)."""
+    import numpy as np
+
+    out, marker = tmp_path / "run", tmp_path / "ran"
+    out.mkdir()
+    obj = {"rng": {"numpy": np.random.get_state()}} if content == "numpy" else {"epoch": _RunsCode(str(marker))}
+    torch.save(obj, str(out / "last.pt"))
+    with pytest.raises(ValueError, match="start the run again without --resume, after removing") as exc:
+        checkpoint.load(str(out / "last.pt"))
+    assert str(out) in str(exc.value)
+    assert not marker.exists()
+
+
+def test_resume_from_an_older_checkpoint_says_to_restart(data_dir, tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"epoch": 1, "rng": {"numpy": np.random.get_state()}}, str(out / "last.pt"))
+    assert cli_main(_args(data_dir, out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxsparse train: error: cannot resume from") and "older fxsparse" in err, err
+
+
 def _config(data_dir, out, **kw):
     base = dict(model="zoo:lenet5", data="mnist", data_root=data_dir, batch_size=32, epochs=1, finetune_epochs=1,
                 compile=False, out=str(out))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import tempfile
 
@@ -73,13 +74,26 @@ def _umask() -> int:
 
 
 def load(path: str):
+    """The checkpoint at ``path``, read with ``weights_only=True``: tensors and plain Python
+    values only, so a tampered file cannot run code. One written before that (numpy's RNG state
+    pickled as a numpy array) is refused with what to do."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}; start without --resume, or point --out at the run to resume")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # what weights_only refuses: a global it does not allow
+        raise ValueError(f"cannot resume from {path!r}: it holds Python objects a safe load refuses (written by an "
+                         f"older fxsparse, or not by fxsparse), and loading them could run code; start the run again "
+                         f"without --resume, after removing {os.path.dirname(path) or '.'!r} or with another --out "
+                         f"({str(exc).strip().splitlines()[-1][:200]})") from None
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG state a bit-identical resume restores, as tensors and plain Python values (numpy's
+    as its fields, the key a tensor): what ``torch.load(weights_only=True)`` reads back."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [str(kind), torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -88,6 +102,7 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
