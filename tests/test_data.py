@@ -272,6 +272,33 @@ def test_cifar_errors(tmp_path):
         D.CifarDataset(tmp_path / "c")
 
 
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_cifar_batch_is_read_without_running_code(tmp_path):
+    """A CIFAR batch pickles numpy arrays only: one naming any other global is refused before it
+    runs; the files the authors wrote (Python 2, numpy.core.multiarray) still load."""
+    x, y, _, _ = make_cifar_dir(tmp_path / "c")
+    path = tmp_path / "c" / "data_batch_1"
+    obj = {b"data": x[:6], b"labels": [int(v) for v in y[:6]], b"batch_label": b"batch 1 of 5"}
+    old_style = pickle.dumps(obj, protocol=2).replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"cnumpy.core.multiarray\n_reconstruct" in old_style
+    path.write_bytes(old_style)
+    ds = D.CifarDataset(tmp_path / "c")
+    assert np.array_equal(ds.data[:6].numpy().reshape(6, 3072), obj[b"data"])
+    marker = tmp_path / "ran"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": _RunsCode(str(marker)), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match=r"cannot unpickle.*names io\.open.*not loaded"):
+        D.CifarDataset(tmp_path / "c")
+    assert not marker.exists()
+
+
 # ----------------------------------------------------------------------------- image folder
 
 

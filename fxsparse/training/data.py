@@ -7,7 +7,8 @@ from disk in their usual distribution formats:
   ``apt-get install dataset-fashion-mnist`` puts Fashion-MNIST under
   ``/usr/share/datasets/fashion-mnist/`` (the four ``*-ubyte.gz`` files), the default root.
 * CIFAR-10 / CIFAR-100: the *python* pickle version (``cifar-10-batches-py`` /
-  ``cifar-100-python``, as extracted from the tarballs).
+  ``cifar-100-python``, as extracted from the tarballs), unpickled allowing numpy arrays only:
+  a file whose pickle names anything else (which could run code) is refused.
 * ``root/<class>/*.png|*.jpg``: read with Pillow when it is installed (optional).
 
     train_loader, test_loader, info = make_loaders("fashion-mnist", batch_size=128, seed=0)
@@ -364,10 +365,24 @@ class IdxImageDataset(_ImageDataset):
         return int(self.targets[index])
 
 
+# the globals a CIFAR batch pickles (numpy arrays; bytes as Python 3 pickles them): a file
+# naming any other, which could run code, is refused
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds (a pickle that "
+                                         "names other globals can run code; it is not loaded)")
+        return super().find_class(module, name)
+
+
 def _load_pickle(path: str) -> dict:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _CifarUnpickler(f, encoding="bytes").load()
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
         raise ValueError(f"{path!r}: cannot unpickle this CIFAR batch file ({type(e).__name__}: {e})") from e
     if not isinstance(d, dict):
@@ -376,7 +391,8 @@ def _load_pickle(path: str) -> dict:
 
 
 class CifarDataset(_ImageDataset):
-    """CIFAR-10 or CIFAR-100 in the python pickle format (trusted files only: pickle).
+    """CIFAR-10 or CIFAR-100 in the python pickle format (read allowing numpy arrays only: a
+    pickle naming anything else is refused, never run).
 
     ``root`` is the extracted ``cifar-10-batches-py`` (``data_batch_1..5``, ``test_batch``,
     ``batches.meta``) or ``cifar-100-python`` (``train``, ``test``, ``meta``) directory, or a
