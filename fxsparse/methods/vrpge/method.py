@@ -16,14 +16,10 @@ from fxsparse.step.optim import MaskedOptimizer
 from fxsparse.step.sparse import SparseModel
 from fxsparse.step.train_step import load_scaling_state
 from ..base import Method, PhaseSetup, RunContext
+from ..flags import COMPILE_UPDATE_STEPS  # the search length from which the update compiles
 from ..options import check_number
 from ..registry import register_method
 from .learner import StructureLearner, check_options
-
-# None: compile the search step's optimizer update only for searches of at least this many
-# steps (one more graph per capacity set, ~25 s cold on this CPU, saves ~7-10 ms per VGG-11
-# step: it pays after ~3000 steps)
-COMPILE_UPDATE_STEPS = 3000
 
 SEARCH = "search"
 
@@ -32,39 +28,7 @@ SEARCH = "search"
 class VRPGE(Method):
     level = "channel"
     paper = "Zhou et al., Efficient Neural Network Training via Forward and Backward Propagation Sparsification, NeurIPS 2021"
-    # the ``fxsparse train`` flags of the search (the option is each one's ``dest``)
-    cli_options = (
-        (("--score-lr",), dict(dest="score_lr", type=float, default=None, help="Adam learning rate of the scores, "
-                                "cosine over the search (default: 0.3 / sqrt(search steps); the authors use 0.012 for "
-                                "a 300-epoch search)")),
-        (("--granularity",), dict(dest="granularity", choices=["width", "channel", "width+channel"], default="width",
-                                  help="what the search learns: one keep ratio per layer group (width; channels by L1 "
-                                  "order), one score per channel (channel, the paper), or widths then channels within "
-                                  "(default %(default)s)")),
-        (("--final",), dict(dest="final", choices=["topk", "sample"], default="topk",
-                            help="final mask: the top of the scores meeting the budget (topk), or the authors' best of "
-                            "sampled masks (sample) (default %(default)s)")),
-        (("--form",), dict(dest="form", choices=["exact", "preconditioned"], default="exact",
-                           help="Bernoulli score form (default %(default)s)")),
-        (("--width-units",), dict(dest="width_units", type=int, default=None,
-                                  help="widths: draw each layer's width in this many equal units, so that wide and "
-                                  "narrow layers are perturbed alike (default: one unit per channel; with --init: 16)")),
-        (("--samples",), dict(dest="samples", type=int, default=2, help="masks per score step (default %(default)s)")),
-        (("--weight-masks",), dict(dest="weight_masks", choices=["mean", "sampled"], default="mean",
-                                   help="what the weights train on during the search: the policy's typical "
-                                   "sub-network while fresh samples only score (mean), or the first sampled mask "
-                                   "(sampled, the paper) (default %(default)s)")),
-        (("--no-reuse-loss",), dict(dest="reuse_loss", action="store_false", default=True,
-                                    help="two fresh score forwards instead of reusing the weight step's loss")),
-        (("--weight-average",), dict(dest="weight_average", action="store_true", default=False,
-                                     help="the authors' weight step: mean gradient over --samples sub-networks, whose "
-                                     "losses feed the score step")),
-        (("--compile-update",), dict(dest="compile_update", action="store_const", const=True, default=None,
-                                     help="compile the search step's optimizer update (default: for searches of "
-                                     f"{COMPILE_UPDATE_STEPS}+ steps)")),
-        (("--no-compile-update",), dict(dest="compile_update", action="store_const", const=False,
-                                        help="keep the search step's optimizer update eager")),
-    )
+    # its ``fxsparse train`` flags: fxsparse/methods/flags.py (registering sets them as cli_options)
 
     def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
                  score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
