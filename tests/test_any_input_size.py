@@ -18,6 +18,7 @@ import torch.nn as nn
 import fxsparse
 from fxsparse.analysis.dynamic_dims import PinnedSizeWarning
 from fxsparse.rewrite.reference import masked_reference
+from lanes import HF_FAST, fast_subset, mirror_subset
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from thirdparty_transformers import MODELS as HF_MODELS, VOCAB, _first_tensor  # noqa: E402
@@ -99,7 +100,8 @@ IMAGE_SIZE = {"mobilevit": 64}
 PINNED_LENGTH = {"mamba"}
 
 
-@pytest.mark.parametrize("name", sorted(HF_MODELS))
+# fast lane: one model per kind, Mamba for the pinned length; the image models cover the pinned size
+@pytest.mark.parametrize("name", fast_subset(sorted(HF_MODELS), HF_FAST | PINNED_LENGTH))
 def test_transformers_model_at_other_sizes(name):
     pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -122,7 +124,7 @@ def test_transformers_model_at_other_sizes(name):
     _check_sizes(model, graph, [_tokens(3, length - 3), _tokens(1, length + 5)])
 
 
-@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "qwen3_moe", "falcon_new_decoder"])
+@pytest.mark.parametrize("name", fast_subset(["mixtral", "qwen2_moe", "qwen3_moe", "falcon_new_decoder"], {"mixtral"}))
 def test_transformers_mixture_of_experts_at_other_lengths(name):
     pytest.importorskip("transformers")
     import test_thirdparty_moe  # the families tests/test_thirdparty_moe.py builds
@@ -160,8 +162,9 @@ def _check_every_size_the_dense_model_takes(model, inputs, others):
     return "free" if runs else "dense fixed"
 
 
-TIMM_FAST = {"resnet18", "resnetv2_50x1_bit", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto",
-             "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"}
+# the fast lane: a free image size (ResNet, MobileNet v3, ConvNeXt) and one the model's code fixes
+# (ViT); the other timm models in the full suite (tests/test_thirdparty_timm.py runs more of them fast)
+TIMM_FAST = {"resnet18", "mobilenetv3_small_100", "convnext_atto", "vit_tiny_patch16_224"}
 # torch.fx cannot trace these: captured by torch.export, which keeps the image size (and says so)
 TIMM_EXPORTED = {"mobilevitv2_050", "efficientvit_b0", "tiny_vit_5m_224"}
 # img_size fixes their token count or window grid in their own code: the dense model runs only there
@@ -196,7 +199,7 @@ MIRRORS_DENSE_FIXED = {"timm_vit_tiny", "timm_deit", "timm_swin", "timm_cait", "
 def _mirror_names():
     from thirdparty import MODELS
 
-    return sorted(MODELS)
+    return mirror_subset(sorted(MODELS))  # the 5-25 s ones in the full suite only
 
 
 @pytest.mark.parametrize("name", _mirror_names())

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import fxsparse
 from fxsparse import zoo
+from lanes import fast_subset
 from sparse_checks import check_steps
 
 # drop rates off: dropout draws different random masks for tensors of different shapes
@@ -24,6 +25,9 @@ CASES = {
 # gradients are 1.5e-3 (relative) off float64 by its third step (an ill-conditioned BatchNorm):
 # any summation order passes or fails there by luck (float64 checks it at 1e-9)
 FP32_WELL_CONDITIONED = {"resnet20", "vit_tiny", "convnext_tiny", "unet", "vgg11_bn"}
+# the fast lane: residual adds, attention, the U-Net's skip concatenations, a plain CNN and
+# ShuffleNet's split + shuffle + depthwise convs; the other models (10-20 s each) in the full suite
+FAST = {"resnet20", "vit_tiny", "unet", "lenet5", "shufflenetv2"}
 
 
 def _data(name, batch=4):
@@ -39,7 +43,7 @@ def _quiet():
         yield
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", fast_subset(sorted(CASES), FAST))
 def test_sparse_step_equals_export_float64(name):
     torch.manual_seed(0)
     x, y = _data(name)
@@ -50,7 +54,7 @@ def test_sparse_step_equals_export_float64(name):
         assert sp.capacity_mode == "dynamic", sp.static_reason  # every zoo model's counts follow its shapes
 
 
-@pytest.mark.parametrize("name", sorted(FP32_WELL_CONDITIONED))
+@pytest.mark.parametrize("name", fast_subset(sorted(FP32_WELL_CONDITIONED), FAST & FP32_WELL_CONDITIONED))
 def test_sparse_step_equals_export_float32(name):
     torch.manual_seed(0)
     x, y = _data(name)
@@ -77,6 +81,7 @@ class Tiny(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+@pytest.mark.slow  # 200 compiled steps: ~35 s; the fast lane compiles in test_compiled_compact_update[adamw]
 def test_compiled_step_bounded_compilations_and_equal():
     """200 steps with per-step Bernoulli masks at a fixed keep ratio: few compilations,
     and the compiled step still equals the exported model."""
@@ -213,7 +218,8 @@ def test_compact_train_step_trains_like_the_exported_model(kind):
         assert torch.allclose(t, ref[name], rtol=1e-9, atol=1e-12), name
 
 
-@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+# one optimizer compiled in the fast lane (an inductor compile: 10-25 s), both in the full suite
+@pytest.mark.parametrize("kind", [pytest.param("sgd", marks=pytest.mark.slow), "adamw"])
 def test_compiled_compact_update_trains_like_the_exported_model(kind):
     """The compiled step (forward + backward graph, and the optimizer update as its own
     graph) trains the kept weights, optimizer state and BN statistics exactly like plain

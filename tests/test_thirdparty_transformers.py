@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 
 import fxsparse  # noqa: E402
 from fxsparse.rewrite.reference import masked_reference  # noqa: E402
+from lanes import HF_FAST, fast_subset  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from thirdparty_transformers import MODELS  # noqa: E402  (the builders the benchmark reports on)
@@ -36,7 +37,7 @@ def _one_thread(single_thread):
     yield
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", fast_subset(sorted(MODELS), HF_FAST))  # one per kind in the fast lane
 def test_transformers_model(name):
     torch.manual_seed(0)
     model, inputs = MODELS[name]()

@@ -21,6 +21,7 @@ import torch.fx
 import torch.nn as nn
 
 from fxsparse import zoo
+from lanes import zoo_fast_subset
 
 ALL = zoo.names()
 
@@ -108,7 +109,7 @@ def _output_producer(gm: torch.fx.GraphModule):
     return gm.get_submodule(src.target)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", zoo_fast_subset(ALL))  # one model per family in the fast lane
 def test_forward_and_fx_trace_eval(name):
     torch.manual_seed(0)
     for c, s in INPUTS:
@@ -125,7 +126,7 @@ def test_forward_and_fx_trace_eval(name):
         assert isinstance(_output_producer(gm), (nn.Linear, nn.Conv2d))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", zoo_fast_subset(ALL))  # one model per family in the fast lane
 def test_fx_trace_train_mode_and_backward(name):
     """The train-mode graph (dropout, stochastic depth, batch statistics) traces and backprops."""
     model = zoo.create(name, num_classes=5).train()

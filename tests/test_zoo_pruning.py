@@ -9,6 +9,7 @@ import fxsparse
 from fxsparse import zoo
 from fxsparse.analysis.graph import count_flops
 from harness import check_export
+from lanes import zoo_fast_subset
 
 # Widths/depths cut where the paper configuration is too slow for CI (structure unchanged).
 SMALL = {"vit_base": {"depth": 2}, "vit_small": {"depth": 2}, "unet": {"base_width": 16},
@@ -23,7 +24,8 @@ def build(name, in_chans):
         return zoo.create(name, in_chans=in_chans)
 
 
-@pytest.mark.parametrize("name", zoo.names())
+# one model per family in the fast lane, every model in the full suite
+@pytest.mark.parametrize("name", zoo_fast_subset(zoo.names()))
 def test_zoo_model_prunes(name):
     torch.manual_seed(0)
     shape = (1, 1, 28, 28) if name.startswith(("lenet", "mlp")) else (1, 3, 32, 32)
