@@ -40,12 +40,17 @@ def zoo_fast_subset(names) -> list:
 # and Mamba families have fast tests of their own (test_thirdparty_moe.py, test_thirdparty_ssm_audio.py)
 HF_FAST = {"gpt2", "llama_gqa", "bert", "vit", "swin", "convnext"}
 
-# the mirrored models of tests/thirdparty that take 5-25 s over the files that run them all
-# (test_thirdparty_pruning.py, test_thirdparty_sparse_step.py, test_any_input_size.py): full
-# suite only; each but MaxViT has a cheaper model of its family in the fast lane (timm_swin,
-# timm_convnext, timm_ghostnet, timm_efficientnet, timm_seresnet)
+# the mirrored models of tests/thirdparty run in the full suite only by the files that run them
+# all (test_thirdparty_pruning.py, test_thirdparty_sparse_step.py, test_any_input_size.py): those
+# that take 5-25 s over the three files (each but MaxViT has a cheaper model of its family in the
+# fast lane: timm_swin, timm_convnext, timm_ghostnet, timm_efficientnet, timm_seresnet), and a
+# second model of a family the fast lane has (ResNet: tv_resnet18, tv_resnext; RegNet: timm_regnet;
+# inception: tv_googlenet; inverted residuals: tv_mobilenet_v2, timm_efficientnet; ViT: timm_vit_tiny,
+# tv_vit_b_16 (captured by torch.export, as timm_vit_dynamic); SE/ECA attention: timm_seresnet)
 MIRRORS_SLOW = {"tv_swin_t", "timm_swin_dynamic", "tv_efficientnet_b0", "tv_maxvit_t", "tv_convnext_tiny",
-                "timm_ghostnet_ratio3", "timm_cbam_resnet"}
+                "timm_ghostnet_ratio3", "timm_cbam_resnet",
+                "tv_resnet50", "tv_wide_resnet", "tv_regnet_y", "tv_inception_v3", "tv_mobilenet_v3_small",
+                "tv_mnasnet", "timm_vit_dynamic", "timm_ecaresnet"}
 
 
 def mirror_subset(names) -> list:

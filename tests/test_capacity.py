@@ -152,6 +152,7 @@ def _counted_step(model, sp):
     return step, calls, torch.randint(0, 4, (8,))
 
 
+@pytest.mark.slow  # inductor compiles: ~20 s
 def test_rebuilds_beyond_recompile_limit_stay_compiled():
     """torch.compile keeps at most 8 graphs per function, then runs it eagerly without an
     error. Each capacity set compiles its own copies of the step functions (builds beyond
@@ -171,6 +172,7 @@ def test_rebuilds_beyond_recompile_limit_stay_compiled():
     assert len(calls) == 3 * (limit + 4), len(calls)
 
 
+@pytest.mark.slow  # inductor compiles: ~5 s
 def test_capacities_that_come_back_reuse_their_compiled_graphs():
     """The builds of the last few capacity sets are kept: A -> B -> A -> B compiles A and B
     once each (3 graphs per set), every step's loss equals the exported model's for its
@@ -321,6 +323,7 @@ def test_exact_capacity_masks_have_no_empty_slot():
     assert all(plan[k].all() for k in plan if k.endswith("|real"))
 
 
+@pytest.mark.slow  # inductor compiles: ~6 s
 def test_one_models_rebuild_leaves_another_models_graphs_alone():
     """torch.compile caches graphs per code object: the step functions of every SparseModel
     are private copies, so a rebuild of one model (which drops its stale graphs) does not

@@ -92,6 +92,7 @@ def _gpt2():
     return transformers.GPT2LMHeadModel(config)
 
 
+@pytest.mark.slow  # torch.export of a transformers model, twice: ~13 s
 def test_transformers_model_exported_and_pruned_in_place(tmp_path):
     model = _gpt2()
     ids = torch.randint(0, 100, (2, 16))

@@ -77,6 +77,7 @@ needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="ne
 
 
 @needs_two_cpus
+@pytest.mark.slow  # an `fxsparse train` subprocess: ~10 s
 def test_a_busy_cpu_gives_one_thread_that_sleeps_while_it_waits(data_dir, tmp_path):
     child, record, printed, spin, stdout = _child(data_dir, tmp_path / "run", 1.0)
     assert child["measured"] == [sorted(os.sched_getaffinity(0))[:2]]  # measured once, over its 2 CPUs
@@ -90,6 +91,7 @@ def test_a_busy_cpu_gives_one_thread_that_sleeps_while_it_waits(data_dir, tmp_pa
 
 
 @needs_two_cpus
+@pytest.mark.slow  # an `fxsparse train` subprocess: ~10 s
 def test_an_idle_machine_keeps_torchs_default_and_libgomps_wait(data_dir, tmp_path):
     child, record, printed, spin, _ = _child(data_dir, tmp_path / "run", 0.0)
     assert record["torch_default"] >= 1
@@ -103,6 +105,7 @@ def test_an_idle_machine_keeps_torchs_default_and_libgomps_wait(data_dir, tmp_pa
 
 
 @needs_two_cpus
+@pytest.mark.slow  # an `fxsparse train` subprocess: ~10 s
 def test_threads_flag_wins_and_busy_cpus_still_make_threads_sleep(data_dir, tmp_path):
     child, record, printed, spin, _ = _child(data_dir, tmp_path / "run", 1.0, "--threads", "2")
     assert child["step_threads"] == [2] and record["threads"] == 2 and record["chosen_by"] == "--threads"
@@ -111,6 +114,7 @@ def test_threads_flag_wins_and_busy_cpus_still_make_threads_sleep(data_dir, tmp_
 
 
 @needs_two_cpus
+@pytest.mark.slow  # an `fxsparse train` subprocess: ~10 s
 def test_the_users_environment_wins_and_nothing_is_measured(data_dir, tmp_path):
     child, record, printed, spin, _ = _child(data_dir, tmp_path / "run", None,
                                              env_extra={"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"})

@@ -51,6 +51,7 @@ def _final_state(out):
     return model.state_dict(), [(r["loss"], r["test_acc_pct"], r["train_tflop"], r.get("score_hist")) for r in history]
 
 
+@pytest.mark.slow  # three `fxsparse train` subprocesses: ~25 s
 def test_resume_after_kill_mid_epoch_is_bit_identical(data_dir, tmp_path):
     full = _run_cli(_args(data_dir, tmp_path / "full"))
     assert full.returncode == 0, full.stderr
@@ -278,6 +279,7 @@ def test_vrpge_history_report_and_exported_model(data_dir, tmp_path):
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
 
 
+@pytest.mark.slow  # six `fxsparse train` subprocesses: ~45 s
 def test_search_ending_mid_epoch_resumes_bit_identically(data_dir, tmp_path):
     """--epochs 0.5: the search ends after half an epoch (its own history row, no checkpoint),
     the fine-tune takes over in the same epoch; a kill after the switch resumes bit-identically."""
