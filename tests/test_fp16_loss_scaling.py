@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 import fxsparse
 import fxsparse.training.device as device_module
-import fxsparse.training.trainer as trainer_module
 from fxsparse.training.trainer import TrainConfig, Trainer
 from sparse_checks import ConvBNNet
 from test_data import make_idx_dir
@@ -127,8 +126,8 @@ def data_dir(tmp_path_factory):
 @pytest.fixture
 def fp16_on_cpu(monkeypatch):
     """fp16 needs CUDA (a one-line error on a CPU, tested in test_train_setups); patched out
-    here to reach the trainer's check of the method's phases."""
-    monkeypatch.setattr(trainer_module, "check_precision", lambda precision, device: None)
+    here to reach the trainer's check of the method's phases. TrainConfig.validate imports it
+    from the device module when it runs, so patching it there reaches every caller."""
     monkeypatch.setattr(device_module, "check_precision", lambda precision, device: None)
 
 
