@@ -176,7 +176,9 @@ def _slice_members(gm: fx.GraphModule, kept: dict):
         new = old.detach()
         for dim in sorted(per_dim):
             new = torch.index_select(new, dim, per_dim[dim])
-        new = nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
+        if not per_dim:  # index_select already made a tensor of its own: a second copy is only time
+            new = new.clone()
+        new = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
         for alias in aliases.get(name, [name]):  # tied names stay one tensor
             owner, _, attr = alias.rpartition(".")
             mod = gm.get_submodule(owner) if owner else gm

@@ -265,7 +265,8 @@ class SparseModel(nn.Module):
 
     def _build_new(self):
         graph = self.channel_graph
-        cap = export(self.model, graph, self.plan.cap_keep())
+        # not run here: _check_capacity_model runs it below, as the step will (the same graph)
+        cap = export(self.model, graph, self.plan.cap_keep(), check=False)
         if self.dynamic:  # sizes and groups that follow the counts are read from the tensors
             self._shape_free.apply(cap)
         # its own (capacity-sized) weights are never used: every step passes gathered ones
@@ -336,8 +337,10 @@ class SparseModel(nn.Module):
         return layouts
 
     def _tensor_layout_of(self, cap):
+        nodes = {n.name: n for n in cap.graph.nodes}  # one look-up per member dim: a scan each was quadratic
+
         def layout_of(node_name, dim):
-            node = next(n for n in cap.graph.nodes if n.name == node_name)
+            node = nodes[node_name]
             ids = self.channel_graph.elements.canonical(node.meta[IDS])
             shape = node.meta[SHAPE]
             ids = left_pad(ids, len(shape))
