@@ -375,6 +375,7 @@ def _heads(graph):
     return heads
 
 
+@pytest.mark.slow  # a Mamba2 capture: ~11 s; Mamba (HF and the hand-written block) stays in the fast lane
 def test_mamba2_prunes_heads_that_have_their_own_B_and_C():
     """n_groups == num_heads: a head's x, z, dt, A, D rows, its B and C group and its state all
     go together; the chunked scan's einsums and cumulative sums keep them apart per head."""
@@ -388,7 +389,7 @@ def test_mamba2_prunes_heads_that_have_their_own_B_and_C():
     _chain(model, inputs, graph)
 
 
-@pytest.mark.slow  # a second Mamba2 capture (~9 s); the fast lane has the per-head one
+@pytest.mark.slow  # a Mamba2 capture: ~9 s
 def test_mamba2_with_B_and_C_shared_by_all_heads_keeps_its_heads():
     """n_groups == 1: B and C are copied to every head (repeat_interleave of the group dim) before
     they meet the per-head decays; the copies carry no channels, so the heads stay. The state

@@ -17,10 +17,11 @@ from thirdparty_transformers import run_one  # noqa: E402  (the pipeline the ben
 if import_timm() is None:
     pytest.skip("timm is not installed", allow_module_level=True)
 
-# one of each family in the fast lane; the rest are slow. ResNet v2 (a second ResNet, 6 s) and
-# Swin (15 s; windows are checked fast by the transformers Swin and the mirrored timm Swin of
-# test_thirdparty_pruning.py) in the full suite
-FAST = {"resnet18", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto", "vit_tiny_patch16_224"}
+# one of each family in the fast lane; the rest are slow. ResNet v2 (a second ResNet, 6 s),
+# EfficientNet (its SE and depthwise blocks are MobileNet v3's) and Swin (15 s; windows are
+# checked fast by the transformers Swin and the mirrored timm Swin of test_thirdparty_pruning.py)
+# in the full suite
+FAST = {"resnet18", "mobilenetv3_small_100", "convnext_atto", "vit_tiny_patch16_224"}
 
 
 @pytest.fixture(scope="module", autouse=True)
