@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 import fxsparse
-from fxsparse import zoo
 from fxsparse.core.broadcast import along
 from fxsparse.bench_args import VARIANTS, parse_args
+from fxsparse.bench_models import DEFAULT_BATCH, kind_of, workload
 from fxsparse.step.train_step import forward_gathered, gather_leaves
 from fxsparse.training.device import Precision
 
@@ -40,9 +40,10 @@ def state_bytes(params, opt):
     return n
 
 
-def make_dense_step(model, x, y, compile_):
+def make_dense_step(model, x, y, compile_, loss=F.cross_entropy):
+    """``x``: the model's positional inputs (a tuple); ``loss(output, y)``."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    fwd = torch.compile(lambda a, b: F.cross_entropy(model(a), b)) if compile_ else (lambda a, b: F.cross_entropy(model(a), b))
+    fwd = torch.compile(lambda a, b: loss(model(*a), b)) if compile_ else (lambda a, b: loss(model(*a), b))
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -58,12 +59,12 @@ def make_inference_step(model, x):
 
     def step():
         with torch.inference_mode():
-            model(x)
+            model(*x)
 
     return step
 
 
-def make_masked_dense_step(model, graph, x, y, keep, compile_):
+def make_masked_dense_step(model, graph, x, y, keep, compile_, loss=F.cross_entropy):
     """Dense compute with weights multiplied by per-step channel masks (no saving)."""
     from torch.func import functional_call
 
@@ -76,7 +77,7 @@ def make_masked_dense_step(model, graph, x, y, keep, compile_):
         tensors = dict(params)
         for name, dim, lines in masks:
             tensors[name] = tensors[name] * along(lines, dim, tensors[name].dim())
-        return F.cross_entropy(functional_call(model, tensors, (a,)), b)
+        return loss(functional_call(model, tensors, a), b)
 
     fwd = torch.compile(loss_fn) if compile_ else loss_fn
 
@@ -107,10 +108,11 @@ SPARSE = {"sparse-eager": (False, "exact", False, None), "sparse": (True, "exact
           "dynamic-bernoulli": (True, "dynamic", True, None), "dynamic-bernoulli-align1": (True, "dynamic", True, 1)}
 
 
-def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", variants=tuple(VARIANTS)):
+def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", variants=tuple(VARIANTS), seq=256):
     """Build the chosen ``variants`` (first calls compile), then time them round-robin, one
     step of each per round (the order reversed every other round), so that machine drift
-    hits all variants alike."""
+    hits all variants alike. ``name``: a zoo CNN or a decoder of
+    :data:`fxsparse.bench_models.DECODERS` (``seq`` tokens; ``batch`` None: the kind's default)."""
     amp = Precision(precision, torch.device("cpu"))
 
     def in_precision(fn):
@@ -119,13 +121,9 @@ def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", varia
                 return fn()
         return run
 
-    torch.manual_seed(0)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    work = workload(name, batch, seq)
+    x, y, loss, fresh = work.inputs, work.target, work.loss, work.fresh
     built, first, info = {}, {}, {}
-
-    def fresh():
-        torch.manual_seed(0)
-        return zoo.create(name).train()
 
     def add(label, fn):
         fn = in_precision(fn)
@@ -145,33 +143,33 @@ def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", varia
             add(label, make_inference_step(fresh() if key.startswith("dense") else fxsparse.export(fresh(), graph, fixed), x))
         elif key.startswith("dense") or key.startswith("exported"):
             m = fresh() if key.startswith("dense") else fxsparse.export(fresh(), graph, fixed).train()
-            step, opt = make_dense_step(m, x, y, compile_)
+            step, opt = make_dense_step(m, x, y, compile_, loss)
             add(label, step)
             if not compile_:
-                info[f"_mem {key.split('-')[0]}"] = saved_bytes(in_precision(lambda: F.cross_entropy(m(x), y))) + \
+                info[f"_mem {key.split('-')[0]}"] = saved_bytes(in_precision(lambda: loss(m(*x), y))) + \
                     state_bytes(m.parameters(), opt)
         elif key.startswith("masked"):
-            add(label, make_masked_dense_step(fresh(), graph, x, y, keep, compile_))
+            add(label, make_masked_dense_step(fresh(), graph, x, y, keep, compile_, loss))
         else:
             compile_, capacity, bernoulli, align = SPARSE[key]
             m = fresh()
             sp = fxsparse.compile(m, x, keep=keep, compile=compile_, capacity=capacity, align=align,
                                   graph=fxsparse.analyze(m, x))
             opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-            step = sp.make_train_step(F.cross_entropy, opt)
+            step = sp.make_train_step(loss, opt)
             sp.train()
             if bernoulli:
                 def run(sp=sp, step=step):
                     sp.sample_masks(keep)
-                    step(x, y)
+                    step(*x, y)
             else:
                 def run(sp=sp, step=step):
                     sp.masks = fxsparse.random_keep(sp.channel_graph, keep, sp.generator)
-                    step(x, y)
+                    step(*x, y)
             add(label, run)
             info[f"_compilations {label}"] = sp
             if key == "sparse-eager":
-                info["_mem sparse"] = sparse_bytes(sp, m, opt, x, y, in_precision)
+                info["_mem sparse"] = sparse_bytes(sp, m, opt, x, y, in_precision, loss)
     times = {k: [] for k in built}
     per_round = {k: [] for k in built}
     order = list(built)
@@ -194,12 +192,12 @@ def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", varia
     return rows
 
 
-def sparse_bytes(sp, m, opt, x, y, in_precision):
+def sparse_bytes(sp, m, opt, x, y, in_precision, loss=F.cross_entropy):
     """Training memory of the sparse step: activations saved for the backward, compact
     gradients, dense weights and optimizer state."""
     plan = sp.step_inputs()
     gathered, _, _ = gather_leaves(sp, plan)
-    act = saved_bytes(in_precision(lambda: F.cross_entropy(forward_gathered(sp, gathered, plan, x, empty_zeroed=True), y)))
+    act = saved_bytes(in_precision(lambda: loss(forward_gathered(sp, gathered, plan, *x, empty_zeroed=True), y)))
     compact_grads = sum(g.numel() * g.element_size() for g in gathered.values() if g.requires_grad)
     dense_params = sum(p.numel() * p.element_size() for p in m.parameters())
     return act + state_bytes(m.parameters(), opt) - dense_params + compact_grads  # weights + state, grads compact
@@ -216,7 +214,9 @@ def print_rows(name, rows, args, precision):
     table = [[k, f"{v[0] * 1e3:.1f}", f"{base / v[0]:.2f}x" if base else "", f"{v[1]:.1f}"]
              for k, v in rows.items() if not k.startswith("_")]
     how = f"{args.steps} rounds of {args.block} steps in a row" if args.block > 1 else f"{args.steps} round-robin steps"
-    print(f"\n{name}, batch {args.batch}, keep {args.keep}, {precision}, {args.threads} threads, median of {how}")
+    batch = args.batch or DEFAULT_BATCH[kind_of(name)]
+    tokens = f", sequence {args.seq}" if kind_of(name) == "decoder" else ""
+    print(f"\n{name}, batch {batch}{tokens}, keep {args.keep}, {precision}, {args.threads} threads, median of {how}")
     print(tabulate(table, headers=["variant", "step ms", "speed-up vs dense compiled", "first call s (compile)"]))
     for k, v in rows.items():
         if k.startswith("_ratio "):
@@ -247,7 +247,7 @@ def run_bench(args):
     results = {}
     for name in args.models:
         for precision in args.precision:
-            rows = bench_model(name, args.batch, args.keep, args.steps, args.block, precision, args.variants)
+            rows = bench_model(name, args.batch, args.keep, args.steps, args.block, precision, args.variants, args.seq)
             results[name if len(args.precision) == 1 else f"{name} {precision}"] = rows
             print_rows(name, rows, args, precision)
     with open(args.json, "w") as f:

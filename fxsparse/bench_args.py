@@ -2,7 +2,14 @@
 
     fxsparse bench [--models vgg11_bn resnet20] [--batch 64] [--keep 0.5] [--steps 10]
                    [--precision fp32 bf16] [--variants dense sparse exported ...] [--json out.json]
+    fxsparse bench --models llama_gqa mixtral_moe --variants dense sparse exported [--seq 256]
     (also: python benchmarks/step_time.py ...)
+
+Models: CNNs of the zoo (32x32 images, 10 classes, cross-entropy; default batch 64), or
+small transformers decoders written in fxsparse/bench_models.py (token ids, next-token
+cross-entropy; default batch 4 of --seq tokens): llama_gqa (Llama-style, grouped-query
+attention: 8 query heads over 2 KV heads) and mixtral_moe (Mixtral-style, top-2 of 4 experts);
+llama_gqa_tiny / mixtral_moe_tiny check that the path runs.
 
 Variants (SGD momentum 0.9, cross-entropy, per-step random masks at the keep ratio):
   dense eager / dense compiled: the model as is;
@@ -55,7 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fxsparse bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vgg11_bn", "resnet20", "resnet18_cifar"])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="examples per step (default 64 for a CNN, 4 sequences for a decoder)")
+    parser.add_argument("--seq", type=int, default=256, help="a decoder's tokens per sequence (default %(default)s)")
     parser.add_argument("--keep", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
@@ -72,9 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warm-cache", action="store_true",
                         help="reuse torch.compile's on-disk cache (default: a fresh one, so compile times are cold)")
     args = parser.parse_args(argv)
-    for flag in ("steps", "block", "batch", "threads"):
-        if getattr(args, flag) < 1:
+    for flag in ("steps", "block", "batch", "threads", "seq"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.seq < 2:  # the causal-LM loss predicts each token from the ones before it
+        parser.error(f"--seq must be at least 2, got {args.seq}")
     from fxsparse.analysis.masks import check_fraction  # imports torch: the help above needs none
 
     try:
