@@ -340,7 +340,11 @@ class SparseModel(nn.Module):
         nodes = {n.name: n for n in cap.graph.nodes}  # one look-up per member dim: a scan each was quadratic
 
         def layout_of(node_name, dim):
-            node = nodes[node_name]
+            node = nodes.get(node_name)
+            if node is None or getattr(node, "_erased", False):  # the graph changed since the table was read:
+                nodes.clear()  # MaskMixingOps inserts masked forms (layer_norm_masked) and replaces nodes
+                nodes.update((n.name, n) for n in cap.graph.nodes)
+                node = nodes[node_name]
             ids = self.channel_graph.elements.canonical(node.meta[IDS])
             shape = node.meta[SHAPE]
             ids = left_pad(ids, len(shape))
