@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from fxsparse.core.lazy import lazy_attribute
+
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
@@ -42,21 +44,12 @@ __all__ = [
 ]
 
 
+def _register_rules():
+    importlib.import_module("fxsparse.rules")  # registers the built-in channel rules, as before
+
+
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        importlib.import_module("fxsparse.rules")  # registers the built-in channel rules, as before
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif not name.startswith("__"):  # a subpackage: fxsparse.zoo, fxsparse.training, ...
-        try:
-            value = importlib.import_module(f"fxsparse.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"fxsparse.{name}":
-                raise
-            raise AttributeError(f"module 'fxsparse' has no attribute {name!r}") from None
-    else:
-        raise AttributeError(f"module 'fxsparse' has no attribute {name!r}")
-    globals()[name] = value  # later look-ups skip this function
-    return value
+    return lazy_attribute(__name__, _EXPORTS, globals(), name, before=_register_rules)
 
 
 def __dir__():

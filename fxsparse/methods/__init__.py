@@ -6,8 +6,9 @@ its first look-up (``get_method``, ``list_methods``): the torch-free modules of 
 (:mod:`.flags`, :mod:`.defaults`) then load without torch, for ``fxsparse train --help``."""
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from fxsparse.core.lazy import lazy_attribute
 
 from .defaults import DEFAULT_METHOD, DEFAULT_METHOD_TRAINED, default_method  # noqa: F401  (plain names)
 
@@ -24,19 +25,7 @@ __all__ = [*_EXPORTS, "DEFAULT_METHOD", "DEFAULT_METHOD_TRAINED", "default_metho
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif not name.startswith("__"):  # a method's module: fxsparse.methods.vrpge, ...
-        try:
-            value = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value  # later look-ups skip this function
-    return value
+    return lazy_attribute(__name__, _EXPORTS, globals(), name)
 
 
 def __dir__():
