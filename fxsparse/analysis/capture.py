@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from fxsparse.analysis.dynamic_dims import dynamic_shapes, pinned_dims, static_image_dims, warn_fixed_sizes
 from fxsparse.core.errors import TraceError
+from fxsparse.core.tracing import eval_mode
 from fxsparse.passes.aten_to_torch import AtenToTorch
 from fxsparse.passes.packed_qkv import SplitPackedQKV
 from fxsparse.passes.training_mode import FollowTrainingMode
@@ -194,18 +195,6 @@ def python_state_kept(model: nn.Module):
                         v.update(copies[k])
 
 
-@contextlib.contextmanager
-def _in_eval_mode(model: nn.Module):
-    """The model in eval mode, every module's own flag restored afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
 def _export(model: nn.Module, example_inputs):
     """The program of the model in eval mode: Python-level training branches (stochastic
     depth, attention dropout decided in Python) are frozen into a captured graph, and their
@@ -217,7 +206,7 @@ def _export(model: nn.Module, example_inputs):
     for dynamic in (dynamic_shapes(example_inputs), dynamic_shapes(example_inputs, batch_only=True), None):
         if dynamic not in attempts and (dynamic is None or any(d is not None for d in dynamic)):
             attempts.append(dynamic)
-    with _in_eval_mode(model):
+    with eval_mode(model):
         for dynamic in attempts:
             try:
                 with python_state_kept(model):  # a failed attempt leaves no cache for the next

@@ -152,3 +152,17 @@ def runs_eagerly(model: nn.Module, example_inputs) -> bool:
         return True
     except Exception:
         return False
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    """The modules in eval mode (dropout off, BatchNorm on its statistics), every submodule's
+    own ``training`` flag restored afterwards."""
+    modes = {m: m.training for root in modules for m in root.modules()}
+    for root in modules:
+        root.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

@@ -15,7 +15,6 @@ or raises :class:`~fxsparse.core.errors.PruneCheckError` (``fallback="raise"``).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import traceback
 import warnings
@@ -27,7 +26,7 @@ import torch.nn as nn
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import kept_indices, normalize_keep
 from fxsparse.core.errors import ExportError, PruneCheckError
-from fxsparse.core.tracing import untouched
+from fxsparse.core.tracing import eval_mode, untouched
 from fxsparse.rewrite.export import export
 from fxsparse.rewrite.first_divergence import OutputHooks, first_divergence, module_calls, record_reference
 from fxsparse.rewrite.recipe import dense_factory, record
@@ -92,12 +91,12 @@ def prune(model: nn.Module, graph: ChannelGraph, keep, *, example_inputs=None, f
     inputs = inputs_on_device_of(model, inputs)  # the model may have moved since it was analysed
     masks = normalize_keep(graph, keep or {})
     factory = dense_factory(model)  # before prune rewrites a transformers config
-    with _eval_mode(model, graph.gm), untouched(model):  # before slicing: a traced graph shares the modules
+    with eval_mode(model, graph.gm), untouched(model):  # before slicing: a traced graph shares the modules
         reference = masked_reference(graph, masks, *inputs)
     journal = _Journal()
     try:
         _slice_in_place(model, graph, masks, journal)
-        with _eval_mode(model), untouched(model):
+        with eval_mode(model), untouched(model):
             try:
                 out = model(*inputs)
             except Exception as exc:
@@ -230,12 +229,12 @@ def _diverging_layer(model, graph, masks, inputs, journal: _Journal, atol, rtol)
         return ""
     hooks = OutputHooks(model, paths)
     try:
-        with _eval_mode(model), untouched(model):
+        with eval_mode(model), untouched(model):
             model(*inputs)
     finally:
         hooks.remove()
     journal.undo()
-    with _eval_mode(model, graph.gm), untouched(model):
+    with eval_mode(model, graph.gm), untouched(model):
         reference = record_reference(graph, masks, inputs)
     path = first_divergence(reference, paths, hooks.outputs, atol, rtol)
     if path is None:
@@ -281,16 +280,3 @@ def _failing_module(model: nn.Module, exc: BaseException) -> str:
 
 def _in_torch(filename: str) -> bool:
     return f"{os.sep}torch{os.sep}" in filename
-
-
-@contextlib.contextmanager
-def _eval_mode(*modules: nn.Module):
-    """Eval mode for the check (dropout off, BatchNorm on its statistics), each flag restored."""
-    modes = {m: m.training for root in modules for m in root.modules()}
-    for root in modules:
-        root.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
