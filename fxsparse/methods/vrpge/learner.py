@@ -120,6 +120,7 @@ class StructureLearner:
         self.width_units = width_units
         self.unit_sizes = [min(n, width_units) if width_units else n for n in self.sizes]
         self._unit_owner = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.unit_sizes))
+        self._unit_scale = (torch.tensor(self.sizes), torch.tensor(self.unit_sizes))  # (n_g, u_g), for mask_of
         self._order = None  # within-group channel order (widths): {position: rank}, refreshed
         self.stage = "channel" if granularity == "channel" else "width"
         self.group_budget = None  # per-group expected channel counts in the channel stage of width+channel
@@ -196,7 +197,7 @@ class StructureLearner:
         counts = torch.zeros(*draws.shape[:-1], len(self.sizes), dtype=torch.long)
         counts.index_add_(-1, self._unit_owner, draws.long())
         if self.unit_sizes != self.sizes:
-            n, u = torch.tensor(self.sizes), torch.tensor(self.unit_sizes)
+            n, u = self._unit_scale
             counts = torch.div(2 * counts * n + u, 2 * u, rounding_mode="floor").clamp(min=1)  # round half up
         return self._ordered_rank() < counts[..., self._owner]
 
