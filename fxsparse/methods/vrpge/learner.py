@@ -56,8 +56,11 @@ LR_SCALE = 0.3
 
 
 def check_options(*, budget="channels", form="exact", samples=2, granularity="channel", final="topk",
-                  perturb="all", weight_masks="sampled") -> None:
+                  perturb="all", weight_masks="sampled", width_units=None) -> None:
     """ValueError naming the option, the value and the choices, for the search's options."""
+    if width_units is not None and (isinstance(width_units, bool) or not isinstance(width_units, int)
+                                    or width_units < 2):
+        raise ValueError(f"width_units must be an integer >= 2 (or None: one unit per channel), got {width_units!r}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f"the VR-PGE estimate needs at least 2 samples per step, got {samples!r}")
     check_choices("vrpge", budget=(budget, ("channels", "flops")), form=(form, ("exact", "preconditioned")),
@@ -78,7 +81,7 @@ class StructureLearner:
                  width_units: int | None = None):
         check_fraction(keep, "keep")
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
-                      perturb=perturb, weight_masks=weight_masks)
+                      perturb=perturb, weight_masks=weight_masks, width_units=width_units)
         if lr is None and not steps:
             raise ValueError("lr=None calibrates the score learning rate to the search length: pass steps=")
         if not 0 < width_fraction < 1:
@@ -88,9 +91,6 @@ class StructureLearner:
         if budget_ramp and not steps:
             raise ValueError("budget_ramp tightens the budget over the search: pass steps=")
         check_choices("vrpge", projection=(projection, PROJECTIONS))
-        if width_units is not None and (isinstance(width_units, bool) or not isinstance(width_units, int)
-                                        or width_units < 2):
-            raise ValueError(f"width_units must be an integer >= 2 (or None: one unit per channel), got {width_units!r}")
         self.projection = projection
         self.sparse = sparse
         self.groups = sparse.channel_graph.prunable_groups

@@ -38,7 +38,7 @@ class VRPGE(Method):
                  width_units: int | None = None, **options):
         super().__init__(keep, **options)
         check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
-                      weight_masks=weight_masks)
+                      weight_masks=weight_masks, width_units=width_units)
         if score_lr is not None and (isinstance(score_lr, bool) or not isinstance(score_lr, (int, float))
                                      or not score_lr > 0 or math.isinf(score_lr)):
             raise ValueError(f"--score-lr must be a positive number, got {score_lr!r}")
