@@ -16,9 +16,8 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
+from fxsparse.rules.meta_keys import SHAPE
 from fxsparse.rules.shapes import channel_permute
-
-from .shape_prop import SHAPE
 
 _VIEWS = {"view", "reshape"}
 _SWAPS = {"transpose", "permute"}

@@ -20,9 +20,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from fxsparse.core.broadcast import along, left_pad
 from fxsparse.core.elements import varying_dims
-
-from .channel_propagation import IDS
-from .shape_prop import SHAPE
+from fxsparse.rules.meta_keys import IDS, SHAPE
 
 
 class UnsupportedInSparseStep(NotImplementedError):

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from .shape_prop import SHAPE
+from fxsparse.rules.meta_keys import SHAPE
 
 
 def _groups(x, weight, transposed, groups):

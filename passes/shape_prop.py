@@ -3,7 +3,8 @@
 Unlike torch.fx's ShapeProp it leaves the model exactly as it found it: buffers
 (BatchNorm running statistics) and the RNG state are restored.
 
-``node.meta`` keys written (declared here; read through :class:`GraphValues`):
+``node.meta`` keys written (declared in :mod:`fxsparse.rules.meta_keys`; rules read them
+through :class:`fxsparse.rules.context.GraphValues`):
 
 * :data:`SHAPE`: the output's shape (a tuple, a nested tuple for tuple outputs, or None
   for non-tensors);
@@ -21,48 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fxsparse.core.errors import InputError
 from fxsparse.core.flop_formulas import register_known
-from fxsparse.rules.context import TupleItem, where
-
-SHAPE = "fxsparse_shape"  # node.meta: output shape(s)
-VALUE = "fxsparse_value"  # node.meta: a small non-tensor result (a size read off a tensor)
-FLOPS = "fxsparse_flops"  # node.meta: forward FLOPs of this node
-
-
-class GraphValues:
-    """Reads what :class:`ShapeProp` recorded: shapes of graph values and concrete values
-    of size arguments. The contexts rules are called with extend it."""
-
-    @staticmethod
-    def shape(arg):
-        if isinstance(arg, TupleItem):
-            return arg.node.meta[SHAPE][arg.index]
-        if isinstance(arg, fx.Node):
-            return arg.meta.get(SHAPE)
-        if isinstance(arg, torch.Tensor):
-            return tuple(arg.shape)
-        return None
-
-    @classmethod
-    def value(cls, arg):
-        """Concrete value of a shape argument (a size node, or a list / slice of them)."""
-        if isinstance(arg, fx.Node):
-            return arg.meta.get(VALUE)
-        if isinstance(arg, slice):
-            return slice(cls.value(arg.start), cls.value(arg.stop), cls.value(arg.step))
-        if isinstance(arg, (list, tuple)):
-            return type(arg)(cls.value(a) for a in arg)
-        return arg
-
-    @staticmethod
-    def is_tuple_valued(arg) -> bool:
-        shape = arg.meta.get(SHAPE) if isinstance(arg, fx.Node) else None
-        return isinstance(shape, tuple) and bool(shape) and isinstance(shape[0], tuple)
-
-    def sequence_items(self, arg):
-        """The tensors of a list argument: a python list of values, or a tuple-valued node."""
-        if self.is_tuple_valued(arg):
-            return [TupleItem(arg, i) for i in range(len(arg.meta[SHAPE]))]
-        return list(arg)
+from fxsparse.rules.context import where
+from fxsparse.rules.meta_keys import FLOPS, SHAPE, VALUE
 
 
 def _shape_of(value):

@@ -19,8 +19,8 @@ import torch.fx as fx
 from fxsparse.core.broadcast import left_pad
 from fxsparse.core.elements import varying_dims
 from fxsparse.analysis.graph import ChannelGraph
-from fxsparse.passes.channel_propagation import IDS
-from fxsparse.passes.shape_prop import GraphValues
+from fxsparse.rules.context import GraphValues
+from fxsparse.rules.meta_keys import IDS
 from fxsparse.rules.shapes import index_items, split_dim, split_pieces
 
 _SPLITS = {"split", "chunk", "tensor_split", "narrow", torch.split, torch.chunk, torch.narrow}

@@ -13,9 +13,9 @@ import torch.fx as fx
 
 from fxsparse.rewrite.export import class_kept
 from fxsparse.analysis.graph import ChannelGraph
-from fxsparse.passes.channel_propagation import IDS
-from fxsparse.passes.shape_prop import SHAPE, mutable
-from fxsparse.passes.slice_channels import ExportContext
+from fxsparse.passes.shape_prop import mutable
+from fxsparse.rules.export_context import ExportContext
+from fxsparse.rules.meta_keys import IDS, SHAPE
 
 
 class MaskedInterpreter(fx.Interpreter):

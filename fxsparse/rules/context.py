@@ -1,19 +1,23 @@
-"""The values channel rules pass around (parameter views, tuple items) and the helpers
-that do not read the graph's annotations.
+"""What a rule reads the graph through: :class:`GraphValues` (shapes and size values,
+the base of both contexts), and the values rules pass around (parameter views, tuple items).
 
 A rule sees the graph through the context it is called with
-(:class:`fxsparse.passes.channel_propagation.AnalysisContext` for ``analyze``,
-:class:`fxsparse.passes.slice_channels.ExportContext` for ``export``): those read and
-write ``node.meta``, so a rule never touches a meta key (see ``tests/test_rules.py``).
+(:class:`~fxsparse.rules.analysis_context.AnalysisContext` for ``analyze``,
+:class:`~fxsparse.rules.export_context.ExportContext` for ``export``; the whole contract is in
+:mod:`fxsparse.rules.contract`): those read and write ``node.meta``
+(:mod:`fxsparse.rules.meta_keys`), so a rule never touches a meta key (see ``tests/test_rules.py``).
 """
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+import torch
 import torch.fx as fx
 
 from fxsparse.core.elements import NO_ELEMENT, ElementTable, compress, has_elements, varying_dims
+
+from .meta_keys import SHAPE, VALUE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +71,43 @@ class TupleItem:
         return f"{self.node.name}[{self.index}]"
 
 
+class GraphValues:
+    """Reads what the shape_prop pass recorded: shapes of graph values and concrete values
+    of size arguments. The contexts rules are called with extend it."""
+
+    @staticmethod
+    def shape(arg):
+        if isinstance(arg, TupleItem):
+            return arg.node.meta[SHAPE][arg.index]
+        if isinstance(arg, fx.Node):
+            return arg.meta.get(SHAPE)
+        if isinstance(arg, torch.Tensor):
+            return tuple(arg.shape)
+        return None
+
+    @classmethod
+    def value(cls, arg):
+        """Concrete value of a shape argument (a size node, or a list / slice of them)."""
+        if isinstance(arg, fx.Node):
+            return arg.meta.get(VALUE)
+        if isinstance(arg, slice):
+            return slice(cls.value(arg.start), cls.value(arg.stop), cls.value(arg.step))
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(cls.value(a) for a in arg)
+        return arg
+
+    @staticmethod
+    def is_tuple_valued(arg) -> bool:
+        shape = arg.meta.get(SHAPE) if isinstance(arg, fx.Node) else None
+        return isinstance(shape, tuple) and bool(shape) and isinstance(shape[0], tuple)
+
+    def sequence_items(self, arg):
+        """The tensors of a list argument: a python list of values, or a tuple-valued node."""
+        if self.is_tuple_valued(arg):
+            return [TupleItem(arg, i) for i in range(len(arg.meta[SHAPE]))]
+        return list(arg)
+
+
 def node_arg(node: fx.Node, i: int, name: str, default=None):
     """Argument ``i`` of a call, positional or given by keyword ``name``."""
     if len(node.args) > i:
@@ -104,4 +145,4 @@ def rectangularize(elements: ElementTable, ids: np.ndarray, vd: list[int]) -> np
     return elements.canonical(ids)
 
 
-__all__ = ["FreeRef", "TupleItem", "finish", "node_arg", "where", "NO_ELEMENT"]
+__all__ = ["FreeRef", "GraphValues", "TupleItem", "finish", "node_arg", "where", "NO_ELEMENT"]

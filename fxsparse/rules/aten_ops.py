@@ -1,0 +1,310 @@
+"""torch.export's aten ops as the torch-level calls the channel rules are keyed on
+(``aten.linear`` -> ``F.linear``, ``aten.view`` -> ``.view``, ``aten.select`` -> indexing ...).
+
+The training IR of ``torch.export`` is a small, closed set of high-level aten ops; mapping
+each one onto the torch function or method with the same meaning lets one rule set serve
+both capture paths (the aten_to_torch pass rewrites the graph with :func:`torch_level_call`).
+An aten op with no entry stays as it is: it has no rule, so channels entering it stay
+unpruned. A new op reaches models captured by torch.export through :func:`register_aten`
+(see :mod:`fxsparse.rules.contract`).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+aten = torch.ops.aten
+
+
+def _same(fn):
+    """Same positional arguments and keywords."""
+    return lambda args, kwargs: (fn, args, kwargs)
+
+
+def _method(name):
+    return lambda args, kwargs: (name, args, kwargs)
+
+
+def _first(fn, n):
+    """Only the first ``n`` positional arguments carry over (the rest are aten-only flags)."""
+    return lambda args, kwargs: (fn, args[:n], {})
+
+
+def _embedding(args, kwargs):
+    weight, indices = args[:2]
+    padding_idx = args[2] if len(args) > 2 and args[2] != -1 else None
+    return F.embedding, (indices, weight), ({"padding_idx": padding_idx} if padding_idx is not None else {})
+
+
+def _batch_norm(args, kwargs):
+    x, w, b, mean, var, training, momentum, eps = args[:8]
+    return F.batch_norm, (x, mean, var, w, b, training, momentum, eps), {}
+
+
+def _softmax(args, kwargs):  # methods, not torch.softmax: passes pass targets on as graph arguments
+    return "softmax", (args[0], args[1]), {}
+
+
+def _mean(args, kwargs):
+    x, dims = args[:2]
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    extra = {"dtype": kwargs["dtype"]} if kwargs.get("dtype") is not None else {}
+    return "mean", (x, dims, keepdim), extra
+
+
+def _reduce(name):
+    """``aten.sum.dim_IntList(x, dims, keepdim)`` / ``aten.amax`` -> ``x.sum(dims, keepdim)``."""
+    def convert(args, kwargs):
+        x, dims = args[0], args[1] if len(args) > 1 else kwargs.get("dim")
+        if dims is None:
+            return None
+        keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+        extra = {"dtype": kwargs["dtype"]} if kwargs.get("dtype") is not None else {}
+        return name, (x, dims, keepdim), extra
+    return convert
+
+
+def _upsample(mode, has_align_corners):
+    """``aten.upsample_*.vec(x, output_size, [align_corners,] scale_factors)`` -> ``F.interpolate``."""
+    def convert(args, kwargs):
+        x, size = args[0], args[1]
+        align = args[2] if has_align_corners else None
+        scale = args[3] if has_align_corners else args[2]
+        kw = {"size": size, "scale_factor": scale, "mode": mode}
+        if has_align_corners:
+            kw["align_corners"] = align
+        return F.interpolate, (x,), kw
+    return convert
+
+
+def _to(args, kwargs):
+    """``x.to(...)`` takes dtype / device but not aten's layout / pin_memory flags."""
+    kw = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "non_blocking", "copy", "memory_format")}
+    return "to", tuple(args), kw
+
+
+def _expand(args, kwargs):
+    return "expand", (args[0], *args[1]), {}
+
+
+def _sdpa(args, kwargs):
+    names = ["attn_mask", "dropout_p", "is_causal"]
+    kw = {name: value for name, value in zip(names, args[3:])}
+    kw.update(kwargs)
+    return F.scaled_dot_product_attention, tuple(args[:3]), kw
+
+
+def _binary(fn):
+    def convert(args, kwargs):
+        if kwargs.get("alpha", 1) != 1:
+            return None
+        return fn, tuple(args[:2]), {}
+    return convert
+
+
+def _index_select_like(kind):
+    """aten.select / aten.slice -> ``x[..., i]`` / ``x[..., a:b:s]`` (the indexing rule's form)."""
+
+    def convert(args, kwargs, ndim):
+        x, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        dim %= ndim
+        if kind == "select":
+            item = args[2]
+        else:
+            start = args[2] if len(args) > 2 else kwargs.get("start")
+            end = args[3] if len(args) > 3 else kwargs.get("end")
+            step = args[4] if len(args) > 4 else kwargs.get("step", 1)
+            open_end = isinstance(end, int) and end >= 2 ** 62  # a symbolic end (a Node) is a real bound
+            item = slice(start, None if open_end else end, None if step == 1 else step)
+        return operator.getitem, (x, (slice(None),) * dim + (item,)), {}
+    return convert
+
+
+_TABLE = {
+    aten.linear.default: _same(F.linear),
+    aten.conv1d.default: _same(F.conv1d),
+    aten.conv2d.default: _same(F.conv2d),
+    aten.conv3d.default: _same(F.conv3d),
+    aten.layer_norm.default: _first(F.layer_norm, 5),
+    aten.group_norm.default: _first(F.group_norm, 5),
+    aten.batch_norm.default: _batch_norm,
+    aten.embedding.default: _embedding,
+    aten.scaled_dot_product_attention.default: _sdpa,
+    aten.matmul.default: _same(torch.matmul),
+    aten.addmm.default: _first(torch.addmm, 3),
+    aten.bmm.default: _same(torch.bmm),
+    aten.view.default: _method("view"),
+    aten.reshape.default: _same(torch.reshape),
+    aten.expand.default: _expand,
+    aten.permute.default: _same(torch.permute),
+    aten.transpose.int: _same(torch.transpose),
+    aten.t.default: _same(torch.t),
+    aten.unsqueeze.default: _same(torch.unsqueeze),
+    aten.squeeze.dim: _same(torch.squeeze),
+    aten.squeeze.dims: _same(torch.squeeze),
+    aten.flatten.using_ints: _same(torch.flatten),
+    aten.unflatten.int: _same(torch.unflatten),
+    aten.cat.default: _same(torch.cat),
+    aten.stack.default: _same(torch.stack),
+    aten.chunk.default: _same(torch.chunk),
+    aten.split.Tensor: _same(torch.split),
+    aten.split_with_sizes.default: _same(torch.split),
+    aten.unbind.int: _same(torch.unbind),
+    aten.narrow.default: _same(torch.narrow),
+    aten.roll.default: _same(torch.roll),
+    aten.flip.default: _same(torch.flip),
+    aten.pad.default: _same(F.pad),
+    aten.add.Tensor: _binary(operator.add),
+    aten.add.Scalar: _binary(operator.add),
+    aten.sub.Tensor: _binary(operator.sub),
+    aten.sub.Scalar: _binary(operator.sub),
+    aten.mul.Tensor: _binary(operator.mul),
+    aten.mul.Scalar: _binary(operator.mul),
+    aten.div.Tensor: _binary(operator.truediv),
+    aten.div.Scalar: _binary(operator.truediv),
+    aten.rsub.Scalar: _binary(torch.rsub),
+    aten.pow.Tensor_Scalar: _same(torch.pow),
+    aten.neg.default: _same(torch.neg),
+    aten.rsqrt.default: _same(torch.rsqrt),
+    aten.sqrt.default: _same(torch.sqrt),
+    aten.exp.default: _same(torch.exp),
+    aten.tanh.default: _same(torch.tanh),
+    aten.sigmoid.default: _same(torch.sigmoid),
+    aten.relu.default: _same(F.relu),
+    aten.relu_.default: _same(F.relu),
+    aten.gelu.default: _same(F.gelu),
+    aten.silu.default: _same(F.silu),
+    aten.hardswish.default: _same(F.hardswish),
+    aten.hardsigmoid.default: _same(F.hardsigmoid),
+    aten.erf.default: _same(torch.erf),
+    aten.dropout.default: _first(F.dropout, 3),
+    aten.dropout_.default: _first(F.dropout, 3),
+    aten.softmax.int: _softmax,
+    aten._softmax.default: _softmax,
+    aten.mean.dim: _mean,
+    aten.clone.default: _first(torch.clone, 1),
+    aten.contiguous.default: _method("contiguous"),
+    aten.alias.default: _first(torch.clone, 1),
+    aten.type_as.default: _method("type_as"),
+    aten.to.dtype: _to,
+    aten.to.device: _to,
+    aten.to.dtype_layout: _to,
+    aten._to_copy.default: _to,
+    aten.adaptive_avg_pool1d.default: _same(F.adaptive_avg_pool1d),
+    aten.adaptive_avg_pool2d.default: _same(F.adaptive_avg_pool2d),
+    aten.avg_pool2d.default: _same(F.avg_pool2d),
+    aten.max_pool2d.default: _same(F.max_pool2d),
+    aten.sym_size.int: _method("size"),
+    aten.swapaxes.default: _same(torch.transpose),
+    aten.einsum.default: lambda args, kwargs: (torch.einsum, (args[0], *args[1]), {}),
+    aten.sum.dim_IntList: _reduce("sum"),
+    aten.amax.default: _reduce("amax"),
+    aten.linalg_vector_norm.default: _same(torch.linalg.vector_norm),
+    aten.clamp.default: _same(torch.clamp),
+    aten.clamp_min.default: _same(torch.clamp_min),
+    aten.clamp_max.default: _same(torch.clamp_max),
+    aten.expand_as.default: _method("expand_as"),
+    aten.upsample_nearest1d.vec: _upsample("nearest", False),
+    aten.upsample_nearest2d.vec: _upsample("nearest", False),
+    aten.upsample_linear1d.vec: _upsample("linear", True),
+    aten.upsample_bilinear2d.vec: _upsample("bilinear", True),
+    aten.upsample_bicubic2d.vec: _upsample("bicubic", True),
+}
+# In-place ops of the training IR (``x.silu_()``, ``result += input``) become their
+# out-of-place form where nothing else reads the mutated tensor (then the two are the same).
+_IN_PLACE = {
+    aten.add_.Tensor: _binary(operator.add),
+    aten.sub_.Tensor: _binary(operator.sub),
+    aten.mul_.Tensor: _binary(operator.mul),
+    aten.mul_.Scalar: _binary(operator.mul),
+    aten.div_.Tensor: _binary(operator.truediv),
+    aten.silu_.default: _same(F.silu),
+    aten.gelu_.default: _same(F.gelu),
+    aten.hardswish_.default: _same(F.hardswish),
+    aten.hardsigmoid_.default: _same(F.hardsigmoid),
+    aten.sigmoid_.default: _same(torch.sigmoid),
+    aten.tanh_.default: _same(torch.tanh),
+    aten.hardtanh_.default: _same(F.hardtanh),
+}
+
+
+def _index(args, kwargs):
+    """``aten.index(x, [None, idx])`` -> ``x[:, idx]`` (the same advanced-indexing rules)."""
+    x, indices = args[:2]
+    return operator.getitem, (x, tuple(slice(None) if i is None else i for i in indices)), {}
+
+
+def _new_tensor(name):
+    """``aten.new_zeros(x, size, dtype=...)`` -> ``x.new_zeros(size, dtype=...)`` (a fresh tensor)."""
+    def convert(args, kwargs):
+        kw = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "requires_grad")}
+        return name, tuple(args), kw
+    return convert
+
+
+def _like(fn):
+    """``aten.zeros_like(x, dtype=..., pin_memory=...)`` -> ``torch.zeros_like(x, dtype=...)``."""
+    def convert(args, kwargs):
+        kw = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "requires_grad", "memory_format")}
+        return fn, tuple(args), kw
+    return convert
+
+
+def _sort(args, kwargs):
+    """``aten.sort.stable(x, stable=..., dim=..., descending=...)`` -> ``torch.sort(x, dim, descending)``."""
+    kw = {k: kwargs[k] for k in ("dim", "descending", "stable") if kwargs.get(k) is not None}
+    return torch.sort, tuple(args), kw
+
+
+_TABLE.update({aten.topk.default: _same(torch.topk), aten.sort.default: _same(torch.sort), aten.sort.stable: _sort,
+               aten.argsort.default: _same(torch.argsort), aten.repeat_interleave.self_int: _first(torch.repeat_interleave, 3), aten.index_add.default: _same(torch.index_add),
+               aten.zeros_like.default: _like(torch.zeros_like), aten.ones_like.default: _like(torch.ones_like),
+               aten.empty_like.default: _like(torch.empty_like), aten.full_like.default: _like(torch.full_like)})
+_IN_PLACE[aten.index_add_.default] = _same(torch.index_add)
+_TABLE.update({aten.index.Tensor: _index, aten.new_zeros.default: _new_tensor("new_zeros"), aten.new_ones.default: _new_tensor("new_ones"),
+               aten.new_empty.default: _new_tensor("new_empty"), aten.new_full.default: _new_tensor("new_full")})
+_NEEDS_NDIM = {aten.select.int: _index_select_like("select"), aten.slice.Tensor: _index_select_like("slice"),
+               # ``w.T``: every dim reversed
+               aten.numpy_T.default: lambda args, kwargs, ndim: (torch.permute, (args[0], list(range(ndim))[::-1]), {})}
+_SIDE_EFFECT_ONLY = {aten._assert_tensor_metadata.default}
+
+
+def _ndim(node):
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return getattr(val, "ndim", None)
+
+
+def register_aten(overload, torch_target=None, *, convert=None, override=False):
+    """Make the aten op ``overload`` (``torch.ops.aten.sinc.default``) the torch-level call
+    rules know: ``torch_target`` (a function, or a method name) when the two take the same
+    arguments, else ``convert(args, kwargs) -> (target, args, kwargs)``, or None to leave a
+    node as it is. Registering an op twice raises unless ``override=True``."""
+    if (torch_target is None) == (convert is None):
+        raise TypeError("register_aten: give either torch_target or convert")
+    if overload in _TABLE and not override:
+        raise ValueError(f"{overload} already has a torch-level form; pass override=True to replace it")
+    _TABLE[overload] = convert or (_method(torch_target) if isinstance(torch_target, str) else _same(torch_target))
+
+
+def torch_level_call(node: fx.Node):
+    """``(target, args, kwargs)`` of the torch-level call that does what the aten node does
+    (a str target is a method name), or None where there is none."""
+    if node.target in _IN_PLACE and isinstance(node.args[0], fx.Node) and len(node.args[0].users) == 1:
+        return _IN_PLACE[node.target](tuple(node.args), dict(node.kwargs))
+    if node.target in _TABLE:
+        return _TABLE[node.target](tuple(node.args), dict(node.kwargs))
+    if node.target in _NEEDS_NDIM and _ndim(node.args[0]) is not None:
+        return _NEEDS_NDIM[node.target](tuple(node.args), dict(node.kwargs), _ndim(node.args[0]))
+    return None
+
+
+def is_side_effect_only(node: fx.Node) -> bool:
+    """An input guard or metadata assert of the export: it checks the example shapes, which
+    pruning changes on purpose."""
+    return node.target in _SIDE_EFFECT_ONLY
+
+
+__all__ = ["register_aten", "torch_level_call", "is_side_effect_only"]
