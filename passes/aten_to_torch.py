@@ -14,12 +14,26 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from fxsparse.rules.aten_ops import is_side_effect_only, torch_level_call
 
+from .manager import TORCH_LEVEL
+
+
+def require_torch_level(gm: fx.GraphModule, who: str) -> None:
+    """The runtime check of :data:`~fxsparse.passes.manager.TORCH_LEVEL`: no aten op with a
+    torch-level form is left (for the ``requires`` of passes that match torch-level calls)."""
+    left = [n.name for n in gm.graph.nodes if n.op == "call_function" and torch_level_call(n) is not None]
+    if left:
+        raise AssertionError(f"{who} needs the torch-level calls of the aten_to_torch pass; aten ops left: {left[:3]}")
+
 
 class AtenToTorch(PassBase):
     """Rewrites a ``torch.export`` graph in place (see the module docstring)."""
 
+    needs = frozenset()
+    gives = frozenset({TORCH_LEVEL})
+
     def ensures(self, graph_module):
         graph_module.graph.lint()
+        require_torch_level(graph_module, "aten_to_torch")
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         return PassResult(gm, _rewrite(gm))

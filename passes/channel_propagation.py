@@ -29,8 +29,10 @@ from fxsparse.core.broadcast import left_pad
 from fxsparse.core.elements import ElementTable, varying_dims
 from fxsparse.rules.analysis_context import AnalysisContext
 from fxsparse.rules.context import FreeRef, finish, where
-from fxsparse.rules.meta_keys import CHANNEL_COUNT, FREE, IDS, SHAPE
+from fxsparse.rules.meta_keys import CHANNEL_COUNT, FREE, IDS, SHAPE, VALUE
 from fxsparse.rules.registry import describe_target, lookup
+
+from .manager import TORCH_LEVEL
 
 
 # Ops whose size arguments the export rewrites: a channel count read into them is safe.
@@ -44,6 +46,9 @@ class ChannelPropagation(PassBase):
     ({target: Rule or analyze fn}) that win over the registry. Afterwards
     :attr:`context` holds the analysis (elements, members, mixing nodes). The graph's code
     is not changed (``modified`` is False)."""
+
+    needs = frozenset({TORCH_LEVEL, SHAPE, VALUE})
+    gives = frozenset({IDS, FREE, CHANNEL_COUNT})
 
     def __init__(self, rules=None):
         self.rules = rules

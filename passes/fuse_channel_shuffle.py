@@ -19,6 +19,8 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from fxsparse.rules.meta_keys import SHAPE
 from fxsparse.rules.shapes import channel_permute
 
+from .manager import TORCH_LEVEL
+
 _VIEWS = {"view", "reshape"}
 _SWAPS = {"transpose", "permute"}
 _NOOPS = {"contiguous"}
@@ -67,6 +69,9 @@ def _swaps(n, d):
 
 class FuseChannelShuffle(PassBase):
     """Replaces each view-swap-view channel shuffle by one ``channel_permute`` node."""
+
+    needs = frozenset({TORCH_LEVEL, SHAPE})  # matches view / transpose calls on recorded shapes
+    gives = frozenset()  # the fused node copies the replaced view's meta
 
     fused = 0
 

@@ -52,6 +52,9 @@ class MaskMixingOps(PassBase):
     name, dim)``: the slot layout of a tensor dim. Raises :class:`UnsupportedInSparseStep`
     naming the op when a mixing op over prunable slots has no masked form."""
 
+    needs = frozenset({SHAPE, IDS})
+    gives = frozenset()
+
     def __init__(self, graph, layout_of):
         self.graph = graph
         self.layout_of = layout_of

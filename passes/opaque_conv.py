@@ -194,11 +194,17 @@ class OpaqueConvolutions(PassBase):
     :func:`convolution`; the others stay as they are. ``groups_from_shapes``: names of the
     (non-transposed) convolution nodes whose groups follow the input's channel count."""
 
+    needs = frozenset({SHAPE})  # the weight shape of a functional convolution (string padding, hazards)
+    gives = frozenset()
+
     def __init__(self, groups_from_shapes: Collection[str] = (), only_onednn_hazards: bool = False):
         self.groups_from_shapes = set(groups_from_shapes)
         # static shapes: inductor's own convolutions are fine, except where oneDNN's weight
         # gradient is broken (see _strided_1x1_on_few_channels), which the op runs NCHW
         self.only_onednn_hazards = only_onednn_hazards
+
+    def ensures(self, graph_module):
+        graph_module.graph.lint()
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
@@ -220,7 +226,6 @@ class OpaqueConvolutions(PassBase):
             gm.graph.erase_node(node)
             modified = True
         if modified:
-            gm.graph.lint()
             gm.recompile()
         return PassResult(gm, modified)
 

@@ -18,6 +18,9 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
+from .aten_to_torch import require_torch_level
+from .manager import TORCH_LEVEL
+
 
 def _only_user(node: fx.Node, target, args_tail) -> fx.Node | None:
     """The single user of ``node`` if it is ``target(node, *args_tail)``, else None."""
@@ -39,6 +42,14 @@ def _row(node: fx.Node) -> int | None:
 
 
 class SplitPackedQKV(PassBase):
+    """Rewrites the packed in-projections of a graph in place (see the module docstring)."""
+
+    needs = frozenset({TORCH_LEVEL})
+    gives = frozenset()
+
+    def requires(self, graph_module):
+        require_torch_level(graph_module, "packed_qkv")
+
     def ensures(self, graph_module):
         graph_module.graph.lint()
 

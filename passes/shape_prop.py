@@ -79,6 +79,9 @@ class ShapeProp(PassBase):
     (``modified`` is False). Raises :class:`~fxsparse.core.errors.InputError` naming the node
     where the inputs fail."""
 
+    needs = frozenset()  # any graph runs
+    gives = frozenset({SHAPE, VALUE})  # and FLOPS with count_flops (read with a default: no pass needs it)
+
     def __init__(self, example_inputs, count_flops: bool = False):
         self.example_inputs = tuple(example_inputs)
         self.count_flops = count_flops

@@ -17,7 +17,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from fxsparse.core.elements import ElementTable
 from fxsparse.rules.export_context import ExportContext
-from fxsparse.rules.meta_keys import IDS
+from fxsparse.rules.meta_keys import CHANNEL_COUNT, FREE, IDS, SHAPE, VALUE
 from fxsparse.rules.registry import lookup
 
 
@@ -36,6 +36,9 @@ class SliceChannels(PassBase):
     name); ``class_kept``: {element class: kept?}; ``rules``: per-call rules of the analysis
     (their export hooks win over the registry's). After the call :attr:`context` is the
     :class:`ExportContext` the hooks saw."""
+
+    needs = frozenset({SHAPE, VALUE, IDS, FREE, CHANNEL_COUNT})  # what ExportContext reads
+    gives = frozenset()
 
     def __init__(self, elements: ElementTable, class_kept: dict[int, bool], kept: dict, rules=None):
         self.elements = elements

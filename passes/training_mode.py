@@ -21,6 +21,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
+from .aten_to_torch import require_torch_level
+from .manager import TORCH_LEVEL
+
 TRAINING = "training"  # the GraphModule attribute the rewritten flags read
 
 # function -> (position, keyword) of its training flag
@@ -39,8 +42,14 @@ class FollowTrainingMode(PassBase):
     """``FollowTrainingMode(captured_training)(gm)``: ``captured_training`` is the mode the
     graph was captured in (see the module docstring)."""
 
+    needs = frozenset({TORCH_LEVEL})  # its flags are read off F.dropout / F.batch_norm calls
+    gives = frozenset()
+
     def __init__(self, captured_training: bool):
         self.captured_training = bool(captured_training)
+
+    def requires(self, graph_module):
+        require_torch_level(graph_module, "training_mode")
 
     def ensures(self, graph_module):
         graph_module.graph.lint()

@@ -8,12 +8,11 @@ import torch.nn as nn
 
 from fxsparse.analysis.caches import tensor_caches, tensor_caches_emptied
 from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
-from fxsparse.passes.channel_propagation import ChannelPropagation
-from fxsparse.passes.fuse_channel_shuffle import FuseChannelShuffle
-from fxsparse.passes.shape_prop import FLOPS, ShapeProp
+from fxsparse.passes.pipelines import propagate_channels, record_shapes
 from fxsparse.analysis.capture import (export_capture, python_state_kept, is_transformers_model, modules_export_sees_through, opaque_calls,
                                         weight_transformed_convs)
 from fxsparse.rules.layers import WEIGHT_TRANSFORMED_CONV
+from fxsparse.rules.meta_keys import FLOPS
 from fxsparse.rules.registry import registered_targets
 from fxsparse.core.errors import InputError, TraceError
 from fxsparse.core.tracing import runs_eagerly, trace
@@ -37,7 +36,7 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves
         with warnings.catch_warnings(record=True) as leaf_warnings:
             warnings.simplefilter("always")
             gm, auto_leaves = trace(model, tuple(leaf_modules) + tuple(rule_leaves))
-        ShapeProp(example_inputs, count_flops=flops)(gm)  # one forward gives shapes and FLOPs
+        record_shapes(gm, example_inputs, count_flops=flops)  # one forward gives shapes and FLOPs
     except (TraceError, InputError) as exc:
         if leaf_modules or (isinstance(exc, InputError) and not _runs_eagerly(model, example_inputs)):
             raise  # leaves only exist for symbolic tracing; inputs the model rejects are the user's to fix
@@ -68,7 +67,7 @@ def _export_graph(model, example_inputs, flops, traced_error=None, stack_traces=
     except TraceError as exc:
         raise (exc if traced_error is None else _blame_capture(traced_error, exc)) from exc
     try:
-        ShapeProp(example_inputs, count_flops=flops)(gm)
+        record_shapes(gm, example_inputs, count_flops=flops)
     except InputError as exc:
         raise _blame_capture(exc) from exc
     return gm
@@ -124,10 +123,7 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
             if not caches:
                 raise
             gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules, rule_leaves)
-    FuseChannelShuffle()(gm)
-    propagation = ChannelPropagation(rules)
-    propagation(gm)
-    ctx = propagation.context
+    ctx = propagate_channels(gm, rules)
     groups = build_groups(ctx.elements, ctx.members)
     per_module = {}
     for node in gm.graph.nodes:

@@ -39,9 +39,7 @@ import torch.nn.functional as F
 from fxsparse.analysis.dynamic_dims import dynamic_shapes, pinned_dims, static_image_dims, warn_fixed_sizes
 from fxsparse.core.errors import TraceError
 from fxsparse.core.tracing import eval_mode
-from fxsparse.passes.aten_to_torch import AtenToTorch
-from fxsparse.passes.packed_qkv import SplitPackedQKV
-from fxsparse.passes.training_mode import FollowTrainingMode
+from fxsparse.passes.pipelines import to_torch_level
 from fxsparse.rules.registry import lookup
 
 _KNOWN_MODULES = ("torch", "operator", "_operator", "builtins", "math", "_functools", "functools")
@@ -234,9 +232,7 @@ def export_capture(model: nn.Module, example_inputs, stack_traces: bool = True) 
     with _without_kv_cache(model), _capturable_experts(model), _stack_traces(stack_traces):
         program = _export(model, example_inputs)
     gm = program.module()
-    AtenToTorch()(gm)
-    SplitPackedQKV()(gm)
-    FollowTrainingMode(captured_training=False)(gm)
+    to_torch_level(gm)
     # torch.export blocks train()/eval() on the module (its flags were frozen); now they follow it
     for name in ("train", "eval"):
         vars(gm).pop(name, None)

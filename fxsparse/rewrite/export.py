@@ -20,7 +20,8 @@ import torch.nn as nn
 from fxsparse.core.errors import ExportError
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import kept_indices, normalize_keep
-from fxsparse.passes.slice_channels import SliceChannels, tied_names
+from fxsparse.passes.pipelines import slice_channels
+from fxsparse.passes.slice_channels import tied_names
 from fxsparse.rewrite.recipe import record
 from fxsparse.rewrite.run_check import check_runs, inputs_on_device_of
 
@@ -44,7 +45,7 @@ def export(model, graph: ChannelGraph, keep=None, *, check: bool = True) -> fx.G
     masks = normalize_keep(graph, keep or {})
     _check_same_model(model, graph)
     gm = _copy_graph(graph.gm)
-    SliceChannels(graph.elements, class_kept(graph, masks), kept_indices(graph, masks), graph.rules)(gm)
+    slice_channels(gm, graph.elements, class_kept(graph, masks), kept_indices(graph, masks), graph.rules)
     _own_parameters(gm, graph.gm)
     if check and graph.example_inputs:  # a model that would crash in its first forward is reported now
         inputs = inputs_on_device_of(gm, graph.example_inputs)
