@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from fxsparse.analysis.caches import tensor_caches, tensor_caches_emptied
 from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
+from fxsparse.analysis.tied import couple_tied_members
 from fxsparse.passes.pipelines import propagate_channels, record_shapes
 from fxsparse.analysis.capture import (export_capture, python_state_kept, is_transformers_model, modules_export_sees_through, opaque_calls,
                                         weight_transformed_convs)
@@ -124,6 +125,7 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
                 raise
             gm, auto_leaves = _capture(model, example_inputs, leaf_modules, flops, rules, rule_leaves)
     ctx = propagate_channels(gm, rules)
+    couple_tied_members(gm, ctx.members, ctx.elements)
     groups = build_groups(ctx.elements, ctx.members)
     per_module = {}
     for node in gm.graph.nodes:

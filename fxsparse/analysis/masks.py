@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fxsparse.core.errors import KeepMaskError
+from fxsparse.core.errors import ExportError, KeepMaskError
 from fxsparse.analysis.graph import ChannelGraph
+from fxsparse.analysis.tied import untied_drops
 from fxsparse.passes.slice_channels import tied_names
 
 
@@ -115,15 +116,15 @@ def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]
     """{parameter or buffer name: {dim: kept indices}} for a keep pattern: what export keeps.
     A tied tensor is listed under its first name (the one ``named_parameters()`` gives)."""
     masks = normalize_keep(graph, keep or {})
-    first = {alias: name for name, aliases in tied_names(graph.gm).items() for alias in aliases}
-    drops: dict[str, dict[int, list]] = {}
+    per_name: dict[str, dict[int, list]] = {}
     for g in graph.groups:
         keep_g = masks[g.id].numpy()
         if keep_g.all():
             continue
         for m in g.members:
             drop = np.concatenate([m.index[j] for j in np.nonzero(~keep_g)[0]])
-            drops.setdefault(first.get(m.param, m.param), {}).setdefault(m.dim, []).append(drop)
+            per_name.setdefault(m.param, {}).setdefault(m.dim, []).append(drop)
+    drops = _one_entry_per_tensor(graph, per_name)
     sizes = dict(graph.gm.named_parameters())
     sizes.update(dict(graph.gm.named_buffers()))
     out = {}
@@ -132,4 +133,21 @@ def kept_indices(graph: ChannelGraph, keep) -> dict[str, dict[int, torch.Tensor]
         for dim, parts in per_dim.items():
             removed = np.unique(np.concatenate(parts))
             out[name][dim] = torch.as_tensor(np.setdiff1d(np.arange(sizes[name].shape[dim]), removed), dtype=torch.long)
+    return out
+
+
+def _one_entry_per_tensor(graph: ChannelGraph, per_name: dict) -> dict:
+    """The dropped indices per tensor, a tied one under its first name: every name of it must
+    drop the same ones (the analysis couples them), else the slice would fit one user only."""
+    out = {}
+    for first, aliases in tied_names(graph.gm).items():
+        named = {name: per_name[name] for name in aliases if name in per_name}
+        if not named:
+            continue
+        flat = {name: {dim: np.concatenate(parts) for dim, parts in dims.items()} for name, dims in named.items()}
+        why = untied_drops(first, flat)
+        if why is not None:
+            raise ExportError(f"{why}. This is an fxsparse bug: the analysis should have coupled the tied "
+                              "tensor's channels; please report it with the model.")
+        out[first] = next(iter(named.values()))
     return out

@@ -85,7 +85,7 @@ def _own_parameters(gm: fx.GraphModule, original: fx.GraphModule) -> None:
 def _check_same_model(model, graph):
     if model is None or model is graph.gm:
         return
-    names = {n for n, _ in model.named_parameters()}
+    names = {n for n, _ in model.named_parameters(remove_duplicate=False)}  # every name of a tied one
     missing = [p for p, _ in graph.raw_members if p not in names and p in dict(graph.gm.named_parameters())]
     if missing:
         raise ExportError(f"the model has no parameter '{missing[0]}': was the graph built from another model?")
