@@ -245,7 +245,7 @@ def cmd_train(args) -> int:
         finished = trainer.finished  # a finished run changes nothing, its summary.json included
         trainer.run()
         if not finished and trainer.writer:
-            record_threads(os.path.join(trainer.out, "summary.json"), plan)
+            record_threads(os.path.join(trainer.config.out, "summary.json"), plan)
     except (FxsparseError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         CtrlC.check()  # an error a swallowed Ctrl-C caused is no error to report
         print(f"fxsparse train: error: {err.args[0] if err.args else err}", file=sys.stderr)

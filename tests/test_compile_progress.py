@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fxsparse.methods import Method, PhaseSetup, register_method, unregister_method
-from fxsparse.training import trainer as trainer_module
+from fxsparse.training.progress import Progress
 from fxsparse.training.trainer import TrainConfig, Trainer
 
-TICKER = trainer_module._Progress.TICKER
+TICKER = Progress.TICKER
 SLEEP_S = 2.6
 
 

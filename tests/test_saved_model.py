@@ -37,7 +37,7 @@ def test_load_rebuilds_the_run_model_without_pickle(data_dir, tmp_path, kw):
     assert isinstance(model.net, torch.fx.GraphModule) == (kw.get("method") != "dense")
     assert sum(p.numel() for p in model.parameters()) == summary["params"]
     # the model the run's last history row evaluated, rebuilt from the files
-    assert 100 * tr._accuracy(model.net, tr.test_loader) == tr.history[-1]["test_acc_pct"]
+    assert 100 * tr.evaluator.accuracy(model.net, tr.test_loader) == tr.history[-1]["test_acc_pct"]
     assert model.preprocessing() == summary["preprocessing"]
 
 

@@ -322,8 +322,8 @@ def test_learning_rate_schedules(data_dir, tmp_path, finetune_lr):
 
     def record(tr, event, **info):
         if event == "step":
-            seen.append((tr.state.step - 1, tr._phase_built, [g["lr"] for g in tr.optimizer.param_groups][0],
-                         tr.method.learner.optimizer.param_groups[0]["lr"] if tr._phase_built == "search" else None))
+            seen.append((tr.state.step - 1, tr.phase.name, [g["lr"] for g in tr.phase.optimizer.param_groups][0],
+                         tr.method.learner.optimizer.param_groups[0]["lr"] if tr.phase.name == "search" else None))
 
     cfg = _config(data_dir, tmp_path / "run", epochs=2, finetune_epochs=1, lr=0.04, method_options={"score_lr": 0.2},
                   finetune_lr=finetune_lr)
@@ -387,7 +387,7 @@ def test_a_run_that_ends_with_the_search_exports_its_mask(data_dir, tmp_path):
     small = fxsparse.load(out)
     assert summary["params"] == sum(p.numel() for p in small.parameters()) < summary["dense_params"]
     # the exported model is the one the last history row evaluated
-    assert 100 * tr._accuracy(small.net, tr.test_loader) == tr.history[-1]["test_acc_pct"]
+    assert 100 * tr.evaluator.accuracy(small.net, tr.test_loader) == tr.history[-1]["test_acc_pct"]
 
 
 def test_files_follow_the_umask(data_dir, tmp_path):
@@ -433,9 +433,8 @@ def test_compiles_are_announced_before_the_wait(data_dir, tmp_path):
     sp.on_rebuild.append(seen.append)
     assert sp.fit_capacity({g.id: torch.ones(g.size) for g in tr.graph.prunable_groups})  # every channel kept: grow
     assert seen == [sp]
-    tr.sp, tr.config.compile = sp, True
     sp.compilations = 3
-    tr._on_rebuild(sp)
+    tr.compile_notes.on_rebuild(sp)
     assert said[-1].startswith("recompiling: channel capacities changed")
 
 

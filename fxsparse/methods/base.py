@@ -13,6 +13,14 @@ as such). The trainer calls the hooks in this order:
                method.after_step(state)      # e.g. DropBack reset, RigL drop/grow
     per epoch: method.end_epoch(state)       # e.g. SET
 
+and around them the model's own hooks: :meth:`Method.graph_for_run` (which channel graph the
+method trains with, checked), :meth:`Method.attach` (its masks on the dense model, after
+``init`` or a resume's ``load_state_dict``), :meth:`Method.weight_density` (the kept
+fraction of the weights, for the trainer's history rows) and :meth:`Method.detach` (the
+masks baked into the weights, for the final model). Their defaults follow ``level``: a
+weight-level method's masks are ``torch.nn.utils.parametrize`` masks
+(:mod:`fxsparse.methods.unstructured`); a channel method changes nothing in the model.
+
 The run's *phases* are the method's too (:meth:`Method.phases`). The trainer runs three
 phases itself: ``"dense"`` (the dense model, with the hooks above), ``"fixed"`` and
 ``"finetune"`` (the exported model of the mask :meth:`Method.final_masks` chooses). Any
@@ -36,6 +44,7 @@ import torch.nn as nn
 
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import check_fraction
+from fxsparse.core.errors import NoPrunableGroupError
 
 
 @dataclasses.dataclass
@@ -155,6 +164,41 @@ class Method:
         if masks is None:
             raise RuntimeError(f"method {self.name!r} gave no channel mask to fine-tune")
         return masks
+
+    # ----- the model it trains ---------------------------------------------------------
+    def graph_for_run(self, graph: ChannelGraph, model_name: str) -> Optional[ChannelGraph]:
+        """The channel graph this method trains with (``graph``, the dense model's), or None for
+        a method that needs none; a channel method refuses a model with no prunable group."""
+        if self.level == "channel" and not graph.prunable_groups:
+            raise NoPrunableGroupError(f"{model_name} has no prunable channel group, so channel method "
+                                       f"{self.name!r} cannot run; see `fxsparse analyze {model_name}` for the reasons")
+        return graph
+
+    def attach(self, model: nn.Module) -> None:
+        """Put the method's masks on the dense model it trains, after :meth:`init` or a resume's
+        :meth:`load_state_dict` (weight level: parametrized masks that zero the pruned weights)."""
+        if self.level == "weight":
+            from .unstructured import apply_weight_masks
+
+            apply_weight_masks(model, self.weight_masks())
+
+    def weight_density(self) -> Optional[float]:
+        """The kept fraction of the masked weights (weight level), for the history rows of the
+        trainer's phases: masked weights still cost dense FLOPs. None: the method masks no weights."""
+        if self.level != "weight":
+            return None
+        masks = self.weight_masks()
+        if not masks:
+            return self.keep
+        return sum(float(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+
+    def detach(self, model: nn.Module) -> None:
+        """Bake the masks :meth:`attach` put on ``model`` into its weights (the delivered model:
+        plain parameters, no parametrizations)."""
+        if self.level == "weight":
+            from .unstructured import remove_weight_masks
+
+            remove_weight_masks(model)
 
     # ----- hooks ---------------------------------------------------------------------
     def init(self, state: TrainState) -> None:

@@ -12,3 +12,6 @@ class Dense(Method):
 
     def __init__(self, keep: float = 1.0, **options):
         super().__init__(1.0, **options)
+
+    def graph_for_run(self, graph, model_name: str):
+        return None  # nothing to prune: the run analyses the model for its FLOPs only
