@@ -1,16 +1,19 @@
-"""fxsparse's FX passes, all with one contract (torch.fx's pass infrastructure).
+"""fxsparse's FX passes, all with one contract (torch.fx's pass infrastructure), run by one
+pass manager (:mod:`.manager`) in the pipelines composed in :mod:`.pipelines`.
 
 Each pass is a ``torch.fx.passes.infra.pass_base.PassBase``: calling it on a GraphModule
 checks its preconditions (``requires``), runs it (``call``), checks its postconditions
-(``ensures``) and returns ``PassResult(graph_module, modified)``. The ``node.meta`` keys
-a pass writes are constants declared in its own module (``shape_prop.SHAPE``,
-``channel_propagation.IDS``...); other results are attributes of the pass object::
+(``ensures``) and returns ``PassResult(graph_module, modified)``. Each also declares the
+facts it ``needs`` and ``gives`` (the ``node.meta`` keys of :mod:`fxsparse.rules.meta_keys`,
+``manager.TORCH_LEVEL``), which the pass manager checks before running a pipeline; other
+results are attributes of the pass object::
 
     ShapeProp(example_inputs)(gm)            # PassResult(gm, False); node.meta[SHAPE] set
     FuseChannelShuffle()(gm).modified        # True when a shuffle was fused
     propagation = ChannelPropagation(rules)
     propagation(gm)
     propagation.context.mixing               # the analysis (an AnalysisContext)
+    PassManager([ShapeProp(x), ChannelPropagation()], given={TORCH_LEVEL})(gm)  # checked order
 
 ``aten_to_torch`` (torch.export graphs -> torch-level calls), ``training_mode`` (their
 dropout and batch-norm flags follow ``.train()`` / ``.eval()``), ``shape_prop``,

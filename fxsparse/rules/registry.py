@@ -1,5 +1,6 @@
 """The registry of op families: how each op moves, creates and couples channels, how it is
-sliced at export, and its masked form where it mixes channels.
+sliced at export, and its masked form where it mixes channels (the whole contract a rule
+author needs is :mod:`fxsparse.rules.contract`).
 
 A :class:`Rule` is registered for one or more *targets*: an ``nn.Module`` subclass
 (matched for ``call_module`` nodes), a function object such as ``torch.add`` or
@@ -106,12 +107,22 @@ def lookup(node, modules, extra: dict | None = None) -> Rule | None:
         return None
     if node.op == "call_function":
         rule = table.get(node.target)
-        if rule is None and callable(getattr(node.target, "name", None)) and hasattr(node.target, "_schema"):
-            rule = table.get(node.target.name())  # a custom op (OpOverload), by its qualified name
+        if rule is None and custom_op_name(node.target) is not None:
+            rule = table.get(custom_op_name(node.target))
         return rule
     if node.op == "call_method":
         return table.get(node.target)
     return None
+
+
+def custom_op_name(target) -> str | None:
+    """``"mylib::my_op"`` of a ``torch.library`` op, called as an overload
+    (``torch.ops.mylib.my_op.default``: what torch.export records) or as its packet
+    (``torch.ops.mylib.my_op``: what the symbolic trace records); else None."""
+    if callable(getattr(target, "name", None)) and hasattr(target, "_schema"):
+        return target.name()
+    qualified = getattr(target, "_qualified_op_name", None)  # an OpOverloadPacket
+    return qualified if isinstance(qualified, str) else None
 
 
 def registered_targets():
