@@ -89,7 +89,7 @@ VRPGE_VARIANTS = {
 # search epochs of the variants that do not search for SEARCH_EPOCHS
 VARIANT_SEARCH = {"vrpge-joint-width-ramp-scale-u16-half": 0.125}
 # the pilot's choice (README): the weights train on the typical sub-network during the search, and
-# the budget scales every width by one factor; = VRPGE.TRAINED_DEFAULTS, what `--init` runs
+# the budget scales every width by one factor; = VRPGE_FROM_TRAINED (fxsparse/methods/defaults.py), what `--init` runs
 VRPGE_CHOSEN = "vrpge-joint-width-ramp-scale-u16"
 SEARCH_EPOCHS = 0.25
 

@@ -37,7 +37,7 @@ SUITES = {
     "methods": [
         ("dense", "dense", 1.0, "channels", {}),
         ("vrpge keep 0.5", "vrpge", 0.5, "channels", {}),
-        ("vrpge keep 0.5, 2 fresh score forwards", "vrpge", 0.5, "channels", {"reuse_loss": False}),
+        ("vrpge keep 0.5, 2 fresh score forwards", "vrpge", 0.5, "channels", {"experimental": {"reuse_loss": False}}),
         ("vrpge keep 0.5, two-sample weight averaging", "vrpge", 0.5, "channels", {"weight_average": True}),
         ("random channels 0.5", "random", 0.5, "channels", {}),
         ("L1-filter 0.5", "l1_filter", 0.5, "channels", {}),

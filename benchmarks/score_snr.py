@@ -39,6 +39,7 @@ from fxsparse.zoo import load_model
 from fxsparse.training.data import make_loaders
 from fxsparse.methods.vrpge import StructureLearner
 from fxsparse.methods.vrpge import signal_to_noise
+from fxsparse.methods.vrpge.experimental import ExperimentSwitches
 
 
 def batches(loader):
@@ -87,7 +88,7 @@ def main(argv=None):
     sp = fxsparse.compile(model, (x0[:2],), keep=args.keep, compile=False, seed=args.seed)
     sp.train()
     learner = StructureLearner(sp, keep=args.keep, budget=args.budget, lr=0.0, seed=args.seed, granularity=args.granularity,
-                               perturb=args.perturb)
+                               experimental=ExperimentSwitches(perturb=args.perturb))
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     step = sp.make_train_step(F.cross_entropy, opt)
     sizes, M = learner.sizes, args.estimates

@@ -72,8 +72,8 @@ TABLES = {
 REFERENCE = "vrpge-width"  # the run whose training FLOPs and time the fixed runs get (unless a table names its own)
 # label: (method, config overrides, method options); "@flops"/"@wall" runs get their epochs later
 VRPGE = {
-    "vrpge-paper": ("vrpge", {}, dict(granularity="channel", form="preconditioned", score_lr=0.012, final="sample",
-                                      weight_masks="sampled")),
+    "vrpge-paper": ("vrpge", {}, dict(granularity="channel", score_lr=0.012, final="sample", weight_masks="sampled",
+                                      experimental={"form": "preconditioned"})),
     "vrpge-channel": ("vrpge", {}, dict(granularity="channel", weight_masks="sampled")),
     # the weights train on the first sampled mask (the paper's way), the score step reuses its loss
     "vrpge-width": ("vrpge", {}, dict(granularity="width", weight_masks="sampled")),

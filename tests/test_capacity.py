@@ -115,7 +115,7 @@ def test_full_blocks_never_rebuild_and_growth_is_geometric():
 
 def test_overflowing_samples_are_redrawn_not_truncated():
     _, x, sp = _sparse()
-    learner = StructureLearner(sp, keep=0.5, lr=0.05, seed=3)
+    learner = StructureLearner(sp, keep=0.5, lr=0.05, seed=3, granularity="channel")
     for i, (b, p) in enumerate(zip(sp.plan.blocks, sp.plan.prunable)):
         if p:  # squeeze the capacities: the tail beyond them is now frequent
             sp.plan.caps[i] = int(0.55 * len(b.classes))
@@ -201,14 +201,14 @@ def test_capacities_that_come_back_reuse_their_compiled_graphs():
 
 def test_learner_state_restores_capacities():
     model, x, sp = _sparse()
-    learner = StructureLearner(sp, keep=0.5, lr=0.05)
+    learner = StructureLearner(sp, keep=0.5, lr=0.05, granularity="channel")
     with torch.no_grad():
         learner.scores.copy_((torch.arange(len(learner.scores)) % 2).double() * 0.98 + 0.01)
     learner._project()
     sp.fit_capacity(learner.group_probs())
     state = learner.state_dict()
     _, _, sp2 = _sparse()
-    learner2 = StructureLearner(sp2, keep=0.5, lr=0.05)
+    learner2 = StructureLearner(sp2, keep=0.5, lr=0.05, granularity="channel")
     assert sp2.plan.caps != sp.plan.caps
     learner2.load_state_dict(state)
     assert sp2.plan.caps == sp.plan.caps

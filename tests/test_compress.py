@@ -433,9 +433,10 @@ def test_the_default_method_follows_the_setting(data_dir, tmp_path, monkeypatch,
     assert TrainConfig().method == methods.DEFAULT_METHOD
     assert TrainConfig(init="w.pt").method == methods.DEFAULT_METHOD_TRAINED
     assert TrainConfig(init="w.pt", method="random").method == "random"
-    monkeypatch.setattr(VRPGE, "TRAINED_DEFAULTS", {"weight_every": 0, "granularity": "channel"})
+    monkeypatch.setitem(methods.defaults.VRPGE_FROM_TRAINED, "weight_every", 0)
+    monkeypatch.setitem(methods.defaults.VRPGE_FROM_TRAINED, "granularity", "channel")
     trained = VRPGE.for_run(0.3, "flops", {"granularity": "width"}, trained=True)
-    assert (trained.weight_every, trained.granularity) == (0, "width")  # the user's option wins
+    assert (trained.weight_every, trained.search_options["granularity"]) == (0, "width")  # the user's option wins
     assert VRPGE.for_run(0.3, "flops", {}, trained=False).weight_every == 1
     monkeypatch.setattr(methods, "DEFAULT_METHOD_TRAINED", "l1_filter")
     assert cli_main(["train", "--list-methods"]) == 0

@@ -241,7 +241,8 @@ def test_a_search_whose_scores_move_compiles_each_function_once():
     model = Residual()
     sp = fxsparse.compile(model, x, keep=0.5, compile=True)
     step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9))
-    learner = StructureLearner(sp, keep=0.5, budget="channels", lr=0.05, granularity="channel", steps=1000)
+    learner = StructureLearner(sp, keep=0.5, budget="channels", lr=0.05, granularity="channel", steps=1000,
+                               weight_masks="sampled")
     sp.train()
     start = learner.probs().clone()
     counts = set()

@@ -433,7 +433,7 @@ def test_train_help_is_fast_imports_no_torch_and_lists_every_method_flag(tmp_pat
     assert imported == "[]", imported
     assert float(took) < 0.5, f"building and printing train's help took {took} s"
     flags = [f for name in list_methods() for option, _ in get_method(name).cli_options for f in option]
-    assert "--score-lr" in flags and "--no-compile-update" in flags  # VR-PGE's, the default method's
+    assert "--score-lr" in flags and "--weight-masks" in flags  # VR-PGE's, the default method's
     for flag in flags + ["--model", "--method", "--keep", "--nproc", "--threads"]:
         assert re.search(rf"^  {re.escape(flag)}\b", help_text, flags=re.M), flag
     assert "(default: vrpge; with --init, l1_filter)" in " ".join(help_text.split())
@@ -494,8 +494,7 @@ def test_a_method_registered_from_python_gets_its_flags_on_the_command_line():
     try:
         args = cli.build_parser(["train"]).parse_args(["train", "--toy-rounds", "3"])
         assert cli.method_options_from(args, "toy_flagged_for_test") == {"toy_rounds": 3}
-        assert cli.method_options_from(args, "vrpge") == {k: v for k, v in vars(args).items() if k in (
-            "granularity", "final", "form", "samples", "weight_masks", "reuse_loss", "weight_average")}
+        assert cli.method_options_from(args, "vrpge") == {}  # no flag given: the setting's defaults apply
     finally:
         unregister_method("toy_flagged_for_test")
     with pytest.raises(SystemExit):  # unregistered: the flag is gone

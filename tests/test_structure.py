@@ -14,7 +14,8 @@ def _setup(budget="channels", keep=0.5):
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
     sp = fxsparse.compile(model, x, keep=keep, compile=False)
     step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
-    learner = StructureLearner(sp, keep=keep, budget=budget, lr=0.05)
+    # the paper's form: one score per channel, the weights trained on the first sample
+    learner = StructureLearner(sp, keep=keep, budget=budget, lr=0.05, granularity="channel", weight_masks="sampled")
     sp.train()
     return model, sp, step, learner, x, y
 
@@ -66,11 +67,13 @@ def test_state_dict_round_trip_continues_identically():
     assert all(torch.equal(p, q) for p, q in zip(a, b))
 
 
-def test_score_step_needs_no_backward_and_leaves_no_trace():
+def test_score_forwards_need_no_backward_and_leave_no_trace():
     model, sp, step, learner, x, y = _setup()
     model.zero_grad(set_to_none=True)
     before = {n: t.clone() for n, t in list(model.named_parameters()) + list(model.named_buffers())}
-    learner.score_step(F.cross_entropy, x, y)
+    scores = learner.scores.detach().clone()
+    learner.forward_only_step(F.cross_entropy, x, y)
+    assert not torch.equal(learner.scores.detach(), scores)  # the scores did learn
     assert all(p.grad is None for p in model.parameters())
     for n, t in list(model.named_parameters()) + list(model.named_buffers()):
         assert torch.equal(t, before[n]), n
@@ -79,7 +82,7 @@ def test_score_step_needs_no_backward_and_leaves_no_trace():
 def test_reuse_loss_and_final_mask_meets_budget():
     model, sp, step, learner, x, y = _setup()
     for _ in range(5):
-        learner.step(step, F.cross_entropy, x, y, reuse_loss=True)
+        learner.step(step, F.cross_entropy, x, y)  # the weight step's loss reused as a sample's
     masks = learner.final_mask(lambda m: float(torch.rand(1)), tries=5)
     flat = torch.cat([masks[g.id] for g in learner.groups]).double()
     assert float(flat.sum()) <= learner.budget + 1e-9
@@ -113,7 +116,7 @@ def test_averaged_weight_step_equals_mean_of_exported_gradients():
     sp = fxsparse.compile(model, x, keep=0.5, compile=False)
     sp.train()
     opt = fxsparse.MaskedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), sp)
-    learner = StructureLearner(sp, keep=0.5, seed=3)
+    learner = StructureLearner(sp, keep=0.5, seed=3, lr=0.1, granularity="channel", weight_masks="sampled")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = learner.generator.get_state()
     masks = learner.sample(2)

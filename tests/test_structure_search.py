@@ -11,16 +11,18 @@ import torch.nn.functional as F
 import fxsparse
 from fxsparse.methods.vrpge import StructureLearner, policy_gradient
 from fxsparse.methods.vrpge import spearman as _spearman
+from fxsparse.methods.vrpge.experimental import ExperimentSwitches
 from sparse_checks import ConvBNNet
 
 
-def _setup(granularity="channel", budget="channels", keep=0.5, compile=False, **kw):
+def _setup(granularity="channel", budget="channels", keep=0.5, compile=False, weight_masks="sampled", **kw):
     torch.manual_seed(0)
     model = ConvBNNet(16, 24)
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
     sp = fxsparse.compile(model, x, keep=keep, compile=compile)
     step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9))
-    learner = StructureLearner(sp, keep=keep, budget=budget, lr=0.05, granularity=granularity, steps=40, **kw)
+    learner = StructureLearner(sp, keep=keep, budget=budget, lr=0.05, granularity=granularity, steps=40,
+                               weight_masks=weight_masks, **kw)
     sp.train()
     return model, sp, step, learner, x, y
 
@@ -39,14 +41,15 @@ def test_every_sample_of_a_score_step_sees_the_same_weights(reuse, weight_masks,
     step's update (the exported model of the pre-step weights is the reference). Taking a
     sample's loss after the weight update (as the reused-loss step once did) fails this:
     the update's own loss drop then enters f1 - f2."""
-    model, sp, step, learner, x, y = _setup(granularity, weight_masks=weight_masks)
+    model, sp, step, learner, x, y = _setup(granularity, weight_masks=weight_masks,
+                                            experimental=ExperimentSwitches(reuse_loss=reuse))
     seen = []
     update = learner.score_update
     learner.score_update = lambda losses, draws: seen.append((losses.clone(), draws.clone())) or update(losses, draws)
     for _ in range(3):
         before = copy.deepcopy(model.state_dict())
         typical, learner_probs = learner.mean_mask(), learner.probs().clone()
-        loss, mask = learner.step(step, F.cross_entropy, x, y, reuse_loss=reuse)
+        loss, mask = learner.step(step, F.cross_entropy, x, y)
         losses, draws = seen[-1]
         assert len(losses) == learner.samples
         after = copy.deepcopy(model.state_dict())
@@ -94,7 +97,7 @@ def test_width_estimate_is_unbiased_by_enumeration():
 
 
 def test_one_group_perturbation_is_unbiased_by_enumeration():
-    """perturb="group": the second sample redraws one group (picked uniformly) of the first;
+    """The experiment switch perturb="group": the second sample redraws one group (picked uniformly) of the first;
     the estimate scaled by the number of groups is unbiased for the whole gradient (the
     other groups' terms cancel exactly), here for widths and per channel."""
     owner = torch.tensor([0, 0, 1, 1, 1])
@@ -129,7 +132,7 @@ def test_one_group_perturbation_is_unbiased_by_enumeration():
 
 
 def test_one_group_perturbation_samples():
-    model, sp, step, learner, x, y = _setup("width", perturb="group")
+    model, sp, step, learner, x, y = _setup("width", experimental=ExperimentSwitches(perturb="group"))
     for _ in range(20):
         d = learner.sample_draws(3)
         differs = (d[1:] != d[0]).any(0)

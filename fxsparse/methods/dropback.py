@@ -64,7 +64,7 @@ from .options import check_choice, check_number, check_options, check_state_keys
 from .unstructured import reset_optimizer_state, topk_exact
 
 __all__ = ["DropBack", "DropBackChannel", "DropBackStore", "REFERENCE_SETTINGS", "init_rules", "initial_values",
-           "element_hash", "regenerate", "dropback_memory"]
+           "element_hash", "regenerate"]
 
 REFERENCE_SETTINGS = {"model": "mlp_784_100_100_10", "params": 89610, "optimizer": "SGD", "lr": 0.4, "momentum": 0.0,
                       "batch_size": 100}
@@ -545,32 +545,28 @@ class DropBackStore:
         return out
 
     def memory(self) -> dict:
-        """Bytes held between steps vs. a dense trainer (dense parameters + dense optimizer state)."""
-        return dropback_memory(self)
+        """Bytes held between steps vs. a dense trainer, measured from the tensors held:
+        ``{"held_bytes", "dense_bytes", "ratio", "tracked", "total", "parts"}``. Held = seed +
+        indices + values + tracked momentum (+ excluded parameters and their momentum,
+        dense); dense = every trainable parameter, plus one momentum buffer per parameter
+        when ``momentum > 0``."""
+        idx = sum(_nbytes(t) for t in self.idx.values())
+        val = sum(_nbytes(t) for t in self.val.values())
+        buf = sum(_nbytes(t) for t in self.buf.values()) if self.momentum else 0
+        excl = sum(_nbytes(p) for p in self._dense.values())
+        excl_buf = sum(_nbytes(b) for b in self._dense_buf.values())
+        seed = 8
+        held = seed + idx + val + buf + excl + excl_buf
+        all_params = list(self._params.values()) + list(self._dense.values())
+        dense = sum(_nbytes(p) for p in all_params) * (2 if self.momentum else 1)
+        return {"held_bytes": held, "dense_bytes": dense, "ratio": held / dense,
+                "tracked": sum(t.numel() for t in self.idx.values()),
+                "total": sum(p.numel() for p in self._params.values()),
+                "parts": {"seed": seed, "indices": idx, "values": val, "momentum": buf, "excluded": excl + excl_buf}}
 
 
 def _nbytes(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.numel() * t.element_size()
-
-
-def dropback_memory(store: DropBackStore) -> dict:
-    """``{"held_bytes", "dense_bytes", "ratio", "tracked", "total", "parts"}`` for a
-    :class:`DropBackStore`: held = seed + indices + values + tracked momentum (+ excluded
-    parameters and their momentum, dense); dense = every trainable parameter, plus one
-    momentum buffer per parameter when ``momentum > 0``. Measured from the tensors held."""
-    idx = sum(_nbytes(t) for t in store.idx.values())
-    val = sum(_nbytes(t) for t in store.val.values())
-    buf = sum(_nbytes(t) for t in store.buf.values()) if store.momentum else 0
-    excl = sum(_nbytes(p) for p in store._dense.values())
-    excl_buf = sum(_nbytes(b) for b in store._dense_buf.values())
-    seed = 8
-    held = seed + idx + val + buf + excl + excl_buf
-    all_params = list(store._params.values()) + list(store._dense.values())
-    dense = sum(_nbytes(p) for p in all_params) * (2 if store.momentum else 1)
-    return {"held_bytes": held, "dense_bytes": dense, "ratio": held / dense,
-            "tracked": sum(t.numel() for t in store.idx.values()),
-            "total": sum(p.numel() for p in store._params.values()),
-            "parts": {"seed": seed, "indices": idx, "values": val, "momentum": buf, "excluded": excl + excl_buf}}
 
 
 # ----------------------------------------------------------------------------- channel variant

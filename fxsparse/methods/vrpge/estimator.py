@@ -163,7 +163,7 @@ def _solve_v_bisect(s64, w, budget, tol=1e-9, max_iter=200):
 
 
 @torch.no_grad()
-def project_budget(s, budget, weights=None, tol=1e-6, method="exact"):
+def project_budget(s, budget, weights=None, tol=1e-6):
     """Euclidean projection of ``s`` onto ``{x : 0 <= x <= 1, sum(w * x) <= budget}``.
 
     Returns ``(s_proj, v)`` with ``s_proj = clamp(s - v * w, 0, 1)`` and ``v >= 0`` a float:
@@ -175,27 +175,22 @@ def project_budget(s, budget, weights=None, tol=1e-6, method="exact"):
     channel costs 1: a channel budget) or one weight >= 0 per channel (per-channel FLOPs:
     a FLOPs budget). Channels of weight 0 are only clamped to [0, 1].
 
-    ``method="exact"`` (default) solves the piecewise-linear monotone equation exactly by
-    sorting the breakpoints (s_i - 1)/w_i and s_i/w_i (O(n log n), float64) and checks the
-    result; if the check fails it falls back to bisection to 1e-9. ``method="bisect"``
-    uses bisection directly (for cross-checking).
+    It solves the piecewise-linear monotone equation exactly by sorting the breakpoints
+    (s_i - 1)/w_i and s_i/w_i (O(n log n), float64) and checks the result; if the check
+    fails it falls back to bisection to 1e-9.
 
     Raises ValueError for budget < 0, NaN/inf in s, negative or non-finite weights, or a
     weight vector of the wrong length. Not differentiable (runs under no_grad).
     """
-    if method not in ("exact", "bisect"):
-        raise ValueError(f"method must be 'exact' or 'bisect', got {method!r}")
     budget, w = _check_projection_inputs(s, budget, weights)
     s64 = s.detach().to(torch.float64)
     clamped = s64.clamp(0.0, 1.0)
     scale = max(1.0, budget)
     if float((w * clamped).sum()) <= budget + tol * scale:
         return clamped.to(s.dtype), 0.0
-    v = None
-    if method == "exact":
-        v = _solve_v_exact(s64, w, budget)
-        if v is not None and abs(_phi(s64, w, v) - budget) > tol * scale:
-            v = None  # numerical trouble: fall back
+    v = _solve_v_exact(s64, w, budget)
+    if v is not None and abs(_phi(s64, w, v) - budget) > tol * scale:
+        v = None  # numerical trouble: fall back
     if v is None:
         v = _solve_v_bisect(s64, w, budget)
     out = (s64 - v * w).clamp(0.0, 1.0)

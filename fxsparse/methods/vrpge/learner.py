@@ -15,11 +15,12 @@ forward passes only. Three granularities (``granularity``):
   per-channel scores inside each group, started at its learned width, with each group's
   expected channel count held at what the widths chose.
 
-Each minibatch: the *score forwards* run first, K - 1 sampled sub-networks (or K, with
-``reuse_loss=False``) at the current weights, without autograd, as one compiled graph
-(:meth:`fxsparse.SparseModel.losses`); then the *weight step* trains the sub-network of
-the first sample, whose loss before its update is that sample's loss. So every sample of
-one estimate sees the same weights (a loss taken after the weight update would carry the
+Each minibatch: the *score forwards* run first, K sampled sub-networks at the current
+weights, without autograd, as one compiled graph (:meth:`fxsparse.SparseModel.losses`);
+then the *weight step* trains the policy's typical sub-network (``weight_masks="mean"``),
+or with ``weight_masks="sampled"`` (the paper) the first sample's, whose loss before its
+update serves as that sample's (K - 1 score forwards; K fresh ones and one more sample to
+train with the experiment switch ``reuse_loss=False``). So every sample of one estimate sees the same weights (a loss taken after the weight update would carry the
 update's own loss drop into f_1 - f_2). The estimate
 1/(K-1) sum_j (f_j - mean f) g_j, with g the Bernoulli score of the draws (summed over a
 group's channels for a width), drives Adam on the parameters, then the projection onto
@@ -28,8 +29,9 @@ the budget {0 <= s <= 1, sum(w s) <= B} (channels or expected FLOPs).
 The score learning rate: with Adam a parameter moves about ``lr`` per step whatever the
 gradient's size, and 0 and 1 absorb, so a rate too high for the search length fixes a
 random structure before the estimates know anything. ``lr=None`` calibrates it to the
-search: ``lr = lr_scale / sqrt(steps)`` (noise alone then moves a parameter about
-``lr_scale`` over the whole search, signal about ``lr_scale * sqrt(steps) * snr``).
+search: ``lr = c / sqrt(steps)`` (``c``: ``fxsparse.methods.defaults.VRPGE_LR_SCALE``; noise
+alone then moves a parameter about ``c`` over the whole search, signal about
+``c * sqrt(steps) * snr``).
 The final mask is the top of the scores meeting the budget exactly (``final="topk"``),
 or the authors' best of sampled masks (``final="sample"``).
 """
@@ -42,55 +44,39 @@ import torch
 
 from fxsparse.analysis.flops import SubnetFlops
 from fxsparse.analysis.masks import all_finite, check_fraction
-from ..options import check_choices
+from ..defaults import VRPGE_FROM_SCRATCH as _DEFAULT
+from ..defaults import VRPGE_LR_SCALE
 from ..scores import filter_l1
 from .estimator import project_budget, sample_grouped_mask, vrpge_gradient
-
-GRANULARITIES = ("channel", "width", "width+channel")
-FINALS = ("topk", "sample")
-PERTURBS = ("all", "group")
-PROJECTIONS = ("gradient", "scale")
-WEIGHT_MASKS = ("sampled", "mean")
-# lr * sqrt(search steps) when the learning rate is calibrated to the search (lr=None)
-LR_SCALE = 0.3
-
-
-def check_options(*, budget="channels", form="exact", samples=2, granularity="channel", final="topk",
-                  perturb="all", weight_masks="sampled", width_units=None) -> None:
-    """ValueError naming the option, the value and the choices, for the search's options."""
-    if width_units is not None and (isinstance(width_units, bool) or not isinstance(width_units, int)
-                                    or width_units < 2):
-        raise ValueError(f"width_units must be an integer >= 2 (or None: one unit per channel), got {width_units!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"the VR-PGE estimate needs at least 2 samples per step, got {samples!r}")
-    check_choices("vrpge", budget=(budget, ("channels", "flops")), form=(form, ("exact", "preconditioned")),
-                  granularity=(granularity, GRANULARITIES), final=(final, FINALS), perturb=(perturb, PERTURBS),
-                  weight_masks=(weight_masks, WEIGHT_MASKS))
+from .experimental import ExperimentSwitches
+from .options import check_budget, check_options
 
 
 class StructureLearner:
-    """The search over one SparseModel (see the module docstring). Its defaults are the
-    paper's (one score per channel, Adam at 0.1); ``fxsparse train`` (the ``vrpge`` method)
-    uses ``granularity="width"`` with ``lr=None, steps=<search steps>``."""
+    """The search over one SparseModel (see the module docstring). Its options default to
+    VR-PGE's from scratch (:data:`fxsparse.methods.defaults.VRPGE_FROM_SCRATCH`, what
+    ``fxsparse train`` runs); ``lr=None`` (calibrated) needs ``steps=``, the search's length.
+    The paper's form: ``granularity="channel", weight_masks="sampled", final="sample"``.
+    ``experimental``: the switches benchmarks measure (:class:`.ExperimentSwitches`)."""
 
-    def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", lr: float | None = 0.1,
-                 form: str = "exact", samples: int = 2, seed: int = 0, granularity: str = "channel",
-                 steps: int | None = None, lr_scale: float | None = None, reuse_loss: bool = True,
-                 final: str = "topk", width_fraction: float = 0.5, reorder_every: int = 100, perturb: str = "all",
-                 weight_masks: str = "sampled", budget_ramp: float = 0.0, projection: str = "gradient",
-                 width_units: int | None = None):
+    def __init__(self, sparse, *, keep: float = 0.5, budget: str = "channels", steps: int | None = None,
+                 seed: int = 0, lr: float | None = _DEFAULT["score_lr"], granularity: str = _DEFAULT["granularity"],
+                 weight_masks: str = _DEFAULT["weight_masks"], final: str = _DEFAULT["final"],
+                 samples: int = _DEFAULT["samples"], width_units: int | None = _DEFAULT["width_units"],
+                 budget_ramp: float = _DEFAULT["budget_ramp"], projection: str = _DEFAULT["projection"],
+                 width_fraction: float = 0.5, reorder_every: int = 100,
+                 experimental: ExperimentSwitches | None = None):
         check_fraction(keep, "keep")
-        check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
-                      perturb=perturb, weight_masks=weight_masks, width_units=width_units)
+        check_budget(budget)
+        check_options(dict(granularity=granularity, weight_masks=weight_masks, final=final, samples=samples,
+                           width_units=width_units, budget_ramp=budget_ramp, projection=projection))
+        self.experimental = ExperimentSwitches.of(experimental)
         if lr is None and not steps:
             raise ValueError("lr=None calibrates the score learning rate to the search length: pass steps=")
         if not 0 < width_fraction < 1:
             raise ValueError(f"width_fraction must be in (0, 1), got {width_fraction!r}")
-        if isinstance(budget_ramp, bool) or not isinstance(budget_ramp, (int, float)) or not 0 <= budget_ramp <= 1:
-            raise ValueError(f"budget_ramp must be a fraction of the search in [0, 1], got {budget_ramp!r}")
         if budget_ramp and not steps:
             raise ValueError("budget_ramp tightens the budget over the search: pass steps=")
-        check_choices("vrpge", projection=(projection, PROJECTIONS))
         self.projection = projection
         self.sparse = sparse
         self.groups = sparse.channel_graph.prunable_groups
@@ -103,11 +89,10 @@ class StructureLearner:
         self.budget_ramp = float(budget_ramp)
         self.keep = self.target if not self.budget_ramp else 1.0
         self.budget = self.keep * n if budget == "channels" else self.keep * self.flops.dense
-        self.form, self.samples, self.reuse_loss, self.final = form, int(samples), bool(reuse_loss), final
-        self.perturb, self.weight_masks = perturb, weight_masks
+        self.samples, self.final, self.weight_masks = int(samples), final, weight_masks
         self.granularity, self.steps, self.width_fraction = granularity, steps, float(width_fraction)
         self.reorder_every = int(reorder_every)
-        self.lr = lr if lr is not None else (lr_scale or LR_SCALE) / math.sqrt(steps)
+        self.lr = lr if lr is not None else VRPGE_LR_SCALE / math.sqrt(steps)
         self.generator = torch.Generator().manual_seed(seed)
         self.redrawn = 0  # sampled masks redrawn because they overflowed a block's capacity
         self._steps = 0
@@ -225,7 +210,7 @@ class StructureLearner:
         (up to ``redraw`` times; counted in ``self.redrawn``) instead of growing the step:
         the capacities sit 3 std above the expected count, so this is a < 0.2% tail per
         block, and :meth:`fit_capacity` re-plans them before the scores move past them."""
-        if self.perturb == "group" and k > 1:  # samples 2..k: sample 1 with one group drawn afresh
+        if self.experimental.perturb == "group" and k > 1:  # samples 2..k: sample 1 with one group drawn afresh
             first = self.sample_draws(1, redraw, fit)
             group = int(torch.randint(len(self.sizes), (1,), generator=self.generator))
             rest = self._redraw_group(first.expand(k - 1, -1).clone(), group, redraw if fit else 0)
@@ -350,10 +335,10 @@ class StructureLearner:
         minibatch: per channel, or summed over each group's channels for a width (the score
         of a Binomial count is the sum of its Bernoulli draws' scores)."""
         probs, _, owner = self._draw_space()
-        grad = policy_gradient(losses, draws, probs, owner, self.form)
+        grad = policy_gradient(losses, draws, probs, owner, self.experimental.form)
         # one group perturbed, picked uniformly: scaled by the number of groups, the estimate
         # of the whole gradient stays unbiased (the other coordinates' terms cancel exactly)
-        return grad * len(self.sizes) if self.perturb == "group" else grad
+        return grad * len(self.sizes) if self.experimental.perturb == "group" else grad
 
     @torch.no_grad()
     def sample_losses(self, loss_fn, *batch, k: int):
@@ -378,13 +363,13 @@ class StructureLearner:
         return grad
 
     # ----- one minibatch -------------------------------------------------------------
-    def step(self, step_fn, loss_fn, *batch, reuse_loss: bool | None = None):
+    def step(self, step_fn, loss_fn, *batch):
         """One minibatch of joint training: the score forwards, then the weight step, then
         the score update, every sample at the same (pre-update) weights. ``step_fn``: the
         sparse train step; returns (weight step loss, its mask). A non-finite loss skips
         the score update (FloatingPointError is not raised here: the caller sees the loss)."""
         mean = self.weight_masks == "mean"
-        reuse = (self.reuse_loss if reuse_loss is None else reuse_loss) and not mean
+        reuse = self.experimental.reuse_loss and not mean
         self._advance()
         draws = self.sample_draws(self.samples + (0 if reuse or mean else 1))
         masks = self.mask_of(draws)
@@ -475,13 +460,6 @@ class StructureLearner:
         mask = self.sample(1)[0]
         self.sparse.masks = self.as_group_masks(mask)
         return step_fn(*batch), mask
-
-    @torch.no_grad()
-    def score_step(self, loss_fn, *batch) -> torch.Tensor:
-        """K fresh samples at the current weights, VR-PGE estimate, Adam, projection. A
-        non-finite loss raises FloatingPointError before anything changes."""
-        losses, draws = self._score_forwards(loss_fn, *batch)
-        return self.score_update(losses, draws)
 
     def _score_forwards(self, loss_fn, *batch):
         """K fresh samples and their losses at the current weights; records what they cost."""

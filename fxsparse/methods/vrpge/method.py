@@ -1,14 +1,12 @@
 """VR-PGE (Zhou et al., NeurIPS 2021): the default method. A policy over channel masks is
 learned jointly with the weights (its own phase, ``"search"``) from forward passes only,
 then its final mask is fine-tuned and exported (the trainer's ``"finetune"`` phase).
-Default: one keep ratio per channel group (``granularity="width"``; channels filled by L1
-order), a score learning rate calibrated to the search length, and the top of the scores
-as the final mask; ``granularity="channel"`` with ``final="sample"`` is the paper's
-per-channel form. The search itself is :class:`fxsparse.methods.vrpge.StructureLearner`;
-this class runs it through the :class:`fxsparse.methods.Method` phase hooks."""
+Its options' defaults per setting (from scratch, from trained weights) are in
+:mod:`fxsparse.methods.defaults`; ``granularity="channel", weight_masks="sampled",
+final="sample"`` is the paper's per-channel form. The search itself is
+:class:`fxsparse.methods.vrpge.StructureLearner`; this class runs it through the
+:class:`fxsparse.methods.Method` phase hooks."""
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -16,10 +14,10 @@ from fxsparse.step.optim import MaskedOptimizer
 from fxsparse.step.sparse import SparseModel
 from fxsparse.step.train_step import load_scaling_state
 from ..base import Method, PhaseSetup, RunContext
-from ..flags import COMPILE_UPDATE_STEPS  # the search length from which the update compiles
-from ..options import check_number
 from ..registry import register_method
-from .learner import StructureLearner, check_options
+from .experimental import COMPILE_UPDATE_STEPS
+from .learner import StructureLearner
+from .options import check_budget, check_options
 
 SEARCH = "search"
 
@@ -30,50 +28,26 @@ class VRPGE(Method):
     paper = "Zhou et al., Efficient Neural Network Training via Forward and Backward Propagation Sparsification, NeurIPS 2021"
     # its ``fxsparse train`` flags: fxsparse/methods/flags.py (registering sets them as cli_options)
 
-    def __init__(self, keep: float = 0.5, *, budget: str = "channels", form: str = "exact", samples: int = 2,
-                 score_lr: float | None = None, reuse_loss: bool = True, final_tries: int = 10,
-                 granularity: str = "width", final: str = "topk", weight_masks: str = "mean",
-                 weight_average: bool = False, final_batches: int = 10, compile_update: bool | None = None,
-                 weight_every: int = 1, budget_ramp: float = 0.0, projection: str = "gradient",
-                 width_units: int | None = None, **options):
+    def __init__(self, keep: float = 0.5, *, budget: str = "channels", trained: bool = False, **options):
+        """``options``: VR-PGE's (:func:`.check_options`), each defaulting to its value for the
+        setting in :mod:`fxsparse.methods.defaults` (``trained``: the run starts from trained
+        weights, ``fxsparse train --init``); ``experimental``: a benchmark's switches
+        (:mod:`.experimental`)."""
         super().__init__(keep, **options)
-        check_options(budget=budget, form=form, samples=samples, granularity=granularity, final=final,
-                      weight_masks=weight_masks, width_units=width_units)
-        if score_lr is not None and (isinstance(score_lr, bool) or not isinstance(score_lr, (int, float))
-                                     or not score_lr > 0 or math.isinf(score_lr)):
-            raise ValueError(f"--score-lr must be a positive number, got {score_lr!r}")
-        check_number("vrpge", "final_tries", final_tries, lo=1, integer=True)
-        check_number("vrpge", "final_batches", final_batches, lo=1, integer=True)
-        # weight_every: a weight step every that many search steps (0: the weights stay fixed and
-        # every step is forward-only, for a trained model); budget_ramp: the fraction of the
-        # search over which the budget tightens from the dense model to the target
-        check_number("vrpge", "weight_every", weight_every, lo=0, integer=True)
-        check_number("vrpge", "budget_ramp", budget_ramp, lo=0, hi=1)
-        if weight_average and weight_every != 1:
-            raise ValueError("vrpge: weight_average trains the weights every step; it needs weight_every=1")
-        self.weight_every, self.budget_ramp, self.projection = int(weight_every), float(budget_ramp), projection
-        self.width_units = width_units
-        self.budget, self.form, self.samples = budget, form, int(samples)
-        self.score_lr = None if score_lr is None else float(score_lr)
-        self.reuse_loss, self.final_tries = bool(reuse_loss), int(final_tries)
-        self.granularity, self.final, self.weight_masks = granularity, final, weight_masks
-        self.weight_average, self.final_batches = bool(weight_average), int(final_batches)
-        self.compile_update = compile_update
+        check_budget(budget)
+        resolved = check_options(options, trained)
+        self.budget, self.experimental = budget, resolved.pop("experimental")
+        # the method's own options; the rest are the search's (StructureLearner's keywords)
+        self.weight_every, self.weight_average = int(resolved.pop("weight_every")), resolved.pop("weight_average")
+        self.final_tries, self.final_batches = int(resolved.pop("final_tries")), int(resolved.pop("final_batches"))
+        self.score_lr = resolved.pop("score_lr")
+        self.search_options = resolved
         self.sparse = self.learner = self.step_fn = self.masked_optimizer = None
         self._saved = None  # the search's state from a checkpoint, applied when the search is rebuilt
 
-    # the search's defaults when the run compresses trained weights (``--init``), from the
-    # pilot of benchmarks/compress.py (README, "Compressing a trained model"): the budget
-    # tightens from the dense model over the first half of the search (at the target from the
-    # first step every sample of a 0.1-FLOPs model is at chance loss, and the search learns to
-    # shrink the last layers toward a constant output), it scales every width by one factor,
-    # and widths are drawn in 16 units; options the user sets win over them
-    TRAINED_DEFAULTS: dict = {"projection": "scale", "budget_ramp": 0.5, "width_units": 16}
-
     @classmethod
     def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "VRPGE":
-        defaults = cls.TRAINED_DEFAULTS if trained else {}
-        return cls(keep=keep, **{**defaults, **options, "budget": budget})  # the search meets the run's --budget
+        return cls(keep=keep, trained=trained, **{**options, "budget": budget})  # the search meets the run's --budget
 
     # ----- phases --------------------------------------------------------------------
     def phases(self, first: int, total: int) -> list:
@@ -83,17 +57,15 @@ class VRPGE(Method):
         """The search: the sparse model (its compiled step), the weights' SGD and the learner."""
         if phase != SEARCH:
             return super().build_phase(phase, run, start, steps)
-        compile_update = self.compile_update if self.compile_update is not None else steps >= COMPILE_UPDATE_STEPS
+        compile_update = self.experimental.compile_update
+        compile_update = compile_update if compile_update is not None else steps >= COMPILE_UPDATE_STEPS
         self.sparse = SparseModel(run.model, run.graph, keep=run.keep, compile=run.compile, seed=run.seed,
                                   compile_update=compile_update)
         optimizer = run.sgd(run.model.parameters())
         self.step_fn = self.sparse.make_train_step(run.loss_fn, optimizer, scaler=run.scaler)
         self.loss_fn = run.loss_fn
-        self.learner = StructureLearner(self.sparse, keep=run.keep, budget=self.budget, lr=self.score_lr,
-                                        form=self.form, samples=self.samples, seed=run.seed + 1,
-                                        granularity=self.granularity, steps=steps, reuse_loss=self.reuse_loss,
-                                        final=self.final, weight_masks=self.weight_masks, budget_ramp=self.budget_ramp,
-                                        projection=self.projection, width_units=self.width_units)
+        self.learner = StructureLearner(self.sparse, keep=run.keep, budget=self.budget, steps=steps, seed=run.seed + 1,
+                                        lr=self.score_lr, experimental=self.experimental, **self.search_options)
         schedules = [run.weight_schedule(optimizer, phase, start, steps),  # scores: cosine over the search
                      (lambda: self.learner.optimizer, self.learner.lr, start, steps)]
         if self.weight_average:
