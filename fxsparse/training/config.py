@@ -47,9 +47,8 @@ class TrainConfig:
     # training batches the BatchNorm statistics of the pruned model are re-estimated on before
     # its first step and its one-shot evaluation (0: keep the statistics it inherits)
     bn_batches: int = 50
-    # the method's own options (the default method's: score_lr, granularity, final, form,
-    # samples, reuse_loss, weight_average, final_tries, final_batches, compile_update; the
-    # ``fxsparse train`` flags of the chosen method land here)
+    # the method's own options (VR-PGE's and their defaults per setting: fxsparse/methods/
+    # defaults.py; the ``fxsparse train`` flags of the chosen method land here)
     method_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
