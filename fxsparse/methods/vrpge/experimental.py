@@ -28,8 +28,9 @@ class ExperimentSwitches:
     compile_update: bool | None = None
 
     def __post_init__(self):
-        check_choices("vrpge", form=(self.form, ("exact", "preconditioned")), perturb=(self.perturb, ("all", "group")),
-                      reuse_loss=(self.reuse_loss, (True, False)), compile_update=(self.compile_update, (None, True, False)))
+        check_choices("vrpge", form=(self.form, ("exact", "preconditioned")),
+                      perturb=(self.perturb, ("all", "group")), reuse_loss=(self.reuse_loss, (True, False)),
+                      compile_update=(self.compile_update, (None, True, False)))
 
     @classmethod
     def of(cls, value: "ExperimentSwitches | dict | None") -> "ExperimentSwitches":

@@ -20,8 +20,9 @@ weights, without autograd, as one compiled graph (:meth:`fxsparse.SparseModel.lo
 then the *weight step* trains the policy's typical sub-network (``weight_masks="mean"``),
 or with ``weight_masks="sampled"`` (the paper) the first sample's, whose loss before its
 update serves as that sample's (K - 1 score forwards; K fresh ones and one more sample to
-train with the experiment switch ``reuse_loss=False``). So every sample of one estimate sees the same weights (a loss taken after the weight update would carry the
-update's own loss drop into f_1 - f_2). The estimate
+train with the experiment switch ``reuse_loss=False``). So every sample of one estimate
+sees the same weights (a loss taken after the weight update would carry the update's own
+loss drop into f_1 - f_2). The estimate
 1/(K-1) sum_j (f_j - mean f) g_j, with g the Bernoulli score of the draws (summed over a
 group's channels for a width), drives Adam on the parameters, then the projection onto
 the budget {0 <= s <= 1, sum(w s) <= B} (channels or expected FLOPs).
