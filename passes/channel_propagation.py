@@ -58,6 +58,11 @@ class ChannelPropagation(PassBase):
         if any(SHAPE not in n.meta for n in graph_module.graph.nodes if n.op != "output"):
             raise AssertionError("channel_propagation needs the shapes of the shape_prop pass")
 
+    def ensures(self, graph_module):
+        missing = [n.name for n in graph_module.graph.nodes if IDS not in n.meta]
+        if missing:
+            raise AssertionError(f"channel_propagation: no channel ids recorded for {missing[:3]}")
+
     def call(self, gm: fx.GraphModule) -> PassResult:
         self.context = _propagate(gm, self.rules)
         return PassResult(gm, False)
