@@ -13,8 +13,9 @@ Why two frontends, in this order:
   ops (``aten.linear``, ``aten.layer_norm``, ``aten.scaled_dot_product_attention``,
   views...). Parameters stay ``get_attr`` nodes named by their module path (the state
   dict keeps its names) and the graph's pytree codegen returns the model's own output
-  structure. :mod:`fxsparse.passes.aten_to_torch` maps those ops onto the torch-level
-  calls the channel rules are written for, so one rule set serves both frontends.
+  structure. The aten_to_torch pass maps those ops onto the torch-level calls the channel
+  rules are written for (the table: :mod:`fxsparse.rules.aten_ops`), so one rule set serves
+  both frontends (:mod:`fxsparse.rules.contract`: how a new op reaches both).
   The batch and sequence dims of the inputs are captured as dynamic (the exported model
   runs at any batch size and sequence length the model's code allows); a dim the code pins
   is named in a warning (:mod:`fxsparse.analysis.dynamic_dims`, which also says why image
