@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxsparse
+from fxsparse.analysis.flops import SubnetFlops
 from fxsparse.rewrite.reference import masked_reference
 from harness import check_export
 
@@ -96,6 +97,7 @@ def _chain(model, inputs, graph, compiled=False):
     names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     gen = torch.Generator().manual_seed(0)
     keeps = [fxsparse.random_keep(graph, 0.5, gen) for _ in range(2)]
+    estimate = SubnetFlops(graph)
     assert any(not torch.equal(keeps[0][i], keeps[1][i]) for i in keeps[0])
     for keep in keeps:
         small = fxsparse.export(model, graph, keep).eval()
@@ -105,7 +107,10 @@ def _chain(model, inputs, graph, compiled=False):
         out.sum().backward()
         assert all(p.grad is not None for p in small.parameters() if p.requires_grad)
         assert {n for n, _ in small.named_parameters(remove_duplicate=False)} <= names
-        assert fxsparse.count_flops(small, inputs)[0] <= FLOPS_BOUND * dense_flops
+        small_flops = fxsparse.count_flops(small, inputs)[0]
+        assert small_flops <= FLOPS_BOUND * dense_flops
+        # the estimate the methods budget with counts the experts' fused weights too
+        assert estimate.fraction(estimate.flat(keep)) == pytest.approx(small_flops / dense_flops, rel=1e-6)
     sparse = fxsparse.compile(model, inputs, keep=0.5, compile=compiled, graph=graph)
     sparse.eval()
     sparse.masks = keeps[-1]

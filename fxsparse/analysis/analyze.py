@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from fxsparse.analysis.caches import tensor_caches, tensor_caches_emptied
+from fxsparse.analysis.flops import flops_per_layer
 from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
 from fxsparse.analysis.tied import couple_tied_members
 from fxsparse.passes.pipelines import propagate_channels, record_shapes
@@ -127,10 +128,7 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
     ctx = propagate_channels(gm, rules)
     couple_tied_members(gm, ctx.members, ctx.elements)
     groups = build_groups(ctx.elements, ctx.members)
-    per_module = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            per_module[node.target] = per_module.get(node.target, 0.0) + node.meta.get(FLOPS, 0.0)
+    per_module = flops_per_layer(gm)
     total = sum(node.meta.get(FLOPS, 0.0) for node in gm.graph.nodes)
     shapes = {name: tuple(ctx.param(name).shape) for name, _ in ctx.members}
     assign_flops(groups, per_module, total, shapes)

@@ -15,8 +15,48 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.fx as fx
+
+from fxsparse.rules.meta_keys import FLOPS, FREE
 
 TRAIN_FACTOR = 3.0  # forward + two backward matmuls per layer
+
+
+def flops_per_layer(gm: fx.GraphModule) -> dict[str, float]:
+    """{layer: forward FLOPs of the example batch} (see :func:`layer_of`). A module call counts
+    for its path; a function call that reads a weight (``F.linear(x, self.fc.weight)``, and
+    every layer of a graph captured by torch.export, which has no module calls) counts for
+    that weight's layer. Other FLOPs (attention matmuls) belong to no layer:
+    :class:`SubnetFlops` counts them as dense."""
+    out: dict[str, float] = {}
+    for node in gm.graph.nodes:
+        flops = node.meta.get(FLOPS, 0.0)
+        if not flops:
+            continue
+        layer = node.target if node.op == "call_module" else _weight_layer(node)
+        if layer is not None:
+            out[layer] = out.get(layer, 0.0) + flops
+    return out
+
+
+def layer_of(param: str) -> str | None:
+    """The layer whose FLOPs scale with ``param``'s kept sizes: a ``*weight`` belongs to its
+    module (``Member.layer``); another parameter that is an op's weight operand (fused experts'
+    ``gate_up_proj`` [experts, out, in]) is a layer of its own, since its module may hold
+    several; a bias is none."""
+    owner, _, name = param.rpartition(".")
+    if name.endswith("weight"):
+        return owner or name
+    return None if name.endswith("bias") else param
+
+
+def _weight_layer(node: fx.Node) -> str | None:
+    """The layer of the weight ``node`` reads (through shape-only ops), a ``*weight`` first."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    refs = [ref.qualname for arg in node.all_input_nodes for ref in arg.meta.get(FREE) or ()]
+    weights = [r for r in refs if r.endswith("weight")] or [r for r in refs if layer_of(r) is not None]
+    return layer_of(weights[0]) if weights else None
 
 
 class SubnetFlops:
@@ -34,14 +74,15 @@ class SubnetFlops:
         groups = graph.prunable_groups
         offsets = np.cumsum([0] + [g.size for g in groups])
         self.num_channels = int(offsets[-1])
-        params = dict(graph.gm.named_parameters())
+        params = dict(graph.gm.named_parameters(remove_duplicate=False))  # a tied weight under the name its layer reads
         rows, cols, vals = [], [], []  # counts[(layer, dim)] = base + sum_j s_j * len(index_j)
         dims, base, size = {}, [], []
         for gi, g in enumerate(groups):
             for m in g.members:
-                if m.layer not in per_module or not m.param.endswith("weight") or m.param not in params:
+                layer = layer_of(m.param)
+                if layer not in per_module or m.param not in params:
                     continue
-                key = (m.layer, m.dim)
+                key = (layer, m.dim)
                 if key not in dims:
                     dims[key] = len(base)
                     n = params[m.param].shape[m.dim]

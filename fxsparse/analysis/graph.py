@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 from tabulate import tabulate
 
+from fxsparse.analysis.flops import layer_of
 from fxsparse.core.elements import ElementTable
 from fxsparse.rules.registry import Rule, as_rule, describe_target, lookup
 
@@ -423,9 +424,10 @@ def assign_flops(groups, param_flops: dict, total: float, shapes: dict):
     for grp in groups:
         share = 0.0
         for m in grp.members:
-            if m.layer in param_flops and m.param.endswith("weight"):
+            layer = layer_of(m.param)
+            if layer in param_flops:
                 held = sum(len(ix) for ix in m.index)
-                share += param_flops[m.layer] * held / shapes[m.param][m.dim]
+                share += param_flops[layer] * held / shapes[m.param][m.dim]
         grp.flops_share = share / total
 
 
