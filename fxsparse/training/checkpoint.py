@@ -18,6 +18,19 @@ import numpy as np
 import torch
 
 
+RUN_FILE = "last.pt"  # a run's checkpoint in its --out
+
+
+def run_file(out: str) -> str:
+    return os.path.join(out, RUN_FILE)
+
+
+def write_run(state: dict, history: list, out: str) -> None:
+    """The checkpoint of the run in ``out`` and its ``history.json``, each written atomically."""
+    save_atomic(state, run_file(out))
+    write_json_atomic(history, os.path.join(out, "history.json"))
+
+
 def save_atomic(obj, path: str) -> None:
     """``torch.save`` to ``path`` atomically."""
     _write_atomic(path, "wb", lambda f: torch.save(obj, f))

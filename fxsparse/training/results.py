@@ -11,7 +11,7 @@ from tabulate import tabulate
 from fxsparse.training import checkpoint, saved
 from fxsparse.training.classifier import Classifier
 
-FILES = (saved.WEIGHTS, saved.RECIPE, "summary.json", "history.json", "history.csv", "steps.csv", "last.pt")
+FILES = (saved.WEIGHTS, saved.RECIPE, "summary.json", "history.json", "history.csv", "steps.csv", checkpoint.RUN_FILE)
 
 
 def run_files(out: str) -> dict:

@@ -80,7 +80,6 @@ class Trainer:
         self.writer = self.group.rank == 0  # the process that writes files and logs
         self.log = (log if self.writer else None) or (lambda s: None)
         self.console = Console(self.log, progress and self.writer)
-        self.ckpt_path = os.path.join(config.out, "last.pt")
         self.precision = Precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.train_loader, self.test_loader, self.info = self._loaders(loaders, resume)
@@ -124,7 +123,7 @@ class Trainer:
                                       weight_schedule=self.plan.weight_schedule,
                                       train_batches=self.evaluator.first_batches, accuracy=self._exported_accuracy,
                                       scaler=self.precision.scaler)
-        saved_state = checkpoint.load(self.ckpt_path) if resume else None
+        saved_state = checkpoint.load(checkpoint.run_file(config.out)) if resume else None
         if saved_state is not None:
             self.method.load_state_dict(saved_state["method"])
         else:
@@ -150,8 +149,8 @@ class Trainer:
 
             loaders = make_loaders(c.data, c.data_root, batch_size=c.batch_size, seed=c.seed,
                                    augment=c.augment, drop_last=True, test_batch_size=512)
-        if not resume and os.path.exists(self.ckpt_path):
-            raise FileExistsError(f"{c.out!r} already holds a run (last.pt); pass --resume to continue it, "
+        if not resume and os.path.exists(checkpoint.run_file(c.out)):
+            raise FileExistsError(f"{c.out!r} already holds a run ({checkpoint.RUN_FILE}); pass --resume to continue it, "
                                   "or choose another --out")
         return loaders
 
@@ -338,8 +337,7 @@ class Trainer:
             state["small"] = self.small.state_dict()
         if self.writer:
             self.logs.flush(self.history)  # before the checkpoint: a resume drops the steps past it
-            checkpoint.save_atomic(state, self.ckpt_path)
-            checkpoint.write_json_atomic(self.history, os.path.join(self.config.out, "history.json"))
+            checkpoint.write_run(state, self.history, self.config.out)
         self.group.barrier()  # no process runs ahead of the checkpoint it would resume from
 
     def _resume(self, state: dict):
