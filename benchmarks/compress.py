@@ -123,7 +123,7 @@ def child(path):
 
     def on_step(tr, event, **info):  # CPU time when the recovery (fixed-mask) phase took its first step
         if event == "step" and "recovery" not in marks:
-            first = sum(n for name, n in tr.phases if name not in ("fixed", "finetune"))
+            first = sum(n for name, n in tr.plan.phases if name not in ("fixed", "finetune"))
             if tr.state.step == first + 1:
                 marks["recovery"] = time.process_time()
 
