@@ -21,6 +21,7 @@ import torch
 import fxsparse
 import fxsparse.analysis.analyze as analyze_module
 import fxsparse.rewrite.export as export_module
+import fxsparse.step.capacity as capacity_module
 import fxsparse.step.sparse as sparse_module
 from fxsparse.passes import channel_propagation, masked_mixing, shape_prop, slice_channels
 from fxsparse.rewrite import layout
@@ -31,7 +32,7 @@ PHASES = [
     (shape_prop.ShapeProp, "call", "shape propagation"),
     (channel_propagation.ChannelPropagation, "call", "channel propagation + rules"),
     (analyze_module, "build_groups", "groups"),
-    (sparse_module, "shape_free", "shape-free check (rest)"),
+    (capacity_module, "shape_free", "shape-free check (rest)"),
     (export_module, "_copy_graph", "export: copy of the graph"),
     (slice_channels.SliceChannels, "call", "export: slicing"),
     (export_module, "_own_parameters", "export: copies of unsliced params"),
@@ -40,7 +41,7 @@ PHASES = [
     (layout.Plan, "__init__", "Plan"),
     (masked_mixing.MaskMixingOps, "call", "masked mixing pass"),
     (layout.Plan, "dim_layout", "layouts (dim_layout)"),
-    (sparse_module.SparseModel, "_build_new", "capacity model build (rest)"),
+    (sparse_module, "build_capacity_model", "capacity model build (rest)"),
 ]
 
 

@@ -3,12 +3,12 @@
     python benchmarks/step_phases.py [--model vgg11_bn] [--batch 64] [--keep 0.5] [--steps 12]
                                      [--capacity exact|dynamic]
 
-Runs the pieces of ``SparseModel.make_train_step`` one at a time (SGD momentum 0.9,
-weight decay 5e-4, random masks of exactly round(keep x size) channels per group; static capacities, or
-the default dynamic ones with ``--capacity dynamic``) and
-prints the median milliseconds of each: setting the masks, the per-step gather indices,
-the gather of kept weights, the compiled forward, the backward, the compact update
-(arguments + compiled kernel), and the write-back of BN statistics. Next to them, timed
+Runs ``SparseModel.make_train_step``'s step (SGD momentum 0.9, weight decay 5e-4, random
+masks of exactly round(keep x size) channels per group; static capacities, or the default
+dynamic ones with ``--capacity dynamic``) with its ``on_phase`` hook, and prints the median
+milliseconds of each phase: setting the masks, the per-step gather indices, the gather of
+kept weights, the compiled forward, the backward, the compact update (arguments + compiled
+kernel), and the write-back of BN statistics. Next to them, timed
 in the same rounds, the same phases of the exported model for one such mask (compiled
 forward, backward, torch.optim.SGD), and whole steps of both (the real
 ``make_train_step``): per-round ratios, which the machine's drift does not move.
@@ -24,7 +24,7 @@ import bench_args
 import fxsparse
 from fxsparse import zoo
 from fxsparse.bench import quartiles
-from fxsparse.step.train_step import gather_leaves, write_back_buffers
+from fxsparse.step.train_step import PHASES
 
 
 def main(argv=None):
@@ -45,9 +45,6 @@ def main(argv=None):
     for _ in range(3):  # compile and warm up through the real step
         new_masks()
         step(x, y)
-    _, forward_loss, kernel, gather_fn = sp.compiled_fns["step"]
-    update = fxsparse.step.optim.compact_update_for(opt)
-    params = dict(model.named_parameters())
 
     torch.manual_seed(0)
     small = fxsparse.export(zoo.create(args.model), sp.channel_graph, sp.masks).train()
@@ -66,21 +63,9 @@ def main(argv=None):
         t = [time.perf_counter()]
         new_masks()
         t.append(time.perf_counter())
-        plan, empty = sp.step_inputs(with_empty=True)
-        t.append(time.perf_counter())
-        opt.zero_grad(set_to_none=True)
-        gathered, slots, weights = gather_leaves(sp, plan, gather_fn, empty)
-        t.append(time.perf_counter())
-        loss = forward_loss(gathered, plan, y, x)
-        t.append(time.perf_counter())
-        loss.backward()
-        t.append(time.perf_counter())
-        arguments, _ = update.arguments(opt, [(params[n], gathered[n], weights[n], slots[n]) for n in slots if n in params])
-        with torch.no_grad():
-            kernel(*arguments)
-        t.append(time.perf_counter())
-        write_back_buffers(sp, gathered, plan, slots=slots)
-        t.append(time.perf_counter())
+        step.on_phase = lambda phase: t.append(time.perf_counter())
+        step(x, y)
+        step.on_phase = None
         return dict(zip(SPARSE_PHASES, (b - a for a, b in zip(t, t[1:]))))
 
     def exported_phases():
@@ -118,7 +103,7 @@ def main(argv=None):
     print(f"whole steps, sparse / exported per round: median {mid:.3f}x (quartiles {q1:.3f}-{q3:.3f})")
 
 
-SPARSE_PHASES = ("masks", "indices", "gather", "forward", "backward", "update", "write-back")
+SPARSE_PHASES = ("masks",) + PHASES
 
 
 if __name__ == "__main__":

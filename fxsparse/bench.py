@@ -16,7 +16,8 @@ import fxsparse
 from fxsparse.core.broadcast import along
 from fxsparse.bench_args import VARIANTS, parse_args
 from fxsparse.bench_models import DEFAULT_BATCH, kind_of, workload
-from fxsparse.step.train_step import forward_gathered, gather_leaves
+from fxsparse.step.forward import forward_gathered
+from fxsparse.step.leaves import gather_leaves
 from fxsparse.training.device import Precision
 
 
@@ -195,10 +196,10 @@ def bench_model(name, batch, keep, steps, block_steps=1, precision="fp32", varia
 def sparse_bytes(sp, m, opt, x, y, in_precision, loss=F.cross_entropy):
     """Training memory of the sparse step: activations saved for the backward, compact
     gradients, dense weights and optimizer state."""
-    plan = sp.step_inputs()
-    gathered, _, _ = gather_leaves(sp, plan)
-    act = saved_bytes(in_precision(lambda: loss(forward_gathered(sp, gathered, plan, *x, empty_zeroed=True), y)))
-    compact_grads = sum(g.numel() * g.element_size() for g in gathered.values() if g.requires_grad)
+    step = sp.step_inputs(x)
+    leaves = gather_leaves(step, sp.compiler)
+    act = saved_bytes(in_precision(lambda: loss(forward_gathered(step.build, leaves.tensors, step.index.buffers, x), y)))
+    compact_grads = sum(g.numel() * g.element_size() for g in leaves.tensors.values() if g.requires_grad)
     dense_params = sum(p.numel() * p.element_size() for p in m.parameters())
     return act + state_bytes(m.parameters(), opt) - dense_params + compact_grads  # weights + state, grads compact
 

@@ -14,7 +14,7 @@ import fxsparse
 from fxsparse import zoo
 from fxsparse.analysis.flops import SubnetFlops
 from fxsparse.rewrite.export import export
-from fxsparse.step.sparse import cpu_channel_block
+from fxsparse.step.capacity import cpu_channel_block
 from fxsparse.methods.vrpge import StructureLearner
 from sparse_checks import ConvBNNet
 
@@ -116,11 +116,9 @@ def test_full_blocks_never_rebuild_and_growth_is_geometric():
 def test_overflowing_samples_are_redrawn_not_truncated():
     _, x, sp = _sparse()
     learner = StructureLearner(sp, keep=0.5, lr=0.05, seed=3, granularity="channel")
-    for i, (b, p) in enumerate(zip(sp.plan.blocks, sp.plan.prunable)):
-        if p:  # squeeze the capacities: the tail beyond them is now frequent
-            sp.plan.caps[i] = int(0.55 * len(b.classes))
-    sp.plan.set_caps(sp.plan.caps)
-    sp._build()
+    # squeeze the capacities: the tail beyond them is now frequent
+    sp._set_caps([int(0.55 * len(b.classes)) if p else c
+                  for c, b, p in zip(sp.plan.caps, sp.plan.blocks, sp.plan.prunable)])
     masks = learner.sample(200)
     assert learner.redrawn > 0
     assert all(sp.fits(learner.as_group_masks(m)) for m in masks)
@@ -147,7 +145,7 @@ def _counted_step(model, sp):
         calls.append(1)
         return gm.forward
 
-    sp._backend = counting_backend
+    sp.compiler.backend = counting_backend
     step = sp.make_train_step(F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.01))
     return step, calls, torch.randint(0, 4, (8,))
 
@@ -232,11 +230,12 @@ def test_vectorised_gather_index_equals_the_per_dim_definition(capacity):
     capacities: at the present slots only), and keys with equal layouts (a conv's output
     dim, the BN after it) share one set of tensors."""
     from fxsparse.rewrite.layout import GatherIndex
+    from fxsparse.step.index import MemberDim
 
     torch.manual_seed(0)
     model = zoo.create("resnet20")
     sp = fxsparse.compile(model, torch.randn(2, 3, 32, 32), keep=0.5, compile=False, capacity=capacity, align=4)
-    layouts = {f"{n}|{d}": l for n, dims in sp.members.items() for d, l in dims}
+    layouts = {key: l for key, l in sp.build.indexer.layouts.items() if isinstance(key, MemberDim)}
     fast = GatherIndex(layouts)
     for _ in range(5):
         sp.sample_masks(0.5)
@@ -253,7 +252,7 @@ def test_vectorised_gather_index_equals_the_per_dim_definition(capacity):
             assert got[key][3] == bool((valid > 0).all()), key
         distinct = {l.signature() for l in layouts.values()}
         assert len({id(v[0]) for v in got.values()}) == len(distinct) < len(layouts)
-        conv, bn = "layer1.0.conv1.weight|0", "layer1.0.bn1.weight|0"
+        conv, bn = MemberDim("layer1.0.conv1.weight", 0), MemberDim("layer1.0.bn1.weight", 0)
         assert got[conv][0] is got[bn][0] and got[conv][2] is got[bn][2]
 
 
@@ -283,23 +282,24 @@ def test_empty_slots_are_zero_in_the_leaves_and_the_dense_weights_are_kept_for_t
     """gather_leaves zeroes empty slots outside autograd (no validity multiply in the
     forward); the update must still see the dense values there, and the forward must equal
     the one that multiplies by validity."""
-    from fxsparse.step.optim import gather, real_slots
-    from fxsparse.step.train_step import forward_gathered, gather_leaves
+    from fxsparse.step.forward import forward_gathered, times_validity
+    from fxsparse.step.gather import gather, real_slots
+    from fxsparse.step.leaves import gather_leaves
 
     model, x, sp = _sparse()
     sp.train()
     sp.sample_masks(0.2)  # far below the capacities: many empty slots
-    plan, empty = sp.step_inputs(with_empty=True)
-    keys = [f"{name}|{dim}" for name, dims in sp.members.items() for dim, _ in dims]
-    assert empty == {k for k in keys if not plan[f"{k}|real"].all()} and empty
-    tensors, slots, weights = gather_leaves(sp, plan)
-    again, _, _ = gather_leaves(sp, plan, empty=empty)  # the flags from step_inputs, same result
-    assert all(torch.equal(again[n], t) for n, t in tensors.items())
+    step = sp.step_inputs((x,))
+    index = step.index
+    assert index.empty == {n for n, slots in index.slots.items() if not all(s.real.all() for s in slots)}
+    assert index.empty
+    leaves = gather_leaves(step, sp.compiler)
+    tensors, weights = leaves.tensors, leaves.weights
     dense = dict(model.named_parameters())
     zeroed = 0
     for name, w in weights.items():
-        assert torch.equal(w, gather(dense[name].detach(), slots[name]))
-        real = real_slots(slots[name], w.dim()).expand_as(w)
+        assert torch.equal(w, gather(dense[name].detach(), index.slots[name]))
+        real = real_slots(index.slots[name], w.dim()).expand_as(w)
         leaf = tensors[name]
         assert leaf.is_leaf and leaf.requires_grad
         assert torch.equal(leaf.detach()[real], w[real])
@@ -307,9 +307,31 @@ def test_empty_slots_are_zero_in_the_leaves_and_the_dense_weights_are_kept_for_t
         zeroed += int((~real).sum())
     assert zeroed > 0
     sp.eval()  # no running-statistic updates: both forwards see the same buffers
-    scaled = {n: (weights[n] if n in weights else t) for n, t in tensors.items()}
-    torch.testing.assert_close(forward_gathered(sp, tensors, plan, x, empty_zeroed=True),
-                               forward_gathered(sp, scaled, plan, x), rtol=0, atol=0)
+    scaled = times_validity({n: (weights[n] if n in weights else t) for n, t in tensors.items()}, index.slots,
+                            step.build.buffer_names)
+    torch.testing.assert_close(forward_gathered(step.build, tensors, index.buffers, (x,)),
+                               forward_gathered(step.build, scaled, index.buffers, (x,)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("capacity", ["auto", "dynamic"])
+def test_the_gather_equals_the_masked_reference(capacity):
+    """The one gather (:func:`fxsparse.step.gather.gather_tensors`) of the dense tensors at a
+    step's slots, run through the capacity model, equals the dense model with the pruned
+    channels zeroed (the masked reference), empty slots and aligned padding included."""
+    from fxsparse.rewrite.reference import masked_reference
+    from fxsparse.step.forward import forward_dense
+
+    torch.manual_seed(0)
+    model = zoo.create("resnet20").double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    sp = fxsparse.compile(model, x, keep=0.5, compile=False, capacity=capacity, align=4).eval()
+    for keep in (0.2, 0.5):
+        sp.sample_masks(keep)
+        step = sp.step_inputs((x,))
+        with torch.no_grad():
+            got = forward_dense(step.build, step.dense, step.index, False, x)
+            ref = masked_reference(sp.channel_graph, sp.masks, x)
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
 
 
 def test_exact_capacity_masks_have_no_empty_slot():
@@ -318,9 +340,9 @@ def test_exact_capacity_masks_have_no_empty_slot():
     x = torch.randn(8, 3, 6, 6)
     sp = fxsparse.compile(model, x, keep=0.5, compile=False, capacity="exact")
     sp.masks = fxsparse.random_keep(sp.channel_graph, 0.5, torch.Generator().manual_seed(3))
-    plan, empty = sp.step_inputs(with_empty=True)
-    assert empty == set()
-    assert all(plan[k].all() for k in plan if k.endswith("|real"))
+    index = sp.step_index()
+    assert index.empty == frozenset()
+    assert all(bool(s.real.all()) for slots in index.slots.values() for s in slots)
 
 
 @pytest.mark.slow  # inductor compiles: ~6 s
@@ -335,7 +357,7 @@ def test_one_models_rebuild_leaves_another_models_graphs_alone():
             calls.append(1)
             return gm.forward
 
-        sp._backend = backend
+        sp.compiler.backend = backend
         return calls
 
     _, x, first = _sparse(compile=True)

@@ -255,5 +255,5 @@ def test_masked_forms_in_the_compiled_step():
     torch.manual_seed(0)
     sp = check_steps(CompiledMixNet(), _inputs(), torch.tensor([0, 3]), F.cross_entropy, steps=2, keep=0.6,
                      compile=True, tol=1e-4)
-    assert len(sp.channel_graph.mixing) == 3 and len(sp._valid_buffers) == 3
+    assert len(sp.channel_graph.mixing) == 3 and len(sp.valid_buffers) == 3
     assert any(g.size == 8 for g in sp.channel_graph.prunable_groups)
