@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import fxsparse
 from fxsparse import zoo
 from fxsparse.analysis.flops import SubnetFlops
-from fxsparse.step.sparse import cpu_channel_block
+from fxsparse.step.capacity import cpu_channel_block
 
 
 def build(name, x, compile_, align):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Hashable
 
 import numpy as np
 import torch
@@ -277,9 +278,12 @@ class GatherIndex:
     vectorised numpy pass; the per-layout vectors are views of three tensors (a loop over
     dims cost ~2 ms per step on a VGG-11). Keys whose layouts are equal share one set of
     tensors (VGG-11: 57 keys, 9 distinct layouts; 3.0 -> 0.5 ms per step with dynamic
-    capacities, where each vector is a tensor of its own)."""
+    capacities, where each vector is a tensor of its own).
 
-    def __init__(self, layouts: dict):
+    ``layouts``: {key: DimLayout}; the keys are the caller's, returned as given (the sparse
+    step's are typed: ``fxsparse.step.index.MemberDim``, ``Validity``, ``StepPart``)."""
+
+    def __init__(self, layouts: dict[Hashable, DimLayout]):
         self.keys = list(layouts)
         distinct = {}
         self.which = [distinct.setdefault(l.signature(), (len(distinct), l))[0] for l in layouts.values()]
@@ -320,7 +324,8 @@ class GatherIndex:
                 self.lut[bases[i] + classes - lows[i]] = first_row[i] + np.arange(len(classes))
             self.owner_shift = (bases - lows)[owner]
 
-    def __call__(self, slot_class: np.ndarray, slot_valid: np.ndarray, present: np.ndarray | None = None) -> dict:
+    def __call__(self, slot_class: np.ndarray, slot_valid: np.ndarray, present: np.ndarray | None = None
+                 ) -> dict[Hashable, tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
         """{key: (gather index, validity, real, full)}: int64 / float32 / bool tensors, and
         whether every slot is real (a Python bool). ``present`` (bool per global slot): only
         the positions of present slots (dynamic capacities: each layout's length is then its

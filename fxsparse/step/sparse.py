@@ -39,7 +39,7 @@ from fxsparse.rewrite.layout import Plan
 from fxsparse.rewrite.run_check import check_runs, inputs_on_device_of
 from fxsparse.step.build import CapacityBuild, build_capacity_model
 from fxsparse.step.build_cache import BuildCache
-from fxsparse.step.capacity import CapacityFit, cpu_channel_block, resolve_align, resolve_capacity  # noqa: F401
+from fxsparse.step.capacity import CapacityFit, resolve_align, resolve_capacity
 from fxsparse.step.compact_update import compact_update_for
 from fxsparse.step.compiler import StepCompiler
 from fxsparse.step.forward import forward_dense, forward_no_write_back, losses_of
@@ -76,7 +76,7 @@ class SparseModel(nn.Module):
     ``align``: slot counts are rounded up to a multiple of this (never past the group size).
     None: 8 when the model's parameters are on a GPU when it is wrapped (tensor-core
     friendly shapes; move the model to the GPU before ``fxsparse.compile`` or pass
-    ``align=8``); on a CPU, :func:`cpu_channel_block` for dynamic capacities (oneDNN computes
+    ``align=8``); on a CPU, :func:`~fxsparse.step.capacity.cpu_channel_block` for dynamic capacities (oneDNN computes
     convolutions in blocks of that many channels, so rounding up costs them little, and it
     bounds the distinct shapes: a new shape costs oneDNN a kernel build every step), 1 for
     static ones, where any padding slot is pure extra work.

@@ -25,7 +25,7 @@ from fxsparse.step.gather import gather_tensors, write_back_buffers
 from fxsparse.step.host import StepHost
 from fxsparse.step.leaves import gather_leaves
 from fxsparse.step.optim import MaskedOptimizer
-from fxsparse.step.scaling import LossScaling, load_scaling_state  # noqa: F401  (load_scaling_state: resuming a step)
+from fxsparse.step.scaling import LossScaling
 
 PHASES = ("indices", "gather", "forward", "backward", "update", "write-back")
 

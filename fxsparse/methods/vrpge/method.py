@@ -12,7 +12,7 @@ import torch
 
 from fxsparse.step.optim import MaskedOptimizer
 from fxsparse.step.sparse import SparseModel
-from fxsparse.step.train_step import load_scaling_state
+from fxsparse.step.scaling import load_scaling_state
 from ..base import Method, PhaseSetup, RunContext
 from ..registry import register_method
 from .experimental import COMPILE_UPDATE_STEPS
