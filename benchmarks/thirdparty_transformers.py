@@ -19,7 +19,6 @@ import warnings
 import torch
 
 import fxsparse
-from fxsparse.rewrite.reference import masked_reference
 
 SEQ = 8
 VOCAB = 100
@@ -137,15 +136,11 @@ def run_one(name, keep=0.5, n_masks=2, atol=1e-4, models=None, verbose=False, ti
             stage = "export"
             small = fxsparse.export(model, graph, keep_i)
             small.eval()
-            stage = "exported forward"
-            out = _first_tensor(small(*inputs))
-            stage = "masked reference"
-            ref = _first_tensor(masked_reference(graph, keep_i, *inputs))
-            if out.shape != ref.shape:
-                return "fail", f"differs: shape {tuple(out.shape)} vs {tuple(ref.shape)}", None, time.perf_counter() - t0
-            err = float((out.detach() - ref.detach()).abs().max())
-            if err > atol * max(1.0, float(ref.abs().max())):
-                return "fail", f"differs from masked reference by {err:.2e}", None, time.perf_counter() - t0
+            stage = "exported forward and masked reference"
+            check = fxsparse.check_against_reference(small, graph, keep_i, inputs, atol=atol)
+            if not check.ok:
+                return "fail", f"differs: {check.message}", None, time.perf_counter() - t0
+            out = check.first_output
             stage = "exported backward"
             out.float().sum().backward()
             if i == 0:

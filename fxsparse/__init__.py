@@ -28,6 +28,7 @@ _EXPORTS = {
     "KeepMaskError": "fxsparse.core.errors", "NoPrunableGroupError": "fxsparse.core.errors",
     "TraceError": "fxsparse.core.errors", "PruneCheckError": "fxsparse.core.errors",
     "export": "fxsparse.rewrite.export", "prune": "fxsparse.rewrite.inplace",
+    "check_against_reference": "fxsparse.rewrite.reference_check", "ReferenceCheck": "fxsparse.rewrite.reference_check",
     "save_pretrained": "fxsparse.rewrite.pretrained", "load_pretrained": "fxsparse.rewrite.pretrained",
     "Rule": "fxsparse.rules.registry", "register_rule": "fxsparse.rules.registry",
     "MaskedOptimizer": "fxsparse.step.optim",
@@ -39,6 +40,7 @@ _EXPORTS = {
 
 __all__ = [
     "analyze", "export", "prune", "save_pretrained", "load_pretrained", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
+    "check_against_reference", "ReferenceCheck",
     "ChannelGraph", "ChannelGroup", "Member", "count_flops", "load", "save",
     "FxsparseError", "SavedModelError", "PinnedSizeWarning", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError", "PruneCheckError",
 ]
@@ -66,6 +68,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .rewrite.export import export
     from .rewrite.inplace import prune
     from .rewrite.pretrained import load_pretrained, save_pretrained
+    from .rewrite.reference_check import ReferenceCheck, check_against_reference
     from .rules.registry import Rule, register_rule
     from .step.optim import MaskedOptimizer
     from .step.sparse import SparseModel, compile

@@ -115,16 +115,13 @@ def _check(model, graph, x) -> str:
     import torch
 
     import fxsparse
-    from fxsparse.rewrite.reference import masked_reference
 
     keep = fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(0))
     small = fxsparse.export(model, graph, keep).eval()
-    out = small(x)
-    ref = masked_reference(graph, keep, x)
-    err = float((out - ref).abs().max())
-    out.sum().backward()
-    if err > 1e-4 * max(1.0, float(ref.abs().max())):
-        return f"FAIL: export differs from masked reference by {err:.2e}"
+    check = fxsparse.check_against_reference(small, graph, keep, (x,))
+    if not check.ok:
+        return f"FAIL: {check.message}"
+    check.first_output.sum().backward()
     return "pass"
 
 
