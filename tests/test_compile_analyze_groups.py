@@ -1,0 +1,84 @@
+"""``fxsparse.compile`` and ``fxsparse.analyze`` give the same groups for the same model and
+inputs, whichever runs first: over the zoo and every third-party model the tests build (the
+sets of benchmarks/thirdparty_summary.py: the mirrored torchvision/timm models, transformers,
+real timm models, the MoE / state-space / audio families). A keep pattern built from
+``analyze``'s groups applies to the compiled model. Analysis only: ``compile=False`` builds the
+capacity model without an inductor compile. One model per kind in the fast lane."""
+import os
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import fxsparse
+from fxsparse import zoo
+from lanes import fast_subset
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from thirdparty_summary import SETS  # noqa: E402  (the third-party models the README reports on)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+FAST = {"zoo:resnet20", "zoo:vit_tiny", "vendored:timm_levit", "vendored:tv_shufflenet_v2",
+        "transformers:llama_gqa"}
+
+
+def _zoo(name):
+    from test_zoo_pruning import build  # the zoo's small CI configurations
+
+    shape = (2, 1, 28, 28) if name.startswith(("lenet", "mlp")) else (2, 3, 32, 32)
+    return lambda: (build(name, shape[1]), (torch.randn(shape, generator=torch.Generator().manual_seed(0)),))
+
+
+def _third_party(set_name):
+    try:
+        return SETS[set_name]()
+    except ImportError:  # an optional library (transformers, timm) is not installed
+        return {}
+
+
+def _builders():
+    out = {f"zoo:{name}": _zoo(name) for name in zoo.names()}
+    for set_name in ("vendored", "transformers", "timm", "tests"):
+        out.update({f"{set_name}:{name}": build for name, build in _third_party(set_name).items()})
+    return out
+
+
+BUILDERS = _builders()
+
+
+def signature(graph):
+    """Everything a keep pattern depends on: per group (in order) its size, prunability and
+    reason, and every member's parameter, dim and per-channel indices."""
+    return [(g.size, g.prunable, g.reason,
+             tuple((m.param, m.dim, tuple(tuple(np.asarray(ix).tolist()) for ix in m.index)) for m in g.members))
+            for g in graph.groups]
+
+
+def first_difference(a, b) -> str:
+    if len(a) != len(b):
+        return f"{len(a)} groups vs {len(b)}"
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"group {i}: {x[:3]} {[m[:2] for m in x[3]][:4]} vs {y[:3]} {[m[:2] for m in y[3]][:4]}"
+    return "none"
+
+
+@pytest.mark.parametrize("name", fast_subset(sorted(BUILDERS), FAST & set(BUILDERS)))
+def test_compile_and_analyze_give_the_same_groups(name):
+    torch.manual_seed(0)
+    model, inputs = BUILDERS[name]()
+    model.eval()
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = signature(fxsparse.analyze(model, inputs))
+        sparse = fxsparse.compile(model, inputs, keep=0.5, compile=False)
+        after = fxsparse.analyze(model, inputs)
+    compiled = signature(sparse.channel_graph)
+    assert compiled == before, f"compile vs analyze before it: {first_difference(compiled, before)}"
+    assert signature(after) == before, f"analyze after compile vs before: {first_difference(signature(after), before)}"
+    if after.prunable_groups:  # a mask from analyze's groups applies to the compiled model
+        sparse.masks = fxsparse.random_keep(after, 0.5, torch.Generator().manual_seed(0))
