@@ -34,7 +34,7 @@ def zoo_fast_subset(names) -> list:
         raise ValueError(f"zoo families without a fast-lane model: {sorted(families - covered)}; add one to ZOO_FAST")
     return fast_subset(names, ZOO_FAST & set(names))
 
-# the small transformers models of benchmarks/thirdparty_transformers.py in the fast lane: a
+# the small transformers models of tests/thirdparty/transformers_models.py in the fast lane: a
 # decoder with a fused Conv1D qkv (GPT-2), grouped-query attention + gated MLP (Llama), an encoder
 # (BERT), image transformers (ViT, Swin's windows) and a CNN (ConvNeXt); the mixture-of-experts
 # and Mamba families have fast tests of their own (test_thirdparty_moe.py, test_thirdparty_ssm_audio.py)

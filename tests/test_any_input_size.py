@@ -7,8 +7,6 @@ at keep 1 the exported model must equal the dense model itself (run eagerly, ind
 the captured graph). Sizes the captured graph cannot follow (a dim the model's code pins; the
 image size of a model captured by torch.export) must be named in a ``PinnedSizeWarning``.
 """
-import os
-import sys
 import warnings
 
 import pytest
@@ -19,9 +17,8 @@ import fxsparse
 from fxsparse.analysis.dynamic_dims import PinnedSizeWarning
 from fxsparse.rewrite.reference import masked_reference
 from lanes import HF_FAST, fast_subset
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from thirdparty_transformers import MODELS as HF_MODELS, VOCAB, _first_tensor  # noqa: E402
+from thirdparty.chain import first_tensor as _first_tensor
+from thirdparty.transformers_models import MODELS as HF_MODELS, VOCAB
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -174,14 +171,14 @@ TIMM_DENSE_FIXED = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_
 
 
 def _timm_names():
-    from thirdparty_timm import MODELS
+    from thirdparty.timm_models import MODELS
 
     return [n if n in TIMM_FAST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS]
 
 
 @pytest.mark.parametrize("name", _timm_names())
 def test_timm_model_at_other_sizes(name):
-    from thirdparty_timm import build, import_timm
+    from thirdparty.timm_models import build, import_timm
 
     if import_timm() is None:
         pytest.skip("timm is not installed")

@@ -27,7 +27,7 @@ def test_thirdparty_model(name):
 
 
 # FLOPs of the exported model at keep 0.5, as a fraction of dense (`python
-# benchmarks/thirdparty_vendored.py` prints them all), and where an architecture keeps more
+# tests/thirdparty/survey.py --sets vendored` prints them all), and where an architecture keeps more
 FLOPS_BOUND = 0.40
 FLOPS_BOUND_EXCEPT = {
     "timm_mlp_mixer": 0.55,  # token-mixing MLPs run along the patch dim, not a channel

@@ -4,15 +4,11 @@ reference -> a sparse step, with no per-model configuration. timm is imported as
 ``timm:NAME`` run imports it (``fxsparse.zoo.import_timm``: where torchvision is absent, with
 fxsparse's stand-in for the torchvision names timm imports; the tests add no stub of their
 own). Skipped when timm is not installed (``pip install --no-deps timm && pip install
-huggingface_hub pyyaml safetensors``, see benchmarks/thirdparty_timm.py)."""
-import os
-import sys
-
+huggingface_hub pyyaml safetensors``, see tests/thirdparty/timm_models.py)."""
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from thirdparty_timm import MODELS, build, import_timm  # noqa: E402
-from thirdparty_transformers import run_one  # noqa: E402  (the pipeline the benchmark reports on)
+from thirdparty.chain import run_one  # the chain tests/thirdparty/survey.py reports on
+from thirdparty.timm_models import MODELS, build, import_timm
 
 if import_timm() is None:
     pytest.skip("timm is not installed", allow_module_level=True)
@@ -38,6 +34,6 @@ FLOPS_BOUND_EXCEPT = {"mixer_s16_224": 0.55}  # token-mixing MLPs run along the 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
 def test_timm_model(name):
-    status, why, flops, _ = run_one(name, models={name: lambda: build(name)})
+    status, why, flops, _ = run_one(name, {name: lambda: build(name)})
     assert status == "pass", why
     assert flops is not None and flops <= FLOPS_BOUND_EXCEPT.get(name, FLOPS_BOUND), f"FLOPs at keep 0.5: {flops:.2f}"

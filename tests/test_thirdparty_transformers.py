@@ -2,8 +2,6 @@
 analyze -> export at 2 random keep-0.5 masks -> forward/backward -> equality with the masked
 reference -> FLOPs -> one sparse (capacity) step. Skipped when transformers (the optional
 `hf` extra) is not installed."""
-import os
-import sys
 import warnings
 
 import pytest
@@ -14,9 +12,7 @@ pytest.importorskip("transformers")
 import fxsparse  # noqa: E402
 from fxsparse.rewrite.reference import masked_reference  # noqa: E402
 from lanes import HF_FAST, fast_subset  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from thirdparty_transformers import MODELS  # noqa: E402  (the builders the benchmark reports on)
+from thirdparty.transformers_models import MODELS  # noqa: E402  (the builders tests/thirdparty/survey.py reports on)
 
 # Every dimension of these models is structurally prunable (heads, MLP hidden, residual
 # stream): keep 0.5 must reach FLOPs <= 0.35 of dense (issue #17).

@@ -1,24 +1,10 @@
-"""Third-party `transformers` models through fxsparse, as a user would run them.
-
-Each model is built from a small config with random weights (nothing downloaded), then:
-analyze -> export at keep 0.5 (2 random masks) -> forward/backward of the exported model
--> equality with the masked reference -> one sparse (capacity) forward. Prints a table
-with the failure class and the FLOPs of the exported model at keep 0.5 relative to
-dense (measured with torch.utils.flop_counter on both models, independently of
-fxsparse's own FLOPs model).
-
-    OMP_NUM_THREADS=1 python benchmarks/thirdparty_transformers.py [name ...]
+"""Models of the `transformers` library, each built from a small config with random weights
+(nothing downloaded): ``MODELS[name]()`` returns ``(model, inputs)``. Run through the chain of
+``chain.py`` by ``tests/test_thirdparty_transformers.py`` and ``survey.py --sets transformers``.
 """
 from __future__ import annotations
 
-import sys
-import time
-import traceback
-import warnings
-
 import torch
-
-import fxsparse
 
 SEQ = 8
 VOCAB = 100
@@ -91,88 +77,3 @@ MODELS = {
     "mamba": _decoder("MambaConfig", "MambaForCausalLM", vocab_size=VOCAB, hidden_size=32, state_size=8,
                       num_hidden_layers=2, expand=2, conv_kernel=4, time_step_rank=4),
 }
-
-
-def _first_tensor(out):
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        out = list(out.values())
-    for item in out:
-        t = _first_tensor(item) if not isinstance(item, torch.Tensor) else item
-        if t is not None:
-            return t
-    return None
-
-
-def _flops(model, inputs):
-    return fxsparse.count_flops(model, inputs)[0]
-
-
-def run_one(name, keep=0.5, n_masks=2, atol=1e-4, models=None, verbose=False, timings=None):
-    """(status, failure class / detail, FLOPs ratio at ``keep`` or None, seconds);
-    ``models``: {name: builder} (this file's MODELS by default); ``timings``: a dict that
-    receives the seconds of ``fxsparse.analyze`` alone under "analyze"."""
-    t0 = time.perf_counter()
-    stage = "build"
-    flops_ratio = None
-    try:
-        torch.manual_seed(0)
-        model, inputs = (models or MODELS)[name]()
-        model.eval()
-        stage = "analyze"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t_analyze = time.perf_counter()
-            graph = fxsparse.analyze(model, inputs)
-            if timings is not None:
-                timings["analyze"] = time.perf_counter() - t_analyze
-        if not graph.prunable_groups:
-            return "fail", "no prunable group", None, time.perf_counter() - t0
-        dense_flops = _flops(model, inputs)
-        gen = torch.Generator().manual_seed(0)
-        for i in range(n_masks):
-            keep_i = fxsparse.random_keep(graph, keep, gen)
-            stage = "export"
-            small = fxsparse.export(model, graph, keep_i)
-            small.eval()
-            stage = "exported forward and masked reference"
-            check = fxsparse.check_against_reference(small, graph, keep_i, inputs, atol=atol)
-            if not check.ok:
-                return "fail", f"differs: {check.message}", None, time.perf_counter() - t0
-            out = check.first_output
-            stage = "exported backward"
-            out.float().sum().backward()
-            if i == 0:
-                flops_ratio = _flops(small, inputs) / dense_flops
-        stage = "sparse step"
-        sparse = fxsparse.compile(model, inputs, keep=keep, compile=False, graph=graph)
-        out = _first_tensor(sparse(*inputs))
-        out.float().sum().backward()
-        return "pass", "", flops_ratio, time.perf_counter() - t0
-    except Exception as exc:  # the table names the stage and error class
-        if verbose:
-            traceback.print_exc()
-        msg = str(exc).splitlines()[0][:150] if str(exc) else ""
-        return "fail", f"{stage}: {type(exc).__name__}: {msg}", flops_ratio, time.perf_counter() - t0
-
-
-def report(models, verbose=False):
-    """Runs every {name: builder} through :func:`run_one`, one line each, then the count."""
-    rows = []
-    for name in models:
-        status, why, flops, secs = run_one(name, models=models, verbose=verbose)
-        rows.append((name, status, "-" if flops is None else f"{flops:.2f}", f"{secs:.1f}", why))
-        print(f"{name:12s} {status:5s} flops@0.5={rows[-1][2]:5s} {secs:6.1f}s  {why}", flush=True)
-    passed = sum(r[1] == "pass" for r in rows)
-    print(f"\n{passed}/{len(rows)} pass")
-    return rows
-
-
-def main(argv):
-    names = [a for a in argv if not a.startswith("-")] or list(MODELS)
-    report({name: MODELS[name] for name in names}, verbose="-v" in argv)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,8 +1,7 @@
-"""Real `timm` models through fxsparse, as a user would run them: built by name from their
-configs (``timm.create_model(name, pretrained=False, num_classes=10)``, random weights,
-nothing downloaded), input 2x3x32x32, then the same pipeline as
-``benchmarks/thirdparty_transformers.py``: analyze -> export at two keep-0.5 masks ->
-forward/backward -> equality with the masked reference -> a sparse step; FLOPs at keep 0.5.
+"""Real `timm` models, built by name from their configs (``timm.create_model(name,
+pretrained=False, num_classes=10)``, random weights, nothing downloaded), input 2x3x32x32;
+run through the chain of ``chain.py`` by ``tests/test_thirdparty_timm.py`` and
+``survey.py --sets timm``.
 
 timm is installed without its dependencies (``pip install --no-deps timm && pip install
 huggingface_hub pyyaml safetensors``): its metadata asks for torchvision, whose PyPI build would
@@ -10,18 +9,14 @@ replace a CPU torch. timm is imported as ``fxsparse train --model timm:NAME`` im
 through :func:`fxsparse.zoo.import_timm` (where torchvision is absent: with a stand-in for the
 few torchvision names timm imports at module level), so these models run exactly the import a
 user's run does.
-
-    OMP_NUM_THREADS=1 python benchmarks/thirdparty_timm.py [name ...]
 """
 from __future__ import annotations
 
 import importlib.util
-import sys
 
 import torch
 
 from fxsparse.zoo import import_timm as _import_timm
-from thirdparty_transformers import report
 
 
 def import_timm():
@@ -68,11 +63,3 @@ def build(name):
     model = timm.create_model(name, pretrained=False, num_classes=10, **MODELS[name]).eval()
     return model, (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
 
-
-def main(argv):
-    names = [a for a in argv if not a.startswith("-")] or list(MODELS)
-    report({name: (lambda name=name: build(name)) for name in names}, verbose="-v" in argv)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,16 +1,16 @@
 """What the README claims about third-party models, measured over every one the tests build:
 the vendored torchvision/timm-style models (``tests/thirdparty``), the ``transformers`` models
-of ``benchmarks/thirdparty_transformers.py``, the real timm models of
-``benchmarks/thirdparty_timm.py`` and the issue-#31 families built only by their tests
-(``tests/test_thirdparty_moe.py``, ``tests/test_thirdparty_ssm_audio.py``), each through
-the same chain (``thirdparty_transformers.run_one``: analyze -> export at two keep-0.5 masks ->
-forward/backward -> equality with the masked reference -> a sparse forward/backward).
+(``transformers_models.py``), the real timm models (``timm_models.py``) and the issue-#31
+families built only by their tests (``tests/test_thirdparty_moe.py``,
+``tests/test_thirdparty_ssm_audio.py``), each through the same chain (``chain.run_one``:
+analyze -> export at two keep-0.5 masks -> equality with the masked reference -> backward ->
+a sparse forward/backward).
 
-Prints, per set and over all: the share that pass, the median and worst FLOPs ratio of the
-exported model at keep 0.5 (``fxsparse.count_flops``, exported / dense), the median and
-largest ``fxsparse.analyze`` time (one thread).
+Prints one line per model, then, per set and over all: the share that pass, the median and
+worst FLOPs ratio of the exported model at keep 0.5 (``fxsparse.count_flops``, exported /
+dense), the median and largest ``fxsparse.analyze`` time (one thread).
 
-    OMP_NUM_THREADS=1 python benchmarks/thirdparty_summary.py [--json PATH] [--sets vendored,transformers,timm,tests]
+    OMP_NUM_THREADS=1 python tests/thirdparty/survey.py [--json PATH] [--sets vendored,transformers,timm,tests] [name ...]
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if TESTS not in sys.path:  # run as a script: the test helpers (the thirdparty package, the family tests)
+    sys.path.insert(0, TESTS)
 
-from thirdparty_transformers import run_one  # noqa: E402
+from thirdparty.chain import run_one  # noqa: E402
 
 
 def _vendored():
@@ -35,13 +35,13 @@ def _vendored():
 
 
 def _transformers():
-    from thirdparty_transformers import MODELS
+    from thirdparty.transformers_models import MODELS
 
     return dict(MODELS)
 
 
 def _timm():
-    from thirdparty_timm import MODELS, build, import_timm
+    from thirdparty.timm_models import MODELS, build, import_timm
 
     if import_timm() is None:
         return {}
@@ -103,14 +103,18 @@ def _line(label, s):
 
 def main(argv):
     json_path = argv[argv.index("--json") + 1] if "--json" in argv else None
-    names = argv[argv.index("--sets") + 1].split(",") if "--sets" in argv else list(SETS)
+    set_names = argv[argv.index("--sets") + 1].split(",") if "--sets" in argv else list(SETS)
+    values = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--json", "--sets")}
+    only = {a for a in argv if not a.startswith("-") and a not in values}  # model names, none: all
     torch.set_num_threads(1)
     results = {}
-    for set_name in names:
+    for set_name in set_names:
         rows = []
         for name, build in SETS[set_name]().items():
+            if only and name not in only:
+                continue
             timings = {}
-            status, why, flops, secs = run_one(name, models={name: build}, timings=timings)
+            status, why, flops, secs = run_one(name, {name: build}, timings=timings, verbose="-v" in argv)
             rows.append({"name": name, "status": status, "why": why, "flops": flops, "seconds": secs,
                          "analyze_s": timings.get("analyze")})
             print(f"  {set_name:12s} {name:32s} {status:4s} flops={'-' if flops is None else f'{flops:.2f}'} "
