@@ -1,11 +1,9 @@
 """``fxsparse.compile`` and ``fxsparse.analyze`` give the same groups for the same model and
 inputs, whichever runs first: over the zoo and every third-party model the tests build (the
-sets of benchmarks/thirdparty_summary.py: the mirrored torchvision/timm models, transformers,
+sets of tests/thirdparty/survey.py: the mirrored torchvision/timm models, transformers,
 real timm models, the MoE / state-space / audio families). A keep pattern built from
 ``analyze``'s groups applies to the compiled model. Analysis only: ``compile=False`` builds the
 capacity model without an inductor compile. One model per kind in the fast lane."""
-import os
-import sys
 import warnings
 
 import numpy as np
@@ -16,8 +14,7 @@ import fxsparse
 from fxsparse import zoo
 from lanes import fast_subset
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from thirdparty_summary import SETS  # noqa: E402  (the third-party models the README reports on)
+from thirdparty.survey import SETS  # the third-party models the README reports on
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
