@@ -4,9 +4,13 @@ any sequence length and image size (issue #30, point 1).
 Each model is analysed at one input shape, exported at keep 0.5 and run at two other
 shapes; its output must equal the dense model's masked reference at those same inputs, and
 at keep 1 the exported model must equal the dense model itself (run eagerly, independent of
-the captured graph). Sizes the captured graph cannot follow (a dim the model's code pins; the
-image size of a model captured by torch.export) must be named in a ``PinnedSizeWarning``.
+the captured graph). Sizes the captured graph cannot follow (a dim the model's code pins,
+found by torch.export or, for a torch.fx trace, by running the graph at other sizes; the image
+size of a windowed model, too costly to capture symbolically) must be named in a
+``PinnedSizeWarning``, and the exported model refuses other sizes there with an ``InputError``
+naming the dim instead of failing somewhere inside.
 """
+import re
 import warnings
 
 import pytest
@@ -88,16 +92,17 @@ def test_gpt2_of_the_issue_runs_at_other_lengths_and_batches():
 
 # ---- every transformers model the tests build ---------------------------------------------------
 
-# captured by torch.export at the example image size (see fxsparse/analysis/dynamic_dims.py):
-# the warning names it; ViT and DeiT pin it in their own code too (the dense model fails elsewhere)
-IMAGE_MODELS = {"vit", "deit", "swin", "mobilevit", "convnext"}
+# image models: ViT and DeiT pin the image size in their own code (the dense model fails elsewhere);
+# Swin's windows and MobileViT's patch folds cost hundreds of shape guards, so the capture keeps the
+# size (see fxsparse/analysis/dynamic_dims.py); ConvNeXt runs at any size
+IMAGE_MODELS = {"vit": "code", "deit": "code", "swin": "cost", "mobilevit": "cost", "convnext": "free"}
 IMAGE_SIZE = {"mobilevit": 64}
 # Mamba's scan without its CUDA kernels loops over the tokens in Python: torch.export unrolls
 # the loop at the example's length, which the warning names; other batches still run
 PINNED_LENGTH = {"mamba"}
 
 
-# fast lane: one model per kind (the image models cover the pinned image size; the pinned length:
+# fast lane: one model per kind (the image models cover each outcome; the pinned length:
 # test_a_length_the_code_pins_is_named_and_the_batch_stays_free), Mamba and the rest in the full suite
 @pytest.mark.parametrize("name", fast_subset(sorted(HF_MODELS), HF_FAST))
 def test_transformers_model_at_other_sizes(name):
@@ -105,14 +110,13 @@ def test_transformers_model_at_other_sizes(name):
     torch.manual_seed(0)
     model, inputs = HF_MODELS[name]()
     model.eval()
-    graph, pinned = _analyze(model, inputs)
     if name in IMAGE_MODELS:
         size = IMAGE_SIZE.get(name, 32)
-        assert len(pinned) == 1 and f"input 0 dims 2, 3 (size {size}x{size})" in pinned[0], pinned
-        _check_sizes(model, graph, [_images(3, size), _images(1, size)], chunk=2)  # any batch at the captured size
-        if name == "convnext":  # no size in its code: the static graph runs at other sizes too
-            _check_sizes(model, graph, [_images(1, 48), _images(3, 64)])
+        got = _check_every_size_the_dense_model_takes(model, inputs, [_images(1, 2 * size), _images(3, size + 16)],
+                                                      chunk=2)
+        assert got == IMAGE_MODELS[name], got
         return
+    graph, pinned = _analyze(model, inputs)
     length = inputs[0].shape[1]
     if name in PINNED_LENGTH:
         assert len(pinned) == 1 and f"input 0 (input_ids) dim 1 (size {length})" in pinned[0], pinned
@@ -145,29 +149,47 @@ def _dense_runs(model, inputs) -> bool:
         return False
 
 
-def _check_every_size_the_dense_model_takes(model, inputs, others):
-    """The rule for image models: at the example size, other batches always; at other sizes,
-    wherever the dense model runs, unless the warning said the capture kept the image size
-    (torch.export captures: a ``PinnedSizeWarning`` naming the image dims)."""
+def _why_image_fixed(pinned, size):
+    """"code" / "cost" / "failed" as the warning says why the image size is fixed, None where it does not."""
+    parts = [p for m in pinned for p in m.split("; ") if re.search(rf"dim 2 \(size {size}\).*dim 3 \(size {size}\)", p)]
+    if not parts:
+        return None
+    return "cost" if "shape guards" in parts[0] else "failed" if "cannot capture" in parts[0] else "code"
+
+
+def _check_every_size_the_dense_model_takes(model, inputs, others, chunk=None):
+    """The rule for image models: at the example size, other batches always. At other sizes:
+    the exported model runs wherever the dense model does ("free"), unless the warning names the
+    image dims: then the exported model refuses other sizes with an InputError naming the dim,
+    and where the warning blames the model's code ("code") the dense model fails there too;
+    "cost": a windowed model the capture keeps at its size."""
     graph, pinned = _analyze(model, inputs)
     size = inputs[0].shape[-1]
-    _check_sizes(model, graph, [_images(3, size), _images(1, size)], chunk=inputs[0].shape[0])
-    if pinned:
-        assert len(pinned) == 1 and f"input 0 dims 2, 3 (size {size}x{size})" in pinned[0], pinned
-        return "pinned"
+    _check_sizes(model, graph, [_images(3, size), _images(1, size)], chunk=chunk or inputs[0].shape[0])
     runs = [x for x in others if _dense_runs(model, x)]
-    _check_sizes(model, graph, runs)
-    return "free" if runs else "dense fixed"
+    why = _why_image_fixed(pinned, size)
+    if why is None:
+        assert not pinned, pinned
+        assert runs, "the dense model runs at no other size, but no warning said so"
+        _check_sizes(model, graph, runs, chunk=chunk)
+        return "free"
+    small = fxsparse.export(model, graph, fxsparse.random_keep(graph, 0.5)).eval()
+    for x in others:
+        with pytest.raises(fxsparse.InputError, match=rf"dim 2 \(size {size}\)"):
+            small(*x)
+    if why == "code":
+        assert not runs, "the warning blames the model's code, but the dense model runs at other sizes"
+    return why
 
 
 # the fast lane: a free image size (ResNet, MobileNet v3, ConvNeXt) and one the model's code fixes
 # (ViT); the other timm models in the full suite (tests/test_thirdparty_timm.py runs more of them fast)
 TIMM_FAST = {"resnet18", "mobilenetv3_small_100", "convnext_atto", "vit_tiny_patch16_224"}
-# torch.fx cannot trace these: captured by torch.export, which keeps the image size (and says so)
-TIMM_EXPORTED = {"mobilevitv2_050", "efficientvit_b0", "tiny_vit_5m_224"}
+# windows or patch folds cut from the image: hundreds of shape guards, the capture keeps the size
+TIMM_COST = {"mobilevitv2_050", "tiny_vit_5m_224"}
 # img_size fixes their token count or window grid in their own code: the dense model runs only there
-TIMM_DENSE_FIXED = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "levit_128s",
-                    "mixer_s16_224"}
+TIMM_CODE = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "levit_128s",
+             "mixer_s16_224"}
 
 
 def _timm_names():
@@ -184,14 +206,13 @@ def test_timm_model_at_other_sizes(name):
         pytest.skip("timm is not installed")
     model, inputs = build(name)
     got = _check_every_size_the_dense_model_takes(model, inputs, [_images(3, 64), _images(1, 48)])
-    assert got == ("pinned" if name in TIMM_EXPORTED else "dense fixed" if name in TIMM_DENSE_FIXED else "free"), got
+    assert got == ("cost" if name in TIMM_COST else "code" if name in TIMM_CODE else "free"), got
 
 
-# captured by torch.export (torch.fx cannot trace them, or torchvision's stochastic depth is a wrapped
-# function without a rule, or an nn.MultiheadAttention is better seen through): the image size is kept
-MIRRORS_EXPORTED = {"timm_vit_dynamic", "timm_swin_dynamic", "tv_swin_t", "tv_maxvit_t", "tv_convnext_tiny",
-                    "tv_efficientnet_b0", "tv_vit_b_16"}
-MIRRORS_DENSE_FIXED = {"timm_vit_tiny", "timm_deit", "timm_swin", "timm_cait", "timm_mlp_mixer", "timm_levit"}
+# windowed (captured by torch.export: torch.fx cannot trace them, or their wrapped functions have no rule)
+MIRRORS_COST = {"timm_swin_dynamic", "tv_swin_t", "tv_maxvit_t"}
+# their own code fixes the image size (a position table, a window grid, a fixed token count)
+MIRRORS_CODE = {"timm_vit_tiny", "timm_deit", "timm_swin", "timm_cait", "timm_mlp_mixer", "timm_levit", "tv_vit_b_16"}
 
 
 MIRRORS_SIZES_FAST = {"tv_resnet18", "tv_mobilenet_v2", "tv_densenet", "timm_efficientnet", "timm_vit_tiny",
@@ -201,8 +222,8 @@ MIRRORS_SIZES_FAST = {"tv_resnet18", "tv_mobilenet_v2", "tv_densenet", "timm_eff
 def _mirror_names():
     from thirdparty import MODELS
 
-    # the fast lane: each outcome of the rule (free, fixed by the dense model, pinned by the
-    # capture) on a few models; every mirrored model in the full suite
+    # the fast lane: each outcome of the rule (free, fixed by the model's code) on a few models;
+    # every mirrored model (the windowed ones the capture keeps at their size too) in the full suite
     return fast_subset(sorted(MODELS), MIRRORS_SIZES_FAST)
 
 
@@ -212,8 +233,7 @@ def test_mirrored_model_at_other_sizes(name):
 
     model, inputs = MODELS[name]()
     got = _check_every_size_the_dense_model_takes(model, inputs, [_images(3, 64), _images(1, 48)])
-    assert got == ("pinned" if name in MIRRORS_EXPORTED else "dense fixed" if name in MIRRORS_DENSE_FIXED
-                   else "free"), got
+    assert got == ("cost" if name in MIRRORS_COST else "code" if name in MIRRORS_CODE else "free"), got
 
 
 # ---- the zoo --------------------------------------------------------------------------------------
@@ -221,14 +241,8 @@ def test_mirrored_model_at_other_sizes(name):
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "vit_tiny"])
 def test_zoo_model_at_other_sizes(name):
     model = fxsparse.zoo.load_model(f"zoo:{name}", num_classes=10).eval()
-    graph, pinned = _analyze(model, _images(2, 32))
-    assert not pinned, pinned
-    try:
-        model(*_images(1, 48))
-    except Exception:  # the zoo's ViT has a fixed position table: batches only
-        _check_sizes(model, graph, [_images(3, 32), _images(1, 32)])
-        return
-    _check_sizes(model, graph, [_images(3, 64), _images(1, 48)])
+    got = _check_every_size_the_dense_model_takes(model, _images(2, 32), [_images(3, 64), _images(1, 48)])
+    assert got == ("code" if name == "vit_tiny" else "free"), got  # the zoo's ViT: a position table of 8x8 patches
 
 
 # ---- model classes written here ---------------------------------------------------------------------

@@ -16,10 +16,10 @@ Why two frontends, in this order:
   structure. The aten_to_torch pass maps those ops onto the torch-level calls the channel
   rules are written for (the table: :mod:`fxsparse.rules.aten_ops`), so one rule set serves
   both frontends (:mod:`fxsparse.rules.contract`: how a new op reaches both).
-  The batch and sequence dims of the inputs are captured as dynamic (the exported model
-  runs at any batch size and sequence length the model's code allows); a dim the code pins
-  is named in a warning (:mod:`fxsparse.analysis.dynamic_dims`, which also says why image
-  sizes stay the example's under torch.export).
+  The batch, sequence and image dims of the inputs are captured as dynamic (the exported
+  model runs at any batch size, sequence length and image size the model's code allows); a
+  dim the code pins is named in a warning (:mod:`fxsparse.analysis.dynamic_dims`, which also
+  says why windowed models keep their image size).
 
 Dynamo capture (``torch.compile``'s frontend) was not chosen: it splits a model into
 several graphs at every unsupported construct, where ``torch.export`` either gives one
@@ -37,7 +37,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxsparse.analysis.dynamic_dims import dynamic_shapes, pinned_dims, static_image_dims, warn_fixed_sizes
+from fxsparse.analysis.dynamic_dims import (COST, FAILED, IMAGE_GUARD_BUDGET, LEVELS, dropped_dims, dynamic_shapes,
+                                            guard_budget, over_budget, pinned_dims, record_fixed_dims,
+                                            warn_fixed_sizes)
 from fxsparse.core.errors import TraceError
 from fxsparse.core.tracing import eval_mode
 from fxsparse.passes.pipelines import to_torch_level
@@ -195,27 +197,36 @@ def python_state_kept(model: nn.Module):
 
 
 def _export(model: nn.Module, example_inputs):
-    """The program of the model in eval mode: Python-level training branches (stochastic
-    depth, attention dropout decided in Python) are frozen into a captured graph, and their
-    eval branch is the deterministic network, right for evaluation and export; dropout and
-    batch norm ops then follow the captured module's mode (fxsparse.passes.training_mode).
-    Batch and sequence dynamic first, then the batch only, then static (a model whose code
-    breaks on a symbolic size is still captured); the dims left fixed are named in a warning."""
-    attempts = []
-    for dynamic in (dynamic_shapes(example_inputs), dynamic_shapes(example_inputs, batch_only=True), None):
-        if dynamic not in attempts and (dynamic is None or any(d is not None for d in dynamic)):
-            attempts.append(dynamic)
+    """The program of the model in eval mode, and the input dims it fixes: Python-level
+    training branches (stochastic depth, attention dropout decided in Python) are frozen into
+    a captured graph, and their eval branch is the deterministic network, right for evaluation
+    and export; dropout and batch norm ops then follow the captured module's mode
+    (fxsparse.passes.training_mode). Batch, sequence and image sizes dynamic first (the image
+    sizes within a guard budget), then batch and sequence, then the batch only, then static (a
+    model whose code breaks on a symbolic size is still captured); the dims left fixed are
+    named in a warning."""
+    attempts = []  # (dynamic shapes, guard budget)
+    for level in LEVELS:
+        dynamic = dynamic_shapes(example_inputs, level)
+        if any(d is not None for d in dynamic) and dynamic not in [a for a, _ in attempts]:
+            attempts.append((dynamic, IMAGE_GUARD_BUDGET if level == "image" else None))
+    attempts.append((None, None))
+    wanted, why_dropped = attempts[0][0], None
     with eval_mode(model):
-        for dynamic in attempts:
+        for dynamic, budget in attempts:
             try:
-                with python_state_kept(model):  # a failed attempt leaves no cache for the next
+                with python_state_kept(model), guard_budget(budget):  # a failed attempt leaves no cache for the next
                     program = torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic)
             except Exception as exc:  # the next attempt, or the error below
-                last = exc
+                last, why_dropped = exc, why_dropped or FAILED
                 continue
-            warn_fixed_sizes(type(model).__name__, pinned_dims(program, example_inputs, attempts[0]),
-                             static_image_dims(example_inputs))
-            return program
+            if budget is not None and over_budget(program, budget):
+                why_dropped = COST  # the next level keeps the image size
+                continue
+            fixed = (pinned_dims(program, example_inputs, dynamic)
+                     + dropped_dims(program, example_inputs, wanted, dynamic, why_dropped or FAILED))
+            warn_fixed_sizes(type(model).__name__, fixed)
+            return program, fixed
     raise TraceError(
         f"neither torch.fx nor torch.export can capture the forward of {type(model).__name__}: "
         f"{type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}. Fix: make the "
@@ -231,8 +242,9 @@ def export_capture(model: nn.Module, example_inputs, stack_traces: bool = True) 
     time of a 12-layer transformer); nodes then name their module path instead of file:line."""
     example_inputs = tuple(example_inputs)
     with _without_kv_cache(model), _capturable_experts(model), _stack_traces(stack_traces):
-        program = _export(model, example_inputs)
+        program, fixed = _export(model, example_inputs)
     gm = program.module()
+    record_fixed_dims(gm, fixed)
     to_torch_level(gm)
     # torch.export blocks train()/eval() on the module (its flags were frozen); now they follow it
     for name in ("train", "eval"):

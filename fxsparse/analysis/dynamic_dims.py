@@ -1,32 +1,55 @@
-"""Which input dims a ``torch.export`` capture keeps symbolic, and which ones the model pinned.
+"""Which input dims a capture keeps symbolic, which ones it fixes, and the warning that names them.
 
 A captured graph whose sizes were frozen at the example (``view(2, 16, 96)``) runs only at
-the example's batch and length; with the dims symbolic the exported (small) model runs at
-any batch size and sequence length the dense model accepts. Asked per dim as ``Dim.AUTO``,
-torch.export keeps a dim symbolic where the model's code allows and specialises it where
-the code fixes it (a reshape to a constant, a check against a table's length), in the same
-call; :func:`pinned_dims` reads which ones it fixed, for a warning.
+the example's batch, length and image size; with the dims symbolic the exported (small)
+model runs at any size the dense model accepts. Asked per dim as ``Dim.AUTO``, torch.export
+keeps a dim symbolic where the model's code allows and specialises it where the code fixes
+it (a reshape to a constant, a check against a table's length), in the same call;
+:func:`pinned_dims` reads which ones it fixed.
 
-Which dims are asked:
+Which dims are asked (:func:`dynamic_shapes`), most first; :mod:`fxsparse.analysis.capture`
+tries the levels in order and keeps the first capture that succeeds:
 
-* every dim of an integer input (token ids, attention masks, positions): batch and sequence;
-* the batch dim of a float input, and dim 1 of a rank-3 one (``inputs_embeds``: N, L, D);
-* not the spatial dims of an image (rank >= 4): symbolic image sizes through torch.export
-  cost minutes on windowed attention (Swin: 2 minutes and hundreds of guards for a 2-stage
-  model at 32x32) and still freeze the window code's sizes. Such models are the ones
-  symbolic tracing cannot take (``transformers`` vision models, timm's dynamic-size ViT /
-  Swin); their image size stays the example's, and :func:`static_image_dims` names it.
-  Models that torch.fx traces keep every size symbolic in the graph (``x.shape`` calls), so
-  they run at any image size their own code accepts.
+* ``"image"``: every dim below, and the spatial dims of an image (a float input of rank >= 4);
+* ``"sequence"``: every dim of an integer input (token ids, attention masks, positions), the
+  batch dim of a float input and dim 1 of a rank-3 one (``inputs_embeds``: N, L, D);
+* ``"batch"``: dim 0 of every input.
+
+Symbolic image sizes are cheap for CNNs and ViTs (at most a few dozen shape guards) but cost
+minutes where windows or patch folds are cut from the image (Swin, MaxViT, TinyViT,
+MobileViT: hundreds of guards, 1 to 2 minutes per capture on a CPU). The image level runs
+under a budget of :data:`IMAGE_GUARD_BUDGET` guards per size: past it, the capture is
+dropped and the next level keeps the image size, and the warning says so.
+
+Models torch.fx traces keep every size as their code computes it (``x.shape``); the sizes
+their code fixes (a constant in a reshape, a table of the example's length) are found by
+running the graph at other sizes on fake tensors (:mod:`fxsparse.analysis.size_probe`).
+Either way the dims a capture fixes are recorded on the graph (:func:`record_fixed_dims`),
+so the exported model checks its inputs and names the dim instead of failing deep inside.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
-__all__ = ["PinnedSizeWarning", "dynamic_shapes", "pinned_dims", "static_image_dims", "warn_fixed_sizes"]
+__all__ = ["PinnedSizeWarning", "FixedDim", "IMAGE_GUARD_BUDGET", "LEVELS", "FIXED_DIMS_META", "dynamic_shapes",
+           "guard_budget", "over_budget", "pinned_dims", "dropped_dims", "record_fixed_dims", "fixed_dims_of",
+           "warn_fixed_sizes"]
+
+LEVELS = ("image", "sequence", "batch")
+IMAGE_GUARD_BUDGET = 48  # CNNs and ViTs need at most ~30 guards per image size; windowed models hundreds
+FIXED_DIMS_META = "fxsparse_fixed_input_dims"  # GraphModule.meta key: the FixedDims of the capture
+
+# why a dim is fixed
+CODE = "code"          # the model's code fixes it (torch.export specialised it; a traced graph fails elsewhere)
+COST = "cost"          # symbolic, it would cost more than IMAGE_GUARD_BUDGET shape guards
+FAILED = "failed"      # the capture failed with it symbolic
 
 
 class PinnedSizeWarning(UserWarning):
@@ -34,21 +57,62 @@ class PinnedSizeWarning(UserWarning):
     masked reference) model runs only at that size there."""
 
 
-def _asked(x: torch.Tensor, batch_only: bool) -> list[int]:
-    if batch_only:
+@dataclass(frozen=True)
+class FixedDim:
+    """Input ``input`` (``name`` in the graph) has size ``size`` at dim ``dim`` in every run."""
+    input: int
+    name: str
+    dim: int
+    size: int
+    why: str = CODE
+
+    def __str__(self) -> str:
+        return f"input {self.input} ({self.name}) dim {self.dim} (size {self.size})"
+
+
+def asked_dims(x: torch.Tensor, level: str) -> list[int]:
+    """The dims of ``x`` asked symbolic at ``level`` (sizes 0 and 1 cannot be dynamic)."""
+    if level not in LEVELS:
+        raise ValueError(f"level {level!r}: use one of {LEVELS}")
+    if level == "batch":
         dims = [0]
-    elif x.is_floating_point() or x.is_complex():
-        dims = [0, 1] if x.dim() == 3 else [0]
-    else:
+    elif not (x.is_floating_point() or x.is_complex()):
         dims = list(range(x.dim()))
-    return [d for d in dims if d < x.dim() and x.shape[d] > 1]  # sizes 0 and 1 cannot be dynamic
+    elif x.dim() >= 4:
+        dims = [0] + (list(range(2, x.dim())) if level == "image" else [])
+    else:
+        dims = [0, 1] if x.dim() == 3 else [0]
+    return [d for d in dims if d < x.dim() and x.shape[d] > 1]
 
 
-def dynamic_shapes(example_inputs, batch_only: bool = False):
-    """``dynamic_shapes`` for ``torch.export.export``: the dims above as ``Dim.AUTO`` (None for
-    an input with none)."""
-    return tuple({d: torch.export.Dim.AUTO for d in _asked(x, batch_only)} or None
+def dynamic_shapes(example_inputs, level: str = "sequence"):
+    """``dynamic_shapes`` for ``torch.export.export``: the dims of ``level`` as ``Dim.AUTO``
+    (None for an input with none)."""
+    return tuple({d: torch.export.Dim.AUTO for d in asked_dims(x, level)} or None
                  if isinstance(x, torch.Tensor) else None for x in example_inputs)
+
+
+@contextlib.contextmanager
+def guard_budget(limit: int | None):
+    """torch's shape environment specialises a size past ``limit`` guards on it (None: no limit)."""
+    import torch.fx.experimental._config as shape_config
+
+    old = shape_config.symbol_guard_limit_before_specialize
+    shape_config.symbol_guard_limit_before_specialize = limit
+    try:
+        yield
+    finally:
+        shape_config.symbol_guard_limit_before_specialize = old
+
+
+def over_budget(program, limit: int) -> bool:
+    """Whether a size of ``program``'s capture took more than ``limit`` guards (then it was
+    specialised for the cost, not for the model's code)."""
+    for node in _user_placeholders(program):
+        env = getattr(getattr(node.meta.get("val"), "fake_mode", None), "shape_env", None)
+        if env is not None:
+            return any(count > limit for count in env.symbol_guard_counter.values())
+    return False
 
 
 def _user_placeholders(program):
@@ -57,36 +121,63 @@ def _user_placeholders(program):
     return [n for n, k in zip(nodes, kinds) if k == torch.export.graph_signature.InputKind.USER_INPUT]
 
 
-def pinned_dims(program, example_inputs, asked) -> list[str]:
-    """``"input I (name) dim D (size N)"`` for every dim in ``asked`` (the first attempt's
-    dynamic shapes) that ``program`` holds as a plain number: torch.export specialised it, or a
-    later attempt captured it static."""
+def pinned_dims(program, example_inputs, asked) -> list[FixedDim]:
+    """The dims of ``asked`` (a capture's dynamic shapes) that ``program`` holds as plain
+    numbers: torch.export specialised them for the model's code."""
     out = []
     for i, (x, spec, node) in enumerate(zip(example_inputs, asked or (), _user_placeholders(program))):
         val = node.meta.get("val")
         if spec and val is not None:
-            out += [f"input {i} ({node.name}) dim {d} (size {x.shape[d]})" for d in spec
+            out += [FixedDim(i, node.name, d, int(x.shape[d])) for d in spec
                     if is_concrete_int(val.shape[d])]  # a SymInt specialised to the example counts too
     return out
 
 
-def static_image_dims(example_inputs) -> list[str]:
-    """The spatial dims of image inputs, which a torch.export capture keeps at the example's size."""
-    return [f"input {i} dims {', '.join(str(d) for d in range(2, x.dim()))} (size {'x'.join(map(str, x.shape[2:]))})"
-            for i, x in enumerate(example_inputs)
-            if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() >= 4]
+def dropped_dims(program, example_inputs, wanted, asked, why: str) -> list[FixedDim]:
+    """The dims of ``wanted`` (the first level's dynamic shapes) that the capture ``program``
+    was not asked for (``asked``: a later level's), fixed for ``why``."""
+    nodes = _user_placeholders(program)
+    out = []
+    for i, (x, want, got) in enumerate(zip(example_inputs, wanted or (), asked or [None] * len(example_inputs))):
+        name = nodes[i].name if i < len(nodes) else f"input_{i}"
+        out += [FixedDim(i, name, d, int(x.shape[d]), why) for d in (want or {}) if d not in (got or {})]
+    return out
 
 
-def warn_fixed_sizes(model_name: str, pinned: list[str], images: list[str], stacklevel: int = 7) -> None:
+def record_fixed_dims(gm: torch.fx.GraphModule, fixed: list[FixedDim]) -> None:
+    """Keep ``fixed`` on the captured graph: its copies (the exported model) check their inputs."""
+    gm.meta[FIXED_DIMS_META] = list(fixed)
+
+
+def fixed_dims_of(gm: torch.nn.Module) -> list[FixedDim]:
+    return list(getattr(gm, "meta", {}).get(FIXED_DIMS_META, ()))
+
+
+_WHY = {CODE: "the model's code fixes {dims} to the example's size, so the exported model runs only at that size there",
+        COST: "{dims} kept at the example's size: symbolic, it needs more than " + str(IMAGE_GUARD_BUDGET) +
+              " shape guards in torch.export (windows or patches cut from the image: minutes per capture), so the "
+              "exported model runs only at that size there although the dense model may run at others",
+        FAILED: "{dims} kept at the example's size: torch.export cannot capture the model with it symbolic, so "
+                "the exported model runs only at that size there"}
+
+
+def warn_fixed_sizes(model_name: str, fixed: list[FixedDim]) -> None:
     """One warning naming the dims the captured graph fixes, with why and what to do."""
     parts = []
-    if pinned:
-        parts.append(f"the model's code fixes {', '.join(pinned)} to the example's size (torch.export had to "
-                     "specialise it), so the exported model runs only at that size there")
-    if images:
-        parts.append(f"{model_name} was captured by torch.export, which keeps the image size: {', '.join(images)}; the "
-                     "exported model may run only at that size (models torch.fx traces keep image sizes symbolic)")
+    for why, text in _WHY.items():
+        dims = [str(f) for f in fixed if f.why == why]
+        if dims:
+            parts.append(text.format(dims=", ".join(dims)))
     if parts:
-        warnings.warn(PinnedSizeWarning(f"{model_name}: " + "; ".join(parts) + ". To free a size, remove the constant "
-                                        "from the model's code, or analyze at the size you will run."),
-                      stacklevel=stacklevel)
+        warnings.warn(PinnedSizeWarning(f"{model_name}: " + "; ".join(parts) + ". To free a size, compute it from "
+                                        "the input in the model's code (x.shape, -1 in a reshape), or analyze at "
+                                        "the size you will run."), stacklevel=_caller_outside_fxsparse())
+
+
+def _caller_outside_fxsparse() -> int:
+    """The stacklevel of the first frame outside this package (the user's ``analyze`` call)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

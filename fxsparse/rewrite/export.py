@@ -22,6 +22,7 @@ from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.analysis.masks import kept_indices, normalize_keep
 from fxsparse.passes.pipelines import slice_channels
 from fxsparse.passes.slice_channels import tied_names
+from fxsparse.rewrite.input_check import check_fixed_inputs
 from fxsparse.rewrite.recipe import record
 from fxsparse.rewrite.run_check import check_runs, inputs_on_device_of
 
@@ -47,6 +48,7 @@ def export(model, graph: ChannelGraph, keep=None, *, check: bool = True) -> fx.G
     gm = _copy_graph(graph.gm)
     slice_channels(gm, graph.elements, class_kept(graph, masks), kept_indices(graph, masks), graph.rules)
     _own_parameters(gm, graph.gm)
+    check_fixed_inputs(gm, graph.gm)  # a size the capture fixed is named, not a failure deep inside
     if check and graph.example_inputs:  # a model that would crash in its first forward is reported now
         inputs = inputs_on_device_of(gm, graph.example_inputs)
         # gm.forward, not gm(...): fx strips the traceback that names the failing node
