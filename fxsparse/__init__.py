@@ -29,7 +29,6 @@ _EXPORTS = {
     "TraceError": "fxsparse.core.errors", "PruneCheckError": "fxsparse.core.errors",
     "export": "fxsparse.rewrite.export", "prune": "fxsparse.rewrite.inplace",
     "check_against_reference": "fxsparse.rewrite.reference_check", "ReferenceCheck": "fxsparse.rewrite.reference_check",
-    "save_pretrained": "fxsparse.rewrite.pretrained", "load_pretrained": "fxsparse.rewrite.pretrained",
     "Rule": "fxsparse.rules.registry", "register_rule": "fxsparse.rules.registry",
     "MaskedOptimizer": "fxsparse.step.optim",
     "SparseModel": "fxsparse.step.sparse", "compile": "fxsparse.step.sparse",
@@ -39,7 +38,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "analyze", "export", "prune", "save_pretrained", "load_pretrained", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
+    "analyze", "export", "prune", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
     "check_against_reference", "ReferenceCheck",
     "ChannelGraph", "ChannelGroup", "Member", "count_flops", "load", "save",
     "FxsparseError", "SavedModelError", "PinnedSizeWarning", "TraceError", "InputError", "KeepMaskError", "NoPrunableGroupError", "ExportError", "PruneCheckError",
@@ -67,7 +66,6 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
                               SavedModelError, TraceError)
     from .rewrite.export import export
     from .rewrite.inplace import prune
-    from .rewrite.pretrained import load_pretrained, save_pretrained
     from .rewrite.reference_check import ReferenceCheck, check_against_reference
     from .rules.registry import Rule, register_rule
     from .step.optim import MaskedOptimizer

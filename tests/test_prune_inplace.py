@@ -125,17 +125,17 @@ def test_own_class_keeps_its_methods_hooks_and_attributes(tmp_path):
         _close(small(other), ref_other)
         assert torch.equal(small.predict(x), ref.argmax(1))  # the class's own method
     assert seen == [(2, small.fc1.out_features), (4, small.fc1.out_features), (2, small.fc1.out_features)]  # the hook
-    # safe files: safetensors + the kept sizes, rebuilt from the class
-    fxsparse.save_pretrained(small, tmp_path / "net")
-    again = fxsparse.load_pretrained(Net, tmp_path / "net")
-    assert isinstance(again, Net) and again.dw.groups == small.dw.groups
-    with torch.no_grad():
-        assert torch.equal(again(x), small(x))
-    with pytest.raises(fxsparse.InputError, match="another model"):
-        fxsparse.load_pretrained(lambda: nn.Sequential(nn.Linear(3, 3)), tmp_path / "net")
+    # safe files: safetensors + the kept sizes, rebuilt from the class (recorded by name: Net())
+    fxsparse.save(small, tmp_path / "net")
+    for again in (fxsparse.load(tmp_path / "net"), fxsparse.load(tmp_path / "net", Net)):
+        assert isinstance(again, Net) and again.dw.groups == small.dw.groups
+        with torch.no_grad():
+            assert torch.equal(again(x), small(x))
+    with pytest.raises(fxsparse.SavedModelError, match="another model"):
+        fxsparse.load(tmp_path / "net", lambda: nn.Sequential(nn.Linear(3, 3)))
     small.double()  # the dtype comes back as saved
-    fxsparse.save_pretrained(small, tmp_path / "net64")
-    again = fxsparse.load_pretrained(Net, tmp_path / "net64")
+    fxsparse.save(small, tmp_path / "net64", check=False)  # its recorded example inputs are float32
+    again = fxsparse.load(tmp_path / "net64")
     assert {p.dtype for p in again.parameters()} == {torch.float64}
     with torch.no_grad():
         assert torch.equal(again(x.double()), small(x.double()))
@@ -370,12 +370,13 @@ def test_decoder_generates_the_reference_tokens_and_reloads(name, tmp_path):
     # uniform sizes: the config says them, so transformers' own from_pretrained rebuilds the model
     assert small.config.hidden_size == 32 and small.config.num_attention_heads == 2
     small.save_pretrained(tmp_path / "hf")
-    fxsparse.save_pretrained(small, tmp_path / "fx")
+    fxsparse.save(small, tmp_path / "fx")  # the model's own files too, plus the recipe
     with torch.no_grad():
         logits = small(ids).logits
-        assert torch.equal(cls.from_pretrained(tmp_path / "hf").eval()(ids).logits, logits)
-        again = fxsparse.load_pretrained(cls, tmp_path / "fx")
-        assert torch.equal(again(ids).logits, logits)
+        for path in (tmp_path / "hf", tmp_path / "fx"):
+            assert torch.equal(cls.from_pretrained(path).eval()(ids).logits, logits)
+        again = fxsparse.load(tmp_path / "fx")
+        assert type(again) is cls and torch.equal(again(ids).logits, logits)
     assert torch.equal(_generate(again, prompt).sequences, want_ids)
 
 
@@ -411,8 +412,8 @@ def test_decoder_with_per_layer_sizes_reloads_through_fxsparse(name, tmp_path):
     assert torch.equal(out.sequences, want_ids)
     for got, want in zip(out.logits, want_logits):
         _close(got, want)
-    fxsparse.save_pretrained(small, tmp_path)
-    again = fxsparse.load_pretrained(type(model), tmp_path)
+    fxsparse.save(small, tmp_path)  # a config cannot say the sizes: the recipe does
+    again = fxsparse.load(tmp_path)
     with torch.no_grad():
         assert torch.equal(again(ids).logits, small(ids).logits)
     assert torch.equal(_generate(again, prompt).sequences, want_ids)

@@ -37,13 +37,16 @@ def _small(model, inputs, seed=0):
     return graph, keep
 
 
-def _roundtrip(small, path, new_inputs, **save_kw):
+HF_FILES = {"config.json", "generation_config.json"}  # a transformers model's own save_pretrained writes them too
+
+
+def _roundtrip(small, path, new_inputs, load_kw=None, **save_kw):
     fxsparse.save(small, path, **save_kw)
-    assert sorted(os.listdir(path)) == ["model.json", "model.safetensors"]
+    assert set(os.listdir(path)) - HF_FILES == {"model.json", "model.safetensors"}
     data = open(os.path.join(path, "model.safetensors"), "rb").read()
     header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])  # safetensors: a JSON header, raw tensors
     assert all(set(v) == {"dtype", "shape", "data_offsets"} for k, v in header.items() if k != "__metadata__")
-    loaded = fxsparse.load(str(path))
+    loaded = fxsparse.load(str(path), **(load_kw or {}))
     assert type(loaded) is type(small) or type(small).__name__ == "GraphModule" == type(loaded).__name__
     assert not loaded.training
     small.eval()
@@ -107,6 +110,15 @@ def test_transformers_model_exported_and_pruned_in_place(tmp_path):
     assert recipe["factory"]["kwargs"]["config"]["n_embd"] == 64  # the dense config, before prune changed it
     assert [s["kind"] for s in recipe["steps"]] == ["prune"]
     assert loaded.config.n_embd == pruned.config.n_embd < 64
+    # the transformers convention reads the same directory (every layer pruned alike: the config says the sizes)
+    again = type(pruned).from_pretrained(tmp_path / "in_place").eval()
+    ids = torch.randint(0, 100, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, pruned(ids).logits, rtol=0, atol=0)
+    config = tmp_path / "in_place" / "config.json"
+    config.write_text(config.read_text().replace('"n_embd": 32', '"n_embd": 48'))
+    with pytest.raises(fxsparse.SavedModelError, match="config.json.*SHA-256 differs"):
+        fxsparse.load(str(tmp_path / "in_place"))
 
 
 class TwoBranch(nn.Module):
@@ -143,6 +155,22 @@ def test_own_class_exported_and_pruned(tmp_path):
     loaded = _roundtrip(pruned, tmp_path / "pruned", (torch.randn(1, 3, 16, 16),),
                         factory=f"{__name__}:build_two_branch", width=12)
     assert isinstance(loaded, TwoBranch) and loaded.mid.out_channels == pruned.mid.out_channels < 24
+    # a factory that cannot be imported by name (a lambda, a function of __main__) is passed to load as well
+    _roundtrip(pruned, tmp_path / "unnamed", (torch.randn(1, 3, 16, 16),), factory=lambda: build_two_branch(width=12),
+               load_kw={"factory": lambda: build_two_branch(width=12)})
+    assert json.load(open(tmp_path / "unnamed" / "model.json"))["factory"] is None
+    with pytest.raises(fxsparse.SavedModelError, match="pass it, fxsparse.load"):
+        fxsparse.load(str(tmp_path / "unnamed"))
+
+
+def test_own_class_built_with_no_arguments_needs_no_factory(tmp_path):
+    model = TwoBranch()  # its class is the factory: recorded by name, built with no arguments
+    graph, keep = _small(model, (torch.randn(2, 3, 16, 16),))
+    pruned = fxsparse.prune(model, graph, keep)
+    _roundtrip(pruned, tmp_path / "p", (torch.randn(3, 3, 20, 20),))
+    assert json.load(open(tmp_path / "p" / "model.json"))["factory"] == {"spec": f"{__name__}:TwoBranch", "kwargs": {}}
+    dense = TwoBranch(width=8)  # a dense model saves and loads the same way
+    _roundtrip(dense, tmp_path / "d", (torch.randn(1, 3, 8, 8),), factory=TwoBranch, width=8)
 
 
 def test_tampered_or_foreign_files_are_refused(tmp_path):

@@ -7,18 +7,21 @@ Two kinds of directory hold ``model.safetensors`` (the weights, tensors only) an
   (``zoo:NAME``, ``timm:NAME``, ``module.path:factory``), its number of classes and input
   channels, the input shape it was analysed at, the kept channels of every pruned group and
   the preprocessing; :func:`load` returns a :class:`fxsparse.Classifier`.
-* :func:`save` of any model ``fxsparse.export`` or ``fxsparse.prune`` returned (format
-  ``fxsparse-model/1``): the dense model's factory (a ``transformers`` class and its config,
-  a ``zoo:`` / ``timm:`` / ``torchvision:`` name, or ``module:function``, with its keyword
-  arguments) and the steps of :mod:`fxsparse.rewrite.recipe` (per export / prune: the
-  example inputs' shapes and the kept channels); :func:`load` returns the small model itself
-  (the ``GraphModule`` of an export, the user's own class after a prune).
+* :func:`save` of any model (format ``fxsparse-model/1``): the dense model's factory (a
+  ``transformers`` class and its config, a ``zoo:`` / ``timm:`` / ``torchvision:`` name, or
+  ``module:function``, with its keyword arguments) and the steps of
+  :mod:`fxsparse.rewrite.recipe` (per export / prune: the example inputs' shapes and the kept
+  channels). A ``GraphModule`` of ``fxsparse.export`` is rebuilt by replaying the steps (the
+  analysis and export); a model of your own class (pruned in place, or dense) by its sizes
+  (:mod:`fxsparse.rewrite.recorded_sizes`: every tensor's shape and every module's size
+  attributes, so layers pruned to different sizes come back). A ``transformers`` model is also
+  written by its own ``save_pretrained`` (``config.json``), for ``Class.from_pretrained``.
 
-:func:`load` rebuilds the model from its factory, replays the recorded analysis and export
-(or prune) and loads the weights (strictly: every name and shape must match), so nothing in
-either file is ever executed. A weights file whose hash differs from the recipe's (edited,
-truncated, or another model's) and a recipe whose groups do not match the rebuilt model are
-a :class:`SavedModelError`, never a half-loaded model.
+:func:`load` rebuilds the model from its factory, cuts it as recorded and loads the weights
+(every name and shape must match), so nothing in the files is ever executed. A file whose
+hash differs from the recipe's (edited, truncated, or another model's) and a recipe whose
+groups or tensors do not match the rebuilt model are a :class:`SavedModelError`, never a
+half-loaded model.
 """
 from __future__ import annotations
 
@@ -27,10 +30,13 @@ import json
 import os
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
 from fxsparse.core.errors import SavedModelError
-from fxsparse.rewrite.recipe import example_inputs, recipe_of, replay
+from fxsparse.analysis.capture import is_transformers_model
+from fxsparse.rewrite.recipe import RECIPE_ATTR, example_inputs, recipe_of, replay
+from fxsparse.rewrite.recorded_sizes import load_weights, resize, sizes_of
 
 __all__ = ["save", "load", "SavedModelError", "RECIPE", "WEIGHTS"]
 
@@ -67,57 +73,96 @@ def save(model: nn.Module, path, factory=None, *, check: bool = True, **factory_
     """Write ``model`` (what ``fxsparse.export`` or ``fxsparse.prune`` returned, or a dense model)
     to directory ``path`` as ``model.safetensors`` + ``model.json``; :func:`load` rebuilds it.
 
+    A ``transformers`` model (dense or pruned in place) is written by its own ``save_pretrained``
+    as well (``config.json`` beside the weights), so ``Class.from_pretrained(path)`` reads it
+    wherever its config can say the sizes (every layer pruned alike); :func:`load` always can.
+
     ``factory``: how to build the dense model again, where fxsparse cannot tell by itself
-    (it can for a ``transformers`` model and for one ``fxsparse.zoo.load_model`` / ``zoo.create``
-    built): ``"zoo:NAME"``, ``"timm:NAME"``, ``"torchvision:NAME"`` or ``"package.module:function"``,
-    called with ``factory_kwargs`` (JSON values: ``num_classes=10, img_size=32``).
+    (it can for a ``transformers`` model, for one ``fxsparse.zoo.load_model`` / ``zoo.create``
+    built, and for your own class pruned in place, if it builds with no arguments):
+    ``"zoo:NAME"``, ``"timm:NAME"``, ``"torchvision:NAME"``, ``"package.module:function"`` or
+    the function or class itself, called with ``factory_kwargs`` (JSON values). One that
+    cannot be imported by name (defined in ``__main__``) is not recorded: pass it to
+    :func:`load` too.
     ``check``: load the files back and compare the outputs on the recorded example inputs, so
     that a file that would not load is found now, not where it is deployed.
     """
-    from safetensors.torch import save_model
-
     spec = recipe_of(model)
+    sliced = not isinstance(model, fx.GraphModule)  # the user's class: rebuilt by its sizes, not replayed
+    given = None  # a factory to check with that cannot be recorded by name
     if factory is not None:
-        spec["factory"] = {"spec": _spec_name(factory), "kwargs": factory_kwargs}
+        name = _spec_name(factory)
+        spec["factory"] = {"spec": name, "kwargs": factory_kwargs} if name else None
+        given = None if name else factory
     elif factory_kwargs:
         raise TypeError(f"save(): keyword arguments {sorted(factory_kwargs)} are for the factory: pass factory= too")
-    if spec["factory"] is None:
+    elif spec["factory"] is None and sliced and _spec_name(type(model), strict=False):
+        spec["factory"] = {"spec": _spec_name(type(model)), "kwargs": {}}  # your class, built with no arguments
+    if spec["factory"] is None and given is None and not (sliced and not check):
         raise SavedModelError(
             f"fxsparse cannot tell how to build the dense {_dense_name(model)} again: pass factory='package.module:function' "
-            "(a function that returns it, with factory keyword arguments after it), 'timm:NAME' or 'zoo:NAME'")
+            "(a function that returns it, with factory keyword arguments after it), 'timm:NAME', 'zoo:NAME' or the "
+            "function or class itself")
     json.dumps(spec["factory"])  # a keyword argument that is not JSON fails here, not at load
-    if any(step.get("inputs") is None for step in spec["steps"]):
+    if not sliced and any(step.get("inputs") is None for step in spec["steps"]):
         raise SavedModelError("the model was analysed at inputs that are not tensors: its recipe cannot be replayed")
     os.makedirs(path, exist_ok=True)
     wpath, rpath = os.path.join(path, WEIGHTS), os.path.join(path, RECIPE)
-    save_model(model, wpath)  # tied tensors once
+    written = _write_weights(model, path, wpath)
     record = {"format": MODEL_FORMAT, "class": f"{type(model).__module__}.{type(model).__qualname__}",
-              "factory": spec["factory"], "steps": spec["steps"], "weights": WEIGHTS, "weights_sha256": sha256(wpath)}
+              "factory": spec["factory"], "steps": spec["steps"], "sizes": sizes_of(model) if sliced else None,
+              "weights": WEIGHTS, "weights_sha256": sha256(wpath),
+              "files_sha256": {f: sha256(os.path.join(path, f)) for f in written}}
     with open(rpath, "w") as f:
         json.dump(record, f, indent=1)
     if check:
-        _check_loads_back(model, path, spec["steps"])
+        _check_loads_back(model, path, spec["steps"], given, factory_kwargs if given else {})
 
 
-def _spec_name(factory) -> str:
+def _write_weights(model: nn.Module, path, wpath) -> list[str]:
+    """The weights as safetensors (tied tensors once); a ``transformers`` model through its own
+    ``save_pretrained`` (its config too). Returns the other files written, for their hashes."""
+    from safetensors.torch import save_model
+
+    if is_transformers_model(model):
+        model.save_pretrained(path)
+        if not os.path.isfile(wpath):
+            raise SavedModelError(f"{type(model).__name__}.save_pretrained wrote its weights in shards, not one "
+                                  f"{WEIGHTS}: fxsparse.save takes models below its 50 GB shard size")
+        return sorted(f for f in _HF_FILES if os.path.isfile(os.path.join(path, f)))
+    save_model(model, wpath)
+    return []
+
+
+_HF_FILES = ("config.json", "generation_config.json")
+
+
+def _spec_name(factory, strict: bool = True) -> str | None:
+    """``factory`` as the name it is imported by where the model is loaded ("module:qualname"),
+    or None for a callable that has none (a lambda, a function of ``__main__``)."""
     if isinstance(factory, str):
         if ":" not in factory:
             raise ValueError(f"factory {factory!r}: use 'zoo:NAME', 'timm:NAME', 'torchvision:NAME' or 'package.module:function'")
         return factory
+    if not callable(factory):
+        raise ValueError(f"factory {factory!r}: pass a function or class that returns the dense model, or its name")
     name = f"{getattr(factory, '__module__', '')}:{getattr(factory, '__qualname__', '')}"
-    if callable(factory) and "<" not in name and not name.startswith("__main__:"):
-        return name  # an importable function or class
-    raise ValueError(f"factory {factory!r} cannot be imported by name where the model is loaded: pass "
-                     "'package.module:function' of a function defined in a module")
+    if "<" in name or name.startswith(("__main__:", ":")) or name.endswith(":"):
+        return None
+    return name
 
 
 def _dense_name(model) -> str:
     return type(model).__name__ if type(model).__name__ != "GraphModule" else "model this GraphModule was exported from"
 
 
-def _check_loads_back(model: nn.Module, path, steps) -> None:
-    inputs = example_inputs(steps[-1]["inputs"]) if steps else None
-    loaded = load(path)
+def _check_loads_back(model: nn.Module, path, steps, factory, factory_kwargs) -> None:
+    inputs = example_inputs(steps[-1]["inputs"]) if steps and steps[-1].get("inputs") else None
+    try:
+        loaded = load(path, factory, **factory_kwargs) if factory is not None else load(path)
+    except SavedModelError as exc:
+        raise SavedModelError(f"the model saved in {path!r} does not load back: {exc}. Pass the factory (and keyword "
+                              "arguments) that build the dense model that was pruned") from None
     if inputs is None:
         return
     with torch.no_grad():
@@ -146,23 +191,29 @@ def _first_tensor(out):
 
 # ---- fxsparse.load ---------------------------------------------------------------------------------
 
-def load(path: str) -> nn.Module:
+def load(path: str, factory=None, **factory_kwargs) -> nn.Module:
     """The model in ``path`` (a directory :func:`save` wrote, or the ``--out`` directory of a
     ``fxsparse train`` run, or its ``model.json``), in eval mode. Reads no pickle.
 
     A run's model comes back as a :class:`fxsparse.Classifier` (raw images scaled to [0, 1] in,
-    logits out; ``.net`` the bare pruned network); a saved model as what was saved."""
+    logits out; ``.net`` the bare pruned network); a saved model as what was saved: the
+    ``GraphModule`` of an export, your own class after ``fxsparse.prune`` (or a dense model).
+    ``factory`` (with ``factory_kwargs``): what builds the dense model, where the files do not
+    name it (a class or function of ``__main__``); a ``transformers`` class is built from the
+    ``config.json`` in ``path``."""
     rpath, spec, wpath = _read(path)
     if spec.get("format") == MODEL_FORMAT:
-        return _load_model(rpath, spec, wpath)
+        return _load_model(rpath, spec, wpath, factory, factory_kwargs)
+    if factory is not None or factory_kwargs:
+        raise TypeError(f"{rpath!r} is a fxsparse train run's model, rebuilt from its own recipe: load(path) takes no factory")
     return _load_run(rpath, spec, wpath)
 
 
 def _read(path: str):
-    rpath = os.path.join(path, RECIPE) if os.path.isdir(path) else path
+    rpath = os.path.join(path, RECIPE) if os.path.isdir(path) else str(path)
     if not os.path.isfile(rpath):
-        raise FileNotFoundError(f"no {RECIPE} at {path!r}: pass a directory fxsparse.save wrote or the --out directory "
-                                "of a finished `fxsparse train` run")
+        raise FileNotFoundError(f"no {RECIPE} at {str(path)!r}: pass a directory fxsparse.save wrote or the --out "
+                                "directory of a finished `fxsparse train` run")
     try:
         with open(rpath) as f:
             spec = json.load(f)
@@ -170,12 +221,16 @@ def _read(path: str):
         raise SavedModelError(f"{rpath!r} is not a readable recipe ({exc})") from None
     if not isinstance(spec, dict) or spec.get("format") not in (FORMAT, MODEL_FORMAT):
         raise SavedModelError(f"{rpath!r} is not a fxsparse model (format {MODEL_FORMAT!r} or {FORMAT!r})")
-    wpath = os.path.join(os.path.dirname(rpath), os.path.basename(str(spec.get("weights", ""))))
+    folder = os.path.dirname(rpath)
+    wpath = os.path.join(folder, os.path.basename(str(spec.get("weights", ""))))
     if not os.path.isfile(wpath):
         raise FileNotFoundError(f"the weights {wpath!r} that {rpath!r} names are missing")
-    if sha256(wpath) != spec.get("weights_sha256"):
-        raise SavedModelError(f"{wpath!r} is not the weights file {rpath!r} was written with (its SHA-256 differs): "
-                              "it was changed after it was saved, or belongs to another model")
+    hashes = {os.path.basename(wpath): spec.get("weights_sha256"), **(spec.get("files_sha256") or {})}
+    for name, digest in hashes.items():
+        file = os.path.join(folder, os.path.basename(name))
+        if not os.path.isfile(file) or sha256(file) != digest:
+            raise SavedModelError(f"{file!r} is not the file {rpath!r} was written with (its SHA-256 differs): it was "
+                                  "changed after it was saved, or belongs to another model")
     return rpath, spec, wpath
 
 
@@ -215,10 +270,41 @@ def build_dense(factory: dict, where: str) -> nn.Module:
     return model.eval()
 
 
-def _load_model(rpath: str, spec: dict, wpath: str) -> nn.Module:
-    from safetensors.torch import load_model
+def _dense(rpath: str, spec: dict, factory, factory_kwargs) -> nn.Module:
+    """The dense model: built by ``factory`` where given, else by the recorded one; a
+    ``transformers`` model rebuilt by size from the ``config.json`` it saved (the config
+    ``prune`` kept in step)."""
+    config = os.path.join(os.path.dirname(rpath), "config.json")
+    if factory is None:
+        recorded = spec.get("factory")
+        if recorded is None:
+            raise SavedModelError(f"{rpath!r} does not say how to build the dense {spec.get('class')} (its factory could "
+                                  "not be imported by name when it was saved): pass it, fxsparse.load(path, factory=...)")
+        if spec.get("sizes") is not None and recorded["spec"].startswith("transformers:") and os.path.isfile(config):
+            with open(config) as f:
+                recorded = {"spec": recorded["spec"], "kwargs": {"config": json.load(f)}}
+        return build_dense(recorded, rpath)
+    if isinstance(factory, str):
+        return build_dense({"spec": _spec_name(factory), "kwargs": factory_kwargs}, rpath)
+    config_class = getattr(factory, "config_class", None)
+    if isinstance(factory, type) and hasattr(config_class, "from_pretrained") and os.path.isfile(config):
+        return factory(config_class.from_pretrained(os.path.dirname(rpath))).eval()
+    model = factory(**factory_kwargs)
+    if not isinstance(model, nn.Module):
+        raise SavedModelError(f"{rpath!r}: the factory {factory!r} returned a {type(model).__name__}, not an nn.Module")
+    return model.eval()
 
-    model = replay(build_dense(spec["factory"], rpath), spec.get("steps", []), where=rpath)
+
+def _load_model(rpath: str, spec: dict, wpath: str, factory, factory_kwargs) -> nn.Module:
+    from safetensors.torch import load_file, load_model
+
+    model = _dense(rpath, spec, factory, factory_kwargs)
+    if spec.get("sizes") is not None:  # the user's class: cut to the saved sizes, no analysis
+        emptied = resize(model, spec["sizes"], rpath)
+        load_weights(model, load_file(wpath), emptied, wpath)
+        vars(model)[RECIPE_ATTR] = {"factory": spec.get("factory"), "steps": spec.get("steps", [])}
+        return model.eval()
+    model = replay(model, spec.get("steps", []), where=rpath)
     try:
         load_model(model, wpath, strict=True)
     except RuntimeError as exc:
