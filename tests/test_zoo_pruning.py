@@ -28,7 +28,7 @@ def build(name, in_chans):
 @pytest.mark.parametrize("name", zoo_fast_subset(zoo.names()))
 def test_zoo_model_prunes(name):
     torch.manual_seed(0)
-    shape = (1, 1, 28, 28) if name.startswith(("lenet", "mlp")) else (1, 3, 32, 32)
+    shape = (1,) + zoo.info(name).default_input
     model = build(name, shape[1]).eval()
     x = torch.randn(*shape)
     with warnings.catch_warnings():

@@ -19,7 +19,7 @@ def _build(name, in_chans):
 
 
 def _data(name):
-    shape = (2, 1, 28, 28) if name.startswith(("lenet", "mlp")) else (2, 3, 32, 32)
+    shape = (2,) + zoo.info(name).default_input
     x = torch.randn(*shape)
     y = torch.randint(0, 10, (2,) + shape[2:]) if name == "unet" else torch.randint(0, 10, (2,))
     return x, y
