@@ -2,7 +2,7 @@
 capacity "auto", slot counts rounded to multiples of each --aligns value, timed side by
 side (order alternating per round, batch 64, 2 threads).
 
-    python benchmarks/align_cpu.py [--model vgg11_bn] [--aligns 1 16] [--steps 16]
+    python benchmarks/archive/align_cpu.py [--model vgg11_bn] [--aligns 1 16] [--steps 16]
 """
 import argparse
 import statistics

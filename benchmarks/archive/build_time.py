@@ -2,7 +2,7 @@
 config (timm ``vit_huge_patch14_224``, random init; ``--depth`` layers, 32 in the real model),
 one image 224x224, ``fxsparse.compile(model, x, compile=False)``.
 
-    python benchmarks/build_time.py [--depth 8] [--model timm|hf] [--profile]
+    python benchmarks/archive/build_time.py [--depth 8] [--model timm|hf] [--profile]
 
 Phases are exclusive (a phase's time excludes the phases timed inside it), so they add up to
 the total; wall-clock and process CPU time (``time.process_time``: the machine may be shared).

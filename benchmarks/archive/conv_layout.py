@@ -3,7 +3,7 @@ smaller) model's compiled forward + backward + SGD step with ``layout_optimizati
 (inductor's default: convolutions and the tensors around them NHWC) and off (NCHW, oneDNN's
 blocked kernels with a reorder in and out), timed round-robin in one process.
 
-    python benchmarks/conv_layout.py [--models vgg11_bn resnet18_cifar] [--steps 12] [--threads 2]
+    python benchmarks/archive/conv_layout.py [--models vgg11_bn resnet18_cifar] [--steps 12] [--threads 2]
 
 The dynamic sparse step's opaque convolutions follow inductor's choice (channels-last), so
 this is also what that choice costs them.

@@ -14,7 +14,7 @@ as scores that sharpen do; every step ``fit_capacity`` re-plans and a mask is dr
 Every zoo model gets dynamic capacities by default; this forces static ones
 (``capacity="auto"``), which a model whose computation pins a channel count still gets.
 
-    python benchmarks/capacity_reuse.py [--model shufflenetv2] [--steps 1000] [--seeds 3]
+    python benchmarks/archive/capacity_reuse.py [--model shufflenetv2] [--steps 1000] [--seeds 3]
 """
 import argparse
 import warnings

@@ -1,6 +1,6 @@
 """The structure search's score forwards against the weight step, compiled, side by side.
 
-    python benchmarks/score_step_time.py [--model zoo:vgg11_bn] [--batch 128] [--steps 20]
+    python benchmarks/archive/score_step_time.py [--model zoo:vgg11_bn] [--batch 128] [--steps 20]
 
 In one process, on one model and one set of capacities, per round (rounds interleave the
 variants, so drift hits all alike), median ms over ``--steps`` rounds:
@@ -14,15 +14,18 @@ variants, so drift hits all alike), median ms over ``--steps`` rounds:
   cloned before and restored after.
 """
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-import bench_args
-import fxsparse
-from fxsparse.zoo import load_model
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench_args, one folder up
+import bench_args  # noqa: E402
+import fxsparse  # noqa: E402
+from fxsparse.zoo import load_model  # noqa: E402
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Where the dynamic step's extra time with Bernoulli masks goes: counts that change every
 step, and counts that are not multiples of the convolution's channel block.
 
-    python benchmarks/shape_variation.py [--model vgg11_bn] [--threads 2] [--steps 12] [--warmup 40]
+    python benchmarks/archive/shape_variation.py [--model vgg11_bn] [--threads 2] [--steps 12] [--warmup 40]
                                          [--align 16] [--no-compile]
 
 Two dynamic-capacity SparseModels (compiled; ``--no-compile`` for eager), one running every
