@@ -17,6 +17,7 @@ from fxsparse.rewrite.export import export, tied_names
 from fxsparse.rewrite.layout import Plan
 from fxsparse.rewrite.shape_free import Piece, ShapeFree
 from fxsparse.rules.meta_keys import IDS, SHAPE
+from fxsparse.step.compiler import StepCompiler
 from fxsparse.step.index import StepIndexer, StepPart
 
 
@@ -41,6 +42,15 @@ class CapacityBuild:
     def members(self) -> dict[str, tuple[int, ...]]:
         """{dense tensor: the dims the step gathers}."""
         return self.indexer.members
+
+    def function(self, key, make, compiler: StepCompiler):
+        """The step function ``key`` of this capacity set: ``make(self)``, compiled when the
+        compiler is enabled, made once."""
+        fn = self.compiled_fns.get(key)
+        if fn is None:
+            fn = make(self)
+            fn = self.compiled_fns[key] = compiler.compile(fn, self.codes) if compiler.enabled else fn
+        return fn
 
     def dense_tensors(self) -> dict[str, torch.Tensor]:
         """{name: the dense model's parameter or (capacity-model) buffer}, as they are now."""

@@ -50,6 +50,14 @@ def forward_no_write_back(build: CapacityBuild, dense: dict, index: StepIndex, *
     return forward_gathered(build, times_validity(gathered, index.slots, build.buffer_names), index.buffers, inputs)
 
 
+def dense_forward_of(build: CapacityBuild):
+    """``fn(dense, index, training, *inputs)``: :func:`forward_dense` of ``build``."""
+    def forward(dense, index, training, *inputs):
+        return forward_dense(build, dense, index, training, *inputs)
+
+    return forward
+
+
 def losses_of(build: CapacityBuild, loss_fn):
     """``fn(dense, indexes, target, *inputs)``: the losses of the sub-networks of ``indexes``
     (one :class:`~fxsparse.step.index.StepIndex` each) at the same weights, stacked; nothing

@@ -42,7 +42,7 @@ from fxsparse.step.build_cache import BuildCache
 from fxsparse.step.capacity import CapacityFit, resolve_align, resolve_capacity
 from fxsparse.step.compact_update import compact_update_for
 from fxsparse.step.compiler import StepCompiler
-from fxsparse.step.forward import forward_dense, forward_no_write_back, losses_of
+from fxsparse.step.forward import dense_forward_of, forward_no_write_back, losses_of
 from fxsparse.step.host import StepInputs, device_of
 from fxsparse.step.index import StepIndex
 from fxsparse.step.optim import MaskedOptimizer
@@ -314,13 +314,7 @@ class SparseModel(nn.Module):
     # ----- running it ------------------------------------------------------------------
     def forward(self, *inputs):
         step = self.step_inputs(inputs)
-        build = step.build
-        fn = build.compiled_fns.get("forward")
-        if fn is None:
-            def forward(dense, index, training, *inputs):
-                return forward_dense(build, dense, index, training, *inputs)
-            fn = self.compiler.compile(forward, build.codes) if self.compiler.enabled else forward
-            build.compiled_fns["forward"] = fn
+        fn = step.build.function("forward", dense_forward_of, self.compiler)
         with self.compiler.timed():
             return fn(step.dense, step.index, step.training, *inputs)
 
@@ -341,11 +335,7 @@ class SparseModel(nn.Module):
         device, build = device_of(inputs), self.build  # the build of the final capacities
         build.to(device)
         indexes = [self.step_index(device, keep) for keep in normalized]
-        key = ("losses", len(indexes), loss_fn)
-        fn = build.compiled_fns.get(key)
-        if fn is None:
-            fn = losses_of(build, loss_fn)
-            fn = build.compiled_fns[key] = self.compiler.compile(fn, build.codes) if self.compiler.enabled else fn
+        fn = build.function(("losses", len(indexes), loss_fn), lambda b: losses_of(b, loss_fn), self.compiler)
         with self.compiler.timed():
             out = fn(build.dense_tensors(), indexes, target, *inputs)
         if self.reduce_mean is not None:  # the losses of the whole batch (each process holds a shard),
