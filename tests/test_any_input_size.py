@@ -154,7 +154,8 @@ def _why_image_fixed(pinned, size):
     parts = [p for m in pinned for p in m.split("; ") if re.search(rf"dim 2 \(size {size}\).*dim 3 \(size {size}\)", p)]
     if not parts:
         return None
-    return "cost" if "shape guards" in parts[0] else "failed" if "cannot capture" in parts[0] else "code"
+    return ("cost" if "shape guards" in parts[0] else "failed" if "cannot capture" in parts[0]
+            else "graph" if "captured graph holds" in parts[0] else "code")
 
 
 def _check_every_size_the_dense_model_takes(model, inputs, others, chunk=None):
@@ -162,7 +163,8 @@ def _check_every_size_the_dense_model_takes(model, inputs, others, chunk=None):
     the exported model runs wherever the dense model does ("free"), unless the warning names the
     image dims: then the exported model refuses other sizes with an InputError naming the dim,
     and where the warning blames the model's code ("code") the dense model fails there too;
-    "cost": a windowed model the capture keeps at its size."""
+    "cost": a windowed model the capture keeps at its size; "graph": torch.export specialised a
+    size computed from it (a 1x1 feature map at the example)."""
     graph, pinned = _analyze(model, inputs)
     size = inputs[0].shape[-1]
     _check_sizes(model, graph, [_images(3, size), _images(1, size)], chunk=chunk or inputs[0].shape[0])
@@ -187,6 +189,8 @@ def _check_every_size_the_dense_model_takes(model, inputs, others, chunk=None):
 TIMM_FAST = {"resnet18", "mobilenetv3_small_100", "convnext_atto", "vit_tiny_patch16_224"}
 # windows or patch folds cut from the image: hundreds of shape guards, the capture keeps the size
 TIMM_COST = {"mobilevitv2_050", "tiny_vit_5m_224"}
+# captured by torch.export at 32x32, where its last feature map is 1x1: a size torch.export specialises
+TIMM_GRAPH = {"efficientvit_b0"}
 # img_size fixes their token count or window grid in their own code: the dense model runs only there
 TIMM_CODE = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "levit_128s",
              "mixer_s16_224"}
@@ -206,11 +210,15 @@ def test_timm_model_at_other_sizes(name):
         pytest.skip("timm is not installed")
     model, inputs = build(name)
     got = _check_every_size_the_dense_model_takes(model, inputs, [_images(3, 64), _images(1, 48)])
-    assert got == ("cost" if name in TIMM_COST else "code" if name in TIMM_CODE else "free"), got
+    assert got == ("cost" if name in TIMM_COST else "graph" if name in TIMM_GRAPH else "code" if name in TIMM_CODE
+                   else "free"), got
 
 
 # windowed (captured by torch.export: torch.fx cannot trace them, or their wrapped functions have no rule)
 MIRRORS_COST = {"timm_swin_dynamic", "tv_swin_t", "tv_maxvit_t"}
+# timm's resample of the position table is skipped where the grid is the old one: torch.export keeps that
+# branch without narrowing the input's range, the graph holds the example's grid
+MIRRORS_GRAPH = {"timm_vit_dynamic"}
 # their own code fixes the image size (a position table, a window grid, a fixed token count)
 MIRRORS_CODE = {"timm_vit_tiny", "timm_deit", "timm_swin", "timm_cait", "timm_mlp_mixer", "timm_levit", "tv_vit_b_16"}
 
@@ -233,7 +241,8 @@ def test_mirrored_model_at_other_sizes(name):
 
     model, inputs = MODELS[name]()
     got = _check_every_size_the_dense_model_takes(model, inputs, [_images(3, 64), _images(1, 48)])
-    assert got == ("cost" if name in MIRRORS_COST else "code" if name in MIRRORS_CODE else "free"), got
+    assert got == ("cost" if name in MIRRORS_COST else "graph" if name in MIRRORS_GRAPH else "code" if name in MIRRORS_CODE
+                   else "free"), got
 
 
 # ---- the zoo --------------------------------------------------------------------------------------
@@ -294,3 +303,31 @@ def test_a_length_the_code_pins_is_named_and_the_batch_stays_free():
     graph, pinned = _analyze(model, (torch.randint(0, 50, (2, 12)),))
     assert len(pinned) == 1 and "input 0 (ids) dim 1 (size 12)" in pinned[0] and "dim 0" not in pinned[0], pinned
     _check_sizes(model, graph, [(torch.randint(0, 50, (3, 12)),), (torch.randint(0, 50, (5, 12)),)])
+
+
+class FoldsItsBatch(nn.Module):
+    """Traced by torch.fx with a batch size written in its code: ``reshape(2, ...)`` folds a batch
+    of 4 into 2 rows without an error, a silently wrong result the exported model must refuse."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).mean((2, 3))
+        return self.fc(y.reshape(2, -1, 16).mean(1))
+
+
+def test_a_batch_an_fx_traced_model_pins_is_named_and_checked():
+    torch.manual_seed(0)
+    model = FoldsItsBatch().eval()
+    x = torch.randn(2, 3, 16, 16)
+    graph, pinned = _analyze(model, (x,))
+    assert isinstance(graph.gm, torch.fx.GraphModule) and "call_module" in {n.op for n in graph.gm.graph.nodes}  # torch.fx
+    assert len(pinned) == 1 and "input 0 (x) dim 0 (size 2)" in pinned[0] and "dim 2" not in pinned[0], pinned
+    assert model(torch.randn(4, 3, 16, 16)).shape == (2, 5)  # the dense model folds a batch of 4 silently
+    small = fxsparse.export(model, graph, fxsparse.random_keep(graph, 0.5)).eval()
+    with pytest.raises(fxsparse.InputError, match=r"input 0 \(x\) dim 0 \(size 2\) only, got size 4"):
+        small(torch.randn(4, 3, 16, 16))
+    _check_sizes(model, graph, [(torch.randn(2, 3, 24, 24),), (torch.randn(2, 3, 9, 9),)])  # its image size is free

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from fxsparse.analysis.caches import tensor_caches, tensor_caches_emptied
 from fxsparse.analysis.flops import flops_per_layer
-from fxsparse.analysis.size_probe import check_traced_sizes
+from fxsparse.analysis.size_probe import sizes_the_graph_fixes
 from fxsparse.analysis.graph import ChannelGraph, assign_flops, build_groups
 from fxsparse.analysis.tied import couple_tied_members
 from fxsparse.passes.pipelines import propagate_channels, record_shapes
@@ -54,7 +54,7 @@ def _capture(model, example_inputs, leaf_modules, flops, rules=None, rule_leaves
             pass
     for w in leaf_warnings:  # the traced graph stays: its opaque leaves are reported
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    check_traced_sizes(type(model).__name__, gm, example_inputs)  # sizes its code fixes: named, checked on export
+    sizes_the_graph_fixes(type(model).__name__, gm, example_inputs)  # sizes its code fixes: named, checked on export
     return gm, auto_leaves
 
 

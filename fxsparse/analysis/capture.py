@@ -37,9 +37,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxsparse.analysis.dynamic_dims import (COST, FAILED, IMAGE_GUARD_BUDGET, LEVELS, dropped_dims, dynamic_shapes,
-                                            guard_budget, over_budget, pinned_dims, record_fixed_dims,
-                                            warn_fixed_sizes)
+from fxsparse.analysis.dynamic_dims import (COST, FAILED, GRAPH, IMAGE_GUARD_BUDGET, LEVELS, dropped_dims,
+                                            dynamic_shapes, guard_budget, over_budget, pinned_dims)
+from fxsparse.analysis.size_probe import sizes_the_graph_fixes
 from fxsparse.core.errors import TraceError
 from fxsparse.core.tracing import eval_mode
 from fxsparse.passes.pipelines import to_torch_level
@@ -203,8 +203,7 @@ def _export(model: nn.Module, example_inputs):
     and export; dropout and batch norm ops then follow the captured module's mode
     (fxsparse.passes.training_mode). Batch, sequence and image sizes dynamic first (the image
     sizes within a guard budget), then batch and sequence, then the batch only, then static (a
-    model whose code breaks on a symbolic size is still captured); the dims left fixed are
-    named in a warning."""
+    model whose code breaks on a symbolic size is still captured); returns the dims left fixed."""
     attempts = []  # (dynamic shapes, guard budget)
     for level in LEVELS:
         dynamic = dynamic_shapes(example_inputs, level)
@@ -223,10 +222,8 @@ def _export(model: nn.Module, example_inputs):
             if budget is not None and over_budget(program, budget):
                 why_dropped = COST  # the next level keeps the image size
                 continue
-            fixed = (pinned_dims(program, example_inputs, dynamic)
-                     + dropped_dims(program, example_inputs, wanted, dynamic, why_dropped or FAILED))
-            warn_fixed_sizes(type(model).__name__, fixed)
-            return program, fixed
+            return program, (pinned_dims(program, example_inputs, dynamic)
+                             + dropped_dims(program, example_inputs, wanted, dynamic, why_dropped or FAILED))
     raise TraceError(
         f"neither torch.fx nor torch.export can capture the forward of {type(model).__name__}: "
         f"{type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}. Fix: make the "
@@ -244,10 +241,10 @@ def export_capture(model: nn.Module, example_inputs, stack_traces: bool = True) 
     with _without_kv_cache(model), _capturable_experts(model), _stack_traces(stack_traces):
         program, fixed = _export(model, example_inputs)
     gm = program.module()
-    record_fixed_dims(gm, fixed)
     to_torch_level(gm)
     # torch.export blocks train()/eval() on the module (its flags were frozen); now they follow it
     for name in ("train", "eval"):
         vars(gm).pop(name, None)
     gm.train(model.training)
+    sizes_the_graph_fixes(type(model).__name__, gm, example_inputs, known=fixed, why=GRAPH)
     return gm

@@ -50,6 +50,7 @@ FIXED_DIMS_META = "fxsparse_fixed_input_dims"  # GraphModule.meta key: the Fixed
 CODE = "code"          # the model's code fixes it (torch.export specialised it; a traced graph fails elsewhere)
 COST = "cost"          # symbolic, it would cost more than IMAGE_GUARD_BUDGET shape guards
 FAILED = "failed"      # the capture failed with it symbolic
+GRAPH = "graph"        # symbolic in torch.export's report, but the graph holds the example's size
 
 
 class PinnedSizeWarning(UserWarning):
@@ -158,7 +159,10 @@ _WHY = {CODE: "the model's code fixes {dims} to the example's size, so the expor
               " shape guards in torch.export (windows or patches cut from the image: minutes per capture), so the "
               "exported model runs only at that size there although the dense model may run at others",
         FAILED: "{dims} kept at the example's size: torch.export cannot capture the model with it symbolic, so "
-                "the exported model runs only at that size there"}
+                "the exported model runs only at that size there",
+        GRAPH: "the captured graph holds {dims} at the example's size (torch.export specialised a size computed "
+               "from it without saying so: a feature map of size 1, a comparison in the model's code), so the "
+               "exported model runs only at that size there; a larger example may free it"}
 
 
 def warn_fixed_sizes(model_name: str, fixed: list[FixedDim]) -> None:

@@ -14,6 +14,11 @@ of them changed fails:
   (a position table has room for it).
 
 Dims of the same kind and size change together (token ids and their attention mask).
+
+A ``torch.export`` capture is probed too, for the dims it kept symbolic: its graph can still
+hold a size of the example that torch.export specialised without narrowing the input's range
+(a feature map of size 1, a comparison such as timm's "resample the position table unless the
+grid is the old one").
 """
 from __future__ import annotations
 
@@ -21,10 +26,10 @@ import torch
 import torch.fx as fx
 from torch.func import functional_call
 
-from fxsparse.analysis.dynamic_dims import FixedDim, asked_dims, record_fixed_dims, warn_fixed_sizes
+from fxsparse.analysis.dynamic_dims import CODE, FixedDim, asked_dims, record_fixed_dims, warn_fixed_sizes
 from fxsparse.core.tracing import eval_mode
 
-__all__ = ["dims_the_graph_fixes", "check_traced_sizes"]
+__all__ = ["dims_the_graph_fixes", "sizes_the_graph_fixes"]
 
 
 def _kind(x: torch.Tensor, dim: int) -> str:
@@ -38,13 +43,15 @@ def _kind(x: torch.Tensor, dim: int) -> str:
 _OTHER_SIZE = {"batch": lambda n: n + 1, "image": lambda n: 2 * n, "sequence": lambda n: n - 1 if n > 2 else n + 1}
 
 
-def _groups(example_inputs) -> dict[tuple[str, int], list[tuple[int, int]]]:
-    """{(kind, size): [(input, dim), ...]}: the dims probed, those that change together."""
+def _groups(example_inputs, skip) -> dict[tuple[str, int], list[tuple[int, int]]]:
+    """{(kind, size): [(input, dim), ...]}: the dims probed (not those of ``skip``), those that
+    change together."""
     groups: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for i, x in enumerate(example_inputs):
         if isinstance(x, torch.Tensor):
             for d in asked_dims(x, "image"):
-                groups.setdefault((_kind(x, d), int(x.shape[d])), []).append((i, d))
+                if (i, d) not in skip:
+                    groups.setdefault((_kind(x, d), int(x.shape[d])), []).append((i, d))
     return groups
 
 
@@ -75,11 +82,12 @@ def _meta_batch_sizes(gm: fx.GraphModule, state: dict, example_inputs, changed: 
         return None
 
 
-def dims_the_graph_fixes(gm: fx.GraphModule, example_inputs) -> list[FixedDim] | None:
-    """The input dims at which the traced graph ``gm`` fails or returns another batch when they
-    change; None where it does not even run on the meta device at the example sizes (an opaque
-    leaf that reads values, a tensor made on the CPU: nothing can be told)."""
-    groups = _groups(example_inputs)
+def dims_the_graph_fixes(gm: fx.GraphModule, example_inputs, skip=(), why: str = CODE) -> list[FixedDim] | None:
+    """The input dims (but those of ``skip``: {(input, dim)}) at which the captured graph ``gm``
+    fails or returns another batch when they change, fixed for ``why``; None where it does not
+    even run on the meta device at the example sizes (an opaque leaf that reads values, a tensor
+    made on the CPU: nothing can be told)."""
+    groups = _groups(example_inputs, set(skip))
     if not groups:
         return []
     changed = {(i, d): _OTHER_SIZE[kind](size) for (kind, size), dims in groups.items() for i, d in dims}
@@ -100,15 +108,17 @@ def dims_the_graph_fixes(gm: fx.GraphModule, example_inputs) -> list[FixedDim] |
     if follows(list(changed)):
         return []
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    return [FixedDim(i, names[i] if i < len(names) else f"input_{i}", d, size)
+    return [FixedDim(i, names[i] if i < len(names) else f"input_{i}", d, size, why)
             for (kind, size), dims in groups.items() if not follows(dims) for i, d in dims]
 
 
-def check_traced_sizes(model_name: str, gm: fx.GraphModule, example_inputs) -> list[FixedDim]:
-    """Probe ``gm`` (traced from ``model_name``), record the dims it fixes on it (the exported
-    model checks them) and name them in a :class:`PinnedSizeWarning`."""
+def sizes_the_graph_fixes(model_name: str, gm: fx.GraphModule, example_inputs, known=(), why: str = CODE):
+    """Probe ``gm`` (captured from ``model_name``) for the dims ``known`` (the capture's own
+    report) leaves out, record them all on it (the exported model checks them) and name them
+    in a :class:`PinnedSizeWarning`."""
     with eval_mode(gm):
-        fixed = dims_the_graph_fixes(gm, tuple(example_inputs)) or []
+        found = dims_the_graph_fixes(gm, tuple(example_inputs), {(f.input, f.dim) for f in known}, why) or []
+    fixed = list(known) + found
     record_fixed_dims(gm, fixed)
     warn_fixed_sizes(model_name, fixed)
     return fixed

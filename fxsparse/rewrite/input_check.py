@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from fxsparse.analysis.dynamic_dims import FixedDim, fixed_dims_of
+from fxsparse.analysis.dynamic_dims import CODE, COST, FAILED, GRAPH, FixedDim, fixed_dims_of
 from fxsparse.core.errors import InputError
 
 __all__ = ["InputSizeCheck", "check_fixed_inputs"]
@@ -33,10 +33,12 @@ class InputSizeCheck:
         return None
 
 
-_HOW = {"code": "The model's own code fixes it (the dense model fails at other sizes too).",
-        "cost": "Symbolic, it costs too many shape guards to capture: analyze and export at the size you will run.",
-        "failed": "torch.export could not capture the model with it symbolic: analyze and export at the size you "
-                  "will run."}
+_HOW = {CODE: "The model's own code fixes it (the dense model fails at other sizes too).",
+        COST: "Symbolic, it costs too many shape guards to capture: analyze and export at the size you will run.",
+        FAILED: "torch.export could not capture the model with it symbolic: analyze and export at the size you "
+                  "will run.",
+        GRAPH: "The captured graph holds the example's size there (a feature map of size 1, a comparison in the "
+                 "model's code): analyze at a larger example, or at the size you will run."}
 
 
 def check_fixed_inputs(exported: nn.Module, captured: nn.Module) -> None:
