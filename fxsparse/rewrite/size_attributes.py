@@ -192,8 +192,8 @@ def _config_value(config, key):
 def config_changes(model: nn.Module, dims: list[SlicedDim]) -> list[tuple]:
     """(config, field, new value) for the fields of a transformers model's config that every
     layer now agrees on: the residual width (the input embeddings' width), the head counts and
-    the MLP width. A field whose layers differ keeps its dense value (fxsparse.save_pretrained
-    records the real sizes)."""
+    the MLP width. A field whose layers differ keeps its dense value (fxsparse.save records
+    the real sizes)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return []
