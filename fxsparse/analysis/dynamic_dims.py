@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
-__all__ = ["PinnedSizeWarning", "FixedDim", "IMAGE_GUARD_BUDGET", "LEVELS", "FIXED_DIMS_META", "dynamic_shapes",
+__all__ = ["PinnedSizeWarning", "FixedDim", "IMAGE_GUARD_BUDGET", "LEVELS", "FIXED_DIMS_META", "asked_dims", "dynamic_shapes",
            "guard_budget", "over_budget", "pinned_dims", "dropped_dims", "record_fixed_dims", "fixed_dims_of",
            "warn_fixed_sizes"]
 

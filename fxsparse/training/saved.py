@@ -37,6 +37,7 @@ from fxsparse.core.errors import SavedModelError
 from fxsparse.analysis.capture import is_transformers_model
 from fxsparse.rewrite.recipe import RECIPE_ATTR, example_inputs, recipe_of, replay
 from fxsparse.rewrite.recorded_sizes import load_weights, resize, sizes_of
+from fxsparse.training.dense_factory import dense_model, factory_name
 
 __all__ = ["save", "load", "SavedModelError", "RECIPE", "WEIGHTS"]
 
@@ -91,14 +92,16 @@ def save(model: nn.Module, path, factory=None, *, check: bool = True, **factory_
     sliced = not isinstance(model, fx.GraphModule)  # the user's class: rebuilt by its sizes, not replayed
     given = None  # a factory to check with that cannot be recorded by name
     if factory is not None:
-        name = _spec_name(factory)
+        name = factory_name(factory)
         spec["factory"] = {"spec": name, "kwargs": factory_kwargs} if name else None
         given = None if name else factory
     elif factory_kwargs:
         raise TypeError(f"save(): keyword arguments {sorted(factory_kwargs)} are for the factory: pass factory= too")
-    elif spec["factory"] is None and sliced and _spec_name(type(model), strict=False):
-        spec["factory"] = {"spec": _spec_name(type(model)), "kwargs": {}}  # your class, built with no arguments
-    if spec["factory"] is None and given is None and not (sliced and not check):
+    elif spec["factory"] is None and sliced:  # your class, built with no arguments
+        name = factory_name(type(model))
+        spec["factory"] = {"spec": name, "kwargs": {}} if name else None
+        given = None if name else type(model)
+    if spec["factory"] is None and given is None:
         raise SavedModelError(
             f"fxsparse cannot tell how to build the dense {_dense_name(model)} again: pass factory='package.module:function' "
             "(a function that returns it, with factory keyword arguments after it), 'timm:NAME', 'zoo:NAME' or the "
@@ -135,21 +138,6 @@ def _write_weights(model: nn.Module, path, wpath) -> list[str]:
 
 
 _HF_FILES = ("config.json", "generation_config.json")
-
-
-def _spec_name(factory, strict: bool = True) -> str | None:
-    """``factory`` as the name it is imported by where the model is loaded ("module:qualname"),
-    or None for a callable that has none (a lambda, a function of ``__main__``)."""
-    if isinstance(factory, str):
-        if ":" not in factory:
-            raise ValueError(f"factory {factory!r}: use 'zoo:NAME', 'timm:NAME', 'torchvision:NAME' or 'package.module:function'")
-        return factory
-    if not callable(factory):
-        raise ValueError(f"factory {factory!r}: pass a function or class that returns the dense model, or its name")
-    name = f"{getattr(factory, '__module__', '')}:{getattr(factory, '__qualname__', '')}"
-    if "<" in name or name.startswith(("__main__:", ":")) or name.endswith(":"):
-        return None
-    return name
 
 
 def _dense_name(model) -> str:
@@ -234,71 +222,10 @@ def _read(path: str):
     return rpath, spec, wpath
 
 
-def build_dense(factory: dict, where: str) -> nn.Module:
-    """The dense model a recipe's factory names, randomly initialised."""
-    import importlib
-
-    from fxsparse.zoo import create, import_timm, load_model
-
-    name, kwargs = factory.get("spec", ""), dict(factory.get("kwargs") or {})
-    prefix, _, rest = name.partition(":")
-    try:
-        if prefix == "transformers":
-            import transformers
-
-            cls = getattr(transformers, rest)
-            model = cls(cls.config_class.from_dict(kwargs["config"]))
-        elif prefix in ("zoo", "timm", "torchvision") and set(kwargs) <= {"num_classes", "in_chans"}:
-            model = load_model(name, **kwargs)
-        elif prefix == "zoo":
-            model = create(rest, **kwargs)
-        elif prefix == "timm":
-            model = import_timm().create_model(rest, pretrained=False, **kwargs)
-        else:
-            module, _, qualname = name.partition(":")
-            obj = importlib.import_module(module)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-            model = obj(**kwargs)
-    except SavedModelError:
-        raise
-    except Exception as exc:
-        raise SavedModelError(f"{where}: cannot build the dense model {name!r} with {sorted(kwargs)}: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not isinstance(model, nn.Module):
-        raise SavedModelError(f"{where}: the factory {name!r} returned a {type(model).__name__}, not an nn.Module")
-    return model.eval()
-
-
-def _dense(rpath: str, spec: dict, factory, factory_kwargs) -> nn.Module:
-    """The dense model: built by ``factory`` where given, else by the recorded one; a
-    ``transformers`` model rebuilt by size from the ``config.json`` it saved (the config
-    ``prune`` kept in step)."""
-    config = os.path.join(os.path.dirname(rpath), "config.json")
-    if factory is None:
-        recorded = spec.get("factory")
-        if recorded is None:
-            raise SavedModelError(f"{rpath!r} does not say how to build the dense {spec.get('class')} (its factory could "
-                                  "not be imported by name when it was saved): pass it, fxsparse.load(path, factory=...)")
-        if spec.get("sizes") is not None and recorded["spec"].startswith("transformers:") and os.path.isfile(config):
-            with open(config) as f:
-                recorded = {"spec": recorded["spec"], "kwargs": {"config": json.load(f)}}
-        return build_dense(recorded, rpath)
-    if isinstance(factory, str):
-        return build_dense({"spec": _spec_name(factory), "kwargs": factory_kwargs}, rpath)
-    config_class = getattr(factory, "config_class", None)
-    if isinstance(factory, type) and hasattr(config_class, "from_pretrained") and os.path.isfile(config):
-        return factory(config_class.from_pretrained(os.path.dirname(rpath))).eval()
-    model = factory(**factory_kwargs)
-    if not isinstance(model, nn.Module):
-        raise SavedModelError(f"{rpath!r}: the factory {factory!r} returned a {type(model).__name__}, not an nn.Module")
-    return model.eval()
-
-
 def _load_model(rpath: str, spec: dict, wpath: str, factory, factory_kwargs) -> nn.Module:
     from safetensors.torch import load_file, load_model
 
-    model = _dense(rpath, spec, factory, factory_kwargs)
+    model = dense_model(rpath, spec, factory, factory_kwargs)
     if spec.get("sizes") is not None:  # the user's class: cut to the saved sizes, no analysis
         emptied = resize(model, spec["sizes"], rpath)
         load_weights(model, load_file(wpath), emptied, wpath)
