@@ -4,7 +4,7 @@ Symbolic tracing records sizes as the code computes them (``x.shape``, ``-1`` in
 so a traced graph runs at any size its code allows; where the code fixes one (``view(2, -1)``,
 ``view(x.size(0), 64, 8, 8)``, a position table added to the tokens), the graph fails at other
 sizes, or returns another batch than it was given. Which dims do is found here by running the
-graph on the meta device (shapes only, no arithmetic: a fraction of a forward's time; fake
+graph on the meta device (shapes only, no arithmetic: tens of milliseconds for a zoo CNN; fake
 tensors take ten times longer) at other sizes, one dim group at a time where the run with all
 of them changed fails:
 
