@@ -86,6 +86,10 @@ VRPGE = {
     # tightened from the dense model over the first half of the search, the scale projection
     "vrpge-width-mean-u16-ramp": ("vrpge", {}, dict(granularity="width", weight_masks="mean", width_units=16,
                                                     budget_ramp=0.5, projection="scale")),
+    # the default with a width floor (MetaPruning's search space starts at 10 % of each layer)
+    "vrpge-width-mean-floor": ("vrpge", {}, dict(granularity="width", weight_masks="mean", min_width=0.1)),
+    "vrpge-width-mean-u16-floor": ("vrpge", {}, dict(granularity="width", weight_masks="mean", min_width=0.1,
+                                                     width_units=16)),
     # per-channel scores at a fixed score lr 0.1, the authors' final mask
     "vrpge-channel-lr0.1": ("vrpge", {}, dict(granularity="channel", score_lr=0.1, final="sample", weight_masks="sampled")),
     # the search's cost: half as long a search, the fine-tune longer by as much
@@ -108,7 +112,7 @@ FIXED = {
 # the comparisons the targets name first (every seed), then the rest (every seed)
 ORDER = [["vrpge-width", "vrpge-width-mean", "vrpge-width-mean-u16-ramp", "random-uniform@flops", "l1-filter@flops", "random-learned-alloc@flops", "random-uniform@wall",
           "l1-filter@wall", "random-search@flops", "random-search@wall"], ["vrpge-channel", "vrpge-paper", "snip@flops", "synflow@flops", "vrpge-width+channel",
-                                                                    "vrpge-width-short", "vrpge-channel-lr0.1", "vrpge-width-mean-u16"]]
+                                                                    "vrpge-width-short", "vrpge-channel-lr0.1", "vrpge-width-mean-u16", "vrpge-width-mean-floor", "vrpge-width-mean-u16-floor"]]
 
 
 def find(recs, table, label, seed=None):

@@ -23,6 +23,7 @@ VRPGE_FROM_SCRATCH = {
     "samples": 2,                 # masks per score step (K)
     "score_lr": None,             # None: VRPGE_LR_SCALE / sqrt(search steps)
     "width_units": None,          # None: a width drawn per channel; u: in u equal units
+    "min_width": 0.0,             # widths: the least fraction of its channels a group keeps
     "budget_ramp": 0.0,           # the fraction of the search over which the budget tightens from dense
     "projection": "gradient",     # onto the budget along its gradient ("scale": every score by one factor)
     "weight_every": 1,            # a weight step every that many search steps (0: the weights stay fixed)

@@ -65,12 +65,14 @@ class StructureLearner:
                  weight_masks: str = _DEFAULT["weight_masks"], final: str = _DEFAULT["final"],
                  samples: int = _DEFAULT["samples"], width_units: int | None = _DEFAULT["width_units"],
                  budget_ramp: float = _DEFAULT["budget_ramp"], projection: str = _DEFAULT["projection"],
+                 min_width: float = _DEFAULT["min_width"],
                  width_fraction: float = 0.5, reorder_every: int = 100,
                  experimental: ExperimentSwitches | None = None):
         check_fraction(keep, "keep")
         check_budget(budget)
         check_options(dict(granularity=granularity, weight_masks=weight_masks, final=final, samples=samples,
-                           width_units=width_units, budget_ramp=budget_ramp, projection=projection))
+                           width_units=width_units, budget_ramp=budget_ramp, projection=projection,
+                           min_width=min_width))
         self.experimental = ExperimentSwitches.of(experimental)
         if lr is None and not steps:
             raise ValueError("lr=None calibrates the score learning rate to the search length: pass steps=")
@@ -78,7 +80,7 @@ class StructureLearner:
             raise ValueError(f"width_fraction must be in (0, 1), got {width_fraction!r}")
         if budget_ramp and not steps:
             raise ValueError("budget_ramp tightens the budget over the search: pass steps=")
-        self.projection = projection
+        self.projection, self.min_width = projection, float(min_width)
         self.sparse = sparse
         self.groups = sparse.channel_graph.prunable_groups
         self.sizes = [g.size for g in self.groups]
@@ -118,6 +120,12 @@ class StructureLearner:
             init = _bisect(lambda r: float(self.flops(torch.full((n,), r))) - self.budget, 0.0, 1.0)
         else:
             init = float(self.keep)
+        if self.min_width and self.stage == "width":
+            at_floor = self.used(torch.full((n,), self.min_width, dtype=torch.float64))
+            if at_floor > self.target:
+                raise ValueError(f"min_width={self.min_width:g} leaves no room: every group at its floor already "
+                                 f"uses {at_floor:.3f} of the dense {budget}, above the budget of {keep:g}; "
+                                 "lower min_width or raise --keep")
         size = n if self.stage == "channel" else len(self.sizes)
         self.scores = torch.nn.Parameter(torch.full((size,), init, dtype=torch.float64))  # float64: the budget holds to rounding
         self.optimizer = torch.optim.Adam([self.scores], lr=self.lr)
@@ -274,7 +282,7 @@ class StructureLearner:
         parameters are shifted along the FLOPs gradient, s <- clamp(s - v dF/ds, 0, 1), v
         found by bisection so the expected FLOPs meet the budget (to 1e-6 relative)."""
         with torch.no_grad():
-            s64 = self.scores.detach().double().clamp(0, 1)
+            s64 = self._box(self.scores.detach().double())
             if self.projection == "scale" and self.group_budget is None:
                 s64 = self._scale_to_budget(s64)
             elif self.group_budget is not None:
@@ -282,11 +290,14 @@ class StructureLearner:
                 s64 = torch.cat(parts)
             elif self.kind == "channels":
                 w = torch.tensor(self.sizes, dtype=torch.float64) if self.stage == "width" else None
-                s64, _ = project_budget(s64, self.budget, weights=w)
+                lo = self._floor()  # the box [lo, 1] is [0, 1] scaled and shifted: project there
+                at_floor = lo * (float(w.sum()) if w is not None else s64.numel())
+                y, _ = project_budget((s64 - lo) / (1 - lo), (self.budget - at_floor) / (1 - lo), weights=w)
+                s64 = lo + (1 - lo) * y
             elif float(self.flops(self._expand(s64))) > self.budget:
                 w = self._cost_gradient(s64)
                 w = (w / float(w.max())).clamp_min(1e-12)  # unit scale: v's tolerance is the scores' tolerance
-                at = lambda v: (s64 - v * w).clamp(0, 1)
+                at = lambda v: self._box(s64 - v * w)
                 hi = float((s64 / w).max()) + 1.0
                 v = _bisect(lambda v: self.budget - float(self.flops(self._expand(at(v)))), 0.0, hi, rel=1e-13)
                 s64 = at(v)
@@ -305,12 +316,21 @@ class StructureLearner:
             return s64
         hi = 1.0 / float(positive.min())  # every positive score at 1 beyond this
         if cost((s64 > 0).double()) <= self.budget:
-            return (s64 * hi).clamp(0, 1)  # even all of them full fit: keep what can be kept
+            return self._box(s64 * hi)  # even all of them full fit: keep what can be kept
         lo = 0.0  # the largest factor that fits: the cost grows with it
         while hi - lo > 1e-12 * max(1.0, hi):
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if cost((s64 * mid).clamp(0, 1)) <= self.budget else (lo, mid)
-        return (s64 * lo).clamp(0, 1)
+            lo, hi = (mid, hi) if cost(self._box(s64 * mid)) <= self.budget else (lo, mid)
+        return self._box(s64 * lo)
+
+    def _floor(self) -> float:
+        return self.min_width if self.stage == "width" else 0.0
+
+    def _box(self, s64: torch.Tensor) -> torch.Tensor:
+        """Scores into [floor, 1]: widths into [min_width, 1] (MetaPruning's and AutoSlim's
+        search spaces start a layer at a fraction of its channels, so that no layer of a chain
+        narrows to one channel and starves every layer after it); per-channel scores into [0, 1]."""
+        return s64.clamp(self._floor(), 1)
 
     def budget_direction(self) -> torch.Tensor:
         """Unit vector along the gradient of the budget's cost (expected FLOPs or channels)
