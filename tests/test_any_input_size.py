@@ -7,9 +7,11 @@ at keep 1 the exported model must equal the dense model itself (run eagerly, ind
 the captured graph). Sizes the captured graph cannot follow (a dim the model's code pins,
 found by torch.export or, for a torch.fx trace, by running the graph at other sizes; the image
 size of a windowed model, too costly to capture symbolically) must be named in a
-``PinnedSizeWarning``, and the exported model refuses other sizes there with an ``InputError``
-naming the dim instead of failing somewhere inside.
+``PinnedSizeWarning``, and the exported model refuses other sizes there with an error naming
+the dim (its graph asserts them) instead of failing somewhere inside.
 """
+import copy
+import pickle
 import re
 import warnings
 
@@ -161,7 +163,7 @@ def _why_image_fixed(pinned, size):
 def _check_every_size_the_dense_model_takes(model, inputs, others, chunk=None):
     """The rule for image models: at the example size, other batches always. At other sizes:
     the exported model runs wherever the dense model does ("free"), unless the warning names the
-    image dims: then the exported model refuses other sizes with an InputError naming the dim,
+    image dims: then the exported model refuses other sizes with an error naming the dim,
     and where the warning blames the model's code ("code") the dense model fails there too;
     "cost": a windowed model the capture keeps at its size; "graph": torch.export specialised a
     size computed from it (a 1x1 feature map at the example)."""
@@ -177,7 +179,7 @@ def _check_every_size_the_dense_model_takes(model, inputs, others, chunk=None):
         return "free"
     small = fxsparse.export(model, graph, fxsparse.random_keep(graph, 0.5)).eval()
     for x in others:
-        with pytest.raises(fxsparse.InputError, match=rf"dim 2 \(size {size}\)"):
+        with pytest.raises(AssertionError, match=rf"takes input 0 \(\w+\) dim 2 \(size {size}\) only"):
             small(*x)
     if why == "code":
         assert not runs, "the warning blames the model's code, but the dense model runs at other sizes"
@@ -328,6 +330,9 @@ def test_a_batch_an_fx_traced_model_pins_is_named_and_checked():
     assert len(pinned) == 1 and "input 0 (x) dim 0 (size 2)" in pinned[0] and "dim 2" not in pinned[0], pinned
     assert model(torch.randn(4, 3, 16, 16)).shape == (2, 5)  # the dense model folds a batch of 4 silently
     small = fxsparse.export(model, graph, fxsparse.random_keep(graph, 0.5)).eval()
-    with pytest.raises(fxsparse.InputError, match=r"input 0 \(x\) dim 0 \(size 2\) only, got size 4"):
-        small(torch.randn(4, 3, 16, 16))
+    for again in (small, copy.deepcopy(small), pickle.loads(pickle.dumps(small))):  # the check is graph code
+        with pytest.raises(AssertionError, match=r"takes input 0 \(x\) dim 0 \(size 2\) only: the model's own code"):
+            again(torch.randn(4, 3, 16, 16))
+    program = torch.export.export(small, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO},))
+    assert [str(r) for r in program.range_constraints.values()] == ["VR[2, int_oo]"]  # the image size; the batch is 2
     _check_sizes(model, graph, [(torch.randn(2, 3, 24, 24),), (torch.randn(2, 3, 9, 9),)])  # its image size is free

@@ -3,47 +3,43 @@
 A dim the capture fixed (:mod:`fxsparse.analysis.dynamic_dims`: the model's code pins it, or
 the capture kept it at the example's size) would make the exported model fail deep inside,
 at a reshape or a broadcast, with sizes that say nothing about the input, or, for a reshape
-that still fits, return a wrongly shaped result. A forward pre-hook compares the inputs with
-the fixed sizes first and names the dim.
+that still fits, return a wrongly shaped result. So the exported graph starts with one
+``torch._assert(x.size(d) == n, ...)`` per fixed dim, naming it: as graph code, the check
+stays through ``copy.deepcopy``, pickling and tracing again, and ``torch.export`` of the
+small model specialises the dim instead of claiming any size.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
-import torch.nn as nn
+import torch.fx as fx
 
-from fxsparse.analysis.dynamic_dims import CODE, COST, FAILED, GRAPH, FixedDim, fixed_dims_of
-from fxsparse.core.errors import InputError
+from fxsparse.analysis.dynamic_dims import CODE, COST, FAILED, GRAPH, fixed_dims_of
 
-__all__ = ["InputSizeCheck", "check_fixed_inputs"]
+__all__ = ["check_fixed_inputs"]
 
-
-class InputSizeCheck:
-    """A forward pre-hook (a class, not a closure: the module stays picklable)."""
-
-    def __init__(self, fixed: list[FixedDim], what: str):
-        self.fixed, self.what = list(fixed), what
-
-    def __call__(self, module: nn.Module, args):
-        for f in self.fixed:
-            x = args[f.input] if f.input < len(args) else None
-            if isinstance(x, torch.Tensor) and f.dim < x.dim() and x.shape[f.dim] != f.size:
-                raise InputError(f"{self.what} takes {f} only, got size {x.shape[f.dim]} (input shape "
-                                 f"{tuple(x.shape)}): the graph it was exported from fixed that size. "
-                                 f"{_HOW[f.why]}")
-        return None
-
-
-_HOW = {CODE: "The model's own code fixes it (the dense model fails at other sizes too).",
-        COST: "Symbolic, it costs too many shape guards to capture: analyze and export at the size you will run.",
+_HOW = {CODE: "the model's own code fixes it (the dense model fails at other sizes too)",
+        COST: "symbolic, it costs too many shape guards to capture: analyze and export at the size you will run",
         FAILED: "torch.export could not capture the model with it symbolic: analyze and export at the size you "
-                  "will run.",
-        GRAPH: "The captured graph holds the example's size there (a feature map of size 1, a comparison in the "
-                 "model's code): analyze at a larger example, or at the size you will run."}
+                "will run",
+        GRAPH: "the captured graph holds the example's size there (a feature map of size 1, a comparison in the "
+               "model's code): analyze at a larger example, or at the size you will run"}
 
 
-def check_fixed_inputs(exported: nn.Module, captured: nn.Module) -> None:
-    """Give ``exported`` (a copy of the ``captured`` graph) a check of the input sizes the
-    capture fixed; nothing where it fixed none."""
+def check_fixed_inputs(exported: fx.GraphModule, captured: fx.GraphModule) -> None:
+    """Make ``exported`` (a copy of the ``captured`` graph) check the input sizes the capture
+    fixed before it computes anything; nothing where it fixed none."""
     fixed = fixed_dims_of(captured)
-    if fixed:
-        exported.register_forward_pre_hook(InputSizeCheck(fixed, "the exported model"))
+    if not fixed:
+        return
+    graph = exported.graph
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    first = next(n for n in graph.nodes if n.op != "placeholder")
+    with graph.inserting_before(first):
+        for f in fixed:
+            if f.input < len(inputs):
+                size = graph.call_method("size", (inputs[f.input], f.dim))
+                same = graph.call_function(operator.eq, (size, f.size))
+                graph.call_function(torch._assert, (same, f"the exported model takes {f} only: {_HOW[f.why]}"))
+    exported.recompile()
