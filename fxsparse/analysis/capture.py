@@ -204,26 +204,28 @@ def _export(model: nn.Module, example_inputs):
     (fxsparse.passes.training_mode). Batch, sequence and image sizes dynamic first (the image
     sizes within a guard budget), then batch and sequence, then the batch only, then static (a
     model whose code breaks on a symbolic size is still captured); returns the dims left fixed."""
-    attempts = []  # (dynamic shapes, guard budget)
-    for level in LEVELS:
-        dynamic = dynamic_shapes(example_inputs, level)
+    by_level = {level: dynamic_shapes(example_inputs, level) for level in LEVELS}
+    attempts = []  # (dynamic shapes, guard budget): the budget only where the image level adds image dims
+    for level, dynamic in by_level.items():
         if any(d is not None for d in dynamic) and dynamic not in [a for a, _ in attempts]:
-            attempts.append((dynamic, IMAGE_GUARD_BUDGET if level == "image" else None))
+            attempts.append((dynamic, IMAGE_GUARD_BUDGET if level == "image" and dynamic != by_level["sequence"]
+                             else None))
     attempts.append((None, None))
-    wanted, why_dropped = attempts[0][0], None
+    why_image = FAILED  # why the image dims are dropped where a later attempt is kept
     with eval_mode(model):
         for dynamic, budget in attempts:
             try:
                 with python_state_kept(model), guard_budget(budget):  # a failed attempt leaves no cache for the next
                     program = torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic)
             except Exception as exc:  # the next attempt, or the error below
-                last, why_dropped = exc, why_dropped or FAILED
+                last = exc
                 continue
             if budget is not None and over_budget(program, budget):
-                why_dropped = COST  # the next level keeps the image size
+                why_image = COST  # the next level keeps the image size
                 continue
             return program, (pinned_dims(program, example_inputs, dynamic)
-                             + dropped_dims(program, example_inputs, wanted, dynamic, why_dropped or FAILED))
+                             + dropped_dims(program, example_inputs, attempts[0][0], dynamic, by_level["sequence"],
+                                            why_image))
     raise TraceError(
         f"neither torch.fx nor torch.export can capture the forward of {type(model).__name__}: "
         f"{type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}. Fix: make the "

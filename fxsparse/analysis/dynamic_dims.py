@@ -134,15 +134,21 @@ def pinned_dims(program, example_inputs, asked) -> list[FixedDim]:
     return out
 
 
-def dropped_dims(program, example_inputs, wanted, asked, why: str) -> list[FixedDim]:
+def dropped_dims(program, example_inputs, wanted, asked, sequence, why_image: str) -> list[FixedDim]:
     """The dims of ``wanted`` (the first level's dynamic shapes) that the capture ``program``
-    was not asked for (``asked``: a later level's), fixed for ``why``."""
+    was not asked for (``asked``: a later level's): image dims (not in ``sequence``, the
+    sequence level's) fixed for ``why_image``, the others because the capture failed."""
     nodes = _user_placeholders(program)
     out = []
-    for i, (x, want, got) in enumerate(zip(example_inputs, wanted or (), asked or [None] * len(example_inputs))):
+    for i, x in enumerate(example_inputs):
+        want, got, seq = (_spec(s, i) for s in (wanted, asked, sequence))
         name = nodes[i].name if i < len(nodes) else f"input_{i}"
-        out += [FixedDim(i, name, d, int(x.shape[d]), why) for d in (want or {}) if d not in (got or {})]
+        out += [FixedDim(i, name, d, int(x.shape[d]), FAILED if d in seq else why_image) for d in want if d not in got]
     return out
+
+
+def _spec(dynamic, i: int) -> dict:
+    return (dynamic[i] if dynamic and i < len(dynamic) else None) or {}
 
 
 def record_fixed_dims(gm: torch.fx.GraphModule, fixed: list[FixedDim]) -> None:
