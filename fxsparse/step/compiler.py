@@ -16,7 +16,8 @@ from fxsparse.step.index import Slots, StepIndex
 class StepCompiler:
     """``enabled``: compile at all (else every step function runs eagerly, the same code);
     ``dynamic``: the kept counts are symbolic sizes (one graph for every count), else static
-    shapes (the capacities); ``compile_update``: also compile the compact optimizer update.
+    shapes (the capacities); ``compile_update``: also compile the compact step's indexed kernels
+    (the gather of the kept weights and the optimizer update).
     ``compilations`` counts the graphs compiled, ``seconds`` the wall time of the calls that
     compiled one (see :meth:`timed`)."""
 

@@ -81,9 +81,11 @@ class SparseModel(nn.Module):
     bounds the distinct shapes: a new shape costs oneDNN a kernel build every step), 1 for
     static ones, where any padding slot is pure extra work.
     ``compile``: run the step through torch.compile (the eager path is the same code).
-    ``compile_update``: with ``compile``, also compile the optimizer update of
-    :meth:`make_train_step` (one more graph per capacity set, ~10-40 s cold on a 2-core CPU;
-    saves ~7-10 ms per step on a VGG-11: worth it beyond a few thousand steps).
+    ``compile_update``: with ``compile``, also compile the indexed kernels of
+    :meth:`make_train_step`: the gather of the kept weights and the optimizer update (two more
+    graphs per capacity set, ~20-60 s cold on a 2-core CPU; they save ~1.5 and ~7-10 ms per
+    step on a VGG-11: worth it beyond a few thousand steps). Without it the step's first
+    compile is the forward + backward graph alone.
 
     ``build`` is the current capacity set's :class:`~fxsparse.step.build.CapacityBuild` (the
     capacity model and its compiled step functions). The builds of the last

@@ -82,8 +82,10 @@ class TrainStep:
             self.on_phase(name)
 
     def _graphs(self, build: CapacityBuild):
-        """(forward + loss, gather, update kernel) of this step for ``build``: compiled once per
-        capacity set (graphs: forward + backward, the gather, the update)."""
+        """(forward + loss, gather, update kernel) of this step for ``build``, made once per
+        capacity set. Compiled: forward + backward; with ``compile_update``, the indexed kernels
+        too (the gather and the update: each saves a few ms per step and costs a cold compile,
+        so a short run is better off without them)."""
         graphs = build.compiled_fns.get(self)
         if graphs is not None:
             return graphs
@@ -99,10 +101,11 @@ class TrainStep:
         gather_fn, kernel = gather_tensors, self.update.kernel if self.update is not None else None
         if compiler.enabled:
             forward_loss = compiler.compile(forward_loss, build.codes)
+        if compiler.compile_update:
             # one fused pass per tensor instead of one copy per gathered dim
             gather_fn = compiler.compile(gather_tensors, build.codes, inductor_options=INDEXED_KERNEL_OPTIONS)
-        if kernel is not None and compiler.compile_update:
-            kernel = compiler.compile(kernel, build.codes, inductor_options=INDEXED_KERNEL_OPTIONS)
+            if kernel is not None:
+                kernel = compiler.compile(kernel, build.codes, inductor_options=INDEXED_KERNEL_OPTIONS)
         graphs = build.compiled_fns[self] = (forward_loss, gather_fn, kernel)
         return graphs
 

@@ -10,9 +10,10 @@ import dataclasses
 
 from ..options import check_choices, check_options
 
-# VR-PGE compiles the search step's optimizer update (compile_update=None) only for searches
-# of at least this many steps: one more graph per capacity set, ~25 s cold on a 2-core CPU,
-# saves ~7-10 ms per VGG-11 step, so it pays after ~3000 steps
+# VR-PGE compiles the search step's indexed kernels, the gather and the optimizer update
+# (compile_update=None), only for searches of at least this many steps: two more graphs per
+# capacity set, ~30 s cold on a 2-core CPU, save ~9-12 ms per VGG-11 step, so they pay after
+# ~3000 steps
 COMPILE_UPDATE_STEPS = 3000
 
 
@@ -24,7 +25,7 @@ class ExperimentSwitches:
     reuse_loss: bool = True
     # "group": the second sample redraws one group of the first (benchmarks/score_snr.py; no gain measured)
     perturb: str = "all"
-    # compile the search step's optimizer update (None: for searches of COMPILE_UPDATE_STEPS+ steps)
+    # compile the search step's gather and update (None: for searches of COMPILE_UPDATE_STEPS+ steps)
     compile_update: bool | None = None
 
     def __post_init__(self):
