@@ -22,6 +22,9 @@ grid is the old one").
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 import torch.fx as fx
 from torch.func import functional_call
@@ -75,8 +78,8 @@ def _meta_batch_sizes(gm: fx.GraphModule, state: dict, example_inputs, changed: 
         if isinstance(x, torch.Tensor):
             x = torch.empty([changed.get((i, d), n) for d, n in enumerate(x.shape)], dtype=x.dtype, device="meta")
         inputs.append(x)
-    try:
-        with torch.no_grad():
+    try:  # a GraphModule prints the traceback of a failing call to stderr: an expected failure here
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             return _batch_sizes(functional_call(gm, state, tuple(inputs)))
     except Exception:  # the graph cannot run at these sizes (or not on the meta device at all)
         return None

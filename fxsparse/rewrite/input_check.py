@@ -35,8 +35,8 @@ def check_fixed_inputs(exported: fx.GraphModule, captured: fx.GraphModule) -> No
         return
     graph = exported.graph
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
-    first = next(n for n in graph.nodes if n.op != "placeholder")
-    with graph.inserting_before(first):
+    # after the last input (a torch.export capture may list attributes before its inputs)
+    with graph.inserting_before(inputs[-1].next):
         for f in fixed:
             if f.input < len(inputs):
                 size = graph.call_method("size", (inputs[f.input], f.dim))
