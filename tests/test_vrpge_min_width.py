@@ -1,7 +1,8 @@
 """VR-PGE's width floor (``min_width``): every width stays in [min_width, 1] after the
 projection onto the budget, the budget still holds (exactly where it binds), the channel
 projection with a floor is the Euclidean projection onto the shifted box, the typical
-sub-network keeps at least the floor, and options that cannot work are errors."""
+sub-network keeps at least the floor, a floor the budget cannot pay for drops (with a
+warning), and options that cannot work are errors."""
 import pytest
 import torch
 
@@ -77,11 +78,20 @@ def test_the_typical_subnetwork_keeps_the_floor(sparse):
         assert int(part.sum()) >= round(0.25 * g.size)
 
 
+@pytest.mark.parametrize("budget", ["flops", "channels"])
+def test_a_floor_the_budget_cannot_pay_for_drops_with_a_warning(sparse, budget):
+    with pytest.warns(RuntimeWarning, match="min_width=0.6: every group at that width would use"):
+        learner = StructureLearner(sparse, granularity="width", lr=0.05, keep=0.3, budget=budget, min_width=0.6)
+    n = sum(g.size for g in sparse.channel_graph.prunable_groups)
+    assert 0 < learner.min_width < 0.3
+    assert learner.used(torch.full((n,), learner.min_width, dtype=torch.float64)) < 0.3  # the lowered floor fits
+    at_half = torch.full((n,), 2 * learner.min_width, dtype=torch.float64)
+    assert learner.used(at_half) == pytest.approx(0.3, rel=1e-6)  # twice the floor: the uniform width at the budget
+
+
 def test_options_that_cannot_work_are_errors(sparse):
-    with pytest.raises(ValueError, match="min_width=0.6 leaves no room"):
-        StructureLearner(sparse, granularity="width", lr=0.05, keep=0.3, budget="flops", min_width=0.6)
-    with pytest.raises(ValueError, match="min_width is a floor of each group's width"):
-        StructureLearner(sparse, granularity="channel", lr=0.05, keep=0.3, min_width=0.1)
+    channel = StructureLearner(sparse, granularity="channel", lr=0.05, keep=0.3, min_width=0.1)
+    assert channel.min_width == 0.1 and float(channel.scores.min()) >= 0  # per-channel scores: no floor
     for bad in (1.0, -0.1, "0.1"):
         with pytest.raises(ValueError, match="min_width"):
             VRPGE(0.3, budget="flops", min_width=bad)

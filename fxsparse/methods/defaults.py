@@ -23,7 +23,7 @@ VRPGE_FROM_SCRATCH = {
     "samples": 2,                 # masks per score step (K)
     "score_lr": None,             # None: VRPGE_LR_SCALE / sqrt(search steps)
     "width_units": None,          # None: a width drawn per channel; u: in u equal units
-    "min_width": 0.0,             # widths: the least fraction of its channels a group keeps
+    "min_width": 0.1,             # widths: the least fraction of its channels a group keeps (README)
     "budget_ramp": 0.0,           # the fraction of the search over which the budget tightens from dense
     "projection": "gradient",     # onto the budget along its gradient ("scale": every score by one factor)
     "weight_every": 1,            # a weight step every that many search steps (0: the weights stay fixed)
@@ -35,8 +35,10 @@ VRPGE_FROM_SCRATCH = {
 # "Compressing a trained model"): at the target from the first step every sample of a
 # 0.1-FLOPs model is at chance loss and the search shrinks the last layers toward a constant
 # output, so the budget tightens from dense over the first half of the search; the budget
-# scales every width by one factor; widths are drawn in 16 units
-VRPGE_FROM_TRAINED = {**VRPGE_FROM_SCRATCH, "projection": "scale", "budget_ramp": 0.5, "width_units": 16}
+# scales every width by one factor; widths are drawn in 16 units; no width floor (the tables
+# were measured without one)
+VRPGE_FROM_TRAINED = {**VRPGE_FROM_SCRATCH, "projection": "scale", "budget_ramp": 0.5, "width_units": 16,
+                      "min_width": 0.0}
 
 # what VR-PGE's options may be (numbers are checked where the options are: methods/vrpge/options.py)
 VRPGE_CHOICES = {

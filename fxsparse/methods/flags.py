@@ -40,7 +40,8 @@ VRPGE = (
     _vrpge_flag(("--width-units",), "width_units", "widths: draw each layer's width in this many equal units, so "
                 "that wide and narrow layers are perturbed alike", type=int),
     _vrpge_flag(("--min-width",), "min_width", "widths: the least fraction of its channels each layer group "
-                "keeps (a floor, so that no layer of a chain narrows to one channel)", type=float),
+                "keeps (a floor, so that no layer of a chain narrows to one channel; lowered, with a warning, where "
+                "the budget cannot pay for it)", type=float),
     _vrpge_flag(("--samples",), "samples", "masks per score step", type=int),
     _vrpge_flag(("--weight-masks",), "weight_masks", "what the weights train on during the search: the policy's "
                 "typical sub-network while fresh samples only score (mean), or the first sampled mask (sampled, "

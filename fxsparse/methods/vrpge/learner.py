@@ -121,11 +121,7 @@ class StructureLearner:
         else:
             init = float(self.keep)
         if self.min_width and self.stage == "width":
-            at_floor = self.used(torch.full((n,), self.min_width, dtype=torch.float64))
-            if at_floor > self.target:
-                raise ValueError(f"min_width={self.min_width:g} leaves no room: every group at its floor already "
-                                 f"uses {at_floor:.3f} of the dense {budget}, above the budget of {keep:g}; "
-                                 "lower min_width or raise --keep")
+            self._fit_floor(n)
         size = n if self.stage == "channel" else len(self.sizes)
         self.scores = torch.nn.Parameter(torch.full((size,), init, dtype=torch.float64))  # float64: the budget holds to rounding
         self.optimizer = torch.optim.Adam([self.scores], lr=self.lr)
@@ -322,6 +318,19 @@ class StructureLearner:
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if cost(self._box(s64 * mid)) <= self.budget else (lo, mid)
         return self._box(s64 * lo)
+
+    def _fit_floor(self, n: int) -> None:
+        """A floor the budget cannot pay for (every group at it costs more than the target)
+        drops to half the uniform width that meets the target, with a warning."""
+        at_floor = self.used(torch.full((n,), self.min_width, dtype=torch.float64))
+        if at_floor <= self.target:
+            return
+        uniform = self.target if self.kind == "channels" else \
+            _bisect(lambda r: float(self.flops(torch.full((n,), r))) - self.target * self.flops.dense, 0.0, 1.0)
+        warnings.warn(f"min_width={self.min_width:g}: every group at that width would use {at_floor:.3f} of the "
+                      f"dense {self.kind}, above the budget of {self.target:g}; the floor is {uniform / 2:.3f} "
+                      "(half the uniform width that meets the budget) instead", RuntimeWarning, stacklevel=3)
+        self.min_width = uniform / 2
 
     def _floor(self) -> float:
         return self.min_width if self.stage == "width" else 0.0

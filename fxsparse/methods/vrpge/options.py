@@ -37,9 +37,8 @@ def check_options(options: dict, trained: bool = False) -> dict:
     check_number("vrpge", "min_width", out["min_width"], lo=0, hi=1)
     if out["min_width"] >= 1:
         raise ValueError(f"vrpge: min_width must be below 1 (a floor of every width), got {out['min_width']!r}")
-    if out["min_width"] and out["granularity"] == "channel":
-        raise ValueError("vrpge: min_width is a floor of each group's width; it needs granularity='width' or "
-                         "'width+channel', not 'channel'")
+    # min_width bounds widths only (granularity "width", and the widths stage of "width+channel"):
+    # a per-channel score may go to 0, that is how a channel is pruned
     # weight_every: a weight step every that many search steps (0: every step forward-only)
     check_number("vrpge", "weight_every", out["weight_every"], lo=0, integer=True)
     check_number("vrpge", "final_tries", out["final_tries"], lo=1, integer=True)
