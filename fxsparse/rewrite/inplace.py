@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import traceback
 import warnings
-from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -31,6 +30,7 @@ from fxsparse.rewrite.export import export
 from fxsparse.rewrite.first_divergence import OutputHooks, first_divergence, module_calls, record_reference
 from fxsparse.rewrite.recipe import dense_factory, record
 from fxsparse.rewrite.reference import masked_reference
+from fxsparse.rewrite.reference_check import output_tensors
 from fxsparse.rewrite.run_check import inputs_on_device_of
 from fxsparse.rewrite.size_attributes import SlicedDim, block_changes, config_changes, layer_changes
 
@@ -205,7 +205,7 @@ def _old_shape_of(name, owners, old_shapes):
 
 def _compare(out, reference, atol, rtol, what) -> str | None:
     """How the model's output differs from the masked reference's, or None."""
-    got, want = _tensors(out), _tensors(reference)
+    got, want = output_tensors(out), output_tensors(reference)
     common = [k for k in want if k in got]
     if not common:
         return f"the pruned {what} returns {sorted(got)}, the masked reference {sorted(want)}: no output to compare"
@@ -243,17 +243,6 @@ def _diverging_layer(model, graph, masks, inputs, journal: _Journal, atol, rtol)
     return (f"; the first layer whose output differs is module '{path}' ({type(model.get_submodule(path)).__name__}): "
             f"the code that computes its input, in the forward of {repr(caller) if caller else type(model).__name__}, "
             "pins a size")
-
-
-def _tensors(out) -> dict[str, torch.Tensor]:
-    """The tensors of a model output by key (a ModelOutput or dict) or position."""
-    if isinstance(out, torch.Tensor):
-        return {"0": out}
-    if isinstance(out, Mapping):
-        return {str(k): v for k, v in out.items() if isinstance(v, torch.Tensor)}
-    if isinstance(out, (tuple, list)):
-        return {str(i): v for i, v in enumerate(out) if isinstance(v, torch.Tensor)}
-    return {}
 
 
 def _failing_module(model: nn.Module, exc: BaseException) -> str:

@@ -49,31 +49,40 @@ def build_dense(factory: dict, where: str) -> nn.Module:
 
     name, kwargs = factory.get("spec", ""), dict(factory.get("kwargs") or {})
     prefix, _, rest = name.partition(":")
-    try:
+
+    def build():
         if prefix == "transformers":
             import transformers
 
             cls = getattr(transformers, rest)
-            model = cls(cls.config_class.from_dict(kwargs["config"]))
-        elif prefix in ("zoo", "timm", "torchvision") and set(kwargs) <= {"num_classes", "in_chans"}:
-            model = load_model(name, **kwargs)
-        elif prefix == "zoo":
-            model = create(rest, **kwargs)
-        elif prefix == "timm":
-            model = import_timm().create_model(rest, pretrained=False, **kwargs)
-        else:
-            module, _, qualname = name.partition(":")
-            obj = importlib.import_module(module)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-            model = obj(**kwargs)
+            return cls(cls.config_class.from_dict(kwargs["config"]))
+        if prefix in ("zoo", "timm", "torchvision") and set(kwargs) <= {"num_classes", "in_chans"}:
+            return load_model(name, **kwargs)
+        if prefix == "zoo":
+            return create(rest, **kwargs)
+        if prefix == "timm":
+            return import_timm().create_model(rest, pretrained=False, **kwargs)
+        module, _, qualname = name.partition(":")
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj(**kwargs)
+
+    return _built(build, where, repr(name), kwargs)
+
+
+def _built(build, where: str, factory: str, kwargs: dict) -> nn.Module:
+    """``build()``'s model in eval mode; a failure, or anything but a module, is a
+    SavedModelError naming the file (``where``), the factory and its keywords."""
+    try:
+        model = build()
     except SavedModelError:
         raise
     except Exception as exc:
-        raise SavedModelError(f"{where}: cannot build the dense model {name!r} with {sorted(kwargs)}: "
+        raise SavedModelError(f"{where}: cannot build the dense model with {factory}({sorted(kwargs)}): "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(model, nn.Module):
-        raise SavedModelError(f"{where}: the factory {name!r} returned a {type(model).__name__}, not an nn.Module")
+        raise SavedModelError(f"{where}: the factory {factory} returned a {type(model).__name__}, not an nn.Module")
     return model.eval()
 
 
@@ -96,11 +105,4 @@ def dense_model(rpath: str, spec: dict, factory, factory_kwargs) -> nn.Module:
     config_class = getattr(factory, "config_class", None)
     if isinstance(factory, type) and hasattr(config_class, "from_pretrained") and os.path.isfile(config):
         return factory(config_class.from_pretrained(os.path.dirname(rpath))).eval()
-    try:
-        model = factory(**factory_kwargs)
-    except Exception as exc:
-        raise SavedModelError(f"{rpath!r}: cannot build the dense model with {factory!r}({sorted(factory_kwargs)}): "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not isinstance(model, nn.Module):
-        raise SavedModelError(f"{rpath!r}: the factory {factory!r} returned a {type(model).__name__}, not an nn.Module")
-    return model.eval()
+    return _built(lambda: factory(**factory_kwargs), repr(rpath), repr(factory), factory_kwargs)
