@@ -139,13 +139,18 @@ def add_train_arguments(p):
                    "BatchNorm statistics are re-estimated on before its first step (default %(default)s; 0: keep them)")
     p.add_argument("--data", default=d.data, help="fashion-mnist, mnist, cifar10, cifar100 or folder (default %(default)s)")
     p.add_argument("--data-root", default=None, help="data directory (Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--method", default=None, help="training method, see `fxsparse train --list-methods` (default: "
-                   f"{default_method(False)}; with --init, {default_method(True)})")
+    scratch, trained = default_method(False), default_method(True)
+    default = (f"{scratch}, from scratch and with --init" if scratch == trained
+               else f"{scratch}; with --init, {trained}")
+    p.add_argument("--method", default=None, help="training method, see `fxsparse train --list-methods` "
+                   f"(default: {default})")
     p.add_argument("--list-methods", action="store_true", help="list the registered methods and exit")
     p.add_argument("--keep", type=float, default=d.keep, help="budget as a fraction of the dense model, in (0, 1] (default %(default)s)")
     p.add_argument("--budget", choices=["channels", "flops"], default=d.budget, help="what --keep counts (default %(default)s)")
     p.add_argument("--epochs", type=float, default=d.epochs,
-                   help="search epochs; a fraction ends the search mid-epoch, e.g. 0.25 (default %(default)s)")
+                   help="search epochs of a method that searches (a fixed-mask method, e.g. l1_filter, trains "
+                   "--epochs + --finetune-epochs from its mask); a fraction ends the search mid-epoch, e.g. 0.25 "
+                   "(default %(default)s)")
     p.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs,
                    help="fine-tune epochs with the final mask (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -172,8 +177,11 @@ def add_train_arguments(p):
     p.add_argument("--log-dir", default=None, help="also write TensorBoard scalars there (needs tensorboard; "
                    "history.csv and steps.csv are always written to --out)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    for flags, kwargs in method_cli_options():  # the methods' own flags (VR-PGE's --score-lr, --granularity, ...)
-        p.add_argument(*flags, **kwargs)
+    # the methods' own flags (VR-PGE's --score-lr, --granularity, ...): a method reads only its own
+    group = p.add_argument_group("the methods' own flags", "VR-PGE's (--method vrpge) and those of methods "
+                                 "registered from Python; a method reads only its own")
+    for flags, kwargs in method_cli_options():
+        group.add_argument(*flags, **kwargs)
 
 
 def method_cli_options() -> list:
@@ -200,6 +208,23 @@ def method_options_from(args, method: str) -> dict:
     # a flag left at None was not given: the method's default for the setting applies
     return {kw["dest"]: getattr(args, kw["dest"]) for _, kw in get_method(method).cli_options
             if getattr(args, kw["dest"]) is not None}
+
+
+def check_method_flags(args, method: str, named: bool) -> None:
+    """A flag of another method is an error, not silently dropped: e.g. ``--granularity``
+    without ``--method vrpge`` (the default, l1_filter, takes no such flag)."""
+    from .methods import get_method, list_methods
+
+    own = {kw["dest"] for _, kw in get_method(method).cli_options}
+    foreign = [(flags_[0], kw["dest"]) for flags_, kw in method_cli_options()
+               if kw["dest"] not in own and getattr(args, kw["dest"], None) is not None]
+    if foreign:
+        owners = sorted({name for name in list_methods() for _, dest in foreign
+                         if dest in {kw["dest"] for _, kw in get_method(name).cli_options}})
+        run = f"--method {method}" + ("" if named else " (the default)")
+        raise ValueError(f"{', '.join(f for f, _ in foreign)}: {'flags' if len(foreign) > 1 else 'a flag'} of "
+                         f"{' or '.join(owners)}, which {run} does not take; add "
+                         f"{' or '.join('--method ' + o for o in owners)} to run it")
 
 
 def cmd_train(args) -> int:
@@ -234,8 +259,9 @@ def cmd_train(args) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(plan.describe(), flush=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    args.method = args.method or default_method(trained=args.init is not None)
+    named, args.method = args.method, args.method or default_method(trained=args.init is not None)
     try:
+        check_method_flags(args, args.method, named is not None)
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
                              method_options=method_options_from(args, args.method))
         trainer = Trainer(config, resume=args.resume, progress=args.progress, callbacks=[CtrlC.check])

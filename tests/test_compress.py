@@ -438,11 +438,41 @@ def test_the_default_method_follows_the_setting(data_dir, tmp_path, monkeypatch,
     trained = VRPGE.for_run(0.3, "flops", {"granularity": "width"}, trained=True)
     assert (trained.weight_every, trained.search_options["granularity"]) == (0, "width")  # the user's option wins
     assert VRPGE.for_run(0.3, "flops", {}, trained=False).weight_every == 1
-    monkeypatch.setattr(methods, "DEFAULT_METHOD_TRAINED", "l1_filter")
+    # the README's tables: fixed L1-filter masks in both settings, so one mark and one default in the help
+    assert (methods.DEFAULT_METHOD, methods.DEFAULT_METHOD_TRAINED) == ("l1_filter", "l1_filter")
     assert cli_main(["train", "--list-methods"]) == 0
     out = capsys.readouterr().out
-    assert "l1_filter (default with --init)" in out and f"{methods.DEFAULT_METHOD} (default)" in out
+    assert "l1_filter (default)" in out and "(default with --init)" not in out
+    assert "(default: l1_filter, from scratch and with --init)" in _train_help(capsys)
     assert _cli(data_dir, tmp_path / "dense", "--method", "dense", "--epochs", "0.5", "--finetune-epochs", "0") == 0
     assert _cli(data_dir, tmp_path / "c", "--init", str(tmp_path / "dense"), "--keep", "0.3", "--budget", "flops",
                 "--epochs", "0", "--finetune-epochs", "0.5") == 0
     assert json.load(open(tmp_path / "c" / "summary.json"))["method"] == "l1_filter"
+    assert _cli(data_dir, tmp_path / "s", "--keep", "0.3", "--budget", "flops", "--epochs", "0",
+                "--finetune-epochs", "0.5") == 0
+    assert json.load(open(tmp_path / "s" / "summary.json"))["method"] == methods.DEFAULT_METHOD
+    # VR-PGE's flags without --method vrpge: an error that names it, not a run that drops them
+    capsys.readouterr()
+    assert _cli(data_dir, tmp_path / "f", "--granularity", "channel", "--samples", "3") == 2
+    err = capsys.readouterr().err
+    assert "--granularity, --samples: flags of vrpge" in err and "--method l1_filter (the default)" in err, err
+    assert "add --method vrpge" in err and not (tmp_path / "f").exists()
+    assert _cli(data_dir, tmp_path / "f", "--method", "random", "--score-lr", "0.1") == 2
+    assert "--score-lr: a flag of vrpge, which --method random does not take" in capsys.readouterr().err
+    # a default per setting: each marked, and the help names both
+    monkeypatch.setattr(methods.defaults, "DEFAULT_METHOD", "vrpge")
+    assert TrainConfig().method == "vrpge" and TrainConfig(init="w.pt").method == "l1_filter"
+    capsys.readouterr()
+    assert cli_main(["train", "--list-methods"]) == 0
+    out = capsys.readouterr().out
+    assert "vrpge (default)" in out and "l1_filter (default with --init)" in out
+    assert "(default: vrpge; with --init, l1_filter)" in _train_help(capsys)
+
+
+def _train_help(capsys) -> str:
+    from fxsparse import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.build_parser(["train"]).parse_args(["train", "--help"])
+    return " ".join(capsys.readouterr().out.split())

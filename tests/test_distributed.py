@@ -40,8 +40,9 @@ def loaders(batch=8):
 
 
 def config(out, **kw):
+    # VR-PGE (scores and a search to agree on) unless ``kw`` names another method: the default is l1_filter
     base = dict(model="test:NoBN", data="synthetic", batch_size=8, epochs=2, finetune_epochs=1, compile=False, lr=0.05,
-                keep=0.5, device="cpu", out=str(out))
+                keep=0.5, device="cpu", method="vrpge", out=str(out))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -180,8 +181,8 @@ def test_nproc_2_runs_torchrun_end_to_end(tmp_path):
 
     make_idx_dir(str(tmp_path / "idx"), n_train=64, n_test=16, gz=True, seed=3)
     args = ["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", str(tmp_path / "idx"), "--batch-size",
-            "16", "--epochs", "1", "--finetune-epochs", "1", "--no-compile", "--no-progress", "--threads", "1",
-            "--device", "cpu"]
+            "16", "--epochs", "1", "--finetune-epochs", "1", "--method", "vrpge", "--no-compile", "--no-progress",
+            "--threads", "1", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     two = subprocess.run([sys.executable, "-m", "fxsparse", *args, "--nproc", "2", "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=600, env=env)

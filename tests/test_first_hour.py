@@ -433,10 +433,10 @@ def test_train_help_is_fast_imports_no_torch_and_lists_every_method_flag(tmp_pat
     assert imported == "[]", imported
     assert float(took) < 0.5, f"building and printing train's help took {took} s"
     flags = [f for name in list_methods() for option, _ in get_method(name).cli_options for f in option]
-    assert "--score-lr" in flags and "--weight-masks" in flags  # VR-PGE's, the default method's
+    assert "--score-lr" in flags and "--weight-masks" in flags  # VR-PGE's
     for flag in flags + ["--model", "--method", "--keep", "--nproc", "--threads"]:
         assert re.search(rf"^  {re.escape(flag)}\b", help_text, flags=re.M), flag
-    assert "(default: vrpge; with --init, l1_filter)" in " ".join(help_text.split())
+    assert "(default: l1_filter, from scratch and with --init)" in " ".join(help_text.split())
 
 
 @pytest.mark.parametrize("command", ["analyze", "zoo", "report", "train", "bench"])
@@ -480,7 +480,7 @@ def test_methods_package_loads_its_methods_on_the_first_look_up(tmp_path):
     r = subprocess.run([sys.executable, "-c", _LAZY_METHODS_PROBE], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("OK vrpge ")
+    assert r.stdout.startswith("OK l1_filter ")
 
 
 def test_a_method_registered_from_python_gets_its_flags_on_the_command_line():
@@ -570,7 +570,8 @@ def test_nproc_run_prints_only_the_progress_bar_on_stderr(tmp_path):
     env = {k: v for k, v in _env().items() if k != "OMP_NUM_THREADS"}
     r = subprocess.run(_fxsparse("train", "--nproc", "2", "--model", "zoo:lenet5", "--data", "mnist", "--data-root",
                                  str(tmp_path / "idx"), "--batch-size", "16", "--epochs", "0.5", "--finetune-epochs",
-                                 "0.5", "--no-compile", "--device", "cpu", "--out", str(tmp_path / "run")),
+                                 "0.5", "--method", "vrpge", "--no-compile", "--device", "cpu", "--out",
+                                 str(tmp_path / "run")),
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     frames = [f for f in re.split(r"[\r\n]", r.stderr) if f.strip()]

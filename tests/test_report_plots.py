@@ -117,11 +117,12 @@ def test_scores_show_the_learned_width_of_each_layer_over_the_search():
 
 
 def test_report_of_a_real_search_plots_its_learned_widths(data_dir, tmp_path):
-    """A VR-PGE run (the default width search) on tiny IDX data: scores.png holds the widths its
+    """A VR-PGE run (its default width search) on tiny IDX data: scores.png holds the widths its
     history.json recorded, and the three PNGs are written."""
     out = tmp_path / "run"
     Trainer(TrainConfig(model="zoo:lenet5", data="mnist", data_root=data_dir, batch_size=32, epochs=1,
-                        finetune_epochs=0.5, compile=False, out=str(out)), log=None, progress=False).run()
+                        finetune_epochs=0.5, method="vrpge", compile=False, out=str(out)), log=None,
+            progress=False).run()
     history = json.load(open(out / "history.json"))
     search = [r for r in history if r["phase"] == "search"]
     assert search and all(r["search"]["stage"] == "width" for r in search)

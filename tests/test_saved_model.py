@@ -23,7 +23,7 @@ def _train(data_dir, out, *extra):
 
 @pytest.mark.parametrize("kw", [dict(method="l1_filter", epochs=0, finetune_epochs=0.5),
                                 dict(method="dense", epochs=0.5, finetune_epochs=0),
-                                dict(epochs=0.5, finetune_epochs=0)],  # vrpge, the search ends the run
+                                dict(method="vrpge", epochs=0.5, finetune_epochs=0)],  # the search ends the run
                          ids=["pruned", "dense", "search-ends"])
 def test_load_rebuilds_the_run_model_without_pickle(data_dir, tmp_path, kw):
     out = tmp_path / "run"

@@ -61,8 +61,8 @@ def _child(data_dir, out, busy, *extra, env_extra=()):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "PYTHONPATH")}
     env.update(OMP_DISPLAY_ENV="VERBOSE", **dict(env_extra))
     argv = ["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", data_dir, "--batch-size", "32",
-            "--epochs", "1", "--finetune-epochs", "0", "--limit-batches", "2", "--no-compile", "--no-progress",
-            "--out", str(out), *extra]
+            "--epochs", "1", "--finetune-epochs", "0", "--limit-batches", "2", "--method", "vrpge", "--no-compile",
+            "--no-progress", "--out", str(out), *extra]
     r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(busy), *argv], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -160,7 +160,8 @@ def test_bad_threads_and_the_callers_thread_count(data_dir, tmp_path, capsys):
         torch.set_num_threads(2)
         assert cli_main(["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", data_dir,
                          "--batch-size", "32", "--epochs", "1", "--finetune-epochs", "0", "--limit-batches", "2",
-                         "--no-compile", "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+                         "--method", "vrpge", "--no-compile", "--no-progress", "--threads", "1",
+                         "--out", str(tmp_path / "run")]) == 0
         assert torch.get_num_threads() == 2  # a caller from Python gets its own count back
         assert json.load(open(tmp_path / "run" / "summary.json"))["threads"]["threads"] == 1
     finally:

@@ -42,15 +42,18 @@ def learnable_dir(tmp_path_factory):
 
 
 def _config(data_dir, out, **kw):
+    # VR-PGE (its search phase) unless ``kw`` names another method: the default is l1_filter
     base = dict(model="zoo:lenet5", data="mnist", data_root=data_dir, batch_size=32, epochs=1, finetune_epochs=1,
-                compile=False, out=str(out))
+                method="vrpge", compile=False, out=str(out))
     base.update(kw)
     return TrainConfig(**base)
 
 
 def _cli(data_dir, out, *extra):
+    # VR-PGE unless ``extra`` names another --method: the default is l1_filter
     return cli_main(["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", data_dir, "--batch-size", "32",
-                     "--epochs", "1", "--finetune-epochs", "0", "--no-compile", "--no-progress", "--out", str(out), *extra])
+                     "--epochs", "1", "--finetune-epochs", "0", "--method", "vrpge", "--no-compile", "--no-progress",
+                     "--out", str(out), *extra])
 
 
 def _one_line_error(capsys, *words):

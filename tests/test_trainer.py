@@ -24,9 +24,10 @@ from test_data import make_idx_dir  # noqa: E402
 
 
 def _args(data_dir, out, *extra):
+    # VR-PGE (its search phase) unless ``extra`` names another --method: the default is l1_filter
     return ["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", data_dir, "--batch-size", "32",
-            "--epochs", "2", "--finetune-epochs", "1", "--no-compile", "--threads", "1", "--no-progress",
-            "--out", str(out), *extra]
+            "--epochs", "2", "--finetune-epochs", "1", "--method", "vrpge", "--no-compile", "--threads", "1",
+            "--no-progress", "--out", str(out), *extra]
 
 
 def _run_cli(args, kill_at_step=None):
@@ -140,8 +141,9 @@ def test_resume_from_an_older_checkpoint_says_to_restart(data_dir, tmp_path, cap
 
 
 def _config(data_dir, out, **kw):
+    # VR-PGE (its search phase) unless ``kw`` names another method: the default is l1_filter
     base = dict(model="zoo:lenet5", data="mnist", data_root=data_dir, batch_size=32, epochs=1, finetune_epochs=1,
-                compile=False, out=str(out))
+                method="vrpge", compile=False, out=str(out))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -198,7 +200,7 @@ def test_version_and_method_list(capsys):
     assert lines[0].split() == ["method", "level", "paper"]
     rows = lines[2:]
     assert [r.split()[0] for r in rows] == sorted(r.split()[0] for r in rows)
-    assert [r for r in rows if "(default)" in r] == [r for r in rows if r.startswith("vrpge (default)")]
+    assert [r for r in rows if "(default)" in r] == [r for r in rows if r.startswith("l1_filter (default)")]
     assert len([r for r in rows if "(default)" in r]) == 1
     level_col = lines[0].index("level")  # every row's level starts in the header's column
     assert all(r[level_col:].split()[0] in ("channel", "weight", "none") for r in rows), rows

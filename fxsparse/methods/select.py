@@ -430,7 +430,7 @@ class ScoreMethod(Method):
     @classmethod
     def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "ScoreMethod":
         """At channel level the selection meets the run's ``--budget`` (channels or FLOPs),
-        as the default method's search does; weight-level masks count weights."""
+        as VR-PGE's search does; weight-level masks count weights."""
         level = options.get("level", cls.level)
         if level != "channel":
             if budget != "channels":

@@ -1,4 +1,4 @@
-"""VR-PGE (Zhou et al., NeurIPS 2021), the default method, in one package:
+"""VR-PGE (Zhou et al., NeurIPS 2021), the structure search (``--method vrpge``), in one package:
 
 * :mod:`.estimator`: the math (budget projection, Bernoulli sampling, score functions, the
   variance-reduced estimate), plain torch, no model code;

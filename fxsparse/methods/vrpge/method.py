@@ -1,4 +1,4 @@
-"""VR-PGE (Zhou et al., NeurIPS 2021): the default method. A policy over channel masks is
+"""VR-PGE (Zhou et al., NeurIPS 2021): the structure search. A policy over channel masks is
 learned jointly with the weights (its own phase, ``"search"``) from forward passes only,
 then its final mask is fine-tuned and exported (the trainer's ``"finetune"`` phase).
 Its options' defaults per setting (from scratch, from trained weights) are in
