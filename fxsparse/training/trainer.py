@@ -2,7 +2,7 @@
 
 Phases, by method (``fxsparse.methods``; :meth:`fxsparse.methods.Method.phases` says which):
 
-* a method with a phase of its own (VR-PGE's search, for ``epochs``): the
+* a method with a phase of its own (a structure search, for ``epochs``): the
   method builds and steps it (:meth:`~fxsparse.methods.Method.build_phase`), then the mask it
   chooses (:meth:`~fxsparse.methods.Method.final_masks`) is fine-tuned on the exported model
   for ``finetune_epochs``.
