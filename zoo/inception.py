@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from . import register
+from ._init import init_trunc_normal
 
 _PAPER = ("Szegedy, Liu, Jia, Sermanet, Reed, Anguelov, Erhan, Vanhoucke, Rabinovich. Going Deeper "
           "with Convolutions. CVPR 2015, arXiv:1409.4842")
@@ -90,14 +91,7 @@ class GoogLeNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(1024, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.01, a=-2, b=2)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal(self, 0.01, layers=(nn.Conv2d, nn.Linear), norms=nn.BatchNorm2d)
 
     def forward(self, x):
         x = self.maxpool1(self.conv1(x))

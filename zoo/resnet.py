@@ -25,17 +25,23 @@ from ._init import init_cnn
 _PAPER = "He, Zhang, Ren, Sun. Deep Residual Learning for Image Recognition. CVPR 2016, arXiv:1512.03385"
 
 
+def basic_block_layers(block: nn.Module, in_planes: int, planes: int, stride: int) -> None:
+    """The layers of a basic block (two 3x3 convs, the first with ``stride``), set on ``block``
+    as conv1/bn1/relu1 and conv2/bn2/relu2; the block adds its shortcut and forward."""
+    block.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+    block.bn1 = nn.BatchNorm2d(planes)
+    block.relu1 = nn.ReLU(inplace=True)
+    block.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+    block.bn2 = nn.BatchNorm2d(planes)
+    block.relu2 = nn.ReLU(inplace=True)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU(inplace=True)
+        basic_block_layers(self, in_planes, planes, stride)
         self.downsample = _downsample(in_planes, planes * self.expansion, stride)
 
     def forward(self, x):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from . import register
 from ._init import init_cnn
+from .resnet import basic_block_layers
 
 _PAPER = "He, Zhang, Ren, Sun. Deep Residual Learning for Image Recognition. CVPR 2016, arXiv:1512.03385"
 
@@ -48,12 +49,7 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B"):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU(inplace=True)
+        basic_block_layers(self, in_planes, planes, stride)
         if stride != 1 or in_planes != planes:
             if shortcut == "A":
                 if stride != 2 or planes != 2 * in_planes:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from . import register
+from ._init import init_trunc_normal
 
 _PAPER = ("Dosovitskiy et al. An Image is Worth 16x16 Words: Transformers for Image Recognition at "
           "Scale. ICLR 2021, arXiv:2010.11929")
@@ -95,14 +96,7 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal(self, 0.02, layers=nn.Linear, norms=nn.LayerNorm)
 
     def forward(self, x):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, D]
