@@ -146,11 +146,7 @@ class GraSP(ScoreMethod):
 
     def init(self, state: TrainState) -> None:
         model = state.model
-        if self.level == "weight":
-            names = self.weight_names(state)
-        else:
-            graph = self.channel_graph(state)
-            names = [n for n, _ in model.named_parameters()]
+        graph, names = self.scored_parameters(state)
         x, y = class_balanced_sample(state.batches(), state.num_classes, self.samples_per_class)
         _, hg = grasp_hg(model, x, y, state.loss_fn, names, temperature=float(self.temperature),
                          train_mode=self.train_mode, generator=state.generator, chunk_size=self.chunk_size)

@@ -464,6 +464,13 @@ class ScoreMethod(Method):
                              "but the model has none")
         return names
 
+    def scored_parameters(self, state: TrainState) -> tuple:
+        """(graph, names): at level "weight" no graph and the prunable weights; at level
+        "channel" the channel graph and every parameter (a channel's biases and BN scales too)."""
+        if self.level == "weight":
+            return None, self.weight_names(state)
+        return self.channel_graph(state), [n for n, _ in state.model.named_parameters()]
+
     def select_channels(self, graph: ChannelGraph, scores: dict, keep: Optional[float] = None) -> dict:
         return keep_top(graph, scores, self.keep if keep is None else keep, scope=self.scope, budget=self.budget)
 

@@ -24,34 +24,19 @@ import torch
 
 from .base import TrainState
 from .registry import register_method
-from .select import (
-    ScoreMethod,
-    call_model,
-    detached_state,
-    first_output,
-    group_scores,
-    model_device,
-    scoring_mode,
-    take_batches,
-    to_device,
-)
+from .gradients import per_batch_gradients
+from .select import ScoreMethod, group_scores, take_batches
 
 
 def snip_products(model, batches, loss_fn, names, *, train_mode=True, generator=None) -> dict:
     """{name: g * theta} (signed) for the parameters ``names``; g is the gradient of the
     loss summed over ``batches`` ([(inputs, targets)]). The model is not changed."""
-    device = model_device(model)
-    with scoring_mode(model, train_mode, generator):
-        tensors = detached_state(model, requires_grad=names)
-        leaves = [tensors[n] for n in names]
-        grads = [torch.zeros_like(t) for t in leaves]
-        for inputs, targets in batches:
-            out = call_model(model, tensors, to_device(inputs, device))
-            loss = loss_fn(first_output(out), to_device(targets, device))
-            for acc, g in zip(grads, torch.autograd.grad(loss, leaves, allow_unused=True)):
-                if g is not None:
-                    acc.add_(g)
-    return {n: (g * t).detach() for n, g, t in zip(names, grads, leaves)}
+    params = dict(model.named_parameters())
+    total = {n: torch.zeros_like(params[n]) for n in names}
+    for grads in per_batch_gradients(model, batches, loss_fn, names, train_mode=train_mode, generator=generator):
+        for n in names:
+            total[n].add_(grads[n])
+    return {n: total[n] * params[n].detach() for n in names}
 
 
 @register_method("snip")
@@ -70,11 +55,7 @@ class SNIP(ScoreMethod):
     def init(self, state: TrainState) -> None:
         model = state.model
         batches = take_batches(state, self.batches, "snip")
-        if self.level == "weight":
-            names = self.weight_names(state)
-        else:
-            graph = self.channel_graph(state)
-            names = [n for n, _ in model.named_parameters()]
+        graph, names = self.scored_parameters(state)
         prod = snip_products(model, batches, state.loss_fn, names, train_mode=self.train_mode, generator=state.generator)
         if self.level == "weight":
             scores = {n: v.abs() for n, v in prod.items()}
