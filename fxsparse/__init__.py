@@ -17,25 +17,22 @@ from fxsparse.core.lazy import lazy_attribute
 
 __version__ = "0.1.0"
 
-# public name -> the module that defines it
-_EXPORTS = {
-    "analyze": "fxsparse.analysis.analyze",
-    "ChannelGraph": "fxsparse.analysis.graph", "ChannelGroup": "fxsparse.analysis.graph",
-    "Member": "fxsparse.analysis.graph", "count_flops": "fxsparse.analysis.graph",
-    "normalize_keep": "fxsparse.analysis.masks", "random_keep": "fxsparse.analysis.masks",
-    "topk_keep": "fxsparse.analysis.masks",
-    "ExportError": "fxsparse.core.errors", "FxsparseError": "fxsparse.core.errors", "InputError": "fxsparse.core.errors",
-    "KeepMaskError": "fxsparse.core.errors", "NoPrunableGroupError": "fxsparse.core.errors",
-    "TraceError": "fxsparse.core.errors", "PruneCheckError": "fxsparse.core.errors",
-    "export": "fxsparse.rewrite.export", "prune": "fxsparse.rewrite.inplace",
-    "check_against_reference": "fxsparse.rewrite.reference_check", "ReferenceCheck": "fxsparse.rewrite.reference_check",
-    "Rule": "fxsparse.rules.registry", "register_rule": "fxsparse.rules.registry",
-    "MaskedOptimizer": "fxsparse.step.optim",
-    "SparseModel": "fxsparse.step.sparse", "compile": "fxsparse.step.sparse",
-    "Classifier": "fxsparse.training.classifier",
-    "load": "fxsparse.training.saved", "save": "fxsparse.training.saved",
-    "SavedModelError": "fxsparse.core.errors", "PinnedSizeWarning": "fxsparse.analysis.dynamic_dims",
+# the module that defines them -> public names
+_MODULES = {
+    "fxsparse.analysis.analyze": ("analyze",),
+    "fxsparse.analysis.graph": ("ChannelGraph", "ChannelGroup", "Member", "count_flops"),
+    "fxsparse.analysis.masks": ("normalize_keep", "random_keep", "topk_keep"),
+    "fxsparse.analysis.dynamic_dims": ("PinnedSizeWarning",),
+    "fxsparse.core.errors": ("ExportError", "FxsparseError", "InputError", "KeepMaskError", "NoPrunableGroupError",
+                             "TraceError", "PruneCheckError", "SavedModelError"),
+    "fxsparse.rewrite.export": ("export",), "fxsparse.rewrite.inplace": ("prune",),
+    "fxsparse.rewrite.reference_check": ("check_against_reference", "ReferenceCheck"),
+    "fxsparse.rules.registry": ("Rule", "register_rule"),
+    "fxsparse.step.optim": ("MaskedOptimizer",), "fxsparse.step.sparse": ("SparseModel", "compile"),
+    "fxsparse.training.classifier": ("Classifier",), "fxsparse.training.saved": ("load", "save"),
 }
+# public name -> the module that defines it
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "analyze", "export", "prune", "compile", "Classifier", "SparseModel", "MaskedOptimizer", "random_keep", "topk_keep", "normalize_keep", "register_rule", "Rule",
