@@ -6,6 +6,7 @@ import math
 import torch
 
 import fxsparse
+from fxsparse.rewrite.reference import masked_reference
 
 
 def expected_param_count(model, graph, keep):
@@ -54,3 +55,31 @@ def check_export(model, inputs, *, n_masks=5, ratios=(0.2, 0.5, 0.9), seed=0, at
     with torch.no_grad():
         assert torch.equal(model(*inputs), dense)
     return graph
+
+
+def check_chain(model, inputs, graph, first, *, compiled=False, unused=(), on_export=None):
+    """Two random keep-0.5 masks (seed 0, different): each export equals the masked reference
+    (``first`` picks the compared tensor of an output) and its backward reaches every trainable
+    parameter but those in ``unused``; ``on_export(keep, small)`` then checks more. Last, the
+    sparse model (``compiled`` or eager) at the last mask equals that export and its backward
+    reaches the model. Returns the masks."""
+    gen = torch.Generator().manual_seed(0)
+    keeps = [fxsparse.random_keep(graph, 0.5, gen) for _ in range(2)]
+    assert any(not torch.equal(keeps[0][i], keeps[1][i]) for i in keeps[0])
+    for keep in keeps:
+        small = fxsparse.export(model, graph, keep).eval()
+        out = first(small(*inputs))
+        ref = first(masked_reference(graph, keep, *inputs))
+        torch.testing.assert_close(out.detach(), ref.detach(), atol=1e-4, rtol=1e-4)
+        out.sum().backward()
+        assert all(p.grad is not None for n, p in small.named_parameters() if p.requires_grad and n not in unused)
+        if on_export is not None:
+            on_export(keep, small)
+    sparse = fxsparse.compile(model, inputs, keep=0.5, compile=compiled, graph=graph)
+    sparse.eval()
+    sparse.masks = keeps[-1]
+    out = first(sparse(*inputs))
+    torch.testing.assert_close(out.detach(), first(small(*inputs)).detach(), atol=1e-4, rtol=1e-4)
+    out.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    return keeps

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import fxsparse
 from fxsparse.analysis.flops import SubnetFlops
 from fxsparse.rewrite.reference import masked_reference
-from harness import check_export
+from harness import check_chain, check_export
 
 FLOPS_BOUND = 0.35
 VOCAB = 100
@@ -95,29 +95,16 @@ def _chain(model, inputs, graph, compiled=False):
     """Export at two keep-0.5 masks == masked reference, backward, FLOPs bound, sparse == export."""
     dense_flops = fxsparse.count_flops(model, inputs)[0]
     names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    gen = torch.Generator().manual_seed(0)
-    keeps = [fxsparse.random_keep(graph, 0.5, gen) for _ in range(2)]
     estimate = SubnetFlops(graph)
-    assert any(not torch.equal(keeps[0][i], keeps[1][i]) for i in keeps[0])
-    for keep in keeps:
-        small = fxsparse.export(model, graph, keep).eval()
-        out = _logits(small(*inputs))
-        ref = _logits(masked_reference(graph, keep, *inputs))
-        torch.testing.assert_close(out.detach(), ref.detach(), atol=1e-4, rtol=1e-4)
-        out.sum().backward()
-        assert all(p.grad is not None for p in small.parameters() if p.requires_grad)
+
+    def flops(keep, small):
         assert {n for n, _ in small.named_parameters(remove_duplicate=False)} <= names
         small_flops = fxsparse.count_flops(small, inputs)[0]
         assert small_flops <= FLOPS_BOUND * dense_flops
         # the estimate the methods budget with counts the experts' fused weights too
         assert estimate.fraction(estimate.flat(keep)) == pytest.approx(small_flops / dense_flops, rel=1e-6)
-    sparse = fxsparse.compile(model, inputs, keep=0.5, compile=compiled, graph=graph)
-    sparse.eval()
-    sparse.masks = keeps[-1]
-    out = _logits(sparse(*inputs))
-    torch.testing.assert_close(out.detach(), _logits(small(*inputs)).detach(), atol=1e-4, rtol=1e-4)
-    out.sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+    check_chain(model, inputs, graph, _logits, compiled=compiled, on_export=flops)
 
 
 # ----- the transformers families ------------------------------------------------------------

@@ -15,8 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxsparse
-from fxsparse.rewrite.reference import masked_reference
-from harness import check_export
+from harness import check_chain, check_export
 
 FLOPS_BOUND = 0.35
 VOCAB = 100
@@ -51,26 +50,13 @@ def _chain(model, inputs, graph, bound=FLOPS_BOUND, compiled=False):
     _first(model(*inputs)).sum().backward()
     unused = {n for n, p in model.named_parameters() if p.grad is None}  # Wav2Vec2's masked_spec_embed
     model.zero_grad()
-    gen = torch.Generator().manual_seed(0)
-    keeps = [fxsparse.random_keep(graph, 0.5, gen) for _ in range(2)]
-    assert any(not torch.equal(keeps[0][i], keeps[1][i]) for i in keeps[0])
     ratios = []
-    for keep in keeps:
-        small = fxsparse.export(model, graph, keep).eval()
-        out = _first(small(*inputs))
-        ref = _first(masked_reference(graph, keep, *inputs))
-        torch.testing.assert_close(out.detach(), ref.detach(), atol=1e-4, rtol=1e-4)
-        out.sum().backward()
-        assert all(p.grad is not None for n, p in small.named_parameters() if p.requires_grad and n not in unused)
+
+    def flops(keep, small):
         ratios.append(_flops_ratio(model, small, inputs))
         assert ratios[-1] <= bound, ratios
-    sparse = fxsparse.compile(model, inputs, keep=0.5, compile=compiled, graph=graph)
-    sparse.eval()
-    sparse.masks = keeps[-1]
-    out = _first(sparse(*inputs))
-    torch.testing.assert_close(out.detach(), _first(small(*inputs)).detach(), atol=1e-4, rtol=1e-4)
-    out.sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+    check_chain(model, inputs, graph, _first, compiled=compiled, unused=unused, on_export=flops)
     return ratios
 
 
