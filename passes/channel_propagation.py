@@ -32,7 +32,7 @@ from fxsparse.rules.context import FreeRef, finish, where
 from fxsparse.rules.meta_keys import CHANNEL_COUNT, FREE, IDS, SHAPE, VALUE
 from fxsparse.rules.registry import describe_target, lookup
 
-from .manager import TORCH_LEVEL
+from .manager import TORCH_LEVEL, require_meta
 
 
 # Ops whose size arguments the export rewrites: a channel count read into them is safe.
@@ -55,8 +55,7 @@ class ChannelPropagation(PassBase):
         self.context: AnalysisContext | None = None
 
     def requires(self, graph_module):
-        if any(SHAPE not in n.meta for n in graph_module.graph.nodes if n.op != "output"):
-            raise AssertionError("channel_propagation needs the shapes of the shape_prop pass")
+        require_meta(graph_module, SHAPE, "channel_propagation", "the shapes of the shape_prop pass")
 
     def ensures(self, graph_module):
         missing = [n.name for n in graph_module.graph.nodes if IDS not in n.meta]

@@ -19,7 +19,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from fxsparse.rules.meta_keys import SHAPE
 from fxsparse.rules.shapes import channel_permute
 
-from .manager import TORCH_LEVEL
+from .manager import TORCH_LEVEL, require_meta
 
 _VIEWS = {"view", "reshape"}
 _SWAPS = {"transpose", "permute"}
@@ -76,8 +76,7 @@ class FuseChannelShuffle(PassBase):
     fused = 0
 
     def requires(self, graph_module):
-        if any(SHAPE not in n.meta for n in graph_module.graph.nodes if n.op == "call_method"):
-            raise AssertionError("fuse_channel_shuffle needs the shapes of the shape_prop pass")
+        require_meta(graph_module, SHAPE, "fuse_channel_shuffle", "the shapes of the shape_prop pass", op="call_method")
 
     def ensures(self, graph_module):
         graph_module.graph.lint()

@@ -29,6 +29,14 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 TORCH_LEVEL = "torch_level_calls"
 
 
+def require_meta(gm: fx.GraphModule, key: str, who: str, what: str, *, op: str | None = None) -> None:
+    """The runtime check of a node.meta fact: every node (``op`` nodes only, when given; the
+    output never) carries ``key``, else AssertionError "``who`` needs ``what``"."""
+    nodes = (n for n in gm.graph.nodes if (n.op == op if op else n.op != "output"))
+    if any(key not in n.meta for n in nodes):
+        raise AssertionError(f"{who} needs {what}")
+
+
 class PassOrderError(ValueError):
     """A pipeline runs a pass before what it needs exists."""
 

@@ -20,6 +20,8 @@ from fxsparse.rules.export_context import ExportContext
 from fxsparse.rules.meta_keys import CHANNEL_COUNT, FREE, IDS, SHAPE, VALUE
 from fxsparse.rules.registry import lookup
 
+from .manager import require_meta
+
 
 def tied_names(gm) -> dict[str, list[str]]:
     """{first name of a tensor: every name of it}: tied weights (an LM head sharing the
@@ -48,8 +50,7 @@ class SliceChannels(PassBase):
         self.context: ExportContext | None = None
 
     def requires(self, graph_module):
-        if any(IDS not in n.meta for n in graph_module.graph.nodes if n.op != "output"):
-            raise AssertionError("slice_channels needs the channel ids of the channel_propagation pass")
+        require_meta(graph_module, IDS, "slice_channels", "the channel ids of the channel_propagation pass")
 
     def ensures(self, graph_module):
         graph_module.graph.lint()
