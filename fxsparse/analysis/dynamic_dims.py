@@ -58,6 +58,16 @@ class PinnedSizeWarning(UserWarning):
     masked reference) model runs only at that size there."""
 
 
+@contextlib.contextmanager
+def pinned_sizes_expected():
+    """No PinnedSizeWarning inside: for callers whose data has one input size (a training
+    run and the models it saves), where a size the model's code pins is no news (the
+    exported model still checks its inputs; ``fxsparse.analyze`` outside still warns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PinnedSizeWarning)
+        yield
+
+
 @dataclass(frozen=True)
 class FixedDim:
     """Input ``input`` (``name`` in the graph) has size ``size`` at dim ``dim`` in every run."""

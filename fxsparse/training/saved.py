@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 
 import torch
 import torch.fx as fx
@@ -36,7 +35,7 @@ import torch.nn as nn
 
 from fxsparse.core.errors import SavedModelError
 from fxsparse.analysis.capture import is_transformers_model
-from fxsparse.analysis.dynamic_dims import PinnedSizeWarning
+from fxsparse.analysis.dynamic_dims import pinned_sizes_expected
 from fxsparse.rewrite.recipe import RECIPE_ATTR, example_inputs, recipe_of, replay
 from fxsparse.rewrite.recorded_sizes import load_weights, resize, sizes_of
 from fxsparse.training.dense_factory import dense_model, factory_name
@@ -255,8 +254,7 @@ def _load_run(rpath: str, spec: dict, wpath: str) -> nn.Module:
 
     net = load_model(spec["model"], num_classes=spec["num_classes"], in_chans=spec["in_chans"]).eval()
     if spec["kept_channels"] is not None:
-        with warnings.catch_warnings():  # the run's model at the run's input size: see Trainer
-            warnings.simplefilter("ignore", PinnedSizeWarning)
+        with pinned_sizes_expected():  # the run's model at the run's input size
             graph = analyze(net, (torch.zeros(spec["input_shape"]),))
         masks = {}
         for gid, kept in spec["kept_channels"].items():

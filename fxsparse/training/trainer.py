@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fxsparse.analysis.analyze import analyze
-from fxsparse.analysis.dynamic_dims import PinnedSizeWarning
+from fxsparse.analysis.dynamic_dims import pinned_sizes_expected
 from fxsparse.analysis.flops import TRAIN_FACTOR, SubnetFlops
 from fxsparse.analysis.masks import all_finite
 from fxsparse.methods import TRAINER_PHASES, RunContext, TrainState, get_method
@@ -94,10 +94,7 @@ class Trainer:
         self.example = (self._to_device(x0[:2].clone()),)
         self.method = get_method(config.method).for_run(config.keep, config.budget, dict(config.method_options),
                                                          trained=config.init is not None)
-        with warnings.catch_warnings():
-            # a run trains and evaluates at its data's one input size: a size the model's code
-            # pins is no news here (the exported model checks its inputs; fxsparse.analyze warns)
-            warnings.simplefilter("ignore", PinnedSizeWarning)
+        with pinned_sizes_expected():  # a run trains and evaluates at its data's one input size
             dense_graph = analyze(self.model, self.example)
         self.graph = self.method.graph_for_run(dense_graph, config.model)  # None: the method needs none
         self.flops = SubnetFlops(dense_graph)
