@@ -1,6 +1,6 @@
 """Real `timm` models, built by name from their configs (``timm.create_model(name,
 pretrained=False, num_classes=10)``, random weights, nothing downloaded), input 2x3x32x32;
-run through the chain of ``chain.py`` by ``tests/test_thirdparty_timm.py`` and
+run through the chain of ``chain.py`` by ``tests/thirdparty/test_thirdparty_timm.py`` and
 ``survey.py --sets timm``.
 
 timm is installed without its dependencies (``pip install --no-deps timm && pip install

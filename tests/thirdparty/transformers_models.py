@@ -1,6 +1,6 @@
 """Models of the `transformers` library, each built from a small config with random weights
 (nothing downloaded): ``MODELS[name]()`` returns ``(model, inputs)``. Run through the chain of
-``chain.py`` by ``tests/test_thirdparty_transformers.py`` and ``survey.py --sets transformers``.
+``chain.py`` by ``tests/thirdparty/test_thirdparty_transformers.py`` and ``survey.py --sets transformers``.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import fxsparse
 from fxsparse import zoo
 from fxsparse.cli import main as cli_main
 from fxsparse.training.trainer import TrainConfig, Trainer
-from test_data import write_idx
+from idx_files import write_idx
 
 
 @pytest.fixture(scope="module")

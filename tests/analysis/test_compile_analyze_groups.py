@@ -23,7 +23,7 @@ FAST = {"zoo:resnet20", "zoo:vit_tiny", "vendored:timm_levit", "vendored:tv_shuf
 
 
 def _zoo(name):
-    from test_zoo_pruning import build  # the zoo's small CI configurations
+    from harness import zoo_small as build  # the zoo's small CI configurations
 
     shape = (2,) + zoo.info(name).default_input
     return lambda: (build(name, shape[1]), (torch.randn(shape, generator=torch.Generator().manual_seed(0)),))

@@ -16,7 +16,7 @@ import torch
 from fxsparse.cli import main as cli_main
 from fxsparse.training import threads
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # the child: 2 CPUs, busy CPUs fixed (None: the measurement must not run), then `fxsparse train`;
 # a callback records torch's thread count at every training step

@@ -24,9 +24,9 @@ import fxsparse
 from fxsparse import cli
 from fxsparse.cli import main as cli_main
 from fxsparse.zoo import _timm_import
-from test_data import make_idx_dir
+from idx_files import make_idx_dir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _env(**extra):

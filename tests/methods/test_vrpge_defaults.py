@@ -13,7 +13,7 @@ from fxsparse.methods import defaults
 from fxsparse.methods.vrpge import VRPGE, StructureLearner, check_options, project_budget
 from fxsparse.methods.vrpge.experimental import ExperimentSwitches
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
 EXPERIMENT_SWITCHES = ("form", "reuse_loss", "perturb", "compile_update")
 
 

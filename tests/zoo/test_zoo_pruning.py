@@ -8,21 +8,8 @@ import torch
 import fxsparse
 from fxsparse import zoo
 from fxsparse.analysis.graph import count_flops
-from harness import check_export
+from harness import check_export, zoo_small as build
 from lanes import zoo_fast_subset
-
-# Widths/depths cut where the paper configuration is too slow for CI (structure unchanged).
-SMALL = {"vit_base": {"depth": 2}, "vit_small": {"depth": 2}, "unet": {"base_width": 16},
-         "densenet121": {"growth_rate": 8}, "convnext_tiny": {"depths": (1, 1, 1, 1)}}
-
-
-def build(name, in_chans):
-    kw = SMALL.get(name, {})
-    try:
-        return zoo.create(name, in_chans=in_chans, **kw)
-    except TypeError:
-        return zoo.create(name, in_chans=in_chans)
-
 
 # one model per family in the fast lane, every model in the full suite
 @pytest.mark.parametrize("name", zoo_fast_subset(zoo.names()))

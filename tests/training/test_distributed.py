@@ -177,7 +177,7 @@ def test_nproc_2_runs_torchrun_end_to_end(tmp_path):
     import subprocess
     import sys
 
-    from test_data import make_idx_dir
+    from idx_files import make_idx_dir
 
     make_idx_dir(str(tmp_path / "idx"), n_train=64, n_test=16, gz=True, seed=3)
     args = ["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", str(tmp_path / "idx"), "--batch-size",

@@ -11,7 +11,7 @@ import pytest
 
 from fxsparse.cli import main as cli_main
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "README.md")
 
 
 def blocks(lang: str) -> list[str]:
@@ -76,7 +76,7 @@ def test_cheap_command_lines_run_as_written(scratch, monkeypatch, capsys):
     report = [ln for ln in lines if ln.startswith("fxsparse report ")]
     assert report and cli_main(["report", "runs/fxsparse"]) == 0
     # the main job is a fixed-mask run (l1_filter, the default): no search, so no scores.png (a search's
-    # three plots: tests/test_report_plots.py)
+    # three plots: tests/cli/test_report_plots.py)
     written = {f for f in os.listdir(scratch / "runs" / "fxsparse") if f.endswith(".png")}
     assert written == {"curves.png", "keep_per_layer.png"}
     assert json.load(open(scratch / "runs" / "fxsparse" / "summary.json"))["method"] == "l1_filter"

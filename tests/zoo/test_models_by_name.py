@@ -13,7 +13,7 @@ import torch.nn as nn
 from fxsparse.cli import main as cli_main
 from fxsparse.zoo import load_model
 from fxsparse.zoo._timm_import import import_timm
-from test_data import make_idx_dir
+from idx_files import make_idx_dir
 
 
 def _fake_timm(calls):

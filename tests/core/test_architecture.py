@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # where each installed package's files live in the checkout (pyproject's package-dir)
 PACKAGE_DIRS = {"fxsparse": ROOT / "fxsparse", "fxsparse.passes": ROOT / "passes", "fxsparse.zoo": ROOT / "zoo"}
 

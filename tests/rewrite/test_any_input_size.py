@@ -131,7 +131,7 @@ def test_transformers_model_at_other_sizes(name):
 @pytest.mark.parametrize("name", fast_subset(["mixtral", "qwen2_moe", "qwen3_moe", "falcon_new_decoder"], {"mixtral"}))
 def test_transformers_mixture_of_experts_at_other_lengths(name):
     pytest.importorskip("transformers")
-    import test_thirdparty_moe  # the families tests/test_thirdparty_moe.py builds
+    from thirdparty import test_thirdparty_moe  # the families tests/thirdparty/test_thirdparty_moe.py builds
 
     torch.manual_seed(0)
     model = test_thirdparty_moe.FAMILIES[name]().eval()
@@ -187,7 +187,7 @@ def _check_every_size_the_dense_model_takes(model, inputs, others, chunk=None):
 
 
 # the fast lane: a free image size (ResNet, MobileNet v3, ConvNeXt) and one the model's code fixes
-# (ViT); the other timm models in the full suite (tests/test_thirdparty_timm.py runs more of them fast)
+# (ViT); the other timm models in the full suite (tests/thirdparty/test_thirdparty_timm.py runs more of them fast)
 TIMM_FAST = {"resnet18", "mobilenetv3_small_100", "convnext_atto", "vit_tiny_patch16_224"}
 # windows or patch folds cut from the image: hundreds of shape guards, the capture keeps the size
 TIMM_COST = {"mobilevitv2_050", "tiny_vit_5m_224"}

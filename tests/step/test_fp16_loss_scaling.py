@@ -14,7 +14,7 @@ import fxsparse
 import fxsparse.training.device as device_module
 from fxsparse.training.trainer import TrainConfig, Trainer
 from sparse_checks import ConvBNNet
-from test_data import make_idx_dir
+from idx_files import make_idx_dir
 
 
 def _setup(opt, seed=0):
