@@ -28,6 +28,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class Layers(nn.Module):
+    """A module whose layers, parameters and settings are given as keywords, set in that order
+    (the names are the ones the expectations below refer to)."""
+
+    def __init__(self, **parts):
+        super().__init__()
+        for name, part in parts.items():
+            setattr(self, name, part)
+
+
 # ----------------------------------------------------------------------------------------
 # a custom function for the user-registered-rule case (must be wrapped at module level)
 # ----------------------------------------------------------------------------------------
@@ -52,14 +62,21 @@ torch.fx.wrap("signed_channel_scale")
 # ----------------------------------------------------------------------------------------
 # conv / linear chains
 # ----------------------------------------------------------------------------------------
-class Conv1dChain(nn.Module):
+class ConvNormChain(Layers):
+    """conv1 -> norm -> act -> conv2 -> norm -> act -> conv3: the five parts in that order."""
+
+    act = staticmethod(F.relu)
+
+    def forward(self, x):
+        conv1, norm1, conv2, norm2, conv3 = self.children()
+        x = self.act(norm1(conv1(x)))
+        return conv3(self.act(norm2(conv2(x))))
+
+
+class Conv1dChain(Layers):
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv1d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm1d(8)
-        self.conv2 = nn.Conv1d(8, 6, 3)
-        self.pool = nn.AdaptiveAvgPool1d(1)
-        self.fc = nn.Linear(6, 4)
+        super().__init__(conv1=nn.Conv1d(3, 8, 3, padding=1), bn1=nn.BatchNorm1d(8), conv2=nn.Conv1d(8, 6, 3),
+                         pool=nn.AdaptiveAvgPool1d(1), fc=nn.Linear(6, 4))
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
@@ -67,41 +84,29 @@ class Conv1dChain(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-class Conv2dChain(nn.Module):
+class Conv2dChain(ConvNormChain):
+    act = staticmethod(torch.relu)
+
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.conv3 = nn.Conv2d(16, 4, 1)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.conv3(x)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), bn1=nn.BatchNorm2d(8),
+                         conv2=nn.Conv2d(8, 16, 3, padding=1, bias=False), bn2=nn.BatchNorm2d(16),
+                         conv3=nn.Conv2d(16, 4, 1))
 
 
-class Conv3dChain(nn.Module):
+class Conv3dChain(Layers):
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv3d(3, 6, 3, padding=1)
-        self.bn1 = nn.BatchNorm3d(6)
-        self.conv2 = nn.Conv3d(6, 5, 1)
+        super().__init__(conv1=nn.Conv3d(3, 6, 3, padding=1), bn1=nn.BatchNorm3d(6), conv2=nn.Conv3d(6, 5, 1))
 
     def forward(self, x):
         return self.conv2(F.relu(self.bn1(self.conv1(x))))
 
 
-class ConvTransposeChain(nn.Module):
+class ConvTransposeChain(Layers):
     """ConvTranspose2d weight is [in, out, k, k]: its output channels are dim 1."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
-        self.bn = nn.BatchNorm2d(6)
-        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), up=nn.ConvTranspose2d(8, 6, 2, stride=2),
+                         bn=nn.BatchNorm2d(6), conv2=nn.Conv2d(6, 4, 3, padding=1))
 
     def forward(self, x):
         x = F.relu(self.conv1(x))
@@ -109,15 +114,12 @@ class ConvTransposeChain(nn.Module):
         return self.conv2(x)
 
 
-class LinearChain(nn.Module):
+class LinearChain(Layers):
     """On tokens [B, N, F]: the feature (last) dim carries the channels."""
 
     def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(10, 12)
-        self.drop = nn.Dropout(0.1)
-        self.fc2 = nn.Linear(12, 8, bias=False)
-        self.fc3 = nn.Linear(8, 3)
+        super().__init__(fc1=nn.Linear(10, 12), drop=nn.Dropout(0.1), fc2=nn.Linear(12, 8, bias=False),
+                         fc3=nn.Linear(8, 3))
 
     def forward(self, x):
         x = self.drop(F.gelu(self.fc1(x)))
@@ -128,54 +130,32 @@ class LinearChain(nn.Module):
 # ----------------------------------------------------------------------------------------
 # normalisation
 # ----------------------------------------------------------------------------------------
-class GroupNormNet(nn.Module):
+class GroupNormNet(ConvNormChain):
     """GroupNorm(4 groups, 8 channels): a group of 2 conv channels is one unit (4 units).
     GroupNorm(1 group) normalises over all channels: each channel can go (statistics over
     the kept ones, a mixing op like LayerNorm)."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.gn1 = nn.GroupNorm(4, 8)
-        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
-        self.gn2 = nn.GroupNorm(1, 6)
-        self.conv3 = nn.Conv2d(6, 4, 1)
-
-    def forward(self, x):
-        x = F.relu(self.gn1(self.conv1(x)))
-        x = F.relu(self.gn2(self.conv2(x)))
-        return self.conv3(x)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), gn1=nn.GroupNorm(4, 8),
+                         conv2=nn.Conv2d(8, 6, 3, padding=1), gn2=nn.GroupNorm(1, 6), conv3=nn.Conv2d(6, 4, 1))
 
 
-class InstanceNormNet(nn.Module):
+class InstanceNormNet(ConvNormChain):
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.in1 = nn.InstanceNorm2d(8, affine=True)
-        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
-        self.in2 = nn.InstanceNorm2d(6)  # no affine parameters
-        self.conv3 = nn.Conv2d(6, 4, 1)
-
-    def forward(self, x):
-        x = F.relu(self.in1(self.conv1(x)))
-        x = F.relu(self.in2(self.conv2(x)))
-        return self.conv3(x)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), in1=nn.InstanceNorm2d(8, affine=True),
+                         conv2=nn.Conv2d(8, 6, 3, padding=1), in2=nn.InstanceNorm2d(6),  # no affine parameters
+                         conv3=nn.Conv2d(6, 4, 1))
 
 
-class ConvNeXtBlockNet(nn.Module):
+class ConvNeXtBlockNet(Layers):
     """stem -> [dwconv -> permute -> LayerNorm(C) -> Linear -> GELU -> Linear -> gamma ->
     permute] + residual -> head conv. LayerNorm over channels: mixing (not zero-preserving).
     Parameterised so the test can build the pruned model by hand."""
 
     def __init__(self, c=8, hidden=16, out=4):
-        super().__init__()
-        self.stem = nn.Conv2d(3, c, 3, padding=1)
-        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
-        self.norm = nn.LayerNorm(c)
-        self.pw1 = nn.Linear(c, hidden)
-        self.pw2 = nn.Linear(hidden, c)
-        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
-        self.head = nn.Conv2d(c, out, 1)
+        super().__init__(stem=nn.Conv2d(3, c, 3, padding=1), dw=nn.Conv2d(c, c, 3, padding=1, groups=c),
+                         norm=nn.LayerNorm(c), pw1=nn.Linear(c, hidden), pw2=nn.Linear(hidden, c),
+                         gamma=nn.Parameter(torch.rand(c) + 0.5), head=nn.Conv2d(c, out, 1))
 
     def forward(self, x):
         x = self.stem(x)
@@ -188,18 +168,11 @@ class ConvNeXtBlockNet(nn.Module):
 # ----------------------------------------------------------------------------------------
 # element-wise ops, pooling
 # ----------------------------------------------------------------------------------------
-class PointwiseZoo(nn.Module):
+class PointwiseZoo(Layers):
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.act1 = nn.ReLU6()
-        self.drop = nn.Dropout2d(0.2)
-        self.pool1 = nn.MaxPool2d(2)
-        self.ident = nn.Identity()
-        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
-        self.act2 = nn.Hardswish()
-        self.pool2 = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(6, 3)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), act1=nn.ReLU6(), drop=nn.Dropout2d(0.2),
+                         pool1=nn.MaxPool2d(2), ident=nn.Identity(), conv2=nn.Conv2d(8, 6, 3, padding=1),
+                         act2=nn.Hardswish(), pool2=nn.AdaptiveAvgPool2d(1), fc=nn.Linear(6, 3))
 
     def forward(self, x):
         x = self.ident(self.pool1(self.drop(self.act1(self.conv1(x)))))
@@ -209,20 +182,15 @@ class PointwiseZoo(nn.Module):
         return self.fc(x.flatten(1))
 
 
-class ResidualOps(nn.Module):
+class ResidualOps(Layers):
     """x1 + y2 couples conv1/conv2; (a - b) couples conv3/conv4; a layer-scale [C,1,1]
     parameter joins the group it multiplies; division by a python number is fine."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(8)
-        self.conv3 = nn.Conv2d(8, 6, 1)
-        self.conv4 = nn.Conv2d(8, 6, 1)
-        self.scale = nn.Parameter(torch.rand(6, 1, 1) + 0.5)
-        self.conv5 = nn.Conv2d(6, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), bn1=nn.BatchNorm2d(8),
+                         conv2=nn.Conv2d(8, 8, 3, padding=1), bn2=nn.BatchNorm2d(8), conv3=nn.Conv2d(8, 6, 1),
+                         conv4=nn.Conv2d(8, 6, 1), scale=nn.Parameter(torch.rand(6, 1, 1) + 0.5),
+                         conv5=nn.Conv2d(6, 4, 1))
 
     def forward(self, x):
         x1 = F.relu(self.bn1(self.conv1(x)))
@@ -233,17 +201,13 @@ class ResidualOps(nn.Module):
         return self.conv5(d)
 
 
-class SEGate(nn.Module):
+class SEGate(Layers):
     """Squeeze-excitation: the gate [B, C, 1, 1] couples with the channels it multiplies.
     ``divide``: x / gate instead of x * gate (same coupling)."""
 
     def __init__(self, c=8, r=4, divide=False):
-        super().__init__()
-        self.divide = divide
-        self.conv1 = nn.Conv2d(3, c, 3, padding=1)
-        self.fc1 = nn.Conv2d(c, r, 1)
-        self.fc2 = nn.Conv2d(r, c, 1)
-        self.conv2 = nn.Conv2d(c, 4, 1)
+        super().__init__(divide=divide, conv1=nn.Conv2d(3, c, 3, padding=1), fc1=nn.Conv2d(c, r, 1),
+                         fc2=nn.Conv2d(r, c, 1), conv2=nn.Conv2d(c, 4, 1))
 
     def forward(self, x):
         x = F.relu(self.conv1(x))
@@ -252,15 +216,13 @@ class SEGate(nn.Module):
         return self.conv2(x / s if self.divide else x * s)
 
 
-class SpatialGate(nn.Module):
+class SpatialGate(Layers):
     """A [B, 1, H, W] gate multiplies all channels: it couples nothing and is unprunable;
     the channels it multiplies stay prunable. Also divides by (1 + gate)."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.att = nn.Conv2d(8, 1, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), att=nn.Conv2d(8, 1, 3, padding=1),
+                         conv2=nn.Conv2d(8, 4, 1))
 
     def forward(self, x):
         x = F.relu(self.conv1(x))
@@ -270,14 +232,11 @@ class SpatialGate(nn.Module):
         return self.conv2(y)
 
 
-class PReLUNet(nn.Module):
+class PReLUNet(Layers):
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.act1 = nn.PReLU(8, init=0.1)
-        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
-        self.act2 = nn.PReLU(init=0.2)  # one shared parameter: not a member
-        self.conv3 = nn.Conv2d(6, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), act1=nn.PReLU(8, init=0.1),
+                         conv2=nn.Conv2d(8, 6, 3, padding=1), act2=nn.PReLU(init=0.2),  # one shared parameter: not a member
+                         conv3=nn.Conv2d(6, 4, 1))
 
     def forward(self, x):
         return self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
@@ -286,32 +245,25 @@ class PReLUNet(nn.Module):
 # ----------------------------------------------------------------------------------------
 # concat, split, slicing
 # ----------------------------------------------------------------------------------------
-class ConcatNet(nn.Module):
+class ConcatNet(Layers):
     """cat([a(4), b(6)]) -> BN(10) -> conv: a and b stay separate groups (offsets 0 and 4)."""
 
     def __init__(self):
-        super().__init__()
-        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv_b = nn.Conv2d(3, 6, 1)
-        self.bn = nn.BatchNorm2d(10)
-        self.conv_c = nn.Conv2d(10, 5, 1)
+        super().__init__(conv_a=nn.Conv2d(3, 4, 3, padding=1), conv_b=nn.Conv2d(3, 6, 1), bn=nn.BatchNorm2d(10),
+                         conv_c=nn.Conv2d(10, 5, 1))
 
     def forward(self, x):
         y = torch.cat([self.conv_a(x), self.conv_b(x)], dim=1)
         return self.conv_c(F.relu(self.bn(y)))
 
 
-class NestedConcatNet(nn.Module):
+class NestedConcatNet(Layers):
     """cat(cat(a, b), d) then a residual add with e(13): e's first 4 channels join a, the
     next 6 join b, the last 3 join d."""
 
     def __init__(self):
-        super().__init__()
-        self.conv_a = nn.Conv2d(3, 4, 1)
-        self.conv_b = nn.Conv2d(3, 6, 1)
-        self.conv_d = nn.Conv2d(3, 3, 1)
-        self.conv_e = nn.Conv2d(3, 13, 3, padding=1)
-        self.conv_out = nn.Conv2d(13, 4, 1)
+        super().__init__(conv_a=nn.Conv2d(3, 4, 1), conv_b=nn.Conv2d(3, 6, 1), conv_d=nn.Conv2d(3, 3, 1),
+                         conv_e=nn.Conv2d(3, 13, 3, padding=1), conv_out=nn.Conv2d(13, 4, 1))
 
     def forward(self, x):
         ab = torch.cat([self.conv_a(x), self.conv_b(x)], 1)
@@ -319,28 +271,23 @@ class NestedConcatNet(nn.Module):
         return self.conv_out(F.relu(abd + self.conv_e(x)))
 
 
-class ConcatSelfNet(nn.Module):
+class ConcatSelfNet(Layers):
     """cat([a, a]): channel j of a reaches conv_out's inputs j and j + 4."""
 
     def __init__(self):
-        super().__init__()
-        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv_out = nn.Conv2d(8, 5, 1)
+        super().__init__(conv_a=nn.Conv2d(3, 4, 3, padding=1), conv_out=nn.Conv2d(8, 5, 1))
 
     def forward(self, x):
         a = F.relu(self.conv_a(x))
         return self.conv_out(torch.cat([a, a], 1))
 
 
-class SplitNet(nn.Module):
+class SplitNet(Layers):
     """split([3, 5]) slices conv1's channels into two groups; the two branches are summed."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv_a = nn.Conv2d(3, 6, 1)
-        self.conv_b = nn.Conv2d(5, 6, 3, padding=1)
-        self.conv_out = nn.Conv2d(6, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), conv_a=nn.Conv2d(3, 6, 1),
+                         conv_b=nn.Conv2d(5, 6, 3, padding=1), conv_out=nn.Conv2d(6, 4, 1))
 
     def forward(self, x):
         x = F.relu(self.conv1(x))
@@ -348,42 +295,35 @@ class SplitNet(nn.Module):
         return self.conv_out(self.conv_a(a) + self.conv_b(b))
 
 
-class ChunkGLUNet(nn.Module):
+class ChunkGLUNet(Layers):
     """a, b = x.chunk(2); a * sigmoid(b): conv channel j couples with j + 4 (GLU)."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), conv2=nn.Conv2d(4, 4, 1))
 
     def forward(self, x):
         a, b = self.conv1(x).chunk(2, dim=1)
         return self.conv2(a * torch.sigmoid(b))
 
 
-class ChunkSwapNet(nn.Module):
+class ChunkSwapNet(Layers):
     """a, b = x.chunk(2); cat([b, a]): a permutation of conv1's channels. All 4 channels
     touch the same members (conv1 rows, conv2 columns), so they are one group of 4, and
     any keep of it (e.g. only channels 0 and 1: all of piece a) must export."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 4, 3, padding=1), conv2=nn.Conv2d(4, 4, 1))
 
     def forward(self, x):
         a, b = F.relu(self.conv1(x)).chunk(2, dim=1)
         return self.conv2(torch.cat([b, a], dim=1))
 
 
-class UnbindNet(nn.Module):
+class UnbindNet(Layers):
     """Unbind along H (no channel) passes channels; unbind along channels pins them."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 4, 1)
-        self.conv3 = nn.Conv2d(3, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), conv2=nn.Conv2d(8, 4, 1), conv3=nn.Conv2d(3, 4, 1))
 
     def forward(self, x):
         rows = self.conv1(x).unbind(2)
@@ -393,56 +333,46 @@ class UnbindNet(nn.Module):
         return self.conv2(F.relu(y)) + w.unsqueeze(1)
 
 
-class UnbindSliceNet(nn.Module):
+class UnbindSliceNet(Layers):
     """Unbind along H, then slice the *tuple* of rows (``rows[::-1]``) and stack: the
     channels of conv1 pass through unchanged, so conv2's input columns are conv1's group."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), conv2=nn.Conv2d(8, 4, 1))
 
     def forward(self, x):
         rows = self.conv1(x).unbind(2)
         return self.conv2(torch.stack(rows[::-1], dim=2))
 
 
-class NarrowNet(nn.Module):
+class NarrowNet(Layers):
     """x.narrow(1, 2, 4) == x[:, 2:6]: channels 2..5 feed conv2, the other 4 feed nothing."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), conv2=nn.Conv2d(4, 4, 1))
 
     def forward(self, x):
         return self.conv2(F.relu(self.conv1(x)).narrow(1, 2, 4))
 
 
-class UnsqueezeNet(nn.Module):
+class UnsqueezeNet(Layers):
     """Pooled features [B, C] -> unsqueeze(1) -> token MLP on [B, 1, C] -> squeeze(1)."""
 
     def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc1 = nn.Linear(8, 6)
-        self.fc2 = nn.Linear(6, 3)
+        super().__init__(conv=nn.Conv2d(3, 8, 3, padding=1), fc1=nn.Linear(8, 6), fc2=nn.Linear(6, 3))
 
     def forward(self, x):
         t = self.conv(x).mean((2, 3)).unsqueeze(1)
         return self.fc2(F.relu(self.fc1(t)).squeeze(1))
 
 
-class SliceNet(nn.Module):
+class SliceNet(Layers):
     """x[:, :4] reads conv1's first 4 channels; the other 4 feed nothing (their own group).
     x[:, 1:7:2] reads conv2's odd channels 1, 3, 5; the rest feed nothing."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(3, 8, 1)
-        self.conv3 = nn.Conv2d(4, 5, 1)
-        self.conv4 = nn.Conv2d(3, 5, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), conv2=nn.Conv2d(3, 8, 1), conv3=nn.Conv2d(4, 5, 1),
+                         conv4=nn.Conv2d(3, 5, 1))
 
     def forward(self, x):
         a = F.relu(self.conv1(x))[:, :4]
@@ -450,15 +380,12 @@ class SliceNet(nn.Module):
         return self.conv3(a) + self.conv4(b)
 
 
-class FlattenLinearNet(nn.Module):
+class FlattenLinearNet(Layers):
     """[B, 4, 4, 4] -> flatten -> Linear(64, 10): conv channel c is block 16c..16c+15."""
 
     def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc1 = nn.Linear(64, 10)
-        self.fc2 = nn.Linear(10, 3)
+        super().__init__(conv=nn.Conv2d(3, 4, 3, padding=1), bn=nn.BatchNorm2d(4), fc1=nn.Linear(64, 10),
+                         fc2=nn.Linear(10, 3))
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
@@ -466,14 +393,11 @@ class FlattenLinearNet(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-class PermuteNet(nn.Module):
+class PermuteNet(Layers):
     """Channels-last linear between two convs via permute and transpose."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 6)
-        self.conv2 = nn.Conv2d(6, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), fc=nn.Linear(8, 6), conv2=nn.Conv2d(6, 4, 1))
 
     def forward(self, x):
         x = self.conv1(x).permute(0, 2, 3, 1)  # B H W C
@@ -485,61 +409,46 @@ class PermuteNet(nn.Module):
 # ----------------------------------------------------------------------------------------
 # depthwise / grouped / shuffle
 # ----------------------------------------------------------------------------------------
-class DepthwiseNet(nn.Module):
+class DepthwiseNet(Layers):
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 1)
-        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-        self.bn = nn.BatchNorm2d(8)
-        self.pw = nn.Conv2d(8, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 1), dw=nn.Conv2d(8, 8, 3, padding=1, groups=8), bn=nn.BatchNorm2d(8),
+                         pw=nn.Conv2d(8, 4, 1))
 
     def forward(self, x):
         return self.pw(F.relu(self.bn(self.dw(self.conv1(x)))))
 
 
-class DepthwiseMultiplierNet(nn.Module):
+class DepthwiseMultiplierNet(Layers):
     """Depthwise with multiplier 2: output channels 2c, 2c+1 live and die with input c."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 1)
-        self.dw = nn.Conv2d(6, 12, 3, padding=1, groups=6)
-        self.bn = nn.BatchNorm2d(12)
-        self.pw = nn.Conv2d(12, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 6, 1), dw=nn.Conv2d(6, 12, 3, padding=1, groups=6),
+                         bn=nn.BatchNorm2d(12), pw=nn.Conv2d(12, 4, 1))
 
     def forward(self, x):
         return self.pw(F.relu(self.bn(self.dw(self.conv1(x)))))
 
 
-class GroupedConvNet(nn.Module):
+class GroupedConvNet(Layers):
     """Conv2d(8, 12, groups=2): input channel j of each group is pruned together (j, j+4),
     output channel j of each group together (j, j+6)."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 1)
-        self.gconv = nn.Conv2d(8, 12, 3, padding=1, groups=2)
-        self.bn = nn.BatchNorm2d(12)
-        self.conv2 = nn.Conv2d(12, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 1), gconv=nn.Conv2d(8, 12, 3, padding=1, groups=2),
+                         bn=nn.BatchNorm2d(12), conv2=nn.Conv2d(12, 4, 1))
 
     def forward(self, x):
         return self.conv2(F.relu(self.bn(self.gconv(F.relu(self.conv1(x))))))
 
 
-class ShuffleUnitNet(nn.Module):
+class ShuffleUnitNet(Layers):
     """A ShuffleNetV2 unit: chunk -> branch -> cat -> channel shuffle (view-transpose-view)."""
 
     def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn0 = nn.BatchNorm2d(8)
-        self.b_conv1 = nn.Conv2d(4, 4, 1, bias=False)
-        self.b_bn1 = nn.BatchNorm2d(4)
-        self.b_dw = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
-        self.b_bn2 = nn.BatchNorm2d(4)
-        self.b_conv2 = nn.Conv2d(4, 4, 1, bias=False)
-        self.b_bn3 = nn.BatchNorm2d(4)
-        self.head = nn.Conv2d(8, 4, 1)
+        super().__init__(stem=nn.Conv2d(3, 8, 3, padding=1, bias=False), bn0=nn.BatchNorm2d(8),
+                         b_conv1=nn.Conv2d(4, 4, 1, bias=False), b_bn1=nn.BatchNorm2d(4),
+                         b_dw=nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), b_bn2=nn.BatchNorm2d(4),
+                         b_conv2=nn.Conv2d(4, 4, 1, bias=False), b_bn3=nn.BatchNorm2d(4), head=nn.Conv2d(8, 4, 1))
 
     def forward(self, x):
         x = F.relu(self.bn0(self.stem(x)))
@@ -556,17 +465,14 @@ class ShuffleUnitNet(nn.Module):
 # ----------------------------------------------------------------------------------------
 # attention
 # ----------------------------------------------------------------------------------------
-class MHANet(nn.Module):
+class MHANet(Layers):
     """nn.MultiheadAttention: analyze captures the model with torch.export, which decomposes
     it (packed in-projection, views, SDPA): its heads, the embedding into it and the width
     out of its out-projection prune."""
 
     def __init__(self, embed=8, heads=2, hidden=12, out=3):
-        super().__init__()
-        self.inp = nn.Linear(6, embed)
-        self.attn = nn.MultiheadAttention(embed, heads, batch_first=True)
-        self.fc1 = nn.Linear(embed, hidden)
-        self.fc2 = nn.Linear(hidden, out)
+        super().__init__(inp=nn.Linear(6, embed), attn=nn.MultiheadAttention(embed, heads, batch_first=True),
+                         fc1=nn.Linear(embed, hidden), fc2=nn.Linear(hidden, out))
 
     def forward(self, x):
         x = F.relu(self.inp(x))
@@ -621,16 +527,13 @@ class QKVAttentionNet(nn.Module):
         return self.head(x.mean(1))
 
 
-class FusedQKVAttentionNet(nn.Module):
+class FusedQKVAttentionNet(Layers):
     """timm-style fused qkv: Linear(E, 3E).reshape(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4),
     then unbind(0): q, k and v of one head are one unit."""
 
     def __init__(self, embed=8, heads=2, out=3):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(embed, 3 * embed)
-        self.proj = nn.Linear(embed, embed)
-        self.head = nn.Linear(embed, out)
+        super().__init__(heads=heads, qkv=nn.Linear(embed, 3 * embed), proj=nn.Linear(embed, embed),
+                         head=nn.Linear(embed, out))
 
     def forward(self, x):
         B, N, C = x.shape
@@ -644,19 +547,14 @@ class FusedQKVAttentionNet(nn.Module):
 # ----------------------------------------------------------------------------------------
 # parameters used directly
 # ----------------------------------------------------------------------------------------
-class TokenNet(nn.Module):
+class TokenNet(Layers):
     """Patch embed (conv) -> tokens; cls token [1,1,C] concatenated; pos embed [1,N+1,C]
     added; an MLP with residual and layer scale gamma [C]; head on the cls token."""
 
     def __init__(self):
-        super().__init__()
-        self.patch = nn.Conv2d(3, 8, 4, stride=4)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, 8))
-        self.pos_embed = nn.Parameter(torch.randn(1, 5, 8))
-        self.fc1 = nn.Linear(8, 12)
-        self.fc2 = nn.Linear(12, 8)
-        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
-        self.head = nn.Linear(8, 3)
+        super().__init__(patch=nn.Conv2d(3, 8, 4, stride=4), cls_token=nn.Parameter(torch.randn(1, 1, 8)),
+                         pos_embed=nn.Parameter(torch.randn(1, 5, 8)), fc1=nn.Linear(8, 12), fc2=nn.Linear(12, 8),
+                         gamma=nn.Parameter(torch.rand(8) + 0.5), head=nn.Linear(8, 3))
 
     def forward(self, x):
         x = self.patch(x).flatten(2).transpose(1, 2)  # B 4 8
@@ -692,10 +590,9 @@ class UntraceableChildNet(nn.Module):
         return self.conv3(F.relu(self.conv2(x)))
 
 
-class UntraceableTopNet(nn.Module):
+class UntraceableTopNet(Layers):
     def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 1)
+        super().__init__(conv=nn.Conv2d(3, 4, 1))
 
     def forward(self, x):
         x = self.conv(x)
@@ -704,14 +601,11 @@ class UntraceableTopNet(nn.Module):
         return x
 
 
-class CustomOpNet(nn.Module):
+class CustomOpNet(Layers):
     """channel_scale is an fx leaf function with no rule unless the user registers one."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 6, 1)
-        self.conv3 = nn.Conv2d(6, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), conv2=nn.Conv2d(8, 6, 1), conv3=nn.Conv2d(6, 4, 1))
 
     def forward(self, x):
         x = channel_scale(F.relu(self.conv1(x)))
@@ -726,29 +620,23 @@ class OpaqueOpNet(CustomOpNet):
         return self.conv3(F.relu(self.conv2(x)))
 
 
-class NoRuleNet(nn.Module):
+class NoRuleNet(Layers):
     """torch.logcumsumexp has no channel rule: conv1's channels entering it stay."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 6, 1)
-        self.conv3 = nn.Conv2d(6, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), conv2=nn.Conv2d(8, 6, 1), conv3=nn.Conv2d(6, 4, 1))
 
     def forward(self, x):
         x = torch.logcumsumexp(self.conv1(x), dim=2)
         return self.conv3(F.relu(self.conv2(x)))
 
 
-class SizeArithmeticNet(nn.Module):
+class SizeArithmeticNet(Layers):
     """x * x.size(1): removing a channel of conv1 would change the value: unprunable.
     conv2's channel count is only used as a view size: fine."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 6, 1)
-        self.fc = nn.Linear(6 * 64, 3)
+        super().__init__(conv1=nn.Conv2d(3, 8, 3, padding=1), conv2=nn.Conv2d(8, 6, 1), fc=nn.Linear(6 * 64, 3))
 
     def forward(self, x):
         x = self.conv1(x)
@@ -758,28 +646,24 @@ class SizeArithmeticNet(nn.Module):
         return self.fc(y)
 
 
-class DepthwiseConvTransposeNet(nn.Module):
+class DepthwiseConvTransposeNet(Layers):
     """Depthwise transposed conv (weight [8, 1, 2, 2]): output c lives and dies with input c."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 1)
-        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=8)
-        self.conv2 = nn.Conv2d(8, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 1), up=nn.ConvTranspose2d(8, 8, 2, stride=2, groups=8),
+                         conv2=nn.Conv2d(8, 4, 1))
 
     def forward(self, x):
         return self.conv2(F.relu(self.up(F.relu(self.conv1(x)))))
 
 
-class GroupedConvTransposeNet(nn.Module):
+class GroupedConvTransposeNet(Layers):
     """ConvTranspose2d(8, 6, groups=2), weight [8, 3, 2, 2]: input j of each group (j, j+4)
     together, output j of each group (j, j+3) together."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 1)
-        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2)
-        self.conv2 = nn.Conv2d(6, 4, 1)
+        super().__init__(conv1=nn.Conv2d(3, 8, 1), up=nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2),
+                         conv2=nn.Conv2d(6, 4, 1))
 
     def forward(self, x):
         return self.conv2(F.relu(self.up(F.relu(self.conv1(x)))))
