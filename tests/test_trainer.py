@@ -425,6 +425,11 @@ def test_compiles_are_announced_before_the_wait(data_dir, tmp_path):
     tr = Trainer(cfg, log=said.append, progress=False)
     summary = tr.run()
     assert 0 < summary["compile_s"] <= summary["wall_s"]  # the summary reports the compile time
+    # a fixed-mask run lists its compiled graphs too (issue #29: only a SparseModel's were counted)
+    (compiled,) = summary["compilations"]
+    assert compiled["phase"] == "fixed" and compiled["step"] == 1 and compiled["graphs"] >= 1
+    assert compiled["compiles"] == "the training step of the exported model"
+    assert compiled["compile_s"] == summary["compile_s"]
     first = next(i for i, s in enumerate(said) if s.startswith("compiling the training step of the exported model"))
     done = next(i for i, s in enumerate(said) if s.startswith("compiled in "))
     row = next(i for i, s in enumerate(said) if s.split()[:2] == ["0.5", "fixed"])

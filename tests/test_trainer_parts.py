@@ -1,7 +1,8 @@
 """The trainer's parts on their own: the model hooks a method reaches the loop through
 (``graph_for_run``, ``attach``, ``weight_density``, ``detach``), the phase plan and its
-schedules, the plain step of the trainer's phases, history rows and the checkpoint's
-settings check. The whole loop: tests/test_trainer.py."""
+schedules, the plain step of the trainer's phases, history rows, the checkpoint's contents
+(RunState) and the resume's settings check. The whole loop: tests/test_trainer.py."""
+import dataclasses
 import json
 import math
 import os
@@ -19,6 +20,8 @@ from fxsparse.training.distributed import Group
 from fxsparse.training.history import COLUMNS, RowTally, keep_fields, table_header, table_line
 from fxsparse.training.phases import PhasePlan, set_lr
 from fxsparse.training.plain_step import make_plain_step
+from fxsparse.training.resume_settings import check_resume_settings, differences
+from fxsparse.training.run_state import FORMAT, RunRecord, RunState
 from fxsparse.training.trainer import Trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -258,11 +261,78 @@ def test_table_line_lines_up_with_the_header():
 # ----- checkpoints ---------------------------------------------------------------------------
 
 def test_resume_settings_may_differ_only_in_where_the_run_lives():
-    saved = {"lr": 0.1, "out": "a", "device": "cpu", "log_dir": None, "seed": 0}
-    checkpoint.check_resume_settings(saved, {**saved, "out": "b", "device": "cuda", "log_dir": "tb"}, "b")
-    with pytest.raises(ValueError, match=r"--resume with different settings than the checkpoint in 'b': lr=0.2 "
-                                         r"\(checkpoint: 0.1\)"):
-        checkpoint.check_resume_settings(saved, {**saved, "lr": 0.2}, "b")
+    recorded = dataclasses.asdict(TrainConfig(lr=0.1, out="a", device="cpu"))
+    check_resume_settings(recorded, {**recorded, "out": "b", "device": "cuda", "log_dir": "tb"}, "b")
+    with pytest.raises(ValueError, match=r"--resume: the run in 'b' was trained with other settings \(--lr: 0.1 in "
+                                         r"the checkpoint, 0.2 given\)\. To continue it, give the checkpoint's values"):
+        check_resume_settings(recorded, {**recorded, "lr": 0.2}, "b")
+
+
+def test_resume_compares_effective_options_so_an_older_vrpge_checkpoint_resumes():
+    """An older CLI recorded every VR-PGE flag with its default (and flags since removed); the
+    CLI now passes only the flags given: the effective options are the same, so it resumes.
+    A true difference names the flag, both values and what to do."""
+    from fxsparse.methods.defaults import vrpge_defaults
+
+    given = dataclasses.asdict(TrainConfig(method="vrpge", out="o"))  # no VR-PGE flag given
+    old_options = {**vrpge_defaults(trained=False), "form": "exact", "reuse_loss": True}
+    older = {k: v for k, v in given.items() if k != "bn_batches"}  # a field added since: its default
+    older["method_options"] = old_options
+    check_resume_settings(older, given, "o")
+    assert differences(older, given) == []
+    # an older trained-weights run: the defaults of that setting
+    trained = {**given, "init": "w.pt"}
+    check_resume_settings({**trained, "method_options": vrpge_defaults(trained=True)}, trained, "o")
+    with pytest.raises(ValueError) as exc:
+        check_resume_settings(older, {**given, "method_options": {"granularity": "channel"}}, "o")
+    text = str(exc.value)
+    assert "--granularity: 'width' in the checkpoint, 'channel' given" in text, text
+    assert "give the checkpoint's values" in text and "another --out" in text
+    with pytest.raises(ValueError, match="--method: 'vrpge' in the checkpoint, 'l1_filter' given"):
+        check_resume_settings(older, {**given, "method": "l1_filter", "method_options": {}}, "o")
+
+
+def test_run_state_round_trips_and_reads_format_1():
+    """The checkpoint's one owner: to_dict/from_dict keep every field; a format-1 dict (no
+    "format", "small" absent) loads; a newer format is refused with what to do."""
+    record = RunRecord(epoch=2, history=[{"epoch": 1}], train_flops=3.0, elapsed=4.0, masks={0: torch.ones(2)},
+                       oneshot_acc=0.5)
+    state = RunState(config={"lr": 0.1}, step=7, record=record, model={"w": torch.ones(1)}, method={"m": 1},
+                     generator=torch.Generator().get_state(), rng=checkpoint.rng_state(), phase_built="fixed",
+                     optimizer={"state": {}}, small=None, scaler=None)
+    d = state.to_dict()
+    assert d["format"] == FORMAT and "small" not in d and d["epoch"] == 2 and d["step"] == 7
+    back = RunState.from_dict(d)
+    assert back.record == record and back.step == 7 and back.phase_built == "fixed" and back.small is None
+    old = {k: v for k, v in d.items() if k != "format"}
+    assert RunState.from_dict(old).record == record
+    with pytest.raises(ValueError, match="newer fxsparse"):
+        RunState.from_dict({**d, "format": FORMAT + 1})
+
+
+def test_plain_step_counts_its_compiled_graphs(monkeypatch):
+    """The plain step's graphs are counted by the same counter as a SparseModel's (StepCompiler)."""
+    from fxsparse.step.compiler import StepCompiler
+
+    monkeypatch.setattr(StepCompiler, "backend", _eager_counted)  # count without inductor's minutes
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = make_plain_step(model, opt, nn.functional.cross_entropy, precision=Precision("fp32", torch.device("cpu")),
+                           group=Group(torch.device("cpu")), device=torch.device("cpu"), compile=True)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    step(x, y)
+    step(x, y)
+    assert step.compiler.compilations == 1
+    eager = make_plain_step(model, opt, nn.functional.cross_entropy, precision=Precision("fp32", torch.device("cpu")),
+                            group=Group(torch.device("cpu")), device=torch.device("cpu"), compile=False)
+    eager(x, y)
+    assert eager.compiler.compilations == 0
+
+
+def _eager_counted(compiler, gm, example_inputs):
+    compiler.compilations += 1
+    return gm.forward
 
 
 def test_the_trainer_asks_no_method_its_level():

@@ -113,6 +113,13 @@ class Method:
         self.options = options
 
     @classmethod
+    def option_defaults(cls, trained: bool = False) -> dict:
+        """The options a run of this method gets when none is given, for the setting
+        (``trained``: from trained weights); {}: not declared (``--resume`` then compares the
+        options as given)."""
+        return {}
+
+    @classmethod
     def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "Method":
         """The method for ``fxsparse train`` (``budget``: the run's ``--budget``, which a method
         that meets it itself takes as an option; one that cannot meet a FLOPs budget refuses it;

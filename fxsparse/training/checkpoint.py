@@ -119,13 +119,3 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def check_resume_settings(saved: dict, mine: dict, out: str) -> None:
-    """Refuse to resume the run in ``out`` with settings (``mine``, the config as a dict) other
-    than its checkpoint's (``saved``). A checkpoint resumes on another device (it is loaded
-    to the CPU, then copied where the model and the optimizer live) and logs anywhere."""
-    differ = [k for k in saved if k not in ("out", "device", "log_dir") and saved[k] != mine.get(k)]
-    if differ:
-        raise ValueError(f"--resume with different settings than the checkpoint in {out!r}: "
-                         + ", ".join(f"{k}={mine.get(k)!r} (checkpoint: {saved[k]!r})" for k in differ))

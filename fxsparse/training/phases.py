@@ -92,7 +92,8 @@ def sgd(config: TrainConfig, params, lr: float) -> torch.optim.SGD:
 class Phase:
     """A built phase: ``step(x, y) -> (loss, [channel masks the step trained], forward FLOPs
     per sample spent beyond those masks' steps)``; ``keep``: (kept channels, FLOPs fraction)
-    of a step that trained no mask; ``sparse``: the SparseModel the method's phase compiles."""
+    of a step that trained no mask; ``sparse``: the SparseModel the method's phase compiles;
+    ``compiler``: what counts the graphs its steps compile (``.compilations``; None: not known)."""
     name: str
     optimizer: torch.optim.Optimizer
     schedules: list
@@ -101,6 +102,7 @@ class Phase:
     own: bool                  # the method's own phase (not one of TRAINER_PHASES)
     keep: tuple = (1.0, 1.0)
     sparse: object = None
+    compiler: object = None
 
 
 class PhaseBuilder:
@@ -123,7 +125,7 @@ class PhaseBuilder:
                 return method.phase_step(name, x, y)
 
         return Phase(name, setup.optimizer, list(setup.schedules), step, setup.compiling, own=True,
-                     sparse=setup.sparse)
+                     sparse=setup.sparse, compiler=getattr(setup.sparse, "compiler", None))
 
     def fixed(self, name: str, small: nn.Module, masks: dict, start: int, steps: int) -> Phase:
         """A fixed-mask phase (``fixed`` or ``finetune``): the exported model ``small`` of ``masks``."""
@@ -154,4 +156,4 @@ class PhaseBuilder:
             return plain(x, y), [], cost
 
         return Phase(name, optimizer, [self.plan.weight_schedule(optimizer, name, start, steps)], step,
-                     _COMPILING[name], own=False, keep=keep)
+                     _COMPILING[name], own=False, keep=keep, compiler=plain.compiler)

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from fxsparse.analysis.masks import all_finite
+from fxsparse.step.compiler import StepCompiler
 from fxsparse.training.device import Precision
 from fxsparse.training.distributed import Group
 
@@ -37,11 +38,14 @@ def make_plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     """``step(x, y) -> loss`` (the whole global batch's mean loss, detached) for ``model``
     trained by ``optimizer``. ``bn_eval``: BatchNorm layers keep their running statistics
     (eval mode) while the rest trains. ``after_backward`` / ``after_step``: called with the
-    unscaled gradients before the update, and after it (a method's hooks)."""
+    unscaled gradients before the update, and after it (a method's hooks). ``step.compiler``
+    counts the graphs torch.compile made (the counter a SparseModel's step has too)."""
     net = model
     if group.active:  # gradients averaged over the processes during the backward
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    fwd = torch.compile(net, dynamic=False) if compile else net
+    compiler = StepCompiler(compile, dynamic=False)
+    # its backend is inductor's, counted: the same graphs and kernels as backend="inductor"
+    fwd = torch.compile(net, backend=compiler.backend, dynamic=False) if compile else net
     frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if bn_eval else []
     scaler = precision.scaler
 
@@ -77,5 +81,5 @@ def make_plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
             after_step()
         return mean
 
-    step.skipped = 0
+    step.skipped, step.compiler = 0, compiler
     return step

@@ -25,12 +25,15 @@ Where and how: ``device`` / ``precision`` / ``channels_last`` (``fxsparse.traini
 under ``torchrun`` each process trains on its share of every batch and process 0 writes
 (``fxsparse.training.distributed``).
 
-The Trainer is the loop; the rest is in modules of their own: the phases and their
-schedules (``phases``), the step of the trainer's phases (``plain_step``), evaluation
-(``evaluation``), history rows and the printed table (``history``), the progress bar
-(``progress``), what it says about torch.compile (``compile_notes``), the checkpoint files
-(``checkpoint``) and the delivered model and summary (``results``). Methods reach it through
-their hooks (:class:`fxsparse.methods.Method`); it never asks which method it runs.
+The Trainer is the loop; it holds its config and a few collaborators, each the one owner of
+what it holds: where it computes (``place``), the data (``run_data``), the model, graph and
+step counts (the methods' ``TrainState``), the method, the phases and their schedules
+(``phases``; their step: ``plain_step``), what the run has done and what a resume loads
+(``run_state``: ``RunRecord``, ``RunState``), evaluation (``evaluation``), history rows and
+the printed table (``history``), the progress bar (``progress``), what it says about
+torch.compile (``compile_notes``), the checkpoint files (``checkpoint``; the settings a resume
+must share: ``resume_settings``) and the delivered model and summary (``results``). Methods
+reach it through their hooks (:class:`fxsparse.methods.Method`); it never asks which method it runs.
 """
 from __future__ import annotations
 
@@ -53,13 +56,15 @@ from fxsparse.rewrite.export import export
 from fxsparse.training import checkpoint, results, saved
 from fxsparse.training.compile_notes import CompileNotes
 from fxsparse.training.config import TrainConfig
-from fxsparse.training.device import Precision, resolve_device, to_device
-from fxsparse.training.distributed import Group, shard_loader
 from fxsparse.training.evaluation import Evaluator
 from fxsparse.training.history import UNITS, RowTally, keep_fields, table_header, table_line
 from fxsparse.training.logs import NullLogs, RunLogs
 from fxsparse.training.phases import FIXED_MASK_PHASES, Phase, PhaseBuilder, PhasePlan, set_lr, sgd
+from fxsparse.training.place import RunPlace
 from fxsparse.training.progress import Console
+from fxsparse.training.resume_settings import check_resume_settings
+from fxsparse.training.run_data import RunData
+from fxsparse.training.run_state import RunRecord, RunState
 
 
 class Trainer:
@@ -72,134 +77,151 @@ class Trainer:
                  callbacks=(), resume: bool = False, log: Callable[[str], None] | None = print, progress: bool = True):
         config.validate()
         self.config, self.callbacks = config, list(callbacks)
-        self.device = resolve_device(config.device)
-        self.group = Group(self.device)  # torchrun's processes (one process: no group)
-        if self.group.active and self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", self.group.local_rank)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.writer = self.group.rank == 0  # the process that writes files and logs
-        self.log = (log if self.writer else None) or (lambda s: None)
-        self.console = Console(self.log, progress and self.writer)
-        self.precision = Precision(config.precision, self.device)
+        self.place = RunPlace(config)
+        writer = self.place.writer
+        self.console = Console((log if writer else None) or (lambda s: None), progress and writer)
         torch.manual_seed(config.seed)
-        self.train_loader, self.test_loader, self.info = self._loaders(loaders, resume)
-        # the training loop reads this process's share of every global batch
-        self._shard = shard_loader(self.train_loader, self.group.rank, self.group.world) if self.group.active \
-            else self.train_loader
-        self.model_spec = config.model if model is None else None  # None: a model object, not rebuildable by name
-        self.model = self._placed(self._dense_model(model))
-        self.loss_fn = F.cross_entropy
-        x0, _ = next(iter(self.test_loader))
-        self.example = (self._to_device(x0[:2].clone()),)
+        self.data = RunData.of(config, self.place, loaders, resume)
+        self.rebuildable = model is None  # a model the config names, not an object: the recipe rebuilds it by name
+        model = self.place.model(self._dense_model(model))
+        example = self.data.example(self.place)
         self.method = get_method(config.method).for_run(config.keep, config.budget, dict(config.method_options),
                                                          trained=config.init is not None)
         with pinned_sizes_expected():  # a run trains and evaluates at its data's one input size
-            dense_graph = analyze(self.model, self.example)
-        self.graph = self.method.graph_for_run(dense_graph, config.model)  # None: the method needs none
+            dense_graph = analyze(model, example)
+        graph = self.method.graph_for_run(dense_graph, config.model)  # None: the method needs none
         self.flops = SubnetFlops(dense_graph)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.plan = PhasePlan(config, len(self.train_loader))
-        self.state = TrainState(model=self.model, graph=self.graph, loss_fn=self.loss_fn,
-                                batches=lambda: map(self._to_device, self.train_loader),  # whole batches: alike everywhere
-                                num_classes=self.info["num_classes"], example_inputs=self.example, generator=self.generator,
+        self.plan = PhasePlan(config, len(self.data.train))
+        # the model, its graph and the step counts: the methods' view of the run, and their one owner
+        self.state = TrainState(model=model, graph=graph, loss_fn=F.cross_entropy,
+                                batches=lambda: map(self.place.batch, self.data.train),  # whole batches: alike everywhere
+                                num_classes=self.data.info["num_classes"], example_inputs=example,
+                                generator=torch.Generator().manual_seed(config.seed),
                                 steps_per_epoch=self.plan.steps_per_epoch, total_steps=self.plan.total_steps)
-        # what the run has done: the checkpoint's counters
-        self.history: list[dict] = []
-        self.epoch = 0
-        self.train_flops = 0.0      # training FLOPs so far (the loop adds every step's)
-        self.elapsed = 0.0
-        self.masks = None           # the fixed channel mask once chosen
-        self.small = None           # the exported model trained in fixed-mask phases
-        self.oneshot_acc = None     # its test accuracy before any training (BN statistics re-estimated)
+        self.record = RunRecord()   # what the run has done: what a checkpoint saves besides the states
         self.phase: Phase | None = None  # the phase built last
-        self.sp = None              # the SparseModel the method's last phase compiled, if any
-        self.finished = False       # resumed from the checkpoint of a run that trained to the end
-        self.evaluator = Evaluator(config, self.precision, self.device, self.train_loader, self._to_device)
+        self.small = None           # the exported model trained in fixed-mask phases
+        self.evaluator = Evaluator(config, self.place.precision, self.place.device, self.data.train, self.place.batch)
         self.compile_notes = CompileNotes(self.console, config.compile)
-        self.phase_builder = PhaseBuilder(config, self.plan, self.precision, self.group, self.device, self.loss_fn,
-                                          self.flops)
-        self.run_context = RunContext(model=self.model, graph=self.graph, loss_fn=self.loss_fn, keep=config.keep,
+        self.phases = PhaseBuilder(config, self.plan, self.place.precision, self.place.group, self.place.device,
+                                   self.state.loss_fn, self.flops)
+        self.run_context = RunContext(model=model, graph=graph, loss_fn=self.state.loss_fn, keep=config.keep,
                                       budget=config.budget, seed=config.seed, compile=config.compile,
                                       sgd=lambda params: sgd(config, params, config.lr),
                                       weight_schedule=self.plan.weight_schedule,
                                       train_batches=self.evaluator.first_batches, accuracy=self._exported_accuracy,
-                                      scaler=self.precision.scaler)
-        saved_state = checkpoint.load(checkpoint.run_file(config.out)) if resume else None
+                                      scaler=self.place.precision.scaler)
+        path = checkpoint.run_file(config.out)
+        saved_state = RunState.from_dict(checkpoint.load(path), path) if resume else None
         if saved_state is not None:
-            self.method.load_state_dict(saved_state["method"])
+            self.method.load_state_dict(saved_state.method)
         else:
             self.method.init(self.state)
-        self.method.attach(self.model)
+        self.method.attach(model)
         self.plan.plan(self.method)  # after init: whether a channel method has decided yet
         # fp16 needs the method's own phases to scale the loss (Method.scales_loss)
         unscaled = [name for name, _ in self.plan.phases
                     if name not in TRAINER_PHASES and not self.method.scales_loss(name)]
-        if self.precision.scaler is not None and unscaled:
+        if self.place.precision.scaler is not None and unscaled:
             raise ValueError(f"--precision fp16: method {config.method!r} trains in a step of its own ({unscaled[0]}), "
                              "which has no gradient scaler with these options; use --precision bf16")
         self.logs = RunLogs(config.out, config.log_dir, resume=saved_state is not None,
-                            step=saved_state["step"] if saved_state is not None else 0) if self.writer else NullLogs()
+                            step=saved_state.step if saved_state is not None else 0) if writer else NullLogs()
         if saved_state is not None:
             self._resume(saved_state)
 
+    # ----- views: each the value of its one owner ---------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self.state.model
+
+    @property
+    def graph(self):
+        return self.state.graph
+
+    @property
+    def example(self) -> tuple:
+        return self.state.example_inputs
+
+    @property
+    def device(self) -> torch.device:
+        return self.place.device
+
+    @property
+    def precision(self):
+        return self.place.precision
+
+    @property
+    def writer(self) -> bool:
+        return self.place.writer
+
+    @property
+    def test_loader(self):
+        return self.data.test
+
+    @property
+    def history(self) -> list:
+        return self.record.history
+
+    @property
+    def masks(self):
+        return self.record.masks
+
+    @property
+    def train_flops(self) -> float:
+        return self.record.train_flops
+
+    @property
+    def elapsed(self) -> float:
+        return self.record.elapsed
+
+    @property
+    def finished(self) -> bool:
+        """The run has trained to the end (resumed from the checkpoint of a finished run)."""
+        return self.state.step >= self.plan.total_steps
+
+    def log(self, text: str) -> None:
+        self.console.log(text)
+
     # ----- set-up --------------------------------------------------------------------
-    def _loaders(self, loaders, resume: bool):
-        c = self.config
-        if loaders is None:  # a bad data path is the first thing to fix: say it before the --out collision
-            from fxsparse.training.data import make_loaders
-
-            loaders = make_loaders(c.data, c.data_root, batch_size=c.batch_size, seed=c.seed,
-                                   augment=c.augment, drop_last=True, test_batch_size=512)
-        if not resume and os.path.exists(checkpoint.run_file(c.out)):
-            raise FileExistsError(f"{c.out!r} already holds a run ({checkpoint.RUN_FILE}); pass --resume to continue it, "
-                                  "or choose another --out")
-        return loaders
-
     def _dense_model(self, model: nn.Module | None) -> nn.Module:
         """The model the config names (unless given), with the trained weights of ``--init``."""
         if model is None:
             from fxsparse.zoo import load_model
 
-            model = load_model(self.config.model, num_classes=self.info["num_classes"], in_chans=self.info["in_chans"])
+            info = self.data.info
+            model = load_model(self.config.model, num_classes=info["num_classes"], in_chans=info["in_chans"])
         if self.config.init is not None:
             from fxsparse.training.init_weights import load_init_weights
 
             load_init_weights(model, self.config.init)
         return model
 
-    def _placed(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.config.channels_last else model
-
-    def _to_device(self, batch):
-        return to_device(batch, self.device, self.config.channels_last)
-
     # ----- phases --------------------------------------------------------------------
     def _build_phase(self, name: str, start: int, steps: int):
         """Models, optimizer, schedules and step of phase ``name``, which runs ``steps`` steps from ``start``."""
         if name not in TRAINER_PHASES:  # the method's own phase
-            self.phase = self.phase_builder.own(self.method, name, self.run_context, start, steps)
-            self.sp = self.phase.sparse
+            self.phase = self.phases.own(self.method, name, self.run_context, start, steps)
         elif name in FIXED_MASK_PHASES:
             self._export_fixed_mask()
-            self.phase = self.phase_builder.fixed(name, self.small, self.masks, start, steps)
+            self.phase = self.phases.fixed(name, self.small, self.record.masks, start, steps)
         else:
-            self.phase = self.phase_builder.dense(self.model, self.method, self.state, start, steps)
-        self.compile_notes.phase_built(self.phase.compiling, self.sp)
+            self.phase = self.phases.dense(self.model, self.method, self.state, start, steps)
+        self.compile_notes.phase_built(self.phase)
 
     def _export_fixed_mask(self):
         """The exported model of the method's final mask (chosen once); entered afresh, its
         one-shot accuracy (a resume loads the small model's state after this)."""
-        if self.masks is None:
-            self.masks = self.method.final_masks(self.run_context)
-        self.small = self._placed(export(self.model, self.graph, self.masks))
-        if self.oneshot_acc is None:
+        record = self.record
+        if record.masks is None:
+            record.masks = self.method.final_masks(self.run_context)
+        self.small = self.place.model(export(self.model, self.graph, record.masks))
+        if record.oneshot_acc is None:
             self.evaluator.recalibrate(self.small)
-            self.oneshot_acc = self.evaluator.accuracy(self.small, self.test_loader)
-            self.console.say(f"pruned to {self.flops.fraction(self.flops.flat(self.masks)):.3f} of the dense FLOPs: "
-                             f"one-shot test accuracy {100 * self.oneshot_acc:.2f} % (BatchNorm statistics re-estimated "
-                             f"on {self.config.bn_batches} training batches), before any training")
+            record.oneshot_acc = self.evaluator.accuracy(self.small, self.data.test)
+            self.console.say(f"pruned to {self.flops.fraction(self.flops.flat(record.masks)):.3f} of the dense FLOPs: "
+                             f"one-shot test accuracy {100 * record.oneshot_acc:.2f} % (BatchNorm statistics "
+                             f"re-estimated on {self.config.bn_batches} training batches), before any training")
 
     # ----- evaluation ----------------------------------------------------------------
     def _exported_accuracy(self, masks, batches) -> float:
@@ -209,10 +231,10 @@ class Trainer:
         """Test accuracy of what the run would deliver now, and its channel mask."""
         if self.phase.own:
             masks = self.method.phase_masks(self.phase.name)
-            return self._exported_accuracy(masks, self.test_loader), masks
+            return self._exported_accuracy(masks, self.data.test), masks
         if self.phase.name in FIXED_MASK_PHASES:
-            return self.evaluator.accuracy(self.small, self.test_loader), self.masks
-        return self.evaluator.accuracy(self.model, self.test_loader), None
+            return self.evaluator.accuracy(self.small, self.data.test), self.record.masks
+        return self.evaluator.accuracy(self.model, self.data.test), None
 
     # ----- the loop ------------------------------------------------------------------
     def run(self) -> dict:
@@ -228,32 +250,25 @@ class Trainer:
                      f"accuracy {summary.get('test_acc_pct', float('nan')):.2f} %, {saved.RECIPE} and summary.json written); "
                      "nothing to do. To train more, start a new run with another --out.")
             return summary
-        if self.state.step == 0 and not self.history:
+        if self.state.step == 0 and not self.record.history:
             self.log(table_header())
         try:
             while self.state.step < self.plan.total_steps:
                 self._train_epoch()
             return self._finish()
         finally:
-            self.group.close()
-
-    def _batches(self, epoch: int, limit: int):
-        (self._shard.batch_sampler if self.group.active else self._shard.sampler).set_epoch(epoch)
-        for i, batch in enumerate(self._shard):
-            if i >= limit:
-                break
-            yield self._to_device(batch)
+            self.place.group.close()
 
     def _train_epoch(self):
         """One pass over the data (the last one may be cut short by a fractional total); a
         phase that ends mid-epoch gets its own row (no checkpoint: resume replays the epoch)."""
-        epoch, st = self.epoch, self.state
-        st.epoch = epoch
-        self._t_row = time.perf_counter()
+        st = self.state
+        epoch = st.epoch = self.record.epoch
+        self._row_start = time.perf_counter()
         limit = min(self.plan.steps_per_epoch, self.plan.total_steps - st.step)
         phase, tally, dense_seen = None, None, False
         bar = self.console.epoch_bar(limit, f"epoch {epoch + 1}")
-        for x, y in self._batches(epoch, limit):
+        for x, y in self.data.epoch_batches(epoch, limit, self.place):
             now, start, n = self.plan.at(st.step)
             if now != phase:
                 if phase is not None:  # the previous phase ended mid-epoch
@@ -269,23 +284,23 @@ class Trainer:
         bar.close()
         if dense_seen:
             self.method.end_epoch(self.state)
-        self.epoch += 1
+        self.record.epoch += 1
         row = self._end_row(phase, tally, checkpoint=True)
         for cb in self.callbacks:
             cb(self, "epoch", epoch=epoch, row=row)
 
     def _step(self, x, y, tally: RowTally):
         """One step of the current phase: its learning rates, the step, its FLOPs and its row in steps.csv."""
-        st, b = self.state, len(y) * self.group.world  # the global batch
+        st, record, b = self.state, self.record, len(y) * self.place.group.world  # the global batch
         set_lr(self.phase.schedules, st.step)
         t_step = self.compile_notes.before_step()
         loss, masks, extra_flops = self.phase.step(x, y)
-        flops_before, kept = self.train_flops, []
+        flops_before, kept = record.train_flops, []
         for mask in masks:  # masks live on the host: no device sync
             keep, flops_frac, cost = tally.add(mask, b)
             kept.append((keep, flops_frac))
-            self.train_flops += cost
-        self.train_flops += extra_flops * b
+            record.train_flops += cost
+        record.train_flops += extra_flops * b
         keep, flops_frac = (sum(k) / len(kept) for k in zip(*kept)) if kept else self.phase.keep
         # host-device sync, one per step: whether to count the step as skipped is a decision
         # on the loss's value (the step itself already decided the same way); float(loss)
@@ -299,26 +314,27 @@ class Trainer:
         st.step += 1
         self.logs.step({"step": st.step, "epoch": st.epoch + 1, "phase": self.phase.name, "loss": float(loss),
                         "realised_keep": keep, "realised_flops_frac": flops_frac,
-                        "train_tflop": (self.train_flops - flops_before) / 1e12,
+                        "train_tflop": (record.train_flops - flops_before) / 1e12,
                         "step_time_s": time.perf_counter() - t_step})
-        self.compile_notes.after_step(t_step)
+        self.compile_notes.after_step(t_step, st.step)
         return loss
 
     def _end_row(self, phase: str, tally: RowTally, checkpoint: bool) -> dict:
         """Evaluate, append a history row (epoch = data passes so far, fractional mid-epoch),
         print it; at an epoch's end also write the checkpoint."""
-        train_time = time.perf_counter() - self._t_row
+        record = self.record
+        train_time = time.perf_counter() - self._row_start
         acc, masks = self._current_eval()
         now = time.perf_counter()
-        self.elapsed += now - self._t_row
-        self._t_row = now
+        record.elapsed += now - self._row_start
+        self._row_start = now
         passes = self.state.step / self.plan.steps_per_epoch
         row = {"epoch": int(passes) if passes == int(passes) else round(passes, 3), "step": self.state.step,
                "phase": phase, "loss": tally.mean_loss(), "test_acc_pct": 100 * acc,
-               "skipped": tally.skipped, "train_tflop": self.train_flops / 1e12, "train_time_s": train_time,
-               "wall_s": self.elapsed}
+               "skipped": tally.skipped, "train_tflop": record.train_flops / 1e12, "train_time_s": train_time,
+               "wall_s": record.elapsed}
         row.update(keep_fields(phase, self.phase.own, masks, tally, self.method, self.graph, self.flops))
-        self.history.append(row)
+        record.history.append(row)
         self.logs.epoch(row)
         self.console.say(table_line(row))
         self.console.bar.restart()  # mid-epoch: the evaluation is not training time
@@ -327,50 +343,47 @@ class Trainer:
         return row
 
     # ----- checkpoints ---------------------------------------------------------------
-    def _save_checkpoint(self):
-        phase, scaler = self.phase, self.precision.scaler
-        state = {"config": dataclasses.asdict(self.config), "epoch": self.epoch, "history": self.history,
-                 "train_flops": self.train_flops, "elapsed": self.elapsed, "step": self.state.step,
-                 "model": self.model.state_dict(), "masks": self.masks, "phase_built": phase and phase.name,
-                 "oneshot_acc": self.oneshot_acc, "optimizer": phase and phase.optimizer.state_dict(),
-                 "method": self.method.state_dict(), "generator": self.generator.get_state(),
-                 "rng": checkpoint.rng_state(), "scaler": scaler.state_dict() if scaler is not None else None}
-        if self.small is not None:
-            state["small"] = self.small.state_dict()
-        if self.writer:
-            self.logs.flush(self.history)  # before the checkpoint: a resume drops the steps past it
-            checkpoint.write_run(state, self.history, self.config.out)
-        self.group.barrier()  # no process runs ahead of the checkpoint it would resume from
+    def _run_state(self) -> RunState:
+        phase, scaler = self.phase, self.place.precision.scaler
+        return RunState(config=dataclasses.asdict(self.config), step=self.state.step, record=self.record,
+                        model=self.model.state_dict(), method=self.method.state_dict(),
+                        generator=self.state.generator.get_state(), rng=checkpoint.rng_state(),
+                        phase_built=phase and phase.name, optimizer=phase and phase.optimizer.state_dict(),
+                        small=self.small.state_dict() if self.small is not None else None,
+                        scaler=scaler.state_dict() if scaler is not None else None)
 
-    def _resume(self, state: dict):
-        checkpoint.check_resume_settings(state["config"], dataclasses.asdict(self.config), self.config.out)
-        self.model.load_state_dict(state["model"])
-        self.epoch, self.history = state["epoch"], state["history"]
-        self.train_flops, self.elapsed, self.state.step = state["train_flops"], state["elapsed"], state["step"]
-        self.masks = state["masks"]
-        self.oneshot_acc = state.get("oneshot_acc")
-        self.generator.set_state(state["generator"])
-        phase, step = state["phase_built"], self.state.step
-        self.finished = step >= self.plan.total_steps
+    def _save_checkpoint(self):
+        state = self._run_state()
+        if self.place.writer:
+            self.logs.flush(self.record.history)  # before the checkpoint: a resume drops the steps past it
+            checkpoint.write_run(state.to_dict(), self.record.history, self.config.out)
+        self.place.group.barrier()  # no process runs ahead of the checkpoint it would resume from
+
+    def _resume(self, state: RunState):
+        check_resume_settings(state.config, dataclasses.asdict(self.config), self.config.out)
+        self.model.load_state_dict(state.model)
+        self.record, self.state.step = state.record, state.step
+        self.state.generator.set_state(state.generator)
+        phase, step = state.phase_built, self.state.step
         if self.finished and phase in FIXED_MASK_PHASES:  # trained; the export may not have been written
-            self.small = export(self.model, self.graph, self.masks)
-            self.small.load_state_dict(state["small"])
+            self.small = export(self.model, self.graph, self.record.masks)
+            self.small.load_state_dict(state.small)
         elif self.finished and phase not in TRAINER_PHASES:  # the final model is the method's phase's mask
             self._build_phase(phase, *self.plan.at(step - 1)[1:])  # (the method restores its phase's state)
         elif phase is not None:
             name, start, n = self.plan.at(step)
             if name == phase:  # rebuild the phase in progress and load its states
                 self._build_phase(phase, start, n)
-                if self.small is not None and "small" in state:
-                    self.small.load_state_dict(state["small"])
-                self.phase.optimizer.load_state_dict(state["optimizer"])
+                if self.small is not None and state.small is not None:
+                    self.small.load_state_dict(state.small)
+                self.phase.optimizer.load_state_dict(state.optimizer)
             elif phase not in TRAINER_PHASES:  # the next phase needs the method's phase to pick the final mask
                 self._build_phase(phase, *self.plan.at(step - 1)[1:])
-        checkpoint.set_rng_state(state["rng"])
-        if self.precision.scaler is not None and state.get("scaler"):
-            self.precision.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state.rng)
+        if self.place.precision.scaler is not None and state.scaler:
+            self.place.precision.scaler.load_state_dict(state.scaler)
         if not self.finished:
-            self.log(f"resumed {self.config.out} at epoch {self.epoch + 1}")
+            self.log(f"resumed {self.config.out} at epoch {self.record.epoch + 1}")
 
     # ----- the end -------------------------------------------------------------------
     def _final_model(self) -> tuple:
@@ -378,7 +391,7 @@ class Trainer:
         mask: the exported model of a fixed-mask phase, the exported deterministic mask of a
         search that ends the run, or the dense model (the method's masks baked in; no channel mask)."""
         if self.small is not None:
-            return self.small, self.masks
+            return self.small, self.record.masks
         if self.phase is not None and self.phase.own:
             masks = self.method.phase_masks(self.phase.name)
             return export(self.model, self.graph, masks), masks
@@ -386,29 +399,29 @@ class Trainer:
         return self.model, None
 
     def _finish(self) -> dict:
-        c, info, example = self.config, self.info, self.example[0]
+        c, info, example, record = self.config, self.data.info, self.example[0], self.record
         model, masks = self._final_model()
         final = results.as_classifier(model, info, example)
         files = results.run_files(c.out)
-        if self.writer:
-            results.write_model(final, files, self.model_spec, info, example, masks)
-        last = self.history[-1]
+        if self.place.writer:
+            results.write_model(final, files, c.model if self.rebuildable else None, info, example, masks)
+        last = record.history[-1]
         steps = self.plan.total_steps
         summary = {"model": c.model, "method": c.method, "data": c.data, "keep": c.keep, "budget": c.budget,
                    "epochs": round(steps / self.plan.steps_per_epoch, 3),
                    "test_acc_pct": last["test_acc_pct"],
-                   "oneshot_test_acc_pct": None if self.oneshot_acc is None else 100 * self.oneshot_acc,
-                   "train_tflop": self.train_flops / 1e12,
+                   "oneshot_test_acc_pct": None if record.oneshot_acc is None else 100 * record.oneshot_acc,
+                   "train_tflop": record.train_flops / 1e12,
                    "train_tflop_dense": TRAIN_FACTOR * self.flops.dense * steps * c.batch_size / 1e12,
                    "final_keep": last["realised_keep"], "final_flops_frac": last["realised_flops_frac"],
                    "params": sum(p.numel() for p in final.parameters()),
                    "dense_params": sum(p.numel() for p in self.model.parameters()),
-                   "wall_s": self.elapsed, "compile_s": self.compile_notes.total_s,
-                   "compilations": getattr(self.sp, "compilations", None),
+                   "wall_s": record.elapsed, "compile_s": self.compile_notes.total_s,
+                   "compilations": self.compile_notes.compilations,
                    "units": UNITS, "files": files, "preprocessing": final.preprocessing()}
-        if self.writer:
+        if self.place.writer:
             checkpoint.write_json_atomic(summary, files["summary.json"])
-        self.group.barrier()
+        self.place.group.barrier()
         self.logs.close()
         for line in results.summary_lines(summary, c.out):
             self.log(line)

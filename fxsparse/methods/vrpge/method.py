@@ -14,6 +14,7 @@ from fxsparse.step.optim import MaskedOptimizer
 from fxsparse.step.sparse import SparseModel
 from fxsparse.step.scaling import load_scaling_state
 from ..base import Method, PhaseSetup, RunContext
+from ..defaults import vrpge_defaults
 from ..registry import register_method
 from .experimental import COMPILE_UPDATE_STEPS
 from .learner import StructureLearner
@@ -44,6 +45,10 @@ class VRPGE(Method):
         self.search_options = resolved
         self.sparse = self.learner = self.step_fn = self.masked_optimizer = None
         self._saved = None  # the search's state from a checkpoint, applied when the search is rebuilt
+
+    @classmethod
+    def option_defaults(cls, trained: bool = False) -> dict:
+        return vrpge_defaults(trained)
 
     @classmethod
     def for_run(cls, keep: float, budget: str, options: dict, trained: bool = False) -> "VRPGE":
