@@ -140,6 +140,37 @@ def test_resume_from_an_older_checkpoint_says_to_restart(data_dir, tmp_path, cap
     assert err.startswith("fxsparse train: error: cannot resume from") and "older fxsparse" in err, err
 
 
+def test_an_older_vrpge_checkpoint_resumes_under_the_cli(data_dir, tmp_path, capsys):
+    """An older CLI recorded every VR-PGE flag in the checkpoint's config (the defaults, and
+    flags since removed); the CLI now passes only the flags given. --resume compares the
+    effective options, so the run resumes; a flag that truly differs is refused by name."""
+    from fxsparse.methods.defaults import vrpge_defaults
+
+    out = tmp_path / "old"
+
+    class Stop(Exception):
+        pass
+
+    def stop(tr, event, **info):
+        if event == "epoch":  # after the first epoch's checkpoint
+            raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(_config(data_dir, out), log=None, progress=False, callbacks=[stop]).run()
+    path = checkpoint.run_file(str(out))
+    state = checkpoint.load(path)
+    state["config"]["method_options"] = {**vrpge_defaults(trained=False), "form": "exact", "reuse_loss": True}
+    del state["format"]  # as an older fxsparse wrote it
+    torch.save(state, path)
+    args = _args(data_dir, out, "--epochs", "1", "--finetune-epochs", "1")
+    assert cli_main(args + ["--granularity", "channel", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--granularity: 'width' in the checkpoint, 'channel' given" in err and "another --out" in err, err
+    assert cli_main(args + ["--resume"]) == 0
+    assert f"resumed {out} at epoch 2" in capsys.readouterr().out
+    assert [r["epoch"] for r in json.load(open(out / "history.json"))] == [1, 2]
+
+
 def _config(data_dir, out, **kw):
     # VR-PGE (its search phase) unless ``kw`` names another method: the default is l1_filter
     base = dict(model="zoo:lenet5", data="mnist", data_root=data_dir, batch_size=32, epochs=1, finetune_epochs=1,

@@ -113,7 +113,8 @@ class Trainer:
                                       scaler=self.place.precision.scaler)
         path = checkpoint.run_file(config.out)
         saved_state = RunState.from_dict(checkpoint.load(path), path) if resume else None
-        if saved_state is not None:
+        if saved_state is not None:  # refused before anything is loaded or a log file is touched
+            check_resume_settings(saved_state.config, dataclasses.asdict(config), config.out)
             self.method.load_state_dict(saved_state.method)
         else:
             self.method.init(self.state)
@@ -360,7 +361,6 @@ class Trainer:
         self.place.group.barrier()  # no process runs ahead of the checkpoint it would resume from
 
     def _resume(self, state: RunState):
-        check_resume_settings(state.config, dataclasses.asdict(self.config), self.config.out)
         self.model.load_state_dict(state.model)
         self.record, self.state.step = state.record, state.step
         self.state.generator.set_state(state.generator)
