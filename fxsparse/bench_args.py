@@ -3,7 +3,9 @@
     fxsparse bench [--models vgg11_bn resnet20] [--batch 64] [--keep 0.5] [--steps 10]
                    [--precision fp32 bf16] [--variants dense sparse exported ...] [--json out.json]
     fxsparse bench --models llama_gqa mixtral_moe --variants dense sparse exported [--seq 256]
-    (also: python benchmarks/step_time.py ...)
+    (also: fxsparse bench step-time ..., python benchmarks/step_time.py ...)
+    fxsparse bench cold-start --help: the time to the first step from an empty compile cache
+    fxsparse bench phases --help: where the time of one sparse step goes, phase by phase
 
 Models: CNNs of the zoo (32x32 images, 10 classes, cross-entropy; default batch 64), or
 small transformers decoders written in fxsparse/bench_models.py (token ids, next-token
@@ -37,8 +39,9 @@ Precision: ``--precision bf16`` runs every variant's steps (and the memory count
 Memory: parameters + gradients + optimizer state + the activations autograd saves for the
 backward (counted with torch.autograd.graph.saved_tensors_hooks on the eager step).
 """
-# This module: `fxsparse bench`'s arguments, its docstring their help; torch-free, so that
-# `fxsparse bench --help` is fast. The bench itself is fxsparse/bench.py.
+# This module: `fxsparse bench`'s arguments, of each subcommand, its docstring the step-time
+# bench's help; torch-free, so that `fxsparse bench ... --help` is fast. The benches themselves:
+# fxsparse/bench.py (step time), bench_cold_start.py, bench_phases.py.
 from __future__ import annotations
 
 import argparse
@@ -81,15 +84,100 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warm-cache", action="store_true",
                         help="reuse torch.compile's on-disk cache (default: a fresh one, so compile times are cold)")
     args = parser.parse_args(argv)
-    for flag in ("steps", "block", "batch", "threads", "seq"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    _at_least_one(parser, args, ("steps", "block", "batch", "threads", "seq"))
     if args.seq < 2:  # the causal-LM loss predicts each token from the ones before it
         parser.error(f"--seq must be at least 2, got {args.seq}")
+    _check_keep(parser, args.keep)
+    return args
+
+
+COLD_START_HELP = """Time to the first training step from a cold compile cache, per step kind, each in a
+fresh process with an empty inductor cache: dense compiled, sparse compiled with static
+capacities (exact counts), sparse compiled with dynamic capacities (both as a short run compiles
+them: forward + backward only), the same with its indexed kernels compiled too
+(``compile_update=True``: the gather and the update, as a long run does), and the exported model
+compiled. Also where the compile time goes (torch._dynamo's ``compile_times``: graph
+lowering vs the C++ kernel compiles), and the CPU time of the first step (the process's and its
+compile workers'): on a shared machine the wall times follow the load, the CPU times much less.
+
+    fxsparse bench cold-start [--model resnet20] [--batch 8] [--threads 2] [--variants ...]
+
+Slow by design (every variant compiles from scratch: minutes on a 2-core CPU)."""
+COLD_START_VARIANTS = ("dense", "sparse-static", "sparse-dynamic", "sparse-dynamic-indexed", "exported")
+
+PHASES_HELP = """Where the time of one compiled sparse training step goes, phase by phase.
+
+    fxsparse bench phases [--model vgg11_bn] [--batch 64] [--keep 0.5] [--steps 12]
+                          [--capacity exact|dynamic]
+
+Runs ``SparseModel.make_train_step``'s step (SGD momentum 0.9, weight decay 5e-4, random
+masks of exactly round(keep x size) channels per group; static capacities, or the default
+dynamic ones with ``--capacity dynamic``) with its ``on_phase`` hook, and prints the median
+milliseconds of each phase: setting the masks, the per-step gather indices, the gather of
+kept weights, the compiled forward, the backward, the compact update (arguments + compiled
+kernel), and the write-back of BN statistics. Next to them, timed in the same rounds, the same
+phases of the exported model for one such mask (compiled forward, backward, torch.optim.SGD),
+and whole steps of both (the real ``make_train_step``): per-round ratios, which the machine's
+drift does not move."""
+
+# subcommand -> (the module that runs it, its function of the parsed arguments); no subcommand: step time
+SUBCOMMANDS = {"step-time": ("fxsparse.bench", "run_bench"),
+               "cold-start": ("fxsparse.bench_cold_start", "run_cold_start"),
+               "phases": ("fxsparse.bench_phases", "run_phases")}
+
+
+def parse_command(argv) -> tuple[str, argparse.Namespace]:
+    """(subcommand, its parsed arguments) of ``fxsparse bench ARGV``: ``cold-start``, ``phases``,
+    else ``step-time`` (also without its name: ``fxsparse bench --models ...``)."""
+    argv = list(argv)
+    command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "step-time"
+    parse = {"step-time": parse_args, "cold-start": parse_cold_start_args, "phases": parse_phases_args}[command]
+    return command, parse(argv)
+
+
+def parse_cold_start_args(argv=None) -> argparse.Namespace:
+    """``fxsparse bench cold-start``'s arguments."""
+    parser = argparse.ArgumentParser(prog="fxsparse bench cold-start", description=COLD_START_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20", help="a zoo CNN (32x32 images, default %(default)s)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(COLD_START_VARIANTS), choices=COLD_START_VARIANTS,
+                        metavar="VARIANT", help=f"(default all: {' '.join(COLD_START_VARIANTS)})")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--child", choices=COLD_START_VARIANTS, help=argparse.SUPPRESS)  # the measuring process
+    args = parser.parse_args(argv)
+    _at_least_one(parser, args, ("batch", "threads"))
+    return args
+
+
+def parse_phases_args(argv=None) -> argparse.Namespace:
+    """``fxsparse bench phases``'s arguments."""
+    parser = argparse.ArgumentParser(prog="fxsparse bench phases", description=PHASES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vgg11_bn", help="a zoo CNN (32x32 images, default %(default)s)")
+    parser.add_argument("--keep", type=float, default=0.5)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=12, help="timed rounds (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--capacity", choices=["exact", "dynamic"], default="exact")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, the first compiles (default %(default)s)")
+    args = parser.parse_args(argv)
+    _at_least_one(parser, args, ("batch", "steps", "threads", "warmup"))
+    _check_keep(parser, args.keep)
+    return args
+
+
+def _at_least_one(parser, args, flags) -> None:
+    for flag in flags:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+
+
+def _check_keep(parser, keep) -> None:
     from fxsparse.analysis.masks import check_fraction  # imports torch: the help above needs none
 
     try:
-        check_fraction(args.keep, "--keep")
+        check_fraction(keep, "--keep")
     except ValueError as err:
         parser.error(str(err))
-    return args

@@ -463,7 +463,9 @@ def build_parser(argv: list) -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="plots (PNG) of a training run: curves, keep per layer, learned widths")
     r.add_argument("dir", help="the --out directory of a run")
     r.set_defaults(func=cmd_report)
-    b = sub.add_parser("bench", help="training-step time: dense vs masked-dense vs sparse vs exported", add_help=False)
+    b = sub.add_parser("bench", add_help=False,
+                       help="training-step time: dense vs masked-dense vs sparse vs exported; subcommands "
+                            "cold-start (time to the first step), phases (one step's phases)")
     b.set_defaults(func=None)
     return parser
 
@@ -482,12 +484,13 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, CtrlC.handler)
     try:
         if argv and argv[0] == "bench":
-            from .bench_args import parse_args  # torch-free: `fxsparse bench --help` is fast
+            import importlib
 
-            bench_args = parse_args(argv[1:])
-            from .bench import run_bench  # torch, once the arguments are good
+            from .bench_args import SUBCOMMANDS, parse_command  # torch-free: `fxsparse bench --help` is fast
 
-            run_bench(bench_args)
+            command, bench_args = parse_command(argv[1:])
+            module, function = SUBCOMMANDS[command]
+            getattr(importlib.import_module(module), function)(bench_args)  # torch, once the arguments are good
             return 0
         plan = thread_plan_for(argv)  # before anything imports torch (see thread_plan_for)
         args = build_parser(argv).parse_args(argv)

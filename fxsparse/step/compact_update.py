@@ -15,7 +15,7 @@ from fxsparse.step.gather import gather, real_slots, scatter_
 # and state through slot indices in runs as short as a 3x3 kernel's 9 entries; inductor's
 # vector code splits each into a vector of 8 and a masked tail, slower than plain scalar
 # loops, and checks every index's bounds (ours are in range by construction). VGG-11, keep
-# 0.5, AVX2 (benchmarks/step_phases.py): update 10.0 -> 6.9 ms, dynamic gather 4.7 (eager)
+# 0.5, AVX2 (fxsparse bench phases): update 10.0 -> 6.9 ms, dynamic gather 4.7 (eager)
 # -> 3.3 ms, and it compiles in 6 s instead of 19 s.
 INDEXED_KERNEL_OPTIONS = {"cpp.simdlen": 1, "assert_indirect_indexing": False}
 

@@ -53,7 +53,7 @@ class TrainStep:
     interval of good steps (``loss_scaling``).
 
     ``on_phase``: None, or fn(phase) called as each phase of the compact step ends (one of
-    :data:`PHASES`; for profiling: ``benchmarks/step_phases.py``)."""
+    :data:`PHASES`; for profiling: ``fxsparse bench phases``)."""
 
     def __init__(self, host: StepHost, loss_fn, optimizer, skip_nonfinite: bool = True, scaler=None):
         self.host = host
