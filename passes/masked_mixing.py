@@ -69,6 +69,10 @@ class MaskMixingOps(PassBase):
                 continue
             src = node.args[0]
             shape = src.meta[SHAPE]
+            if src.meta.get(IDS) is None:
+                # a parameter argument (the ``v`` of a weight norm): its empty slots are exact
+                # zeros in the capacity model's gathered tensors, so the op leaves them out as is
+                continue
             vd = varying_dims(left_pad(self.graph.elements.canonical(src.meta.get(IDS)), len(shape)))
             if not vd or not self.layout_of(src.name, vd[0]).any_prunable:
                 continue

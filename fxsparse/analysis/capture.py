@@ -116,10 +116,14 @@ _EXPORT_SEES_THROUGH = (nn.MultiheadAttention,)
 
 
 def modules_export_sees_through(gm: fx.GraphModule) -> list[fx.Node]:
-    """The call_module nodes of a traced graph better captured by ``torch.export``."""
+    """The call_module nodes of a traced graph better captured by ``torch.export``: those of
+    :data:`_EXPORT_SEES_THROUGH`, and parametrized modules (``torch.nn.utils.parametrize``:
+    weight norm), whose weight is computed in their forward, where the symbolic trace cannot
+    see it (the rules then refuse them: their channels would stay)."""
     modules = dict(gm.named_modules())
     return [node for node in gm.graph.nodes
-            if node.op == "call_module" and isinstance(modules.get(node.target), _EXPORT_SEES_THROUGH)]
+            if node.op == "call_module" and (isinstance(modules.get(node.target), _EXPORT_SEES_THROUGH)
+                                             or torch.nn.utils.parametrize.is_parametrized(modules.get(node.target)))]
 
 
 @contextlib.contextmanager

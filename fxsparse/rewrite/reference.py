@@ -8,9 +8,12 @@ must match.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.fx as fx
 
+from fxsparse.analysis.masks import kept_indices
+from fxsparse.core.broadcast import along
 from fxsparse.rewrite.export import class_kept
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.passes.shape_prop import mutable
@@ -21,7 +24,7 @@ from fxsparse.rules.meta_keys import IDS, SHAPE
 class MaskedInterpreter(fx.Interpreter):
     def __init__(self, graph: ChannelGraph, keep):
         super().__init__(graph.gm)
-        self.ectx = ExportContext(graph.gm, graph.elements, class_kept(graph, keep))
+        self.ectx = ExportContext(graph.gm, graph.elements, class_kept(graph, keep), kept_indices(graph, keep))
         # every mixing op's masked form, found now: an op without one fails here, by name
         self.masked = {name: graph.masked_form(name, "the masked reference") for name, _ in graph.mixing}
 
@@ -57,11 +60,28 @@ class MaskedInterpreter(fx.Interpreter):
             out = type(out)(items) if not hasattr(out, "_fields") else type(out)(*items)
         return out
 
+    def _parameter_mask(self, node, dtype, device):
+        """The kept entries of a parameter seen through shape-only ops (``v`` of a weight
+        norm): those whose index along every member dim is kept; None where none is pruned."""
+        shape = self.ectx.shape(node)
+        if not isinstance(node, fx.Node) or not self.ectx.free(node) or shape is None:
+            return None
+        kept = [self.ectx.kept_along_param(node, d) for d in range(len(shape))]
+        if all(k is None or k.all() for k in kept):
+            return None
+        m = np.ones(shape, dtype=bool)
+        for d, k in enumerate(kept):
+            if k is not None:
+                m = m & along(k, d, len(shape))
+        return torch.as_tensor(m, device=device).to(dtype)
+
     def _masked_mixing(self, n):
         _, op, masked = self.masked[n.name]
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         x = args[0]
         m = self._mask(n.args[0], x.dtype, x.device)
+        if m is None:  # a parameter argument: its kept entries
+            m = self._parameter_mask(n.args[0], x.dtype, x.device)
         m = torch.ones_like(x) if m is None else m.expand_as(x)
         return masked(op, m, *mutable(args), **mutable(kwargs))
 

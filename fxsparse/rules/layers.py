@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .context import node_arg
 from .registry import Rule, register_rule
+from .weight_norm import WEIGHT_NORM_FUNCTIONS
 
 CONV_META = "fxsparse_conv"  # node.meta: "dense" | "depthwise" | "grouped"
 
@@ -25,6 +26,36 @@ def param_dim(ctx, arg, d):
     ref = refs[0]
     d = d % len(ref.dims)
     return None if ref.dims[d] is None else (ref.qualname, ref.dims[d])
+
+
+def weight_dims(ctx, w, d):
+    """What dim ``d`` of a layer's weight ``w`` slices: ``[(qualname, param dim)]``, one
+    parameter's dim, or for a weight-normed weight (``weight_norm(v, g, dim)``) ``v``'s dim
+    and ``g``'s where ``g`` has it; None when it is no parameter dim."""
+    if isinstance(w, fx.Node) and w.op == "call_function" and w.target in WEIGHT_NORM_FUNCTIONS:
+        refs = ctx.free(w) if ctx.ids(w) is None else None
+        if not refs or d % len(refs[0].dims) >= len(refs[0].dims) or refs[0].dims[d % len(refs[0].dims)] is None:
+            return None
+        return [(r.qualname, r.dims[d % len(r.dims)]) for r in refs if r.dims[d % len(r.dims)] is not None]
+    pd = param_dim(ctx, w, d)
+    return None if pd is None else [pd]
+
+
+def _bind(ctx, pd, ids):
+    """Tie ``ids`` to a (qualname, dim) pair or to each of a list of them."""
+    for qualname, dim in (pd if isinstance(pd, list) else [pd]):
+        ctx.member(qualname, dim, ids)
+
+
+def _refuse_parametrized(ctx, node, mod, kind):
+    """A parametrized module met as one node (a torch.fx leaf): its weight is computed in its
+    forward (weight norm...), so slicing ``weight`` would slice nothing. The capture reads such
+    a model with torch.export, which sees the computation; where that failed, its channels stay."""
+    if not torch.nn.utils.parametrize.is_parametrized(mod):
+        return False
+    ctx.unprunable(ctx.ids(node.args[0]), f"{kind} '{node.target}' at {ctx.where(node)}: its weight is computed by a "
+                                          "parametrization (torch.nn.utils.parametrize) inside the module")
+    return True
 
 
 def conv_channels(ctx, node, x, w_out, w_in, bias, groups):
@@ -43,7 +74,7 @@ def conv_channels(ctx, node, x, w_out, w_in, bias, groups):
         node.meta[CONV_META] = "dense"
         out = ctx.new_elements(cout)
         if xin is not None:
-            ctx.member(*w_in, xin)
+            _bind(ctx, w_in, xin)
     elif cin == groups:
         # depthwise with multiplier m: output channel c*m+k reads input channel c only,
         # so it lives and dies with it
@@ -65,11 +96,11 @@ def conv_channels(ctx, node, x, w_out, w_in, bias, groups):
                 ctx.elements.union_all(grid[:, j])
                 if (grid[:, j] < 0).any():
                     ctx.unprunable(grid[:, j], f"{loc}: grouped conv column mixes fixed and prunable channels")
-            ctx.member(*w_in, ctx.elements.canonical(grid[0]))
+            _bind(ctx, w_in, ctx.elements.canonical(grid[0]))
         out = np.tile(ctx.new_elements(per_out), groups)
-    ctx.member(*w_out, out)
+    _bind(ctx, w_out, out)
     if bias is not None:
-        ctx.member(*bias, out)
+        _bind(ctx, bias, out)
     return ctx.along(len(out_shape), 1, out)
 
 
@@ -78,6 +109,8 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2
 
 def conv_module(ctx, node):
     mod, t = ctx.modules[node.target], node.target
+    if _refuse_parametrized(ctx, node, mod, "conv"):
+        return None
     transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
     w_out, w_in = (f"{t}.weight", 1 if transposed else 0), (f"{t}.weight", 0 if transposed else 1)
     bias = (f"{t}.bias", 0) if mod.bias is not None else None
@@ -113,7 +146,7 @@ def conv_function(ctx, node):
     if transposed and groups != 1:
         ctx.unprunable(ctx.ids(node.args[0]), f"grouped transposed conv at {ctx.where(node)} is not supported yet")
         return None
-    w_out, w_in = param_dim(ctx, w, 1 if transposed else 0), param_dim(ctx, w, 0 if transposed else 1)
+    w_out, w_in = weight_dims(ctx, w, 1 if transposed else 0), weight_dims(ctx, w, 0 if transposed else 1)
     bias = param_dim(ctx, b, 0) if isinstance(b, fx.Node) else None
     if isinstance(b, fx.Node) and bias is None:
         w_out = None  # a computed bias cannot be sliced
@@ -143,16 +176,18 @@ def linear_channels(ctx, node, x, w_out, w_in, bias):
     out_shape = ctx.shape(node)
     xin = ctx.axis(x, -1, f"{loc}: input channels also vary along a non-feature dim")
     if xin is not None:
-        ctx.member(*w_in, xin)
+        _bind(ctx, w_in, xin)
     out = ctx.new_elements(out_shape[-1])
-    ctx.member(*w_out, out)
+    _bind(ctx, w_out, out)
     if bias is not None:
-        ctx.member(*bias, out)
+        _bind(ctx, bias, out)
     return ctx.along(len(out_shape), -1, out)
 
 
 def linear_module(ctx, node):
     mod, t = ctx.modules[node.target], node.target
+    if _refuse_parametrized(ctx, node, mod, "linear"):
+        return None
     bias = (f"{t}.bias", 0) if mod.bias is not None else None
     return linear_channels(ctx, node, node.args[0], (f"{t}.weight", 0), (f"{t}.weight", 1), bias)
 
@@ -170,10 +205,10 @@ def linear_function(ctx, node):
     w, b = node_arg(node, 1, "weight"), node_arg(node, 2, "bias")
     bias = param_dim(ctx, b, 0) if isinstance(b, fx.Node) else None
     pieces = concatenated_bias(ctx, b) if isinstance(b, fx.Node) and bias is None else None
-    w_out = param_dim(ctx, w, 0)
+    w_out = weight_dims(ctx, w, 0)
     if isinstance(b, fx.Node) and bias is None and pieces is None:
         w_out = None
-    out = linear_channels(ctx, node, node.args[0], w_out, param_dim(ctx, w, 1), bias)
+    out = linear_channels(ctx, node, node.args[0], w_out, weight_dims(ctx, w, 1), bias)
     if out is not None and pieces:
         line, start = np.asarray(out).reshape(-1), 0
         for ref, size in pieces:  # each piece is sliced with the output channels it covers

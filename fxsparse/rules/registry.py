@@ -36,7 +36,10 @@ class Rule:
     computed as if the channels where ``m == 0`` were removed. ``op`` is what the node
     calls (the module for ``call_module``, the function, or the method name), ``args`` /
     ``kwargs`` its call arguments, and ``m`` a float 0/1 tensor of ``args[0]``'s shape
-    (1 = a kept channel). Positions where ``m == 0`` may hold anything in the result.
+    (1 = a kept channel; for a parameter argument, such as the ``v`` of a weight norm, 1 = an
+    entry whose index along every pruned dim is kept; the compiled step's capacity model does
+    not call the masked form of such an op: the empty slots of its parameters are zeros).
+    Positions where ``m == 0`` may hold anything in the result.
     Used by the masked reference (``fxsparse.rewrite.reference``) and by the capacity model of
     ``fxsparse.compile`` (empty slots are removed channels there).
 

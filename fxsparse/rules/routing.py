@@ -65,23 +65,63 @@ register_rule(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_li
               torch.randn_like)(like_rule)
 
 
-@register_rule(torch.repeat_interleave, "repeat_interleave")
 def repeat_interleave_rule(ctx, node):
     """``x.repeat_interleave(k, dim)``: each token copied once per expert it goes to (the
     channels of the other dims pass through), or each KV head once per query head it serves
-    (a channel's copies are that channel: they go with it)."""
+    (a channel's copies are that channel: they go with it).
+
+    A value shared by all (size 1 along ``dim``: Mamba2's B and C with one group, copied to
+    every head) has no channel there to follow: its ``k`` copies get channels of their own,
+    which couple with the heads they meet, and a pruned copy is left out of the repeat
+    (export lowers ``k``). The copies and the value's own channels along another dim (the
+    state) would be an outer product, which one ids array cannot hold: the copies keep theirs
+    (they meet the heads), the value's stay."""
     src, repeats = node.args[0], node_arg(node, 1, "repeats")
     dim = node_arg(node, 2, "dim")
     ids = ctx.padded_ids(src)
+    if dim is None or not isinstance(repeats, int):
+        if ids is not None:
+            ctx.unprunable(ids, f"repeat_interleave at {ctx.where(node)} without a dim or with per-item repeats")
+        return None
+    shape = ctx.shape(src)
+    dim %= len(shape)
+    if _copies_of_a_shared_value(shape, dim, repeats):
+        copies = ctx.new_elements(repeats)
+        if ids is not None:
+            ctx.unprunable(ids, f"repeat_interleave at {ctx.where(node)} copies a value shared by all along dim {dim} "
+                                f"{repeats} times: an outer product of the copies and the value's channels; one ids "
+                                "array holds one of them, and the copies keep theirs (they meet the heads)")
+        return ctx.along(len(shape), dim, copies)
     if ids is None:
         return None
-    if dim is None or not isinstance(repeats, int):
-        ctx.unprunable(ids, f"repeat_interleave at {ctx.where(node)} without a dim or with per-item repeats")
-        return None
-    dim %= ids.ndim
     if dim in varying_dims(ids):
         return np.repeat(ids, repeats, axis=dim)
     return np.take(ids, [0], axis=dim)
+
+
+def _copies_of_a_shared_value(shape, dim, repeats) -> bool:
+    return shape[dim] == 1 and repeats > 1
+
+
+def repeat_interleave_export(ectx, node):
+    """Copies of a shared value: repeat only the kept ones. ``output_size``, where given, is
+    the kept count (copies of sliced channels are fewer too)."""
+    repeats, dim = node_arg(node, 1, "repeats"), node_arg(node, 2, "dim")
+    shape = ectx.shape(node.args[0])
+    if dim is None or not isinstance(repeats, int):
+        return
+    kept = ectx.pruned_size(node, dim)
+    shared = _copies_of_a_shared_value(shape, dim % len(shape), repeats)
+    args, kwargs = list(node.args), dict(node.kwargs)
+    for i, name, new in ((1, "repeats", kept if shared else repeats), (3, "output_size", kept)):
+        if len(args) > i:
+            args[i] = new
+        elif name in kwargs:
+            kwargs[name] = new
+    node.args, node.kwargs = tuple(args), kwargs
+
+
+register_rule(torch.repeat_interleave, "repeat_interleave", export=repeat_interleave_export)(repeat_interleave_rule)
 
 
 def _meet(ctx, node, a, b, what):
