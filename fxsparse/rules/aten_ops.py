@@ -213,6 +213,154 @@ _TABLE = {
     aten.upsample_bilinear2d.vec: _upsample("bilinear", True),
     aten.upsample_bicubic2d.vec: _upsample("bicubic", True),
 }
+def _elu(args, kwargs):
+    """``aten.elu(x, alpha, scale, input_scale)``: ``F.elu(x, alpha)`` where both scales are 1
+    (F.elu's third argument is ``inplace``)."""
+    alpha, scale, input_scale = (list(args[1:4]) + [1.0, 1.0, 1.0][len(args) - 1:])[:3]
+    if scale != 1 or input_scale != 1:
+        return None
+    return F.elu, (args[0], alpha), {}
+
+
+def _variance(name):
+    """``aten.std.dim(x, dim, unbiased, keepdim)`` / ``aten.var.correction(x, dim, *,
+    correction, keepdim)`` -> ``x.std(dim, correction=c, keepdim=k)`` (keywords: the reduction
+    rule reads a positional third argument as keepdim)."""
+    def convert(args, kwargs):
+        x = args[0]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if "correction" in kwargs or len(args) <= 2:
+            correction = kwargs.get("correction")
+            correction = 1 if correction is None else correction
+        else:
+            correction = int(bool(args[2]))
+        keepdim = args[3] if len(args) > 3 else kwargs.get("keepdim", False)
+        return name, (x, dim), {"correction": correction, "keepdim": keepdim}
+    return convert
+
+
+def _dim_reduce(name):
+    """``aten.max.dim(x, dim, keepdim)`` / ``aten.prod.dim_int(x, dim, keepdim, dtype=...)`` ->
+    ``x.max(dim, keepdim)``; ``aten.sum.default(x)`` / ``aten.mean.default(x)`` -> ``x.sum()``."""
+    def convert(args, kwargs):
+        extra = {"dtype": kwargs["dtype"]} if kwargs.get("dtype") is not None else {}
+        if len(args) == 1:
+            return name, (args[0],), extra
+        keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+        return name, (args[0], args[1], keepdim), extra
+    return convert
+
+
+def _log_softmax(args, kwargs):
+    extra = {"dtype": kwargs["dtype"]} if kwargs.get("dtype") is not None else {}
+    return "log_softmax", (args[0], args[1]), extra
+
+
+def _cumulative(fn):
+    """``aten.cumsum(x, dim, dtype=None)`` -> ``torch.cumsum(x, dim[, dtype=...])``."""
+    def convert(args, kwargs):
+        dtype = args[2] if len(args) > 2 else kwargs.get("dtype")
+        return fn, (args[0], args[1]), ({"dtype": dtype} if dtype is not None else {})
+    return convert
+
+
+def _conv_transpose(fn):
+    """``aten.conv_transposeNd(x, w, b, stride, padding, output_padding, groups, dilation)`` ->
+    ``F.conv_transposeNd`` with the options as keywords (the conv rule reads ``groups`` by name)."""
+    names = ("stride", "padding", "output_padding", "groups", "dilation")
+
+    def convert(args, kwargs):
+        kw = dict(zip(names, args[3:]))
+        kw.update({k: v for k, v in kwargs.items() if k in names})
+        return fn, tuple(args[:3]), kw
+    return convert
+
+
+def _instance_norm(args, kwargs):
+    x, w, b, mean, var, use_input_stats, momentum, eps = args[:8]
+    return F.instance_norm, (x, mean, var, w, b, use_input_stats, momentum, eps), {}
+
+
+# Ops whose torch-level rules (pointwise, spatial, norms, layers, scan) served only the
+# symbolic trace: torch.export records them as these aten ops.
+_TABLE.update({
+    # element-wise, one operand
+    aten.abs.default: _same(torch.abs),
+    aten.log.default: _same(torch.log),
+    aten.sign.default: _same(torch.sign),
+    aten.square.default: _same(torch.square),
+    aten.clip.default: _same(torch.clip),
+    aten.nan_to_num.default: _same(torch.nan_to_num),
+    aten.detach.default: _same(torch.detach),
+    aten.leaky_relu.default: _same(F.leaky_relu),  # (x, negative_slope)
+    aten.elu.default: _elu,
+    aten.selu.default: _same(F.selu),
+    aten.celu.default: _same(F.celu),  # (x, alpha)
+    aten.softplus.default: _same(F.softplus),  # (x, beta, threshold)
+    aten.mish.default: _same(F.mish),
+    aten.hardtanh.default: _same(F.hardtanh),  # (x, min_val, max_val): also F.relu6
+    aten.log_sigmoid.default: _same(F.logsigmoid),
+    aten.threshold.default: _same(F.threshold),  # (x, threshold, value)
+    aten.hardshrink.default: _same(F.hardshrink),
+    aten.softshrink.default: _same(F.softshrink),
+    aten.prelu.default: _same(torch.prelu),
+    aten.feature_dropout.default: _same(torch.feature_dropout),  # (x, p, train)
+    aten.alpha_dropout.default: _same(torch.alpha_dropout),
+    aten.feature_alpha_dropout.default: _same(torch.feature_alpha_dropout),
+    # element-wise, several operands
+    aten.maximum.default: _same(torch.maximum),
+    aten.minimum.default: _same(torch.minimum),
+    aten.max.other: _same(torch.maximum),
+    aten.min.other: _same(torch.minimum),
+    aten.where.self: _same(torch.where),  # (condition, x, other)
+    aten.where.ScalarOther: _same(torch.where),
+    aten.where.ScalarSelf: _same(torch.where),
+    aten.where.Scalar: _same(torch.where),
+    aten.lerp.Scalar: _same(torch.lerp),
+    aten.lerp.Tensor: _same(torch.lerp),
+    aten.addcmul.default: _same(torch.addcmul),  # value=
+    aten.addcdiv.default: _same(torch.addcdiv),
+    # scans, reductions, softmax
+    aten.cumsum.default: _cumulative(torch.cumsum),
+    aten.cumprod.default: _cumulative(torch.cumprod),
+    aten.logsumexp.default: _same(torch.logsumexp),  # (x, dims, keepdim)
+    aten.std.dim: _variance("std"),
+    aten.std.correction: _variance("std"),
+    aten.var.dim: _variance("var"),
+    aten.var.correction: _variance("var"),
+    aten.amin.default: _reduce("amin"),
+    aten.max.dim: _dim_reduce("max"),
+    aten.min.dim: _dim_reduce("min"),
+    aten.prod.dim_int: _dim_reduce("prod"),
+    aten.sum.default: _dim_reduce("sum"),
+    aten.mean.default: _dim_reduce("mean"),
+    aten.log_softmax.int: _log_softmax,
+    aten._log_softmax.default: _log_softmax,  # (x, dim, half_to_float)
+    # spatial (aten.max_pool2d_with_indices and aten.adaptive_max_pool2d return (values, indices),
+    # as F.max_pool2d_with_indices does)
+    aten.pixel_shuffle.default: _same(F.pixel_shuffle),  # (x, upscale_factor)
+    aten.max_pool1d.default: _same(F.max_pool1d),  # (x, kernel, stride, padding, dilation, ceil_mode)
+    aten.max_pool3d.default: _same(F.max_pool3d),
+    aten.max_pool2d_with_indices.default: _same(F.max_pool2d_with_indices),
+    aten.max_pool3d_with_indices.default: _same(F.max_pool3d_with_indices),
+    aten.avg_pool1d.default: _same(F.avg_pool1d),  # (x, kernel, stride, padding, ceil_mode, count_include_pad)
+    aten.avg_pool3d.default: _same(F.avg_pool3d),  # ... divisor_override
+    aten.adaptive_avg_pool3d.default: _same(F.adaptive_avg_pool3d),
+    aten.adaptive_max_pool1d.default: _same(F.adaptive_max_pool1d_with_indices),
+    aten.adaptive_max_pool2d.default: _same(F.adaptive_max_pool2d_with_indices),
+    aten.adaptive_max_pool3d.default: _same(F.adaptive_max_pool3d_with_indices),
+    aten.upsample_nearest3d.vec: _upsample("nearest", False),
+    aten.upsample_trilinear3d.vec: _upsample("trilinear", True),
+    aten._upsample_nearest_exact1d.vec: _upsample("nearest-exact", False),
+    aten._upsample_nearest_exact2d.vec: _upsample("nearest-exact", False),
+    aten._upsample_nearest_exact3d.vec: _upsample("nearest-exact", False),
+    # layers
+    aten.conv_transpose1d.default: _conv_transpose(F.conv_transpose1d),
+    aten.conv_transpose2d.input: _conv_transpose(F.conv_transpose2d),
+    aten.conv_transpose3d.input: _conv_transpose(F.conv_transpose3d),
+    aten.instance_norm.default: _instance_norm,
+})
+
 # In-place ops of the training IR (``x.silu_()``, ``result += input``) become their
 # out-of-place form where nothing else reads the mutated tensor (then the two are the same).
 _IN_PLACE = {
@@ -228,6 +376,15 @@ _IN_PLACE = {
     aten.sigmoid_.default: _same(torch.sigmoid),
     aten.tanh_.default: _same(torch.tanh),
     aten.hardtanh_.default: _same(F.hardtanh),
+    aten.leaky_relu_.default: _same(F.leaky_relu),
+    aten.elu_.default: _elu,
+    aten.celu_.default: _same(F.celu),
+    aten.mish_.default: _same(F.mish),
+    aten.threshold_.default: _same(F.threshold),
+    aten.abs_.default: _same(torch.abs),
+    aten.exp_.default: _same(torch.exp),
+    aten.clamp_.default: _same(torch.clamp),
+    aten.clamp_min_.default: _same(torch.clamp_min),
 }
 
 

@@ -11,6 +11,7 @@ where...) align their operands position by position, with broadcasting:
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from fxsparse.core.broadcast import left_pad, padded_shape
 from fxsparse.core.elements import NO_ELEMENT, varying_dims
-from .context import FreeRef
+from .context import FreeRef, node_arg
 from .outer import keep_one_axis
 from .registry import register_rule
 
@@ -38,6 +39,8 @@ UNARY_FUNCTIONS = (
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.abs,
     torch.neg, torch.erf, torch.clamp, torch.clamp_min, torch.clamp_max, torch.clip, torch.square, torch.sign, torch.nan_to_num,
     operator.neg, operator.pos, torch.clone, torch.detach,
+    # the functional forms of UNARY_MODULES that torch.export records (hardshrink is torch.hardshrink)
+    F.hardshrink, F.softshrink, F.tanhshrink, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout,
 )
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "abs", "neg", "clamp", "clamp_",
@@ -147,7 +150,9 @@ def _outer_product(ctx, tracked, loc):
     dim): one of them keeps its channels (``outer.keep_one_axis``), the other's stay."""
     for a in list(tracked):
         for b in list(tracked):
-            if a is b or a not in tracked or b not in tracked:
+            # by identity: an entry's ids are arrays, which `in` / `remove` would compare by value
+            # (ambiguous), as for the two operands of ``x * x``
+            if a is b or not any(a is t for t in tracked) or not any(b is t for t in tracked):
                 continue
             va, vb = set(varying_dims(a[2])), set(varying_dims(b[2]))
             if not va or not vb or va & vb:
@@ -155,7 +160,8 @@ def _outer_product(ctx, tracked, loc):
             if all(a[1][d] == 1 for d in vb) and all(b[1][d] == 1 for d in va):
                 lines = [np.moveaxis(e[2], min(v), 0).reshape(e[2].shape[min(v)], -1)[:, 0] for e, v in ((a, va), (b, vb))]
                 kept = keep_one_axis(ctx, [(f"'{a[0]}' (dim {min(va)})", lines[0]), (f"'{b[0]}' (dim {min(vb)})", lines[1])], loc)
-                tracked.remove(b if kept == 0 else a)
+                gone = b if kept == 0 else a
+                tracked = [t for t in tracked if t is not gone]
     return tracked
 
 
@@ -202,3 +208,23 @@ def _prelu_export(ectx, node):
 
 
 register_rule(nn.PReLU, export=_prelu_export)(prelu)
+
+
+@register_rule(torch.prelu)  # F.prelu; torch.export records nn.PReLU as aten.prelu
+def prelu_function(ctx, node):
+    """``F.prelu(x, weight)``: one slope for all channels, or one per channel of dim 1 (the
+    weight's dim 0 is then a member of those channels)."""
+    from .layers import param_dim
+
+    x, w = node.args[0], node_arg(node, 1, "weight")
+    ids, w_shape = ctx.ids(x), ctx.shape(w)
+    if ids is None or w_shape is None or math.prod(w_shape) == 1:
+        return ids
+    line = ctx.axis(x, 1, f"prelu at {ctx.where(node)} needs channels on dim 1")
+    if line is not None:
+        pd = param_dim(ctx, w, 0)
+        if pd is None:
+            ctx.unprunable(line, f"prelu at {ctx.where(node)}: its weight is not a plain parameter")
+        else:
+            ctx.member(*pd, line)
+    return ids
