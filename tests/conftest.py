@@ -18,7 +18,7 @@ if _workers > 1:
     torch.set_num_threads(max(1, torch.get_num_threads() // _workers))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A tiny MNIST-format data set (IDX files, gzip): 192 training and 48 test images."""
     from idx_files import make_idx_dir
@@ -26,6 +26,37 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("idx")
     make_idx_dir(str(root), n_train=192, n_test=48, gz=True, seed=3)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def idx_small(tmp_path_factory):
+    """A smaller MNIST-format data set (IDX files, gzip): 64 training and 16 test images."""
+    from idx_files import make_idx_dir
+
+    root = tmp_path_factory.mktemp("idx_small")
+    make_idx_dir(str(root), n_train=64, n_test=16, gz=True, seed=3)
+    return str(root)
+
+
+NPROC2_ARGS = ["--model", "zoo:lenet5", "--data", "mnist", "--batch-size", "16", "--epochs", "1", "--finetune-epochs",
+               "1", "--method", "vrpge", "--no-compile", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def nproc2_run(idx_small, tmp_path_factory):
+    """``fxsparse train --nproc 2`` (torchrun, two processes) as a user runs it, in a fresh
+    interpreter with OMP_NUM_THREADS unset and the progress bar on: (the finished process,
+    its --out folder, the arguments of the run but --nproc and --out). Shared by the test of
+    what it prints (tests/cli/test_first_hour.py) and of what it trains (tests/training/test_distributed.py)."""
+    import subprocess
+
+    args = ["train", *NPROC2_ARGS, "--data-root", idx_small]
+    out = tmp_path_factory.mktemp("nproc2") / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OMP_NUM_THREADS")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "fxsparse", *args, "--nproc", "2", "--out", str(out)],
+                          cwd=str(out.parent), env=env, capture_output=True, text=True, timeout=600)
+    return proc, out, args
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +78,21 @@ def _fresh_compile_state():
     torch._dynamo.reset()
     gc.collect()
     gc.freeze()
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """The compiled step through torch.compile's ``aot_eager`` backend instead of inductor, its
+    graphs still counted (``SparseModel.compilations``): for tests whose point is what dynamo
+    and AOT autograd do (graph counts, recompiles, symbolic counts, the compiled step's
+    values), not inductor's code. The inductor compiles stay in the tests that check them
+    (tests/step/test_sparse_step.py, tests/step/test_dynamic_capacity.py, tests/zoo/test_zoo_sparse_step.py)."""
+    from torch._dynamo.backends.debugging import aot_eager as backend
+
+    from fxsparse.step.compiler import StepCompiler
+
+    def counted(self, gm, example_inputs):
+        self.compilations += 1
+        return backend(gm, example_inputs)
+
+    monkeypatch.setattr(StepCompiler, "backend", counted)

@@ -562,17 +562,11 @@ def test_launch_sets_omp_threads_so_torchrun_prints_no_banner(monkeypatch):
     assert 'if "OMP_NUM_THREADS" not in os.environ and nproc_per_node > 1:' in src
 
 
-def test_nproc_run_prints_only_the_progress_bar_on_stderr(tmp_path):
+def test_nproc_run_prints_only_the_progress_bar_on_stderr(nproc2_run):
     """`fxsparse train --nproc 2` with OMP_NUM_THREADS unset, as a user runs it: torchrun's banner
     about OMP_NUM_THREADS, warnings of torch (the profiler's under DDP, gloo's) or of the
     processes would cut through the progress bar; stderr holds the bar's frames and nothing else."""
-    make_idx_dir(str(tmp_path / "idx"), n_train=64, n_test=16, gz=True, seed=3)
-    env = {k: v for k, v in _env().items() if k != "OMP_NUM_THREADS"}
-    r = subprocess.run(_fxsparse("train", "--nproc", "2", "--model", "zoo:lenet5", "--data", "mnist", "--data-root",
-                                 str(tmp_path / "idx"), "--batch-size", "16", "--epochs", "0.5", "--finetune-epochs",
-                                 "0.5", "--method", "vrpge", "--no-compile", "--device", "cpu", "--out",
-                                 str(tmp_path / "run")),
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r, _, _ = nproc2_run
     assert r.returncode == 0, r.stderr[-3000:]
     frames = [f for f in re.split(r"[\r\n]", r.stderr) if f.strip()]
     assert any(f.startswith("epoch 1:") for f in frames), r.stderr[-2000:]  # the bar was there

@@ -171,27 +171,16 @@ def test_the_global_batch_must_split_over_the_processes(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_nproc_2_runs_torchrun_end_to_end(tmp_path):
+def test_nproc_2_runs_torchrun_end_to_end(nproc2_run, tmp_path):
     """`fxsparse train --nproc 2` launches torchrun (python -m fxsparse in each process):
     the run finishes, process 0 writes the files, and the model matches one process."""
-    import subprocess
-    import sys
-
-    from idx_files import make_idx_dir
-
-    make_idx_dir(str(tmp_path / "idx"), n_train=64, n_test=16, gz=True, seed=3)
-    args = ["train", "--model", "zoo:lenet5", "--data", "mnist", "--data-root", str(tmp_path / "idx"), "--batch-size",
-            "16", "--epochs", "1", "--finetune-epochs", "1", "--method", "vrpge", "--no-compile", "--no-progress",
-            "--threads", "1", "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    two = subprocess.run([sys.executable, "-m", "fxsparse", *args, "--nproc", "2", "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600, env=env)
+    two, out, args = nproc2_run
     assert two.returncode == 0, two.stderr[-3000:]
     assert {"model.safetensors", "model.json", "summary.json", "history.json", "history.csv", "steps.csv",
             "last.pt"} == \
-        set(os.listdir(tmp_path / "two"))
-    assert cli_main(args + ["--out", str(tmp_path / "one")]) == 0
+        set(os.listdir(out))
+    assert cli_main(args + ["--no-progress", "--threads", "1", "--out", str(tmp_path / "one")]) == 0
     a = load_file(tmp_path / "one" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "model.safetensors")
+    b = load_file(out / "model.safetensors")
     for k in a:  # float32 and a different summation order: close, not equal
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k

@@ -13,7 +13,6 @@ import torch.nn as nn
 from fxsparse.cli import main as cli_main
 from fxsparse.zoo import load_model
 from fxsparse.zoo._timm_import import import_timm
-from idx_files import make_idx_dir
 
 
 def _fake_timm(calls):
@@ -76,15 +75,14 @@ def test_unknown_name_is_a_one_line_error(monkeypatch, prefix, capsys):
 
 
 @pytest.mark.parametrize("prefix", ["timm", "torchvision"])
-def test_absent_package_names_an_install_that_keeps_torch(monkeypatch, prefix, tmp_path, capsys):
+def test_absent_package_names_an_install_that_keeps_torch(monkeypatch, prefix, tmp_path, capsys, idx_small):
     """The hint installs the package with --no-deps: with its dependencies (timm needs
     torchvision, which pins one torch) pip would replace a CPU torch with a CUDA build."""
     monkeypatch.setitem(sys.modules, prefix, None)  # `import prefix` now fails, installed or not
     with pytest.raises(ValueError, match=rf"pip install --no-deps '?{prefix}"):
         load_model(f"{prefix}:resnet18")
-    make_idx_dir(str(tmp_path / "idx"), n_train=64, n_test=16, gz=True, seed=3)
     out = tmp_path / "run"
-    assert cli_main(["train", "--model", f"{prefix}:resnet18", "--data", "mnist", "--data-root", str(tmp_path / "idx"),
+    assert cli_main(["train", "--model", f"{prefix}:resnet18", "--data", "mnist", "--data-root", idx_small,
                      "--no-progress", "--out", str(out)]) == 2
     assert cli_main(["analyze", f"{prefix}:resnet18"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
