@@ -142,7 +142,7 @@ def conv_function(ctx, node):
     transposed = _F_CONVS[node.target]
     w = node_arg(node, 1, "weight")
     b = node_arg(node, 2, "bias")
-    groups = node_arg(node, 7 if transposed else 6, "groups", 1)
+    groups = node_arg(node, 6, "groups", 1)  # F.conv*d and F.conv_transpose*d both have groups 7th
     if transposed and groups != 1:
         ctx.unprunable(ctx.ids(node.args[0]), f"grouped transposed conv at {ctx.where(node)} is not supported yet")
         return None
@@ -156,8 +156,7 @@ def conv_function(ctx, node):
 def conv_function_export(ectx, node):
     if node.meta.get(CONV_META) != "depthwise":
         return
-    transposed = _F_CONVS[node.target]
-    i = 7 if transposed else 6
+    i = 6  # groups, in F.conv*d and F.conv_transpose*d alike
     groups = ectx.pruned_size(node.args[0], 1)
     if len(node.args) > i:
         node.args = node.args[:i] + (groups,) + node.args[i + 1 :]

@@ -687,3 +687,31 @@ def test_multihead_attention_export_runs_at_every_batch_size():
             assert out.shape[0] == batch and torch.isfinite(out).all()
             if ref is not None:
                 assert_close(out, ref)
+
+
+class _PositionalConvTranspose(nn.Module):
+    """F.conv_transpose2d with its options positional: (stride, padding, output_padding, groups,
+    dilation). A dilation read as groups would block a plain transposed conv."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.weight = nn.Parameter(torch.randn(8, 6 // groups, 3, 3) * 0.2)
+        self.bias = nn.Parameter(torch.randn(6) * 0.1)
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        h = torch.nn.functional.conv_transpose2d(h, self.weight, self.bias, 2, 1, 1, self.groups, 2)
+        return self.head(torch.relu(h))
+
+
+def test_functional_conv_transpose_reads_positional_groups_not_dilation():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    graph = check_export(_PositionalConvTranspose(groups=1), x, n_masks=4)
+    assert len([g for g in graph.groups if g.prunable]) == 2  # the conv's 8 channels and the transposed conv's 6
+    grouped = fxsparse.analyze(_PositionalConvTranspose(groups=2).eval(), (x,))
+    blocked = [g for g in grouped.groups if not g.prunable]
+    assert any("grouped transposed conv" in g.reason for g in blocked)
