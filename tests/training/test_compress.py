@@ -44,6 +44,15 @@ def _config(data_dir, out, **kw):
     return TrainConfig(**base)
 
 
+@pytest.fixture(scope="module")
+def dense_run(data_dir, tmp_path_factory):
+    """A dense LeNet-5 trained one epoch by the CLI (its --out folder): the trained weights that
+    the tests of --init read (they only read it)."""
+    out = tmp_path_factory.mktemp("dense") / "dense"
+    assert _cli(data_dir, out, "--method", "dense", "--epochs", "1", "--finetune-epochs", "0") == 0
+    return out
+
+
 def ConvNet():
     """conv-BN-ReLU twice, global pooling, a linear classifier (1 input channel, 4 classes)."""
     return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1),
@@ -52,7 +61,7 @@ def ConvNet():
 
 # ----------------------------------------------------------------------------- --init
 
-def test_init_reads_state_dicts_safetensors_and_run_directories(tmp_path, data_dir):
+def test_init_reads_state_dicts_safetensors_and_run_directories(tmp_path, data_dir, dense_run):
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
@@ -67,15 +76,14 @@ def test_init_reads_state_dicts_safetensors_and_run_directories(tmp_path, data_d
         for k, v in fresh.state_dict().items():
             assert torch.equal(v, state[k]), (name, k)
     # an earlier run's --out: a dense run's weights seed the next run's model
-    assert _cli(data_dir, tmp_path / "dense", "--method", "dense", "--epochs", "1", "--finetune-epochs", "0") == 0
     from safetensors.torch import load_file
 
-    written = load_file(str(tmp_path / "dense" / "model.safetensors"))
-    tr = Trainer(_config(data_dir, tmp_path / "next", method="l1_filter", init=str(tmp_path / "dense")), log=None,
+    written = load_file(str(dense_run / "model.safetensors"))
+    tr = Trainer(_config(data_dir, tmp_path / "next", method="l1_filter", init=str(dense_run)), log=None,
                  progress=False)
     for k, v in tr.model.state_dict().items():
         assert torch.equal(v, written[k]), k
-    summary = json.load(open(tmp_path / "dense" / "summary.json"))
+    summary = json.load(open(dense_run / "summary.json"))
     for name in ("model.safetensors", "history.csv", "steps.csv"):
         assert os.path.isfile(summary["files"][name]), name
 
@@ -378,14 +386,13 @@ def test_l0_gates_at_zero_or_one_compute_the_exported_model():
 
 # ----------------------------------------------------------------------------- VR-PGE on trained weights
 
-def test_forward_only_search_leaves_the_weights_and_follows_the_budget_ramp(data_dir, tmp_path):
-    assert _cli(data_dir, tmp_path / "dense", "--method", "dense", "--epochs", "1", "--finetune-epochs", "0") == 0
+def test_forward_only_search_leaves_the_weights_and_follows_the_budget_ramp(data_dir, tmp_path, dense_run):
     from safetensors.torch import load_file
 
-    trained = load_file(str(tmp_path / "dense" / "model.safetensors"))
+    trained = load_file(str(dense_run / "model.safetensors"))
     keeps = []
     cfg = _config(data_dir, tmp_path / "v", method="vrpge", keep=0.3, budget="flops", epochs=1, finetune_epochs=0,
-                  init=str(tmp_path / "dense"), method_options={"weight_every": 0, "budget_ramp": 0.5})
+                  init=str(dense_run), method_options={"weight_every": 0, "budget_ramp": 0.5})
     tr = Trainer(cfg, log=None, progress=False,
                  callbacks=[lambda t, ev, **i: ev == "step" and keeps.append((t.method.learner.keep,
                                                                              t.method.learner.expected_keep()))])
@@ -424,7 +431,7 @@ def test_scale_projection_keeps_the_allocation_without_a_signal():
     assert float(widths["gradient"].max() - widths["gradient"].min()) > 0.1
 
 
-def test_the_default_method_follows_the_setting(data_dir, tmp_path, monkeypatch, capsys):
+def test_the_default_method_follows_the_setting(data_dir, tmp_path, monkeypatch, capsys, dense_run):
     """Without --method a run from scratch runs DEFAULT_METHOD and a run with --init runs
     DEFAULT_METHOD_TRAINED, whose own options for trained weights apply unless the user sets them."""
     import fxsparse.methods as methods
@@ -444,8 +451,7 @@ def test_the_default_method_follows_the_setting(data_dir, tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "l1_filter (default)" in out and "(default with --init)" not in out
     assert "(default: l1_filter, from scratch and with --init)" in _train_help(capsys)
-    assert _cli(data_dir, tmp_path / "dense", "--method", "dense", "--epochs", "0.5", "--finetune-epochs", "0") == 0
-    assert _cli(data_dir, tmp_path / "c", "--init", str(tmp_path / "dense"), "--keep", "0.3", "--budget", "flops",
+    assert _cli(data_dir, tmp_path / "c", "--init", str(dense_run), "--keep", "0.3", "--budget", "flops",
                 "--epochs", "0", "--finetune-epochs", "0.5") == 0
     assert json.load(open(tmp_path / "c" / "summary.json"))["method"] == "l1_filter"
     assert _cli(data_dir, tmp_path / "s", "--keep", "0.3", "--budget", "flops", "--epochs", "0",
