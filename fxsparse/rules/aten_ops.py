@@ -423,6 +423,29 @@ _TABLE.update({aten.topk.default: _same(torch.topk), aten.sort.default: _same(to
 _IN_PLACE[aten.index_add_.default] = _same(torch.index_add)
 _TABLE.update({aten.index.Tensor: _index, aten.new_zeros.default: _new_tensor("new_zeros"), aten.new_ones.default: _new_tensor("new_ones"),
                aten.new_empty.default: _new_tensor("new_empty"), aten.new_full.default: _new_tensor("new_full")})
+# element-wise ops with several operands (one-operand ops: rules.pointwise.SAME_NAME_UNARY);
+# comparisons and logic give boolean masks that carry their operands' channels
+_TABLE.update({
+    aten.masked_fill.Scalar: _same(torch.masked_fill),  # (x, mask, value)
+    aten.masked_fill.Tensor: _same(torch.masked_fill),
+    aten.rrelu.default: _same(torch.rrelu),  # (x, lower, upper, training)
+    **{getattr(aten, name).Scalar: _same(op) for name, op in (
+        ("gt", operator.gt), ("lt", operator.lt), ("ge", operator.ge), ("le", operator.le), ("eq", operator.eq),
+        ("ne", operator.ne), ("remainder", operator.mod), ("fmod", torch.fmod), ("copysign", torch.copysign))},
+    **{getattr(aten, name).Tensor: _same(op) for name, op in (
+        ("gt", operator.gt), ("lt", operator.lt), ("ge", operator.ge), ("le", operator.le), ("eq", operator.eq),
+        ("ne", operator.ne), ("remainder", operator.mod), ("fmod", torch.fmod), ("copysign", torch.copysign),
+        ("bitwise_and", operator.and_), ("bitwise_or", operator.or_), ("bitwise_xor", operator.xor))},
+    **{getattr(aten, name).default: _same(op) for name, op in (
+        ("logical_and", torch.logical_and), ("logical_or", torch.logical_or), ("logical_xor", torch.logical_xor),
+        ("floor_divide", torch.floor_divide), ("atan2", torch.atan2), ("hypot", torch.hypot),
+        ("logaddexp", torch.logaddexp), ("fmax", torch.fmax), ("fmin", torch.fmin))},
+    aten.xlogy.Tensor: _same(torch.xlogy),
+    aten.__and__.Tensor: _same(operator.and_),  # ``a & b`` of two masks
+    aten.__or__.Tensor: _same(operator.or_),
+    aten.__xor__.Tensor: _same(operator.xor),
+})
+_IN_PLACE.update({aten.masked_fill_.Scalar: _same(torch.masked_fill), aten.masked_fill_.Tensor: _same(torch.masked_fill)})
 _NEEDS_NDIM = {aten.select.int: _index_select_like("select"), aten.slice.Tensor: _index_select_like("slice"),
                # ``w.T``: every dim reversed
                aten.numpy_T.default: lambda args, kwargs, ndim: (torch.permute, (args[0], list(range(ndim))[::-1]), {})}
@@ -434,16 +457,19 @@ def _ndim(node):
     return getattr(val, "ndim", None)
 
 
-def register_aten(overload, torch_target=None, *, convert=None, override=False):
+def register_aten(overload, torch_target=None, *, convert=None, override=False, in_place=False):
     """Make the aten op ``overload`` (``torch.ops.aten.sinc.default``) the torch-level call
     rules know: ``torch_target`` (a function, or a method name) when the two take the same
     arguments, else ``convert(args, kwargs) -> (target, args, kwargs)``, or None to leave a
-    node as it is. Registering an op twice raises unless ``override=True``."""
+    node as it is. ``in_place=True``: ``overload`` mutates its first argument
+    (``aten.sinc_``) and becomes the out-of-place call only where nothing else reads that
+    tensor. Registering an op twice raises unless ``override=True``."""
     if (torch_target is None) == (convert is None):
         raise TypeError("register_aten: give either torch_target or convert")
-    if overload in _TABLE and not override:
+    table = _IN_PLACE if in_place else _TABLE
+    if overload in table and not override:
         raise ValueError(f"{overload} already has a torch-level form; pass override=True to replace it")
-    _TABLE[overload] = convert or (_method(torch_target) if isinstance(torch_target, str) else _same(torch_target))
+    table[overload] = convert or (_method(torch_target) if isinstance(torch_target, str) else _same(torch_target))
 
 
 def torch_level_call(node: fx.Node):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from fxsparse.core.broadcast import left_pad, padded_shape
 from fxsparse.core.elements import NO_ELEMENT, varying_dims
+from .aten_ops import register_aten
 from .context import FreeRef, node_arg
 from .outer import keep_one_axis
 from .registry import register_rule
@@ -31,6 +32,7 @@ UNARY_MODULES = (
     nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Softsign,
     nn.Tanhshrink, nn.LogSigmoid, nn.Threshold, nn.Hardshrink, nn.Softshrink,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
+    nn.RReLU,
 )
 UNARY_FUNCTIONS = (
     F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
@@ -41,21 +43,50 @@ UNARY_FUNCTIONS = (
     operator.neg, operator.pos, torch.clone, torch.detach,
     # the functional forms of UNARY_MODULES that torch.export records (hardshrink is torch.hardshrink)
     F.hardshrink, F.softshrink, F.tanhshrink, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout,
+    F.rrelu, torch.rrelu, operator.invert,
+)
+# Element-wise one-operand ops whose function ``torch.<name>``, method ``x.<name>()`` (and
+# ``x.<name>_()`` where there is one) and aten op ``aten.<name>`` share a name. torch.sinc is
+# left out: it is the rule contract's worked example (tests/rules/test_rule_contract.py).
+SAME_NAME_UNARY = (
+    "sin", "cos", "tan", "asin", "acos", "atan", "arcsin", "arccos", "arctan", "sinh", "cosh", "asinh", "acosh",
+    "atanh", "reciprocal", "log1p", "expm1", "log2", "log10", "exp2", "erfc", "erfinv", "logit", "digamma", "lgamma",
+    "i0", "floor", "ceil", "round", "trunc", "fix", "frac", "sgn", "deg2rad", "rad2deg", "positive",
+    # results that are boolean masks of the same shape
+    "signbit", "isnan", "isinf", "isfinite", "isposinf", "isneginf", "logical_not", "bitwise_not",
+)
+# ``torch.special.<name>``, recorded by torch.export as ``aten.special_<name>``
+SPECIAL_UNARY = (
+    "expit", "logit", "erfc", "erfcx", "erfinv", "expm1", "exp2", "log1p", "ndtr", "log_ndtr", "i0e", "i1", "i1e",
+    "entr", "psi", "digamma", "gammaln", "round", "erf",
 )
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "abs", "neg", "clamp", "clamp_",
     "clip", "sqrt", "rsqrt", "square", "sign", "contiguous", "float", "half", "double", "bfloat16", "to",
     "type", "type_as", "detach", "clone", "requires_grad_", "exp_", "nan_to_num", "pow", "__pow__", "erf",
+    "__invert__",
 )
 BINARY_FUNCTIONS = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
     operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
     torch.where, torch.lerp, torch.pow, torch.addcmul, torch.addcdiv, torch.true_divide, torch.rsub,
+    operator.mod, operator.floordiv, torch.remainder, torch.fmod, torch.floor_divide, torch.atan2, torch.hypot,
+    torch.copysign, torch.logaddexp, torch.fmax, torch.fmin, torch.xlogy,
+    # comparisons and logic: a boolean mask with the channels of its operands (the condition of
+    # torch.where / masked_fill then couples like any other operand)
+    operator.gt, operator.lt, operator.ge, operator.le, operator.eq, operator.ne, operator.and_, operator.or_,
+    operator.xor, torch.gt, torch.lt, torch.ge, torch.le, torch.eq, torch.ne, torch.greater, torch.less,
+    torch.greater_equal, torch.less_equal, torch.not_equal, torch.logical_and, torch.logical_or, torch.logical_xor,
+    torch.bitwise_and, torch.bitwise_or, torch.bitwise_xor, torch.masked_fill,
 )
 BINARY_METHODS = (
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum", "masked_fill",
     "masked_fill_", "where", "lerp", "addcmul", "addcdiv", "__add__", "__radd__", "__mul__", "__rmul__",
-    "__sub__", "__rsub__", "__truediv__",
+    "__sub__", "__rsub__", "__truediv__", "remainder", "fmod", "floor_divide", "atan2", "hypot", "copysign",
+    "logaddexp", "fmax", "fmin", "xlogy", "__mod__", "__floordiv__",
+    "gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal", "less_equal", "not_equal",
+    "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__", "logical_and", "logical_or", "logical_xor",
+    "bitwise_and", "bitwise_or", "bitwise_xor", "__and__", "__or__", "__xor__",
 )
 
 
@@ -70,6 +101,24 @@ def passthrough(ctx, node):
 
 for _t in UNARY_MODULES + UNARY_FUNCTIONS + UNARY_METHODS:
     register_rule(_t)(passthrough)
+
+
+def _register_same_name_unary():
+    aten = torch.ops.aten
+    for name in SAME_NAME_UNARY:
+        fn = getattr(torch, name)
+        register_rule(fn, name)(passthrough)
+        register_aten(getattr(aten, name).default, fn)
+        if hasattr(torch.Tensor, name + "_"):
+            register_rule(name + "_")(passthrough)
+            register_aten(getattr(aten, name + "_").default, fn, in_place=True)
+    for name in SPECIAL_UNARY:
+        fn = getattr(torch.special, name)
+        register_rule(fn)(passthrough)
+        register_aten(getattr(aten, f"special_{name}").default, fn)
+
+
+_register_same_name_unary()
 
 
 def _right_aligned(refs, nd):

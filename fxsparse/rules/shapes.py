@@ -535,6 +535,11 @@ def index_rule(ctx, node, src, index):
             if d in vd:  # the picked channel must stay
                 ctx.unprunable(np.take(full, [int(ctx.value(it))], axis=d), f"indexing at {ctx.where(node)} picks one channel")
         else:  # a tensor / list index
+            index_ids = ctx.ids(it) if isinstance(it, fx.Node) else None
+            if index_ids is not None:  # a boolean mask picks a data-dependent set: not element-wise
+                ctx.unprunable(index_ids, f"indexing at {ctx.where(node)} with an index (a boolean mask) that carries channels")
+                ctx.unprunable(ids, f"indexing at {ctx.where(node)} with an index (a boolean mask) that carries channels")
+                return None
             if d in vd:
                 ctx.unprunable(ids, f"tensor indexing at {ctx.where(node)} along a channel dim")
                 return None

@@ -68,6 +68,32 @@ OPS = {
     "exp_inplace": (lambda h, g, x: (h * 0.5).exp_(), IMG, None),
     "detach_add": (lambda h, g, x: h + h.detach(), IMG, None),
     "feature_dropout": (lambda: nn.Dropout2d(0.2), IMG, None),
+    # element-wise, one operand: the ops sharing torch.<name> / x.<name>() / aten.<name>
+    # (rules.pointwise.SAME_NAME_UNARY), torch.special's, in-place forms
+    **{f"unary_{name}": ((lambda fn: lambda h, g, x: fn(torch.sigmoid(h) * 0.8 + 0.1).float())(getattr(torch, name)), IMG, None)
+       for name in ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "atanh", "reciprocal",
+                    "log1p", "expm1", "log2", "log10", "exp2", "erfc", "erfinv", "logit", "digamma", "lgamma", "i0",
+                    "floor", "ceil", "round", "trunc", "frac", "sgn", "deg2rad", "positive", "isfinite", "signbit")},
+    "unary_acosh": (lambda h, g, x: torch.acosh(_pos(h)), IMG, None),
+    "sin_method": (lambda h, g, x: h.sin() + h.cos(), IMG, None),
+    "sin_inplace": (lambda h, g, x: (h * 0.5).sin_(), IMG, None),
+    "reciprocal_inplace": (lambda h, g, x: _pos(h).reciprocal_(), IMG, None),
+    "special_expit": (lambda h, g, x: torch.special.expit(h), IMG, None),
+    "special_ndtr": (lambda h, g, x: torch.special.ndtr(h), IMG, None),
+    "special_i0e": (lambda h, g, x: torch.special.i0e(h), IMG, None),
+    "rrelu": (lambda: nn.RReLU(), IMG, None),
+    # comparisons: boolean masks with the channels of their operands
+    "where_self_condition": (lambda h, g, x: torch.where(h > 0, h, 0.1 * h), IMG, None),
+    "masked_fill_self": (lambda h, g, x: h.masked_fill(h > 0, 1.0), IMG, None),
+    "masked_fill_inplace": (lambda h, g, x: (h * 1).masked_fill_(h < 0, 0.0), IMG, None),
+    "compare_float": (lambda h, g, x: (h >= 0.1).float() * h, IMG, None),
+    "compare_ops": (lambda h, g, x: ((h < 0) | (h >= 1)).float() + ((h == 0) & (h != 1)).float() + (~(h <= 0)).float(), IMG, None),
+    "compare_methods": (lambda h, g, x: h.gt(0).float() + torch.le(h, g).float() + torch.logical_and(h.ne(0), h.eq(h)).float(), IMG, None),
+    "compare_two": (lambda h, g, x: torch.where(h > g, h, g), IMG, None),
+    "remainder": (lambda h, g, x: torch.remainder(h, 0.5) + h // 0.5 + torch.atan2(h, g), IMG, None),
+    # boolean indexing is not element-wise: a mask that carries channels blocks them
+    "boolean_index": (lambda h, g, x: h * h[h > 0].sum(), IMG, "a boolean mask"),
+    "boolean_index_other": (lambda h, g, x: h * x.mean(1, keepdim=True).expand(2, 8, 6, 6)[h > 0].sum(), IMG, "a boolean mask"),
     # element-wise, two operands (the two convs' channels are coupled)
     "maximum": (lambda h, g, x: torch.maximum(h, g), IMG, None),
     "minimum": (lambda h, g, x: torch.minimum(h, g), IMG, None),
@@ -130,7 +156,8 @@ OPS = {
     "instance_norm": (lambda: nn.InstanceNorm2d(8, affine=True), IMG, None),
     "instance_norm_plain": (lambda: nn.InstanceNorm2d(8), IMG, None),
 }
-TWO_OPERANDS = {"maximum", "minimum", "max_of_two", "where", "lerp", "addcmul", "mul_inplace", "add_inplace"}
+TWO_OPERANDS = {"maximum", "minimum", "max_of_two", "where", "lerp", "addcmul", "mul_inplace", "add_inplace",
+                "compare_methods", "compare_two", "remainder"}
 
 
 class OpNet(nn.Module):
