@@ -91,6 +91,10 @@ def build_capacity_model(model: nn.Module, graph: ChannelGraph, plan: Plan, shap
     refs = [(n, *_owner_of(model, n, "_parameters")) for n, _ in model.named_parameters()]
     refs += [(n, *_owner_of(model, n, "_buffers")) for n in buffer_names]
     indexer = StepIndexer(_members(model, graph, plan), validity, shape_free.step_buffers, step_layouts)
+    if dynamic:  # the lengths no count changes: at the fewest present slots as at the most
+        slot_class, slot_valid = plan.slot_classes(plan.cap_keep())
+        indexer.find_fixed_lengths(slot_class, plan.present_slots(np.zeros_like(slot_valid)),
+                                   plan.present_slots(np.ones_like(slot_valid)))
     return CapacityBuild(tuple(plan.caps), cap, indexer, buffer_names, valid_buffers, tuple(refs))
 
 

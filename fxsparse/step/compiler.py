@@ -89,15 +89,22 @@ class StepCompiler:
         covers every count (torch.compile would otherwise compile a static graph first, then
         once more per size it sees change)."""
         if self._marks():
+            fixed = [b for name, b in index.buffers.items() if name in index.fixed_buffers]
+            fixed += [t for dims in index.slots.values() for s in dims if not s.varies for t in (s.index, s.real, s.valid)]
+            fixed_ids = {id(t) for t in fixed}  # a shared tensor is marked when one of its keys varies
+            varying = [t for dims in index.slots.values() for s in dims if s.varies for t in (s.index, s.real, s.valid)]
+            varying_ids = {id(t) for t in varying}
             for t in index.tensors():
-                torch._dynamo.maybe_mark_dynamic(t, 0)
+                if id(t) not in fixed_ids or id(t) in varying_ids:
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
 
     def mark_gathered(self, tensors: dict[str, torch.Tensor], slots: dict[str, tuple[Slots, ...]]) -> None:
         """Mark the gathered dims of ``tensors`` (tensors at their ``slots``) as symbolic."""
         if self._marks():
             for name, t in tensors.items():
                 for s in slots.get(name, ()):
-                    torch._dynamo.maybe_mark_dynamic(t, s.dim)
+                    if s.varies:  # a length that never changes stays a static size
+                        torch._dynamo.maybe_mark_dynamic(t, s.dim)
 
 
 def drop_compiled(codes: set) -> None:
