@@ -33,14 +33,25 @@ def _one_thread(single_thread):
     yield
 
 
+_ANALYZED = {}
+
+
+def _analyzed(name):
+    """(model, inputs, graph) of ``MODELS[name]`` (seed 0, eval mode), analyzed once per test
+    module: the tests below only read the graph, the chain test exports from it."""
+    if name not in _ANALYZED:
+        torch.manual_seed(0)
+        model, inputs = MODELS[name]()
+        model.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _ANALYZED[name] = model, inputs, fxsparse.analyze(model, inputs)
+    return _ANALYZED[name]
+
+
 @pytest.mark.parametrize("name", fast_subset(sorted(MODELS), HF_FAST))  # one per kind in the fast lane
 def test_transformers_model(name):
-    torch.manual_seed(0)
-    model, inputs = MODELS[name]()
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = fxsparse.analyze(model, inputs)
+    model, inputs, graph = _analyzed(name)
     assert graph.prunable_groups, graph.summary()
     original_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     dense_flops = _flops(model, inputs)
@@ -66,8 +77,7 @@ def test_transformers_model(name):
 
 @pytest.mark.parametrize("name", ["llama_gqa"])
 def test_grouped_query_attention_prunes_a_kv_head_with_its_query_heads(name):
-    model, inputs = MODELS[name]()  # 4 query heads share 2 KV heads, head_dim 16
-    graph = fxsparse.analyze(model, inputs)
+    _, _, graph = _analyzed(name)  # 4 query heads share 2 KV heads, head_dim 16
     attn = [g for g in graph.prunable_groups if any(m.param.endswith("k_proj.weight") and m.dim == 0 for m in g.members)]
     assert attn and all(g.size == 2 for g in attn)  # one unit per KV head
     rows = {m.param.rsplit(".", 2)[-2]: len(m.index[0]) for m in attn[0].members if m.dim == 0}
@@ -76,8 +86,7 @@ def test_grouped_query_attention_prunes_a_kv_head_with_its_query_heads(name):
 
 @pytest.mark.parametrize("name", ["llama_gqa", "gpt2"])
 def test_decoder_vocabulary_and_gated_mlp(name):
-    model, inputs = MODELS[name]()
-    graph = fxsparse.analyze(model, inputs)
+    _, _, graph = _analyzed(name)
     for g in graph.prunable_groups:
         for m in g.members:  # embedding rows / LM head rows are the vocabulary
             assert not (m.param.endswith(("embed_tokens.weight", "wte.weight")) and m.dim == 0)
