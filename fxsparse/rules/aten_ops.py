@@ -328,6 +328,10 @@ _TABLE.update({
     aten.std.correction: _variance("std"),
     aten.var.dim: _variance("var"),
     aten.var.correction: _variance("var"),
+    aten.var_mean.dim: _variance(torch.var_mean),  # (variance, mean)
+    aten.var_mean.correction: _variance(torch.var_mean),
+    aten.std_mean.dim: _variance(torch.std_mean),
+    aten.std_mean.correction: _variance(torch.std_mean),
     aten.amin.default: _reduce("amin"),
     aten.max.dim: _dim_reduce("max"),
     aten.min.dim: _dim_reduce("min"),
@@ -339,6 +343,9 @@ _TABLE.update({
     # spatial (aten.max_pool2d_with_indices and aten.adaptive_max_pool2d return (values, indices),
     # as F.max_pool2d_with_indices does)
     aten.pixel_shuffle.default: _same(F.pixel_shuffle),  # (x, upscale_factor)
+    aten.pixel_unshuffle.default: _same(F.pixel_unshuffle),  # (x, downscale_factor)
+    aten.channel_shuffle.default: _same(F.channel_shuffle),  # (x, groups): also nn.ChannelShuffle
+    aten.native_channel_shuffle.default: _same(F.channel_shuffle),
     aten.max_pool1d.default: _same(F.max_pool1d),  # (x, kernel, stride, padding, dilation, ceil_mode)
     aten.max_pool3d.default: _same(F.max_pool3d),
     aten.max_pool2d_with_indices.default: _same(F.max_pool2d_with_indices),
@@ -359,6 +366,7 @@ _TABLE.update({
     aten.conv_transpose2d.input: _conv_transpose(F.conv_transpose2d),
     aten.conv_transpose3d.input: _conv_transpose(F.conv_transpose3d),
     aten.instance_norm.default: _instance_norm,
+    aten.rms_norm.default: _same(F.rms_norm),  # (x, normalized_shape, weight, eps): also nn.RMSNorm
 })
 
 # In-place ops of the training IR (``x.silu_()``, ``result += input``) become their

@@ -145,8 +145,9 @@ def group_norm_export(ectx, node):
 register_rule(nn.GroupNorm, export=group_norm_export, masked=group_norm_masked)(group_norm)
 
 
-def _layer_norm(ctx, node, x, ndims_normed, params):
-    """params: list of (graph value or (qualname, None)) to tie along the channel dim."""
+def _layer_norm(ctx, node, x, ndims_normed, params, what="LayerNorm"):
+    """params: qualnames of the parameters over the normalised dims, tied to the channels of
+    the normalised dim that carries them (LayerNorm's and RMSNorm's weight and bias)."""
     ids, shape = ctx.ids(x), ctx.shape(x)
     if ids is None:
         return None
@@ -157,8 +158,8 @@ def _layer_norm(ctx, node, x, ndims_normed, params):
     if not inside:
         return ids
     d = inside[0]
-    ctx.mark_mixing(node, "LayerNorm over a prunable dim")
-    line = ctx.axis(x, d, f"layer norm at {ctx.where(node)}")
+    ctx.mark_mixing(node, f"{what} over a prunable dim")
+    line = ctx.axis(x, d, f"{what} at {ctx.where(node)}")
     if line is None:
         return ctx.ids(x)
     pdim = d - (nd - ndims_normed)
@@ -236,3 +237,54 @@ def layer_norm_function_export(ectx, node):
 
 
 register_rule(F.layer_norm, export=layer_norm_function_export, masked=layer_norm_masked)(layer_norm_function)
+
+
+# RMSNorm: LayerNorm without the centring and the bias; over the channel dim its masked form
+# takes the mean square over the kept channels only.
+def rms_norm_args(args, kwargs):
+    """``(input, normalized_shape, weight, eps)`` of an ``F.rms_norm`` call."""
+    return _rms_norm_signature(*args, **kwargs)
+
+
+def _rms_norm_signature(input, normalized_shape, weight=None, eps=None):
+    return input, normalized_shape, weight, eps
+
+
+def rms_norm_masked(op, m, *args, **kwargs):
+    """RMSNorm (module or ``F.rms_norm``) with its mean square over the entries where ``m`` is
+    1 only: what the model with the other channels removed computes."""
+    if isinstance(op, nn.Module):
+        x, k, weight, eps = args[0], len(op.normalized_shape), op.weight, op.eps
+    else:
+        x, normalized_shape, weight, eps = rms_norm_args(args, kwargs)
+        k = _normalized_ndim(normalized_shape)
+    eps = torch.finfo(x.dtype).eps if eps is None else eps  # F.rms_norm's default
+    m = m.to(x.dtype)
+    dims = tuple(range(x.dim() - k, x.dim()))
+    y = x * torch.rsqrt((x * x * m).sum(dims, keepdim=True) / m.sum(dims, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight
+    return y * m
+
+
+def rms_norm_module(ctx, node):
+    mod, t = ctx.modules[node.target], node.target
+    params = [f"{t}.weight"] if mod.weight is not None else []
+    return _layer_norm(ctx, node, node.args[0], len(mod.normalized_shape), params, "RMSNorm")
+
+
+def rms_norm_function(ctx, node):
+    x, normalized_shape, weight, _ = rms_norm_args(node.args, node.kwargs)
+    params = []
+    if isinstance(weight, fx.Node):
+        refs = ctx.free(weight)
+        if not refs or len(refs) != 1:
+            ctx.unprunable(ctx.ids(x), f"rms norm at {ctx.where(node)}: its weight is not a plain parameter")
+            return ctx.ids(x)
+        params.append(refs[0].qualname)
+    return _layer_norm(ctx, node, x, _normalized_ndim(normalized_shape), params, "RMSNorm")
+
+
+register_rule(nn.RMSNorm, export=layer_norm_export, masked=rms_norm_masked)(rms_norm_module)
+# F.layer_norm's export hook serves: it reads the input and normalized_shape only, at the same positions
+register_rule(F.rms_norm, export=layer_norm_function_export, masked=rms_norm_masked)(rms_norm_function)

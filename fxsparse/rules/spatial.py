@@ -87,8 +87,12 @@ def reduction_rule(ctx, node):
     if ids is None:
         return None
     nd = ids.ndim
-    dims = _dims_arg(node, nd)
-    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool) else False)
+    if _op_name(node.target) in _VARIANCES:  # (dim, unbiased, keepdim) or (dim, *, correction, keepdim)
+        dim, _, keepdim = _variance_args(node.args[1:], node.kwargs)
+        dims = list(range(nd)) if dim is None else sorted(d % nd for d in ([dim] if isinstance(dim, int) else dim))
+    else:
+        dims = _dims_arg(node, nd)
+        keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool) else False)
     vd = varying_dims(ids)
     if set(dims) & set(vd):
         if node.target not in _NOT_MIXING:
@@ -110,6 +114,8 @@ def reduction_rule(ctx, node):
 def _op_name(op) -> str:
     return op if isinstance(op, str) else getattr(op, "__name__", type(op).__name__)
 
+
+_VARIANCES = ("var", "std", "var_mean", "std_mean")  # var_mean / std_mean: a (variance, mean) pair
 
 # reductions whose masked form is the plain op with removed channels replaced by a neutral value
 _NEUTRAL = {"amax": float("-inf"), "max": float("-inf"), "amin": float("inf"), "min": float("inf"),
@@ -142,18 +148,19 @@ def reduction_masked(op, m, x, *args, **kwargs):
         keepdim = args[1] if len(args) > 1 else kwargs.get("keepdim", False)
         dims = tuple(range(x.dim())) if dim is None else dim
         return (x * m).sum(dims, keepdim=keepdim) / m.sum(dims, keepdim=keepdim)
-    if name in ("var", "std"):
+    if name in _VARIANCES:
         dim, correction, keepdim = _variance_args(args, kwargs)
         dims = tuple(range(x.dim())) if dim is None else dim
         mean = (x * m).sum(dims, keepdim=True) / m.sum(dims, keepdim=True)
         var = (((x - mean) * m) ** 2).sum(dims, keepdim=keepdim) / (m.sum(dims, keepdim=keepdim) - correction)
-        return var.sqrt() if name == "std" else var
+        spread = var.sqrt() if name.startswith("std") else var
+        return (spread, mean if keepdim else mean.squeeze(dims)) if name.endswith("_mean") else spread
     raise NotImplementedError(f"no masked form of {name}")
 
 
 register_rule("mean", torch.mean, "sum", torch.sum, "amax", torch.amax, "amin", torch.amin, "max", torch.max,
               "min", torch.min, "std", torch.std, "var", torch.var, "logsumexp", torch.logsumexp,
-              "prod", torch.prod, masked=reduction_masked)(reduction_rule)
+              "prod", torch.prod, torch.var_mean, torch.std_mean, masked=reduction_masked)(reduction_rule)
 
 
 def softmax_rule(ctx, node):
@@ -181,22 +188,6 @@ register_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softm
               nn.Softmax, nn.LogSoftmax, masked=softmax_masked)(softmax_rule)
 
 
-def pixel_shuffle_rule(ctx, node):
-    """PixelShuffle(r): output channel c is built from input channels c*r*r .. c*r*r+r*r-1."""
-    src = node.args[0]
-    line = ctx.axis(src, 1, f"pixel shuffle at {ctx.where(node)}")
-    if line is None:
-        return None
-    r = ctx.modules[node.target].upscale_factor if node.op == "call_module" else node.args[1]
-    blocks = line.reshape(-1, r * r)
-    for row in blocks:
-        ctx.elements.union_all(row)
-        if (row < 0).any():
-            ctx.unprunable(row, f"pixel shuffle at {ctx.where(node)}: block mixes fixed and prunable channels")
-    return ctx.along(len(ctx.shape(node)), 1, ctx.elements.canonical(blocks[:, 0]))
-
-
-register_rule(nn.PixelShuffle, F.pixel_shuffle)(pixel_shuffle_rule)
 
 
 def _zero_free_order(p) -> bool:

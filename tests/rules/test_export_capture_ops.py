@@ -30,6 +30,17 @@ def _pos(h):  # a positive input for log / sqrt / reciprocal
     return h * h + 1
 
 
+class _ChannelsLast(nn.Module):
+    """``inner`` applied with the channels on the last dim (a transformer's norm)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, h):
+        return self.inner(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 # name -> (op(h, g, x) or a factory of a module applied to h, input shape, expected reason of
 # the first conv's channels when they are blocked under both captures, else None)
 OPS = {
@@ -128,6 +139,18 @@ OPS = {
     "log_softmax_spatial": (lambda h, g, x: F.log_softmax(h, -1), IMG, None),
     # spatial
     "pixel_shuffle": (lambda: nn.PixelShuffle(2), IMG, None),
+    "pixel_shuffle_function": (lambda h, g, x: F.pixel_shuffle(h, 2), IMG, None),
+    "pixel_unshuffle": (lambda: nn.PixelUnshuffle(2), IMG, None),
+    "pixel_unshuffle_function": (lambda h, g, x: F.pixel_unshuffle(h, downscale_factor=3), IMG, None),
+    "pixel_unshuffle_shuffle": (lambda h, g, x: F.pixel_shuffle(F.pixel_unshuffle(h, 2), 2), IMG, None),
+    "channel_shuffle": (lambda: nn.ChannelShuffle(2), IMG, None),
+    "channel_shuffle_function": (lambda h, g, x: F.channel_shuffle(h, 4), IMG, None),
+    "var_mean_channels": (lambda h, g, x: h - torch.var_mean(h, 1, keepdim=True)[1], IMG, None),
+    "var_mean_channels_var": (lambda h, g, x: h * torch.var_mean(h, dim=1, keepdim=True, correction=0)[0], IMG, None),
+    "var_mean_spatial": (lambda h, g, x: torch.var_mean(h, (2, 3), keepdim=True)[0] + h, IMG, None),
+    "var_mean_spatial_flat": (lambda h, g, x: torch.var_mean(h, (2, 3))[1], IMG, None),
+    "var_mean_positional": (lambda h, g, x: torch.var_mean(h, -1, False, True)[0], IMG, None),
+    "std_mean_channels": (lambda h, g, x: (h - torch.std_mean(h, 1)[1][:, None]) * torch.std_mean(h, 1, keepdim=True)[0], IMG, None),
     "max_pool1d": (lambda: nn.MaxPool1d(2), SEQ, None),
     "max_pool3d": (lambda: nn.MaxPool3d(2), VOL, None),
     "max_pool2d_indices": (lambda h, g, x: F.max_pool2d(h, 2, return_indices=True)[0], IMG, None),
@@ -155,6 +178,13 @@ OPS = {
     "conv_transpose2d_grouped": (lambda: nn.ConvTranspose2d(8, 6, 3, groups=2), IMG, "grouped transposed conv"),
     "instance_norm": (lambda: nn.InstanceNorm2d(8, affine=True), IMG, None),
     "instance_norm_plain": (lambda: nn.InstanceNorm2d(8), IMG, None),
+    # RMSNorm over the channels (mixing: pruned with its masked form) or over a spatial dim
+    "rms_norm_channels": (lambda h, g, x: F.rms_norm(h.transpose(1, 3), (8,)).transpose(1, 3), IMG, None),
+    "rms_norm_channels_weight": (lambda: _ChannelsLast(nn.RMSNorm(8)), IMG, None),
+    "rms_norm_channels_eps": (lambda: _ChannelsLast(nn.RMSNorm(8, eps=1e-3)), IMG, None),
+    "rms_norm_two_dims": (lambda: _ChannelsLast(nn.RMSNorm((6, 8))), IMG, None),
+    "rms_norm_spatial": (lambda: nn.RMSNorm(6), IMG, None),
+    "rms_norm_plain": (lambda: _ChannelsLast(nn.RMSNorm(8, elementwise_affine=False)), IMG, None),
 }
 TWO_OPERANDS = {"maximum", "minimum", "max_of_two", "where", "lerp", "addcmul", "mul_inplace", "add_inplace",
                 "compare_methods", "compare_two", "remainder"}
