@@ -715,3 +715,114 @@ def test_functional_conv_transpose_reads_positional_groups_not_dilation():
     grouped = fxsparse.analyze(_PositionalConvTranspose(groups=2).eval(), (x,))
     blocked = [g for g in grouped.groups if not g.prunable]
     assert any("grouped transposed conv" in g.reason for g in blocked)
+
+
+# ----------------------------------------------------------------------------------------
+# RMSNorm over the channels and channel shuffle, hand-built, under both captures
+# ----------------------------------------------------------------------------------------
+def _analyze_captured(model, inputs, capture, monkeypatch):
+    """fxsparse.analyze with the symbolic trace, or with torch.export (the trace made to fail)."""
+    import fxsparse.analysis.analyze as analyze_module
+    from fxsparse.core.errors import TraceError
+
+    if capture == "torch_export":
+        def no_trace(*args, **kwargs):
+            raise TraceError("forced: capture with torch.export")
+
+        monkeypatch.setattr(analyze_module, "trace", no_trace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export keeps the image size (PinnedSizeWarning)
+        graph = fxsparse.analyze(model, inputs)
+    assert any(n.op == "call_module" for n in graph.gm.graph.nodes) == (capture == "symbolic_trace")
+    return graph
+
+
+class _RMSNormNet(nn.Module):
+    """A conv stem, an RMSNorm over its channels (channels last), an MLP."""
+
+    def __init__(self, c=8, hidden=12):
+        super().__init__()
+        self.stem, self.norm = nn.Conv2d(3, c, 1), nn.RMSNorm(c, eps=1e-4)
+        self.fc1, self.fc2 = nn.Linear(c, hidden), nn.Linear(hidden, 4)
+
+    def forward(self, x):
+        y = self.norm(self.stem(x).permute(0, 2, 3, 1))
+        return self.fc2(torch.relu(self.fc1(y)))
+
+
+@pytest.mark.parametrize("capture", ["symbolic_trace", "torch_export"])
+def test_rms_norm_over_channels_hand_built(capture, monkeypatch):
+    torch.manual_seed(0)
+    model = _RMSNormNet().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+    inputs = (torch.randn(2, 3, 5, 5),)
+    graph = _analyze_captured(model, inputs, capture, monkeypatch)
+    assert not graph.zero_preserving and sorted(g.size for g in graph.prunable_groups) == [8, 12]
+    P = dict(model.named_parameters())
+    changed = 0
+    for keep in _random_keeps(graph, 4):
+        c = kept_indices(graph, keep, "stem.weight", 0, 8)
+        h = kept_indices(graph, keep, "fc1.weight", 0, 12)
+        small = _RMSNormNet(len(c), len(h))
+        small.norm.eps = model.norm.eps
+        _load(small, {
+            "stem.weight": _slice(P["stem.weight"], c), "stem.bias": _slice(P["stem.bias"], c),
+            "norm.weight": _slice(P["norm.weight"], c),
+            "fc1.weight": _slice(P["fc1.weight"], h, c), "fc1.bias": _slice(P["fc1.bias"], h),
+            "fc2.weight": _slice(P["fc2.weight"], None, h), "fc2.bias": _slice(P["fc2.bias"]),
+        })
+        _compare_hand_built(model, graph, keep, small, inputs)
+        # the mean square runs over the kept channels: zeroing the others is a different model
+        with torch.no_grad():
+            changed += int(not torch.allclose(masked_reference(graph, keep, *inputs),
+                                              _zeroed_rms_norm_net(model, c, h)(*inputs), atol=1e-5))
+    assert changed
+
+
+def _zeroed_rms_norm_net(model, c, h):
+    """``model`` with the channels outside ``c`` and ``h`` zeroed, its RMSNorm over all 8."""
+    import copy
+
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, kept in (("stem", c), ("fc1", h)):
+            layer = getattr(zeroed, name)
+            drop = torch.ones(layer.weight.shape[0], dtype=torch.bool)
+            drop[kept] = False
+            layer.weight[drop] = 0
+            layer.bias[drop] = 0
+    return zeroed
+
+
+class _ShuffleNet(nn.Module):
+    """A conv, a channel shuffle of ``groups`` groups, a conv."""
+
+    def __init__(self, c=8, groups=2):
+        super().__init__()
+        self.stem, self.shuffle, self.head = nn.Conv2d(3, c, 1), nn.ChannelShuffle(groups), nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.shuffle(self.stem(x))))
+
+
+@pytest.mark.parametrize("capture", ["symbolic_trace", "torch_export"])
+def test_channel_shuffle_hand_built(capture, monkeypatch):
+    """Every group keeps the same positions, so the pruned model's ChannelShuffle(2) is the
+    same interleaving of the kept channels; the head sees them in the shuffled order."""
+    torch.manual_seed(0)
+    model, inputs = _ShuffleNet().eval(), (torch.randn(2, 3, 5, 5),)
+    graph = _analyze_captured(model, inputs, capture, monkeypatch)
+    assert sorted(g.size for g in graph.prunable_groups) == [4]  # position p of both groups: (p, 4 + p)
+    P = dict(model.named_parameters())
+    for keep in _random_keeps(graph, 4):
+        c = kept_indices(graph, keep, "stem.weight", 0, 8)
+        assert c[c < 4].tolist() == (c[c >= 4] - 4).tolist()  # the same positions in both groups
+        shuffled = kept_indices(graph, keep, "head.weight", 1, 8)
+        assert shuffled.tolist() == sorted(2 * (i % 4) + i // 4 for i in c.tolist())  # output j <- input (j % 2) * 4 + j // 2
+        small = _ShuffleNet(len(c))
+        _load(small, {
+            "stem.weight": _slice(P["stem.weight"], c), "stem.bias": _slice(P["stem.bias"], c),
+            "head.weight": _slice(P["head.weight"], None, shuffled), "head.bias": _slice(P["head.bias"]),
+        })
+        _compare_hand_built(model, graph, keep, small, inputs)
