@@ -87,6 +87,19 @@ def _analyze(model, inputs):
         return fxsparse.analyze(model, inputs)
 
 
+_ANALYZED = {}
+
+
+def _analyzed(name):
+    """(model, inputs, graph) of ``FAMILIES[name]`` (seed 0, eval mode), analyzed once per test
+    module: the chain test exports from the graph, the other tests only read it."""
+    if name not in _ANALYZED:
+        torch.manual_seed(0)
+        model, inputs = FAMILIES[name]().eval(), _tokens()
+        _ANALYZED[name] = model, inputs, _analyze(model, inputs)
+    return _ANALYZED[name]
+
+
 def _groups_with(graph, suffix, dim):
     return [g for g in graph.groups if any(m.param.endswith(suffix) and m.dim == dim for m in g.members)]
 
@@ -113,9 +126,7 @@ def _chain(model, inputs, graph, compiled=False):
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "mixtral" else n for n in sorted(FAMILIES)])
 def test_family_prunes_and_exports(name):
     pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    model, inputs = FAMILIES[name]().eval(), _tokens()
-    graph = _analyze(model, inputs)
+    model, inputs, graph = _analyzed(name)
     assert graph.prunable_groups, graph.summary()
     _chain(model, inputs, graph, compiled=name == "mixtral")  # one compiled step: tens of seconds
 
@@ -123,9 +134,7 @@ def test_family_prunes_and_exports(name):
 @pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "qwen3_moe"])
 def test_expert_widths_prune_and_the_router_does_not(name):
     pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    model, inputs = FAMILIES[name]().eval(), _tokens()
-    graph = _analyze(model, inputs)
+    _, _, graph = _analyzed(name)
     prunable = {g.id for g in graph.prunable_groups}
     for layer in range(2):
         experts = f"layers.{layer}.mlp.experts"
@@ -166,9 +175,7 @@ def test_mixtral_experts_implementations_agree():
 
 def test_falcon_prunes_kv_groups_with_their_query_heads():
     pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    model, inputs = _falcon().eval(), _tokens()
-    graph = _analyze(model, inputs)
+    _, _, graph = _analyzed("falcon_new_decoder")
     qkv = _groups_with(graph, "h.0.self_attention.query_key_value.weight", 0)
     heads = [g for g in qkv if g.prunable and g.size == 2]  # 2 KV groups of (2 query heads, k, v)
     assert len(heads) == 1
