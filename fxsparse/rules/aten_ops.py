@@ -316,6 +316,7 @@ _TABLE.update({
     aten.where.ScalarOther: _same(torch.where),
     aten.where.ScalarSelf: _same(torch.where),
     aten.where.Scalar: _same(torch.where),
+    aten.where.default: _same(torch.where),  # torch.where(condition): indices, blocked by its rule
     aten.lerp.Scalar: _same(torch.lerp),
     aten.lerp.Tensor: _same(torch.lerp),
     aten.addcmul.default: _same(torch.addcmul),  # value=

@@ -220,6 +220,10 @@ def nary(ctx, node):
     if out_shape is None:
         return None
     nodes = [a for a in operands if isinstance(a, fx.Node) and ctx.shape(a) is not None]
+    if out_shape and isinstance(out_shape[0], tuple):  # torch.where(condition): the true entries' indices
+        for a in nodes:
+            ctx.unprunable(ctx.ids(a), f"{node.target} at {ctx.where(node)} returns indices of entries, not values")
+        return None
     if nodes and all(ctx.ids(a) is None and ctx.free(a) is not None for a in nodes):
         # parameter (op) parameter: still a parameter view, bound where it meets channels
         ctx.set_free(node, [r for a in nodes for r in _right_aligned(ctx.free(a), len(out_shape))])

@@ -104,6 +104,7 @@ OPS = {
     "remainder": (lambda h, g, x: torch.remainder(h, 0.5) + h // 0.5 + torch.atan2(h, g), IMG, None),
     # boolean indexing is not element-wise: a mask that carries channels blocks them
     "boolean_index": (lambda h, g, x: h * h[h > 0].sum(), IMG, "a boolean mask"),
+    "where_indices": (lambda h, g, x: h * torch.where(h > 0)[1].float().mean(), IMG, "indices of entries"),
     "boolean_index_other": (lambda h, g, x: h * x.mean(1, keepdim=True).expand(2, 8, 6, 6)[h > 0].sum(), IMG, "a boolean mask"),
     # element-wise, two operands (the two convs' channels are coupled)
     "maximum": (lambda h, g, x: torch.maximum(h, g), IMG, None),
