@@ -251,7 +251,7 @@ class CompiledMixNet(nn.Module):
 
 
 @pytest.mark.slow
-def test_masked_forms_in_the_compiled_step():
+def test_masked_forms_in_the_compiled_step(aot_eager):  # dynamo traces the masked forms; inductor's code: not the point
     torch.manual_seed(0)
     sp = check_steps(CompiledMixNet(), _inputs(), torch.tensor([0, 3]), F.cross_entropy, steps=2, keep=0.6,
                      compile=True, tol=1e-4)

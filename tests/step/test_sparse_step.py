@@ -82,10 +82,12 @@ class Tiny(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-@pytest.mark.slow  # 200 compiled steps: ~35 s; the fast lane compiles in test_compiled_compact_update[adamw]
-def test_compiled_step_bounded_compilations_and_equal():
+@pytest.mark.slow  # 200 compiled steps; inductor's step: test_compiled_compact_update_trains_like_the_exported_model
+def test_compiled_step_bounded_compilations_and_equal(aot_eager):
     """200 steps with per-step Bernoulli masks at a fixed keep ratio: few compilations,
-    and the compiled step still equals the exported model."""
+    and the compiled step still equals the exported model. The graphs by aot_eager: dynamo's
+    graph count over changing masks is the point (inductor's dynamic step, with its own
+    guards: tests/step/test_dynamic_capacity.py)."""
     torch.manual_seed(0)
     model = Tiny()
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
