@@ -15,22 +15,19 @@ from fxsparse.methods import TrainState, create, get_method
 from fxsparse.methods.grasp import class_balanced_sample, grasp_hg
 from fxsparse.methods.select import group_scores, keep_top, prunable_weights, weight_top
 from fxsparse.methods.synflow import synflow_scores
+from rule_models import Layers
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----------------------------------------------------------------------------- models
 
-class TinyBN(nn.Module):
+class TinyBN(Layers):
     """2 conv + BN + linear: every channel method (slimming included) applies."""
 
     def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.b1 = nn.BatchNorm2d(8)
-        self.c2 = nn.Conv2d(8, 12, 3, padding=1)
-        self.b2 = nn.BatchNorm2d(12)
-        self.fc = nn.Linear(12, 10)
+        super().__init__(c1=nn.Conv2d(3, 8, 3, padding=1), b1=nn.BatchNorm2d(8), c2=nn.Conv2d(8, 12, 3, padding=1),
+                         b2=nn.BatchNorm2d(12), fc=nn.Linear(12, 10))
 
     def forward(self, x):
         x = F.relu(self.b1(self.c1(x)))
@@ -38,18 +35,13 @@ class TinyBN(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-class TinyRes(nn.Module):
+class TinyRes(Layers):
     """A residual stream coupling two BN layers (b0, b2) in one channel group."""
 
     def __init__(self):
-        super().__init__()
-        self.c0 = nn.Conv2d(3, 8, 3, padding=1)
-        self.b0 = nn.BatchNorm2d(8)
-        self.c1 = nn.Conv2d(8, 6, 3, padding=1)
-        self.b1 = nn.BatchNorm2d(6)
-        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.b2 = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 10)
+        super().__init__(c0=nn.Conv2d(3, 8, 3, padding=1), b0=nn.BatchNorm2d(8), c1=nn.Conv2d(8, 6, 3, padding=1),
+                         b1=nn.BatchNorm2d(6), c2=nn.Conv2d(6, 8, 3, padding=1), b2=nn.BatchNorm2d(8),
+                         fc=nn.Linear(8, 10))
 
     def forward(self, x):
         x = F.relu(self.b0(self.c0(x)))
