@@ -9,8 +9,6 @@ import torch
 # methods, training, cli, zoo, thirdparty); the helpers they share stay here at the root
 # (harness, sparse_checks, rule_models, lanes, idx_files, the thirdparty package).
 sys.path.insert(0, os.path.dirname(__file__))
-# tests/test_trainer.py still imports make_idx_dir from test_data (now tests/training/)
-sys.path.insert(1, os.path.join(os.path.dirname(__file__), "training"))
 
 # pytest -n (pytest-xdist): the workers share the cores instead of each taking all of them
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -17,7 +17,7 @@ Usage::
     timm = zoo.import_timm()           # timm, also where torchvision is not installed
 
 Widths and depths follow the papers at the default arguments; the parameter counts are
-checked against the published numbers in ``tests/test_zoo_architectures.py``.
+checked against the published numbers in ``tests/zoo/test_zoo_architectures.py``.
 """
 
 from __future__ import annotations

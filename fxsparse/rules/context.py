@@ -5,7 +5,7 @@ A rule sees the graph through the context it is called with
 (:class:`~fxsparse.rules.analysis_context.AnalysisContext` for ``analyze``,
 :class:`~fxsparse.rules.export_context.ExportContext` for ``export``; the whole contract is in
 :mod:`fxsparse.rules.contract`): those read and write ``node.meta``
-(:mod:`fxsparse.rules.meta_keys`), so a rule never touches a meta key (see ``tests/test_rules.py``).
+(:mod:`fxsparse.rules.meta_keys`), so a rule never touches a meta key (see ``tests/rules/test_rules.py``).
 """
 from __future__ import annotations
 

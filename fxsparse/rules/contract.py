@@ -71,8 +71,8 @@ A user registers the same way (``fxsparse.register_rule``), or for one call:
 export and compile; an aten form is always global).
 
 **5. Testing.** Compare the exported model with the masked reference under both captures:
-``tests/test_rule_contract.py`` adds a toy op through this contract alone and checks it so;
-op families are tested in ``tests/test_op_families.py`` and ``tests/test_rules.py``.
+``tests/rules/test_rule_contract.py`` adds a toy op through this contract alone and checks it so;
+op families are tested in ``tests/rules/test_op_families.py``, ``tests/rules/test_rules.py`` and, under both captures, ``tests/rules/test_export_capture_ops.py``.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the vendored torchvision/timm-style models (``tests/thirdparty``), the ``transformers`` models
 (``transformers_models.py``), the real timm models (``timm_models.py``) and the issue-#31
 families built only by their tests (``tests/thirdparty/test_thirdparty_moe.py``,
-``tests/test_thirdparty_ssm_audio.py``), each through the same chain (``chain.run_one``:
+``tests/thirdparty/test_thirdparty_ssm_audio.py``), each through the same chain (``chain.run_one``:
 analyze -> export at two keep-0.5 masks -> equality with the masked reference -> backward ->
 a sparse forward/backward).
 
@@ -51,7 +51,7 @@ def _timm():
 def _tests():
     """The families the issue-#31 tests build that no benchmark list holds."""
     from thirdparty import test_thirdparty_moe as moe
-    import test_thirdparty_ssm_audio as ssm
+    from thirdparty import test_thirdparty_ssm_audio as ssm
 
     def tokens(build):
         return lambda: (build(), moe._tokens())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fxsparse.training import data as D
-from idx_files import make_idx_dir, write_idx  # noqa: F401  (tests/test_trainer.py imports make_idx_dir from here)
+from idx_files import make_idx_dir, write_idx
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -20,7 +20,7 @@ Which score form is the default, and why
 ----------------------------------------
 Default: ``form="exact"``, g = (m - s) / (s (1 - s)). It is the true score of the
 Bernoulli distribution, so the VR-PGE estimate is an unbiased estimate of
-d/ds E_{m~Bern(s)} L(m) (tested by full enumeration in tests/test_vrpge.py).
+d/ds E_{m~Bern(s)} L(m) (tested by full enumeration in tests/methods/test_vrpge.py).
 
 ``form="preconditioned"``, g = (m - s) / sqrt(s (1 - s) + eps), is what the authors' code
 runs. It equals the exact score times the positive per-coordinate factor

@@ -19,8 +19,7 @@ from fxsparse.training import checkpoint
 from fxsparse.cli import main as cli_main
 from fxsparse.training.trainer import TrainConfig, Trainer
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_data import make_idx_dir  # noqa: E402
+from idx_files import make_idx_dir  # noqa: E402
 
 
 def _args(data_dir, out, *extra):

@@ -1,7 +1,7 @@
 """The trainer's parts on their own: the model hooks a method reaches the loop through
 (``graph_for_run``, ``attach``, ``weight_density``, ``detach``), the phase plan and its
 schedules, the plain step of the trainer's phases, history rows, the checkpoint's contents
-(RunState) and the resume's settings check. The whole loop: tests/test_trainer.py."""
+(RunState) and the resume's settings check. The whole loop: tests/training/test_trainer.py."""
 import dataclasses
 import json
 import math
@@ -24,7 +24,6 @@ from fxsparse.training.resume_settings import check_resume_settings, differences
 from fxsparse.training.run_state import FORMAT, RunRecord, RunState
 from fxsparse.training.trainer import Trainer
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 
 def _config(data_dir, out, **kw):
