@@ -11,12 +11,7 @@ from fxsparse.bench_models import DEFAULT_BATCH, causal_lm_loss, workload
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_tiny", "mixtral_moe_tiny"])

@@ -5,18 +5,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from fxsparse import bench_cold_start, bench_phases
 from fxsparse.bench_args import SUBCOMMANDS, parse_command, parse_cold_start_args, parse_phases_args
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_without_a_subcommand_it_is_the_step_time_bench():
