@@ -216,15 +216,24 @@ register_rule(nn.LayerNorm, export=layer_norm_export, masked=layer_norm_masked)(
 
 def layer_norm_function(ctx, node):
     x, normalized_shape, weight, bias, _ = layer_norm_args(node.args, node.kwargs)
+    params = _plain_params(ctx, node, x, "layer norm", weight=weight, bias=bias)
+    if params is None:
+        return ctx.ids(x)
+    return _layer_norm(ctx, node, x, _normalized_ndim(normalized_shape), params)
+
+
+def _plain_params(ctx, node, x, what, **args):
+    """The parameter names of a functional norm's affine arguments, or None (the channels of
+    ``x`` blocked, with the reason) where one is computed in the graph rather than a parameter."""
     params = []
-    for name, arg in (("weight", weight), ("bias", bias)):
+    for name, arg in args.items():
         if isinstance(arg, fx.Node):
             refs = ctx.free(arg)
             if not refs or len(refs) != 1:
-                ctx.unprunable(ctx.ids(x), f"layer norm at {ctx.where(node)}: '{name}' is not a plain parameter")
-                return ctx.ids(x)
+                ctx.unprunable(ctx.ids(x), f"{what} at {ctx.where(node)}: '{name}' is not a plain parameter")
+                return None
             params.append(refs[0].qualname)
-    return _layer_norm(ctx, node, x, _normalized_ndim(normalized_shape), params)
+    return params
 
 
 def layer_norm_function_export(ectx, node):
@@ -275,13 +284,9 @@ def rms_norm_module(ctx, node):
 
 def rms_norm_function(ctx, node):
     x, normalized_shape, weight, _ = rms_norm_args(node.args, node.kwargs)
-    params = []
-    if isinstance(weight, fx.Node):
-        refs = ctx.free(weight)
-        if not refs or len(refs) != 1:
-            ctx.unprunable(ctx.ids(x), f"rms norm at {ctx.where(node)}: its weight is not a plain parameter")
-            return ctx.ids(x)
-        params.append(refs[0].qualname)
+    params = _plain_params(ctx, node, x, "rms norm", weight=weight)
+    if params is None:
+        return ctx.ids(x)
     return _layer_norm(ctx, node, x, _normalized_ndim(normalized_shape), params, "RMSNorm")
 
 
