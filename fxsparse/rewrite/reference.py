@@ -1,10 +1,10 @@
 """The masked reference: the dense model with every tensor of every group multiplied by
-its keep mask. For channel-wise ops that equals the physically pruned model. Ops that
-are *mixing* (they mix the channels of one tensor: LayerNorm over channels, softmax or
-mean over a channel dim) are evaluated in their rule's masked form (``Rule.masked``,
-statistics over kept channels only; the same function the compiled step uses), which is
-what removing the channels computes. Used by the tests as the reference that ``export``
-must match.
+its keep mask (of any dtype: a removed channel of a boolean or integer tensor is False / 0).
+For channel-wise ops that equals the physically pruned model. Ops that are *mixing* (they
+mix the channels of one tensor: LayerNorm over channels, softmax or mean over a channel
+dim) are evaluated in their rule's masked form (``Rule.masked``, statistics over kept
+channels only; the same function the compiled step uses), which is what removing the
+channels computes. Used by the tests as the reference that ``export`` must match.
 """
 from __future__ import annotations
 
@@ -36,10 +36,13 @@ class MaskedInterpreter(fx.Interpreter):
         return None if m is None else torch.as_tensor(m, device=device).to(dtype)
 
     def _zero_removed(self, node, out):
-        m = self._mask(node, out.dtype, out.device)
-        if m is None or not out.is_floating_point():
+        """``out`` with its removed channels set to zero, of every dtype: the export has no such
+        channel, and 0 (False for a boolean) is what an absent channel adds to a sum or any()
+        over channels; other reductions over channels use their masked forms."""
+        m = self._mask(node, torch.bool, out.device)
+        if m is None:
             return out
-        return torch.where(m > 0, out, torch.zeros((), dtype=out.dtype))  # inf * 0 would be NaN
+        return torch.where(m, out, torch.zeros((), dtype=out.dtype))  # inf * 0 would be NaN
 
     def run_node(self, n):
         if n.name in self.masked:

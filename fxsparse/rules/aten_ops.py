@@ -339,6 +339,8 @@ _TABLE.update({
     aten.prod.dim_int: _dim_reduce("prod"),
     aten.sum.default: _dim_reduce("sum"),
     aten.mean.default: _dim_reduce("mean"),
+    aten.any.dim: _dim_reduce("any"), aten.any.dims: _reduce("any"), aten.any.default: _dim_reduce("any"),
+    aten.all.dim: _dim_reduce("all"), aten.all.dims: _reduce("all"), aten.all.default: _dim_reduce("all"),
     aten.log_softmax.int: _log_softmax,
     aten._log_softmax.default: _log_softmax,  # (x, dim, half_to_float)
     # spatial (aten.max_pool2d_with_indices and aten.adaptive_max_pool2d return (values, indices),

@@ -64,7 +64,7 @@ UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "abs", "neg", "clamp", "clamp_",
     "clip", "sqrt", "rsqrt", "square", "sign", "contiguous", "float", "half", "double", "bfloat16", "to",
     "type", "type_as", "detach", "clone", "requires_grad_", "exp_", "nan_to_num", "pow", "__pow__", "erf",
-    "__invert__",
+    "__invert__", "long", "int", "bool",  # casts: an integer or boolean tensor keeps its channels
 )
 BINARY_FUNCTIONS = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,

@@ -4,8 +4,10 @@ The scan itself needs no rule of its own: it is written with element-wise ops ov
 inner channels (each channel its own recurrence), an outer product with the state dim
 (``pointwise.combine``), a product with ``C`` that sums the state dim out (``matmul``),
 and a stack over time. What is left: cutting the sequence into a part scanned at once and
-a part stepped (``tensor_split`` along time) and ``softplus`` of the time steps, which
-torch.export leaves as an aten op.
+a part stepped (``tensor_split`` along time) and the running sums of a chunked scan
+(``cumsum``). torch.export's aten forms of softplus, masked_fill and cumsum become the
+torch-level calls the rules know (:mod:`fxsparse.rules.aten_ops`); ``tensor_split`` has
+none there, so its aten overloads are registered here.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import torch
 
 from fxsparse.core.elements import varying_dims
 from .context import node_arg
-from .pointwise import nary, passthrough
 from .registry import register_rule
 
 aten = torch.ops.aten
@@ -59,10 +60,7 @@ def cumsum_rule(ctx, node):
     return ids
 
 
-register_rule(torch.cumsum, "cumsum", aten.cumsum.default, torch.cumprod, "cumprod", aten.cumprod.default)(cumsum_rule)
-
-# torch.export keeps these as aten ops (their torch forms are registered with the element-wise ops)
-register_rule(aten.softplus.default)(passthrough)
-register_rule(aten.masked_fill.Scalar, aten.masked_fill.Tensor)(nary)
+# torch.export's aten.cumsum / cumprod reach this rule as torch.cumsum / cumprod (rules/aten_ops.py)
+register_rule(torch.cumsum, "cumsum", torch.cumprod, "cumprod")(cumsum_rule)
 
 __all__ = ["tensor_split_rule"]

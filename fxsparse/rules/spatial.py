@@ -119,7 +119,7 @@ _VARIANCES = ("var", "std", "var_mean", "std_mean")  # var_mean / std_mean: a (v
 
 # reductions whose masked form is the plain op with removed channels replaced by a neutral value
 _NEUTRAL = {"amax": float("-inf"), "max": float("-inf"), "amin": float("inf"), "min": float("inf"),
-            "logsumexp": float("-inf"), "prod": 1.0, "sum": 0.0}
+            "logsumexp": float("-inf"), "prod": 1.0, "sum": 0.0, "any": 0.0, "all": float("inf")}
 
 
 def _variance_args(args, kwargs):
@@ -136,13 +136,25 @@ def _variance_args(args, kwargs):
     return dim, 1 if correction is None else correction, keepdim
 
 
+def _neutral(name, dtype):
+    """``_NEUTRAL[name]`` in ``dtype``: a boolean or integer tensor has no infinity, so max/min
+    ignore a removed channel set to the dtype's lowest / highest value (False / True)."""
+    value = _NEUTRAL[name]
+    if dtype.is_floating_point or dtype.is_complex or abs(value) != float("inf"):
+        return value
+    if dtype == torch.bool:
+        return value > 0
+    info = torch.iinfo(dtype)
+    return info.max if value > 0 else info.min
+
+
 def reduction_masked(op, m, x, *args, **kwargs):
     """A reduction over the channels where ``m`` is 1 only: removed channels are left out of a
     mean's count and a variance's statistics, and never picked by max/min."""
     name = _op_name(op)
     m = m.to(x.dtype)
     if name in _NEUTRAL:
-        return call_op(op, x.masked_fill(m == 0, _NEUTRAL[name]), *args, **kwargs)
+        return call_op(op, x.masked_fill(m == 0, _neutral(name, x.dtype)), *args, **kwargs)
     if name == "mean":
         dim = args[0] if args else kwargs.get("dim")
         keepdim = args[1] if len(args) > 1 else kwargs.get("keepdim", False)
@@ -160,7 +172,8 @@ def reduction_masked(op, m, x, *args, **kwargs):
 
 register_rule("mean", torch.mean, "sum", torch.sum, "amax", torch.amax, "amin", torch.amin, "max", torch.max,
               "min", torch.min, "std", torch.std, "var", torch.var, "logsumexp", torch.logsumexp,
-              "prod", torch.prod, torch.var_mean, torch.std_mean, masked=reduction_masked)(reduction_rule)
+              "prod", torch.prod, torch.var_mean, torch.std_mean, "any", torch.any, "all", torch.all,
+              masked=reduction_masked)(reduction_rule)
 
 
 def softmax_rule(ctx, node):
