@@ -7,7 +7,7 @@ import torch
 
 # The tests live in folders that follow the library's layers (core, analysis, rules, rewrite, step,
 # methods, training, cli, zoo, thirdparty); the helpers they share stay here at the root
-# (harness, sparse_checks, rule_models, lanes, idx_files, the thirdparty package).
+# (harness, sparse_checks, rule_models, lanes, idx_files, captures, the thirdparty package).
 sys.path.insert(0, os.path.dirname(__file__))
 
 # pytest -n (pytest-xdist): the workers share the cores instead of each taking all of them

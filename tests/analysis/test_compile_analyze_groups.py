@@ -11,39 +11,16 @@ import pytest
 import torch
 
 import fxsparse
-from fxsparse import zoo
+from captures import SET_NAMES, captured, models  # each model captured once per session (other files read it too)
 from lanes import fast_subset
-
-from thirdparty.survey import SETS  # the third-party models the README reports on
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 FAST = {"zoo:resnet20", "zoo:vit_tiny", "vendored:timm_levit", "vendored:tv_shufflenet_v2",
         "transformers:llama_gqa"}
 
-
-def _zoo(name):
-    from harness import zoo_small as build  # the zoo's small CI configurations
-
-    shape = (2,) + zoo.info(name).default_input
-    return lambda: (build(name, shape[1]), (torch.randn(shape, generator=torch.Generator().manual_seed(0)),))
-
-
-def _third_party(set_name):
-    try:
-        return SETS[set_name]()
-    except ImportError:  # an optional library (transformers, timm) is not installed
-        return {}
-
-
-def _builders():
-    out = {f"zoo:{name}": _zoo(name) for name in zoo.names()}
-    for set_name in ("vendored", "transformers", "timm", "tests"):
-        out.update({f"{set_name}:{name}": build for name, build in _third_party(set_name).items()})
-    return out
-
-
-BUILDERS = _builders()
+# the zoo and the third-party models the README reports on (tests/thirdparty/survey.py)
+NAMES = sorted(f"{set_name}:{name}" for set_name in SET_NAMES for name in models(set_name))
 
 
 def signature(graph):
@@ -63,16 +40,15 @@ def first_difference(a, b) -> str:
     return "none"
 
 
-@pytest.mark.parametrize("name", fast_subset(sorted(BUILDERS), FAST & set(BUILDERS)))
+@pytest.mark.parametrize("name", fast_subset(NAMES, FAST & set(NAMES)))
 def test_compile_and_analyze_give_the_same_groups(name):
-    torch.manual_seed(0)
-    model, inputs = BUILDERS[name]()
-    model.eval()
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    # analyze's graph, shared with the other tests of the model; compile (compile=False) and
+    # analyze leave the model as it was
+    shared = captured(name)
+    model, inputs, first = shared.model, shared.inputs, shared.graph
+    before = signature(first)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        first = fxsparse.analyze(model, inputs)
-        before = signature(first)
         sparse = fxsparse.compile(model, inputs, keep=0.5, compile=False)
         # analyze again after compile (order independence) for one model per kind: a third
         # capture of every model would be a third of this file's time for the same code path

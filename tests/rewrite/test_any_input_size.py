@@ -13,14 +13,13 @@ the dim (its graph asserts them) instead of failing somewhere inside.
 import copy
 import pickle
 import re
-import warnings
 
 import pytest
 import torch
 import torch.nn as nn
 
 import fxsparse
-from fxsparse.analysis.dynamic_dims import PinnedSizeWarning
+from captures import Captured, analyzed, captured  # each model captured once per session (other files read it too)
 from fxsparse.rewrite.reference import masked_reference
 from lanes import HF_FAST, fast_subset
 from thirdparty.chain import first_tensor as _first_tensor
@@ -38,14 +37,6 @@ def _tokens(batch, length, seed=1):
 
 def _images(batch, size, seed=1):
     return (torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)),)
-
-
-def _analyze(model, inputs):
-    """(graph, PinnedSizeWarning messages)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        graph = fxsparse.analyze(model, inputs)
-    return graph, [str(w.message) for w in caught if issubclass(w.category, PinnedSizeWarning)]
 
 
 def _reference(graph, keep, inputs, chunk):
@@ -87,7 +78,7 @@ def test_gpt2_of_the_issue_runs_at_other_lengths_and_batches():
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=64)
     model = transformers.GPT2LMHeadModel(config).eval()
-    graph, pinned = _analyze(model, _tokens(2, 16))
+    graph, pinned = analyzed(model, _tokens(2, 16))
     assert not pinned, pinned
     _check_sizes(model, graph, [_tokens(2, 8), _tokens(2, 20), _tokens(3, 16), _tokens(1, 5)])
 
@@ -109,16 +100,13 @@ PINNED_LENGTH = {"mamba"}
 @pytest.mark.parametrize("name", fast_subset(sorted(HF_MODELS), HF_FAST))
 def test_transformers_model_at_other_sizes(name):
     pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    model, inputs = HF_MODELS[name]()
-    model.eval()
+    shared = captured(f"transformers:{name}")
     if name in IMAGE_MODELS:
         size = IMAGE_SIZE.get(name, 32)
-        got = _check_every_size_the_dense_model_takes(model, inputs, [_images(1, 2 * size), _images(3, size + 16)],
-                                                      chunk=2)
+        got = _check_every_size_the_dense_model_takes(shared, [_images(1, 2 * size), _images(3, size + 16)], chunk=2)
         assert got == IMAGE_MODELS[name], got
         return
-    graph, pinned = _analyze(model, inputs)
+    model, inputs, graph, pinned = shared.model, shared.inputs, shared.graph, shared.pinned
     length = inputs[0].shape[1]
     if name in PINNED_LENGTH:
         assert len(pinned) == 1 and f"input 0 (input_ids) dim 1 (size {length})" in pinned[0], pinned
@@ -135,7 +123,7 @@ def test_transformers_mixture_of_experts_at_other_lengths(name):
 
     torch.manual_seed(0)
     model = test_thirdparty_moe.FAMILIES[name]().eval()
-    graph, pinned = _analyze(model, _tokens(2, 8))
+    graph, pinned = analyzed(model, _tokens(2, 8))
     assert not pinned, pinned
     _check_sizes(model, graph, [_tokens(3, 5), _tokens(1, 13)])
 
@@ -160,14 +148,15 @@ def _why_image_fixed(pinned, size):
             else "graph" if "captured graph holds" in parts[0] else "code")
 
 
-def _check_every_size_the_dense_model_takes(model, inputs, others, chunk=None):
+def _check_every_size_the_dense_model_takes(shared: Captured, others, chunk=None):
     """The rule for image models: at the example size, other batches always. At other sizes:
     the exported model runs wherever the dense model does ("free"), unless the warning names the
     image dims: then the exported model refuses other sizes with an error naming the dim,
     and where the warning blames the model's code ("code") the dense model fails there too;
     "cost": a windowed model the capture keeps at its size; "graph": torch.export specialised a
-    size computed from it (a 1x1 feature map at the example)."""
-    graph, pinned = _analyze(model, inputs)
+    size computed from it (a 1x1 feature map at the example). ``shared``: the model, its
+    example inputs and their analysis (only read)."""
+    model, inputs, graph, pinned = shared.model, shared.inputs, shared.graph, shared.pinned
     size = inputs[0].shape[-1]
     _check_sizes(model, graph, [_images(3, size), _images(1, size)], chunk=chunk or inputs[0].shape[0])
     runs = [x for x in others if _dense_runs(model, x)]
@@ -206,12 +195,11 @@ def _timm_names():
 
 @pytest.mark.parametrize("name", _timm_names())
 def test_timm_model_at_other_sizes(name):
-    from thirdparty.timm_models import build, import_timm
+    from thirdparty.timm_models import import_timm
 
     if import_timm() is None:
         pytest.skip("timm is not installed")
-    model, inputs = build(name)
-    got = _check_every_size_the_dense_model_takes(model, inputs, [_images(3, 64), _images(1, 48)])
+    got = _check_every_size_the_dense_model_takes(captured(f"timm:{name}"), [_images(3, 64), _images(1, 48)])
     assert got == ("cost" if name in TIMM_COST else "graph" if name in TIMM_GRAPH else "code" if name in TIMM_CODE
                    else "free"), got
 
@@ -239,10 +227,7 @@ def _mirror_names():
 
 @pytest.mark.parametrize("name", _mirror_names())
 def test_mirrored_model_at_other_sizes(name):
-    from thirdparty import MODELS
-
-    model, inputs = MODELS[name]()
-    got = _check_every_size_the_dense_model_takes(model, inputs, [_images(3, 64), _images(1, 48)])
+    got = _check_every_size_the_dense_model_takes(captured(f"vendored:{name}"), [_images(3, 64), _images(1, 48)])
     assert got == ("cost" if name in MIRRORS_COST else "graph" if name in MIRRORS_GRAPH else "code" if name in MIRRORS_CODE
                    else "free"), got
 
@@ -251,8 +236,9 @@ def test_mirrored_model_at_other_sizes(name):
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "vit_tiny"])
 def test_zoo_model_at_other_sizes(name):
-    model = fxsparse.zoo.load_model(f"zoo:{name}", num_classes=10).eval()
-    got = _check_every_size_the_dense_model_takes(model, _images(2, 32), [_images(3, 64), _images(1, 48)])
+    model, inputs = fxsparse.zoo.load_model(f"zoo:{name}", num_classes=10).eval(), _images(2, 32)
+    got = _check_every_size_the_dense_model_takes(Captured(model, inputs, *analyzed(model, inputs)),
+                                                  [_images(3, 64), _images(1, 48)])
     assert got == ("code" if name == "vit_tiny" else "free"), got  # the zoo's ViT: a position table of 8x8 patches
 
 
@@ -284,7 +270,7 @@ def test_own_attention_class_runs_at_other_lengths():
     torch.manual_seed(0)
     model = TinyAttention().eval()
     ids = torch.randint(0, 50, (2, 12))
-    graph, pinned = _analyze(model, (ids,))
+    graph, pinned = analyzed(model, (ids,))
     assert not pinned
     _check_sizes(model, graph, [(torch.randint(0, 50, (3, 7)),), (torch.randint(0, 50, (1, 30)),)])
 
@@ -302,7 +288,7 @@ class PinsItsLength(TinyAttention):
 def test_a_length_the_code_pins_is_named_and_the_batch_stays_free():
     torch.manual_seed(0)
     model = PinsItsLength().eval()
-    graph, pinned = _analyze(model, (torch.randint(0, 50, (2, 12)),))
+    graph, pinned = analyzed(model, (torch.randint(0, 50, (2, 12)),))
     assert len(pinned) == 1 and "input 0 (ids) dim 1 (size 12)" in pinned[0] and "dim 0" not in pinned[0], pinned
     _check_sizes(model, graph, [(torch.randint(0, 50, (3, 12)),), (torch.randint(0, 50, (5, 12)),)])
 
@@ -325,7 +311,7 @@ def test_a_batch_an_fx_traced_model_pins_is_named_and_checked():
     torch.manual_seed(0)
     model = FoldsItsBatch().eval()
     x = torch.randn(2, 3, 16, 16)
-    graph, pinned = _analyze(model, (x,))
+    graph, pinned = analyzed(model, (x,))
     assert isinstance(graph.gm, torch.fx.GraphModule) and "call_module" in {n.op for n in graph.gm.graph.nodes}  # torch.fx
     assert len(pinned) == 1 and "input 0 (x) dim 0 (size 2)" in pinned[0] and "dim 2" not in pinned[0], pinned
     assert model(torch.randn(4, 3, 16, 16)).shape == (2, 5)  # the dense model folds a batch of 4 silently

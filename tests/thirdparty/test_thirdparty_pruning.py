@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fxsparse
+from captures import captured  # each model captured once per session (test_any_input_size.py reads them too)
 from harness import check_export
 from lanes import mirror_subset
 from thirdparty import MODELS
@@ -13,12 +14,12 @@ from thirdparty import MODELS
 
 @pytest.mark.parametrize("name", mirror_subset(sorted(MODELS)))  # the 5-25 s ones in the full suite only
 def test_thirdparty_model(name):
-    model, inputs = MODELS[name]()
+    # models torch.fx cannot trace (FX_TRACE_FAILS: an `if` on input sizes) are captured
+    # with torch.export: every model must analyze
+    shared = captured(f"vendored:{name}")
+    model, inputs, graph = shared.model, shared.inputs, shared.graph
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # models torch.fx cannot trace (FX_TRACE_FAILS: an `if` on input sizes) are captured
-        # with torch.export: every model must analyze
-        graph = fxsparse.analyze(model, inputs)
         check_export(model, inputs, n_masks=2, ratios=(0.5, 0.3), graph=graph)
         assert graph.prunable_groups, f"{name}: nothing prunable"
         small = fxsparse.export(model, graph, fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(0)))
@@ -46,10 +47,8 @@ def test_wrapped_functions_are_seen_through(name):
     bias, stochastic_depth) would be opaque traced nodes blocking their channels; analyze
     captures such a model with torch.export instead, so attention heads, the window MLPs and
     the residual stream prune: keep 0.5 reaches FLOPs <= 0.35 of dense (0.78 / 0.40 traced)."""
-    model, inputs = MODELS[name]()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = fxsparse.analyze(model, inputs)
+    shared = captured(f"vendored:{name}")
+    model, inputs, graph = shared.model, shared.inputs, shared.graph
     assert not any(n.op == "call_function" and getattr(n.target, "__module__", "").startswith("thirdparty")
                    for n in graph.gm.graph.nodes)
     small = fxsparse.export(model, graph, fxsparse.random_keep(graph, 0.5, torch.Generator().manual_seed(0)))

@@ -7,8 +7,9 @@ own). Skipped when timm is not installed (``pip install --no-deps timm && pip in
 huggingface_hub pyyaml safetensors``, see tests/thirdparty/timm_models.py)."""
 import pytest
 
-from thirdparty.chain import run_one  # the chain tests/thirdparty/survey.py reports on
-from thirdparty.timm_models import MODELS, build, import_timm
+from captures import captured  # each model captured once per session: test_any_input_size.py captures them too
+from thirdparty.chain import run_chain  # the chain tests/thirdparty/survey.py reports on
+from thirdparty.timm_models import MODELS, import_timm
 
 if import_timm() is None:
     pytest.skip("timm is not installed", allow_module_level=True)
@@ -34,6 +35,7 @@ FLOPS_BOUND_EXCEPT = {"mixer_s16_224": 0.55}  # token-mixing MLPs run along the 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
 def test_timm_model(name):
-    status, why, flops, _ = run_one(name, {name: lambda: build(name)})
+    shared = captured(f"timm:{name}")
+    status, why, flops = run_chain(shared.model, shared.inputs, shared.graph, shared.fresh()[0])
     assert status == "pass", why
     assert flops is not None and flops <= FLOPS_BOUND_EXCEPT.get(name, FLOPS_BOUND), f"FLOPs at keep 0.5: {flops:.2f}"

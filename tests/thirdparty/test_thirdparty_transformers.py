@@ -2,14 +2,13 @@
 analyze -> export at 2 random keep-0.5 masks -> forward/backward -> equality with the masked
 reference -> FLOPs -> one sparse (capacity) step. Skipped when transformers (the optional
 `hf` extra) is not installed."""
-import warnings
-
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 
 import fxsparse  # noqa: E402
+from captures import captured  # noqa: E402
 from fxsparse.rewrite.reference import masked_reference  # noqa: E402
 from lanes import HF_FAST, fast_subset  # noqa: E402
 from thirdparty.transformers_models import MODELS  # noqa: E402  (the builders tests/thirdparty/survey.py reports on)
@@ -33,20 +32,11 @@ def _one_thread(single_thread):
     yield
 
 
-_ANALYZED = {}
-
-
 def _analyzed(name):
-    """(model, inputs, graph) of ``MODELS[name]`` (seed 0, eval mode), analyzed once per test
-    module: the tests below only read the graph, the chain test exports from it."""
-    if name not in _ANALYZED:
-        torch.manual_seed(0)
-        model, inputs = MODELS[name]()
-        model.eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _ANALYZED[name] = model, inputs, fxsparse.analyze(model, inputs)
-    return _ANALYZED[name]
+    """(model, inputs, graph) of ``MODELS[name]`` (seed 0, eval mode), analyzed once per session
+    (tests/captures.py; test_any_input_size.py reads them too): only read here."""
+    shared = captured(f"transformers:{name}")
+    return shared.model, shared.inputs, shared.graph
 
 
 @pytest.mark.parametrize("name", fast_subset(sorted(MODELS), HF_FAST))  # one per kind in the fast lane
@@ -70,9 +60,10 @@ def test_transformers_model(name):
     # the vocabulary / label side is never pruned: output width as dense
     with torch.no_grad():
         assert _logits(small(*inputs)).shape == _logits(model(*inputs)).shape
-    sparse = fxsparse.compile(model, inputs, keep=0.5, compile=False, graph=graph)
+    stepped, _ = captured(f"transformers:{name}").fresh()  # the sparse step trains a model of its own
+    sparse = fxsparse.compile(stepped, inputs, keep=0.5, compile=False, graph=graph)
     _logits(sparse(*inputs)).sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stepped.parameters())
 
 
 @pytest.mark.parametrize("name", ["llama_gqa"])
