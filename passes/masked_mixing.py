@@ -10,6 +10,13 @@ channel) held in a non-persistent buffer ``_fxsparse_valid_<node>`` that the spa
 refreshes every step. :attr:`MaskMixingOps.valid_buffers` maps each buffer to
 ``(node name, channel dim)``.
 
+A sum over a channel dim (a sum, a p-norm, a contraction such as ``q @ k^T``; the nodes
+the analysis marked summing) is not mixing: an empty slot adds its value, which is zero
+where an op with f(0) = 0 made it (:mod:`fxsparse.passes.zero_slots`). Where none of its
+operands is zero there (``(h + 1).sum(1)``, ``(h <= 0.1).sum(1)``), the first of them is
+zero-filled at its empty slots (:func:`zero_empty_slots`, validity buffers
+``_fxsparse_zero_<node>_<dim>``), which is the masked reference's value of it.
+
 Writes no ``node.meta`` key (replacement nodes copy the replaced node's meta).
 """
 from __future__ import annotations
@@ -18,8 +25,11 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
+import numpy as np
+
 from fxsparse.core.broadcast import along, left_pad
 from fxsparse.core.elements import varying_dims
+from fxsparse.passes.zero_slots import ZeroSlots
 from fxsparse.rules.meta_keys import IDS, SHAPE
 
 
@@ -30,6 +40,16 @@ class UnsupportedInSparseStep(NotImplementedError):
 def slot_mask(valid: torch.Tensor, dim: int, x: torch.Tensor) -> torch.Tensor:
     """The validity vector laid along ``dim`` of ``x`` as a 0/1 mask of ``x``'s shape."""
     return along(valid.to(x.dtype), dim, x.dim()).expand_as(x)
+
+
+def zero_empty_slots(x: torch.Tensor, valid: tuple, dims: tuple) -> torch.Tensor:
+    """``x`` with exact zeros at the empty slots of ``dims`` (where ``valid``, one validity
+    vector per dim, is 0): what an absent channel adds to a sum."""
+    keep = None
+    for v, d in zip(valid, dims):
+        k = along(v, d, x.dim()) > 0
+        keep = k if keep is None else keep & k
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _graph_callable(masked, op, name: str):
@@ -81,6 +101,55 @@ class MaskMixingOps(PassBase):
             found.append((node, vd[0], op, masked))
         return found
 
+    def _prunable_dims(self, node):
+        """The dims of ``node``'s output with prunable slots; None for a tuple of tensors."""
+        ids, shape = node.meta.get(IDS), node.meta.get(SHAPE)
+        if ids is None:
+            return ()
+        if not isinstance(ids, np.ndarray) or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
+            return None
+        vd = varying_dims(left_pad(self.graph.elements.canonical(ids), len(shape)))
+        return [d for d in vd if self.layout_of(node.name, d).any_prunable]
+
+    def _zero_fill_sums(self, cap) -> bool:
+        """Zero-fills the first operand with prunable slots of each summing node none of whose
+        summed operands is zero at its empty slots; True when one was."""
+        summing = {name: positions for name, positions, _ in self.graph.summing}
+        if not summing:
+            return False
+        zero = ZeroSlots(cap, self._prunable_dims, mixing=[name for name, _ in self.graph.mixing])
+        filled = False
+        for node in list(cap.graph.nodes):
+            if node.name in summing:
+                filled |= self._fill(cap, zero, node, summing[node.name])
+            zero.visit(node)
+        return filled
+
+    def _fill(self, cap, zero, node, positions) -> bool:
+        args = []
+        torch.fx.node.map_arg((node.args, node.kwargs), args.append)
+        operands = [args[p] for p in positions if p < len(args)]
+        if any(zero.zero.get(a, False) for a in operands):
+            return False
+        for src in operands:
+            dims = self._prunable_dims(src)
+            if dims:
+                break
+        else:
+            return False
+        names = []
+        for d in dims:
+            names.append(f"_fxsparse_zero_{node.name}_{d}")
+            cap.register_buffer(names[-1], torch.ones(src.meta[SHAPE][d]), persistent=False)
+            self.valid_buffers[names[-1]] = (src.name, d)
+        with cap.graph.inserting_before(node):
+            valid = tuple(cap.graph.get_attr(n) for n in names)
+            new = cap.graph.call_function(zero_empty_slots, (src, valid, tuple(dims)))
+            new.meta = dict(src.meta)
+        node.replace_input_with(src, new)
+        zero.zero[new] = True
+        return True
+
     def requires(self, graph_module):
         self._targets(graph_module)  # raises for a mixing op without a masked form
 
@@ -89,6 +158,7 @@ class MaskMixingOps(PassBase):
 
     def call(self, cap: fx.GraphModule) -> PassResult:
         self.valid_buffers = {}
+        filled = self._zero_fill_sums(cap)
         found = self._targets(cap)
         for node, dim, op, masked in found:
             src = node.args[0]
@@ -107,4 +177,4 @@ class MaskMixingOps(PassBase):
             cap.graph.erase_node(node)
             self.valid_buffers[name] = (src.name, dim)
         cap.recompile()
-        return PassResult(cap, bool(found))
+        return PassResult(cap, bool(found) or filled)

@@ -135,4 +135,5 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules=(), rules=None, fl
     shapes = {name: tuple(ctx.param(name).shape) for name, _ in ctx.members}
     assign_flops(groups, per_module, total, shapes)
     return ChannelGraph(gm, ctx.elements, ctx.members, groups, ctx.mixing, auto_leaves,
-                        flops={"total": total, "per_module": per_module}, example_inputs=example_inputs, rules=rules)
+                        flops={"total": total, "per_module": per_module}, example_inputs=example_inputs, rules=rules,
+                        summing=ctx.summing)

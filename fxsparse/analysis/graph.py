@@ -103,12 +103,15 @@ class ChannelGraph:
 
     def __init__(self, gm: fx.GraphModule, elements: ElementTable, members: dict, groups: list,
                  mixing: list, auto_leaves: list, flops: dict | None = None, example_inputs=None,
-                 rules: dict | None = None):
+                 rules: dict | None = None, summing: list | None = None):
         self.gm = gm
         self.elements = elements
         self.raw_members = members
         self.groups = groups
         self.mixing = mixing  # (node name, why): nodes where zeroing a channel differs from removing it
+        # (node name, operand positions, why): sums over a channel dim of those operands, equal to
+        # removing the channel where one of them is zero there (the compiled step checks)
+        self.summing = summing or []
         # the per-call rules of analyze({target: Rule}): export, the masked reference and the
         # compiled step use them like the analysis did
         self.rules: dict[object, Rule] = {k: as_rule(v) for k, v in (rules or {}).items()}

@@ -27,6 +27,7 @@ class AnalysisContext(GraphValues):
         self.members: dict[tuple[str, int], np.ndarray] = {}
         self.member_layer: dict[str, str] = {}
         self.mixing: list[tuple[str, str]] = []  # (node name, why): see mark_mixing
+        self.summing: list[tuple[str, tuple[int, ...], str]] = []  # see mark_summing
         self.size_reads: list[tuple[fx.Node, fx.Node, int]] = []
 
     # ----- reading -----------------------------------------------------------------
@@ -105,6 +106,16 @@ class AnalysisContext(GraphValues):
     def mark_mixing(self, node: fx.Node, why: str) -> None:
         """Record that zeroing a channel is not the same as removing it at this node."""
         self.mixing.append((node.name, why))
+
+    def mark_summing(self, node: fx.Node, operands, why: str) -> None:
+        """Record that this op sums over a channel dim of ``operands`` (a sum, a norm, a
+        contraction): a zeroed channel adds nothing, so it is not mixing, but a channel that
+        is neither removed nor zero would add its value. Kept as the operands' positions among
+        the node's tensor arguments (:meth:`tensor_args`)."""
+        args = self.tensor_args(node)
+        positions = tuple(i for i, a in enumerate(args) if any(a is o for o in operands))
+        if positions:
+            self.summing.append((node.name, positions, why))
 
     # ----- helpers for rules ------------------------------------------------------
     def axis(self, arg, dim: int, reason: str):

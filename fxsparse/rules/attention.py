@@ -43,6 +43,7 @@ def product_ids(ctx, node, a, b, a_shape, b_shape, a_ids, b_ids, what):
             ctx.couple(la[~fixed], lb[~fixed])
             ctx.unprunable(la[fixed], f"{loc}: contracted with fixed values")
             ctx.unprunable(lb[fixed], f"{loc}: contracted with fixed values")
+            ctx.mark_summing(node, [a, b], f"{loc}: contracted over channels")
         else:
             ctx.unprunable(A if k_a in va else B, f"{loc}: contracted with a tensor whose channels cannot be removed")
     out = np.full((1,) * nd, NO_ELEMENT, dtype=np.int64)

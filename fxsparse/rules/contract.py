@@ -30,7 +30,10 @@ registered under the qualified name and needs no aten entry.
 * ``analyze(ctx, node)``: returns the channel ids of the op's output (an array, a tuple of
   them for tuple outputs, or None) and couples, creates or blocks channels through ``ctx``,
   an :class:`AnalysisContext`; ``ctx.mark_mixing(node, why)`` where zeroing a channel is not
-  the same as removing it. A rule that raises leaves the op opaque, with the error named.
+  the same as removing it; ``ctx.mark_summing(node, operands, why)`` where the op sums over a
+  channel dim of ``operands`` (a zero adds nothing; the compiled step zero-fills an operand
+  that is not zero at its empty slots). A rule that raises leaves the op opaque, with the
+  error named.
 * ``export(ectx, node)`` (optional): after the members were sliced, fixes what names a
   channel count (module attributes, shape arguments), through ``ectx``, an
   :class:`ExportContext`.
@@ -45,7 +48,7 @@ argument, :class:`TupleItem` for a tuple-valued node).
 * :class:`AnalysisContext`: ``ids(arg)``, ``padded_ids``, ``axis(arg, dim, reason)``,
   ``item_ids``, ``tensor_args`` read channel ids; ``new_elements(n)`` makes channels,
   ``member(param, dim, ids)`` ties a parameter dim to them, ``couple(a, b)`` joins two,
-  ``unprunable(ids, why)`` and ``opaque(node, why)`` block them, ``mark_mixing``;
+  ``unprunable(ids, why)`` and ``opaque(node, why)`` block them, ``mark_mixing``, ``mark_summing``;
   parameters seen through shape-only ops: ``free``, ``set_free``, ``bind_free``
   (:class:`FreeRef`); ``param(name)``, ``along(ndim, dim, ids)``, ``where(node)``.
 * :class:`ExportContext`: ``pruned_shape(node)``, ``pruned_size(node, dim)``,

@@ -71,6 +71,8 @@ def general_einsum(ctx, node, eq: str, operands: list):
             continue
         if letter in out_term:
             lines[letter] = line
+        else:
+            ctx.mark_summing(node, [operands[i] for i, _ in found], f"{loc}: letter '{letter}' is summed over")
     if len(lines) > 1:  # an outer product: one ids array holds one channel axis
         letters = list(lines)
         kept = letters[keep_one_axis(ctx, [(f"letter '{k}'", lines[k]) for k in letters], loc)]

@@ -97,6 +97,8 @@ def reduction_rule(ctx, node):
     if set(dims) & set(vd):
         if node.target not in _NOT_MIXING:
             ctx.mark_mixing(node, f"{node.target} over a channel dim")
+        else:
+            ctx.mark_summing(node, [node.args[0]], f"{node.target} over a channel dim")
         out = None
     else:
         out = ids
@@ -224,6 +226,8 @@ def vector_norm_rule(ctx, node):
     if set(dims) & set(varying_dims(ids)):
         if not _zero_free_order(p):
             ctx.unprunable(ids, f"{p}-norm at {ctx.where(node)} over a channel dim")
+        else:
+            ctx.mark_summing(node, [node.args[0]], f"{p}-norm over a channel dim")
         return None
     out = ids
     if not keepdim:
@@ -243,6 +247,10 @@ def normalize_rule(ctx, node):
     if ids is not None and not _zero_free_order(p):
         ctx.unprunable(ids, f"normalize with p={p} at {ctx.where(node)}")
         return None
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 1)
+    full = ctx.padded_ids(node.args[0])
+    if full is not None and dim % full.ndim in varying_dims(full):
+        ctx.mark_summing(node, [node.args[0]], "normalize over a channel dim")
     return ids
 
 
