@@ -15,6 +15,8 @@ The step reads its model only through :class:`~fxsparse.step.host.StepHost`.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from fxsparse.analysis.masks import all_finite
@@ -72,6 +74,7 @@ class TrainStep:
         self.overflows = 0
         self.on_phase = None
         self._by_name = dict(host.model.named_parameters())
+        self._masked_builds = weakref.WeakSet()  # the builds whose updates stay masked (see _exact_update)
 
     def __call__(self, *args):
         with self.host.compiler.timed():
@@ -149,7 +152,7 @@ class TrainStep:
         if not self._decided(loss, [g for g in grads if g is not None]):
             _restore(touched, saved)
             return loss
-        arguments, eager = update.arguments(base, compact)
+        arguments, eager = update.arguments(base, compact, self._exact_update(step.build, step.index, names))
         if arguments is not None:
             with torch.no_grad():
                 (update.kernel if eager else kernel)(*arguments)
@@ -158,6 +161,14 @@ class TrainStep:
             write_back_buffers(step.build.buffer_names, leaves.tensors, slots, step.dense)
         self._phase("write-back")
         return loss
+
+    def _exact_update(self, build: CapacityBuild, index, names) -> bool:
+        """Whether the update may skip masking empty slots: none of ``names`` has one, and no
+        earlier step of this build had one. Once masked, a build stays masked: capacities that
+        mostly leave slots empty keep one update graph when a step happens to fill them all."""
+        if not index.empty.isdisjoint(names):
+            self._masked_builds.add(build)
+        return build not in self._masked_builds
 
     def _decided(self, loss, grads) -> bool:
         """Whether to update: the gradients averaged (data parallel: every process updates
