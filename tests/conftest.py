@@ -16,6 +16,33 @@ if _workers > 1:
     torch.set_num_threads(max(1, torch.get_num_threads() // _workers))
 
 
+# pytest -n: the tests that read one model's shared capture (tests/captures.py, marked
+# ``reads_capture``) go to one worker, so each model is captured once per run rather than once
+# per worker that draws one of its tests (pytest-xdist's loadgroup scheduling, chosen here so
+# that the README's test command stays `pytest -n auto`)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "reads_capture(set): the test reads captured('SET:<its name param>')")
+    if getattr(config.option, "dist", "no") == "load":  # the controller: -n without --dist
+        config.option.dist = "loadgroup"
+    if getattr(config, "workerinput", {}).get("fxsparse_loadgroup"):  # a worker: group ids in node ids
+        config.option.loadgroup = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):  # pytest-xdist, on the controller: what each worker is told
+    node.workerinput["fxsparse_loadgroup"] = node.config.option.dist == "loadgroup"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        marker = item.get_closest_marker("reads_capture")
+        name = getattr(getattr(item, "callspec", None), "params", {}).get("name")
+        if marker is not None and name is not None:
+            prefix = marker.args[0]
+            item.add_marker(pytest.mark.xdist_group(f"{prefix}:{name}" if prefix else name))
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A tiny MNIST-format data set (IDX files, gzip): 192 training and 48 test images."""

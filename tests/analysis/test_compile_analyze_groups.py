@@ -40,6 +40,7 @@ def first_difference(a, b) -> str:
     return "none"
 
 
+@pytest.mark.reads_capture("")  # its names are whole keys ("timm:resnet18")
 @pytest.mark.parametrize("name", fast_subset(NAMES, FAST & set(NAMES)))
 def test_compile_and_analyze_give_the_same_groups(name):
     # analyze's graph, shared with the other tests of the model; compile (compile=False) and

@@ -97,6 +97,7 @@ PINNED_LENGTH = {"mamba"}
 
 # fast lane: one model per kind (the image models cover each outcome; the pinned length:
 # test_a_length_the_code_pins_is_named_and_the_batch_stays_free), Mamba and the rest in the full suite
+@pytest.mark.reads_capture("transformers")
 @pytest.mark.parametrize("name", fast_subset(sorted(HF_MODELS), HF_FAST))
 def test_transformers_model_at_other_sizes(name):
     pytest.importorskip("transformers")
@@ -193,6 +194,7 @@ def _timm_names():
     return [n if n in TIMM_FAST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS]
 
 
+@pytest.mark.reads_capture("timm")
 @pytest.mark.parametrize("name", _timm_names())
 def test_timm_model_at_other_sizes(name):
     from thirdparty.timm_models import import_timm
@@ -225,6 +227,7 @@ def _mirror_names():
     return fast_subset(sorted(MODELS), MIRRORS_SIZES_FAST)
 
 
+@pytest.mark.reads_capture("vendored")
 @pytest.mark.parametrize("name", _mirror_names())
 def test_mirrored_model_at_other_sizes(name):
     got = _check_every_size_the_dense_model_takes(captured(f"vendored:{name}"), [_images(3, 64), _images(1, 48)])

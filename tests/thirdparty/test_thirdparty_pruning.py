@@ -12,6 +12,7 @@ from lanes import mirror_subset
 from thirdparty import MODELS
 
 
+@pytest.mark.reads_capture("vendored")
 @pytest.mark.parametrize("name", mirror_subset(sorted(MODELS)))  # the 5-25 s ones in the full suite only
 def test_thirdparty_model(name):
     # models torch.fx cannot trace (FX_TRACE_FAILS: an `if` on input sizes) are captured

@@ -33,6 +33,7 @@ FLOPS_BOUND = 0.35
 FLOPS_BOUND_EXCEPT = {"mixer_s16_224": 0.55}  # token-mixing MLPs run along the patch dim
 
 
+@pytest.mark.reads_capture("timm")
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
 def test_timm_model(name):
     shared = captured(f"timm:{name}")

@@ -39,6 +39,7 @@ def _analyzed(name):
     return shared.model, shared.inputs, shared.graph
 
 
+@pytest.mark.reads_capture("transformers")
 @pytest.mark.parametrize("name", fast_subset(sorted(MODELS), HF_FAST))  # one per kind in the fast lane
 def test_transformers_model(name):
     model, inputs, graph = _analyzed(name)
@@ -66,6 +67,7 @@ def test_transformers_model(name):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stepped.parameters())
 
 
+@pytest.mark.reads_capture("transformers")
 @pytest.mark.parametrize("name", ["llama_gqa"])
 def test_grouped_query_attention_prunes_a_kv_head_with_its_query_heads(name):
     _, _, graph = _analyzed(name)  # 4 query heads share 2 KV heads, head_dim 16
@@ -75,6 +77,7 @@ def test_grouped_query_attention_prunes_a_kv_head_with_its_query_heads(name):
     assert rows == {"q_proj": 32, "k_proj": 16, "v_proj": 16}  # 2 query heads ride with each KV head
 
 
+@pytest.mark.reads_capture("transformers")
 @pytest.mark.parametrize("name", ["llama_gqa", "gpt2"])
 def test_decoder_vocabulary_and_gated_mlp(name):
     _, _, graph = _analyzed(name)
