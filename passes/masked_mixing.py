@@ -30,6 +30,7 @@ import numpy as np
 from fxsparse.core.broadcast import along, left_pad
 from fxsparse.core.elements import varying_dims
 from fxsparse.passes.zero_slots import ZeroSlots
+from fxsparse.rules.context import operands_at
 from fxsparse.rules.meta_keys import IDS, SHAPE
 
 
@@ -114,7 +115,7 @@ class MaskMixingOps(PassBase):
     def _zero_fill_sums(self, cap) -> bool:
         """Zero-fills the first operand with prunable slots of each summing node none of whose
         summed operands is zero at its empty slots; True when one was."""
-        summing = {name: positions for name, positions, _ in self.graph.summing}
+        summing = {name: paths for name, paths, _ in self.graph.summing}
         if not summing:
             return False
         zero = ZeroSlots(cap, self._prunable_dims, mixing=[name for name, _ in self.graph.mixing])
@@ -125,10 +126,8 @@ class MaskMixingOps(PassBase):
             zero.visit(node)
         return filled
 
-    def _fill(self, cap, zero, node, positions) -> bool:
-        args = []
-        torch.fx.node.map_arg((node.args, node.kwargs), args.append)
-        operands = [args[p] for p in positions if p < len(args)]
+    def _fill(self, cap, zero, node, paths) -> bool:
+        operands = operands_at(node, paths)
         if any(zero.zero.get(a, False) for a in operands):
             return False
         for src in operands:

@@ -12,7 +12,7 @@ import torch.fx as fx
 from fxsparse.core.broadcast import along, left_pad
 from fxsparse.core.elements import ElementTable, has_elements, varying_dims
 
-from .context import GraphValues, TupleItem, where
+from .context import GraphValues, TupleItem, operand_paths, where
 from .meta_keys import FREE, IDS
 
 
@@ -27,7 +27,7 @@ class AnalysisContext(GraphValues):
         self.members: dict[tuple[str, int], np.ndarray] = {}
         self.member_layer: dict[str, str] = {}
         self.mixing: list[tuple[str, str]] = []  # (node name, why): see mark_mixing
-        self.summing: list[tuple[str, tuple[int, ...], str]] = []  # see mark_summing
+        self.summing: list[tuple[str, tuple, str]] = []  # (node name, operand paths, why): see mark_summing
         self.size_reads: list[tuple[fx.Node, fx.Node, int]] = []
 
     # ----- reading -----------------------------------------------------------------
@@ -110,12 +110,11 @@ class AnalysisContext(GraphValues):
     def mark_summing(self, node: fx.Node, operands, why: str) -> None:
         """Record that this op sums over a channel dim of ``operands`` (a sum, a norm, a
         contraction): a zeroed channel adds nothing, so it is not mixing, but a channel that
-        is neither removed nor zero would add its value. Kept as the operands' positions among
-        the node's tensor arguments (:meth:`tensor_args`)."""
-        args = self.tensor_args(node)
-        positions = tuple(i for i, a in enumerate(args) if any(a is o for o in operands))
-        if positions:
-            self.summing.append((node.name, positions, why))
+        is neither removed nor zero would add its value. Kept as the operands' paths in the
+        node's arguments (:func:`~fxsparse.rules.context.operand_paths`)."""
+        paths = operand_paths(node, operands)
+        if paths:
+            self.summing.append((node.name, paths, why))
 
     # ----- helpers for rules ------------------------------------------------------
     def axis(self, arg, dim: int, reason: str):

@@ -29,6 +29,47 @@ class FreeRef:
     dims: tuple
 
 
+def operand_paths(node: fx.Node, operands) -> tuple:
+    """Where each of ``operands`` sits in ``node``'s arguments, as paths such as ``("args", 0)``,
+    ``("args", 1, 2)`` (an item of a list argument) or ``("kwargs", "input")``. Unlike a
+    position among the node's fx.Node arguments, a path still points at the same operand in a
+    later graph where another argument became a node (a symbolic size): read it back with
+    :func:`operands_at`."""
+    paths = []
+
+    def walk(value, path):
+        if isinstance(value, fx.Node):
+            if any(value is o for o in operands):
+                paths.append(path)
+        elif isinstance(value, (tuple, list)):
+            for i, v in enumerate(value):
+                walk(v, path + (i,))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, path + (k,))
+
+    walk(tuple(node.args), ("args",))
+    walk(dict(node.kwargs), ("kwargs",))
+    return tuple(paths)
+
+
+def operands_at(node: fx.Node, paths) -> list:
+    """The fx.Node arguments of ``node`` at ``paths`` (from :func:`operand_paths`); a path that
+    no longer leads to a node is skipped."""
+    found = []
+    for path in paths:
+        value = node.args if path[0] == "args" else node.kwargs
+        for key in path[1:]:
+            try:
+                value = value[key]
+            except (IndexError, KeyError, TypeError):
+                value = None
+                break
+        if isinstance(value, fx.Node):
+            found.append(value)
+    return found
+
+
 def where(node: fx.Node) -> str:
     """'file:line' of the user code that created the node, when FX recorded it; else the
     module it runs in (torch.export records that even without stack traces)."""

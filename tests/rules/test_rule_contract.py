@@ -198,3 +198,24 @@ def test_a_custom_op_needs_its_rule_under_its_qualified_name_only(untraceable):
     assert _sizes(graph) == [6, 8]
     check_export(model, inputs, n_masks=3, graph=graph)
 
+
+
+def test_operand_paths_survive_an_argument_that_becomes_a_node():
+    # mark_summing keeps a summed operand's path in the node's arguments; the masked-mixing pass reads
+    # it back on the capacity model, where an int argument may have become a node (a symbolic size).
+    # A position among fx.Node arguments would then point at the size, a path still at the operand.
+    from fxsparse.rules.context import operand_paths, operands_at
+
+    graph = fx.Graph()
+    x, y, size = graph.placeholder("x"), graph.placeholder("y"), graph.placeholder("size")
+    node = graph.call_function(torch.einsum, ("bc,bc->b", [x, y]), {"out": None})
+    assert operand_paths(node, [y]) == (("args", 1, 1),)
+    summed = graph.call_function(torch.narrow, (x, 1, 0, 4))
+    paths = operand_paths(summed, [x])
+    assert paths == (("args", 0),)
+    summed.args = (x, 1, size, 4)  # the start became a node
+    assert operands_at(summed, paths) == [x]
+    summed.args = (size,)  # a path that leads nowhere is skipped, not an error
+    assert operands_at(summed, (("args", 3),)) == []
+    kw = graph.call_function(torch.sum, (), {"input": y, "dim": 1})
+    assert operands_at(kw, operand_paths(kw, [y])) == [y]
