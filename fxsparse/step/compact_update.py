@@ -40,8 +40,11 @@ def _read_view(t):
     dense cache lines it writes were read long before. Read through a view of its own storage
     (torch.compile then sees two tensors), each entry is read and written in one pass (the
     Mixtral-style bench decoder, keep 0.5, 1 thread, CPU time: the update from 1.76x to 1.26x the
-    exported model's eager SGD, the whole step from 1.100x to 1.073x the exported model's). Exact because every entry the update writes is read at that entry
-    only, before it is written (slot indices are distinct: :func:`~fxsparse.step.gather.scatter_`)."""
+    exported model's eager SGD, the whole step from 1.100x to 1.073x the exported model's;
+    benchmarks/archive/compact_update_views.py). Exact because every entry the update writes is read at that
+    entry only (slot indices are distinct: :func:`~fxsparse.step.gather.scatter_`) and each view is read once,
+    by the values written into its own tensor: fused, an entry is read before it is written; split into two
+    loops, the write needs the read's result, so no schedule can write first."""
     try:
         return torch.utils.dlpack.from_dlpack(t.detach())
     except (RuntimeError, TypeError, BufferError):
