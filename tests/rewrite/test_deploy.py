@@ -6,6 +6,8 @@ Models: a zoo CNN and a timm CNN (exported ``GraphModule``), a transformers GPT-
 and pruned in place: its own class) and a model class written here (pruned in place). The
 ONNX tests are skipped where onnxruntime (``pip install 'fxsparse[onnx]'``) is not installed.
 """
+import copy
+import functools
 import importlib.util
 import warnings
 
@@ -103,11 +105,21 @@ CASES = {"zoo_cnn": _cnn, "timm_cnn": _timm_cnn, "gpt2_exported": lambda: _gpt2(
          "gpt2_in_place": lambda: _gpt2(True), "own_class_in_place": _own_class}
 
 
-def _build(name):
-    if name == "timm_cnn" and importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed")
+@functools.cache
+def _built(name):
     small, x, dims, others = CASES[name]()
     return small.eval(), x, dims(x), others
+
+
+def _build(name):
+    """Each case's small model is analysed and exported (or pruned) once per module, not once
+    per test (cut for #32: the torch.export and the ONNX test of a case share it, which halves
+    the analyses); each test gets its own deep copy, so an exporter that changed the model it
+    was given could not reach the other test's reference."""
+    if name == "timm_cnn" and importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed")
+    small, x, dims, others = _built(name)
+    return copy.deepcopy(small), x, dims, others
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
