@@ -167,7 +167,7 @@ class _CompactUpdate:
     """A compact optimizer update: ``kernel(*arguments)`` with ``arguments`` read from the
     torch optimizer's groups and state for the parameters that got a gradient.
     ``read_views``: the kernel reads the old entries of the gathered parameters and their state
-    through :func:`_read_view` (off: from the tensors it writes, as before issue #31; for
+    through :func:`_read_view` (off: from the tensors it writes, a second loop per tensor; for
     benchmarks)."""
 
     kernel = None
