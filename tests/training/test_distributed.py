@@ -57,29 +57,26 @@ class Stop(Exception):
     pass
 
 
-def _worker(rank, world, port, runs, kw):
+def _worker(rank, world, port, out, stop_at, resume, kw):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    for out, stop_at, resume in runs:  # one after the other, each with its own process group
-        def stop(tr, event, **info):
-            if event == "step" and tr.state.step == stop_at:
-                raise Stop
 
-        try:
-            trainer(out, resume=resume, callbacks=[stop] if stop_at else [], **kw).run()
-        except Stop:
-            pass
+    def stop(tr, event, **info):
+        if event == "step" and tr.state.step == stop_at:
+            raise Stop
+
+    try:
+        trainer(out, resume=resume, callbacks=[stop] if stop_at else [], **kw).run()
+    except Stop:
+        pass
 
 
-def _spawn(out, stop_at=0, resume=False, then=(), **kw):
-    """Two processes run ``out`` (stopped after step ``stop_at`` where given, or resumed), then
-    the runs of ``then`` ((out, stop_at, resume) each) in the same two processes."""
+def _spawn(out, stop_at=0, resume=False, **kw):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    runs = [(str(out), stop_at, resume)] + [(str(o), st, r) for o, st, r in then]
-    mp.spawn(_worker, args=(2, port, runs, kw), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, str(out), stop_at, resume, kw), nprocs=2, join=True)
 
 
 def _result(out):
@@ -102,11 +99,8 @@ def _tensors(obj, prefix=""):
 
 @pytest.mark.slow
 def test_two_processes_equal_one_on_the_whole_batch_and_resume_bit_identically(tmp_path):
-    """Cut for #32 (three spawns of two processes -> two): the whole 2-process run and the run
-    stopped mid second epoch share one spawn; the resume still starts in fresh processes, from
-    the checkpoint alone."""
     trainer(tmp_path / "one").run()
-    _spawn(tmp_path / "two", then=[(tmp_path / "cut", 6, False)])
+    _spawn(tmp_path / "two")
     one_model, one_method, one_hist = _result(tmp_path / "one")
     two_model, two_method, two_hist = _result(tmp_path / "two")
     assert one_model.keys() == two_model.keys() and one_method.keys() == two_method.keys()
@@ -123,8 +117,8 @@ def test_two_processes_equal_one_on_the_whole_batch_and_resume_bit_identically(t
         assert a["train_tflop"] == pytest.approx(b["train_tflop"], rel=1e-12)
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
 
-    # killed mid second epoch (after the first epoch's checkpoint; run in the first spawn), then
-    # resumed in fresh processes: bit-identical
+    # killed mid second epoch (after the first epoch's checkpoint), then resumed: bit-identical
+    _spawn(tmp_path / "cut", stop_at=6)
     assert not (tmp_path / "cut" / "model.json").exists()
     _spawn(tmp_path / "cut", resume=True)
     cut_model, cut_method, cut_hist = _result(tmp_path / "cut")
