@@ -10,6 +10,7 @@ import types
 
 import torch
 
+import fxsparse.step.fake_strides  # noqa: F401  (fakes laid out as the eager kernels: backends that run those)
 from fxsparse.step.index import Slots, StepIndex
 
 

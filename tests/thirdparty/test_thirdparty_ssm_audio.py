@@ -195,8 +195,20 @@ def test_handwritten_mamba_block_matches_a_reference_sliced_by_hand():
 
 @pytest.mark.slow  # torch.compile of the step: ~40 s
 def test_handwritten_mamba_compiled_step_equals_the_export():
-    """The one torch.compile'd check of this file: the capacity model's forward and one
+    """The one inductor-compiled check of this file: the capacity model's forward and one
     training step (its loss is the export's; only kept channels' weights move)."""
+    _check_compiled_mamba_step()
+
+
+@pytest.mark.slow  # ~7 s; tests/step/test_fake_strides.py checks the cause in the fast lane
+def test_handwritten_mamba_compiled_step_equals_the_export_under_aot_eager(aot_eager):
+    """The same through a backend that runs the eager kernels on the traced graph: the scan's
+    ``softplus(...).transpose(1, 2)`` gets its gradient transposed, and the linear layer before
+    it views that gradient with the strides the fake softplus backward promised."""
+    _check_compiled_mamba_step()
+
+
+def _check_compiled_mamba_step():
     torch.manual_seed(0)
     model, x = MambaNet().eval(), torch.randn(2, 3, 5)  # 3 steps of the scan: a quicker compile
     graph = fxsparse.analyze(model, (x,))
