@@ -22,6 +22,8 @@ if _workers > 1:
 # that the README's test command stays `pytest -n auto`)
 def pytest_configure(config):
     config.addinivalue_line("markers", "reads_capture(set): the test reads captured('SET:<its name param>')")
+    config.addinivalue_line("markers", "long: takes tens of seconds (an inductor compile of a whole step, processes "
+                                       "it spawns); started first under pytest -n (long_tests_first)")
     if getattr(config.option, "dist", "no") == "load":  # the controller: -n without --dist
         config.option.dist = "loadgroup"
     if getattr(config, "workerinput", {}).get("fxsparse_loadgroup"):  # a worker: group ids in node ids
@@ -33,8 +35,26 @@ def pytest_configure_node(node):  # pytest-xdist, on the controller: what each w
     node.workerinput["fxsparse_loadgroup"] = node.config.option.dist == "loadgroup"
 
 
+def long_tests_first(items):
+    """pytest -n hands out tests in collection order as workers free up, so a long test drawn
+    near the end leaves the other worker idle while it runs (ResNet-20's compiled step, last
+    in collection order, kept one of two workers busy alone for ~50 s). The files holding a
+    ``long`` test go first (in their order), and those tests first in their file; every file's
+    tests stay together, for its module-scoped fixtures."""
+    files: dict = {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+
+    def is_long(item):
+        return item.get_closest_marker("long") is not None
+
+    ordered = sorted(files.values(), key=lambda its: not any(map(is_long, its)))  # stable
+    items[:] = [item for its in ordered for item in sorted(its, key=lambda i: not is_long(i))]
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook reads the groups
 def pytest_collection_modifyitems(items):
+    long_tests_first(items)
     for item in items:
         marker = item.get_closest_marker("reads_capture")
         name = getattr(getattr(item, "callspec", None), "params", {}).get("name")

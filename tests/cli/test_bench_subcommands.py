@@ -50,6 +50,7 @@ def test_subcommand_help_imports_no_torch():
 
 
 @pytest.mark.slow  # compiles the sparse and the exported step: ~30 s idle, minutes on a busy 2-core CPU
+@pytest.mark.long
 def test_phases_on_a_tiny_model(capsys):
     args = parse_phases_args(["--model", "lenet5", "--batch", "2", "--steps", "2", "--warmup", "1", "--threads", "1"])
     medians = bench_phases.run_phases(args)
@@ -59,6 +60,7 @@ def test_phases_on_a_tiny_model(capsys):
 
 
 @pytest.mark.slow  # a fresh interpreter compiles LeNet-5: ~20 s idle
+@pytest.mark.long
 def test_cold_start_child_process_on_a_tiny_model(tmp_path, capsys):
     out = tmp_path / "cold.json"
     args = parse_cold_start_args(["--model", "lenet5", "--batch", "2", "--threads", "1", "--variants", "dense",

@@ -237,7 +237,7 @@ def test_compact_train_step_trains_like_the_exported_model(kind):
 
 
 # one optimizer compiled in the fast lane (an inductor compile: 10-25 s), both in the full suite
-@pytest.mark.parametrize("kind", [pytest.param("sgd", marks=pytest.mark.slow), "adamw"])
+@pytest.mark.parametrize("kind", [pytest.param("sgd", marks=[pytest.mark.slow, pytest.mark.long]), "adamw"])
 def test_compiled_compact_update_trains_like_the_exported_model(kind):
     """The compiled step (forward + backward graph, and the optimizer update as its own
     graph) trains the kept weights, optimizer state and BN statistics exactly like plain

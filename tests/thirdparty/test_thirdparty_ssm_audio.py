@@ -194,6 +194,7 @@ def test_handwritten_mamba_block_matches_a_reference_sliced_by_hand():
 
 
 @pytest.mark.slow  # torch.compile of the step: ~40 s
+@pytest.mark.long
 def test_handwritten_mamba_compiled_step_equals_the_export():
     """The one inductor-compiled check of this file: the capacity model's forward and one
     training step (its loss is the export's; only kept channels' weights move)."""

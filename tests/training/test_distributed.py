@@ -98,6 +98,7 @@ def _tensors(obj, prefix=""):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_two_processes_equal_one_on_the_whole_batch_and_resume_bit_identically(tmp_path):
     trainer(tmp_path / "one").run()
     _spawn(tmp_path / "two")

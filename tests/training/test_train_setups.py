@@ -197,6 +197,7 @@ def test_bf16_sparse_step_equals_the_exported_model(name):
 
 
 @pytest.mark.slow  # an inductor compile in bfloat16: ~10 s; the eager bf16 runs below stay in the fast lane
+@pytest.mark.long
 def test_bf16_compiled_sparse_step_equals_the_exported_model():
     torch.manual_seed(0)
     model = zoo.create("lenet5")

@@ -39,7 +39,7 @@ def test_zoo_sparse_step_eager(name):
 
 
 # the MLP compiles in seconds (the fast lane); ResNet-20's convolutions take inductor ~1.5 min on 2 cores
-@pytest.mark.parametrize("name", [pytest.param("resnet20", marks=pytest.mark.slow), "lenet_300_100"])
+@pytest.mark.parametrize("name", [pytest.param("resnet20", marks=[pytest.mark.slow, pytest.mark.long]), "lenet_300_100"])
 def test_zoo_compiled_step(name):
     torch.manual_seed(0)
     x, y = _data(name)
