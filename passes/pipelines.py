@@ -8,8 +8,7 @@ torch.export capture  AtenToTorch -> SplitPackedQKV -> FollowTrainingMode       
 shapes (analysis)     ShapeProp                                                  :data:`SHAPED`
 channels (analysis)   FuseChannelShuffle -> ChannelPropagation                   :data:`ANALYSED`
 export (rewrite)      SliceChannels, on a copy of the analysed graph
-capacity model        MaskMixingOps, then OpaqueConvolutions and (dynamic capacities)
-                      SplitBatchNorms (step), on the export
+capacity model        MaskMixingOps, then OpaqueConvolutions (step), on the export
 ====================  =========================================================  =========================
 
 Each function builds a :class:`~fxsparse.passes.manager.PassManager` given the facts its
@@ -34,7 +33,6 @@ from .opaque_conv import OpaqueConvolutions
 from .packed_qkv import SplitPackedQKV
 from .shape_prop import ShapeProp
 from .slice_channels import SliceChannels
-from .split_batch_norm import SplitBatchNorms
 from .training_mode import FollowTrainingMode
 
 CAPTURED = frozenset({TORCH_LEVEL})  # a symbolic trace, or a torch.export graph after to_torch_level
@@ -81,11 +79,5 @@ def opaque_convolutions(cap: fx.GraphModule, groups_from_shapes: Collection[str]
     return PassManager([OpaqueConvolutions(groups_from_shapes, only_onednn_hazards)], given=ANALYSED)(cap)
 
 
-def split_batch_norms(cap: fx.GraphModule) -> PassResult:
-    """The capacity model's batch norms in the form torch.compile traces cheaply with
-    symbolic channel counts (see :class:`SplitBatchNorms`)."""
-    return PassManager([SplitBatchNorms()], given=ANALYSED)(cap)
-
-
 __all__ = ["CAPTURED", "SHAPED", "ANALYSED", "to_torch_level", "record_shapes", "propagate_channels",
-           "slice_channels", "mask_mixing_ops", "opaque_convolutions", "split_batch_norms"]
+           "slice_channels", "mask_mixing_ops", "opaque_convolutions"]

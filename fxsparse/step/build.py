@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.core.broadcast import left_pad
-from fxsparse.passes.pipelines import mask_mixing_ops, opaque_convolutions, split_batch_norms
+from fxsparse.passes.pipelines import mask_mixing_ops, opaque_convolutions
 from fxsparse.rewrite.export import export, tied_names
 from fxsparse.rewrite.layout import Plan
 from fxsparse.rewrite.shape_free import Piece, ShapeFree
@@ -78,7 +78,6 @@ def build_capacity_model(model: nn.Module, graph: ChannelGraph, plan: Plan, shap
     step_layouts = _step_buffer_layouts(shape_free, layout_of)
     if dynamic:  # inductor would read every convolution's channel counts as constants
         opaque_convolutions(cap, shape_free.groups_from_shapes)
-        split_batch_norms(cap)  # F.batch_norm's decomposition was most of the symbolic trace
     else:  # only those whose channels-last weight gradient oneDNN gets wrong
         opaque_convolutions(cap, only_onednn_hazards=True)
     placeholders = {}  # one per tensor: tied weights stay tied (functional_call fills them by one name)
