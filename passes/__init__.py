@@ -19,7 +19,5 @@ results are attributes of the pass object::
 dropout and batch-norm flags follow ``.train()`` / ``.eval()``), ``shape_prop``,
 ``fuse_channel_shuffle``, ``channel_propagation`` (analyze), ``slice_channels`` (export)
 ``masked_mixing`` and ``opaque_conv`` (the capacity model of the compiled step; the latter
-for dynamic capacities: convolutions as custom ops whose channel counts stay symbolic),
-``batch_norm_layout`` (its training batch norms sum a channels-last float32 CPU input's
-statistics NCHW: ATen's channels-last CPU sums lose ~10x the precision).
+for dynamic capacities: convolutions as custom ops whose channel counts stay symbolic).
 """

@@ -8,8 +8,7 @@ torch.export capture  AtenToTorch -> SplitPackedQKV -> FollowTrainingMode       
 shapes (analysis)     ShapeProp                                                  :data:`SHAPED`
 channels (analysis)   FuseChannelShuffle -> ChannelPropagation                   :data:`ANALYSED`
 export (rewrite)      SliceChannels, on a copy of the analysed graph
-capacity model        MaskMixingOps, then OpaqueConvolutions, then
-(step, on the export) NCHWBatchNormStatistics
+capacity model        MaskMixingOps, then OpaqueConvolutions (step), on the export
 ====================  =========================================================  =========================
 
 Each function builds a :class:`~fxsparse.passes.manager.PassManager` given the facts its
@@ -26,7 +25,6 @@ from torch.fx.passes.infra.pass_base import PassResult
 from fxsparse.rules.analysis_context import AnalysisContext
 
 from .aten_to_torch import AtenToTorch
-from .batch_norm_layout import NCHWBatchNormStatistics
 from .channel_propagation import ChannelPropagation
 from .fuse_channel_shuffle import FuseChannelShuffle
 from .manager import TORCH_LEVEL, PassManager
@@ -81,13 +79,5 @@ def opaque_convolutions(cap: fx.GraphModule, groups_from_shapes: Collection[str]
     return PassManager([OpaqueConvolutions(groups_from_shapes, only_onednn_hazards)], given=ANALYSED)(cap)
 
 
-def nchw_batch_norm_statistics(cap: fx.GraphModule) -> PassResult:
-    """The capacity model's training batch norms sum a channels-last float32 CPU input's
-    statistics on an NCHW copy (ATen's channels-last CPU sums lose ~10x the precision; see
-    :class:`NCHWBatchNormStatistics`)."""
-    return PassManager([NCHWBatchNormStatistics()], given=ANALYSED)(cap)
-
-
 __all__ = ["CAPTURED", "SHAPED", "ANALYSED", "to_torch_level", "record_shapes", "propagate_channels",
-           "slice_channels", "mask_mixing_ops", "opaque_convolutions",
-           "nchw_batch_norm_statistics"]
+           "slice_channels", "mask_mixing_ops", "opaque_convolutions"]

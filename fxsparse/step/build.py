@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from fxsparse.analysis.graph import ChannelGraph
 from fxsparse.core.broadcast import left_pad
-from fxsparse.passes.pipelines import mask_mixing_ops, nchw_batch_norm_statistics, opaque_convolutions
+from fxsparse.passes.pipelines import mask_mixing_ops, opaque_convolutions
 from fxsparse.rewrite.export import export, tied_names
 from fxsparse.rewrite.layout import Plan
 from fxsparse.rewrite.shape_free import Piece, ShapeFree
@@ -80,7 +80,6 @@ def build_capacity_model(model: nn.Module, graph: ChannelGraph, plan: Plan, shap
         opaque_convolutions(cap, shape_free.groups_from_shapes)
     else:  # only those whose channels-last weight gradient oneDNN gets wrong
         opaque_convolutions(cap, only_onednn_hazards=True)
-    nchw_batch_norm_statistics(cap)  # channels-last activations: ATen's CPU batch norm sums them less exactly
     placeholders = {}  # one per tensor: tied weights stay tied (functional_call fills them by one name)
     for mod in cap.modules():
         for name, p in list(mod._parameters.items()):
