@@ -121,16 +121,15 @@ def _chain(model, inputs, graph, compiled=False):
 
 
 # ----- the transformers families ------------------------------------------------------------
-# Mixtral's chain also runs fxsparse.compile's step, through aot_eager (dynamo and AOT autograd on the
-# routing; inductor's code for it, ~30 s more here, is what `fxsparse bench --models mixtral_moe` runs):
-# full suite only; the fast lane checks Mixtral's experts in test_expert_widths_prune_and_the_router_does_not
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "mixtral" else n for n in sorted(FAMILIES)])
-def test_family_prunes_and_exports(name, request):
+# Mixtral's chain compiles the sparse step with inductor (~35 s: the suite's one inductor compile of a
+# transformers model, attention and grouped expert products): full suite only, started first (`long`);
+# the fast lane checks Mixtral's experts in test_expert_widths_prune_and_the_router_does_not
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow, pytest.mark.long]) if n == "mixtral" else n
+                                  for n in sorted(FAMILIES)])
+def test_family_prunes_and_exports(name):
     pytest.importorskip("transformers")
     model, inputs, graph = _analyzed(name)
     assert graph.prunable_groups, graph.summary()
-    if name == "mixtral":
-        request.getfixturevalue("aot_eager")
     _chain(model, inputs, graph, compiled=name == "mixtral")
 
 
