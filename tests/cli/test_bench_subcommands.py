@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fxsparse import bench_cold_start, bench_phases
 from fxsparse.bench_args import SUBCOMMANDS, parse_command, parse_cold_start_args, parse_phases_args
@@ -49,9 +50,12 @@ def test_subcommand_help_imports_no_torch():
     assert "fxsparse bench cold-start" in out.stdout and "fxsparse bench phases" in out.stdout
 
 
-@pytest.mark.slow  # compiles the sparse and the exported step: ~30 s idle, minutes on a busy 2-core CPU
-@pytest.mark.long
-def test_phases_on_a_tiny_model(capsys):
+@pytest.mark.slow  # compiles the sparse and the exported step (aot_eager): ~8 s idle
+def test_phases_on_a_tiny_model(aot_eager, monkeypatch, capsys):
+    """The subcommand's own work (phases, rounds, table); both steps through ``aot_eager``:
+    inductor's code for these steps is checked in tests/step and tests/zoo (26 CPU s saved)."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "aot_eager"}))
     args = parse_phases_args(["--model", "lenet5", "--batch", "2", "--steps", "2", "--warmup", "1", "--threads", "1"])
     medians = bench_phases.run_phases(args)
     assert set(medians["sparse"]) == set(bench_phases.SPARSE_PHASES)
