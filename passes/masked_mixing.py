@@ -14,8 +14,12 @@ A sum over a channel dim (a sum, a p-norm, a contraction such as ``q @ k^T``; th
 the analysis marked summing) is not mixing: an empty slot adds its value, which is zero
 where an op with f(0) = 0 made it (:mod:`fxsparse.passes.zero_slots`). Where none of its
 operands is zero there (``(h + 1).sum(1)``, ``(h <= 0.1).sum(1)``), the first of them is
-zero-filled at its empty slots (:func:`zero_empty_slots`, validity buffers
-``_fxsparse_zero_<node>_<dim>``), which is the masked reference's value of it.
+zero-filled at its empty slots (:func:`fill_empty_slots`, validity buffers
+``_fxsparse_zero_<node>_<dim>``), which is the masked reference's value of it. An
+element-wise op that would make an empty slot's zero inf or NaN, in its value or its
+gradient (``log(h.abs())``, ``1 / h``, ``sqrt``), gets one there instead (buffers
+``_fxsparse_one_<node>_<dim>``): the next layer's zero weights would otherwise multiply the
+inf into NaN that the exported model never sees.
 
 Writes no ``node.meta`` key (replacement nodes copy the replaced node's meta).
 """
@@ -43,14 +47,15 @@ def slot_mask(valid: torch.Tensor, dim: int, x: torch.Tensor) -> torch.Tensor:
     return along(valid.to(x.dtype), dim, x.dim()).expand_as(x)
 
 
-def zero_empty_slots(x: torch.Tensor, valid: tuple, dims: tuple) -> torch.Tensor:
-    """``x`` with exact zeros at the empty slots of ``dims`` (where ``valid``, one validity
-    vector per dim, is 0): what an absent channel adds to a sum."""
+def fill_empty_slots(x: torch.Tensor, valid: tuple, dims: tuple, value: float = 0.0) -> torch.Tensor:
+    """``x`` with ``value`` at the empty slots of ``dims`` (where ``valid``, one validity
+    vector per dim, is 0): zero, what an absent channel adds to a sum; one, where an op
+    would make a zero inf or NaN (its gradient there is zero either way)."""
     keep = None
     for v, d in zip(valid, dims):
         k = along(v, d, x.dim()) > 0
         keep = k if keep is None else keep & k
-    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(keep, x, torch.full((), value, dtype=x.dtype, device=x.device))
 
 
 def _graph_callable(masked, op, name: str):
@@ -109,45 +114,47 @@ class MaskMixingOps(PassBase):
             return ()
         if not isinstance(ids, np.ndarray) or not isinstance(shape, tuple) or (shape and isinstance(shape[0], tuple)):
             return None
+        if 0 in shape:  # an empty tensor: no entry, so no slot
+            return ()
         vd = varying_dims(left_pad(self.graph.elements.canonical(ids), len(shape)))
         return [d for d in vd if self.layout_of(node.name, d).any_prunable]
 
-    def _zero_fill_sums(self, cap) -> bool:
-        """Zero-fills the first operand with prunable slots of each summing node none of whose
-        summed operands is zero at its empty slots; True when one was."""
+    def _fill_slots(self, cap) -> bool:
+        """Walks the capacity model once: zero-fills the first operand with prunable slots of
+        each summing node none of whose summed operands is zero at its empty slots, and fills
+        with one the operands an element-wise op would make inf or NaN there
+        (:meth:`ZeroSlots.unsafe_operands`); True when it filled any."""
         summing = {name: paths for name, paths, _ in self.graph.summing}
-        if not summing:
-            return False
         zero = ZeroSlots(cap, self._prunable_dims, mixing=[name for name, _ in self.graph.mixing])
         filled = False
         for node in list(cap.graph.nodes):
-            if node.name in summing:
-                filled |= self._fill(cap, zero, node, summing[node.name])
+            for src in zero.unsafe_operands(node):
+                filled |= self._fill(cap, node, src, 1.0, f"_fxsparse_one_{node.name}") is not None
+            if node.name in summing and not any(zero.zero.get(a, False) for a in operands_at(node, summing[node.name])):
+                new = next((self._fill(cap, node, a, 0.0, f"_fxsparse_zero_{node.name}")
+                            for a in operands_at(node, summing[node.name]) if self._prunable_dims(a)), None)
+                if new is not None:
+                    zero.zero[new] = filled = True
             zero.visit(node)
         return filled
 
-    def _fill(self, cap, zero, node, paths) -> bool:
-        operands = operands_at(node, paths)
-        if any(zero.zero.get(a, False) for a in operands):
-            return False
-        for src in operands:
-            dims = self._prunable_dims(src)
-            if dims:
-                break
-        else:
-            return False
+    def _fill(self, cap, node, src, value, prefix):
+        """Replaces ``src`` in ``node``'s inputs by ``src`` with ``value`` at its empty slots
+        (validity buffers ``{prefix}_{dim}``); the new node, or None when ``src`` has none."""
+        dims = self._prunable_dims(src)
+        if not dims:
+            return None
         names = []
         for d in dims:
-            names.append(f"_fxsparse_zero_{node.name}_{d}")
+            names.append(f"{prefix}_{d}")
             cap.register_buffer(names[-1], torch.ones(src.meta[SHAPE][d]), persistent=False)
             self.valid_buffers[names[-1]] = (src.name, d)
         with cap.graph.inserting_before(node):
             valid = tuple(cap.graph.get_attr(n) for n in names)
-            new = cap.graph.call_function(zero_empty_slots, (src, valid, tuple(dims)))
+            new = cap.graph.call_function(fill_empty_slots, (src, valid, tuple(dims), value))
             new.meta = dict(src.meta)
         node.replace_input_with(src, new)
-        zero.zero[new] = True
-        return True
+        return new
 
     def requires(self, graph_module):
         self._targets(graph_module)  # raises for a mixing op without a masked form
@@ -157,7 +164,7 @@ class MaskMixingOps(PassBase):
 
     def call(self, cap: fx.GraphModule) -> PassResult:
         self.valid_buffers = {}
-        filled = self._zero_fill_sums(cap)
+        filled = self._fill_slots(cap)
         found = self._targets(cap)
         for node, dim, op, masked in found:
             src = node.args[0]

@@ -136,6 +136,22 @@ class ZeroSlots:
             return self._z(node.args[0]) and not _arg(node, 3, "value", 0)
         return False
 
+    def unsafe_operands(self, node) -> list:
+        """The operands of an element-wise ``node`` that are zero at its empty slots and make
+        its value or gradient there inf or NaN (``log(h.abs())``, ``1 / h``, ``sqrt(h)``'s
+        gradient): the next layer's zero weights would multiply them into NaN, which the
+        exported model (no slot) never sees. Filling them with one there makes ``node`` finite
+        with finite gradients (checked on probes); [] when nothing needs it or one does not help."""
+        if node.op not in ("call_function", "call_method") or node.name in self.mixing or _in_place(node):
+            return []
+        if _name(node.target) not in _ELEMENTWISE:
+            return []
+        tensors = _tensor_args(node)
+        zeros = [a for a in tensors if self.covers(a, node)]
+        if not zeros or all(_finite_on_probes(node, tensors, zeros, 0.0)):
+            return []
+        return zeros if all(_finite_on_probes(node, tensors, zeros, 1.0)) else []
+
     def _module(self, node) -> bool:
         mod = self.modules[node.target]
         if isinstance(mod, _LAYERS):
@@ -242,6 +258,25 @@ def _call_with(node, tensors):
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **kwargs)
     return node.target(*args, **kwargs)
+
+
+def _finite_on_probes(node, tensors, filled, value):
+    """Per probe (the other operands at each of :data:`_PROBES`, ``filled`` at ``value``):
+    whether ``node``'s output and its gradients to every operand are finite there (True when
+    the op cannot run on float probes: not a float op, nothing to fill)."""
+    for p in _PROBES:
+        probes = {a: torch.tensor(value if a in filled else p, dtype=torch.float64, requires_grad=True)
+                  for a in tensors}
+        try:
+            out = _call_with(node, probes)
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+                yield True
+                continue
+            grads = torch.autograd.grad(out.sum(), list(probes.values()), allow_unused=True)
+        except Exception:  # an op the probes cannot run (integer-only, shape-bound): nothing to decide
+            yield True
+            continue
+        yield bool(torch.isfinite(out).all()) and all(g is None or bool(torch.isfinite(g).all()) for g in grads)
 
 
 def _is_zero(compute) -> bool:

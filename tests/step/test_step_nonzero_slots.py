@@ -2,7 +2,11 @@
 (``(h + 1).sum(1)``, a count ``(h <= 0.1).sum(1)``, ``exp``, a contraction of two sigmoids):
 the compiled sparse step zero-fills that operand there, so it equals the exported model at
 keep 0.5 (before, it counted the empty slots). A sum of a tensor that is zero there
-(``relu(h).sum(1)``, ``sigmoid(q) @ k^T``) is left as it is."""
+(``relu(h).sum(1)``, ``sigmoid(q) @ k^T``) is left as it is.
+
+An op that makes an empty slot's zero inf or NaN (``log(h.abs())``, ``1 / h``) or whose
+gradient there is (``sqrt(h.abs())``) gets one at those slots instead: before, the next
+layer's zero weights turned the inf into NaN everywhere, where the exported model is finite."""
 from __future__ import annotations
 
 import pytest
@@ -71,6 +75,31 @@ LEFT = {
 }
 
 
+class Between(nn.Module):
+    """``f`` between two convolutions: the second contracts the first's 8 prunable channels."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(self.c2(self.f(self.c1(x))).mean((2, 3)))
+
+
+NON_FINITE = {  # inf or NaN at a zero, in the value or (sqrt) only in the gradient
+    "log_abs": lambda: Between(lambda h: torch.log(h.abs())),
+    "reciprocal": lambda: Between(lambda h: 1 / h),
+    "rsqrt_square": lambda: Between(lambda h: (h * h).rsqrt()),
+    "sin_over_h": lambda: Between(lambda h: h.sin() / h),
+    "sqrt_abs": lambda: Between(lambda h: torch.sqrt(h.abs())),
+}
+FINITE = {  # finite at a zero with a finite gradient: nothing to fill
+    "gelu": lambda: Between(F.gelu), "silu": lambda: Between(F.silu), "abs": lambda: Between(torch.abs),
+    "square": lambda: Between(lambda h: h * h), "log_clamped": lambda: Between(lambda h: h.abs().clamp_min(1e-3).log()),
+}
+
+
 def _inputs(model):
     torch.manual_seed(0)
     shape = (2, 5, 6) if isinstance(model, Scores) else (2, 3, 6, 6)
@@ -87,6 +116,27 @@ def _check(make, compile=False):
 
 def _zero_fills(sp):
     return [b for b in sp.valid_buffers if b.startswith("_fxsparse_zero_")]
+
+
+def _one_fills(sp):
+    return [b for b in sp.valid_buffers if b.startswith("_fxsparse_one_")]
+
+
+@pytest.mark.parametrize("name", sorted(NON_FINITE))
+def test_op_non_finite_at_a_zero_slot_trains_like_the_export(name):
+    sp = _check(NON_FINITE[name])  # loss, output and kept gradients finite and equal to the export's
+    assert _one_fills(sp), "the op's operand must be one at the empty slots"
+
+
+@pytest.mark.parametrize("name", sorted(FINITE) + sorted(FILLED) + sorted(LEFT))
+def test_op_finite_at_a_zero_slot_not_filled_with_one(name):
+    sp = _check({**FINITE, **FILLED, **LEFT}[name])
+    assert not _one_fills(sp)
+
+
+def test_compiled_step_fills_non_finite_slots_with_one(aot_eager):
+    sp = _check(NON_FINITE["log_abs"], compile=True)
+    assert _one_fills(sp)
 
 
 @pytest.mark.parametrize("name", sorted(FILLED))
