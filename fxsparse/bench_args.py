@@ -108,7 +108,10 @@ COLD_START_VARIANTS = ("dense", "sparse-static", "sparse-dynamic", "sparse-dynam
 PHASES_HELP = """Where the time of one compiled sparse training step goes, phase by phase.
 
     fxsparse bench phases [--model vgg11_bn] [--batch 64] [--keep 0.5] [--steps 12]
-                          [--capacity exact|dynamic]
+                          [--capacity exact|dynamic] [--seq 256]
+
+``--model``: a zoo CNN or one of the step-time bench's decoders (``mixtral_moe``, ``llama_gqa``:
+batch 4 x ``--seq`` tokens, the causal-LM loss).
 
 Runs ``SparseModel.make_train_step``'s step (SGD momentum 0.9, weight decay 5e-4, random
 masks of exactly round(keep x size) channels per group; static capacities, or the default
@@ -155,15 +158,19 @@ def parse_phases_args(argv=None) -> argparse.Namespace:
     """``fxsparse bench phases``'s arguments."""
     parser = argparse.ArgumentParser(prog="fxsparse bench phases", description=PHASES_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vgg11_bn", help="a zoo CNN (32x32 images, default %(default)s)")
+    parser.add_argument("--model", default="vgg11_bn",
+                        help="a zoo CNN (32x32 images) or a decoder of `fxsparse bench` (default %(default)s)")
     parser.add_argument("--keep", type=float, default=0.5)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=None, help="default: 64 images, or 4 sequences of a decoder")
+    parser.add_argument("--seq", type=int, default=256, help="a decoder's tokens per sequence (default %(default)s)")
     parser.add_argument("--steps", type=int, default=12, help="timed rounds (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--capacity", choices=["exact", "dynamic"], default="exact")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, the first compiles (default %(default)s)")
     args = parser.parse_args(argv)
     _at_least_one(parser, args, ("batch", "steps", "threads", "warmup"))
+    if args.seq < 2:
+        parser.error(f"--seq must be at least 2 (the loss predicts each next token), got {args.seq}")
     _check_keep(parser, args.keep)
     return args
 

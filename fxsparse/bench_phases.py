@@ -8,12 +8,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from tabulate import tabulate
 
 import fxsparse
-from fxsparse import zoo
 from fxsparse.bench import quartiles
+from fxsparse.bench_models import DEFAULT_BATCH, kind_of, workload
 from fxsparse.step.train_step import PHASES
 
 SPARSE_PHASES = ("masks",) + PHASES
@@ -24,12 +23,12 @@ def run_phases(args) -> dict:
     """The bench of the parsed ``args`` (:func:`fxsparse.bench_args.parse_phases_args`), printed;
     returns {"sparse": {phase: median s}, "exported": {phase: median s}, "ratios": [per round]}."""
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = zoo.create(args.model).train()
-    x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+    work = workload(args.model, args.batch, args.seq)  # a zoo CNN or a decoder of fxsparse.bench_models
+    x, y, loss_fn = work.inputs, work.target, work.loss
+    model = work.fresh()
     sp = fxsparse.compile(model, x, keep=args.keep, capacity=args.capacity)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    step = sp.make_train_step(F.cross_entropy, opt)
+    step = sp.make_train_step(loss_fn, opt)
     sp.train()
 
     def new_masks():
@@ -37,12 +36,11 @@ def run_phases(args) -> dict:
 
     for _ in range(args.warmup):  # compile and warm up through the real step
         new_masks()
-        step(x, y)
+        step(*x, y)
 
-    torch.manual_seed(0)
-    small = fxsparse.export(zoo.create(args.model), sp.channel_graph, sp.masks).train()
+    small = fxsparse.export(work.fresh(), sp.channel_graph, sp.masks).train()
     small_opt = torch.optim.SGD(small.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    small_loss = torch.compile(lambda a, b: F.cross_entropy(small(a), b))
+    small_loss = torch.compile(lambda a, b: loss_fn(small(*a), b))
 
     def exported_step():
         small_opt.zero_grad(set_to_none=True)
@@ -57,7 +55,7 @@ def run_phases(args) -> dict:
         new_masks()
         t.append(time.perf_counter())
         step.on_phase = lambda phase: t.append(time.perf_counter())
-        step(x, y)
+        step(*x, y)
         step.on_phase = None
         return dict(zip(SPARSE_PHASES, (b - a for a, b in zip(t, t[1:]))))
 
@@ -84,11 +82,11 @@ def run_phases(args) -> dict:
         for k, v in exported_phases().items():
             exported[k].append(v)
         if r % 2 == 0:  # which goes first alternates per round
-            a = whole(lambda: (new_masks(), step(x, y)))
+            a = whole(lambda: (new_masks(), step(*x, y)))
             b = whole(exported_step)
         else:
             b = whole(exported_step)
-            a = whole(lambda: (new_masks(), step(x, y)))
+            a = whole(lambda: (new_masks(), step(*x, y)))
         ratios.append(a / b)
     medians = {"sparse": {k: statistics.median(v) for k, v in sparse.items()},
                "exported": {k: statistics.median(v) for k, v in exported.items()}, "ratios": ratios}
@@ -101,7 +99,9 @@ def print_phases(medians: dict, args) -> None:
     rows = [[k, f"{v * 1e3:.2f}", f"{exported[k] * 1e3:.2f}" if k in exported else ""] for k, v in sparse.items()]
     rows.append(["sum of phases", f"{sum(sparse.values()) * 1e3:.2f}", f"{sum(exported.values()) * 1e3:.2f}"])
     q1, mid, q3 = quartiles(medians["ratios"])
-    print(f"{args.model}, batch {args.batch}, keep {args.keep}, {args.capacity} capacities: median ms per phase "
+    batch = args.batch or DEFAULT_BATCH[kind_of(args.model)]
+    tokens = f", sequence {args.seq}" if kind_of(args.model) == "decoder" else ""
+    print(f"{args.model}, batch {batch}{tokens}, keep {args.keep}, {args.capacity} capacities: median ms per phase "
           f"over {args.steps} rounds")
     print(tabulate(rows, headers=["phase", "sparse compiled", "exported compiled"]))
     print(f"whole steps, sparse / exported per round: median {mid:.3f}x (quartiles {q1:.3f}-{q3:.3f})")

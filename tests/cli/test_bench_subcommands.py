@@ -63,6 +63,28 @@ def test_phases_on_a_tiny_model(aot_eager, monkeypatch, capsys):
     assert "whole steps, sparse / exported" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # compiles a tiny Mixtral-style decoder's sparse and exported steps (aot_eager)
+def test_phases_on_a_tiny_decoder(aot_eager, monkeypatch, capsys):
+    """Issue #31: the phases of a transformers decoder's step (token ids, the causal-LM loss),
+    so that the sparse / exported gap of the decoder bench can be attributed phase by phase."""
+    pytest.importorskip("transformers")
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "aot_eager"}))
+    args = parse_phases_args(["--model", "mixtral_moe_tiny", "--batch", "2", "--seq", "8", "--steps", "2",
+                              "--warmup", "1", "--threads", "1"])
+    medians = bench_phases.run_phases(args)
+    assert set(medians["sparse"]) == set(bench_phases.SPARSE_PHASES)
+    assert medians["sparse"]["gather"] > 0 and medians["exported"]["update"] > 0
+    out = capsys.readouterr().out
+    assert "mixtral_moe_tiny, batch 2, sequence 8" in out and "whole steps, sparse / exported" in out
+
+
+def test_phases_batch_defaults_to_the_models_kind():
+    assert parse_phases_args([]).batch is None and parse_phases_args(["--seq", "16"]).seq == 16
+    with pytest.raises(SystemExit):
+        parse_phases_args(["--seq", "1"])
+
+
 @pytest.mark.slow  # a fresh interpreter compiles LeNet-5: ~20 s idle
 @pytest.mark.long
 def test_cold_start_child_process_on_a_tiny_model(tmp_path, capsys):
