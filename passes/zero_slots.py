@@ -7,6 +7,9 @@ equals the exported model's; of a tensor some op made non-zero there (``h + 1``,
 comparison ``h <= 0.1``) it counts the empty slots (:class:`fxsparse.passes.masked_mixing.
 MaskMixingOps` zero-fills that operand first). The analysis is conservative: an op it does
 not know gives "not zero" (at worst a needless fill), never the reverse.
+:meth:`ZeroSlots.unsafe_operands` names the zero operands of an element-wise op that would
+turn them into inf or NaN (in the value or the gradient), which ``MaskMixingOps`` fills with
+one; an in-place op, or an op whose operand is a non-zero value there, is not checked.
 
 Writes no ``node.meta`` key; reads SHAPE.
 """
