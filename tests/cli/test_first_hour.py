@@ -564,6 +564,7 @@ def test_launch_sets_omp_threads_so_torchrun_prints_no_banner(monkeypatch):
     assert 'if "OMP_NUM_THREADS" not in os.environ and nproc_per_node > 1:' in src
 
 
+@pytest.mark.xdist_group("nproc2_run")  # one worker: the two-process run (tests/conftest.py) runs once
 def test_nproc_run_prints_only_the_progress_bar_on_stderr(nproc2_run):
     """`fxsparse train --nproc 2` with OMP_NUM_THREADS unset, as a user runs it: torchrun's banner
     about OMP_NUM_THREADS, warnings of torch (the profiler's under DDP, gloo's) or of the

@@ -172,6 +172,7 @@ def test_the_global_batch_must_split_over_the_processes(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("nproc2_run")  # one worker: the two-process run (tests/conftest.py) runs once
 def test_nproc_2_runs_torchrun_end_to_end(nproc2_run, tmp_path):
     """`fxsparse train --nproc 2` launches torchrun (python -m fxsparse in each process):
     the run finishes, process 0 writes the files, and the model matches one process."""
