@@ -12,7 +12,7 @@ from tabulate import tabulate
 
 import fxsparse
 from fxsparse.bench import quartiles
-from fxsparse.bench_models import DEFAULT_BATCH, kind_of, workload
+from fxsparse.bench_models import kind_of, workload
 from fxsparse.step.train_step import PHASES
 
 SPARSE_PHASES = ("masks",) + PHASES
@@ -90,16 +90,16 @@ def run_phases(args) -> dict:
         ratios.append(a / b)
     medians = {"sparse": {k: statistics.median(v) for k, v in sparse.items()},
                "exported": {k: statistics.median(v) for k, v in exported.items()}, "ratios": ratios}
-    print_phases(medians, args)
+    print_phases(medians, args, batch=len(x[0]))
     return medians
 
 
-def print_phases(medians: dict, args) -> None:
+def print_phases(medians: dict, args, batch: int) -> None:
+    """The table of :func:`run_phases`'s ``medians``; ``batch``: the batch it ran (``--batch`` or its kind's default)."""
     sparse, exported = medians["sparse"], medians["exported"]
     rows = [[k, f"{v * 1e3:.2f}", f"{exported[k] * 1e3:.2f}" if k in exported else ""] for k, v in sparse.items()]
     rows.append(["sum of phases", f"{sum(sparse.values()) * 1e3:.2f}", f"{sum(exported.values()) * 1e3:.2f}"])
     q1, mid, q3 = quartiles(medians["ratios"])
-    batch = args.batch or DEFAULT_BATCH[kind_of(args.model)]
     tokens = f", sequence {args.seq}" if kind_of(args.model) == "decoder" else ""
     print(f"{args.model}, batch {batch}{tokens}, keep {args.keep}, {args.capacity} capacities: median ms per phase "
           f"over {args.steps} rounds")

@@ -130,9 +130,11 @@ class MaskMixingOps(PassBase):
         for node in list(cap.graph.nodes):
             for src in zero.unsafe_operands(node):
                 filled |= self._fill(cap, node, src, 1.0, f"_fxsparse_one_{node.name}") is not None
-            if node.name in summing and not any(zero.zero.get(a, False) for a in operands_at(node, summing[node.name])):
-                new = next((self._fill(cap, node, a, 0.0, f"_fxsparse_zero_{node.name}")
-                            for a in operands_at(node, summing[node.name]) if self._prunable_dims(a)), None)
+            operands = operands_at(node, summing[node.name]) if node.name in summing else ()
+            if operands and not any(zero.zero.get(a, False) for a in operands):
+                # the first operand with empty slots (_fill: None for one without)
+                new = next(filter(None, (self._fill(cap, node, a, 0.0, f"_fxsparse_zero_{node.name}")
+                                         for a in operands)), None)
                 if new is not None:
                     zero.zero[new] = filled = True
             zero.visit(node)

@@ -50,12 +50,18 @@ def test_subcommand_help_imports_no_torch():
     assert "fxsparse bench cold-start" in out.stdout and "fxsparse bench phases" in out.stdout
 
 
-@pytest.mark.slow  # compiles the sparse and the exported step (aot_eager): ~8 s idle
-def test_phases_on_a_tiny_model(aot_eager, monkeypatch, capsys):
-    """The subcommand's own work (phases, rounds, table); both steps through ``aot_eager``:
-    inductor's code for these steps is checked in tests/step and tests/zoo (26 CPU s saved)."""
+@pytest.fixture
+def every_compile_aot_eager(aot_eager, monkeypatch):
+    """The sparse step (``aot_eager``) and the bench's own ``torch.compile`` of the exported
+    step through the ``aot_eager`` backend."""
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "aot_eager"}))
+
+
+@pytest.mark.slow  # compiles the sparse and the exported step (aot_eager): ~8 s idle
+def test_phases_on_a_tiny_model(every_compile_aot_eager, capsys):
+    """The subcommand's own work (phases, rounds, table); both steps through ``aot_eager``:
+    inductor's code for these steps is checked in tests/step and tests/zoo (26 CPU s saved)."""
     args = parse_phases_args(["--model", "lenet5", "--batch", "2", "--steps", "2", "--warmup", "1", "--threads", "1"])
     medians = bench_phases.run_phases(args)
     assert set(medians["sparse"]) == set(bench_phases.SPARSE_PHASES)
@@ -64,12 +70,10 @@ def test_phases_on_a_tiny_model(aot_eager, monkeypatch, capsys):
 
 
 @pytest.mark.slow  # compiles a tiny Mixtral-style decoder's sparse and exported steps (aot_eager)
-def test_phases_on_a_tiny_decoder(aot_eager, monkeypatch, capsys):
+def test_phases_on_a_tiny_decoder(every_compile_aot_eager, capsys):
     """Issue #31: the phases of a transformers decoder's step (token ids, the causal-LM loss),
     so that the sparse / exported gap of the decoder bench can be attributed phase by phase."""
     pytest.importorskip("transformers")
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "aot_eager"}))
     args = parse_phases_args(["--model", "mixtral_moe_tiny", "--batch", "2", "--seq", "8", "--steps", "2",
                               "--warmup", "1", "--threads", "1"])
     medians = bench_phases.run_phases(args)
