@@ -85,9 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="reuse torch.compile's on-disk cache (default: a fresh one, so compile times are cold)")
     args = parser.parse_args(argv)
     _at_least_one(parser, args, ("steps", "block", "batch", "threads", "seq"))
-    if args.seq < 2:  # the causal-LM loss predicts each token from the ones before it
-        parser.error(f"--seq must be at least 2, got {args.seq}")
+    _check_seq(parser, args.seq)
     _check_keep(parser, args.keep)
+    _check_models(parser, "--models", args.models, decoders=True)
     return args
 
 
@@ -151,6 +151,8 @@ def parse_cold_start_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--child", choices=COLD_START_VARIANTS, help=argparse.SUPPRESS)  # the measuring process
     args = parser.parse_args(argv)
     _at_least_one(parser, args, ("batch", "threads"))
+    if args.child is None:  # the parent checked the name before it started the child
+        _check_models(parser, "--model", [args.model], decoders=False)
     return args
 
 
@@ -169,10 +171,27 @@ def parse_phases_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, the first compiles (default %(default)s)")
     args = parser.parse_args(argv)
     _at_least_one(parser, args, ("batch", "steps", "threads", "warmup"))
-    if args.seq < 2:
-        parser.error(f"--seq must be at least 2 (the loss predicts each next token), got {args.seq}")
+    _check_seq(parser, args.seq)
     _check_keep(parser, args.keep)
+    _check_models(parser, "--model", [args.model], decoders=True)
     return args
+
+
+def _check_seq(parser, seq: int) -> None:
+    if seq < 2:  # the causal-LM loss predicts each token from the ones before it
+        parser.error(f"--seq must be at least 2 (the loss predicts each next token), got {seq}")
+
+
+def _check_models(parser, flag: str, names, decoders: bool) -> None:
+    """Each of ``names`` a zoo CNN (or, with ``decoders``, a decoder of
+    :mod:`fxsparse.bench_models`). After ``--help``: the names need torch."""
+    from fxsparse import zoo
+    from fxsparse.bench_models import DECODERS
+
+    known = sorted(set(zoo.names()) | (set(DECODERS) if decoders else set()))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"{flag}: unknown model {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
 
 
 def _at_least_one(parser, args, flags) -> None:

@@ -40,6 +40,17 @@ def test_bad_arguments_exit_2_naming_the_flag(parse, argv, word, capsys):
     assert word in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["--models", "resnet20", "nosuch"], ["phases", "--model", "nosuch"],
+                                  ["cold-start", "--model", "nosuch"], ["cold-start", "--model", "llama_gqa"]])
+def test_an_unknown_model_exits_2_naming_it_and_the_choices(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_command(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown model" in err and "resnet20" in err, err
+    choices = err.split("choose from:")[1]  # decoders: the step-time and phases benches only
+    assert ("llama_gqa" in choices) == (argv[0] != "cold-start")
+
+
 def test_subcommand_help_imports_no_torch():
     code = ("import sys\nfrom fxsparse.bench_args import parse_command\n"
             "for c in ('cold-start', 'phases'):\n"
